@@ -90,7 +90,9 @@ fn write_version(version_h: &Path, out_dir: &Path) {
         let mut words = line.split_whitespace();
         match (words.next(), words.next(), words.next()) {
             (Some("#define"), Some("SLURM_VERSION_NUMBER"), Some(value)) => {
-                let hex = value.strip_prefix("0x").or_else(|| value.strip_prefix("0X"))?;
+                let hex = value
+                    .strip_prefix("0x")
+                    .or_else(|| value.strip_prefix("0X"))?;
                 u32::from_str_radix(hex, 16).ok()
             }
             _ => None,

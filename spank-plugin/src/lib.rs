@@ -1,1 +1,30 @@
-//! placeholder, filled by the Slurm work
+//! `libspank_ckpt.so`: the SPANK plugin that makes Slurm jobs checkpointable.
+//!
+//! It adds `--checkpoint`, `--checkpoint-dir=DIR` and
+//! `--checkpoint-interval=SECONDS` to srun, sbatch and salloc, refuses bad
+//! values at submission, and starts each task of a job that uses them with
+//! `libckpt.so` preloaded and its settings in `CKPT_*` variables (see
+//! [`task_env`]), after creating the checkpoint directory as the job's user.
+//!
+//! Modules:
+//! - [`export`]: the symbols Slurm looks up (metadata, callbacks); the only
+//!   `extern "C"` items, each under `catch_unwind`.
+//! - [`spank`]: safe handle over the SPANK calls of the host process.
+//! - [`hooks`]: one function per callback, context checked first.
+//! - [`options`]: pure parsing and validation of user options and
+//!   plugstack.conf arguments; directory pattern expansion.
+//! - [`ckpt_dir`]: creation and checks of the checkpoint directory, as the user.
+//! - [`task_env`]: the task's `LD_PRELOAD` and `CKPT_*` variables.
+//! - [`error`]: the plugin's error type.
+//!
+//! Nothing in the plugin runs as root on a user-controlled path: the only
+//! file-system work happens in `task_init`, after slurmstepd dropped to the
+//! job's user.
+
+pub mod ckpt_dir;
+pub mod error;
+pub mod export;
+pub mod hooks;
+pub mod options;
+pub mod spank;
+pub mod task_env;

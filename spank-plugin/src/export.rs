@@ -1,0 +1,158 @@
+//! Everything Slurm looks up by name in `libspank_ckpt.so`: the plugin
+//! metadata (as C arrays and integers, not pointers: Slurm reads the symbols'
+//! storage directly) and the callbacks. Each callback runs under
+//! `catch_unwind`; an error or a panic becomes one log line and `-1`.
+
+use std::ffi::{CStr, c_char, c_int, c_uint};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use slurm_headers::sys;
+
+use crate::error::PluginError;
+use crate::hooks;
+use crate::spank::{self, Spank};
+
+/// `plugin_name`: also the prefix of the option variables Slurm passes to
+/// steps (`_SLURM_SPANK_OPTION_ckpt_checkpoint_dir`).
+#[unsafe(no_mangle)]
+pub static plugin_name: [u8; 5] = *b"ckpt\0";
+
+/// `plugin_type`: a SPANK plugin.
+#[unsafe(no_mangle)]
+pub static plugin_type: [u8; 6] = *b"spank\0";
+
+/// `plugin_version`: the major.minor of the Slurm we were built against; the
+/// loader refuses any other.
+#[unsafe(no_mangle)]
+pub static plugin_version: c_uint = slurm_headers::PLUGIN_VERSION;
+
+/// `spank_plugin_version`: the version of this plugin's SPANK interface.
+#[unsafe(no_mangle)]
+pub static spank_plugin_version: c_uint = 1;
+
+/// Where a failure is reported.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Report {
+    /// The Slurm log only (srun/sbatch print it on their stderr).
+    Log,
+    /// Also the task's stderr: task callbacks run in the job's task, whose
+    /// stderr is the job's error file.
+    LogAndTaskStderr,
+}
+
+fn guarded(
+    callback: &'static str,
+    report: Report,
+    f: impl FnOnce() -> Result<(), PluginError>,
+) -> c_int {
+    let error = match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => return 0,
+        Ok(Err(e)) => e,
+        Err(_) => PluginError::Panic(callback),
+    };
+    let message = error.to_string();
+    spank::log_error(&message);
+    if report == Report::LogAndTaskStderr {
+        spank::task_stderr(&message);
+    }
+    -1
+}
+
+/// Copies the plugin's arguments out of Slurm's `argv`.
+///
+/// # Safety
+/// `argv` must point to `argc` valid NUL-terminated strings (or be null with
+/// `argc` 0), as Slurm passes them to every callback.
+unsafe fn args(argc: c_int, argv: *mut *mut c_char) -> Vec<String> {
+    let count = usize::try_from(argc).unwrap_or(0);
+    if argv.is_null() {
+        return Vec::new();
+    }
+    (0..count)
+        .filter_map(|i| {
+            // SAFETY: i < argc, and argv holds argc pointers (contract above).
+            let arg = unsafe { *argv.add(i) };
+            if arg.is_null() {
+                return None;
+            }
+            // SAFETY: each non-null entry is a NUL-terminated string owned by
+            // Slurm for the duration of the callback.
+            Some(
+                unsafe { CStr::from_ptr(arg) }
+                    .to_string_lossy()
+                    .into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Called by Slurm when the plugin is loaded, in every context.
+///
+/// # Safety
+/// Only Slurm calls this: `sp` is a live SPANK handle and `argv` holds `argc`
+/// NUL-terminated plugin arguments.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn slurm_spank_init(
+    sp: sys::spank_t,
+    argc: c_int,
+    argv: *mut *mut c_char,
+) -> c_int {
+    guarded("slurm_spank_init", Report::Log, || {
+        // SAFETY: Slurm passes its argc/argv pair for this plugin.
+        let args = unsafe { args(argc, argv) };
+        // SAFETY: `sp` is this callback's handle and `spank` does not escape it.
+        let spank = unsafe { Spank::from_raw(sp) };
+        hooks::init(&spank, &args, Some(option_callback))
+    })
+}
+
+/// Called after all options are processed.
+#[unsafe(no_mangle)]
+pub extern "C" fn slurm_spank_init_post_opt(
+    _sp: sys::spank_t,
+    _argc: c_int,
+    _argv: *mut *mut c_char,
+) -> c_int {
+    guarded(
+        "slurm_spank_init_post_opt",
+        Report::Log,
+        hooks::init_post_opt,
+    )
+}
+
+/// Called in each task, as the job's user, just before it execs.
+///
+/// # Safety
+/// As for [`slurm_spank_init`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn slurm_spank_task_init(
+    sp: sys::spank_t,
+    argc: c_int,
+    argv: *mut *mut c_char,
+) -> c_int {
+    guarded("slurm_spank_task_init", Report::LogAndTaskStderr, || {
+        // SAFETY: Slurm passes its argc/argv pair for this plugin.
+        let args = unsafe { args(argc, argv) };
+        // SAFETY: `sp` is this callback's handle and `spank` does not escape it.
+        let spank = unsafe { Spank::from_raw(sp) };
+        hooks::task_init(&spank, &args)
+    })
+}
+
+/// The callback of every option (`val` tells which).
+extern "C" fn option_callback(val: c_int, optarg: *const c_char, _remote: c_int) -> c_int {
+    guarded("option callback", Report::Log, || {
+        let value = if optarg.is_null() {
+            None
+        } else {
+            // SAFETY: Slurm passes the option's argument as a NUL-terminated
+            // string valid for the duration of the callback.
+            Some(
+                unsafe { CStr::from_ptr(optarg) }
+                    .to_string_lossy()
+                    .into_owned(),
+            )
+        };
+        hooks::option(val, value.as_deref())
+    })
+}

@@ -1,0 +1,254 @@
+//! One function per SPANK callback, each checking its context first.
+//!
+//! | callback        | context                | does                                        |
+//! |-----------------|------------------------|---------------------------------------------|
+//! | `init`          | all                    | registers the options (srun, sbatch, salloc, slurmstepd); parses the plugstack.conf arguments |
+//! | option callback | srun, sbatch, salloc, slurmstepd | validates a value, records it      |
+//! | `init_post_opt` | srun, sbatch, salloc   | checks the options together (a directory must come from somewhere) |
+//! | `task_init`     | slurmstepd, as the user, in the forked task just before `execve` | creates the checkpoint directory, sets `LD_PRELOAD` and `CKPT_*` |
+//!
+//! Option values travel from sbatch to the batch step and to every `srun`
+//! inside it in `_SLURM_SPANK_OPTION_ckpt_*` variables; slurmstepd may run
+//! an option callback twice, so callbacks only overwrite what they record.
+
+use std::ffi::c_int;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+
+use slurm_headers::sys;
+
+use crate::ckpt_dir;
+use crate::error::PluginError;
+use crate::options::{self, JobValues, OptionError, PluginConfig, UserOptions};
+use crate::spank::{self, Context, OptionSpec, Spank};
+use crate::task_env::{self, TaskSettings};
+
+const VAL_ENABLE: c_int = 1;
+const VAL_DIR: c_int = 2;
+const VAL_INTERVAL: c_int = 3;
+
+/// The options, as shown by `srun --help`, `sbatch --help`, `salloc --help`.
+pub static OPTIONS: [OptionSpec; 3] = [
+    OptionSpec {
+        name: c"checkpoint",
+        arginfo: None,
+        usage: c"Checkpoint this job into the site's default directory, at the site's default interval (see --checkpoint-dir and --checkpoint-interval).",
+        val: VAL_ENABLE,
+    },
+    OptionSpec {
+        name: c"checkpoint-dir",
+        arginfo: Some(c"DIR"),
+        usage: c"Checkpoint this job into DIR (created as you, mode 0700, if missing). DIR may contain %j (job id), %u (user), %x (job name), %A and %a (array job and task id); a relative DIR is taken against the submit directory.",
+        val: VAL_DIR,
+    },
+    OptionSpec {
+        name: c"checkpoint-interval",
+        arginfo: Some(c"SECONDS"),
+        usage: c"Checkpoint this job every SECONDS, or 30s, 5m, 2h; 0 means no periodic checkpoint (only on signal or preemption).",
+        val: VAL_INTERVAL,
+    },
+];
+
+/// What the plugin remembers between callbacks of one process.
+struct State {
+    /// The plugstack.conf arguments, once `init` has parsed them.
+    config: Option<Result<PluginConfig, OptionError>>,
+    /// The options seen by the option callbacks.
+    user: UserOptions,
+}
+
+static STATE: Mutex<State> = Mutex::new(State {
+    config: None,
+    user: UserOptions {
+        enable: false,
+        dir: None,
+        interval: None,
+    },
+});
+
+/// The state; a panic in an earlier callback does not make it unusable.
+fn state() -> MutexGuard<'static, State> {
+    STATE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `slurm_spank_init`: registers the options, then parses the plugin's
+/// arguments. The options are registered even when the arguments are bad, so
+/// that a user who asks for checkpointing is told why it is unavailable
+/// instead of getting "unrecognized option".
+pub fn init(
+    spank: &Spank,
+    args: &[String],
+    option_cb: sys::spank_opt_cb_f,
+) -> Result<(), PluginError> {
+    let context = spank::context();
+    if matches!(
+        context,
+        Context::Local | Context::Remote | Context::Allocator
+    ) {
+        for spec in &OPTIONS {
+            spank.register_option(spec, option_cb)?;
+        }
+    }
+    let parsed = PluginConfig::parse(args.iter().map(String::as_str));
+    let result = parsed.clone().map(drop).map_err(PluginError::Config);
+    state().config = Some(parsed);
+    result
+}
+
+/// The option callback: refuses a bad value at submission (srun/sbatch
+/// print the message and exit without queueing anything).
+pub fn option(val: c_int, optarg: Option<&str>) -> Result<(), PluginError> {
+    let mut state = state();
+    let config = match &state.config {
+        Some(Ok(config)) => config.clone(),
+        Some(Err(e)) => return Err(PluginError::SiteMisconfigured(e.clone())),
+        None => PluginConfig::default(),
+    };
+    let value = optarg.unwrap_or_default();
+    match val {
+        VAL_ENABLE => state.user.enable = true,
+        VAL_DIR => {
+            options::validate_dir_pattern(&format!("--{}", options::OPT_DIR), value)?;
+            state.user.dir = Some(value.to_owned());
+        }
+        VAL_INTERVAL => {
+            config.user_interval(value)?;
+            state.user.interval = Some(value.to_owned());
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `slurm_spank_init_post_opt`: in srun, sbatch and salloc, checks that the
+/// options make sense together with the site's defaults.
+pub fn init_post_opt() -> Result<(), PluginError> {
+    if !matches!(spank::context(), Context::Local | Context::Allocator) {
+        return Ok(());
+    }
+    let state = state();
+    if !state.user.any() {
+        return Ok(());
+    }
+    match &state.config {
+        Some(Ok(config)) => config
+            .resolve(&state.user)
+            .map(drop)
+            .map_err(PluginError::from),
+        Some(Err(e)) => Err(PluginError::SiteMisconfigured(e.clone())),
+        None => Ok(()),
+    }
+}
+
+/// The checkpoint settings of one task.
+#[derive(Debug)]
+pub struct TaskCheckpoint {
+    /// The expanded, created and checked checkpoint directory.
+    pub dir: PathBuf,
+    /// Interval in seconds, 0 = none.
+    pub interval: u64,
+    /// The site's settings.
+    pub config: PluginConfig,
+}
+
+/// `slurm_spank_task_init` (slurmstepd, in the task, as the job's user, just
+/// before `execve`). A job without the options is left untouched.
+pub fn task_init(spank: &Spank, args: &[String]) -> Result<(), PluginError> {
+    if spank::context() != Context::Remote {
+        return Ok(());
+    }
+    let Some(task) = task_checkpoint(spank, args)? else {
+        return Ok(());
+    };
+    set_task_env(spank, &task)?;
+    // Issue 6 (restart): decide here between running the task's command under
+    // `ckpt launch --dir D -- argv` and `ckpt restart --dir D` (exec'ing it),
+    // using task.dir and S_SLURM_RESTART_COUNT; spank_prepend_task_argv does
+    // not exist on 22.05.
+    Ok(())
+}
+
+/// The user's options as slurmstepd received them.
+fn user_options(spank: &Spank) -> Result<UserOptions, PluginError> {
+    let [enable, dir, interval] = &OPTIONS;
+    Ok(UserOptions {
+        enable: spank.getopt(enable)?.is_some(),
+        dir: spank.getopt(dir)?.flatten(),
+        interval: spank.getopt(interval)?.flatten(),
+    })
+}
+
+/// Works out, creates and checks the task's checkpoint directory; `None`
+/// when the job did not ask for checkpointing.
+pub fn task_checkpoint(
+    spank: &Spank,
+    args: &[String],
+) -> Result<Option<TaskCheckpoint>, PluginError> {
+    let user = user_options(spank)?;
+    if !user.any() {
+        return Ok(None);
+    }
+    let config = PluginConfig::parse(args.iter().map(String::as_str))
+        .map_err(PluginError::SiteMisconfigured)?;
+    let Some(resolved) = config.resolve(&user)? else {
+        return Ok(None);
+    };
+    let uid = spank.item_u32(sys::spank_item::S_JOB_UID, "S_JOB_UID")?;
+    let euid = nix::unistd::geteuid().as_raw();
+    if euid != uid {
+        return Err(PluginError::WrongUser { euid, uid });
+    }
+    let job = job_values(spank, uid)?;
+    let dir = options::expand_dir(&resolved.pattern, &job)?;
+    ckpt_dir::prepare(&dir, uid)?;
+    if let Err(e) = std::fs::File::open(&config.libckpt) {
+        return Err(PluginError::LibckptMissing {
+            path: config.libckpt.clone(),
+            error: e.to_string(),
+        });
+    }
+    Ok(Some(TaskCheckpoint {
+        dir,
+        interval: resolved.interval,
+        config,
+    }))
+}
+
+fn job_values(spank: &Spank, uid: u32) -> Result<JobValues, PluginError> {
+    let job_id = spank.item_u32(sys::spank_item::S_JOB_ID, "S_JOB_ID")?;
+    let array_id = spank.item_u32(sys::spank_item::S_JOB_ARRAY_ID, "S_JOB_ARRAY_ID")?;
+    let array = if array_id == 0 {
+        None
+    } else {
+        let task = spank.item_u32(sys::spank_item::S_JOB_ARRAY_TASK_ID, "S_JOB_ARRAY_TASK_ID")?;
+        Some((array_id, task))
+    };
+    let user = match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => Some(u.name),
+        _ => None,
+    };
+    Ok(JobValues {
+        job_id,
+        user,
+        job_name: spank.getenv("SLURM_JOB_NAME")?,
+        array,
+        submit_dir: spank.getenv("SLURM_SUBMIT_DIR")?.map(PathBuf::from),
+    })
+}
+
+fn set_task_env(spank: &Spank, task: &TaskCheckpoint) -> Result<(), PluginError> {
+    let existing = spank.getenv(task_env::ENV_PRELOAD)?;
+    let settings = TaskSettings {
+        dir: &task.dir,
+        interval: task.interval,
+        signal: &task.config.signal,
+        ckpt_bin: &task.config.ckpt_bin,
+        libckpt: &task.config.libckpt,
+    };
+    for (name, value) in task_env::vars(&settings, existing.as_deref()) {
+        spank.setenv(name, &value)?;
+    }
+    Ok(())
+}

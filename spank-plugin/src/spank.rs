@@ -1,0 +1,257 @@
+//! A safe handle over the SPANK API of the host process.
+//!
+//! The `spank_*` and `slurm_*` functions are resolved when Slurm `dlopen`s
+//! the plugin (srun, sbatch, salloc, slurmd, slurmstepd export them); nothing
+//! here links libslurm. Every raw call of the plugin is in this file.
+
+use std::ffi::{CStr, CString, c_char, c_int};
+use std::fmt;
+
+use slurm_headers::sys;
+
+/// Where the plugin is running (`spank_context()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Context {
+    /// srun (`S_CTX_LOCAL`).
+    Local,
+    /// slurmstepd (`S_CTX_REMOTE`).
+    Remote,
+    /// sbatch or salloc (`S_CTX_ALLOCATOR`).
+    Allocator,
+    /// slurmd itself (`S_CTX_SLURMD`).
+    Slurmd,
+    /// prolog/epilog (`S_CTX_JOB_SCRIPT`).
+    JobScript,
+    /// `S_CTX_ERROR` or a value this build does not know.
+    Unknown,
+}
+
+/// The context of the calling process.
+pub fn context() -> Context {
+    // SAFETY: spank_context takes no arguments and only reads Slurm's global
+    // state; it is exported by every process that loads SPANK plugins.
+    let raw = unsafe { sys::spank_context() };
+    match raw {
+        sys::spank_context::S_CTX_LOCAL => Context::Local,
+        sys::spank_context::S_CTX_REMOTE => Context::Remote,
+        sys::spank_context::S_CTX_ALLOCATOR => Context::Allocator,
+        sys::spank_context::S_CTX_SLURMD => Context::Slurmd,
+        sys::spank_context::S_CTX_JOB_SCRIPT => Context::JobScript,
+        _ => Context::Unknown,
+    }
+}
+
+/// A SPANK call that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpankError {
+    /// The call and its main argument, e.g. `spank_getenv(LD_PRELOAD)`.
+    pub call: String,
+    /// Slurm's error code.
+    pub code: u32,
+}
+
+impl fmt::Display for SpankError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // SAFETY: spank_strerror accepts any code and returns a pointer to a
+        // static NUL-terminated string (or NULL for codes it does not know).
+        let text = unsafe { sys::spank_strerror(self.code) };
+        let text = if text.is_null() {
+            format!("error {}", self.code)
+        } else {
+            // SAFETY: non-null, NUL-terminated and static (see above).
+            unsafe { CStr::from_ptr(text) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        write!(f, "{} failed: {text}", self.call)
+    }
+}
+
+impl std::error::Error for SpankError {}
+
+fn check(call: impl FnOnce() -> String, code: sys::spank_err_t) -> Result<(), SpankError> {
+    if code == sys::ESPANK_SUCCESS {
+        Ok(())
+    } else {
+        Err(SpankError { call: call(), code })
+    }
+}
+
+/// A C string for Slurm: interior NUL bytes (impossible in what Slurm hands
+/// us, possible in what we format) are replaced rather than failing.
+fn c_string(s: &str) -> CString {
+    CString::new(s.replace('\0', "\\0")).unwrap_or_default()
+}
+
+/// An option the plugin registers with `spank_option_register`.
+#[derive(Debug)]
+pub struct OptionSpec {
+    /// Long option name, without `--`.
+    pub name: &'static CStr,
+    /// One word describing the argument; `None` for a flag.
+    pub arginfo: Option<&'static CStr>,
+    /// Usage text shown by `--help`.
+    pub usage: &'static CStr,
+    /// Value passed back to the callback.
+    pub val: c_int,
+}
+
+impl OptionSpec {
+    fn raw(&self, cb: sys::spank_opt_cb_f) -> sys::spank_option {
+        sys::spank_option {
+            // Slurm copies these strings and never writes through them; the
+            // header only lacks `const`.
+            name: self.name.as_ptr().cast_mut(),
+            arginfo: self
+                .arginfo
+                .map_or(std::ptr::null_mut(), |a| a.as_ptr().cast_mut()),
+            usage: self.usage.as_ptr().cast_mut(),
+            has_arg: c_int::from(self.arginfo.is_some()),
+            val: self.val,
+            cb,
+        }
+    }
+}
+
+/// The handle Slurm passes to a callback, valid for that callback only.
+#[derive(Debug)]
+pub struct Spank {
+    raw: sys::spank_t,
+}
+
+impl Spank {
+    /// Wraps the handle of the current callback.
+    ///
+    /// # Safety
+    /// `raw` must be the handle Slurm passed to the running callback, and the
+    /// `Spank` must not outlive that callback.
+    pub unsafe fn from_raw(raw: sys::spank_t) -> Self {
+        Self { raw }
+    }
+
+    /// Registers an option (valid in `slurm_spank_init` only).
+    pub fn register_option(
+        &self,
+        spec: &OptionSpec,
+        cb: sys::spank_opt_cb_f,
+    ) -> Result<(), SpankError> {
+        // Leaked once per process and option: Slurm's copy semantics differ
+        // between versions, so the struct must outlive the plugin.
+        let opt: &'static mut sys::spank_option = Box::leak(Box::new(spec.raw(cb)));
+        // SAFETY: `self.raw` is the live handle (from_raw contract); `opt` is
+        // a valid, 'static spank_option whose strings are 'static C strings.
+        let rc = unsafe { sys::spank_option_register(self.raw, opt) };
+        check(
+            || format!("spank_option_register(--{})", spec.name.to_string_lossy()),
+            rc,
+        )
+    }
+
+    /// Whether the user gave the option and its value: `None` when not given,
+    /// `Some(None)` for a given flag, `Some(Some(v))` for a given value.
+    pub fn getopt(&self, spec: &OptionSpec) -> Result<Option<Option<String>>, SpankError> {
+        let mut opt = spec.raw(None);
+        let mut value: *mut c_char = std::ptr::null_mut();
+        // SAFETY: live handle; `opt` and `value` are valid for the call; Slurm
+        // only reads `opt` and stores a pointer to its own string in `value`.
+        let rc = unsafe { sys::spank_option_getopt(self.raw, &mut opt, &mut value) };
+        if rc == sys::slurm_err_t_ESPANK_ERROR {
+            return Ok(None);
+        }
+        check(
+            || format!("spank_option_getopt(--{})", spec.name.to_string_lossy()),
+            rc,
+        )?;
+        if spec.arginfo.is_none() || value.is_null() {
+            return Ok(Some(None));
+        }
+        // SAFETY: on success Slurm points `value` at the option's argument, a
+        // NUL-terminated string it owns for the life of the step.
+        let text = unsafe { CStr::from_ptr(value) };
+        Ok(Some(Some(text.to_string_lossy().into_owned())))
+    }
+
+    /// A `uint32_t` job item (`S_JOB_ID`, `S_JOB_UID`, …).
+    pub fn item_u32(&self, item: sys::spank_item_t, name: &str) -> Result<u32, SpankError> {
+        let mut value: u32 = 0;
+        // SAFETY: live handle; the items passed here all take one `uint32_t *`
+        // (uid_t is a u32 on Linux), and `value` outlives the call.
+        let rc = unsafe { sys::spank_get_item(self.raw, item, &mut value as *mut u32) };
+        check(|| format!("spank_get_item({name})"), rc)?;
+        Ok(value)
+    }
+
+    /// A variable of the job's (task's) environment; `None` when unset.
+    pub fn getenv(&self, name: &str) -> Result<Option<String>, SpankError> {
+        let cname = c_string(name);
+        let mut len: usize = 4096;
+        loop {
+            let mut buf = vec![0u8; len];
+            let c_len = c_int::try_from(len).unwrap_or(c_int::MAX);
+            // SAFETY: live handle; `cname` is NUL-terminated; `buf` holds
+            // `c_len` writable bytes and outlives the call.
+            let rc = unsafe {
+                sys::spank_getenv(self.raw, cname.as_ptr(), buf.as_mut_ptr().cast(), c_len)
+            };
+            if rc == sys::slurm_err_t_ESPANK_ENV_NOEXIST {
+                return Ok(None);
+            }
+            if rc == sys::slurm_err_t_ESPANK_NOSPACE && len < (1 << 20) {
+                len *= 4;
+                continue;
+            }
+            check(|| format!("spank_getenv({name})"), rc)?;
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            buf.truncate(end);
+            return Ok(Some(String::from_utf8_lossy(&buf).into_owned()));
+        }
+    }
+
+    /// Sets a variable in the job's (task's) environment, overwriting it.
+    pub fn setenv(&self, name: &str, value: &str) -> Result<(), SpankError> {
+        let cname = c_string(name);
+        let cvalue = c_string(value);
+        // SAFETY: live handle; both strings are NUL-terminated and outlive
+        // the call; Slurm copies them.
+        let rc = unsafe { sys::spank_setenv(self.raw, cname.as_ptr(), cvalue.as_ptr(), 1) };
+        check(|| format!("spank_setenv({name})"), rc)
+    }
+}
+
+/// Logs an error through Slurm: on srun/sbatch/salloc it is printed on their
+/// stderr (`sbatch: error: ckpt: …`), in daemons it goes to their log.
+pub fn log_error(message: &str) {
+    let text = c_string(&format!("ckpt: {message}"));
+    // SAFETY: the format is a literal "%s" and its one argument is a valid
+    // NUL-terminated string, as slurm_error's printf contract requires.
+    unsafe { sys::slurm_error(c"%s".as_ptr(), text.as_ptr()) };
+}
+
+/// Logs an informational line (daemon logs; srun -v).
+pub fn log_info(message: &str) {
+    let text = c_string(&format!("ckpt: {message}"));
+    // SAFETY: as in log_error.
+    unsafe { sys::slurm_info(c"%s".as_ptr(), text.as_ptr()) };
+}
+
+/// Writes a line to the task's stderr (fd 2). Only for the task callbacks,
+/// which run in the forked task just before it execs the user's command:
+/// there fd 2 is the job's error file, where the user looks, while
+/// `slurm_error` goes to the slurmd log.
+pub fn task_stderr(message: &str) {
+    let line = format!("ckpt: error: {message}\n");
+    let mut rest = line.as_bytes();
+    while !rest.is_empty() {
+        // SAFETY: `rest` is a valid buffer of `rest.len()` bytes; writing to
+        // fd 2 has no memory effects on this process.
+        let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
+        match usize::try_from(n) {
+            Ok(n) if n > 0 => rest = rest.get(n..).unwrap_or_default(),
+            _ => {
+                if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                    return;
+                }
+            }
+        }
+    }
+}
