@@ -43,7 +43,7 @@ impl fmt::Display for PluginError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Option(e) => write!(f, "{e}"),
-            Self::Config(e) => write!(f, "{e}: the ckpt plugin is not loaded"),
+            Self::Config(e) => write!(f, "the ckpt plugin is not loaded: {e}"),
             Self::SiteMisconfigured(e) => write!(
                 f,
                 "checkpointing is unavailable on this cluster: {e}; ask the administrator \

@@ -30,31 +30,18 @@ pub static plugin_version: c_uint = slurm_headers::PLUGIN_VERSION;
 #[unsafe(no_mangle)]
 pub static spank_plugin_version: c_uint = 1;
 
-/// Where a failure is reported.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Report {
-    /// The Slurm log only (srun/sbatch print it on their stderr).
-    Log,
-    /// Also the task's stderr: task callbacks run in the job's task, whose
-    /// stderr is the job's error file.
-    LogAndTaskStderr,
-}
-
-fn guarded(
-    callback: &'static str,
-    report: Report,
-    f: impl FnOnce() -> Result<(), PluginError>,
-) -> c_int {
+/// Runs a callback; an error or a panic is logged with `slurm_error`, which
+/// srun, sbatch and salloc print on their stderr, and which slurmstepd writes
+/// to the slurmd log and, in a task callback, also to the job's stderr
+/// (observed on 22.05: `slurmstepd-NODE: error: ckpt: ...` in the job's error
+/// file).
+fn guarded(callback: &'static str, f: impl FnOnce() -> Result<(), PluginError>) -> c_int {
     let error = match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => return 0,
         Ok(Err(e)) => e,
         Err(_) => PluginError::Panic(callback),
     };
-    let message = error.to_string();
-    spank::log_error(&message);
-    if report == Report::LogAndTaskStderr {
-        spank::task_stderr(&message);
-    }
+    spank::log_error(&error.to_string());
     -1
 }
 
@@ -97,7 +84,7 @@ pub unsafe extern "C" fn slurm_spank_init(
     argc: c_int,
     argv: *mut *mut c_char,
 ) -> c_int {
-    guarded("slurm_spank_init", Report::Log, || {
+    guarded("slurm_spank_init", || {
         // SAFETY: Slurm passes its argc/argv pair for this plugin.
         let args = unsafe { args(argc, argv) };
         // SAFETY: `sp` is this callback's handle and `spank` does not escape it.
@@ -113,11 +100,7 @@ pub extern "C" fn slurm_spank_init_post_opt(
     _argc: c_int,
     _argv: *mut *mut c_char,
 ) -> c_int {
-    guarded(
-        "slurm_spank_init_post_opt",
-        Report::Log,
-        hooks::init_post_opt,
-    )
+    guarded("slurm_spank_init_post_opt", hooks::init_post_opt)
 }
 
 /// Called in each task, as the job's user, just before it execs.
@@ -130,7 +113,7 @@ pub unsafe extern "C" fn slurm_spank_task_init(
     argc: c_int,
     argv: *mut *mut c_char,
 ) -> c_int {
-    guarded("slurm_spank_task_init", Report::LogAndTaskStderr, || {
+    guarded("slurm_spank_task_init", || {
         // SAFETY: Slurm passes its argc/argv pair for this plugin.
         let args = unsafe { args(argc, argv) };
         // SAFETY: `sp` is this callback's handle and `spank` does not escape it.
@@ -141,7 +124,7 @@ pub unsafe extern "C" fn slurm_spank_task_init(
 
 /// The callback of every option (`val` tells which).
 extern "C" fn option_callback(val: c_int, optarg: *const c_char, _remote: c_int) -> c_int {
-    guarded("option callback", Report::Log, || {
+    guarded("option callback", || {
         let value = if optarg.is_null() {
             None
         } else {

@@ -233,25 +233,3 @@ pub fn log_info(message: &str) {
     // SAFETY: as in log_error.
     unsafe { sys::slurm_info(c"%s".as_ptr(), text.as_ptr()) };
 }
-
-/// Writes a line to the task's stderr (fd 2). Only for the task callbacks,
-/// which run in the forked task just before it execs the user's command:
-/// there fd 2 is the job's error file, where the user looks, while
-/// `slurm_error` goes to the slurmd log.
-pub fn task_stderr(message: &str) {
-    let line = format!("ckpt: error: {message}\n");
-    let mut rest = line.as_bytes();
-    while !rest.is_empty() {
-        // SAFETY: `rest` is a valid buffer of `rest.len()` bytes; writing to
-        // fd 2 has no memory effects on this process.
-        let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
-        match usize::try_from(n) {
-            Ok(n) if n > 0 => rest = rest.get(n..).unwrap_or_default(),
-            _ => {
-                if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                    return;
-                }
-            }
-        }
-    }
-}
