@@ -1,1 +1,18 @@
 //! ckpt-core: the checkpoint engine.
+//!
+//! - [`image`]: the versioned on-disk format (header, manifests, checksums,
+//!   generations with atomic publish and fallback).
+//! - [`signal_safe`]: the fence: raw syscalls, an mmap-backed buffer and
+//!   allocation-free /proc parsers, usable while other threads are stopped.
+//! - [`preload`]: what runs inside the checkpointed program when the crate
+//!   is loaded as `libckpt.so` (constructor, checkpoint thread, stop handler,
+//!   image writer, and the last stage of restore).
+//! - [`coord`]: the coordinator protocol.
+//! - [`error`]: error types.
+#![warn(missing_docs)]
+
+pub mod coord;
+pub mod error;
+pub mod image;
+pub mod preload;
+pub mod signal_safe;

@@ -1,0 +1,518 @@
+//! Checkpoint directories and their generations.
+//!
+//! ```text
+//! DIR/                      0700, owned by the user
+//!   gdir-000007/             a complete generation (has generation.json)
+//!     generation.json       GenerationRecord: processes, sizes, checksums
+//!     proc-<pid>.json       ProcessManifest
+//!     proc-<pid>.img        header + page data
+//!   gdir-000008.tmp/         a checkpoint in progress (never restored)
+//!   latest -> gdir-000007    convenience link, updated atomically
+//! ```
+//! A generation becomes complete only by the `rename` of its `.tmp`
+//! directory, after every file in it and the directory itself were fsynced.
+//! The previous complete generations stay until a newer one is complete.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::checksum::crc32c;
+use super::format;
+use super::manifest::{GenerationRecord, ProcessManifest, GENERATION_FORMAT, PROCESS_FORMAT};
+use crate::error::ImageError;
+
+/// How many complete generations are kept by default.
+pub const DEFAULT_KEEP: usize = 2;
+
+/// A checkpoint directory that exists, is ours and is private.
+#[derive(Clone, Debug)]
+pub struct CheckpointDir {
+    path: PathBuf,
+}
+
+/// Summary of one generation for `ckpt status`.
+#[derive(Clone, Debug)]
+pub struct GenerationInfo {
+    /// Generation number.
+    pub number: u64,
+    /// Its directory.
+    pub path: PathBuf,
+    /// `complete`, `incomplete` or `corrupt: why`.
+    pub state: String,
+    /// The record when complete.
+    pub record: Option<GenerationRecord>,
+}
+
+/// A complete generation, read and validated (all but the page data checksums,
+/// which the restorer verifies as it reads the pages into place).
+#[derive(Clone, Debug)]
+pub struct LoadedGeneration {
+    /// Its directory.
+    pub path: PathBuf,
+    /// The record.
+    pub record: GenerationRecord,
+    /// Manifests in record order.
+    pub processes: Vec<ProcessManifest>,
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+fn dir_err(dir: &Path, problem: impl Into<String>) -> ImageError {
+    ImageError::Dir { dir: dir.to_path_buf(), problem: problem.into() }
+}
+
+fn fsync_path(p: &Path) -> Result<(), ImageError> {
+    let f = fs::File::open(p).map_err(|e| ImageError::io(p, "open for fsync", e))?;
+    f.sync_all().map_err(|e| ImageError::io(p, "fsync", e))
+}
+
+fn parse_gen_name(name: &str) -> Option<(u64, bool)> {
+    let rest = name.strip_prefix("gdir-")?;
+    let (num, tmp) = match rest.strip_suffix(".tmp") {
+        Some(n) => (n, true),
+        None => (rest, false),
+    };
+    if num.len() < 6 || !num.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    Some((num.parse().ok()?, tmp))
+}
+
+/// Directory name of generation `n`.
+pub fn gen_name(n: u64) -> String {
+    format!("gdir-{n:06}")
+}
+
+impl CheckpointDir {
+    /// Open an existing checkpoint directory: it must be a real directory
+    /// (not a symlink), owned by us and writable. Looser permissions than
+    /// 0700 are tightened, since images hold process memory.
+    pub fn open(path: &Path) -> Result<Self, ImageError> {
+        let md = fs::symlink_metadata(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                dir_err(path, "does not exist; create it (mkdir -m 700) or pass an existing directory")
+            }
+            _ => dir_err(path, format!("cannot be read: {e}")),
+        })?;
+        if md.file_type().is_symlink() {
+            return Err(dir_err(path, "is a symbolic link; pass the real directory"));
+        }
+        if !md.is_dir() {
+            return Err(dir_err(path, "is not a directory"));
+        }
+        if md.uid() != euid() {
+            return Err(dir_err(
+                path,
+                format!("is owned by uid {}, not by you (uid {}); use a directory of your own", md.uid(), euid()),
+            ));
+        }
+        if md.mode() & 0o077 != 0 {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+                .map_err(|e| dir_err(path, format!("cannot make it private (chmod 700): {e}")))?;
+        }
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| dir_err(path, "path contains a NUL byte"))?;
+        // SAFETY: c is a valid NUL-terminated path.
+        if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+            return Err(dir_err(path, "is not writable by you; fix its permissions or choose another directory"));
+        }
+        Ok(CheckpointDir { path: path.to_path_buf() })
+    }
+
+    /// Create the directory (and missing parents) with mode 0700, then open it.
+    pub fn create(path: &Path) -> Result<Self, ImageError> {
+        match fs::DirBuilder::new().recursive(true).mode(0o700).create(path) {
+            Ok(()) => {}
+            Err(e) => return Err(dir_err(path, format!("cannot be created: {e}"))),
+        }
+        Self::open(path)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Path of the coordinator socket.
+    pub fn socket_path(&self) -> PathBuf {
+        self.path.join("ckpt.sock")
+    }
+
+    fn entries(&self) -> Result<Vec<(u64, bool, PathBuf)>, ImageError> {
+        let mut v = Vec::new();
+        let rd = fs::read_dir(&self.path).map_err(|e| ImageError::io(&self.path, "read directory", e))?;
+        for e in rd {
+            let e = e.map_err(|e| ImageError::io(&self.path, "read directory", e))?;
+            let name = e.file_name();
+            if let Some((n, tmp)) = name.to_str().and_then(parse_gen_name) {
+                v.push((n, tmp, e.path()));
+            }
+        }
+        v.sort_by_key(|(n, tmp, _)| (*n, *tmp));
+        Ok(v)
+    }
+
+    /// Start a new generation: creates `gdir-N.tmp` (0700) with N above every
+    /// existing generation.
+    pub fn begin(&self) -> Result<PendingGeneration, ImageError> {
+        let next = self.entries()?.iter().map(|(n, _, _)| *n).max().unwrap_or(0) + 1;
+        let path = self.path.join(format!("{}.tmp", gen_name(next)));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|e| ImageError::io(&path, "create generation directory", e))?;
+        Ok(PendingGeneration { dir: self.clone(), number: next, path })
+    }
+
+    /// All generations, oldest first.
+    pub fn list(&self) -> Result<Vec<GenerationInfo>, ImageError> {
+        let mut out = Vec::new();
+        for (n, tmp, path) in self.entries()? {
+            if tmp {
+                out.push(GenerationInfo { number: n, path, state: "incomplete".into(), record: None });
+                continue;
+            }
+            match read_record(&path) {
+                Ok(r) => out.push(GenerationInfo { number: n, path, state: "complete".into(), record: Some(r) }),
+                Err(e) => out.push(GenerationInfo { number: n, path, state: format!("corrupt: {e}"), record: None }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Load generation directory `path` and validate everything but page data.
+    pub fn load(&self, path: &Path) -> Result<LoadedGeneration, ImageError> {
+        load_generation(path)
+    }
+
+    /// Complete generations, newest first, each either loaded or with the
+    /// reason it cannot be used.
+    pub fn candidates(&self) -> Result<Vec<(PathBuf, Result<LoadedGeneration, ImageError>)>, ImageError> {
+        let mut v: Vec<_> = self
+            .entries()?
+            .into_iter()
+            .filter(|(_, tmp, _)| !tmp)
+            .map(|(_, _, p)| {
+                let r = load_generation(&p);
+                (p, r)
+            })
+            .collect();
+        v.reverse();
+        Ok(v)
+    }
+
+    /// Remove complete generations beyond the newest `keep`, and stale `.tmp`
+    /// directories older than the newest complete one.
+    pub fn prune(&self, keep: usize) -> Result<(), ImageError> {
+        let entries = self.entries()?;
+        let complete: Vec<u64> = entries.iter().filter(|(_, t, _)| !t).map(|(n, _, _)| *n).collect();
+        let newest = complete.last().copied().unwrap_or(0);
+        let cut = complete.len().saturating_sub(keep);
+        let old: Vec<u64> = complete.iter().take(cut).copied().collect();
+        for (n, tmp, p) in entries {
+            if (tmp && n < newest) || (!tmp && old.contains(&n)) {
+                fs::remove_dir_all(&p).map_err(|e| ImageError::io(&p, "remove old generation", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove every generation (after a job finished normally).
+    pub fn remove_all(&self) -> Result<(), ImageError> {
+        for (_, _, p) in self.entries()? {
+            fs::remove_dir_all(&p).map_err(|e| ImageError::io(&p, "remove generation", e))?;
+        }
+        let l = self.path.join("latest");
+        if fs::symlink_metadata(&l).is_ok() {
+            fs::remove_file(&l).map_err(|e| ImageError::io(&l, "remove", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// A generation being written.
+#[derive(Debug)]
+pub struct PendingGeneration {
+    dir: CheckpointDir,
+    /// Its number.
+    pub number: u64,
+    /// The `.tmp` directory the processes write into.
+    pub path: PathBuf,
+}
+
+impl PendingGeneration {
+    /// Make the generation complete and durable: fsync every file, write
+    /// `generation.json`, fsync the directory, rename it into place, fsync the
+    /// parent, point `latest` at it, and prune old generations.
+    pub fn commit(self, record: &GenerationRecord, keep: usize) -> Result<PathBuf, ImageError> {
+        for p in &record.processes {
+            fsync_path(&self.path.join(&p.manifest))?;
+            fsync_path(&self.path.join(&p.image))?;
+        }
+        let rec_path = self.path.join("generation.json");
+        let data = serde_json::to_vec_pretty(record)
+            .map_err(|e| ImageError::Corrupt { file: rec_path.display().to_string(), what: e.to_string() })?;
+        {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode_0600()
+                .open(&rec_path)
+                .map_err(|e| ImageError::io(&rec_path, "create", e))?;
+            f.write_all(&data).map_err(|e| ImageError::io(&rec_path, "write", e))?;
+            f.sync_all().map_err(|e| ImageError::io(&rec_path, "fsync", e))?;
+        }
+        fsync_path(&self.path)?;
+        let final_path = self.dir.path.join(gen_name(self.number));
+        fs::rename(&self.path, &final_path).map_err(|e| ImageError::io(&final_path, "rename into place", e))?;
+        fsync_path(&self.dir.path)?;
+        let tmp_link = self.dir.path.join(".latest.tmp");
+        let _ = fs::remove_file(&tmp_link);
+        std::os::unix::fs::symlink(gen_name(self.number), &tmp_link)
+            .map_err(|e| ImageError::io(&tmp_link, "create symlink", e))?;
+        fs::rename(&tmp_link, self.dir.path.join("latest"))
+            .map_err(|e| ImageError::io(self.dir.path.join("latest"), "update", e))?;
+        fsync_path(&self.dir.path)?;
+        self.dir.prune(keep)?;
+        Ok(final_path)
+    }
+
+    /// Throw the partial generation away (the previous one is untouched).
+    pub fn abort(self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+trait Mode0600 {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+impl Mode0600 for fs::OpenOptions {
+    fn mode_0600(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(0o600)
+    }
+}
+
+fn check_owner(p: &Path, md: &fs::Metadata) -> Result<(), ImageError> {
+    if md.uid() != euid() {
+        return Err(ImageError::Foreign { file: p.to_path_buf(), owner: md.uid(), me: euid() });
+    }
+    Ok(())
+}
+
+fn read_small(p: &Path, limit: u64) -> Result<Vec<u8>, ImageError> {
+    let md = fs::symlink_metadata(p).map_err(|e| ImageError::io(p, "stat", e))?;
+    if !md.is_file() {
+        return Err(ImageError::Corrupt { file: p.display().to_string(), what: "not a regular file".into() });
+    }
+    check_owner(p, &md)?;
+    if md.len() > limit {
+        return Err(ImageError::Corrupt { file: p.display().to_string(), what: format!("implausibly large ({} bytes)", md.len()) });
+    }
+    fs::read(p).map_err(|e| ImageError::io(p, "read", e))
+}
+
+fn read_record(gdir: &Path) -> Result<GenerationRecord, ImageError> {
+    let p = gdir.join("generation.json");
+    let data = read_small(&p, 16 << 20)?;
+    let file = p.display().to_string();
+    let v: serde_json::Value =
+        serde_json::from_slice(&data).map_err(|e| ImageError::Corrupt { file: file.clone(), what: format!("not valid JSON: {e}") })?;
+    check_format(&file, &v, GENERATION_FORMAT)?;
+    serde_json::from_value(v).map_err(|e| ImageError::Corrupt { file, what: format!("unexpected content: {e}") })
+}
+
+fn check_format(file: &str, v: &serde_json::Value, want: &str) -> Result<(), ImageError> {
+    let fmt = v.get("format").and_then(|f| f.as_str());
+    if fmt != Some(want) {
+        return Err(ImageError::NotAnImage { file: file.to_string() });
+    }
+    let ver = v.get("version").and_then(|x| x.as_array());
+    let num = |i: usize| ver.and_then(|a| a.get(i)).and_then(|x| x.as_u64()).and_then(|x| u16::try_from(x).ok());
+    match (num(0), num(1)) {
+        (Some(ma), Some(mi)) => format::check_version(file, ma, mi),
+        _ => Err(ImageError::Corrupt { file: file.to_string(), what: "missing or malformed format version".into() }),
+    }
+}
+
+fn safe_name(file: &str, name: &str) -> Result<(), ImageError> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return Err(ImageError::Corrupt { file: file.to_string(), what: format!("file name {name:?} points outside its generation") });
+    }
+    Ok(())
+}
+
+/// Read and validate one complete generation (manifests, headers, sizes,
+/// ownership, region bounds); page data is checked during restore.
+pub fn load_generation(gdir: &Path) -> Result<LoadedGeneration, ImageError> {
+    let md = fs::symlink_metadata(gdir).map_err(|e| ImageError::io(gdir, "stat", e))?;
+    check_owner(gdir, &md)?;
+    let record = read_record(gdir)?;
+    let rec_file = gdir.join("generation.json").display().to_string();
+    if record.processes.is_empty() {
+        return Err(ImageError::Corrupt { file: rec_file, what: "lists no process".into() });
+    }
+    let mut processes = Vec::new();
+    for pr in &record.processes {
+        safe_name(&rec_file, &pr.manifest)?;
+        safe_name(&rec_file, &pr.image)?;
+        let mp = gdir.join(&pr.manifest);
+        let data = read_small(&mp, 1 << 30)?;
+        let mfile = mp.display().to_string();
+        let crc = crc32c(&data);
+        if crc != pr.manifest_crc {
+            return Err(ImageError::Corrupt {
+                file: mfile,
+                what: format!("checksum mismatch (recorded {:08x}, file has {crc:08x})", pr.manifest_crc),
+            });
+        }
+        let v: serde_json::Value = serde_json::from_slice(&data)
+            .map_err(|e| ImageError::Corrupt { file: mfile.clone(), what: format!("not valid JSON: {e}") })?;
+        check_format(&mfile, &v, PROCESS_FORMAT)?;
+        let m: ProcessManifest = serde_json::from_value(v)
+            .map_err(|e| ImageError::Corrupt { file: mfile.clone(), what: format!("unexpected content: {e}") })?;
+        let ip = gdir.join(&pr.image);
+        let ifile = ip.display().to_string();
+        let imd = fs::symlink_metadata(&ip).map_err(|e| ImageError::io(&ip, "stat", e))?;
+        check_owner(&ip, &imd)?;
+        if imd.len() != pr.image_size || m.image.size != pr.image_size {
+            return Err(ImageError::Corrupt {
+                file: ifile,
+                what: format!("size is {} bytes, expected {} (truncated?)", imd.len(), pr.image_size),
+            });
+        }
+        let mut hdr = vec![0u8; 64];
+        {
+            use std::io::Read;
+            let mut f = fs::File::open(&ip).map_err(|e| ImageError::io(&ip, "open", e))?;
+            let n = f.read(&mut hdr).map_err(|e| ImageError::io(&ip, "read", e))?;
+            hdr.truncate(n);
+        }
+        let h = format::decode(&ifile, &hdr, imd.len())?;
+        validate_manifest(&mfile, &m, h.data_len)?;
+        processes.push(m);
+    }
+    Ok(LoadedGeneration { path: gdir.to_path_buf(), record, processes })
+}
+
+/// Structural checks so that a hostile manifest cannot make the restorer map
+/// absurd addresses or read outside the image.
+pub fn validate_manifest(file: &str, m: &ProcessManifest, data_len: u64) -> Result<(), ImageError> {
+    let bad = |what: String| ImageError::Corrupt { file: file.to_string(), what };
+    const TASK_SIZE: u64 = 0x7fff_ffff_f000;
+    let page = format::PAGE_SIZE;
+    let mut prev_end = 0u64;
+    for r in &m.regions {
+        if r.start % page != 0 || r.end % page != 0 || r.start >= r.end || r.end > TASK_SIZE || r.start < 4096 {
+            return Err(bad(format!("region {:#x}-{:#x} has absurd addresses", r.start, r.end)));
+        }
+        if r.start < prev_end {
+            return Err(bad(format!("region {:#x}-{:#x} overlaps the previous one", r.start, r.end)));
+        }
+        prev_end = r.end;
+        let pages = (r.end - r.start) / page;
+        let mut last = 0u64;
+        let mut total = 0u64;
+        for run in &r.runs {
+            let end = run[0].checked_add(run[1]).ok_or_else(|| bad("page run overflows".into()))?;
+            if run[1] == 0 || run[0] < last || end > pages {
+                return Err(bad(format!("page run {:?} lies outside region {:#x}-{:#x}", run, r.start, r.end)));
+            }
+            last = end;
+            total = total.checked_add(run[1]).ok_or_else(|| bad("page count overflows".into()))?;
+        }
+        let bytes = total.checked_mul(page).ok_or_else(|| bad("size overflows".into()))?;
+        let data_end = r.data_offset.checked_add(bytes).ok_or_else(|| bad("data offset overflows".into()))?;
+        if r.data_offset < format::HEADER_LEN || r.data_offset % page != 0 || data_end > format::HEADER_LEN + data_len {
+            return Err(bad(format!("region {:#x}-{:#x} points outside its data file", r.start, r.end)));
+        }
+    }
+    if m.threads.is_empty() {
+        return Err(bad("lists no thread".into()));
+    }
+    for t in &m.threads {
+        let inside = m.regions.iter().any(|r| t.ucontext >= r.start && t.ucontext + 1024 <= r.end);
+        if !inside || t.tid <= 0 {
+            return Err(bad(format!("thread {} has its saved context outside saved memory", t.tid)));
+        }
+    }
+    if m.pid <= 0 || m.threads.first().map(|t| t.tid) != Some(m.pid) {
+        return Err(bad("the first thread is not the process leader".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("ckpt-gdir-test-{}-{tag}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        p
+    }
+
+    #[test]
+    fn create_is_private_and_refuses_symlink() {
+        let p = tmpdir("priv");
+        let d = CheckpointDir::create(&p.join("a/b")).unwrap();
+        let md = fs::metadata(d.path()).unwrap();
+        assert_eq!(md.mode() & 0o777, 0o700);
+        std::os::unix::fs::symlink(p.join("a/b"), p.join("link")).unwrap();
+        let e = CheckpointDir::open(&p.join("link")).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        let e = CheckpointDir::open(&p.join("missing")).unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        fs::remove_dir_all(&p).unwrap();
+    }
+
+    #[test]
+    fn generation_numbers_and_prune() {
+        let p = tmpdir("gens");
+        let d = CheckpointDir::create(&p).unwrap();
+        for i in 1..=4u64 {
+            let g = d.begin().unwrap();
+            assert_eq!(g.number, i);
+            fs::write(g.path.join("proc-2.json"), b"{}").unwrap();
+            fs::write(g.path.join("proc-2.img"), b"").unwrap();
+            let rec = GenerationRecord {
+                format: GENERATION_FORMAT.into(),
+                version: [format::FORMAT_MAJOR, format::FORMAT_MINOR],
+                number: i,
+                created_unix: 0,
+                uid: 0,
+                command: vec!["x".into()],
+                processes: vec![super::super::manifest::ProcessRef {
+                    pid: 2,
+                    manifest: "proc-2.json".into(),
+                    manifest_crc: 0,
+                    image: "proc-2.img".into(),
+                    image_size: 0,
+                }],
+                pause_us: 0,
+                bytes: 0,
+                tool_version: "t".into(),
+            };
+            g.commit(&rec, 2).unwrap();
+        }
+        let l = d.list().unwrap();
+        assert_eq!(l.iter().map(|g| g.number).collect::<Vec<_>>(), vec![3, 4]);
+        assert!(l.iter().all(|g| g.state == "complete"));
+        assert_eq!(fs::read_link(p.join("latest")).unwrap(), PathBuf::from("gdir-000004"));
+        // an aborted generation leaves the previous one alone
+        let g = d.begin().unwrap();
+        assert_eq!(g.number, 5);
+        g.abort();
+        assert_eq!(d.list().unwrap().len(), 2);
+        // a corrupt record is reported as such
+        fs::write(p.join("gdir-000004/generation.json"), b"{").unwrap();
+        let l = d.list().unwrap();
+        assert!(l[1].state.starts_with("corrupt"), "{}", l[1].state);
+        fs::remove_dir_all(&p).unwrap();
+    }
+}

@@ -1,0 +1,315 @@
+//! The process manifest (`proc-<pid>.json`) and the generation record
+//! (`generation.json`).
+//!
+//! The process manifest is written by the stopped process itself with the
+//! allocation-free writer in `preload::emit`; these serde types are the
+//! reader's (and the tests') definition of the same JSON. A round-trip test
+//! in `preload::emit` keeps the two in step.
+
+use serde::{Deserialize, Serialize};
+
+/// `format` value of a process manifest.
+pub const PROCESS_FORMAT: &str = "ckpt-process";
+/// `format` value of a generation record.
+pub const GENERATION_FORMAT: &str = "ckpt-generation";
+
+/// Everything needed to rebuild one process.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ProcessManifest {
+    /// Always [`PROCESS_FORMAT`].
+    pub format: String,
+    /// `[major, minor]` of the image format.
+    pub version: [u16; 2],
+    /// Pid inside the job's pid namespace.
+    pub pid: i32,
+    /// Parent pid (namespace view; 0 when the parent is outside).
+    pub ppid: i32,
+    /// Real uid of the process (the restorer refuses another user).
+    pub uid: u32,
+    /// Path of the executable.
+    pub exe: String,
+    /// Wall-clock time of the checkpoint, ns since the epoch.
+    pub realtime_ns: u64,
+    /// CLOCK_MONOTONIC as the program saw it.
+    pub monotonic_ns: u64,
+    /// CLOCK_BOOTTIME as the program saw it.
+    pub boottime_ns: u64,
+    /// CPU identity the program's libraries may depend on.
+    pub cpu: CpuInfo,
+    /// Where the vDSO and its data pages were.
+    pub vdso: VdsoInfo,
+    /// Memory-descriptor fields for `PR_SET_MM_MAP`.
+    pub mm: MmInfo,
+    /// Addresses inside the preloaded libckpt used by the restorer.
+    pub hooks: Hooks,
+    /// Memory regions in address order.
+    pub regions: Vec<Region>,
+    /// Threads (the first is the thread group leader).
+    pub threads: Vec<Thread>,
+    /// Open file descriptors.
+    pub fds: Vec<Fd>,
+    /// Non-default signal actions.
+    pub sigactions: Vec<SigAction>,
+    /// Working directory.
+    pub cwd: String,
+    /// File-creation mask.
+    pub umask: u32,
+    /// `[resource, soft, hard]` for every resource.
+    pub rlimits: Vec<[u64; 3]>,
+    /// `[which, interval_us, value_us]` of armed interval timers.
+    pub itimers: Vec<[u64; 3]>,
+    /// Name of the data file and its total size.
+    pub image: ImageRef,
+}
+
+/// CPU identity.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CpuInfo {
+    /// CPUID leaf 1 ECX, EDX and leaf 7 EBX, ECX.
+    pub features: [u32; 4],
+    /// Enabled XSAVE features (XCR0).
+    pub xcr0: u64,
+}
+
+/// vDSO placement and identity.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VdsoInfo {
+    /// Start of `[vvar]` (the vDSO block starts here).
+    pub vvar: u64,
+    /// Start of `[vdso]`.
+    pub vdso: u64,
+    /// Length of `[vdso]`.
+    pub vdso_len: u64,
+    /// CRC-32C of the vDSO text (the kernel build must be the same).
+    pub crc: u32,
+}
+
+/// Memory descriptor fields.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct MmInfo {
+    /// start_code.
+    pub start_code: u64,
+    /// end_code.
+    pub end_code: u64,
+    /// start_data.
+    pub start_data: u64,
+    /// end_data.
+    pub end_data: u64,
+    /// start_brk.
+    pub start_brk: u64,
+    /// Current brk.
+    pub brk: u64,
+    /// start_stack.
+    pub start_stack: u64,
+    /// arg_start.
+    pub arg_start: u64,
+    /// arg_end.
+    pub arg_end: u64,
+    /// env_start.
+    pub env_start: u64,
+    /// env_end.
+    pub env_end: u64,
+    /// The auxiliary vector as u64 words.
+    pub auxv: Vec<u64>,
+}
+
+/// Restorer hooks in libckpt.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Hooks {
+    /// Address of libckpt's `RestoreInfo` block.
+    pub restore_info: u64,
+    /// Address of libckpt's `FinishArgs` block.
+    pub finish_args: u64,
+    /// Address of `ckpt_restore_finish`.
+    pub finish: u64,
+}
+
+/// How a region is rebuilt.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RegionKind {
+    /// Private anonymous memory (heap, stacks, anonymous mmaps).
+    Anon,
+    /// Shared anonymous memory (`MAP_SHARED|MAP_ANONYMOUS`, memfd, deleted shm).
+    SharedAnon,
+    /// Private file mapping: the file is mapped again, written pages are restored over it.
+    File,
+    /// Shared file mapping: the file is mapped again; its data lives in the file.
+    SharedFile,
+}
+
+/// One memory region.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Region {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// PROT_* bits.
+    pub prot: u32,
+    /// How to rebuild it.
+    pub kind: RegionKind,
+    /// Path or pseudo-name as `/proc/self/maps` showed it.
+    pub name: String,
+    /// File offset (file kinds).
+    pub offset: u64,
+    /// Device and inode of the file (file kinds), to detect a changed file.
+    pub dev: u64,
+    /// Inode.
+    pub inode: u64,
+    /// Size and mtime (ns) of the file at checkpoint time.
+    pub file_size: u64,
+    /// mtime in ns.
+    pub file_mtime_ns: u64,
+    /// Where this region's saved pages start in the image file.
+    pub data_offset: u64,
+    /// Saved page runs `[first page index in the region, page count]`, in order,
+    /// stored back to back from `data_offset`.
+    pub runs: Vec<[u64; 2]>,
+    /// CRC-32C of this region's saved bytes.
+    pub crc: u32,
+    /// Grows down (main stack).
+    pub growsdown: bool,
+    /// Transparent huge pages were advised.
+    pub hugepage: bool,
+}
+
+impl Region {
+    /// Bytes saved for this region.
+    pub fn saved_bytes(&self) -> u64 {
+        self.runs.iter().map(|r| r[1]).sum::<u64>() * super::format::PAGE_SIZE
+    }
+}
+
+/// One thread.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Thread {
+    /// Thread id (namespace view).
+    pub tid: i32,
+    /// Address of the `ucontext_t` the kernel wrote when the thread was
+    /// stopped; `rt_sigreturn` from there resumes it.
+    pub ucontext: u64,
+    /// FS base (TLS).
+    pub fs_base: u64,
+    /// GS base.
+    pub gs_base: u64,
+    /// Registered rseq area (0 if none) and its signature.
+    pub rseq: u64,
+    /// rseq signature.
+    pub rseq_sig: u32,
+    /// Robust futex list head and length.
+    pub robust_head: u64,
+    /// Robust list length.
+    pub robust_len: u64,
+    /// clear_child_tid address.
+    pub clear_tid: u64,
+    /// A stack address below which the thread's stack is free (scratch for the restorer).
+    pub scratch_sp: u64,
+}
+
+/// What an fd refers to.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FdKind {
+    /// A regular file, reopened by path at its offset.
+    File,
+    /// A directory.
+    Dir,
+    /// `/dev/null`, `/dev/zero`, `/dev/urandom` and the like.
+    Device,
+    /// A pipe or FIFO.
+    Pipe,
+    /// A terminal.
+    Tty,
+    /// A socket.
+    Socket,
+    /// Anything else (`anon_inode:` objects...).
+    Other,
+}
+
+/// One file descriptor.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Fd {
+    /// Descriptor number.
+    pub fd: i32,
+    /// Kind.
+    pub kind: FdKind,
+    /// Target as `/proc/self/fd/N` showed it.
+    pub path: String,
+    /// Open flags (`O_*`, from fdinfo).
+    pub flags: u32,
+    /// File offset.
+    pub pos: u64,
+    /// Close-on-exec.
+    pub cloexec: bool,
+    /// Terminal settings (`struct termios` words) for ttys.
+    pub termios: Vec<u32>,
+    /// Device/inode of the object (to spot shared descriptions).
+    pub dev: u64,
+    /// Inode.
+    pub inode: u64,
+}
+
+/// One signal action (kernel layout).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SigAction {
+    /// Signal number.
+    pub sig: i32,
+    /// Handler address (0 = default, 1 = ignore).
+    pub handler: u64,
+    /// SA_* flags.
+    pub flags: u64,
+    /// Restorer trampoline.
+    pub restorer: u64,
+    /// Mask during the handler.
+    pub mask: u64,
+}
+
+/// The data file of a process.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageRef {
+    /// File name inside the generation directory.
+    pub file: String,
+    /// Its size in bytes, header included.
+    pub size: u64,
+}
+
+/// The record that makes a generation complete (`generation.json`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct GenerationRecord {
+    /// Always [`GENERATION_FORMAT`].
+    pub format: String,
+    /// `[major, minor]` of the image format.
+    pub version: [u16; 2],
+    /// Generation number.
+    pub number: u64,
+    /// Wall-clock time of the checkpoint, seconds since the epoch.
+    pub created_unix: u64,
+    /// Owner uid.
+    pub uid: u32,
+    /// The command that was launched.
+    pub command: Vec<String>,
+    /// Processes in this generation.
+    pub processes: Vec<ProcessRef>,
+    /// How long the program stood still, microseconds.
+    pub pause_us: u64,
+    /// Bytes written (all files).
+    pub bytes: u64,
+    /// The tool version that wrote it.
+    pub tool_version: String,
+}
+
+/// A process entry of a generation.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProcessRef {
+    /// Pid inside the job's namespace.
+    pub pid: i32,
+    /// Manifest file name.
+    pub manifest: String,
+    /// CRC-32C of the manifest file.
+    pub manifest_crc: u32,
+    /// Data file name.
+    pub image: String,
+    /// Data file size.
+    pub image_size: u64,
+}

@@ -1,0 +1,614 @@
+//! The image writer: runs on the checkpoint thread, inside its stop handler,
+//! while every other thread is parked. **Async-signal-safe** throughout:
+//! raw syscalls, [`MmapBuf`] scratch memory, `core::fmt` into that memory.
+//!
+//! Output: `proc-<pid>.img` (header + page-aligned page runs, written
+//! straight from the process's memory) and `proc-<pid>.json` (the manifest,
+//! see [`crate::image::manifest::ProcessManifest`]), both fsynced.
+//!
+//! Which pages are saved (from `/proc/self/pagemap`):
+//! - private anonymous memory (heap, stacks, anonymous mmaps): present or
+//!   swapped pages; never-touched pages are not written;
+//! - shared anonymous memory: present pages;
+//! - private file mappings: only pages that were written (copy-on-write,
+//!   no longer backed by the file); the file is mapped again on restore;
+//! - shared file mappings: nothing (the data is in the file);
+//! - mappings of deleted or replaced files: every page, as anonymous memory;
+//! - `[vvar]`, `[vvar_vclock]`, `[vsyscall]`: skipped; `[vdso]`: identity only.
+
+use core::fmt::Write as _;
+
+use crate::image::checksum::Crc32c;
+use crate::image::format;
+use crate::preload::stop::{self, NSLOTS, SLOTS};
+use crate::signal_safe::buf::{MmapBuf, StackBuf};
+use crate::signal_safe::procfs::{self, MapsLine};
+use crate::signal_safe::raw::{self, Errno};
+use core::sync::atomic::Ordering;
+
+const PAGE: u64 = format::PAGE_SIZE;
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAP: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
+
+/// Steps, for error messages.
+const STEPS: [&str; 9] =
+    ["", "creating the image file", "reading /proc/self", "writing memory", "writing the manifest", "syncing to disk", "reading pagemap", "describing files", "allocating scratch memory"];
+
+/// Human name of a failing step.
+pub fn step_name(step: u64) -> &'static str {
+    STEPS.get(step as usize).copied().unwrap_or("checkpointing")
+}
+
+type Fail = (u64, Errno);
+
+fn at(step: u64) -> impl Fn(Errno) -> Fail {
+    move |e| (step, e)
+}
+
+struct Scratch {
+    maps: MmapBuf,
+    json: MmapBuf,
+    tmp: MmapBuf,
+}
+
+impl Scratch {
+    fn free(&mut self) {
+        self.maps.free();
+        self.json.free();
+        self.tmp.free();
+    }
+}
+
+fn path_in(dir: &[u8], name: core::fmt::Arguments<'_>) -> StackBuf<4096> {
+    let mut p = StackBuf::<4096>::new();
+    p.push(dir);
+    p.push(b"/");
+    let _ = p.write_fmt(name);
+    p
+}
+
+/// Write the image of this process into `dir`. Returns the bytes written.
+pub fn write_image(dir: &[u8], conn_fd: i32) -> Result<u64, Fail> {
+    let mut s = Scratch { maps: MmapBuf::new(), json: MmapBuf::new(), tmp: MmapBuf::new() };
+    let r = write_image_inner(dir, conn_fd, &mut s);
+    s.free();
+    r
+}
+
+fn write_image_inner(dir: &[u8], conn_fd: i32, s: &mut Scratch) -> Result<u64, Fail> {
+    let pid = raw::getpid();
+    // Scratch space first, so that its mappings are visible (and skipped) in maps.
+    s.json.reserve(1 << 20).map_err(at(8))?;
+    s.tmp.reserve(1 << 16).map_err(at(8))?;
+    s.maps.reserve(1 << 20).map_err(at(8))?;
+    loop {
+        let cap_before = s.maps.mapping();
+        s.maps.read_file(b"/proc/self/maps\0").map_err(at(2))?;
+        if s.maps.mapping() == cap_before {
+            break;
+        }
+        // The buffer moved while growing: read again so maps shows where it is now.
+    }
+
+    let mut img_path = path_in(dir, format_args!("proc-{pid}.img"));
+    let img = raw::open(img_path.as_cstr(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o600).map_err(at(1))?;
+    let r = write_all_parts(dir, conn_fd, img, pid, s);
+    raw::close(img);
+    r
+}
+
+fn write_all_parts(dir: &[u8], conn_fd: i32, img: i32, pid: i32, s: &mut Scratch) -> Result<u64, Fail> {
+    let pagemap = raw::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0).map_err(at(6))?;
+    let r = write_parts(dir, conn_fd, img, pagemap, pid, s);
+    raw::close(pagemap);
+    r
+}
+
+fn write_parts(dir: &[u8], conn_fd: i32, img: i32, pagemap: i32, pid: i32, s: &mut Scratch) -> Result<u64, Fail> {
+    let mut data_off: u64 = format::HEADER_LEN;
+    raw::lseek(img, data_off as i64, libc::SEEK_SET).map_err(at(3))?;
+
+    let scratch = [s.maps.mapping().0 as u64, s.json.mapping().0 as u64, s.tmp.mapping().0 as u64];
+    let j = &mut s.json;
+    j.clear();
+    let _ = write!(j, "{{\"format\":\"ckpt-process\",\"version\":[{},{}],\"pid\":{pid},", format::FORMAT_MAJOR, format::FORMAT_MINOR);
+    // ppid as the namespace sees it
+    // SAFETY: getppid/getuid take no arguments.
+    let ppid = unsafe { raw::syscall3(raw::nr::GETPPID, 0, 0, 0) }.unwrap_or(0);
+    // SAFETY: getuid (102) takes no arguments.
+    let uid = unsafe { raw::syscall3(102, 0, 0, 0) }.unwrap_or(0);
+    let _ = write!(j, "\"ppid\":{ppid},\"uid\":{uid},\"exe\":");
+    {
+        let mut exe = [0u8; 4096];
+        let n = raw::readlink(b"/proc/self/exe\0", &mut exe).map_err(at(2))?;
+        j.push_json_str(exe.get(..n).unwrap_or(&[])).map_err(at(8))?;
+    }
+    let _ = write!(
+        j,
+        ",\"realtime_ns\":{},\"monotonic_ns\":{},\"boottime_ns\":{},",
+        raw::clock_ns(libc::CLOCK_REALTIME),
+        raw::clock_ns(libc::CLOCK_MONOTONIC),
+        raw::clock_ns(libc::CLOCK_BOOTTIME)
+    );
+    write_cpu(j);
+
+    // mm fields from /proc/self/stat
+    s.tmp.read_file(b"/proc/self/stat\0").map_err(at(2))?;
+    let st = s.tmp.as_slice();
+    let f = |n| procfs::stat_field(st, n).unwrap_or(0);
+    let (start_code, end_code, start_stack) = (f(26), f(27), f(28));
+    let (start_data, end_data, start_brk, arg_start, arg_end, env_start, env_end) = (f(45), f(46), f(47), f(48), f(49), f(50), f(51));
+    let brk = raw::current_brk();
+
+    // vdso identity is emitted after scanning maps; remember where it is.
+    let mut vvar = 0u64;
+    let mut vdso = 0u64;
+    let mut vdso_len = 0u64;
+
+    let _ = write!(j, "\"regions\":[");
+    let mut first = true;
+    let mut total: u64 = 0;
+    let maps = s.maps.as_slice();
+    for line in procfs::lines(maps) {
+        let Some(m) = procfs::parse_maps_line(line) else { continue };
+        match m.path {
+            b"[vvar]" => {
+                vvar = m.start;
+                continue;
+            }
+            b"[vvar_vclock]" | b"[vsyscall]" => continue,
+            b"[vdso]" => {
+                vdso = m.start;
+                vdso_len = m.end - m.start;
+                continue;
+            }
+            _ => {}
+        }
+        if scratch.contains(&m.start) {
+            continue;
+        }
+        let region = classify(&m);
+        let (kind, save) = region;
+        let mut crc = Crc32c::new();
+        let reg_off = data_off;
+        let mut runs = StackRuns::new();
+        if save != Save::Nothing {
+            let need_read = m.prot & libc::PROT_READ as u32 == 0;
+            let mut made_readable = false;
+            let mut page = 0u64;
+            let npages = (m.end - m.start) / PAGE;
+            let mut pm = [0u64; 512];
+            while page < npages {
+                let chunk = core::cmp::min(512, npages - page);
+                let off = ((m.start / PAGE) + page) * 8;
+                let want = (chunk * 8) as usize;
+                // SAFETY: pm is valid for 4096 bytes >= want.
+                let got = unsafe {
+                    raw::syscall6(raw::nr::PREAD64, pagemap as usize, pm.as_mut_ptr() as usize, want, off as usize, 0, 0)
+                }
+                .map_err(at(6))?;
+                if got < want {
+                    return Err((6, Errno(libc::EIO)));
+                }
+                let mut i = 0u64;
+                while i < chunk {
+                    let e = pm.get(i as usize).copied().unwrap_or(0);
+                    if !wanted(save, e) {
+                        i += 1;
+                        continue;
+                    }
+                    let run_start = i;
+                    while i < chunk && wanted(save, pm.get(i as usize).copied().unwrap_or(0)) {
+                        i += 1;
+                    }
+                    let first_page = page + run_start;
+                    let count = i - run_start;
+                    if need_read && !made_readable {
+                        // SAFETY: the region is ours, every other thread is parked, and the
+                        // protection is put back below before anyone runs again.
+                        unsafe { raw::mprotect(m.start as usize, (m.end - m.start) as usize, (m.prot | libc::PROT_READ as u32) as i32) }
+                            .map_err(at(3))?;
+                        made_readable = true;
+                    }
+                    let addr = m.start + first_page * PAGE;
+                    let len = count * PAGE;
+                    // SAFETY: the range is mapped and readable; nothing writes it while threads are parked.
+                    unsafe { crc.update_raw(addr as usize, len as usize) };
+                    write_mem(img, addr, len).map_err(at(3))?;
+                    runs.push(first_page, count);
+                    data_off += len;
+                }
+                page += chunk;
+            }
+            if made_readable {
+                // SAFETY: restores the original protection of our own region.
+                unsafe { raw::mprotect(m.start as usize, (m.end - m.start) as usize, m.prot as i32) }.map_err(at(3))?;
+            }
+        }
+        total += data_off - reg_off;
+        if !first {
+            j.push(b",").map_err(at(8))?;
+        }
+        first = false;
+        emit_region(j, &m, kind, reg_off, &runs, crc.finish(), start_stack)?;
+        runs.free();
+    }
+    let _ = write!(j, "],");
+
+    // vdso
+    let vcrc = if vdso != 0 {
+        let mut c = Crc32c::new();
+        // SAFETY: the vdso is mapped readable for the whole life of the process.
+        unsafe { c.update_raw(vdso as usize, vdso_len as usize) };
+        c.finish()
+    } else {
+        0
+    };
+    let _ = write!(j, "\"vdso\":{{\"vvar\":{vvar},\"vdso\":{vdso},\"vdso_len\":{vdso_len},\"crc\":{vcrc}}},");
+
+    // mm
+    let _ = write!(
+        j,
+        "\"mm\":{{\"start_code\":{start_code},\"end_code\":{end_code},\"start_data\":{start_data},\"end_data\":{end_data},\"start_brk\":{start_brk},\"brk\":{brk},\"start_stack\":{start_stack},\"arg_start\":{arg_start},\"arg_end\":{arg_end},\"env_start\":{env_start},\"env_end\":{env_end},\"auxv\":["
+    );
+    s.tmp.read_file(b"/proc/self/auxv\0").map_err(at(2))?;
+    {
+        let a = s.tmp.as_slice();
+        let mut firstw = true;
+        for w in a.chunks_exact(8) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            let _ = write!(j, "{}{}", if firstw { "" } else { "," }, u64::from_le_bytes(b));
+            firstw = false;
+        }
+    }
+    let _ = write!(j, "]}},");
+
+    // hooks
+    let _ = write!(
+        j,
+        "\"hooks\":{{\"restore_info\":{},\"finish_args\":{},\"finish\":{}}},",
+        core::ptr::addr_of!(super::thread::CKPT_RESTORE_INFO) as u64,
+        core::ptr::addr_of!(super::finish::CKPT_FINISH_ARGS) as u64,
+        super::finish::ckpt_restore_finish as *const () as usize as u64
+    );
+
+    // threads, leader first
+    let _ = write!(j, "\"threads\":[");
+    let n = (NSLOTS.load(Ordering::Acquire) as usize).min(stop::MAX_THREADS);
+    let mut firstt = true;
+    for pass in 0..2 {
+        for sl in SLOTS.iter().take(n) {
+            let tid = sl.tid.load(Ordering::Acquire);
+            if (pass == 0) != (tid == pid) {
+                continue;
+            }
+            let _ = write!(
+                j,
+                "{}{{\"tid\":{tid},\"ucontext\":{},\"fs_base\":{},\"gs_base\":{},\"rseq\":{},\"rseq_sig\":{},\"robust_head\":{},\"robust_len\":{},\"clear_tid\":{},\"scratch_sp\":{}}}",
+                if firstt { "" } else { "," },
+                sl.uc.load(Ordering::Relaxed),
+                sl.fs.load(Ordering::Relaxed),
+                sl.gs.load(Ordering::Relaxed),
+                sl.rseq.load(Ordering::Relaxed),
+                stop::RSEQ_SIG,
+                sl.robust_head.load(Ordering::Relaxed),
+                sl.robust_len.load(Ordering::Relaxed),
+                sl.clear_tid.load(Ordering::Relaxed),
+                sl.sp.load(Ordering::Relaxed),
+            );
+            firstt = false;
+        }
+    }
+    let _ = write!(j, "],");
+
+    write_fds(j, &mut s.tmp, conn_fd, img, pagemap)?;
+    write_signals(j);
+
+    // cwd, umask, rlimits, itimers
+    let _ = write!(j, "\"cwd\":");
+    {
+        let mut cwd = [0u8; 4096];
+        let n = raw::readlink(b"/proc/self/cwd\0", &mut cwd).map_err(at(2))?;
+        j.push_json_str(cwd.get(..n).unwrap_or(&[])).map_err(at(8))?;
+    }
+    s.tmp.read_file(b"/proc/self/status\0").map_err(at(2))?;
+    let umask = procfs::status_value(s.tmp.as_slice(), b"Umask").and_then(procfs::oct).unwrap_or(0o022);
+    let _ = write!(j, ",\"umask\":{umask},\"rlimits\":[");
+    for r in 0..16u32 {
+        let (cur, max) = raw::getrlimit(r).unwrap_or((u64::MAX, u64::MAX));
+        let _ = write!(j, "{}[{r},{cur},{max}]", if r == 0 { "" } else { "," });
+    }
+    let _ = write!(j, "],\"itimers\":[");
+    let mut firsti = true;
+    for which in 0..3 {
+        let (iv, val) = raw::getitimer(which);
+        if val != 0 {
+            let _ = write!(j, "{}[{which},{iv},{val}]", if firsti { "" } else { "," });
+            firsti = false;
+        }
+    }
+    let size = data_off;
+    let _ = write!(j, "],\"image\":{{\"file\":\"proc-{pid}.img\",\"size\":{size}}}}}\n");
+    if j.overflow {
+        return Err((8, Errno(libc::ENOMEM)));
+    }
+
+    // header, then durability
+    let h = format::encode(size - format::HEADER_LEN);
+    raw::pwrite(img, &h, 0).map_err(at(3))?;
+    raw::fsync(img).map_err(at(5))?;
+    let mut jp = path_in(dir, format_args!("proc-{pid}.json"));
+    let jfd = raw::open(jp.as_cstr(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o600).map_err(at(4))?;
+    let w = raw::write_all(jfd, j.as_slice()).map_err(at(4)).and_then(|_| raw::fsync(jfd).map_err(at(5)));
+    raw::close(jfd);
+    w?;
+    let _ = total;
+    Ok(size + j.len() as u64)
+}
+
+
+fn write_mem(fd: i32, mut addr: u64, mut len: u64) -> Result<(), Errno> {
+    while len > 0 {
+        let chunk = core::cmp::min(len, 1 << 30);
+        // SAFETY: the caller guarantees the range is mapped readable.
+        match unsafe { raw::write_raw(fd, addr as usize, chunk as usize) } {
+            Ok(0) => return Err(Errno(libc::EIO)),
+            Ok(n) => {
+                addr += n as u64;
+                len -= n as u64;
+            }
+            Err(Errno(libc::EINTR)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Save {
+    Nothing,
+    /// Present or swapped pages.
+    Resident,
+    /// Pages no longer backed by the file (written, COW).
+    Dirty,
+    /// Every page (deleted files).
+    All,
+}
+
+fn wanted(save: Save, e: u64) -> bool {
+    match save {
+        Save::Nothing => false,
+        Save::Resident => e & (PM_PRESENT | PM_SWAP) != 0,
+        Save::Dirty => (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAP != 0,
+        Save::All => true,
+    }
+}
+
+fn is_deleted(path: &[u8]) -> bool {
+    path.ends_with(b" (deleted)")
+}
+
+fn classify(m: &MapsLine<'_>) -> (&'static str, Save) {
+    let file = m.path.first() == Some(&b'/') && m.inode != 0;
+    if !file {
+        return if m.shared { ("shared_anon", Save::Resident) } else { ("anon", Save::Resident) };
+    }
+    if is_deleted(m.path) || m.path.starts_with(b"/dev/zero") || m.path.starts_with(b"/memfd:") || m.path.starts_with(b"/SYSV") {
+        return if m.shared { ("shared_anon", Save::All) } else { ("anon", Save::All) };
+    }
+    if m.shared {
+        ("shared_file", Save::Nothing)
+    } else {
+        ("file", Save::Dirty)
+    }
+}
+
+/// Page runs of one region, kept in scratch memory.
+struct StackRuns {
+    buf: MmapBuf,
+}
+
+impl StackRuns {
+    fn new() -> Self {
+        StackRuns { buf: MmapBuf::new() }
+    }
+    fn push(&mut self, first: u64, count: u64) {
+        // Merge with the previous run when contiguous (runs split at pagemap chunk edges).
+        if let Some((pf, pc)) = self.iter().last() {
+            if pf + pc == first {
+                let at = self.buf.len() - 8;
+                self.buf.overwrite(at, &(pc + count).to_ne_bytes());
+                return;
+            }
+        }
+        let _ = self.buf.push(&first.to_ne_bytes());
+        let _ = self.buf.push(&count.to_ne_bytes());
+    }
+    fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.buf.as_slice().chunks_exact(16).map(|c| {
+            let mut a = [0u8; 8];
+            let mut b = [0u8; 8];
+            a.copy_from_slice(c.get(..8).unwrap_or(&[0; 8]));
+            b.copy_from_slice(c.get(8..).unwrap_or(&[0; 8]));
+            (u64::from_ne_bytes(a), u64::from_ne_bytes(b))
+        })
+    }
+    fn free(&mut self) {
+        self.buf.free();
+    }
+}
+
+fn emit_region(j: &mut MmapBuf, m: &MapsLine<'_>, kind: &str, data_offset: u64, runs: &StackRuns, crc: u32, start_stack: u64) -> Result<(), Fail> {
+    let (mut fsize, mut mtime) = (0u64, 0u64);
+    let (mut dev, mut ino) = (((m.dev_major as u64) << 8) | m.dev_minor as u64, m.inode);
+    if kind == "file" || kind == "shared_file" {
+        let mut p = StackBuf::<4096>::new();
+        p.push(m.path);
+        let fd = raw::open(p.as_cstr(), libc::O_PATH | libc::O_CLOEXEC, 0);
+        if let Ok(fd) = fd {
+            // SAFETY: stat is plain old data; zeroed is valid.
+            let mut st: libc::stat = unsafe { core::mem::zeroed() };
+            if raw::fstat(fd, &mut st).is_ok() {
+                fsize = st.st_size as u64;
+                mtime = (st.st_mtime as u64).wrapping_mul(1_000_000_000).wrapping_add(st.st_mtime_nsec as u64);
+                dev = st.st_dev;
+                ino = st.st_ino;
+            }
+            raw::close(fd);
+        }
+    }
+    let growsdown = m.start <= start_stack && start_stack < m.end;
+    let _ = write!(j, "{{\"start\":{},\"end\":{},\"prot\":{},\"kind\":\"{kind}\",\"name\":", m.start, m.end, m.prot);
+    j.push_json_str(m.path).map_err(at(8))?;
+    let _ = write!(
+        j,
+        ",\"offset\":{},\"dev\":{dev},\"inode\":{ino},\"file_size\":{fsize},\"file_mtime_ns\":{mtime},\"data_offset\":{data_offset},\"runs\":[",
+        m.offset
+    );
+    let mut first = true;
+    for (f, c) in runs.iter() {
+        let _ = write!(j, "{}[{f},{c}]", if first { "" } else { "," });
+        first = false;
+    }
+    let _ = write!(j, "],\"crc\":{crc},\"growsdown\":{growsdown},\"hugepage\":false}}");
+    Ok(())
+}
+
+fn write_cpu(j: &mut MmapBuf) {
+    use core::arch::x86_64::{__cpuid, __cpuid_count};
+    let l1 = __cpuid(1);
+    let l7 = __cpuid_count(7, 0);
+    let osxsave = l1.ecx & (1 << 27) != 0;
+    let xcr0 = if osxsave {
+        let lo: u32;
+        let hi: u32;
+        // SAFETY: XGETBV with ECX=0 is valid when OSXSAVE is set (checked).
+        unsafe { core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+        (u64::from(hi) << 32) | u64::from(lo)
+    } else {
+        0
+    };
+    // Leaf-1 ECX bit 27 (OSXSAVE) and the APIC id bits of EBX vary per boot/CPU; keep features only.
+    let _ = write!(j, "\"cpu\":{{\"features\":[{},{},{},{}],\"xcr0\":{xcr0}}},", l1.ecx & !(1 << 27), l1.edx, l7.ebx, l7.ecx);
+}
+
+fn write_signals(j: &mut MmapBuf) {
+    let _ = write!(j, "\"sigactions\":[");
+    let mut first = true;
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        let Ok(a) = raw::sigaction(sig, None) else { continue };
+        if a.handler == 0 && a.flags == 0 && a.mask == 0 {
+            continue;
+        }
+        let _ = write!(
+            j,
+            "{}{{\"sig\":{sig},\"handler\":{},\"flags\":{},\"restorer\":{},\"mask\":{}}}",
+            if first { "" } else { "," },
+            a.handler,
+            a.flags,
+            a.restorer,
+            a.mask
+        );
+        first = false;
+    }
+    let _ = write!(j, "],");
+}
+
+fn write_fds(j: &mut MmapBuf, tmp: &mut MmapBuf, conn_fd: i32, img: i32, pagemap: i32) -> Result<(), Fail> {
+    let _ = write!(j, "\"fds\":[");
+    let dfd = raw::open(b"/proc/self/fd\0", libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0).map_err(at(7))?;
+    let mut fds = [0i32; 4096];
+    let mut nfds = 0usize;
+    let mut buf = [0u8; 8192];
+    loop {
+        let len = match raw::getdents64(dfd, &mut buf) {
+            Ok(0) => break,
+            Ok(l) => l,
+            Err(e) => {
+                raw::close(dfd);
+                return Err((7, e));
+            }
+        };
+        let mut off = 0usize;
+        while off + 19 < len {
+            let reclen = u16::from_le_bytes([buf.get(off + 16).copied().unwrap_or(0), buf.get(off + 17).copied().unwrap_or(0)]) as usize;
+            if reclen == 0 {
+                break;
+            }
+            let name = buf.get(off + 19..off + reclen).unwrap_or(&[]);
+            let name = name.split(|&c| c == 0).next().unwrap_or(&[]);
+            if let Some(fd) = procfs::dec(name) {
+                if let Some(slot) = fds.get_mut(nfds) {
+                    *slot = fd as i32;
+                    nfds += 1;
+                }
+            }
+            off += reclen;
+        }
+    }
+    let own = [dfd, conn_fd, img, pagemap];
+    let mut first = true;
+    // ascending order
+    let list = fds.get_mut(..nfds).unwrap_or(&mut []);
+    list.sort_unstable();
+    for &fd in list.iter() {
+        if own.contains(&fd) {
+            continue;
+        }
+        let mut p = StackBuf::<64>::new();
+        let _ = write!(p, "/proc/self/fd/{fd}");
+        let mut target = [0u8; 4096];
+        let Ok(tn) = raw::readlink(p.as_cstr(), &mut target) else { continue };
+        let target = target.get(..tn).unwrap_or(&[]);
+        // SAFETY: stat is plain old data; zeroed is valid.
+        let mut st: libc::stat = unsafe { core::mem::zeroed() };
+        if raw::fstat(fd, &mut st).is_err() {
+            continue;
+        }
+        let mut fi = StackBuf::<64>::new();
+        let _ = write!(fi, "/proc/self/fdinfo/{fd}");
+        let (mut pos, mut flags) = (0u64, 0u64);
+        if tmp.read_file(fi.as_cstr()).is_ok() {
+            pos = procfs::status_value(tmp.as_slice(), b"pos").and_then(procfs::dec).unwrap_or(0);
+            flags = procfs::status_value(tmp.as_slice(), b"flags").and_then(procfs::oct).unwrap_or(0);
+        }
+        let cloexec = raw::fcntl_get(fd, libc::F_GETFD).map(|v| v & libc::FD_CLOEXEC as usize != 0).unwrap_or(false);
+        let fmt = st.st_mode & libc::S_IFMT;
+        let mut termios = [0u32; 15];
+        let mut is_tty = false;
+        let kind = match fmt {
+            libc::S_IFREG => "file",
+            libc::S_IFDIR => "dir",
+            libc::S_IFIFO => "pipe",
+            libc::S_IFSOCK => "socket",
+            libc::S_IFCHR => {
+                // SAFETY: TCGETS writes a struct termios (60 bytes) into termios (60 bytes).
+                if unsafe { raw::ioctl(fd, libc::TCGETS, termios.as_mut_ptr() as usize) }.is_ok() {
+                    is_tty = true;
+                    "tty"
+                } else {
+                    "device"
+                }
+            }
+            _ => "other",
+        };
+        let _ = write!(j, "{}{{\"fd\":{fd},\"kind\":\"{kind}\",\"path\":", if first { "" } else { "," });
+        j.push_json_str(target).map_err(at(8))?;
+        let _ = write!(j, ",\"flags\":{flags},\"pos\":{pos},\"cloexec\":{cloexec},\"termios\":[");
+        if is_tty {
+            for (i, w) in termios.iter().enumerate() {
+                let _ = write!(j, "{}{w}", if i == 0 { "" } else { "," });
+            }
+        }
+        let _ = write!(j, "],\"dev\":{},\"inode\":{}}}", st.st_dev, st.st_ino);
+        first = false;
+    }
+    raw::close(dfd);
+    let _ = write!(j, "],");
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! The last stage of restore, run from the restored libckpt itself.
+//!
+//! The restorer (ckpt-restart's stage 2) maps every saved region back, fills
+//! [`CKPT_RESTORE_INFO`](super::thread::CKPT_RESTORE_INFO)'s thread table,
+//! switches to the main thread's restored stack and jumps to
+//! [`ckpt_restore_finish`]. From here on only program memory is mapped, so
+//! this code can remove the restorer's own mapping (which the restorer
+//! cannot do to itself), recreate every thread with its saved tid
+//! (`clone3` with `set_tid`), re-register each thread's rseq area, robust
+//! list and clear-child-tid address, drop the capabilities the restorer
+//! needed, and `rt_sigreturn` each thread from the signal frame the stop
+//! handler left on its stack.
+//!
+//! **Async-signal-safe and TLS-free**: nothing here may touch glibc, thread
+//! locals or the allocator; the FS base is set before anything else.
+
+use core::arch::asm;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use crate::signal_safe::raw::{self, nr};
+
+/// One thread to recreate.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FinishThread {
+    /// Thread id to recreate.
+    pub tid: i64,
+    /// Saved ucontext address (rsp for rt_sigreturn).
+    pub ucontext: u64,
+    /// FS base.
+    pub fs_base: u64,
+    /// rseq area or 0.
+    pub rseq: u64,
+    /// rseq signature.
+    pub rseq_sig: u64,
+    /// Robust list head.
+    pub robust_head: u64,
+    /// Robust list length.
+    pub robust_len: u64,
+    /// clear_child_tid.
+    pub clear_tid: u64,
+    /// Top of a free stack area for the recreation.
+    pub scratch_sp: u64,
+}
+
+/// Most threads restorable.
+pub const MAX_FINISH_THREADS: usize = super::stop::MAX_THREADS;
+
+/// The hand-over block written by the restorer before it jumps here.
+#[repr(C)]
+pub struct FinishArgs {
+    /// Restorer mapping to remove.
+    pub blob_start: u64,
+    /// Its length.
+    pub blob_len: u64,
+    /// Number of valid entries in `threads` (the leader is entry 0).
+    pub nthreads: u64,
+    /// Fd to close once restored (the restorer's "done" pipe), or -1.
+    pub done_fd: i64,
+    /// Threads.
+    pub threads: [FinishThread; MAX_FINISH_THREADS],
+}
+
+/// Storage for [`FinishArgs`], inside libckpt so that it survives the
+/// removal of the restorer mapping. Its address is found through the symbol
+/// table of the restored libckpt (recorded in the manifest's hooks).
+#[unsafe(no_mangle)]
+pub static mut CKPT_FINISH_ARGS: FinishArgs = FinishArgs {
+    blob_start: 0,
+    blob_len: 0,
+    nthreads: 0,
+    done_fd: -1,
+    threads: [FinishThread {
+        tid: 0,
+        ucontext: 0,
+        fs_base: 0,
+        rseq: 0,
+        rseq_sig: 0,
+        robust_head: 0,
+        robust_len: 0,
+        clear_tid: 0,
+        scratch_sp: 0,
+    }; MAX_FINISH_THREADS],
+};
+
+static GO: AtomicU32 = AtomicU32::new(0);
+
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Entry point from the restorer.
+///
+/// # Safety
+/// Only the restorer may call this, on the main thread's restored stack,
+/// with `args` pointing at a filled [`FinishArgs`] in restored memory.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ckpt_restore_finish(args: *const FinishArgs) -> ! {
+    // SAFETY: the restorer filled *args and nothing else runs.
+    let a = unsafe { &*args };
+    let n = (a.nthreads as usize).min(MAX_FINISH_THREADS);
+    let Some(main) = a.threads.first() else { raw::exit_group(87) };
+    // SAFETY: ARCH_SET_FS with the leader's saved TLS base; we use no TLS before this.
+    let _ = unsafe { raw::syscall3(nr::ARCH_PRCTL, 0x1002, main.fs_base as usize, 0) };
+    // SAFETY: the restorer mapping holds no code or data we still use.
+    let _ = unsafe { raw::munmap(a.blob_start as usize, a.blob_len as usize) };
+    // SAFETY: CKPT_RESTORE_INFO lives in restored memory; the counter is atomic.
+    let ri = unsafe { &*core::ptr::addr_of!(super::thread::CKPT_RESTORE_INFO) };
+    ri.counter.fetch_add(1, Ordering::AcqRel);
+    GO.store(0, Ordering::Release);
+    for t in a.threads.iter().take(n).skip(1) {
+        if spawn(t).is_err() {
+            raw::exit_group(88);
+        }
+    }
+    if a.done_fd >= 0 {
+        let _ = raw::write(a.done_fd as i32, b"K");
+        raw::close(a.done_fd as i32);
+    }
+    GO.store(1, Ordering::Release);
+    raw::futex_wake_all(&GO);
+    // SAFETY: main describes this thread; resume never returns.
+    unsafe { resume(main) }
+}
+
+fn spawn(t: &FinishThread) -> Result<(), raw::Errno> {
+    let tid = t.tid;
+    let stack_top = t.scratch_sp & !0xf;
+    let ca = CloneArgs {
+        flags: (libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SIGHAND | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM | libc::CLONE_SETTLS) as u64,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: 0,
+        stack: stack_top - 16384,
+        stack_size: 16384,
+        tls: t.fs_base,
+        set_tid: &tid as *const i64 as u64,
+        set_tid_size: 1,
+        cgroup: 0,
+    };
+    let ret: isize;
+    // SAFETY: clone3 creates a thread sharing our memory. In the child, which
+    // starts on the scratch stack with rax = 0, we only call `resume_entry`
+    // (which never returns) with the thread record kept in r12; the parent
+    // continues normally with the new tid in rax.
+    unsafe {
+        asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "mov rdi, r12",
+            "and rsp, -16",
+            "call {entry}",
+            "ud2",
+            "2:",
+            entry = sym resume_entry,
+            inlateout("rax") nr::CLONE3 as isize => ret,
+            in("rdi") &ca as *const CloneArgs,
+            in("rsi") core::mem::size_of::<CloneArgs>(),
+            in("r12") t as *const FinishThread,
+            lateout("rcx") _, lateout("r11") _,
+        );
+    }
+    if ret < 0 { Err(raw::Errno((-ret) as i32)) } else { Ok(()) }
+}
+
+extern "C" fn resume_entry(t: *const FinishThread) -> ! {
+    // SAFETY: t points into CKPT_FINISH_ARGS, which stays valid.
+    unsafe { resume(&*t) }
+}
+
+/// Re-register per-thread kernel state, drop capabilities, and return into
+/// the saved signal frame.
+///
+/// # Safety
+/// `t` must describe the calling thread's saved state in restored memory.
+unsafe fn resume(t: &FinishThread) -> ! {
+    // SAFETY: the addresses come from this thread's own saved state; the kernel only stores them.
+    unsafe {
+        let _ = raw::syscall3(nr::SET_TID_ADDRESS, t.clear_tid as usize, 0, 0);
+    }
+    if t.robust_head != 0 {
+        // SAFETY: as above; the kernel only records the list head.
+        let _ = unsafe { raw::syscall3(nr::SET_ROBUST_LIST, t.robust_head as usize, t.robust_len as usize, 0) };
+    }
+    if t.rseq != 0 {
+        // SAFETY: the rseq area is part of the thread's restored TLS; length 32 is what glibc registers.
+        let _ = unsafe { raw::syscall6(nr::RSEQ, t.rseq as usize, 32, 0, t.rseq_sig as usize, 0, 0) };
+    }
+    while GO.load(Ordering::Acquire) == 0 {
+        let _ = raw::futex_wait(&GO, 0, None);
+    }
+    // Drop the capabilities the restorer had in the job's user namespace:
+    // the program ran without them.
+    let hdr = [0x2008_0522u32, 0];
+    let data = [0u32; 6];
+    // SAFETY: capset reads a v3 header and two data records.
+    let _ = unsafe { raw::syscall3(nr::CAPSET, hdr.as_ptr() as usize, data.as_ptr() as usize, 0) };
+    // SAFETY: rsp is set to the ucontext inside the kernel-written signal frame
+    // on this thread's restored stack; rt_sigreturn restores every register,
+    // the FPU state, the signal mask and the alternate stack from it.
+    unsafe {
+        asm!("mov rsp, {uc}", "mov eax, 15", "syscall", "ud2", uc = in(reg) t.ucontext, options(noreturn));
+    }
+}

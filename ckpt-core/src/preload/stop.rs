@@ -1,0 +1,164 @@
+//! Stopping every thread at a safe point, and the state each one records.
+//!
+//! The checkpoint thread sends [`STOP_SIGNAL`] to every other thread with
+//! `tgkill`. Each thread's handler records where the kernel put its
+//! `ucontext_t` (registers, FPU/xsave state, signal mask and alternate stack
+//! are all in the kernel's signal frame, on the thread's own stack, so they
+//! are saved with memory), its TLS base, rseq area, robust list and
+//! clear-child-tid address, then waits on a futex until released.
+//!
+//! On restore, each thread is recreated and `rt_sigreturn`s from its saved
+//! frame: it continues exactly where the signal interrupted it.
+//!
+//! Everything here is **async-signal-safe**.
+
+use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+
+use crate::coord::STOP_SIGNAL;
+use crate::signal_safe::raw;
+
+/// Most threads a process may have at checkpoint time.
+pub const MAX_THREADS: usize = 1024;
+
+/// Per-thread state captured by the stop handler.
+#[repr(C)]
+pub struct Slot {
+    /// Thread id.
+    pub tid: AtomicI32,
+    /// Address of the kernel-written ucontext.
+    pub uc: AtomicU64,
+    /// FS base.
+    pub fs: AtomicU64,
+    /// GS base.
+    pub gs: AtomicU64,
+    /// rseq area.
+    pub rseq: AtomicU64,
+    /// Robust list head.
+    pub robust_head: AtomicU64,
+    /// Robust list length.
+    pub robust_len: AtomicU64,
+    /// clear_child_tid.
+    pub clear_tid: AtomicU64,
+    /// A stack address below which this thread's stack is free.
+    pub sp: AtomicU64,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY: Slot = Slot {
+    tid: AtomicI32::new(0),
+    uc: AtomicU64::new(0),
+    fs: AtomicU64::new(0),
+    gs: AtomicU64::new(0),
+    rseq: AtomicU64::new(0),
+    robust_head: AtomicU64::new(0),
+    robust_len: AtomicU64::new(0),
+    clear_tid: AtomicU64::new(0),
+    sp: AtomicU64::new(0),
+};
+
+/// Captured thread states.
+pub static SLOTS: [Slot; MAX_THREADS] = [EMPTY; MAX_THREADS];
+/// Number of used slots.
+pub static NSLOTS: AtomicU32 = AtomicU32::new(0);
+/// Number of parked threads (futex word the checkpoint thread waits on).
+pub static PARKED: AtomicU32 = AtomicU32::new(0);
+/// Release generation (futex word parked threads wait on).
+pub static RELEASE: AtomicU32 = AtomicU32::new(0);
+/// 1 while a checkpoint is stopping/holding threads.
+pub static STOPPING: AtomicU32 = AtomicU32::new(0);
+/// Tid of the checkpoint thread.
+pub static CKPT_TID: AtomicI32 = AtomicI32::new(0);
+
+unsafe extern "C" {
+    static __rseq_offset: isize;
+    static __rseq_size: u32;
+}
+
+/// The rseq signature glibc registers with.
+pub const RSEQ_SIG: u32 = 0x5305_3053;
+
+/// Address of the calling thread's glibc rseq area, or 0 when none is registered.
+pub fn rseq_area(fs_base: u64) -> u64 {
+    // SAFETY: glibc 2.35+ exports these read-only variables; reading them is always valid.
+    let (off, size) = unsafe { (__rseq_offset, __rseq_size) };
+    if size == 0 || fs_base == 0 {
+        return 0;
+    }
+    (fs_base as i64).wrapping_add(off as i64) as u64
+}
+
+/// Record the calling thread into a slot. Returns the slot index.
+pub fn record_self(uc: u64) -> Option<usize> {
+    let i = NSLOTS.fetch_add(1, Ordering::AcqRel) as usize;
+    let s = SLOTS.get(i)?;
+    let fs = raw::get_fs_base();
+    let (rh, rl) = raw::get_robust_list();
+    let sp_probe = 0u8;
+    let sp = (&sp_probe as *const u8 as u64).saturating_sub(4096) & !0xf;
+    s.tid.store(raw::gettid(), Ordering::Relaxed);
+    s.uc.store(uc, Ordering::Relaxed);
+    s.fs.store(fs, Ordering::Relaxed);
+    s.gs.store(raw::get_gs_base(), Ordering::Relaxed);
+    s.rseq.store(rseq_area(fs), Ordering::Relaxed);
+    s.robust_head.store(rh, Ordering::Relaxed);
+    s.robust_len.store(rl, Ordering::Relaxed);
+    s.clear_tid.store(raw::get_tid_address(), Ordering::Relaxed);
+    s.sp.store(sp, Ordering::Release);
+    Some(i)
+}
+
+/// The stop signal handler. **Async-signal-safe.**
+pub extern "C" fn handler(_sig: i32, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    let tid = raw::gettid();
+    if tid == CKPT_TID.load(Ordering::Acquire) {
+        // The checkpoint thread stops itself last and writes the image from here,
+        // so that its own registers are saved the same way as everybody's.
+        super::thread::write_from_handler(uc as u64);
+        return;
+    }
+    if STOPPING.load(Ordering::Acquire) == 0 {
+        return; // stray or late signal: nothing to do
+    }
+    let release_gen = RELEASE.load(Ordering::Acquire);
+    if record_self(uc as u64).is_none() {
+        // Too many threads: the checkpoint thread sees the overflow and fails.
+        PARKED.fetch_add(1, Ordering::AcqRel);
+        raw::futex_wake_all(&PARKED);
+        return;
+    }
+    PARKED.fetch_add(1, Ordering::AcqRel);
+    raw::futex_wake_all(&PARKED);
+    while RELEASE.load(Ordering::Acquire) == release_gen {
+        let _ = raw::futex_wait(&RELEASE, release_gen, None);
+    }
+}
+
+/// Install the stop handler (normal context, from the constructor).
+pub fn install() -> Result<(), raw::Errno> {
+    let act = raw::KernelSigaction {
+        handler: handler as *const () as usize as u64,
+        flags: (libc::SA_SIGINFO | libc::SA_RESTART | 0x0400_0000) as u64,
+        restorer: restorer_addr(),
+        mask: !0u64,
+    };
+    raw::sigaction(STOP_SIGNAL, Some(&act)).map(|_| ())
+}
+
+/// glibc's signal-return trampoline, read back from an action glibc installed.
+fn restorer_addr() -> u64 {
+    // Install a throwaway action through glibc on our own signal so that glibc
+    // fills in its __restore_rt, then read it back with the raw syscall.
+    // SAFETY: sigaction with a zeroed struct and SIG_IGN for our private signal is valid.
+    unsafe {
+        let mut sa: libc::sigaction = core::mem::zeroed();
+        sa.sa_sigaction = libc::SIG_IGN;
+        libc::sigaction(STOP_SIGNAL, &sa, core::ptr::null_mut());
+    }
+    raw::sigaction(STOP_SIGNAL, None).map_or(0, |a| a.restorer)
+}
+
+/// Reset the stop state before a new checkpoint.
+pub fn reset() {
+    NSLOTS.store(0, Ordering::Release);
+    PARKED.store(0, Ordering::Release);
+}

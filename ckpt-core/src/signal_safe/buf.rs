@@ -1,0 +1,207 @@
+//! An mmap-backed growable byte buffer.
+//!
+//! **Async-signal-safe**: memory comes from `mmap`/`mremap`, never from the
+//! C allocator, so it may be used while other threads are stopped holding
+//! malloc locks. Growth failures are reported, never panicked on.
+
+use super::raw::{self, Errno};
+
+/// A growable byte buffer backed by its own anonymous mapping.
+pub struct MmapBuf {
+    ptr: *mut u8,
+    cap: usize,
+    len: usize,
+    /// Set when a write did not fit (growth failed); the content is then truncated.
+    pub overflow: bool,
+}
+
+impl MmapBuf {
+    /// An empty buffer; nothing is mapped until the first write.
+    pub const fn new() -> Self {
+        MmapBuf { ptr: core::ptr::null_mut(), cap: 0, len: 0, overflow: false }
+    }
+
+    /// Bytes written so far.
+    pub fn as_slice(&self) -> &[u8] {
+        if self.ptr.is_null() {
+            return &[];
+        }
+        // SAFETY: ptr is a live mapping of cap >= len initialised bytes owned by self.
+        unsafe { core::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// Number of bytes written.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The address range of the backing mapping (to exclude it from images).
+    pub fn mapping(&self) -> (usize, usize) {
+        (self.ptr as usize, self.cap)
+    }
+
+    /// Forget the content, keep the mapping.
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.overflow = false;
+    }
+
+    /// Make room for `extra` more bytes.
+    pub fn reserve(&mut self, extra: usize) -> Result<(), Errno> {
+        let need = self.len.checked_add(extra).ok_or(Errno(libc::ENOMEM))?;
+        if need <= self.cap {
+            return Ok(());
+        }
+        let mut cap = if self.cap == 0 { 64 * 1024 } else { self.cap };
+        while cap < need {
+            cap = cap.checked_mul(2).ok_or(Errno(libc::ENOMEM))?;
+        }
+        if self.ptr.is_null() {
+            self.ptr = raw::mmap_anon(cap)?;
+        } else {
+            // SAFETY: the old mapping is owned by self and no reference into it outlives this call.
+            self.ptr = unsafe { raw::mremap_maymove(self.ptr as usize, self.cap, cap) }?;
+        }
+        self.cap = cap;
+        Ok(())
+    }
+
+    /// Append bytes.
+    pub fn push(&mut self, b: &[u8]) -> Result<(), Errno> {
+        self.reserve(b.len())?;
+        // SAFETY: reserve made [len, len+b.len()) writable inside our mapping; b cannot overlap it.
+        unsafe { core::ptr::copy_nonoverlapping(b.as_ptr(), self.ptr.add(self.len), b.len()) };
+        self.len += b.len();
+        Ok(())
+    }
+
+    /// Overwrite bytes already written at `at` (no-op if out of range).
+    pub fn overwrite(&mut self, at: usize, b: &[u8]) {
+        if at.checked_add(b.len()).is_some_and(|e| e <= self.len) {
+            // SAFETY: [at, at+b.len()) lies inside the initialised part of our mapping.
+            unsafe { core::ptr::copy_nonoverlapping(b.as_ptr(), self.ptr.add(at), b.len()) };
+        }
+    }
+
+    /// Append a JSON string literal (with quotes), escaping as needed.
+    pub fn push_json_str(&mut self, s: &[u8]) -> Result<(), Errno> {
+        self.push(b"\"")?;
+        for &c in s {
+            match c {
+                b'"' => self.push(b"\\\"")?,
+                b'\\' => self.push(b"\\\\")?,
+                0..=0x1f | 0x7f..=0xff => {
+                    // Non-ASCII and control bytes are escaped byte-wise as \u00XX
+                    // so that any path round-trips; readers decode them back to bytes.
+                    let hex = b"0123456789abcdef";
+                    let e = [b'\\', b'u', b'0', b'0', hex[(c >> 4) as usize], hex[(c & 15) as usize]];
+                    self.push(&e)?
+                }
+                _ => self.push(core::slice::from_ref(&c))?,
+            }
+        }
+        self.push(b"\"")
+    }
+
+    /// Read a whole file (e.g. under /proc) into the buffer, replacing its content.
+    pub fn read_file(&mut self, path: &[u8]) -> Result<(), Errno> {
+        self.clear();
+        let fd = raw::open(path, libc::O_RDONLY | libc::O_CLOEXEC, 0)?;
+        let r = (|| loop {
+            self.reserve(64 * 1024)?;
+            // SAFETY: reserve guarantees cap - len writable bytes at ptr+len.
+            let n = unsafe { raw::read(fd, self.ptr.add(self.len), self.cap - self.len) };
+            match n {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.len += n,
+                Err(Errno(libc::EINTR)) => {}
+                Err(e) => return Err(e),
+            }
+        })();
+        raw::close(fd);
+        r
+    }
+
+    /// Release the mapping.
+    pub fn free(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: we own the mapping and drop every view of it here.
+            let _ = unsafe { raw::munmap(self.ptr as usize, self.cap) };
+        }
+        *self = MmapBuf::new();
+    }
+}
+
+impl Default for MmapBuf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl core::fmt::Write for MmapBuf {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        if self.push(s.as_bytes()).is_err() {
+            self.overflow = true;
+            return Err(core::fmt::Error);
+        }
+        Ok(())
+    }
+}
+
+/// A fixed-capacity stack buffer implementing `fmt::Write` (truncates).
+pub struct StackBuf<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> StackBuf<N> {
+    /// Empty buffer.
+    pub const fn new() -> Self {
+        StackBuf { buf: [0; N], len: 0 }
+    }
+    /// Content.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or(&[])
+    }
+    /// Append bytes, truncating at capacity.
+    pub fn push(&mut self, b: &[u8]) {
+        for &c in b {
+            if let Some(slot) = self.buf.get_mut(self.len) {
+                *slot = c;
+                self.len += 1;
+            }
+        }
+    }
+    /// Content plus a terminating NUL (for paths); truncates to fit.
+    pub fn as_cstr(&mut self) -> &[u8] {
+        if self.len >= N {
+            self.len = N - 1;
+        }
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = 0;
+        }
+        self.buf.get(..self.len + 1).unwrap_or(&[])
+    }
+    /// Reset.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+impl<const N: usize> Default for StackBuf<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> core::fmt::Write for StackBuf<N> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        self.push(s.as_bytes());
+        Ok(())
+    }
+}
