@@ -202,6 +202,14 @@ start_cluster() {
     log "created user $TEST_USER"
   fi
   CKPT_SLURM_KEEP_MUNGE=1 stop_cluster
+  # The ports are fixed: a cluster of another prefix must be stopped first.
+  local d others=""
+  for d in /proc/[0-9]*; do
+    case "$(readlink "$d/exe" 2>/dev/null)" in
+      /usr/sbin/slurmctld|/usr/sbin/slurmd) others="$others ${d#/proc/}" ;;
+    esac
+  done
+  [ -z "$others" ] || die "Slurm daemons of another cluster are running (pids:$others): stop them first, e.g. CKPT_SLURM_PREFIX=<its prefix> $0 stop"
   start_munge
   write_conf
   export SLURM_CONF=$CONF
