@@ -9,7 +9,7 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH:$HOME/.cargo/bin
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PREFIX=/usr/local
 DEMO_USER=slurmtest
-export CKPT_SLURM_PREFIX=${CKPT_SLURM_PREFIX:-/var/tmp/ckpt-slurm}
+CLUSTER_PREFIX=${CKPT_SLURM_PREFIX:-/var/tmp/ckpt-slurm}
 step() { printf '\n==> %s\n' "$*"; }
 
 [ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (sudo $0)" >&2; exit 1; }
@@ -21,15 +21,15 @@ step "building and installing ckpt into $PREFIX"
 "$REPO/scripts/install.sh" "$PREFIX"
 
 step "starting a single-node Slurm cluster with the ckpt plugin"
-mkdir -p "$CKPT_SLURM_PREFIX/etc"
-cat >"$CKPT_SLURM_PREFIX/etc/plugstack.conf" <<CONF
+mkdir -p "$CLUSTER_PREFIX/etc"
+cat >"$CLUSTER_PREFIX/etc/plugstack.conf" <<CONF
 optional $PREFIX/lib/ckpt/spank_ckpt.so libckpt=$PREFIX/lib/ckpt/libckpt.so ckpt=$PREFIX/bin/ckpt default_interval=0 min_interval=10 signal=USR1
 CONF
-CKPT_SLURM_USER=$DEMO_USER "$REPO/scripts/slurm-cluster.sh" start
-export SLURM_CONF=$CKPT_SLURM_PREFIX/etc/slurm.conf
+CKPT_SLURM_PREFIX=$CLUSTER_PREFIX CKPT_SLURM_USER=$DEMO_USER "$REPO/scripts/slurm-cluster.sh" start
+export SLURM_CONF=$CLUSTER_PREFIX/etc/slurm.conf
 
 step "the options, as users see them (sbatch --help)"
-sbatch --help | grep -A3 -- '--checkpoint'
+sbatch --help | sed -n '/--checkpoint /,/preemption)/p'
 
 DEMO_DIR=/home/$DEMO_USER/ckpt-demo
 runuser -u "$DEMO_USER" -- mkdir -p "$DEMO_DIR"
@@ -62,4 +62,4 @@ cat "$(ls -t "$DEMO_DIR"/demo-*.out | head -n 1)"
 
 step "done. The cluster is still running: export SLURM_CONF=$SLURM_CONF"
 echo "    try: runuser -u $DEMO_USER -- srun --checkpoint-dir=/tmp/ck-%j env | grep CKPT_"
-echo "    stop it with: sudo $REPO/scripts/slurm-cluster.sh stop"
+echo "    stop it with: sudo CKPT_SLURM_PREFIX=$CLUSTER_PREFIX $REPO/scripts/slurm-cluster.sh stop"
