@@ -2,7 +2,8 @@
 # install-deps.sh - install everything ckpt needs to build and test on Debian 12:
 # Slurm (slurmctld, slurmd, client, headers), munge, libclang for bindgen, a C
 # compiler, and the interpreters the C/R tests run (python3, R, tmux).
-# Idempotent; apt-get runs only when something is missing. Must run as root.
+# Idempotent; apt-get runs only when something is missing (then it must run
+# as root).
 # Also checks that a Rust toolchain (cargo >= 1.85, edition 2024) is on PATH,
 # and installs one with rustup when there is none.
 set -euo pipefail
@@ -14,13 +15,12 @@ PACKAGES=(slurmctld slurmd slurm-client munge libslurm-dev libclang-dev clang gc
 log() { echo "[install-deps] $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-[ "$(id -u)" = 0 ] || die "must run as root (apt-get install); e.g. sudo $0"
-
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || die "missing packages: ${missing[*]}; run as root to install them (e.g. sudo $0)"
   log "installing: ${missing[*]}"
   # policy-rc.d exiting 101 keeps postinst scripts from starting munge and
   # the Slurm daemons (the test harness and the demo start their own).

@@ -25,7 +25,7 @@ PREFIX=${CKPT_SLURM_PREFIX:-/var/tmp/ckpt-slurm}
 CONF=$PREFIX/etc/slurm.conf
 PLUGSTACK=${CKPT_SLURM_PLUGSTACK:-$PREFIX/etc/plugstack.conf}
 TEST_USER=${CKPT_SLURM_USER-slurmtest}
-NODE=$(hostname -s)
+NODE=$(uname -n | cut -d. -f1)
 PACKAGES="slurmctld slurmd slurm-client munge"
 
 log() { echo "[slurm-cluster] $*" >&2; }
