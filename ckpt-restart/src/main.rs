@@ -1,1 +1,68 @@
-fn main() {}
+//! `ckpt`: run programs under checkpoint control, checkpoint them, restart them.
+//!
+//! ```text
+//! ckpt launch     --dir D [--interval T] [--keep N] -- CMD [ARGS...]
+//! ckpt checkpoint --dir D
+//! ckpt restart    --dir D [--interval T] [--keep N] [--no-verify]
+//! ckpt status     --dir D
+//! ```
+//! Module map: `cli/` (one file per verb), `coord` (the coordinator),
+//! `ns` (namespaces and the job's init), `sock` (seqpacket sockets),
+//! `restore/` (stage 1 and the stage 2 argument block), `restorer/`
+//! (stage 2, freestanding C).
+
+mod cli;
+mod coord;
+mod ns;
+mod restore;
+mod sock;
+
+const USAGE: &str = "usage:
+  ckpt launch     --dir DIR [--interval T] [--keep N] -- COMMAND [ARGS...]
+                  run COMMAND under checkpoint control (foreground; exits with its status)
+  ckpt checkpoint --dir DIR
+                  checkpoint the program running under DIR; returns when the image is durable
+  ckpt restart    --dir DIR [--interval T] [--keep N] [--no-verify]
+                  resume the newest complete checkpoint in DIR (foreground)
+  ckpt status     --dir DIR
+                  list the checkpoints in DIR
+
+  T is seconds, or a number with s, m or h (30s, 5m, 2h); 0 means no periodic checkpoints.
+  --keep N keeps the newest N complete checkpoints (default 2).
+  DIR defaults to $CKPT_DIR.";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(verb) = args.first() else {
+        eprintln!("{USAGE}");
+        std::process::exit(2);
+    };
+    let rest = &args[1..];
+    let result = match verb.as_str() {
+        "launch" | "checkpoint" | "restart" | "status" => match cli::parse(rest, verb == "launch") {
+            Err(e) => Err(cli::Failure { msg: e, code: 2 }),
+            Ok(o) => match verb.as_str() {
+                "launch" => cli::launch::run(&o),
+                "checkpoint" => cli::checkpoint::run(&o),
+                "restart" => cli::restart::run(&o),
+                _ => cli::status::run(&o),
+            },
+        },
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(0)
+        }
+        "--version" | "version" => {
+            println!("ckpt {}", env!("CARGO_PKG_VERSION"));
+            Ok(0)
+        }
+        other => Err(cli::Failure { msg: format!("unknown command {other:?}\n{USAGE}"), code: 2 }),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(f) => {
+            eprintln!("ckpt: {}", f.msg);
+            std::process::exit(f.code);
+        }
+    }
+}

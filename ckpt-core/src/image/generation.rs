@@ -2,12 +2,12 @@
 //!
 //! ```text
 //! DIR/                      0700, owned by the user
-//!   gdir-000007/             a complete generation (has generation.json)
+//!   gen-000007/             a complete generation (has generation.json)
 //!     generation.json       GenerationRecord: processes, sizes, checksums
 //!     proc-<pid>.json       ProcessManifest
 //!     proc-<pid>.img        header + page data
-//!   gdir-000008.tmp/         a checkpoint in progress (never restored)
-//!   latest -> gdir-000007    convenience link, updated atomically
+//!   gen-000008.tmp/         a checkpoint in progress (never restored)
+//!   latest -> gen-000007    convenience link, updated atomically
 //! ```
 //! A generation becomes complete only by the `rename` of its `.tmp`
 //! directory, after every file in it and the directory itself were fsynced.
@@ -72,7 +72,7 @@ fn fsync_path(p: &Path) -> Result<(), ImageError> {
 }
 
 fn parse_gen_name(name: &str) -> Option<(u64, bool)> {
-    let rest = name.strip_prefix("gdir-")?;
+    let rest = name.strip_prefix("gen-")?;
     let (num, tmp) = match rest.strip_suffix(".tmp") {
         Some(n) => (n, true),
         None => (rest, false),
@@ -85,7 +85,7 @@ fn parse_gen_name(name: &str) -> Option<(u64, bool)> {
 
 /// Directory name of generation `n`.
 pub fn gen_name(n: u64) -> String {
-    format!("gdir-{n:06}")
+    format!("gen-{n:06}")
 }
 
 impl CheckpointDir {
@@ -157,7 +157,7 @@ impl CheckpointDir {
         Ok(v)
     }
 
-    /// Start a new generation: creates `gdir-N.tmp` (0700) with N above every
+    /// Start a new generation: creates `gen-N.tmp` (0700) with N above every
     /// existing generation.
     pub fn begin(&self) -> Result<PendingGeneration, ImageError> {
         let next = self.entries()?.iter().map(|(n, _, _)| *n).max().unwrap_or(0) + 1;
@@ -452,7 +452,7 @@ mod tests {
     use super::*;
 
     fn tmpdir(tag: &str) -> PathBuf {
-        let p = std::env::temp_dir().join(format!("ckpt-gdir-test-{}-{tag}", std::process::id()));
+        let p = std::env::temp_dir().join(format!("ckpt-gen-test-{}-{tag}", std::process::id()));
         let _ = fs::remove_dir_all(&p);
         p
     }
@@ -503,14 +503,14 @@ mod tests {
         let l = d.list().unwrap();
         assert_eq!(l.iter().map(|g| g.number).collect::<Vec<_>>(), vec![3, 4]);
         assert!(l.iter().all(|g| g.state == "complete"));
-        assert_eq!(fs::read_link(p.join("latest")).unwrap(), PathBuf::from("gdir-000004"));
+        assert_eq!(fs::read_link(p.join("latest")).unwrap(), PathBuf::from("gen-000004"));
         // an aborted generation leaves the previous one alone
         let g = d.begin().unwrap();
         assert_eq!(g.number, 5);
         g.abort();
         assert_eq!(d.list().unwrap().len(), 2);
         // a corrupt record is reported as such
-        fs::write(p.join("gdir-000004/generation.json"), b"{").unwrap();
+        fs::write(p.join("gen-000004/generation.json"), b"{").unwrap();
         let l = d.list().unwrap();
         assert!(l[1].state.starts_with("corrupt"), "{}", l[1].state);
         fs::remove_dir_all(&p).unwrap();

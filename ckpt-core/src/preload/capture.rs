@@ -146,6 +146,12 @@ fn write_parts(dir: &[u8], conn_fd: i32, img: i32, pagemap: i32, pid: i32, s: &m
     let mut vdso = 0u64;
     let mut vdso_len = 0u64;
 
+    // The checkpoint thread's own stack below its signal frame is in use by
+    // this very writer (it changes while we write it) and is dead once the
+    // thread resumes from the frame: do not save it.
+    let own_uc = own_ucontext();
+    let own_floor = own_uc.saturating_sub(8) & !(PAGE - 1);
+
     let _ = write!(j, "\"regions\":[");
     let mut first = true;
     let mut total: u64 = 0;
@@ -194,7 +200,8 @@ fn write_parts(dir: &[u8], conn_fd: i32, img: i32, pagemap: i32, pid: i32, s: &m
                 let mut i = 0u64;
                 while i < chunk {
                     let e = pm.get(i as usize).copied().unwrap_or(0);
-                    if !wanted(save, e) {
+                    let below_own = m.start <= own_uc && own_uc < m.end && m.start + (page + i) * PAGE < own_floor;
+                    if below_own || !wanted(save, e) {
                         i += 1;
                         continue;
                     }
@@ -348,6 +355,12 @@ fn write_parts(dir: &[u8], conn_fd: i32, img: i32, pagemap: i32, pid: i32, s: &m
     Ok(size + j.len() as u64)
 }
 
+
+fn own_ucontext() -> u64 {
+    let me = raw::gettid();
+    let n = (NSLOTS.load(Ordering::Acquire) as usize).min(stop::MAX_THREADS);
+    SLOTS.iter().take(n).find(|s| s.tid.load(Ordering::Acquire) == me).map_or(0, |s| s.uc.load(Ordering::Acquire))
+}
 
 fn write_mem(fd: i32, mut addr: u64, mut len: u64) -> Result<(), Errno> {
     while len > 0 {

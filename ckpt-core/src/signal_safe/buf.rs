@@ -63,6 +63,11 @@ impl MmapBuf {
         }
         if self.ptr.is_null() {
             self.ptr = raw::mmap_anon(cap)?;
+            // A distinct VMA flag (VM_DONTCOPY) keeps the kernel from merging
+            // this mapping with an adjacent anonymous mapping of the program,
+            // so that the image writer can tell its scratch memory apart.
+            // SAFETY: madvise on our own fresh mapping.
+            let _ = unsafe { raw::syscall3(raw::nr::MADVISE, self.ptr as usize, cap, libc::MADV_DONTFORK as usize) };
         } else {
             // SAFETY: the old mapping is owned by self and no reference into it outlives this call.
             self.ptr = unsafe { raw::mremap_maymove(self.ptr as usize, self.cap, cap) }?;

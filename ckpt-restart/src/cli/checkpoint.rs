@@ -1,0 +1,45 @@
+//! `ckpt checkpoint --dir D`: ask the running job for a durable checkpoint.
+
+use super::{Failure, Opts, need_dir};
+use ckpt::image::generation::CheckpointDir;
+
+/// Run the subcommand.
+pub fn run(o: &Opts) -> Result<i32, Failure> {
+    let dir = CheckpointDir::open(&need_dir(o)?)?;
+    let sock = dir.socket_path();
+    if !sock.exists() {
+        return Err(Failure {
+            msg: format!("nothing is running under {} (no coordinator socket); start the program with `ckpt launch --dir {}`", dir.path().display(), dir.path().display()),
+            code: 1,
+        });
+    }
+    let reply = crate::coord::request(&sock).map_err(|e| Failure {
+        msg: format!("nothing is running under {} ({e})", dir.path().display()),
+        code: 1,
+    })?;
+    if let Some(rest) = reply.strip_prefix("OK ") {
+        let f: Vec<&str> = rest.split(' ').collect();
+        let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        println!(
+            "checkpoint written: {} ({}, program paused {:.1} ms, durable after {:.1} ms)",
+            f.first().unwrap_or(&"?"),
+            human_bytes(num(1)),
+            num(2) as f64 / 1000.0,
+            num(3) as f64 / 1000.0
+        );
+        return Ok(0);
+    }
+    Err(Failure { msg: reply.strip_prefix("ERR ").unwrap_or(&reply).to_string(), code: 1 })
+}
+
+/// Bytes in a human unit.
+pub fn human_bytes(b: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 { format!("{b} B") } else { format!("{v:.1} {}", U[i]) }
+}

@@ -1,0 +1,126 @@
+//! `ckpt launch --dir D [--interval T] -- CMD ARGS...`
+
+use std::ffi::CString;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::{Failure, Opts, need_dir};
+use crate::coord::Coordinator;
+use crate::{ns, sock};
+use ckpt::coord::ENV_SOCKET;
+use ckpt::image::generation::CheckpointDir;
+
+/// Where libckpt.so is: `$CKPT_LIB`, beside the `ckpt` binary, or `../lib/ckpt/`.
+pub fn find_lib() -> Result<PathBuf, Failure> {
+    if let Some(p) = std::env::var_os("CKPT_LIB") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the ckpt binary: {e}"))?;
+    let dir = exe.parent().unwrap_or(Path::new("/"));
+    for c in [dir.join("libckpt.so"), dir.join("../lib/ckpt/libckpt.so")] {
+        if c.exists() {
+            return Ok(c.canonicalize().unwrap_or(c));
+        }
+    }
+    Err(Failure { msg: format!("libckpt.so not found beside {} or in ../lib/ckpt; set CKPT_LIB", exe.display()), code: 1 })
+}
+
+/// Claim the coordinator socket of `dir`: refuse if a job is already running there.
+pub fn claim_socket(dir: &CheckpointDir, allow_alternate: bool) -> Result<(PathBuf, std::os::fd::OwnedFd), Failure> {
+    let mut path = dir.socket_path();
+    if sock::is_live(&path) {
+        if !allow_alternate {
+            return Err(Failure {
+                msg: format!("a job is already running under {} (its coordinator answers at {}); use another --dir", dir.path().display(), path.display()),
+                code: 1,
+            });
+        }
+        // SAFETY: getpid has no preconditions.
+        let alt = dir.path().join(format!("ckpt-{}.sock", unsafe { libc::getpid() }));
+        eprintln!(
+            "ckpt: another copy of this job is running under {}; this one listens at {} (`ckpt checkpoint --dir` reaches the first)",
+            dir.path().display(),
+            alt.display()
+        );
+        path = alt;
+    }
+    let _ = std::fs::remove_file(&path);
+    let l = sock::listen(&path).map_err(|e| format!("cannot listen at {}: {e}", path.display()))?;
+    Ok((path, l))
+}
+
+/// Start the periodic checkpoint thread.
+pub fn start_interval(c: &std::sync::Arc<Coordinator>, secs: u64) {
+    if secs == 0 {
+        return;
+    }
+    let c = c.clone();
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(secs));
+            if let Err(e) = c.checkpoint() {
+                eprintln!("ckpt: periodic checkpoint failed: {e}");
+            }
+        }
+    });
+}
+
+/// Run the subcommand.
+pub fn run(o: &Opts) -> Result<i32, Failure> {
+    if o.command.is_empty() {
+        return Err(Failure { msg: "missing the command to run: ckpt launch --dir DIR -- COMMAND [ARGS...]".into(), code: 2 });
+    }
+    let dir = CheckpointDir::create(&need_dir(o)?)?;
+    let lib = find_lib()?;
+    let (sock_path, listener) = claim_socket(&dir, false)?;
+    let argv: Vec<CString> = o
+        .command
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).map_err(|_| Failure { msg: format!("argument {a:?} contains a NUL byte"), code: 2 }))
+        .collect::<Result<_, _>>()?;
+    let preload = match std::env::var("LD_PRELOAD") {
+        Ok(old) if !old.is_empty() => format!("{}:{old}", lib.display()),
+        _ => lib.display().to_string(),
+    };
+
+    let set = ns::block_signals();
+    match ns::fork_into_namespaces().map_err(|e| Failure { msg: e.to_string(), code: 1 })? {
+        None => {
+            // The init (pid 1 of the job).
+            drop(listener);
+            if let Err(e) = ns::setup_mounts() {
+                eprintln!("ckpt: {e}");
+                ckpt::signal_safe::raw::exit_group(1);
+            }
+            // SAFETY: fork in the single-threaded init.
+            let child = unsafe { libc::fork() };
+            if child == 0 {
+                ns::unblock_all();
+                // SAFETY: setenv in the single-threaded child right before exec.
+                unsafe {
+                    std::env::set_var("LD_PRELOAD", &preload);
+                    std::env::set_var(ENV_SOCKET, &sock_path);
+                }
+                let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+                ptrs.push(std::ptr::null());
+                // SAFETY: argv is a NULL-terminated array of valid C strings.
+                unsafe { libc::execvp(ptrs[0], ptrs.as_ptr()) };
+                let e = std::io::Error::last_os_error();
+                eprintln!("ckpt: cannot run {}: {e}", o.command[0]);
+                ckpt::signal_safe::raw::exit_group(if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 });
+            }
+            let code = ns::supervise(&set, child, child, |_| false);
+            ckpt::signal_safe::raw::exit_group(code)
+        }
+        Some(init) => {
+            let coord = Coordinator::new(dir.clone(), sock_path.clone(), o.command.clone(), o.keep);
+            let _ = listener.as_raw_fd();
+            let c2 = coord.clone();
+            std::thread::spawn(move || c2.serve(listener));
+            start_interval(&coord, o.interval);
+            let code = ns::supervise(&set, init.as_raw(), init.as_raw(), |_| false);
+            let _ = std::fs::remove_file(&sock_path);
+            Ok(code)
+        }
+    }
+}

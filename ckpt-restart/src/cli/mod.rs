@@ -1,0 +1,131 @@
+//! Command-line parsing and the subcommands (one file per verb).
+
+pub mod checkpoint;
+pub mod launch;
+pub mod restart;
+pub mod status;
+
+use std::path::PathBuf;
+
+/// A failure of a subcommand: the message for stderr and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    /// What went wrong and what to do.
+    pub msg: String,
+    /// Exit status.
+    pub code: i32,
+}
+
+impl<T: std::fmt::Display> From<T> for Failure {
+    fn from(e: T) -> Self {
+        Failure { msg: e.to_string(), code: 1 }
+    }
+}
+
+/// Parsed options shared by the subcommands.
+#[derive(Debug, Default)]
+pub struct Opts {
+    /// `--dir`.
+    pub dir: Option<PathBuf>,
+    /// `--interval` in seconds (0 = none).
+    pub interval: u64,
+    /// `--keep N` generations.
+    pub keep: usize,
+    /// `--no-verify`.
+    pub no_verify: bool,
+    /// Command after `--`.
+    pub command: Vec<String>,
+}
+
+/// Parse an interval: `N`, `Ns`, `Nm`, `Nh`.
+pub fn parse_interval(s: &str) -> Result<u64, String> {
+    let bad = || format!("--interval={s}: expected seconds, or a number with s, m or h (e.g. 90, 30s, 5m, 2h)");
+    let (num, mult) = match s.chars().last() {
+        Some('s') => (&s[..s.len() - 1], 1),
+        Some('m') => (&s[..s.len() - 1], 60),
+        Some('h') => (&s[..s.len() - 1], 3600),
+        Some(c) if c.is_ascii_digit() => (s, 1),
+        _ => return Err(bad()),
+    };
+    if num.is_empty() || !num.bytes().all(|c| c.is_ascii_digit()) {
+        return Err(bad());
+    }
+    num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(bad)
+}
+
+/// Parse the options after the subcommand name.
+pub fn parse(args: &[String], want_command: bool) -> Result<Opts, String> {
+    let mut o = Opts { keep: ckpt::image::generation::DEFAULT_KEEP, ..Opts::default() };
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        let (key, inline) = match a.split_once('=') {
+            Some((k, v)) if k.starts_with("--") => (k.to_string(), Some(v.to_string())),
+            _ => (a.clone(), None),
+        };
+        let mut value = |name: &str| -> Result<String, String> {
+            if let Some(v) = inline.clone() {
+                return Ok(v);
+            }
+            i += 1;
+            args.get(i).cloned().ok_or_else(|| format!("{name} needs a value"))
+        };
+        match key.as_str() {
+            "--dir" | "-d" => o.dir = Some(PathBuf::from(value("--dir")?)),
+            "--interval" | "-i" => o.interval = parse_interval(&value("--interval")?)?,
+            "--keep" => {
+                let v = value("--keep")?;
+                o.keep = v.parse().ok().filter(|k| *k >= 1).ok_or(format!("--keep={v}: expected a number of generations, at least 1"))?;
+            }
+            "--no-verify" => o.no_verify = true,
+            "--" if want_command => {
+                o.command = args[i + 1..].to_vec();
+                break;
+            }
+            s if want_command && !s.starts_with('-') => {
+                o.command = args[i..].to_vec();
+                break;
+            }
+            other => return Err(format!("unknown option {other}; see `ckpt help`")),
+        }
+        i += 1;
+    }
+    if o.dir.is_none() {
+        if let Some(d) = std::env::var_os("CKPT_DIR") {
+            o.dir = Some(PathBuf::from(d));
+        }
+    }
+    Ok(o)
+}
+
+/// The directory option or a clear error.
+pub fn need_dir(o: &Opts) -> Result<PathBuf, Failure> {
+    o.dir.clone().ok_or(Failure { msg: "missing --dir DIR (the checkpoint directory)".into(), code: 2 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("90"), Ok(90));
+        assert_eq!(parse_interval("30s"), Ok(30));
+        assert_eq!(parse_interval("5m"), Ok(300));
+        assert_eq!(parse_interval("2h"), Ok(7200));
+        assert_eq!(parse_interval("0"), Ok(0));
+        for bad in ["", "-5", "5x", "m", "1.5m", "abc"] {
+            assert!(parse_interval(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn options() {
+        let v: Vec<String> = ["--dir", "/x", "--interval=5m", "--", "prog", "--dir"].iter().map(|s| s.to_string()).collect();
+        let o = parse(&v, true).unwrap();
+        assert_eq!(o.dir, Some(PathBuf::from("/x")));
+        assert_eq!(o.interval, 300);
+        assert_eq!(o.command, vec!["prog", "--dir"]);
+        assert!(parse(&["--bogus".to_string()], false).is_err());
+    }
+}

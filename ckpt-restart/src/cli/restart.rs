@@ -1,0 +1,192 @@
+//! `ckpt restart --dir D`: resume the newest complete generation.
+
+use std::path::PathBuf;
+
+use super::{Failure, Opts, need_dir};
+use crate::coord::Coordinator;
+use crate::ns;
+use crate::restore::stage1::{self, Stage1};
+use ckpt::image::generation::{CheckpointDir, LoadedGeneration};
+use ckpt::image::manifest::ProcessManifest;
+
+/// Checks that can be made before committing to a generation.
+fn check_host(m: &ProcessManifest) -> Result<(), String> {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    if m.uid != uid {
+        return Err(format!("the image belongs to uid {}, not to you (uid {uid}); refusing to restore another user's program", m.uid));
+    }
+    let vdso = current_vdso_crc();
+    if m.vdso.vdso != 0 && vdso != Some(m.vdso.crc) {
+        return Err("the kernel's vDSO differs from the one the program was checkpointed with (the kernel was changed or the image comes from another host); restart on a node running the same kernel build".into());
+    }
+    use core::arch::x86_64::{__cpuid, __cpuid_count};
+    let l1 = __cpuid(1);
+    let l7 = __cpuid_count(7, 0);
+    let now = [l1.ecx & !(1 << 27), l1.edx, l7.ebx, l7.ecx];
+    let names = ["CPUID.1:ECX", "CPUID.1:EDX", "CPUID.7:EBX", "CPUID.7:ECX"];
+    for i in 0..4 {
+        let missing = m.cpu.features[i] & !now[i];
+        if missing != 0 {
+            return Err(format!(
+                "this CPU lacks features the program may use ({} bits {missing:#x}); its libraries chose code paths for the CPU it was checkpointed on — restart on a node with the same CPU type",
+                names[i]
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn current_vdso_crc() -> Option<u32> {
+    let maps = crate::restore::blob::own_maps().ok()?;
+    let (s, e, _) = maps.iter().find(|(_, _, n)| n == b"[vdso]")?;
+    // SAFETY: the vDSO is mapped readable for the life of the process.
+    let bytes = unsafe { std::slice::from_raw_parts(*s as *const u8, (*e - *s) as usize) };
+    Some(ckpt::image::checksum::crc32c(bytes))
+}
+
+/// Pick the generations to try, newest first; explain the ones skipped.
+fn candidates(dir: &CheckpointDir) -> Result<Vec<LoadedGeneration>, Failure> {
+    let mut ok = Vec::new();
+    let mut reasons = Vec::new();
+    for (path, r) in dir.candidates()? {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        match r.map_err(|e| e.to_string()).and_then(|g| {
+            if g.processes.len() != 1 {
+                return Err(format!("{} processes in this generation; restoring process trees is not supported yet", g.processes.len()));
+            }
+            for p in &g.processes {
+                check_host(p)?;
+            }
+            Ok(g)
+        }) {
+            Ok(g) => ok.push(g),
+            Err(e) => {
+                if ok.is_empty() {
+                    eprintln!("ckpt: cannot use {name}: {e}");
+                }
+                reasons.push(format!("{name}: {e}"));
+            }
+        }
+    }
+    if ok.is_empty() {
+        let mut msg = format!("no restorable checkpoint in {}", dir.path().display());
+        if reasons.is_empty() {
+            msg.push_str(" (it holds no complete generation; was the job ever checkpointed there?)");
+        }
+        return Err(Failure { msg, code: 1 });
+    }
+    Ok(ok)
+}
+
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// fork() with a chosen pid (needs CAP_SYS_ADMIN over the pid namespace).
+fn fork_with_pid(pid: i32) -> std::io::Result<i32> {
+    let tid = [pid];
+    let a = CloneArgs {
+        flags: 0,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: tid.as_ptr() as u64,
+        set_tid_size: 1,
+        cgroup: 0,
+    };
+    // SAFETY: clone3 without CLONE_VM and without a stack behaves like fork; the caller is single-threaded.
+    let r = unsafe { libc::syscall(libc::SYS_clone3, &a as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r as i32) }
+}
+
+fn init_main(gens: &[LoadedGeneration], socket: &std::path::Path, set: &libc::sigset_t, verify: bool) -> ! {
+    if let Err(e) = ns::setup_mounts() {
+        eprintln!("ckpt: {e}");
+        ckpt::signal_safe::raw::exit_group(1);
+    }
+    let newest = &gens[0].processes[0];
+    if let Err(e) = ns::setup_time(newest.monotonic_ns, newest.boottime_ns) {
+        eprintln!("ckpt: warning: cannot keep the program's clocks continuous: {e}");
+    }
+    for (i, g) in gens.iter().enumerate() {
+        let m = &g.processes[0];
+        let mut p = [0i32; 2];
+        // SAFETY: p is a valid array.
+        unsafe { libc::pipe(p.as_mut_ptr()) };
+        let child = match fork_with_pid(m.pid) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("ckpt: cannot recreate pid {}: {e}", m.pid);
+                ckpt::signal_safe::raw::exit_group(1);
+            }
+        };
+        if child == 0 {
+            // SAFETY: our read end is not needed in the restored process.
+            unsafe { libc::close(p[0]) };
+            stage1::run(Stage1 { gen_dir: &g.path, m, socket, status_fd: p[1], verify });
+        }
+        // SAFETY: closing our copy of the write end.
+        unsafe { libc::close(p[1]) };
+        let mut b = [0u8; 1];
+        // SAFETY: b is valid.
+        let n = unsafe { libc::read(p[0], b.as_mut_ptr().cast(), 1) };
+        // SAFETY: our read end.
+        unsafe { libc::close(p[0]) };
+        if n == 1 && b[0] == b'K' {
+            let code = ns::supervise(set, child, child, |_| false);
+            ckpt::signal_safe::raw::exit_group(code);
+        }
+        let mut st = 0;
+        // SAFETY: reap the failed attempt so its pid is free again.
+        unsafe { libc::waitpid(child, &mut st, 0) };
+        let name = g.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        match gens.get(i + 1) {
+            Some(next) => eprintln!(
+                "ckpt: restoring {name} failed; falling back to the previous checkpoint {}",
+                next.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            ),
+            None => eprintln!("ckpt: restoring {name} failed and there is no older checkpoint to fall back to"),
+        }
+    }
+    ckpt::signal_safe::raw::exit_group(1)
+}
+
+/// Run the subcommand.
+pub fn run(o: &Opts) -> Result<i32, Failure> {
+    let dir = CheckpointDir::open(&need_dir(o)?)?;
+    let gens = candidates(&dir)?;
+    let (sock_path, listener): (PathBuf, _) = super::launch::claim_socket(&dir, true)?;
+    let command = gens[0].record.command.clone();
+    let set = ns::block_signals();
+    match ns::fork_into_namespaces().map_err(|e| Failure { msg: e.to_string(), code: 1 })? {
+        None => {
+            drop(listener);
+            init_main(&gens, &sock_path, &set, !o.no_verify)
+        }
+        Some(init) => {
+            let coord = Coordinator::new(dir.clone(), sock_path.clone(), command, o.keep);
+            let c2 = coord.clone();
+            std::thread::spawn(move || c2.serve(listener));
+            super::launch::start_interval(&coord, o.interval);
+            let code = ns::supervise(&set, init.as_raw(), init.as_raw(), |_| false);
+            let _ = std::fs::remove_file(&sock_path);
+            Ok(code)
+        }
+    }
+}

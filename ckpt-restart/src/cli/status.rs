@@ -1,0 +1,59 @@
+//! `ckpt status --dir D`: list the generations.
+
+use super::{Failure, Opts, need_dir};
+use ckpt::image::generation::CheckpointDir;
+
+/// Run the subcommand.
+pub fn run(o: &Opts) -> Result<i32, Failure> {
+    let dir = CheckpointDir::open(&need_dir(o)?)?;
+    let gens = dir.list()?;
+    let running = crate::sock::is_live(&dir.socket_path());
+    println!("{}: {}", dir.path().display(), if running { "a job is running" } else { "no job running" });
+    if gens.is_empty() {
+        println!("no checkpoints");
+        return Ok(0);
+    }
+    println!("{:<12} {:<20} {:>10} {:>10}  {:<10} command", "generation", "time (UTC)", "size", "pause", "state");
+    for g in gens {
+        let name = g.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        match &g.record {
+            Some(r) => println!(
+                "{:<12} {:<20} {:>10} {:>8.1}ms  {:<10} {}",
+                name,
+                utc(r.created_unix),
+                super::checkpoint::human_bytes(r.bytes),
+                r.pause_us as f64 / 1000.0,
+                g.state,
+                r.command.join(" ")
+            ),
+            None => println!("{:<12} {:<20} {:>10} {:>10}  {}", name, "-", "-", "-", g.state),
+        }
+    }
+    Ok(0)
+}
+
+fn utc(t: u64) -> String {
+    let days = t / 86400;
+    let s = t % 86400;
+    // civil-from-days (Howard Hinnant)
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+        assert_eq!(super::utc(1_795_000_000), "2026-11-18 09:46:40");
+    }
+}

@@ -1,0 +1,192 @@
+//! The job's namespaces and its init process.
+//!
+//! Every program runs in its own user + pid + mount namespace so that its
+//! pids and tids can be recreated exactly on restart (`clone3` with
+//! `set_tid` needs CAP_SYS_ADMIN over the pid namespace, which an
+//! unprivileged user has in a user namespace it created; KERNEL.md §1).
+//! The uid and gid map to themselves, so the program sees its real ids.
+//!
+//! Process tree:
+//! ```text
+//! ckpt (host namespaces: coordinator, signal forwarding, exit status)
+//!  └─ init, pid 1 in the new namespaces (mounts /proc, reaps, forwards signals)
+//!      └─ the program (pid 2 at launch; its saved pid at restart)
+//! ```
+//! The init is ours rather than the program's because a pid 1 ignores
+//! signals it has no handler for, which would break `kill` and `scancel`.
+
+use std::io;
+
+use nix::unistd::Pid;
+
+/// Signals forwarded from `ckpt` to the init and from the init to the program.
+pub const FORWARDED: [i32; 9] =
+    [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGUSR1, libc::SIGUSR2, libc::SIGALRM, libc::SIGCONT, libc::SIGWINCH];
+
+fn errno() -> io::Error {
+    io::Error::last_os_error()
+}
+
+/// Fork a child into new user, pid and mount namespaces. The child blocks
+/// until the parent has written its uid/gid maps. Returns the child's pid in
+/// the parent and `None` in the child.
+pub fn fork_into_namespaces() -> io::Result<Option<Pid>> {
+    let mut p = [0i32; 2];
+    // SAFETY: p is a valid array for pipe2.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(errno());
+    }
+    let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::SIGCHLD;
+    // SAFETY: clone without CLONE_VM and with a null stack behaves like fork;
+    // the caller is single-threaded at this point (documented requirement).
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
+    if pid < 0 {
+        let e = errno();
+        // SAFETY: closing our pipe.
+        unsafe {
+            libc::close(p[0]);
+            libc::close(p[1]);
+        }
+        return Err(io::Error::new(
+            e.kind(),
+            format!("cannot create a user+pid namespace for the job ({e}); ckpt needs unprivileged user namespaces (sysctl user.max_user_namespaces > 0)"),
+        ));
+    }
+    if pid == 0 {
+        // SAFETY: closing the write end in the child, then waiting for EOF.
+        unsafe { libc::close(p[1]) };
+        let mut b = [0u8; 1];
+        // SAFETY: b is valid.
+        unsafe { libc::read(p[0], b.as_mut_ptr().cast(), 1) };
+        // SAFETY: our read end.
+        unsafe { libc::close(p[0]) };
+        return Ok(None);
+    }
+    // SAFETY: the parent keeps only the write end.
+    unsafe { libc::close(p[0]) };
+    let child = Pid::from_raw(pid as i32);
+    let r = write_id_maps(child);
+    // SAFETY: closing releases the child.
+    unsafe { libc::close(p[1]) };
+    r?;
+    Ok(Some(child))
+}
+
+fn write_id_maps(child: Pid) -> io::Result<()> {
+    // SAFETY: getuid/getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let base = format!("/proc/{child}");
+    std::fs::write(format!("{base}/uid_map"), format!("{uid} {uid} 1\n"))?;
+    std::fs::write(format!("{base}/setgroups"), "deny")?;
+    std::fs::write(format!("{base}/gid_map"), format!("{gid} {gid} 1\n"))?;
+    Ok(())
+}
+
+/// In the init: make mounts private and mount a /proc for the new pid namespace.
+pub fn setup_mounts() -> io::Result<()> {
+    use nix::mount::{MsFlags, mount};
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).map_err(io::Error::from)?;
+    mount(Some("proc"), "/proc", Some("proc"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None::<&str>)
+        .map_err(|e| io::Error::new(io::ErrorKind::Other, format!("mount /proc in the job's namespace: {e}")))?;
+    Ok(())
+}
+
+/// In the init: enter a new time namespace for our children whose
+/// CLOCK_MONOTONIC and CLOCK_BOOTTIME continue from the saved values, so
+/// that they never jump backwards across a restart (offsets are only ever
+/// positive: a clock may jump forward by the time the job was down).
+pub fn setup_time(saved_mono_ns: u64, saved_boot_ns: u64) -> io::Result<()> {
+    let now = |c| {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: valid out-pointer.
+        unsafe { libc::clock_gettime(c, &mut ts) };
+        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    };
+    let dm = (saved_mono_ns as i128 - now(libc::CLOCK_MONOTONIC)).max(0);
+    let db = (saved_boot_ns as i128 - now(libc::CLOCK_BOOTTIME)).max(0);
+    if dm == 0 && db == 0 {
+        return Ok(());
+    }
+    // SAFETY: unshare of a time namespace affects only our future children.
+    if unsafe { libc::unshare(0x80 /* CLONE_NEWTIME */) } != 0 {
+        return Err(errno());
+    }
+    // Add a second of margin for the time the restore itself takes.
+    let fmt = |d: i128| {
+        let d = d + 1_000_000_000;
+        format!("{} {}", d / 1_000_000_000, d % 1_000_000_000)
+    };
+    std::fs::write("/proc/self/timens_offsets", format!("monotonic {}\nboottime {}\n", fmt(dm), fmt(db)))
+}
+
+/// Block the forwarded signals and SIGCHLD; returns the set.
+pub fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local zeroed set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in FORWARDED {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Unblock everything (in a child before it becomes the program).
+pub fn unblock_all() {
+    // SAFETY: empty set, valid pointers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Encode a wait status as a shell-style exit code.
+pub fn exit_code(status: i32) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        1
+    }
+}
+
+/// Wait for signals; forward the forwardable ones to `target` (only those
+/// sent by a process, not by the terminal, which reaches the program
+/// directly); reap children; return the exit code when `main_child` ends.
+/// `on_signal` may consume a signal (returns true) instead of forwarding it.
+pub fn supervise(set: &libc::sigset_t, main_child: i32, target: i32, mut on_signal: impl FnMut(i32) -> bool) -> i32 {
+    loop {
+        // Reap first: the child may have exited before we started waiting.
+        loop {
+            let mut st = 0;
+            // SAFETY: valid out-pointer.
+            let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG | libc::__WALL) };
+            if r <= 0 {
+                break;
+            }
+            if r == main_child {
+                return exit_code(st);
+            }
+        }
+        // SAFETY: siginfo is plain data.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: set is a valid blocked set; info is writable.
+        let sig = unsafe { libc::sigwaitinfo(set, &mut info) };
+        if sig < 0 || sig == libc::SIGCHLD {
+            continue;
+        }
+        if on_signal(sig) {
+            continue;
+        }
+        let from_process = info.si_code == libc::SI_USER || info.si_code == libc::SI_QUEUE || info.si_code == libc::SI_TKILL;
+        if from_process || sig == libc::SIGCONT {
+            // SAFETY: kill has no memory-safety contract.
+            unsafe { libc::kill(target, sig) };
+        }
+    }
+}

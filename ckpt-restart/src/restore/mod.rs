@@ -1,0 +1,6 @@
+//! Restore: stage 1 (ordinary Rust in the new process) and the stage 2
+//! argument block; stage 2 itself is `restorer/restorer.c`.
+
+pub mod blob;
+pub mod names;
+pub mod stage1;

@@ -1,0 +1,448 @@
+//! Stage 1 of restore: runs in the freshly created process (already with
+//! the saved pid, inside the job's namespaces), as ordinary Rust.
+//!
+//! It rebuilds what the kernel keeps outside memory — file descriptors,
+//! working directory, umask, rlimits, signal actions, interval timers,
+//! terminal settings — opens the files that memory regions map, prepares
+//! the stage 2 argument block in a mapping that collides with nothing, and
+//! jumps to stage 2. It never returns: either the program runs, or the
+//! process exits with [`RST_EXIT_FAILED`] after printing why.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use ckpt::image::manifest::{Fd, FdKind, ProcessManifest, RegionKind};
+use ckpt::preload::finish::{FinishArgs, FinishThread};
+use ckpt::signal_safe::raw;
+
+use super::blob::{self, MmMap, RST_EXIT_FAILED, RstArgs, RstRange, RstRegion};
+use super::names::name_bytes;
+
+/// What stage 1 needs beyond the manifest.
+pub struct Stage1<'a> {
+    /// Generation directory.
+    pub gen_dir: &'a Path,
+    /// The process to restore.
+    pub m: &'a ProcessManifest,
+    /// Coordinator socket path for the restored program.
+    pub socket: &'a Path,
+    /// Pipe to the init process: 'K' on success, a step code on failure.
+    pub status_fd: i32,
+    /// Verify page checksums.
+    pub verify: bool,
+}
+
+fn fail(status_fd: i32, msg: &str) -> ! {
+    let _ = raw::write_all(2, format!("ckpt: restore failed: {msg}\n").as_bytes());
+    let _ = raw::write(status_fd, &[1]);
+    raw::exit_group(RST_EXIT_FAILED)
+}
+
+fn cstr(p: &[u8]) -> CString {
+    CString::new(p.to_vec()).unwrap_or_else(|_| CString::new("/nonexistent").unwrap_or_default())
+}
+
+fn dup_above(fd: i32, min: i32, cloexec: bool) -> std::io::Result<i32> {
+    let cmd = if cloexec { libc::F_DUPFD_CLOEXEC } else { libc::F_DUPFD };
+    // SAFETY: fcntl dup of an fd we own.
+    let r = unsafe { libc::fcntl(fd, cmd, min) };
+    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r) }
+}
+
+fn open_at(path: &[u8], flags: i32) -> std::io::Result<i32> {
+    let c = cstr(path);
+    // SAFETY: c is a valid C string.
+    let fd = unsafe { libc::open(c.as_ptr(), flags, 0o600) };
+    if fd < 0 { Err(std::io::Error::last_os_error()) } else { Ok(fd) }
+}
+
+fn place(fd: i32, target: i32) -> std::io::Result<()> {
+    if fd != target {
+        // SAFETY: dup2 between fds we own.
+        if unsafe { libc::dup2(fd, target) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is ours and no longer needed.
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
+
+fn open_fds() -> Vec<i32> {
+    let mut v: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|rd| rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+/// Flags worth reapplying when reopening (never O_CREAT/O_TRUNC/O_EXCL).
+fn reopen_flags(saved: u32) -> i32 {
+    let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC
+        | libc::O_NOATIME | libc::O_LARGEFILE;
+    (saved as i32) & keep
+}
+
+fn restore_fds(s: &Stage1<'_>, hi: i32) -> Result<(), String> {
+    let fds = &s.m.fds;
+    // Inherited stdio to keep for pipes/ttys/sockets at 0..2.
+    let keep_std: Vec<i32> = fds.iter().filter(|f| f.fd <= 2 && matches!(f.kind, FdKind::Pipe | FdKind::Tty | FdKind::Socket)).map(|f| f.fd).collect();
+    let saved: Vec<i32> = fds.iter().map(|f| f.fd).collect();
+    for fd in open_fds() {
+        if fd == s.status_fd || fd >= hi || keep_std.contains(&fd) {
+            continue;
+        }
+        if fd <= 2 && saved.contains(&fd) && keep_std.contains(&fd) {
+            continue;
+        }
+        // SAFETY: closing helper fds that the program must not see.
+        unsafe { libc::close(fd) };
+    }
+    // Pipes whose both ends live in this process: one new pipe per inode.
+    let mut pipes: HashMap<u64, (i32, i32)> = HashMap::new();
+    for f in fds.iter().filter(|f| f.kind == FdKind::Pipe && f.fd > 2) {
+        if let std::collections::hash_map::Entry::Vacant(e) = pipes.entry(f.inode) {
+            let mut p = [0i32; 2];
+            // SAFETY: p is a valid 2-int array.
+            if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+                return Err(format!("cannot create a pipe for fd {}: {}", f.fd, std::io::Error::last_os_error()));
+            }
+            let r = dup_above(p[0], hi + 64, true).map_err(|e| e.to_string())?;
+            let w = dup_above(p[1], hi + 64, true).map_err(|e| e.to_string())?;
+            // SAFETY: the originals were duplicated above.
+            unsafe {
+                libc::close(p[0]);
+                libc::close(p[1]);
+            }
+            e.insert((r, w));
+        }
+    }
+    let mut sorted: Vec<&Fd> = fds.iter().collect();
+    sorted.sort_by_key(|f| f.fd);
+    for f in sorted {
+        let path = name_bytes(&f.path);
+        let newfd = match f.kind {
+            FdKind::Pipe | FdKind::Tty | FdKind::Socket if f.fd <= 2 => continue,
+            FdKind::File => {
+                if path.ends_with(b" (deleted)") {
+                    return Err(format!("fd {} refers to a file that was deleted before the checkpoint ({}); deleted open files are not supported yet", f.fd, f.path));
+                }
+                let fd = open_at(&path, reopen_flags(f.flags) | libc::O_CLOEXEC)
+                    .map_err(|e| format!("fd {}: cannot reopen {}: {e} (the file must still exist for the program to continue)", f.fd, f.path))?;
+                // SAFETY: lseek on our fd.
+                if unsafe { libc::lseek(fd, f.pos as i64, libc::SEEK_SET) } < 0 {
+                    return Err(format!("fd {}: cannot seek {} to {}", f.fd, f.path, f.pos));
+                }
+                fd
+            }
+            FdKind::Dir => open_at(&path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
+                .map_err(|e| format!("fd {}: cannot reopen directory {}: {e}", f.fd, f.path))?,
+            FdKind::Device => open_at(&path, reopen_flags(f.flags) | libc::O_CLOEXEC)
+                .map_err(|e| format!("fd {}: cannot reopen device {}: {e}", f.fd, f.path))?,
+            FdKind::Tty => open_at(b"/dev/tty", reopen_flags(f.flags) | libc::O_CLOEXEC)
+                .or_else(|_| open_at(b"/dev/null", libc::O_RDWR | libc::O_CLOEXEC))
+                .map_err(|e| format!("fd {}: cannot open a terminal: {e}", f.fd))?,
+            FdKind::Pipe => {
+                let (r, w) = pipes.get(&f.inode).copied().ok_or("pipe table")?;
+                let end = if (f.flags as i32) & libc::O_ACCMODE == libc::O_WRONLY { w } else { r };
+                dup_above(end, hi + 64, true).map_err(|e| e.to_string())?
+            }
+            FdKind::Socket | FdKind::Other => {
+                return Err(format!("fd {} is {} ({}); this kind of file descriptor is not supported yet", f.fd, if f.kind == FdKind::Socket { "a socket" } else { "a kernel object" }, f.path));
+            }
+        };
+        place(newfd, f.fd).map_err(|e| format!("fd {}: {e}", f.fd))?;
+        // SAFETY: setting FD flags on our fd.
+        unsafe { libc::fcntl(f.fd, libc::F_SETFD, if f.cloexec { libc::FD_CLOEXEC } else { 0 }) };
+    }
+    for (r, w) in pipes.values() {
+        // SAFETY: spare pipe ends, ours.
+        unsafe {
+            libc::close(*r);
+            libc::close(*w);
+        }
+    }
+    // Terminal settings.
+    for f in fds.iter().filter(|f| f.kind == FdKind::Tty && f.termios.len() == 15) {
+        let words: Vec<u32> = f.termios.clone();
+        // SAFETY: isatty/ioctl on our fd; TCSETS reads a 60-byte struct termios.
+        unsafe {
+            if libc::isatty(f.fd) == 1 {
+                libc::ioctl(f.fd, libc::TCSETS, words.as_ptr());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn restore_misc(m: &ProcessManifest) -> Result<(), String> {
+    let cwd = cstr(&name_bytes(&m.cwd));
+    // SAFETY: valid C string.
+    if unsafe { libc::chdir(cwd.as_ptr()) } != 0 {
+        return Err(format!("cannot change to the working directory {}: {}", m.cwd, std::io::Error::last_os_error()));
+    }
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(m.umask as libc::mode_t) };
+    for r in &m.rlimits {
+        let (res, cur, max) = (r[0] as u32, r[1], r[2]);
+        let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: valid out-pointer.
+        if unsafe { libc::getrlimit(res as _, &mut now) } != 0 {
+            continue;
+        }
+        let max = max.min(now.rlim_max);
+        let lim = libc::rlimit { rlim_cur: cur.min(max), rlim_max: max };
+        // SAFETY: valid rlimit.
+        unsafe { libc::setrlimit(res as _, &lim) };
+    }
+    for a in &m.sigactions {
+        let k = raw::KernelSigaction { handler: a.handler, flags: a.flags, restorer: a.restorer, mask: a.mask };
+        raw::sigaction(a.sig, Some(&k)).map_err(|e| format!("cannot restore the handler of signal {}: errno {}", a.sig, e.raw()))?;
+    }
+    for t in &m.itimers {
+        let v = libc::itimerval {
+            it_interval: libc::timeval { tv_sec: (t[1] / 1_000_000) as i64, tv_usec: (t[1] % 1_000_000) as i64 },
+            it_value: libc::timeval { tv_sec: (t[2] / 1_000_000) as i64, tv_usec: (t[2] % 1_000_000) as i64 },
+        };
+        // SAFETY: valid itimerval.
+        unsafe { libc::setitimer(t[0] as _, &v, std::ptr::null_mut()) };
+    }
+    Ok(())
+}
+
+fn open_region_files(m: &ProcessManifest, hi: i32) -> Result<BTreeMap<usize, i32>, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut by_path: HashMap<String, i32> = HashMap::new();
+    let mut out = BTreeMap::new();
+    for (i, r) in m.regions.iter().enumerate() {
+        if !matches!(r.kind, RegionKind::File | RegionKind::SharedFile) {
+            continue;
+        }
+        if let Some(&fd) = by_path.get(&r.name) {
+            out.insert(i, fd);
+            continue;
+        }
+        let p = name_bytes(&r.name);
+        let path = Path::new(std::ffi::OsStr::from_bytes(&p));
+        let md = std::fs::metadata(path).map_err(|e| format!("mapped file {} is gone: {e}", r.name))?;
+        let mtime = (md.mtime() as u64).wrapping_mul(1_000_000_000).wrapping_add(md.mtime_nsec() as u64);
+        if md.ino() != r.inode || md.size() != r.file_size || mtime != r.file_mtime_ns {
+            return Err(format!(
+                "{} changed since the checkpoint (it was replaced, rewritten or upgraded); restoring would run a mix of old and new code or data",
+                r.name
+            ));
+        }
+        let write = r.kind == RegionKind::SharedFile && r.prot & libc::PROT_WRITE as u32 != 0;
+        let fd = open_at(&p, if write { libc::O_RDWR } else { libc::O_RDONLY } | libc::O_CLOEXEC)
+            .map_err(|e| format!("cannot open mapped file {}: {e}", r.name))?;
+        let fd2 = dup_above(fd, hi, true).map_err(|e| e.to_string())?;
+        // SAFETY: fd was duplicated.
+        unsafe { libc::close(fd) };
+        by_path.insert(r.name.clone(), fd2);
+        out.insert(i, fd2);
+    }
+    Ok(out)
+}
+
+/// Run stage 1 and jump to stage 2. Never returns.
+pub fn run(s: Stage1<'_>) -> ! {
+    match prepare(&s) {
+        Ok(()) => fail(s.status_fd, "stage 2 returned"),
+        Err(e) => fail(s.status_fd, &e),
+    }
+}
+
+fn prepare(s: &Stage1<'_>) -> Result<(), String> {
+    let m = s.m;
+    // Block every signal: the saved masks come back with each thread's frame.
+    raw::sigprocmask(libc::SIG_SETMASK, !0u64).map_err(|e| format!("sigprocmask: errno {}", e.raw()))?;
+    let hi = m.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) + 1;
+    // Our own error output and status pipe must stay above the program's fds.
+    let err_fd = dup_above(2, hi, true).map_err(|e| format!("dup stderr: {e}"))?;
+    let status_fd = dup_above(s.status_fd, hi, true).map_err(|e| format!("dup status: {e}"))?;
+    let s = Stage1 { status_fd, ..*s };
+    restore_fds(&s, hi).map_err(|e| {
+        let _ = raw::write_all(err_fd, format!("ckpt: restore failed: {e}\n").as_bytes());
+        e
+    })?;
+    restore_misc(m)?;
+    let files = open_region_files(m, hi)?;
+    let img_path = s.gen_dir.join(&m.image.file);
+    let img = open_at(img_path.as_os_str().as_bytes(), libc::O_RDONLY | libc::O_CLOEXEC)
+        .map_err(|e| format!("cannot open {}: {e}", img_path.display()))?;
+    let img = { let d = dup_above(img, hi, true).map_err(|e| e.to_string())?; unsafe_close(img); d };
+    let exe_fd = match open_at(&name_bytes(&m.exe), libc::O_RDONLY | libc::O_CLOEXEC) {
+        Ok(fd) => { let d = dup_above(fd, hi, true).unwrap_or(-1); unsafe_close(fd); d }
+        Err(_) => -1,
+    };
+
+    // Lay out the restorer mapping: code | args | regions | runs | auxv | finish args | stack.
+    let (code_start, code_len, entry_off) = blob::code();
+    let page = 4096usize;
+    let up = |x: usize| (x + page - 1) & !(page - 1);
+    let nruns: usize = m.regions.iter().map(|r| r.runs.len()).sum();
+    let code_sz = up(code_len);
+    let args_sz = up(std::mem::size_of::<RstArgs>());
+    let regs_sz = up(m.regions.len() * std::mem::size_of::<RstRegion>());
+    let runs_sz = up(nruns * 16 + 16);
+    let auxv_sz = up(m.mm.auxv.len() * 8 + 16);
+    let fin_sz = up(std::mem::size_of::<FinishArgs>());
+    let stack_sz = 256 * 1024;
+    let total = code_sz + args_sz + regs_sz + runs_sz + auxv_sz + fin_sz + stack_sz;
+
+    let current = blob::own_maps().map_err(|e| format!("read /proc/self/maps: {e}"))?;
+    let addr = blob::choose_address(m, &current, total as u64).ok_or("no free address range for the restorer")?;
+    // SAFETY: MAP_FIXED_NOREPLACE at an address we checked is free; fails rather than clobbering.
+    let p = unsafe {
+        libc::mmap(addr as *mut libc::c_void, total, libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE, -1, 0)
+    };
+    if p as u64 != addr {
+        return Err(format!("cannot map the restorer at {addr:#x}"));
+    }
+    let base = addr as usize;
+    // SAFETY: the code section is readable and the destination is our fresh mapping of `total` bytes.
+    unsafe { std::ptr::copy_nonoverlapping(code_start as *const u8, base as *mut u8, code_len) };
+    let args_at = base + code_sz;
+    let regs_at = args_at + args_sz;
+    let runs_at = regs_at + regs_sz;
+    let auxv_at = runs_at + runs_sz;
+    let fin_at = auxv_at + auxv_sz;
+    let stack_top = fin_at + fin_sz + stack_sz - 64;
+
+    // Regions and runs.
+    let mut ri = 0u64;
+    for (i, r) in m.regions.iter().enumerate() {
+        let fd = files.get(&i).copied().unwrap_or(-1);
+        let g = RstRegion {
+            start: r.start,
+            end: r.end,
+            offset: r.offset,
+            data_offset: r.data_offset,
+            runs_index: ri,
+            nruns: r.runs.len() as u64,
+            prot: r.prot,
+            kind: blob::kind_code(r.kind),
+            fd,
+            crc: r.crc,
+            growsdown: u8::from(r.growsdown),
+            hugepage: u8::from(r.hugepage),
+            close_fd: 1,
+            pad: [0; 5],
+        };
+        // SAFETY: regs_at..+regs_sz is inside our mapping; i < regions.len().
+        unsafe { std::ptr::write((regs_at as *mut RstRegion).add(i), g) };
+        for run in &r.runs {
+            // SAFETY: runs_at has room for every run (2 words each).
+            unsafe {
+                std::ptr::write((runs_at as *mut u64).add(ri as usize), run[0]);
+                std::ptr::write((runs_at as *mut u64).add(ri as usize + 1), run[1]);
+            }
+            ri += 2;
+        }
+    }
+    // Only close each shared fd once.
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..m.regions.len() {
+        // SAFETY: index within the region table we just wrote.
+        let g = unsafe { &mut *(regs_at as *mut RstRegion).add(i) };
+        if g.fd >= 0 && !seen.insert(g.fd) {
+            g.close_fd = 0;
+        }
+    }
+    for (i, w) in m.mm.auxv.iter().enumerate() {
+        // SAFETY: auxv area sized for every word.
+        unsafe { std::ptr::write((auxv_at as *mut u64).add(i), *w) };
+    }
+
+    // Finish args.
+    // SAFETY: fin_at is zeroed memory of at least size_of::<FinishArgs>() inside our mapping.
+    let fin = unsafe { &mut *(fin_at as *mut FinishArgs) };
+    fin.blob_start = addr;
+    fin.blob_len = total as u64;
+    fin.done_fd = status_fd as i64;
+    fin.nthreads = m.threads.len().min(fin.threads.len()) as u64;
+    for (slot, t) in fin.threads.iter_mut().zip(m.threads.iter()) {
+        *slot = FinishThread {
+            tid: i64::from(t.tid),
+            ucontext: t.ucontext,
+            fs_base: t.fs_base,
+            rseq: t.rseq,
+            rseq_sig: u64::from(t.rseq_sig),
+            robust_head: t.robust_head,
+            robust_len: t.robust_len,
+            clear_tid: t.clear_tid,
+            scratch_sp: t.scratch_sp,
+        };
+    }
+
+    // The unmap list: everything of ours except the restorer and [vsyscall].
+    // SAFETY: args_at is zeroed memory large enough for RstArgs inside our mapping.
+    let a = unsafe { &mut *(args_at as *mut RstArgs) };
+    let mut n = 0usize;
+    for (st, en, name) in &current {
+        if name == b"[vsyscall]" || *st == addr {
+            continue;
+        }
+        if n >= a.unmap.len() {
+            return Err("the restart helper has too many mappings".into());
+        }
+        a.unmap[n] = RstRange { start: *st, end: *en };
+        n += 1;
+    }
+    a.n_unmap = n as u64;
+    let fs = raw::get_fs_base();
+    a.helper_rseq = ckpt::preload::stop::rseq_area(fs);
+    a.helper_rseq_sig = u64::from(ckpt::preload::stop::RSEQ_SIG);
+    a.vvar = m.vdso.vvar;
+    a.img_fd = img as i64;
+    a.exe_fd = exe_fd as i64;
+    a.err_fd = err_fd as i64;
+    a.status_fd = status_fd as i64;
+    a.verify = u64::from(s.verify && std::arch::is_x86_feature_detected!("sse4.2"));
+    a.n_regions = m.regions.len() as u64;
+    a.regions = regs_at as u64;
+    a.runs = runs_at as u64;
+    let mm = &m.mm;
+    a.mm = MmMap {
+        start_code: mm.start_code,
+        end_code: mm.end_code,
+        start_data: mm.start_data,
+        end_data: mm.end_data,
+        start_brk: mm.start_brk,
+        brk: mm.brk,
+        start_stack: mm.start_stack,
+        arg_start: mm.arg_start,
+        arg_end: mm.arg_end,
+        env_start: mm.env_start,
+        env_end: mm.env_end,
+        auxv: auxv_at as u64,
+        auxv_size: (mm.auxv.len() * 8) as u32,
+        exe_fd: exe_fd as u32,
+    };
+    a.finish_fn = m.hooks.finish;
+    a.finish_sp = m.threads.first().map(|t| t.scratch_sp & !0xf).unwrap_or(0);
+    a.finish_args_dst = m.hooks.finish_args;
+    a.finish_args_src = fin_at as u64;
+    a.finish_args_len = std::mem::size_of::<FinishArgs>() as u64;
+    a.socket_dst = m.hooks.restore_info + 8;
+    let sock = s.socket.as_os_str().as_bytes();
+    if sock.len() >= a.socket.len() {
+        return Err(format!("socket path {} is too long", s.socket.display()));
+    }
+    a.socket[..sock.len()].copy_from_slice(sock);
+
+    let entry = base + entry_off;
+    // SAFETY: entry is ckpt_rst_entry inside the copied, executable section;
+    // it switches to stack_top (inside the same mapping) and never returns.
+    let f: unsafe extern "C" fn(*mut RstArgs, u64) -> ! = unsafe { std::mem::transmute(entry) };
+    // SAFETY: see above; `a` lives in the restorer mapping.
+    unsafe { f(a, stack_top as u64) }
+}
+
+fn unsafe_close(fd: i32) {
+    // SAFETY: closing an fd we own.
+    unsafe { libc::close(fd) };
+}

@@ -1,0 +1,219 @@
+/*
+ * Stage 2 of restore: the part that replaces the restart helper's memory
+ * with the checkpointed program's.
+ *
+ * Everything in this file lives in the `ckpt_rst` section. Stage 1 copies
+ * that section into a fresh mapping chosen so that it overlaps neither the
+ * helper nor any saved region, and jumps to ckpt_rst_entry() on a stack
+ * inside the same mapping. The code is position independent, uses no libc,
+ * no global data and no string constants (which would live outside the
+ * section): only raw system calls and the argument block.
+ *
+ * Steps: unregister the helper's rseq area, unmap every helper mapping,
+ * map the vDSO at its saved address, map every saved region and read its
+ * pages from the image straight into place (verifying CRC-32C), restore
+ * mm fields (brk, arg/env, auxv, exe), copy the thread table into the
+ * restored libckpt and jump to its ckpt_restore_finish() on the main
+ * thread's restored stack. On any failure: write a short message to the
+ * error fd and exit with status 86, so that the restart can fall back to
+ * an older generation.
+ */
+#include <stdint.h>
+#include "restorer.h"
+
+#define SEC __attribute__((section("ckpt_rst"), used, noinline))
+#define SECI __attribute__((section("ckpt_rst"), used, always_inline)) static inline
+
+SECI long sys6(long n, long a, long b, long c, long d, long e, long f) {
+	long ret;
+	register long r10 __asm__("r10") = d;
+	register long r8 __asm__("r8") = e;
+	register long r9 __asm__("r9") = f;
+	__asm__ volatile("syscall" : "=a"(ret) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9) : "rcx", "r11", "memory");
+	return ret;
+}
+#define sys3(n, a, b, c) sys6((n), (long)(a), (long)(b), (long)(c), 0, 0, 0)
+
+#define NR_read 0
+#define NR_write 1
+#define NR_close 3
+#define NR_mmap 9
+#define NR_mprotect 10
+#define NR_munmap 11
+#define NR_pread64 17
+#define NR_madvise 28
+#define NR_prctl 157
+#define NR_arch_prctl 158
+#define NR_exit_group 231
+#define NR_rseq 334
+
+SEC static void put_hex(volatile char *b, int *n, uint64_t v) {
+	for (int i = 60; i >= 0; i -= 4) {
+		int d = (v >> i) & 15;
+		b[(*n)++] = (char)(d < 10 ? '0' + d : 'a' + d - 10);
+	}
+}
+
+/* Messages are built from characters on the stack (no string constants). */
+SEC static void die(struct rst_args *a, uint64_t code, uint64_t what, long err) {
+	/* volatile: keeps the compiler from merging these stores into a
+	 * constant in .rodata, which would not be copied with this section. */
+	volatile char b[96];
+	int n = 0;
+	b[n++] = 'c'; b[n++] = 'k'; b[n++] = 'p'; b[n++] = 't'; b[n++] = ':'; b[n++] = ' ';
+	b[n++] = 'r'; b[n++] = 'e'; b[n++] = 's'; b[n++] = 't'; b[n++] = 'o'; b[n++] = 'r'; b[n++] = 'e';
+	b[n++] = ' '; b[n++] = 's'; b[n++] = 't'; b[n++] = 'e'; b[n++] = 'p'; b[n++] = ' ';
+	b[n++] = (char)('0' + code / 10); b[n++] = (char)('0' + code % 10);
+	b[n++] = ' '; b[n++] = '@'; b[n++] = ' ';
+	put_hex(b, &n, what);
+	b[n++] = ' '; b[n++] = 'e'; b[n++] = '=';
+	put_hex(b, &n, (uint64_t)(-err));
+	b[n++] = '\n';
+	sys3(NR_write, a->err_fd, (const char *)b, n);
+	/* Leave the step code for stage 1's parent to read. */
+	uint8_t c = (uint8_t)code;
+	sys3(NR_write, a->status_fd, &c, 1);
+	sys3(NR_exit_group, RST_EXIT_FAILED, 0, 0);
+	for (;;) {}
+}
+
+SEC static uint32_t crc32c_update(uint32_t crc, const uint8_t *p, uint64_t len) {
+	uint64_t c = crc;
+	while (len >= 8) {
+		uint64_t v = *(const uint64_t *)p;
+		__asm__("crc32q %1, %0" : "+r"(c) : "rm"(v));
+		p += 8;
+		len -= 8;
+	}
+	uint32_t c32 = (uint32_t)c;
+	while (len--) {
+		uint8_t v = *p++;
+		__asm__("crc32b %1, %0" : "+r"(c32) : "rm"(v));
+	}
+	return c32;
+}
+
+SEC static void read_full(struct rst_args *a, uint64_t addr, uint64_t len, uint64_t off) {
+	while (len > 0) {
+		uint64_t chunk = len > (1UL << 30) ? (1UL << 30) : len;
+		long r = sys6(NR_pread64, a->img_fd, (long)addr, (long)chunk, (long)off, 0, 0);
+		if (r == -4) /* EINTR */
+			continue;
+		if (r <= 0)
+			die(a, 3, addr, r < 0 ? r : -5);
+		addr += (uint64_t)r;
+		len -= (uint64_t)r;
+		off += (uint64_t)r;
+	}
+}
+
+SEC void ckpt_rst_main(struct rst_args *a) {
+	long r;
+	/* 1. The helper's rseq area is about to be unmapped: unregister it. */
+	if (a->helper_rseq)
+		sys6(NR_rseq, (long)a->helper_rseq, 32, 1 /* RSEQ_FLAG_UNREGISTER */, a->helper_rseq_sig, 0, 0);
+
+	/* 2. Remove every mapping of the helper except this one. */
+	for (uint64_t i = 0; i < a->n_unmap; i++) {
+		r = sys3(NR_munmap, a->unmap[i].start, a->unmap[i].end - a->unmap[i].start, 0);
+		if (r < 0)
+			die(a, 1, a->unmap[i].start, r);
+	}
+
+	/* 3. The vDSO block at its saved address. */
+	if (a->vvar) {
+		r = sys3(NR_arch_prctl, 0x2003 /* ARCH_MAP_VDSO_64 */, a->vvar, 0);
+		if (r < 0)
+			die(a, 2, a->vvar, r);
+	}
+
+	/* 4. Regions. */
+	struct rst_region *regs = (struct rst_region *)a->regions;
+	uint64_t *runs = (uint64_t *)a->runs;
+	for (uint64_t i = 0; i < a->n_regions; i++) {
+		struct rst_region *g = &regs[i];
+		uint64_t len = g->end - g->start;
+		long flags = 0x10 /* MAP_FIXED */;
+		long fd = -1;
+		switch (g->kind) {
+		case RST_ANON: flags |= 0x02 | 0x20; break;        /* PRIVATE|ANONYMOUS */
+		case RST_SHARED_ANON: flags |= 0x01 | 0x20; break; /* SHARED|ANONYMOUS */
+		case RST_FILE: flags |= 0x02; fd = g->fd; break;
+		case RST_SHARED_FILE: flags |= 0x01; fd = g->fd; break;
+		}
+		if (g->growsdown)
+			flags |= 0x0100; /* MAP_GROWSDOWN */
+		long prot = (long)g->prot;
+		if (g->nruns)
+			prot |= 0x1 | 0x2; /* readable and writable while filling */
+		r = sys6(NR_mmap, (long)g->start, (long)len, prot, flags, fd, (long)g->offset);
+		if (r != (long)g->start)
+			die(a, 4, g->start, r);
+		if (g->hugepage)
+			sys3(NR_madvise, g->start, len, 14 /* MADV_HUGEPAGE */);
+		uint64_t off = g->data_offset;
+		uint32_t crc = 0xffffffffu;
+		for (uint64_t k = 0; k < g->nruns; k++) {
+			uint64_t first = runs[g->runs_index + 2 * k];
+			uint64_t count = runs[g->runs_index + 2 * k + 1];
+			uint64_t addr = g->start + first * 4096;
+			read_full(a, addr, count * 4096, off);
+			if (a->verify)
+				crc = crc32c_update(crc, (const uint8_t *)addr, count * 4096);
+			off += count * 4096;
+		}
+		if (a->verify && g->nruns && (~crc) != g->crc)
+			die(a, 5, g->start, -74 /* EBADMSG */);
+		if (prot != (long)g->prot) {
+			r = sys3(NR_mprotect, g->start, len, g->prot);
+			if (r < 0)
+				die(a, 6, g->start, r);
+		}
+	}
+	for (uint64_t i = 0; i < a->n_regions; i++)
+		if (regs[i].fd >= 0 && regs[i].close_fd)
+			sys3(NR_close, regs[i].fd, 0, 0);
+
+	/* 5. mm fields: brk, arg/env, auxv, and the exe link when allowed. */
+	a->mm.exe_fd = (uint32_t)a->exe_fd;
+	r = sys6(NR_prctl, 35 /* PR_SET_MM */, 14 /* PR_SET_MM_MAP */, (long)&a->mm, sizeof(a->mm), 0, 0);
+	if (r < 0) {
+		a->mm.exe_fd = (uint32_t)-1;
+		r = sys6(NR_prctl, 35, 14, (long)&a->mm, sizeof(a->mm), 0, 0);
+		if (r < 0)
+			die(a, 7, a->mm.brk, r);
+	}
+	if (a->exe_fd >= 0)
+		sys3(NR_close, a->exe_fd, 0, 0);
+	sys3(NR_close, a->img_fd, 0, 0);
+
+	/* 6. Hand over to the restored libckpt. */
+	uint8_t *dst = (uint8_t *)a->finish_args_dst;
+	const uint8_t *src = (const uint8_t *)a->finish_args_src;
+	for (uint64_t i = 0; i < a->finish_args_len; i++)
+		dst[i] = src[i];
+	uint8_t *sdst = (uint8_t *)a->socket_dst;
+	for (uint64_t i = 0; i < 256; i++)
+		sdst[i] = a->socket[i];
+	__asm__ volatile(
+		"mov %0, %%rsp\n"
+		"mov %1, %%rdi\n"
+		"call *%2\n"
+		"ud2\n"
+		:
+		: "r"(a->finish_sp), "r"(a->finish_args_dst), "r"(a->finish_fn)
+		: "memory");
+	for (;;) {}
+}
+
+/* Entry: switch to the stack inside this mapping, then run. */
+__asm__(
+	".pushsection ckpt_rst,\"ax\",@progbits\n"
+	".globl ckpt_rst_entry\n"
+	".type ckpt_rst_entry,@function\n"
+	"ckpt_rst_entry:\n"
+	"	mov %rsi, %rsp\n"
+	"	and $-16, %rsp\n"
+	"	call ckpt_rst_main\n"
+	"	ud2\n"
+	".popsection\n");

@@ -1,0 +1,60 @@
+/* Argument block shared by stage 1 (Rust, ckpt-restart/src/restore/blob.rs)
+ * and stage 2 (restorer.c). Keep both in step: the Rust side mirrors these
+ * structs with #[repr(C)] and a size assertion. */
+#ifndef CKPT_RESTORER_H
+#define CKPT_RESTORER_H
+#include <stdint.h>
+
+#define RST_ANON 0
+#define RST_SHARED_ANON 1
+#define RST_FILE 2
+#define RST_SHARED_FILE 3
+#define RST_EXIT_FAILED 86
+
+struct rst_range { uint64_t start, end; };
+
+struct rst_region {
+	uint64_t start, end;
+	uint64_t offset;      /* file offset */
+	uint64_t data_offset; /* in the image file */
+	uint64_t runs_index;  /* index into runs[] (u64 units) */
+	uint64_t nruns;
+	uint32_t prot;
+	uint32_t kind;
+	int32_t fd;
+	uint32_t crc;
+	uint8_t growsdown, hugepage, close_fd, pad[5];
+};
+
+struct prctl_mm_map_k {
+	uint64_t start_code, end_code, start_data, end_data, start_brk, brk, start_stack;
+	uint64_t arg_start, arg_end, env_start, env_end;
+	uint64_t auxv;
+	uint32_t auxv_size;
+	uint32_t exe_fd;
+};
+
+struct rst_args {
+	uint64_t helper_rseq;
+	uint64_t helper_rseq_sig;
+	uint64_t vvar;
+	int64_t img_fd;
+	int64_t exe_fd;
+	int64_t err_fd;
+	int64_t status_fd;
+	uint64_t verify;
+	uint64_t n_unmap;
+	struct rst_range unmap[256];
+	uint64_t n_regions;
+	uint64_t regions; /* struct rst_region * */
+	uint64_t runs;    /* uint64_t * */
+	struct prctl_mm_map_k mm;
+	uint64_t finish_fn;
+	uint64_t finish_sp;
+	uint64_t finish_args_dst;
+	uint64_t finish_args_src;
+	uint64_t finish_args_len;
+	uint64_t socket_dst;
+	uint8_t socket[256];
+};
+#endif
