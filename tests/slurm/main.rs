@@ -328,6 +328,37 @@ fn batch_job_its_steps_and_direct_srun_get_libckpt_and_settings() {
 }
 
 #[test]
+fn steps_of_a_salloc_allocation_get_libckpt_and_settings() {
+    let Some(c) = slurm::cluster() else { return };
+    let dir = setup(&c, "salloc");
+    let ckdir = dir.join("sa");
+    let opt = format!("--checkpoint-dir={}", ckdir.display());
+    // salloc's own command runs on the submit host, outside any task: only
+    // the steps it starts are checkpointed.
+    let run = c.run_as_user(
+        &dir,
+        &[
+            "salloc",
+            "-Q",
+            &opt,
+            "--checkpoint-interval=30s",
+            "srun",
+            "-Q",
+            "./show.sh",
+            "step",
+        ],
+    );
+    c.check(run.success, "salloc with the options failed", &run);
+    let expect = Expect {
+        dir: &ckdir,
+        interval: 30,
+        other_preload: None,
+    };
+    check_injected(&c, &run, &parse_show(&run.submit_stdout), "step", &expect);
+    check_dir(&c, &ckdir, &run);
+}
+
+#[test]
 fn an_existing_ld_preload_is_kept_after_libckpt() {
     let Some(c) = slurm::cluster() else { return };
     let dir = setup(&c, "preload");
