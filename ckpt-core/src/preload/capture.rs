@@ -68,7 +68,23 @@ fn path_in(dir: &[u8], name: core::fmt::Arguments<'_>) -> StackBuf<4096> {
     p
 }
 
-/// Write the image of this process into `dir`. Returns the bytes written.
+/// Make the files written by [`write_image`] durable. Called after the
+/// program's threads were released, so that the program does not stand
+/// still while the disk catches up.
+pub fn sync_image(dir: &[u8]) -> Result<(), Fail> {
+    let pid = raw::getpid();
+    for name in [format_args!("proc-{pid}.img"), format_args!("proc-{pid}.json")] {
+        let mut p = path_in(dir, name);
+        let fd = raw::open(p.as_cstr(), libc::O_RDONLY | libc::O_CLOEXEC, 0).map_err(at(5))?;
+        let r = raw::fsync(fd).map_err(at(5));
+        raw::close(fd);
+        r?;
+    }
+    Ok(())
+}
+
+/// Write the image of this process into `dir` (not yet fsynced: see
+/// [`sync_image`]). Returns the bytes written.
 pub fn write_image(dir: &[u8], conn_fd: i32) -> Result<u64, Fail> {
     let mut s = Scratch { maps: MmapBuf::new(), json: MmapBuf::new(), tmp: MmapBuf::new() };
     let r = write_image_inner(dir, conn_fd, &mut s);
@@ -345,10 +361,9 @@ fn write_parts(dir: &[u8], conn_fd: i32, img: i32, pagemap: i32, pid: i32, s: &m
     // header, then durability
     let h = format::encode(size - format::HEADER_LEN);
     raw::pwrite(img, &h, 0).map_err(at(3))?;
-    raw::fsync(img).map_err(at(5))?;
     let mut jp = path_in(dir, format_args!("proc-{pid}.json"));
     let jfd = raw::open(jp.as_cstr(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o600).map_err(at(4))?;
-    let w = raw::write_all(jfd, j.as_slice()).map_err(at(4)).and_then(|_| raw::fsync(jfd).map_err(at(5)));
+    let w = raw::write_all(jfd, j.as_slice()).map_err(at(4));
     raw::close(jfd);
     w?;
     let _ = total;

@@ -308,7 +308,15 @@ fn checkpoint(dir: &[u8]) -> Outcome {
     let t_end = raw::clock_ns(libc::CLOCK_MONOTONIC);
     release_all();
     let _ = t_stopped;
-    let step = WRITE_ERR_STEP.load(Ordering::Acquire);
+    let mut step = WRITE_ERR_STEP.load(Ordering::Acquire);
+    if step == 0 {
+        // SAFETY: TARGET_DIR is only written by this thread.
+        let target = unsafe { &*core::ptr::addr_of!(TARGET_DIR) };
+        if let Err((st, e)) = capture::sync_image(target.get(..dir.len()).unwrap_or(&[])) {
+            WRITE_RESULT.store(e.raw() as u64, Ordering::Release);
+            step = st;
+        }
+    }
     if step != 0 {
         let errno = WRITE_RESULT.load(Ordering::Acquire);
         let mut b = StackBuf::<512>::new();
