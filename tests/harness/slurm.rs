@@ -39,7 +39,9 @@ pub const JOB_DEADLINE_SECS: u32 = 120;
 /// The `min_interval=` of the test cluster's plugstack line.
 pub const MIN_INTERVAL: u64 = 10;
 
-const LOCK_FILE: &str = "/run/lock/ckpt-slurm-tests.lock";
+/// Inside [`PREFIX`] (created root-owned first): `/run/lock` is missing on
+/// minimal systems without an init.
+const LOCK_FILE: &str = "/var/tmp/ckpt-slurm-test/.lock";
 
 /// True under CI (`CI=true`): missing prerequisites fail instead of skipping.
 pub fn under_ci() -> bool {
@@ -150,6 +152,10 @@ fn start() -> Result<Cluster, String> {
         .ok_or("CARGO_MANIFEST_DIR has no parent")?
         .to_path_buf();
     let prefix = PathBuf::from(PREFIX);
+    mkdir_mode(&prefix, 0o755)?;
+    // The installed plugin and libraries must not be replaceable by users.
+    chown(&prefix, Some(0), Some(0))
+        .map_err(|e| format!("chown root {}: {e}", prefix.display()))?;
     let lock = take_lock()?;
 
     let built = artifact_dir()?;
@@ -280,6 +286,7 @@ fn install_file(src: &Path, dest: &Path) -> Result<(), String> {
     }
     for d in levels.iter().rev() {
         mkdir_mode(d, 0o755)?;
+        chown(d, Some(0), Some(0)).map_err(|e| format!("chown root {}: {e}", d.display()))?;
     }
     let tmp = dir.join(format!(
         ".{}.tmp",
