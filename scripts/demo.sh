@@ -31,9 +31,12 @@ export SLURM_CONF=$CLUSTER_PREFIX/etc/slurm.conf
 step "the options, as users see them (sbatch --help)"
 sbatch --help | sed -n '/--checkpoint /,/preemption)/p'
 
+# Everything in the user's home is done as the user, never as root.
 DEMO_DIR=/home/$DEMO_USER/ckpt-demo
-runuser -u "$DEMO_USER" -- mkdir -p "$DEMO_DIR"
-cat >"$DEMO_DIR/job.sh" <<'JOB'
+as_user() { (cd / && runuser -u "$DEMO_USER" -- "$@"); }
+as_user rm -rf "$DEMO_DIR"
+as_user mkdir -p "$DEMO_DIR"
+as_user tee "$DEMO_DIR/job.sh" >/dev/null <<'JOB'
 #!/bin/bash
 echo "job $SLURM_JOB_ID on $(hostname) as $(id -un)"
 echo "LD_PRELOAD=$LD_PRELOAD"
@@ -41,7 +44,7 @@ env | grep '^CKPT_' | sort
 ls -ld "$CKPT_DIR"
 srun bash -c 'echo "step $SLURM_STEP_ID: CKPT_DIR=$CKPT_DIR"'
 JOB
-chown "$DEMO_USER:" "$DEMO_DIR/job.sh"; chmod 0755 "$DEMO_DIR/job.sh"
+as_user chmod 0755 "$DEMO_DIR/job.sh"
 
 step "a bad value is refused at submission (nothing is queued)"
 (cd "$DEMO_DIR" && runuser -u "$DEMO_USER" -- env SLURM_CONF="$SLURM_CONF" \
@@ -50,7 +53,7 @@ step "a bad value is refused at submission (nothing is queued)"
 step "a checkpointed batch job: sbatch --checkpoint-dir=ckpt/%j --checkpoint-interval=5m"
 (cd "$DEMO_DIR" && runuser -u "$DEMO_USER" -- env SLURM_CONF="$SLURM_CONF" \
    timeout 120 sbatch --wait -o demo-%j.out --checkpoint-dir=ckpt/%j --checkpoint-interval=5m job.sh)
-cat "$(ls -t "$DEMO_DIR"/demo-*.out | head -n 1)"
+as_user bash -c 'cat "$1"/demo-*.out' _ "$DEMO_DIR"
 
 # ---------------------------------------------------------------------------
 # TODO(lead, issue 6): replace this section with the real demo once the engine
