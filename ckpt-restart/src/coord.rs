@@ -1,28 +1,34 @@
 //! The coordinator: one per launched (or restarted) job, inside `ckpt`.
 //!
-//! Listens on a unix socket in the checkpoint directory; processes of the
-//! job register there (their libckpt connects at start-up), `ckpt
-//! checkpoint` asks there. A checkpoint opens a new `.tmp` generation, asks
-//! every registered process to write its image into it, validates what they
-//! wrote, and commits the generation only when all of them succeeded. A
-//! failure leaves the previous generation untouched and the job running.
+//! A checkpoint:
+//! 1. opens a new `.tmp` generation;
+//! 2. walks the job's process tree and sends the stop signal to every live
+//!    process (re-walking until no new process appears); each process's
+//!    leader stops its threads and connects here with `STOPPED`;
+//! 3. once *every* process is stopped (so pipes and shared memory are
+//!    consistent), says `WRITE <dir>` to each and collects `DONE`;
+//! 4. says `RELEASE` to all (the job runs again), collects `SYNCED`;
+//! 5. validates what was written and commits the generation.
+//!
+//! Any failure (a process that cannot be stopped or written, an unsupported
+//! feature) aborts the generation — the previous one is untouched — and
+//! releases the job, which keeps running.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ckpt::coord::STOP_SIGNAL;
 use ckpt::image::checksum::crc32c;
 use ckpt::image::format;
 use ckpt::image::generation::CheckpointDir;
-use ckpt::image::manifest::{FdKind, GenerationRecord, ProcessManifest, ProcessRef, GENERATION_FORMAT};
+use ckpt::image::manifest::{FdKind, GENERATION_FORMAT, GenerationRecord, ProcessManifest, ProcessRef, Zombie};
 
-use crate::sock;
-
-struct Proc {
-    pid: i32,
-    conn: OwnedFd,
-}
+use crate::{sock, tree};
 
 /// Result of a successful checkpoint.
 #[derive(Debug, Clone)]
@@ -35,23 +41,38 @@ pub struct Done {
     pub pause_us: u64,
     /// Time to a durable generation, µs.
     pub total_us: u64,
+    /// Processes in the image.
+    pub processes: usize,
 }
 
 /// The coordinator state.
 pub struct Coordinator {
     dir: CheckpointDir,
-    procs: Mutex<Vec<Proc>>,
     ckpt_lock: Mutex<()>,
+    incoming: Mutex<Option<Sender<(OwnedFd, String)>>>,
     command: Vec<String>,
     keep: usize,
-    /// Socket path the processes connect to.
-    pub socket: PathBuf,
+    init_pid: AtomicI32,
 }
 
+const STOP_DEADLINE: Duration = Duration::from_secs(30);
+
 impl Coordinator {
-    /// A coordinator for `dir`, listening at `socket`.
-    pub fn new(dir: CheckpointDir, socket: PathBuf, command: Vec<String>, keep: usize) -> Arc<Self> {
-        Arc::new(Coordinator { dir, procs: Mutex::new(Vec::new()), ckpt_lock: Mutex::new(()), command, keep, socket })
+    /// A coordinator for `dir`.
+    pub fn new(dir: CheckpointDir, command: Vec<String>, keep: usize) -> Arc<Self> {
+        Arc::new(Coordinator {
+            dir,
+            ckpt_lock: Mutex::new(()),
+            incoming: Mutex::new(None),
+            command,
+            keep,
+            init_pid: AtomicI32::new(0),
+        })
+    }
+
+    /// Tell the coordinator the host pid of the job's init.
+    pub fn set_init(&self, pid: i32) {
+        self.init_pid.store(pid, Ordering::Release);
     }
 
     /// Serve connections forever (run on its own thread).
@@ -65,77 +86,108 @@ impl Coordinator {
 
     fn handle(self: Arc<Self>, conn: OwnedFd) {
         let Ok(Some(first)) = sock::recv(&conn) else { return };
-        if let Some(rest) = first.strip_prefix("HELLO ") {
-            let pid = rest.split(' ').next().and_then(|p| p.parse().ok()).unwrap_or(0);
-            if let Ok(mut p) = self.procs.lock() {
-                p.retain(|x| x.pid != pid);
-                p.push(Proc { pid, conn });
-            }
-        } else if first == "CHECKPOINT" {
+        if first == "CHECKPOINT" {
             let reply = match self.checkpoint() {
-                Ok(d) => format!("OK {} {} {} {}", d.path.display(), d.bytes, d.pause_us, d.total_us),
+                Ok(d) => format!("OK {} {} {} {} {}", d.path.display(), d.bytes, d.pause_us, d.total_us, d.processes),
                 Err(e) => format!("ERR {e}"),
             };
             let _ = sock::send(&conn, reply.as_bytes());
+            return;
+        }
+        // A process leader (STOPPED / FAIL): hand it to the running checkpoint.
+        // Without one, dropping the connection makes the leader resume.
+        let tx = self.incoming.lock().ok().and_then(|g| g.clone());
+        if let Some(tx) = tx {
+            let _ = tx.send((conn, first));
         }
     }
 
-    /// Number of registered processes.
-    pub fn registered(&self) -> usize {
-        self.procs.lock().map(|p| p.len()).unwrap_or(0)
-    }
-
-    /// Take a checkpoint of every registered process. Blocks until the
-    /// generation is durable.
+    /// Take a checkpoint of the whole job. Blocks until the generation is durable.
     pub fn checkpoint(&self) -> Result<Done, String> {
         let _g = self.ckpt_lock.lock().map_err(|_| "internal lock poisoned".to_string())?;
         let t0 = Instant::now();
-        // Give a just-started program a moment to register.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.registered() == 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+        let init = self.init_pid.load(Ordering::Acquire);
+        if init <= 0 {
+            return Err("the job has not started yet".into());
         }
-        let mut procs = self.procs.lock().map_err(|_| "internal lock poisoned".to_string())?;
-        if procs.is_empty() {
-            return Err("no process of the job is connected (did the program clear LD_PRELOAD, or has it not started yet?)".into());
+        let (tx, rx) = channel();
+        if let Ok(mut g) = self.incoming.lock() {
+            *g = Some(tx);
         }
         let pending = self.dir.begin().map_err(|e| e.to_string())?;
-        let target = pending.path.display().to_string();
-        let mut refs = Vec::new();
-        let mut pause = 0u64;
-        let mut bytes = 0u64;
-        let mut failure: Option<String> = None;
-        let mut gone = Vec::new();
-        for p in procs.iter() {
-            if sock::send(&p.conn, format!("CKPT {target}").as_bytes()).is_err() {
-                gone.push(p.pid);
-                continue;
+        let mut run = Run { leaders: BTreeMap::new(), failure: None, hosts: BTreeMap::new() };
+        let result = self.stop_all(init, &rx, &mut run);
+        if let Ok(mut g) = self.incoming.lock() {
+            *g = None;
+        }
+        let zombies = match result {
+            Ok(z) => z,
+            Err(e) => {
+                run.abort();
+                pending.abort();
+                return Err(format!("checkpoint failed, the job keeps running and the previous checkpoint is kept: {e}"));
             }
-            match sock::recv(&p.conn) {
+        };
+        // Everybody is stopped: write.
+        let target = pending.path.display().to_string();
+        let mut bytes = 0u64;
+        let mut pause = 0u64;
+        let mut failure = None;
+        for (pid, conn) in &run.leaders {
+            if sock::send(conn, format!("WRITE {target}").as_bytes()).is_err() {
+                failure.get_or_insert(format!("process {pid} went away during the checkpoint"));
+            }
+        }
+        for (pid, conn) in &run.leaders {
+            match sock::recv(conn) {
                 Ok(Some(r)) if r.starts_with("DONE ") => {
                     let f: Vec<&str> = r.split(' ').collect();
                     bytes += f.get(2).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
                     pause = pause.max(f.get(3).and_then(|x| x.parse().ok()).unwrap_or(0));
-                    match check_written(&pending.path, p.pid) {
-                        Ok(r) => refs.push(r),
-                        Err(e) => failure = Some(format!("process {}: {e}", p.pid)),
-                    }
                 }
                 Ok(Some(r)) => {
-                    let msg = r.strip_prefix("FAIL ").unwrap_or(&r);
-                    let (pid, why) = msg.split_once(' ').unwrap_or(("?", msg));
-                    failure = Some(format!("process {pid}: {why}"));
+                    let why = r.splitn(3, ' ').nth(2).unwrap_or(&r).to_string();
+                    failure.get_or_insert(format!("process {pid}: {why}"));
                 }
-                _ => gone.push(p.pid),
-            }
-            if failure.is_some() {
-                break;
+                _ => {
+                    failure.get_or_insert(format!("process {pid} died during the checkpoint"));
+                }
             }
         }
-        procs.retain(|p| !gone.contains(&p.pid));
-        drop(procs);
-        if refs.is_empty() && failure.is_none() {
-            failure = Some("every process of the job exited during the checkpoint".into());
+        // Still stopped: find descriptors that share one open file description.
+        let shared_fds = if failure.is_none() { shared_descriptions(&pending.path, &run.hosts) } else { Vec::new() };
+        // Release the job, then wait for the images to be on disk.
+        let t_release = t0.elapsed();
+        for conn in run.leaders.values() {
+            let _ = sock::send(conn, b"RELEASE");
+        }
+        for (pid, conn) in &run.leaders {
+            match sock::recv(conn) {
+                Ok(Some(r)) if r.starts_with("SYNCED") => {}
+                Ok(Some(r)) => {
+                    failure.get_or_insert(format!("process {pid}: {}", r.splitn(3, ' ').nth(2).unwrap_or(&r)));
+                }
+                _ => {
+                    failure.get_or_insert(format!("process {pid} died while syncing its image"));
+                }
+            }
+        }
+        let pids: Vec<i32> = run.leaders.keys().copied().collect();
+        run.leaders.clear();
+        if failure.is_none() && pids.is_empty() {
+            failure = Some("the job has no process to checkpoint".into());
+        }
+        let mut refs = Vec::new();
+        if failure.is_none() {
+            for pid in &pids {
+                match check_written(&pending.path, *pid) {
+                    Ok(r) => refs.push(r),
+                    Err(e) => {
+                        failure = Some(format!("process {pid}: {e}"));
+                        break;
+                    }
+                }
+            }
         }
         if let Some(f) = failure {
             pending.abort();
@@ -150,12 +202,154 @@ impl Coordinator {
             uid: unsafe { libc::getuid() },
             command: self.command.clone(),
             processes: refs,
-            pause_us: pause,
+            pause_us: pause.max(t_release.as_micros() as u64),
             bytes,
             tool_version: env!("CARGO_PKG_VERSION").into(),
+            zombies,
+            shared_fds,
         };
+        let n = record.processes.len();
         let path = pending.commit(&record, self.keep).map_err(|e| format!("checkpoint could not be made durable: {e}"))?;
-        Ok(Done { path, bytes, pause_us: pause, total_us: t0.elapsed().as_micros() as u64 })
+        Ok(Done { path, bytes, pause_us: record.pause_us, total_us: t0.elapsed().as_micros() as u64, processes: n })
+    }
+
+    /// Signal every process of the job and wait until all are stopped.
+    /// Returns the zombies seen.
+    fn stop_all(&self, init: i32, rx: &Receiver<(OwnedFd, String)>, run: &mut Run) -> Result<Vec<Zombie>, String> {
+        let start = Instant::now();
+        let mut signaled: BTreeMap<i32, (i32, Instant, String)> = BTreeMap::new(); // ns pid -> (host pid, when, exe)
+        let mut not_ready: BTreeMap<i32, Instant> = BTreeMap::new();
+        loop {
+            let members = tree::members(init);
+            let live: BTreeSet<i32> = members.iter().filter(|m| !m.zombie).map(|m| m.pid).collect();
+            // Processes that exited after being signalled are no longer expected.
+            signaled.retain(|pid, _| live.contains(pid) || run.leaders.contains_key(pid));
+            let mut waiting_for_new = false;
+            for m in members.iter().filter(|m| !m.zombie) {
+                if signaled.contains_key(&m.pid) || run.leaders.contains_key(&m.pid) {
+                    continue;
+                }
+                if !m.catches {
+                    // Possibly between fork and exec, or loading: give it a moment.
+                    let first = *not_ready.entry(m.pid).or_insert_with(Instant::now);
+                    if first.elapsed() > Duration::from_secs(3) {
+                        return Err(format!(
+                            "process {} ({}) is not under checkpoint control: it was started without libckpt (a statically linked program, or LD_PRELOAD was removed)",
+                            m.pid, m.exe
+                        ));
+                    }
+                    waiting_for_new = true;
+                    continue;
+                }
+                // SAFETY: kill has no memory-safety contract.
+                if unsafe { libc::kill(m.host_pid, STOP_SIGNAL) } == 0 {
+                    signaled.insert(m.pid, (m.host_pid, Instant::now(), m.exe.clone()));
+                    run.hosts.insert(m.pid, m.host_pid);
+                }
+            }
+            let all_in = signaled.keys().all(|p| run.leaders.contains_key(p));
+            if all_in && !waiting_for_new && !signaled.is_empty() {
+                // Stable? Re-walk once more to catch processes created meanwhile.
+                let again = tree::members(init);
+                let fresh = again.iter().any(|m| !m.zombie && !signaled.contains_key(&m.pid) && !run.leaders.contains_key(&m.pid));
+                if !fresh {
+                    return Ok(again
+                        .iter()
+                        .filter(|m| m.zombie)
+                        .map(|m| Zombie { pid: m.pid, ppid: m.ppid, status: m.exit_status })
+                        .collect());
+                }
+                continue;
+            }
+            if members.is_empty() {
+                return Err("the job has no process to checkpoint".into());
+            }
+            if start.elapsed() > STOP_DEADLINE {
+                let stuck: Vec<String> = signaled
+                    .iter()
+                    .filter(|(p, _)| !run.leaders.contains_key(p))
+                    .map(|(p, (_, _, exe))| format!("{p} ({exe})"))
+                    .collect();
+                return Err(format!(
+                    "process(es) {} did not stop within {} s (the checkpoint signal is blocked, or the process is stuck in the kernel)",
+                    stuck.join(", "),
+                    STOP_DEADLINE.as_secs()
+                ));
+            }
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok((conn, msg)) => {
+                    let mut f = msg.splitn(3, ' ');
+                    let kind = f.next().unwrap_or("");
+                    let pid: i32 = f.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+                    if kind == "STOPPED" {
+                        run.leaders.insert(pid, conn);
+                    } else {
+                        let why = f.next().unwrap_or("unknown failure").to_string();
+                        drop(conn);
+                        run.failure = Some(why.clone());
+                        return Err(format!("process {pid}: {why}"));
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+struct Run {
+    leaders: BTreeMap<i32, OwnedFd>,
+    failure: Option<String>,
+    /// ns pid -> host pid.
+    hosts: BTreeMap<i32, i32>,
+}
+
+/// Group file descriptors (across and within processes) that refer to one
+/// open file description, using kcmp(KCMP_FILE). Only groups of two or more.
+fn shared_descriptions(gdir: &Path, hosts: &BTreeMap<i32, i32>) -> Vec<Vec<[i32; 2]>> {
+    let mut cands: BTreeMap<(u64, u64), Vec<(i32, i32, i32)>> = BTreeMap::new(); // (dev,ino) -> (pid, fd, host)
+    for (&pid, &host) in hosts {
+        let Ok(data) = std::fs::read(gdir.join(format!("proc-{pid}.json"))) else { continue };
+        let Ok(m) = serde_json::from_slice::<ProcessManifest>(&data) else { continue };
+        for f in &m.fds {
+            if matches!(f.kind, FdKind::File | FdKind::Dir | FdKind::Device | FdKind::Pipe | FdKind::Tty) {
+                cands.entry((f.dev, f.inode)).or_default().push((pid, f.fd, host));
+            }
+        }
+    }
+    let mut groups = Vec::new();
+    for list in cands.values() {
+        let mut done = vec![false; list.len()];
+        for i in 0..list.len() {
+            if done[i] {
+                continue;
+            }
+            let mut g = vec![[list[i].0, list[i].1]];
+            for j in i + 1..list.len() {
+                if done[j] {
+                    continue;
+                }
+                // SAFETY: kcmp only compares kernel objects of two processes we may ptrace.
+                let r = unsafe { libc::syscall(libc::SYS_kcmp, list[i].2, list[j].2, 0 /* KCMP_FILE */, list[i].1, list[j].1) };
+                if r == 0 {
+                    done[j] = true;
+                    g.push([list[j].0, list[j].1]);
+                }
+            }
+            if g.len() > 1 {
+                groups.push(g);
+            }
+        }
+    }
+    groups
+}
+
+impl Run {
+    /// Let every stopped process go without writing.
+    fn abort(&mut self) {
+        for conn in self.leaders.values() {
+            let _ = sock::send(conn, b"ABORT");
+        }
+        self.leaders.clear();
     }
 }
 
@@ -168,9 +362,10 @@ fn check_written(gdir: &Path, pid: i32) -> Result<ProcessRef, String> {
     for f in &m.fds {
         if f.fd > 2 && matches!(f.kind, FdKind::Socket | FdKind::Other) {
             return Err(format!(
-                "fd {} is {} ({}), which ckpt cannot checkpoint yet",
+                "fd {} of {} is {} ({}), which ckpt cannot checkpoint yet",
                 f.fd,
-                if f.kind == FdKind::Socket { "a socket" } else { "a kernel object" },
+                m.exe,
+                if f.kind == FdKind::Socket { "a socket" } else { "a kernel object such as an eventfd, epoll, inotify or io_uring instance" },
                 f.path
             ));
         }

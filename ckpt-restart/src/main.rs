@@ -16,6 +16,7 @@ mod coord;
 mod ns;
 mod restore;
 mod sock;
+mod tree;
 
 const USAGE: &str = "usage:
   ckpt launch     --dir DIR [--interval T] [--keep N] -- COMMAND [ARGS...]

@@ -121,7 +121,10 @@ impl CheckpointDir {
         if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
             return Err(dir_err(path, "is not writable by you; fix its permissions or choose another directory"));
         }
-        Ok(CheckpointDir { path: path.to_path_buf() })
+        // Absolute, so that the program (which may change directory) and
+        // the restored program still find the socket and generations.
+        let path = path.canonicalize().map_err(|e| dir_err(path, format!("cannot resolve: {e}")))?;
+        Ok(CheckpointDir { path })
     }
 
     /// Create the directory (and missing parents) with mode 0700, then open it.
@@ -432,6 +435,14 @@ pub fn validate_manifest(file: &str, m: &ProcessManifest, data_len: u64) -> Resu
             return Err(bad(format!("region {:#x}-{:#x} points outside its data file", r.start, r.end)));
         }
     }
+    for f in &m.fds {
+        if let Some([off, len]) = f.pipe_data {
+            let end = off.checked_add(len).ok_or_else(|| bad("pipe data overflows".into()))?;
+            if off < format::HEADER_LEN || end > format::HEADER_LEN + data_len || len > 1 << 24 {
+                return Err(bad(format!("buffered data of fd {} points outside its data file", f.fd)));
+            }
+        }
+    }
     if m.threads.is_empty() {
         return Err(bad("lists no thread".into()));
     }
@@ -497,6 +508,8 @@ mod tests {
                 pause_us: 0,
                 bytes: 0,
                 tool_version: "t".into(),
+                zombies: vec![],
+                shared_fds: vec![],
             };
             g.commit(&rec, 2).unwrap();
         }

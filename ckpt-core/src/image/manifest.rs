@@ -24,6 +24,12 @@ pub struct ProcessManifest {
     pub pid: i32,
     /// Parent pid (namespace view; 0 when the parent is outside).
     pub ppid: i32,
+    /// Process group (namespace view; 0 when the group leader is outside).
+    #[serde(default)]
+    pub pgid: i32,
+    /// Session (namespace view; 0 when the session leader is outside).
+    #[serde(default)]
+    pub sid: i32,
     /// Real uid of the process (the restorer refuses another user).
     pub uid: u32,
     /// Path of the executable.
@@ -248,6 +254,9 @@ pub struct Fd {
     pub dev: u64,
     /// Inode.
     pub inode: u64,
+    /// Bytes that were buffered in a pipe: `[offset in the data file, length]`.
+    #[serde(default)]
+    pub pipe_data: Option<[u64; 2]>,
 }
 
 /// One signal action (kernel layout).
@@ -297,6 +306,24 @@ pub struct GenerationRecord {
     pub bytes: u64,
     /// The tool version that wrote it.
     pub tool_version: String,
+    /// Children that had exited but were not yet waited for.
+    #[serde(default)]
+    pub zombies: Vec<Zombie>,
+    /// Groups of `[pid, fd]` that shared one open file description (one
+    /// offset), found with kcmp(2) while the job was stopped.
+    #[serde(default)]
+    pub shared_fds: Vec<Vec<[i32; 2]>>,
+}
+
+/// An exited child its parent has not waited for yet.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Zombie {
+    /// Its pid.
+    pub pid: i32,
+    /// Its parent.
+    pub ppid: i32,
+    /// Its wait status (as `waitpid` reports it).
+    pub status: i32,
 }
 
 /// A process entry of a generation.

@@ -134,7 +134,11 @@ fn write_parts(dir: &[u8], conn_fd: i32, img: i32, pagemap: i32, pid: i32, s: &m
     let ppid = unsafe { raw::syscall3(raw::nr::GETPPID, 0, 0, 0) }.unwrap_or(0);
     // SAFETY: getuid (102) takes no arguments.
     let uid = unsafe { raw::syscall3(102, 0, 0, 0) }.unwrap_or(0);
-    let _ = write!(j, "\"ppid\":{ppid},\"uid\":{uid},\"exe\":");
+    // SAFETY: getpgid(0)/getsid(0) take no pointers.
+    let pgid = unsafe { raw::syscall3(raw::nr::GETPGID, 0, 0, 0) }.unwrap_or(0);
+    // SAFETY: as above.
+    let sid = unsafe { raw::syscall3(raw::nr::GETSID, 0, 0, 0) }.unwrap_or(0);
+    let _ = write!(j, "\"ppid\":{ppid},\"pgid\":{pgid},\"sid\":{sid},\"uid\":{uid},\"exe\":");
     {
         let mut exe = [0u8; 4096];
         let n = raw::readlink(b"/proc/self/exe\0", &mut exe).map_err(at(2))?;
@@ -292,7 +296,7 @@ fn write_parts(dir: &[u8], conn_fd: i32, img: i32, pagemap: i32, pid: i32, s: &m
     let _ = write!(
         j,
         "\"hooks\":{{\"restore_info\":{},\"finish_args\":{},\"finish\":{}}},",
-        core::ptr::addr_of!(super::thread::CKPT_RESTORE_INFO) as u64,
+        core::ptr::addr_of!(super::leader::CKPT_RESTORE_INFO) as u64,
         core::ptr::addr_of!(super::finish::CKPT_FINISH_ARGS) as u64,
         super::finish::ckpt_restore_finish as *const () as usize as u64
     );
@@ -326,7 +330,7 @@ fn write_parts(dir: &[u8], conn_fd: i32, img: i32, pagemap: i32, pid: i32, s: &m
     }
     let _ = write!(j, "],");
 
-    write_fds(j, &mut s.tmp, conn_fd, img, pagemap)?;
+    write_fds(j, &mut s.tmp, conn_fd, img, pagemap, &mut data_off)?;
     write_signals(j);
 
     // cwd, umask, rlimits, itimers
@@ -547,7 +551,58 @@ fn write_signals(j: &mut MmapBuf) {
     let _ = write!(j, "],");
 }
 
-fn write_fds(j: &mut MmapBuf, tmp: &mut MmapBuf, conn_fd: i32, img: i32, pagemap: i32) -> Result<(), Fail> {
+/// Copy the bytes buffered in a pipe into the image without consuming them:
+/// open a second read end through /proc, `tee` into a private pipe, then
+/// `splice` into the image file. Returns `(offset, length)`.
+fn capture_pipe(fd: i32, img: i32, data_off: &mut u64) -> Result<Option<(u64, u64)>, Errno> {
+    let mut p = StackBuf::<64>::new();
+    let _ = write!(p, "/proc/self/fd/{fd}");
+    let rfd = raw::open(p.as_cstr(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC, 0)?;
+    let mut tp = [0i32; 2];
+    // SAFETY: tp is a valid 2-int array (pipe2 = 293).
+    if let Err(e) = unsafe { raw::syscall3(293, tp.as_mut_ptr() as usize, (libc::O_NONBLOCK | libc::O_CLOEXEC) as usize, 0) } {
+        raw::close(rfd);
+        return Err(e);
+    }
+    // SAFETY: F_SETPIPE_SZ takes an int.
+    let _ = unsafe { raw::syscall3(raw::nr::FCNTL, tp[1] as usize, libc::F_SETPIPE_SZ as usize, 1 << 20) };
+    // SAFETY: tee(2) (276) between two pipes we hold.
+    let n = unsafe { raw::syscall6(276, rfd as usize, tp[1] as usize, 1 << 20, libc::SPLICE_F_NONBLOCK as usize, 0, 0) };
+    let out = match n {
+        Ok(n) if n > 0 => {
+            let mut off = *data_off as i64;
+            let mut left = n;
+            let mut res = Ok(());
+            while left > 0 {
+                // SAFETY: splice(2) (275) from our pipe into the image at `off`.
+                match unsafe { raw::syscall6(275, tp[0] as usize, 0, img as usize, &mut off as *mut i64 as usize, left, 0) } {
+                    Ok(0) => {
+                        res = Err(Errno(libc::EIO));
+                        break;
+                    }
+                    Ok(k) => left -= k,
+                    Err(Errno(libc::EINTR)) => {}
+                    Err(e) => {
+                        res = Err(e);
+                        break;
+                    }
+                }
+            }
+            res.map(|_| {
+                let at = *data_off;
+                *data_off += (n as u64).div_ceil(PAGE) * PAGE;
+                Some((at, n as u64))
+            })
+        }
+        _ => Ok(None),
+    };
+    raw::close(rfd);
+    raw::close(tp[0]);
+    raw::close(tp[1]);
+    out
+}
+
+fn write_fds(j: &mut MmapBuf, tmp: &mut MmapBuf, conn_fd: i32, img: i32, pagemap: i32, data_off: &mut u64) -> Result<(), Fail> {
     let _ = write!(j, "\"fds\":[");
     let dfd = raw::open(b"/proc/self/fd\0", libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0).map_err(at(7))?;
     let mut fds = [0i32; 4096];
@@ -633,7 +688,13 @@ fn write_fds(j: &mut MmapBuf, tmp: &mut MmapBuf, conn_fd: i32, img: i32, pagemap
                 let _ = write!(j, "{}{w}", if i == 0 { "" } else { "," });
             }
         }
-        let _ = write!(j, "],\"dev\":{},\"inode\":{}}}", st.st_dev, st.st_ino);
+        let _ = write!(j, "],\"dev\":{},\"inode\":{}", st.st_dev, st.st_ino);
+        if kind == "pipe" {
+            if let Some((off, len)) = capture_pipe(fd, img, data_off).map_err(at(7))? {
+                let _ = write!(j, ",\"pipe_data\":[{off},{len}]");
+            }
+        }
+        let _ = write!(j, "}}");
         first = false;
     }
     raw::close(dfd);

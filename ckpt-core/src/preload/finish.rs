@@ -1,7 +1,7 @@
 //! The last stage of restore, run from the restored libckpt itself.
 //!
 //! The restorer (ckpt-restart's stage 2) maps every saved region back, fills
-//! [`CKPT_RESTORE_INFO`](super::thread::CKPT_RESTORE_INFO)'s thread table,
+//! [`CKPT_RESTORE_INFO`](super::leader::CKPT_RESTORE_INFO)'s thread table,
 //! switches to the main thread's restored stack and jumps to
 //! [`ckpt_restore_finish`]. From here on only program memory is mapped, so
 //! this code can remove the restorer's own mapping (which the restorer
@@ -116,8 +116,9 @@ pub unsafe extern "C" fn ckpt_restore_finish(args: *const FinishArgs) -> ! {
     // SAFETY: the restorer mapping holds no code or data we still use.
     let _ = unsafe { raw::munmap(a.blob_start as usize, a.blob_len as usize) };
     // SAFETY: CKPT_RESTORE_INFO lives in restored memory; the counter is atomic.
-    let ri = unsafe { &*core::ptr::addr_of!(super::thread::CKPT_RESTORE_INFO) };
+    let ri = unsafe { &*core::ptr::addr_of!(super::leader::CKPT_RESTORE_INFO) };
     ri.counter.fetch_add(1, Ordering::AcqRel);
+    super::leader::reset_after_restore();
     GO.store(0, Ordering::Release);
     for t in a.threads.iter().take(n).skip(1) {
         if spawn(t).is_err() {

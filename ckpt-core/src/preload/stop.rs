@@ -66,8 +66,6 @@ pub static PARKED: AtomicU32 = AtomicU32::new(0);
 pub static RELEASE: AtomicU32 = AtomicU32::new(0);
 /// 1 while a checkpoint is stopping/holding threads.
 pub static STOPPING: AtomicU32 = AtomicU32::new(0);
-/// Tid of the checkpoint thread.
-pub static CKPT_TID: AtomicI32 = AtomicI32::new(0);
 
 unsafe extern "C" {
     static __rseq_offset: isize;
@@ -108,12 +106,12 @@ pub fn record_self(uc: u64) -> Option<usize> {
 }
 
 /// The stop signal handler. **Async-signal-safe.**
-pub extern "C" fn handler(_sig: i32, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
-    let tid = raw::gettid();
-    if tid == CKPT_TID.load(Ordering::Acquire) {
-        // The checkpoint thread stops itself last and writes the image from here,
-        // so that its own registers are saved the same way as everybody's.
-        super::thread::write_from_handler(uc as u64);
+pub extern "C" fn handler(_sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let code = unsafe { (*info).si_code };
+    if code != libc::SI_TKILL {
+        // Sent to the process from outside (the coordinator): lead.
+        super::leader::lead(uc as u64);
         return;
     }
     if STOPPING.load(Ordering::Acquire) == 0 {

@@ -1,7 +1,6 @@
 //! `ckpt launch --dir D [--interval T] -- CMD ARGS...`
 
 use std::ffi::CString;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::{Failure, Opts, need_dir};
@@ -113,8 +112,8 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
             ckpt::signal_safe::raw::exit_group(code)
         }
         Some(init) => {
-            let coord = Coordinator::new(dir.clone(), sock_path.clone(), o.command.clone(), o.keep);
-            let _ = listener.as_raw_fd();
+            let coord = Coordinator::new(dir.clone(), o.command.clone(), o.keep);
+            coord.set_init(init.as_raw());
             let c2 = coord.clone();
             std::thread::spawn(move || c2.serve(listener));
             start_interval(&coord, o.interval);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use super::{Failure, Opts, need_dir};
 use crate::coord::Coordinator;
 use crate::ns;
-use crate::restore::stage1::{self, Stage1};
+use crate::restore::tree;
 use ckpt::image::generation::{CheckpointDir, LoadedGeneration};
 use ckpt::image::manifest::ProcessManifest;
 
@@ -52,9 +52,6 @@ fn candidates(dir: &CheckpointDir) -> Result<Vec<LoadedGeneration>, Failure> {
     for (path, r) in dir.candidates()? {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         match r.map_err(|e| e.to_string()).and_then(|g| {
-            if g.processes.len() != 1 {
-                return Err(format!("{} processes in this generation; restoring process trees is not supported yet", g.processes.len()));
-            }
             for p in &g.processes {
                 check_host(p)?;
             }
@@ -79,42 +76,6 @@ fn candidates(dir: &CheckpointDir) -> Result<Vec<LoadedGeneration>, Failure> {
     Ok(ok)
 }
 
-#[repr(C)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
-/// fork() with a chosen pid (needs CAP_SYS_ADMIN over the pid namespace).
-fn fork_with_pid(pid: i32) -> std::io::Result<i32> {
-    let tid = [pid];
-    let a = CloneArgs {
-        flags: 0,
-        pidfd: 0,
-        child_tid: 0,
-        parent_tid: 0,
-        exit_signal: libc::SIGCHLD as u64,
-        stack: 0,
-        stack_size: 0,
-        tls: 0,
-        set_tid: tid.as_ptr() as u64,
-        set_tid_size: 1,
-        cgroup: 0,
-    };
-    // SAFETY: clone3 without CLONE_VM and without a stack behaves like fork; the caller is single-threaded.
-    let r = unsafe { libc::syscall(libc::SYS_clone3, &a as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
-    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r as i32) }
-}
-
 fn init_main(gens: &[LoadedGeneration], socket: &std::path::Path, set: &libc::sigset_t, verify: bool) -> ! {
     if let Err(e) = ns::setup_mounts() {
         eprintln!("ckpt: {e}");
@@ -125,36 +86,10 @@ fn init_main(gens: &[LoadedGeneration], socket: &std::path::Path, set: &libc::si
         eprintln!("ckpt: warning: cannot keep the program's clocks continuous: {e}");
     }
     for (i, g) in gens.iter().enumerate() {
-        let m = &g.processes[0];
-        let mut p = [0i32; 2];
-        // SAFETY: p is a valid array.
-        unsafe { libc::pipe(p.as_mut_ptr()) };
-        let child = match fork_with_pid(m.pid) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("ckpt: cannot recreate pid {}: {e}", m.pid);
-                ckpt::signal_safe::raw::exit_group(1);
-            }
-        };
-        if child == 0 {
-            // SAFETY: our read end is not needed in the restored process.
-            unsafe { libc::close(p[0]) };
-            stage1::run(Stage1 { gen_dir: &g.path, m, socket, status_fd: p[1], verify });
-        }
-        // SAFETY: closing our copy of the write end.
-        unsafe { libc::close(p[1]) };
-        let mut b = [0u8; 1];
-        // SAFETY: b is valid.
-        let n = unsafe { libc::read(p[0], b.as_mut_ptr().cast(), 1) };
-        // SAFETY: our read end.
-        unsafe { libc::close(p[0]) };
-        if n == 1 && b[0] == b'K' {
-            let code = ns::supervise(set, child, child, |_| false);
+        if let tree::Attempt::Running(main) = tree::restore(g, socket, verify) {
+            let code = ns::supervise(set, main, main, |_| false);
             ckpt::signal_safe::raw::exit_group(code);
         }
-        let mut st = 0;
-        // SAFETY: reap the failed attempt so its pid is free again.
-        unsafe { libc::waitpid(child, &mut st, 0) };
         let name = g.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         match gens.get(i + 1) {
             Some(next) => eprintln!(
@@ -180,7 +115,8 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
             init_main(&gens, &sock_path, &set, !o.no_verify)
         }
         Some(init) => {
-            let coord = Coordinator::new(dir.clone(), sock_path.clone(), command, o.keep);
+            let coord = Coordinator::new(dir.clone(), command, o.keep);
+            coord.set_init(init.as_raw());
             let c2 = coord.clone();
             std::thread::spawn(move || c2.serve(listener));
             super::launch::start_interval(&coord, o.interval);

@@ -102,8 +102,8 @@ unsafe extern "C" {
 
 /// The stage 2 code: (start address, length, entry offset).
 pub fn code() -> (usize, usize, usize) {
-    // SAFETY: the linker defines these symbols around the ckpt_rst section; we only take addresses.
-    let (s, e) = unsafe { (core::ptr::addr_of!(__start_ckpt_rst) as usize, core::ptr::addr_of!(__stop_ckpt_rst) as usize) };
+    // Only the addresses of the linker-defined section bounds are taken.
+    let (s, e) = (core::ptr::addr_of!(__start_ckpt_rst) as usize, core::ptr::addr_of!(__stop_ckpt_rst) as usize);
     let entry = ckpt_rst_entry as *const () as usize;
     (s, e - s, entry - s)
 }

@@ -3,4 +3,6 @@
 
 pub mod blob;
 pub mod names;
+pub mod shared;
+pub mod tree;
 pub mod stage1;

@@ -9,6 +9,8 @@
 //! process exits with [`RST_EXIT_FAILED`] after printing why.
 
 use std::collections::{BTreeMap, HashMap};
+
+use super::shared::{Shared, reopen_flags};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -32,6 +34,10 @@ pub struct Stage1<'a> {
     pub status_fd: i32,
     /// Verify page checksums.
     pub verify: bool,
+    /// Objects shared with other processes, created by the init.
+    pub shared: &'a Shared,
+    /// Groups of descriptors sharing an open file description.
+    pub shared_fds: &'a [Vec<[i32; 2]>],
 }
 
 fn fail(status_fd: i32, msg: &str) -> ! {
@@ -78,91 +84,101 @@ fn open_fds() -> Vec<i32> {
     v
 }
 
-/// Flags worth reapplying when reopening (never O_CREAT/O_TRUNC/O_EXCL).
-fn reopen_flags(saved: u32) -> i32 {
-    let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC
-        | libc::O_NOATIME | libc::O_LARGEFILE;
-    (saved as i32) & keep
+/// Where a restored descriptor comes from.
+enum Source {
+    /// Keep the descriptor the restart command gave us (stdio).
+    Keep,
+    /// Duplicate this descriptor.
+    Dup(i32),
+    /// Open by ourselves.
+    Open,
 }
 
-fn restore_fds(s: &Stage1<'_>, hi: i32) -> Result<(), String> {
-    let fds = &s.m.fds;
-    // Inherited stdio to keep for pipes/ttys/sockets at 0..2.
-    let keep_std: Vec<i32> = fds.iter().filter(|f| f.fd <= 2 && matches!(f.kind, FdKind::Pipe | FdKind::Tty | FdKind::Socket)).map(|f| f.fd).collect();
-    let saved: Vec<i32> = fds.iter().map(|f| f.fd).collect();
-    for fd in open_fds() {
-        if fd == s.status_fd || fd >= hi || keep_std.contains(&fd) {
-            continue;
+fn external_std(s: &Stage1<'_>, f: &Fd) -> Option<i32> {
+    // Another descriptor of the same open file description at 0..2 in any process.
+    let group = s.shared_fds.iter().find(|g| g.iter().any(|pf| pf[0] == s.m.pid && pf[1] == f.fd))?;
+    group.iter().map(|pf| pf[1]).filter(|&fd| fd <= 2).min()
+}
+
+fn source(s: &Stage1<'_>, f: &Fd) -> Source {
+    if let Some(&fd) = s.shared.files.get(&(s.m.pid, f.fd)) {
+        return Source::Dup(fd);
+    }
+    match f.kind {
+        FdKind::Pipe => {
+            if let Some(&(r, w)) = s.shared.pipes.get(&f.inode) {
+                return Source::Dup(if (f.flags as i32) & libc::O_ACCMODE == libc::O_WRONLY { w } else { r });
+            }
+            // The other end is outside the job: stdio of the restart command.
+            if f.fd <= 2 {
+                return Source::Keep;
+            }
+            external_std(s, f).map_or(Source::Open, Source::Dup)
         }
-        if fd <= 2 && saved.contains(&fd) && keep_std.contains(&fd) {
+        FdKind::Tty | FdKind::Socket if f.fd <= 2 => Source::Keep,
+        FdKind::Tty | FdKind::Socket => external_std(s, f).map_or(Source::Open, Source::Dup),
+        _ => Source::Open,
+    }
+}
+
+fn restore_fds(s: &Stage1<'_>, keep_above: i32) -> Result<(), String> {
+    let fds = &s.m.fds;
+    let keep_std: Vec<i32> = fds.iter().filter(|f| f.fd <= 2 && matches!(source(s, f), Source::Keep)).map(|f| f.fd).collect();
+    for fd in open_fds() {
+        if fd >= s.shared.lo || keep_std.contains(&fd) {
             continue;
         }
         // SAFETY: closing helper fds that the program must not see.
         unsafe { libc::close(fd) };
     }
-    // Pipes whose both ends live in this process: one new pipe per inode.
-    let mut pipes: HashMap<u64, (i32, i32)> = HashMap::new();
-    for f in fds.iter().filter(|f| f.kind == FdKind::Pipe && f.fd > 2) {
-        if let std::collections::hash_map::Entry::Vacant(e) = pipes.entry(f.inode) {
-            let mut p = [0i32; 2];
-            // SAFETY: p is a valid 2-int array.
-            if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-                return Err(format!("cannot create a pipe for fd {}: {}", f.fd, std::io::Error::last_os_error()));
-            }
-            let r = dup_above(p[0], hi + 64, true).map_err(|e| e.to_string())?;
-            let w = dup_above(p[1], hi + 64, true).map_err(|e| e.to_string())?;
-            // SAFETY: the originals were duplicated above.
-            unsafe {
-                libc::close(p[0]);
-                libc::close(p[1]);
-            }
-            e.insert((r, w));
-        }
-    }
     let mut sorted: Vec<&Fd> = fds.iter().collect();
     sorted.sort_by_key(|f| f.fd);
     for f in sorted {
         let path = name_bytes(&f.path);
-        let newfd = match f.kind {
-            FdKind::Pipe | FdKind::Tty | FdKind::Socket if f.fd <= 2 => continue,
-            FdKind::File => {
-                if path.ends_with(b" (deleted)") {
-                    return Err(format!("fd {} refers to a file that was deleted before the checkpoint ({}); deleted open files are not supported yet", f.fd, f.path));
+        let newfd = match source(s, f) {
+            Source::Keep => continue,
+            Source::Dup(from) => {
+                // SAFETY: duplicating an inherited descriptor.
+                let d = unsafe { libc::fcntl(from, libc::F_DUPFD_CLOEXEC, keep_above) };
+                if d < 0 {
+                    return Err(format!("fd {}: {}", f.fd, std::io::Error::last_os_error()));
                 }
-                let fd = open_at(&path, reopen_flags(f.flags) | libc::O_CLOEXEC)
-                    .map_err(|e| format!("fd {}: cannot reopen {}: {e} (the file must still exist for the program to continue)", f.fd, f.path))?;
-                // SAFETY: lseek on our fd.
-                if unsafe { libc::lseek(fd, f.pos as i64, libc::SEEK_SET) } < 0 {
-                    return Err(format!("fd {}: cannot seek {} to {}", f.fd, f.path, f.pos));
+                d
+            }
+            Source::Open => match f.kind {
+                FdKind::File => {
+                    if path.ends_with(b" (deleted)") {
+                        return Err(format!("fd {} refers to a file that was deleted before the checkpoint ({}); deleted open files are not supported yet", f.fd, f.path));
+                    }
+                    let fd = open_at(&path, reopen_flags(f.flags) | libc::O_CLOEXEC)
+                        .map_err(|e| format!("fd {}: cannot reopen {}: {e} (the file must still exist for the program to continue)", f.fd, f.path))?;
+                    // SAFETY: lseek on our fd.
+                    if unsafe { libc::lseek(fd, f.pos as i64, libc::SEEK_SET) } < 0 {
+                        return Err(format!("fd {}: cannot seek {} to {}", f.fd, f.path, f.pos));
+                    }
+                    fd
                 }
-                fd
-            }
-            FdKind::Dir => open_at(&path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
-                .map_err(|e| format!("fd {}: cannot reopen directory {}: {e}", f.fd, f.path))?,
-            FdKind::Device => open_at(&path, reopen_flags(f.flags) | libc::O_CLOEXEC)
-                .map_err(|e| format!("fd {}: cannot reopen device {}: {e}", f.fd, f.path))?,
-            FdKind::Tty => open_at(b"/dev/tty", reopen_flags(f.flags) | libc::O_CLOEXEC)
-                .or_else(|_| open_at(b"/dev/null", libc::O_RDWR | libc::O_CLOEXEC))
-                .map_err(|e| format!("fd {}: cannot open a terminal: {e}", f.fd))?,
-            FdKind::Pipe => {
-                let (r, w) = pipes.get(&f.inode).copied().ok_or("pipe table")?;
-                let end = if (f.flags as i32) & libc::O_ACCMODE == libc::O_WRONLY { w } else { r };
-                dup_above(end, hi + 64, true).map_err(|e| e.to_string())?
-            }
-            FdKind::Socket | FdKind::Other => {
-                return Err(format!("fd {} is {} ({}); this kind of file descriptor is not supported yet", f.fd, if f.kind == FdKind::Socket { "a socket" } else { "a kernel object" }, f.path));
-            }
+                FdKind::Dir => open_at(&path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
+                    .map_err(|e| format!("fd {}: cannot reopen directory {}: {e}", f.fd, f.path))?,
+                FdKind::Device => open_at(&path, reopen_flags(f.flags) | libc::O_CLOEXEC)
+                    .map_err(|e| format!("fd {}: cannot reopen device {}: {e}", f.fd, f.path))?,
+                FdKind::Tty => open_at(b"/dev/tty", reopen_flags(f.flags) | libc::O_CLOEXEC)
+                    .or_else(|_| open_at(b"/dev/null", libc::O_RDWR | libc::O_CLOEXEC))
+                    .map_err(|e| format!("fd {}: cannot open a terminal: {e}", f.fd))?,
+                FdKind::Pipe => open_at(b"/dev/null", libc::O_RDWR | libc::O_CLOEXEC).map_err(|e| format!("fd {}: {e}", f.fd))?,
+                FdKind::Socket | FdKind::Other => {
+                    return Err(format!(
+                        "fd {} is {} ({}); this kind of file descriptor is not supported yet",
+                        f.fd,
+                        if f.kind == FdKind::Socket { "a socket" } else { "a kernel object" },
+                        f.path
+                    ));
+                }
+            },
         };
         place(newfd, f.fd).map_err(|e| format!("fd {}: {e}", f.fd))?;
         // SAFETY: setting FD flags on our fd.
         unsafe { libc::fcntl(f.fd, libc::F_SETFD, if f.cloexec { libc::FD_CLOEXEC } else { 0 }) };
-    }
-    for (r, w) in pipes.values() {
-        // SAFETY: spare pipe ends, ours.
-        unsafe {
-            libc::close(*r);
-            libc::close(*w);
-        }
     }
     // Terminal settings.
     for f in fds.iter().filter(|f| f.kind == FdKind::Tty && f.termios.len() == 15) {
@@ -258,17 +274,33 @@ fn prepare(s: &Stage1<'_>) -> Result<(), String> {
     let m = s.m;
     // Block every signal: the saved masks come back with each thread's frame.
     raw::sigprocmask(libc::SIG_SETMASK, !0u64).map_err(|e| format!("sigprocmask: errno {}", e.raw()))?;
-    let hi = m.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) + 1;
-    // Our own error output and status pipe must stay above the program's fds.
+    // Layout: program fds < shared.lo <= init's shared objects < shared.hi <= ours.
+    let hi = s.shared.hi;
     let err_fd = dup_above(2, hi, true).map_err(|e| format!("dup stderr: {e}"))?;
     let status_fd = dup_above(s.status_fd, hi, true).map_err(|e| format!("dup status: {e}"))?;
+    if s.status_fd < s.shared.lo || s.status_fd >= hi {
+        unsafe_close(s.status_fd);
+    }
     let s = Stage1 { status_fd, ..*s };
+    // Shared memory objects this process maps.
+    let mut memfds: HashMap<u64, i32> = HashMap::new();
+    for r in m.regions.iter().filter(|r| r.kind == RegionKind::SharedAnon) {
+        if let (Some(&fd), false) = (s.shared.memfds.get(&r.inode), memfds.contains_key(&r.inode)) {
+            memfds.insert(r.inode, dup_above(fd, hi, true).map_err(|e| e.to_string())?);
+        }
+    }
     restore_fds(&s, hi).map_err(|e| {
         let _ = raw::write_all(err_fd, format!("ckpt: restore failed: {e}\n").as_bytes());
         e
     })?;
+    // Drop the init's shared objects: we hold what we need.
+    for fd in open_fds() {
+        if fd >= s.shared.lo && fd < hi {
+            unsafe_close(fd);
+        }
+    }
     restore_misc(m)?;
-    let files = open_region_files(m, hi)?;
+    let mut files = open_region_files(m, hi)?;
     let img_path = s.gen_dir.join(&m.image.file);
     let img = open_at(img_path.as_os_str().as_bytes(), libc::O_RDONLY | libc::O_CLOEXEC)
         .map_err(|e| format!("cannot open {}: {e}", img_path.display()))?;
@@ -312,19 +344,27 @@ fn prepare(s: &Stage1<'_>) -> Result<(), String> {
     let fin_at = auxv_at + auxv_sz;
     let stack_top = fin_at + fin_sz + stack_sz - 64;
 
+    // Shared anonymous memory is mapped from the init's memfd, already filled.
+    for (i, r) in m.regions.iter().enumerate() {
+        if r.kind == RegionKind::SharedAnon {
+            let fd = memfds.get(&r.inode).copied().ok_or_else(|| format!("no shared memory object for {:#x}", r.start))?;
+            files.insert(i, fd);
+        }
+    }
     // Regions and runs.
     let mut ri = 0u64;
     for (i, r) in m.regions.iter().enumerate() {
         let fd = files.get(&i).copied().unwrap_or(-1);
+        let shared_anon = r.kind == RegionKind::SharedAnon;
         let g = RstRegion {
             start: r.start,
             end: r.end,
             offset: r.offset,
             data_offset: r.data_offset,
             runs_index: ri,
-            nruns: r.runs.len() as u64,
+            nruns: if shared_anon { 0 } else { r.runs.len() as u64 },
             prot: r.prot,
-            kind: blob::kind_code(r.kind),
+            kind: if shared_anon { blob::kind_code(RegionKind::SharedFile) } else { blob::kind_code(r.kind) },
             fd,
             crc: r.crc,
             growsdown: u8::from(r.growsdown),
@@ -334,7 +374,7 @@ fn prepare(s: &Stage1<'_>) -> Result<(), String> {
         };
         // SAFETY: regs_at..+regs_sz is inside our mapping; i < regions.len().
         unsafe { std::ptr::write((regs_at as *mut RstRegion).add(i), g) };
-        for run in &r.runs {
+        for run in r.runs.iter().filter(|_| !shared_anon) {
             // SAFETY: runs_at has room for every run (2 words each).
             unsafe {
                 std::ptr::write((runs_at as *mut u64).add(ri as usize), run[0]);

@@ -1,0 +1,303 @@
+//! The per-process checkpoint leader.
+//!
+//! There is no helper thread in the program. The coordinator sends
+//! [`STOP_SIGNAL`] to the *process* (`kill`); the kernel picks one thread
+//! that does not block it, and that thread's handler becomes the leader:
+//! 1. it stops every other thread of the process (`tgkill`, re-scanning
+//!    `/proc/self/task` until no new thread appears) and waits until all are
+//!    parked, or gives up after a timeout;
+//! 2. it connects to the coordinator and says `STOPPED`; once every process
+//!    of the job is stopped the coordinator says `WRITE <dir>`;
+//! 3. it writes this process's image and says `DONE` (or `FAIL why`);
+//! 4. on `RELEASE` it lets the threads go, fsyncs the image, says `SYNCED`
+//!    and returns from the handler.
+//!
+//! The leader's own registers are those of the frame the coordinator's
+//! signal created, so on restore it resumes where the program was
+//! interrupted, like every other thread.
+//!
+//! Everything here is **async-signal-safe**.
+
+use core::fmt::Write as _;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use super::capture;
+use super::stop::{self, NSLOTS, PARKED, RELEASE, STOPPING};
+use crate::coord::{MAX_MSG, STOP_SIGNAL};
+use crate::signal_safe::buf::StackBuf;
+use crate::signal_safe::procfs;
+use crate::signal_safe::raw::{self, Errno};
+
+/// Written by the restorer: tells the restored program where its new
+/// coordinator listens.
+#[repr(C)]
+pub struct RestoreInfo {
+    /// Incremented by every restore.
+    pub counter: AtomicU64,
+    /// NUL-terminated socket path of the new coordinator.
+    pub socket: [u8; 256],
+}
+
+/// The restore hand-over block (its address is recorded in every manifest).
+#[unsafe(no_mangle)]
+pub static mut CKPT_RESTORE_INFO: RestoreInfo = RestoreInfo { counter: AtomicU64::new(0), socket: [0; 256] };
+
+/// Socket path of the coordinator (NUL-terminated), set by the constructor.
+pub static mut SOCKET_PATH: [u8; 256] = [0; 256];
+
+/// 1 while a leader runs in this process.
+static LEADING: AtomicU32 = AtomicU32::new(0);
+
+const STOP_TIMEOUT_NS: u64 = 10_000_000_000;
+/// How long a stopped process waits for the coordinator's next word.
+const COORD_TIMEOUT_S: i64 = 900;
+
+fn socket_path() -> [u8; 256] {
+    // SAFETY: the restorer writes CKPT_RESTORE_INFO.socket while no program
+    // code runs; SOCKET_PATH is written once by the constructor. Plain reads.
+    unsafe {
+        let ri = &*core::ptr::addr_of!(CKPT_RESTORE_INFO);
+        if ri.counter.load(Ordering::Acquire) != 0 && ri.socket[0] != 0 {
+            return ri.socket;
+        }
+        *core::ptr::addr_of!(SOCKET_PATH)
+    }
+}
+
+fn connect(path: &[u8]) -> Result<i32, Errno> {
+    // SAFETY: plain socket creation.
+    let fd = unsafe {
+        raw::syscall3(raw::nr::SOCKET, libc::AF_UNIX as usize, (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC) as usize, 0)
+    }? as i32;
+    // SAFETY: sockaddr_un is plain old data; all-zero is valid.
+    let mut addr: libc::sockaddr_un = unsafe { core::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as u16;
+    let n = path.iter().position(|&c| c == 0).unwrap_or(path.len());
+    if n == 0 || n >= addr.sun_path.len() {
+        raw::close(fd);
+        return Err(Errno(libc::ENAMETOOLONG));
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(path.iter().take(n)) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: addr is a valid sockaddr_un of the given size.
+    let r = unsafe {
+        raw::syscall3(raw::nr::CONNECT, fd as usize, &addr as *const libc::sockaddr_un as usize, core::mem::size_of::<libc::sockaddr_un>())
+    };
+    if let Err(e) = r {
+        raw::close(fd);
+        return Err(e);
+    }
+    let tv = libc::timeval { tv_sec: COORD_TIMEOUT_S, tv_usec: 0 };
+    // SAFETY: setsockopt(SO_RCVTIMEO) reads a timeval (nr 54 = setsockopt).
+    let _ = unsafe {
+        raw::syscall6(54, fd as usize, libc::SOL_SOCKET as usize, libc::SO_RCVTIMEO as usize,
+            &tv as *const libc::timeval as usize, core::mem::size_of::<libc::timeval>(), 0)
+    };
+    Ok(fd)
+}
+
+fn send(fd: i32, msg: &[u8]) {
+    // SAFETY: msg is valid for its length.
+    let _ = unsafe {
+        raw::syscall6(raw::nr::SENDTO, fd as usize, msg.as_ptr() as usize, msg.len(), libc::MSG_NOSIGNAL as usize, 0, 0)
+    };
+}
+
+fn recv<'a>(fd: i32, buf: &'a mut [u8; MAX_MSG]) -> Option<&'a [u8]> {
+    loop {
+        // SAFETY: buf is valid for its length.
+        match unsafe { raw::syscall6(raw::nr::RECVFROM, fd as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0) } {
+            Ok(0) => return None,
+            Ok(n) => return buf.get(..n),
+            Err(Errno(libc::EINTR)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Called by the restorer before any thread runs: the image was taken while
+/// a leader was active, so its flags must be cleared. **Async-signal-safe.**
+pub fn reset_after_restore() {
+    LEADING.store(0, Ordering::Release);
+    STOPPING.store(0, Ordering::Release);
+}
+
+/// Entry from the stop handler when the signal came from outside the
+/// process (the coordinator): this thread leads the checkpoint.
+pub fn lead(uc: u64) {
+    if LEADING.swap(1, Ordering::AcqRel) == 1 {
+        return; // a checkpoint is already running in this process
+    }
+    let t0 = raw::clock_ns(libc::CLOCK_MONOTONIC);
+    let stopped = stop_others();
+    let _ = stop::record_self(uc);
+    let path = socket_path();
+    let Ok(fd) = connect(&path) else {
+        release_all();
+        LEADING.store(0, Ordering::Release);
+        return;
+    };
+    let pid = raw::getpid();
+    let mut m = StackBuf::<1024>::new();
+    match stopped {
+        Ok(()) => {
+            let _ = write!(m, "STOPPED {pid}");
+        }
+        Err(why) => {
+            let _ = write!(m, "FAIL {pid} ");
+            m.push(why.as_bytes());
+        }
+    }
+    send(fd, m.as_bytes());
+    let mut buf = [0u8; MAX_MSG];
+    if let Some(msg) = recv(fd, &mut buf) {
+        if let Some(dir) = msg.strip_prefix(b"WRITE ") {
+            let mut dirbuf = [0u8; MAX_MSG];
+            let n = dir.len().min(MAX_MSG - 1);
+            if let (Some(d), Some(s)) = (dirbuf.get_mut(..n), dir.get(..n)) {
+                d.copy_from_slice(s);
+            }
+            let dir = dirbuf.get(..n).unwrap_or(&[]);
+            let mut r = StackBuf::<1024>::new();
+            match capture::write_image(dir, fd) {
+                Ok(bytes) => {
+                    let t1 = raw::clock_ns(libc::CLOCK_MONOTONIC);
+                    let _ = write!(r, "DONE {pid} {bytes} {}", t1.saturating_sub(t0) / 1000);
+                }
+                Err((step, e)) => {
+                    let _ = write!(r, "FAIL {pid} writing the image failed while {}: {}", capture::step_name(step), ErrnoText(e.raw()));
+                }
+            }
+            send(fd, r.as_bytes());
+            // Wait for the coordinator to release the whole job.
+            let _ = recv(fd, &mut buf);
+            release_all();
+            let mut s = StackBuf::<1024>::new();
+            match capture::sync_image(dir) {
+                Ok(()) => {
+                    let _ = write!(s, "SYNCED {pid}");
+                }
+                Err((step, e)) => {
+                    let _ = write!(s, "FAIL {pid} {}: {}", capture::step_name(step), ErrnoText(e.raw()));
+                }
+            }
+            send(fd, s.as_bytes());
+        }
+    }
+    release_all();
+    raw::close(fd);
+    LEADING.store(0, Ordering::Release);
+}
+
+fn list_tasks(out: &mut [i32; stop::MAX_THREADS], n: &mut usize) -> Result<(), Errno> {
+    *n = 0;
+    let fd = raw::open(b"/proc/self/task\0", libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0)?;
+    let mut buf = [0u8; 4096];
+    loop {
+        let len = match raw::getdents64(fd, &mut buf) {
+            Ok(0) => break,
+            Ok(l) => l,
+            Err(e) => {
+                raw::close(fd);
+                return Err(e);
+            }
+        };
+        let mut off = 0usize;
+        while off + 19 < len {
+            let reclen = u16::from_le_bytes([buf.get(off + 16).copied().unwrap_or(0), buf.get(off + 17).copied().unwrap_or(0)]) as usize;
+            if reclen == 0 {
+                break;
+            }
+            let name = buf.get(off + 19..off + reclen).unwrap_or(&[]);
+            let name = name.split(|&c| c == 0).next().unwrap_or(&[]);
+            if let Some(tid) = procfs::dec(name) {
+                if let Some(slot) = out.get_mut(*n) {
+                    *slot = tid as i32;
+                    *n += 1;
+                }
+            }
+            off += reclen;
+        }
+    }
+    raw::close(fd);
+    Ok(())
+}
+
+fn release_all() {
+    STOPPING.store(0, Ordering::Release);
+    RELEASE.fetch_add(1, Ordering::AcqRel);
+    raw::futex_wake_all(&RELEASE);
+}
+
+/// Stop every other thread of the process.
+fn stop_others() -> Result<(), &'static str> {
+    let t0 = raw::clock_ns(libc::CLOCK_MONOTONIC);
+    stop::reset();
+    STOPPING.store(1, Ordering::Release);
+    let me = raw::gettid();
+    let pid = raw::getpid();
+    let mut signaled = [0i32; stop::MAX_THREADS];
+    let mut nsig = 0usize;
+    let mut tasks = [0i32; stop::MAX_THREADS];
+    let mut ntasks = 0usize;
+    loop {
+        if list_tasks(&mut tasks, &mut ntasks).is_err() {
+            return Err("cannot list /proc/self/task");
+        }
+        let mut new = 0;
+        for &t in tasks.iter().take(ntasks) {
+            if t == me || signaled.iter().take(nsig).any(|&s| s == t) {
+                continue;
+            }
+            if nsig >= stop::MAX_THREADS {
+                return Err("too many threads (more than 1024) to checkpoint");
+            }
+            if raw::tgkill(pid, t, STOP_SIGNAL).is_ok() {
+                if let Some(s) = signaled.get_mut(nsig) {
+                    *s = t;
+                }
+                nsig += 1;
+                new += 1;
+            }
+        }
+        loop {
+            let parked = PARKED.load(Ordering::Acquire);
+            if parked as usize >= nsig {
+                break;
+            }
+            if raw::clock_ns(libc::CLOCK_MONOTONIC).saturating_sub(t0) > STOP_TIMEOUT_NS {
+                return Err("a thread did not stop within 10 s: it blocks the checkpoint signal (62) or is stuck in uninterruptible sleep; the checkpoint was cancelled and the program keeps running");
+            }
+            let _ = raw::futex_wait(&PARKED, parked, Some(10_000_000));
+        }
+        if new == 0 {
+            break;
+        }
+    }
+    if NSLOTS.load(Ordering::Acquire) as usize >= stop::MAX_THREADS {
+        return Err("too many threads (more than 1024) to checkpoint");
+    }
+    Ok(())
+}
+
+/// Formats an errno as text without allocating.
+pub struct ErrnoText(pub i32);
+
+impl core::fmt::Display for ErrnoText {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let s = match self.0 {
+            libc::ENOSPC => "no space left on device",
+            libc::EDQUOT => "disk quota exceeded",
+            libc::EACCES => "permission denied",
+            libc::EROFS => "read-only file system",
+            libc::ENOENT => "no such file or directory (was the checkpoint directory removed?)",
+            libc::ENOMEM => "out of memory",
+            libc::EIO => "input/output error",
+            libc::EEXIST => "file exists",
+            libc::EFAULT => "bad address",
+            _ => "",
+        };
+        if s.is_empty() { write!(f, "errno {}", self.0) } else { write!(f, "{s} (errno {})", self.0) }
+    }
+}

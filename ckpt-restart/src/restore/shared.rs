@@ -1,0 +1,169 @@
+//! Kernel objects shared between the restored processes, created once by
+//! the job's init before it recreates the tree, and inherited by every
+//! process (which then takes what it needs and closes the rest).
+//!
+//! - open file descriptions shared by several descriptors (same offset),
+//!   as grouped by kcmp at checkpoint time: opened once;
+//! - pipes with both ends inside the job: one new pipe per saved pipe, with
+//!   the bytes that were buffered in it written back;
+//! - shared anonymous memory (`MAP_SHARED|MAP_ANONYMOUS`, memfd): one memfd
+//!   per saved object, filled from the images, mapped by every process.
+
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+
+use ckpt::image::generation::LoadedGeneration;
+use ckpt::image::manifest::{FdKind, RegionKind};
+
+use super::names::name_bytes;
+
+/// Descriptors held by the init for the processes to take.
+#[derive(Default, Debug)]
+pub struct Shared {
+    /// (pid, fd) -> descriptor of a shared open file description.
+    pub files: HashMap<(i32, i32), i32>,
+    /// pipe inode -> (read end, write end).
+    pub pipes: HashMap<u64, (i32, i32)>,
+    /// shared memory inode -> memfd.
+    pub memfds: HashMap<u64, i32>,
+    /// First descriptor number used for these.
+    pub lo: i32,
+    /// One past the last.
+    pub hi: i32,
+}
+
+fn dup_at_least(fd: i32, min: i32) -> Result<i32, String> {
+    // SAFETY: duplicating a descriptor we own.
+    let r = unsafe { libc::fcntl(fd, libc::F_DUPFD, min) };
+    // SAFETY: the original is ours.
+    unsafe { libc::close(fd) };
+    if r < 0 { Err(format!("cannot duplicate a descriptor: {}", std::io::Error::last_os_error())) } else { Ok(r) }
+}
+
+fn open_path(path: &[u8], flags: i32) -> Result<i32, String> {
+    let c = std::ffi::CString::new(path.to_vec()).map_err(|_| "path with NUL".to_string())?;
+    // SAFETY: valid C string.
+    let fd = unsafe { libc::open(c.as_ptr(), flags, 0o600) };
+    if fd < 0 { Err(std::io::Error::last_os_error().to_string()) } else { Ok(fd) }
+}
+
+/// Flags worth reapplying when reopening (never O_CREAT/O_TRUNC/O_EXCL).
+pub fn reopen_flags(saved: u32) -> i32 {
+    let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC
+        | libc::O_NOATIME | libc::O_LARGEFILE;
+    (saved as i32) & keep
+}
+
+/// Create every shared object of generation `g`, at descriptors >= `lo`.
+pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
+    let mut s = Shared { lo, hi: lo, ..Shared::default() };
+    let next = |s: &mut Shared, fd: i32| -> Result<i32, String> {
+        let r = dup_at_least(fd, s.hi)?;
+        s.hi = s.hi.max(r + 1);
+        Ok(r)
+    };
+    // Shared open file descriptions (files, dirs, devices).
+    for group in &g.record.shared_fds {
+        let Some(&[pid, fd]) = group.first() else { continue };
+        let Some(m) = g.processes.iter().find(|m| m.pid == pid) else { continue };
+        let Some(f) = m.fds.iter().find(|f| f.fd == fd) else { continue };
+        if !matches!(f.kind, FdKind::File | FdKind::Dir | FdKind::Device) {
+            continue;
+        }
+        let path = name_bytes(&f.path);
+        let flags = if f.kind == FdKind::Dir { libc::O_RDONLY | libc::O_DIRECTORY } else { reopen_flags(f.flags) };
+        let o = open_path(&path, flags).map_err(|e| format!("cannot reopen {} (fd {fd} of process {pid}): {e}", f.path))?;
+        if f.kind == FdKind::File {
+            // SAFETY: lseek on our descriptor.
+            unsafe { libc::lseek(o, f.pos as i64, libc::SEEK_SET) };
+        }
+        let o = next(&mut s, o)?;
+        for pf in group {
+            s.files.insert((pf[0], pf[1]), o);
+        }
+    }
+    // Pipes: one per saved pipe inode that the job holds.
+    let mut seen_data: HashMap<u64, (std::path::PathBuf, [u64; 2])> = HashMap::new();
+    for m in &g.processes {
+        for f in m.fds.iter().filter(|f| f.kind == FdKind::Pipe) {
+            if let Some(d) = f.pipe_data {
+                seen_data.entry(f.inode).or_insert((g.path.join(&m.image.file), d));
+            }
+            if s.pipes.contains_key(&f.inode) {
+                continue;
+            }
+            let mut p = [0i32; 2];
+            // SAFETY: p is a valid array.
+            if unsafe { libc::pipe(p.as_mut_ptr()) } != 0 {
+                return Err(format!("cannot create a pipe: {}", std::io::Error::last_os_error()));
+            }
+            let r = next(&mut s, p[0])?;
+            let w = next(&mut s, p[1])?;
+            s.pipes.insert(f.inode, (r, w));
+        }
+    }
+    for (ino, (img, [off, len])) in &seen_data {
+        let Some(&(_, w)) = s.pipes.get(ino) else { continue };
+        let file = std::fs::File::open(img).map_err(|e| format!("{}: {e}", img.display()))?;
+        let mut buf = vec![0u8; *len as usize];
+        file.read_exact_at(&mut buf, *off).map_err(|e| format!("{}: reading buffered pipe data: {e}", img.display()))?;
+        // SAFETY: F_SETPIPE_SZ takes an int; a failure only limits how much fits.
+        unsafe { libc::fcntl(w, libc::F_SETPIPE_SZ, (*len as i32).max(65536)) };
+        let mut done = 0usize;
+        while done < buf.len() {
+            // SAFETY: writing from our buffer into our pipe.
+            let n = unsafe { libc::write(w, buf[done..].as_ptr().cast(), buf.len() - done) };
+            if n <= 0 {
+                return Err("cannot refill a pipe with its buffered data".into());
+            }
+            done += n as usize;
+        }
+    }
+    // Shared anonymous memory.
+    let mut sizes: HashMap<u64, u64> = HashMap::new();
+    for m in &g.processes {
+        for r in m.regions.iter().filter(|r| r.kind == RegionKind::SharedAnon) {
+            let e = sizes.entry(r.inode).or_insert(0);
+            *e = (*e).max(r.offset + (r.end - r.start));
+        }
+    }
+    for (ino, size) in &sizes {
+        let name = std::ffi::CString::new("ckpt-shm").unwrap_or_default();
+        // SAFETY: valid name.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+        if fd < 0 {
+            return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: sizing our memfd.
+        if unsafe { libc::ftruncate(fd, *size as i64) } != 0 {
+            return Err(format!("cannot size shared memory: {}", std::io::Error::last_os_error()));
+        }
+        let fd = next(&mut s, fd)?;
+        s.memfds.insert(*ino, fd);
+    }
+    for m in &g.processes {
+        let img = g.path.join(&m.image.file);
+        let file = std::fs::File::open(&img).map_err(|e| format!("{}: {e}", img.display()))?;
+        for r in m.regions.iter().filter(|r| r.kind == RegionKind::SharedAnon && !r.runs.is_empty()) {
+            let Some(&fd) = s.memfds.get(&r.inode) else { continue };
+            let mut off = r.data_offset;
+            let mut crc = ckpt::image::checksum::Crc32c::new();
+            for run in &r.runs {
+                let len = (run[1] * 4096) as usize;
+                let mut buf = vec![0u8; len];
+                file.read_exact_at(&mut buf, off).map_err(|e| format!("{}: {e}", img.display()))?;
+                crc.update(&buf);
+                // SAFETY: pwrite from our buffer into our memfd.
+                let n = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), len, (r.offset + run[0] * 4096) as i64) };
+                if n != len as isize {
+                    return Err("cannot fill shared memory".into());
+                }
+                off += len as u64;
+            }
+            if crc.finish() != r.crc {
+                return Err(format!("{}: corrupt image: shared memory at {:#x} fails its checksum", img.display(), r.start));
+            }
+        }
+    }
+    Ok(s)
+}

@@ -1,0 +1,285 @@
+//! Recreating the job's process tree inside the init.
+//!
+//! The init creates the top processes (those whose parent was the init or
+//! is gone) with their saved pids; each process first recreates its own
+//! children (so `getppid()` and `wait()` are right), including children
+//! that had exited but were not yet waited for (they exit again at once
+//! with their saved status). When every process exists, they set their
+//! session and process group, restore themselves (stage 1 and 2), and
+//! report `K` on the status pipe. Any failure kills the whole attempt so
+//! that the init can fall back to an older generation.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ckpt::image::generation::LoadedGeneration;
+use ckpt::image::manifest::{ProcessManifest, Zombie};
+
+use super::shared::{self, Shared};
+use super::stage1::{self, Stage1};
+
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// fork() with a chosen pid (needs CAP_SYS_ADMIN over the pid namespace,
+/// which the job's processes have until the restore drops it).
+pub fn fork_with_pid(pid: i32) -> std::io::Result<i32> {
+    let tid = [pid];
+    let a = CloneArgs {
+        flags: 0,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: tid.as_ptr() as u64,
+        set_tid_size: 1,
+        cgroup: 0,
+    };
+    // SAFETY: clone3 without CLONE_VM and without a stack behaves like fork;
+    // every caller here is single-threaded.
+    let r = unsafe { libc::syscall(libc::SYS_clone3, &a as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r as i32) }
+}
+
+/// Pipes used to coordinate one restore attempt.
+struct Sync {
+    created_w: i32,
+    go_r: i32,
+    status_w: i32,
+}
+
+fn pipe_pair(lo: i32) -> Result<(i32, i32), String> {
+    let mut p = [0i32; 2];
+    // SAFETY: p is a valid array.
+    if unsafe { libc::pipe(p.as_mut_ptr()) } != 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    let mv = |fd: i32| {
+        // SAFETY: duplicating and closing our own descriptors.
+        unsafe {
+            let d = libc::fcntl(fd, libc::F_DUPFD, lo);
+            libc::close(fd);
+            d
+        }
+    };
+    Ok((mv(p[0]), mv(p[1])))
+}
+
+fn byte(fd: i32, b: u8) {
+    // SAFETY: writing one byte from a local.
+    unsafe { libc::write(fd, (&b as *const u8).cast(), 1) };
+}
+
+struct Plan<'a> {
+    g: &'a LoadedGeneration,
+    children: BTreeMap<i32, Vec<&'a ProcessManifest>>,
+    zombies: BTreeMap<i32, Vec<&'a Zombie>>,
+    shared: &'a Shared,
+    socket: &'a Path,
+    verify: bool,
+}
+
+/// In a freshly created process: recreate our children, wait for the
+/// whole tree, then restore ourselves. Never returns.
+fn become_process(p: &Plan<'_>, m: &ProcessManifest, sync: &Sync) -> ! {
+    if m.sid == m.pid {
+        // SAFETY: setsid has no preconditions.
+        unsafe { libc::setsid() };
+    }
+    for z in p.zombies.get(&m.pid).into_iter().flatten() {
+        match fork_with_pid(z.pid) {
+            Ok(0) => {
+                // Exit again the way it did the first time.
+                if libc::WIFSIGNALED(z.status) {
+                    // SAFETY: restoring the default action, then raising the saved signal.
+                    unsafe {
+                        libc::signal(libc::WTERMSIG(z.status), libc::SIG_DFL);
+                        let mut set: libc::sigset_t = std::mem::zeroed();
+                        libc::sigemptyset(&mut set);
+                        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+                        libc::kill(libc::getpid(), libc::WTERMSIG(z.status));
+                    }
+                }
+                ckpt::signal_safe::raw::exit_group(libc::WEXITSTATUS(z.status));
+            }
+            Ok(_) => {}
+            Err(e) => fail(sync, &format!("cannot recreate exited child {}: {e}", z.pid)),
+        }
+    }
+    for c in p.children.get(&m.pid).into_iter().flatten() {
+        match fork_with_pid(c.pid) {
+            Ok(0) => become_process(p, c, sync),
+            Ok(_) => {}
+            Err(e) => fail(sync, &format!("cannot recreate process {}: {e}", c.pid)),
+        }
+    }
+    byte(sync.created_w, b'C');
+    let mut b = [0u8; 1];
+    // SAFETY: reading one byte into a local.
+    if unsafe { libc::read(sync.go_r, b.as_mut_ptr().cast(), 1) } != 1 {
+        fail(sync, "the restore was cancelled");
+    }
+    if m.pgid > 0 && m.pgid != m.sid {
+        // The group leader may not have created its group yet: retry briefly.
+        let t = Instant::now();
+        // SAFETY: setpgid on ourselves.
+        while unsafe { libc::setpgid(0, m.pgid) } != 0 && t.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    stage1::run(Stage1 {
+        gen_dir: &p.g.path,
+        m,
+        socket: p.socket,
+        status_fd: sync.status_w,
+        verify: p.verify,
+        shared: p.shared,
+        shared_fds: &p.g.record.shared_fds,
+    })
+}
+
+fn fail(sync: &Sync, msg: &str) -> ! {
+    let _ = ckpt::signal_safe::raw::write_all(2, format!("ckpt: restore failed: {msg}\n").as_bytes());
+    byte(sync.status_w, 1);
+    ckpt::signal_safe::raw::exit_group(super::blob::RST_EXIT_FAILED)
+}
+
+/// Outcome of one attempt.
+pub enum Attempt {
+    /// The tree runs; this is the pid of the main process (the lowest top one).
+    Running(i32),
+    /// It failed (message already printed); everything was killed.
+    Failed,
+}
+
+/// Restore generation `g` from the init. Single-threaded caller.
+pub fn restore(g: &LoadedGeneration, socket: &Path, verify: bool) -> Attempt {
+    let lo = g.processes.iter().flat_map(|m| m.fds.iter().map(|f| f.fd)).max().unwrap_or(2).max(2) + 1;
+    // SAFETY: raising our own soft descriptor limit to the hard one is always allowed.
+    unsafe {
+        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        r.rlim_cur = r.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+    }
+    let mut sh = match shared::build(g, lo) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ckpt: restore failed: {e}");
+            return Attempt::Failed;
+        }
+    };
+    let pipes = (|| -> Result<_, String> { Ok((pipe_pair(sh.hi)?, pipe_pair(sh.hi)?, pipe_pair(sh.hi)?)) })();
+    let Ok(((created_r, created_w), (go_r, go_w), (status_r, status_w))) = pipes else {
+        eprintln!("ckpt: restore failed: cannot create pipes");
+        return Attempt::Failed;
+    };
+    sh.hi = [created_r, created_w, go_r, go_w, status_r, status_w].into_iter().max().unwrap_or(sh.hi) + 1;
+    let pids: Vec<i32> = g.processes.iter().map(|m| m.pid).collect();
+    let mut children: BTreeMap<i32, Vec<&ProcessManifest>> = BTreeMap::new();
+    let mut tops = Vec::new();
+    for m in &g.processes {
+        if m.ppid > 1 && pids.contains(&m.ppid) {
+            children.entry(m.ppid).or_default().push(m);
+        } else {
+            tops.push(m);
+        }
+    }
+    let mut zombies: BTreeMap<i32, Vec<&Zombie>> = BTreeMap::new();
+    for z in &g.record.zombies {
+        if pids.contains(&z.ppid) {
+            zombies.entry(z.ppid).or_default().push(z);
+        }
+    }
+    let plan = Plan { g, children, zombies, shared: &sh, socket, verify };
+    let sync = Sync { created_w, go_r, status_w };
+    let mut top_pids = Vec::new();
+    for m in &tops {
+        match fork_with_pid(m.pid) {
+            Ok(0) => {
+                // SAFETY: the child does not use the init's ends.
+                unsafe {
+                    libc::close(created_r);
+                    libc::close(go_w);
+                    libc::close(status_r);
+                }
+                become_process(&plan, m, &sync)
+            }
+            Ok(c) => top_pids.push(c),
+            Err(e) => {
+                eprintln!("ckpt: cannot recreate pid {}: {e} (is the pid taken inside the job's namespace?)", m.pid);
+                return kill_all(&sh);
+            }
+        }
+    }
+    // SAFETY: the init keeps only its ends.
+    unsafe {
+        libc::close(created_w);
+        libc::close(go_r);
+        libc::close(status_w);
+    }
+    let n = g.processes.len();
+    let ok = wait_bytes(created_r, n, b'C') && {
+        for _ in 0..n {
+            byte(go_w, b'G');
+        }
+        wait_bytes(status_r, n, b'K')
+    };
+    // SAFETY: closing the init's ends and the shared objects (the processes hold their own copies).
+    unsafe {
+        libc::close(created_r);
+        libc::close(go_w);
+        libc::close(status_r);
+    }
+    for fd in sh.lo..sh.hi {
+        // SAFETY: descriptors in this range are the init's shared objects.
+        unsafe { libc::close(fd) };
+    }
+    if !ok {
+        return kill_all(&sh);
+    }
+    Attempt::Running(top_pids.iter().copied().min().unwrap_or(0))
+}
+
+fn wait_bytes(fd: i32, n: usize, want: u8) -> bool {
+    let mut got = 0;
+    while got < n {
+        let mut b = [0u8; 1];
+        // SAFETY: reading one byte into a local.
+        let r = unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) };
+        if r != 1 || b[0] != want {
+            return false;
+        }
+        got += 1;
+    }
+    true
+}
+
+fn kill_all(_sh: &Shared) -> Attempt {
+    // SAFETY: as the pid namespace's init, kill(-1) reaches every other process of the job.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    loop {
+        let mut st = 0;
+        // SAFETY: reaping our children.
+        if unsafe { libc::waitpid(-1, &mut st, libc::__WALL) } < 0 {
+            break;
+        }
+    }
+    Attempt::Failed
+}
