@@ -351,8 +351,14 @@ impl Cluster {
     }
 
     /// Writes an executable script owned by the test user.
+    /// Created with `O_EXCL` (never through an existing name or symlink),
+    /// as it is written by root into the user's directory.
     pub fn write_script(&self, path: &Path, text: &str) {
-        let mut f = File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        let mut f = File::options()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
         f.write_all(text.as_bytes())
             .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         drop(f);

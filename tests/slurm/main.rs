@@ -678,3 +678,56 @@ fn a_malformed_plugstack_argument_stops_the_plugin_from_loading() {
         c.check(c.jobs_named(&name).is_empty(), "a job was queued", &run);
     }
 }
+
+/// Moves a file away for the life of the guard.
+struct MovedAway {
+    path: PathBuf,
+    away: PathBuf,
+}
+
+impl MovedAway {
+    fn new(path: &Path) -> Self {
+        let away = path.with_extension("moved-away");
+        fs::rename(path, &away).unwrap();
+        Self {
+            path: path.to_owned(),
+            away,
+        }
+    }
+}
+
+impl Drop for MovedAway {
+    fn drop(&mut self) {
+        let _ = fs::rename(&self.away, &self.path);
+    }
+}
+
+#[test]
+fn a_task_fails_clearly_when_libckpt_is_not_installed_on_the_node() {
+    let Some(c) = slurm::cluster() else { return };
+    let dir = setup(&c, "nolib");
+    let _moved = MovedAway::new(&c.install.libckpt);
+    let message = format!(
+        "ckpt: preload library {} is not usable on this node",
+        c.install.libckpt.display()
+    );
+    let run = c.run_as_user(
+        &dir,
+        &["srun", "-Q", "--checkpoint-dir=ck", "./show.sh", "direct"],
+    );
+    c.check(
+        !run.success,
+        "the task ran without its preload library",
+        &run,
+    );
+    c.check(
+        run.submit_stderr.contains(&message),
+        &format!("missing {message:?}"),
+        &run,
+    );
+    c.check(
+        !run.submit_stdout.contains("RAN=yes"),
+        "the task's command ran",
+        &run,
+    );
+}
