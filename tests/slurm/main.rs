@@ -688,7 +688,8 @@ struct MovedAway {
 impl MovedAway {
     fn new(path: &Path) -> Self {
         let away = path.with_extension("moved-away");
-        fs::rename(path, &away).unwrap();
+        fs::rename(path, &away)
+            .unwrap_or_else(|e| panic!("mv {} {}: {e}", path.display(), away.display()));
         Self {
             path: path.to_owned(),
             away,
