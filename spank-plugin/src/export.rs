@@ -57,8 +57,11 @@ unsafe fn args(argc: c_int, argv: *mut *mut c_char) -> Vec<String> {
     }
     (0..count)
         .filter_map(|i| {
-            // SAFETY: i < argc, and argv holds argc pointers (contract above).
-            let arg = unsafe { *argv.add(i) };
+            // SAFETY: i < argc and argv holds argc pointers (contract above),
+            // so the offset stays inside that array.
+            let slot = unsafe { argv.add(i) };
+            // SAFETY: `slot` points at one of the argc initialized entries.
+            let arg = unsafe { *slot };
             if arg.is_null() {
                 return None;
             }
