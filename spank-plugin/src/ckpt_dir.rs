@@ -10,6 +10,12 @@
 //!   planted by another user in a shared directory is refused;
 //! - the final directory must belong to the user: checkpoint images hold the
 //!   whole memory of the job.
+//!
+//! Directories on the way that belong to others (`/scratch`, `/home`) are
+//! trusted like any path a user names. The check holds when the task starts;
+//! whoever writes images later should open `CKPT_DIR` once with
+//! `O_DIRECTORY|O_NOFOLLOW`, check its owner with `fstat`, and work relative
+//! to that descriptor.
 
 use std::fmt;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
