@@ -365,6 +365,9 @@ fn write_parts(dir: &[u8], conn_fd: i32, img: i32, pagemap: i32, pid: i32, s: &m
     // header, then durability
     let h = format::encode(size - format::HEADER_LEN);
     raw::pwrite(img, &h, 0).map_err(at(3))?;
+    // Pipe data is padded to whole pages: make the file as long as the header says.
+    // SAFETY: ftruncate (77) of our own image file.
+    unsafe { raw::syscall3(77, img as usize, size as usize, 0) }.map_err(at(3))?;
     let mut jp = path_in(dir, format_args!("proc-{pid}.json"));
     let jfd = raw::open(jp.as_cstr(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o600).map_err(at(4))?;
     let w = raw::write_all(jfd, j.as_slice()).map_err(at(4));
