@@ -69,7 +69,9 @@ pub enum ImageError {
 impl fmt::Display for ImageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ImageError::Dir { dir, problem } => write!(f, "checkpoint directory {}: {problem}", dir.display()),
+            ImageError::Dir { dir, problem } => {
+                write!(f, "checkpoint directory {}: {problem}", dir.display())
+            }
             ImageError::Io { file, op, source } => write!(f, "{}: {op}: {source}", file.display()),
             ImageError::Corrupt { file, what } => write!(f, "{file}: corrupt image: {what}"),
             ImageError::NotAnImage { file } => write!(f, "{file}: not a ckpt image (bad magic)"),
@@ -81,7 +83,10 @@ impl fmt::Display for ImageError {
                 super::image::format::FORMAT_MINOR
             ),
             ImageError::ForeignArch { file, machine } => {
-                write!(f, "{file}: image was made on another machine architecture (ELF machine {machine}); this host is x86_64")
+                write!(
+                    f,
+                    "{file}: image was made on another machine architecture (ELF machine {machine}); this host is x86_64"
+                )
             }
             ImageError::Foreign { file, owner, me } => write!(
                 f,
@@ -110,6 +115,10 @@ impl std::error::Error for ImageError {
 impl ImageError {
     /// An I/O error with its file and operation.
     pub fn io(file: impl Into<PathBuf>, op: &'static str, source: std::io::Error) -> Self {
-        ImageError::Io { file: file.into(), op, source }
+        ImageError::Io {
+            file: file.into(),
+            op,
+            source,
+        }
     }
 }

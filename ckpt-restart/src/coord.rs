@@ -26,7 +26,9 @@ use ckpt::coord::STOP_SIGNAL;
 use ckpt::image::checksum::crc32c;
 use ckpt::image::format;
 use ckpt::image::generation::CheckpointDir;
-use ckpt::image::manifest::{FdKind, GENERATION_FORMAT, GenerationRecord, ProcessManifest, ProcessRef, Zombie};
+use ckpt::image::manifest::{
+    FdKind, GENERATION_FORMAT, GenerationRecord, ProcessManifest, ProcessRef, Zombie,
+};
 
 use crate::{sock, tree};
 
@@ -78,17 +80,28 @@ impl Coordinator {
     /// Serve connections forever (run on its own thread).
     pub fn serve(self: Arc<Self>, listener: OwnedFd) {
         loop {
-            let Ok(conn) = sock::accept(&listener) else { continue };
+            let Ok(conn) = sock::accept(&listener) else {
+                continue;
+            };
             let me = self.clone();
             std::thread::spawn(move || me.handle(conn));
         }
     }
 
     fn handle(self: Arc<Self>, conn: OwnedFd) {
-        let Ok(Some(first)) = sock::recv(&conn) else { return };
+        let Ok(Some(first)) = sock::recv(&conn) else {
+            return;
+        };
         if first == "CHECKPOINT" {
             let reply = match self.checkpoint() {
-                Ok(d) => format!("OK {} {} {} {} {}", d.path.display(), d.bytes, d.pause_us, d.total_us, d.processes),
+                Ok(d) => format!(
+                    "OK {} {} {} {} {}",
+                    d.path.display(),
+                    d.bytes,
+                    d.pause_us,
+                    d.total_us,
+                    d.processes
+                ),
                 Err(e) => format!("ERR {e}"),
             };
             let _ = sock::send(&conn, reply.as_bytes());
@@ -104,7 +117,10 @@ impl Coordinator {
 
     /// Take a checkpoint of the whole job. Blocks until the generation is durable.
     pub fn checkpoint(&self) -> Result<Done, String> {
-        let _g = self.ckpt_lock.lock().map_err(|_| "internal lock poisoned".to_string())?;
+        let _g = self
+            .ckpt_lock
+            .lock()
+            .map_err(|_| "internal lock poisoned".to_string())?;
         let t0 = Instant::now();
         let init = self.init_pid.load(Ordering::Acquire);
         if init <= 0 {
@@ -115,7 +131,11 @@ impl Coordinator {
             *g = Some(tx);
         }
         let pending = self.dir.begin().map_err(|e| e.to_string())?;
-        let mut run = Run { leaders: BTreeMap::new(), failure: None, hosts: BTreeMap::new() };
+        let mut run = Run {
+            leaders: BTreeMap::new(),
+            failure: None,
+            hosts: BTreeMap::new(),
+        };
         let result = self.stop_all(init, &rx, &mut run);
         if let Ok(mut g) = self.incoming.lock() {
             *g = None;
@@ -125,7 +145,9 @@ impl Coordinator {
             Err(e) => {
                 run.abort();
                 pending.abort();
-                return Err(format!("checkpoint failed, the job keeps running and the previous checkpoint is kept: {e}"));
+                return Err(format!(
+                    "checkpoint failed, the job keeps running and the previous checkpoint is kept: {e}"
+                ));
             }
         };
         // Everybody is stopped: write.
@@ -155,7 +177,11 @@ impl Coordinator {
             }
         }
         // Still stopped: find descriptors that share one open file description.
-        let shared_fds = if failure.is_none() { shared_descriptions(&pending.path, &run.hosts) } else { Vec::new() };
+        let shared_fds = if failure.is_none() {
+            shared_descriptions(&pending.path, &run.hosts)
+        } else {
+            Vec::new()
+        };
         // Release the job, then wait for the images to be on disk.
         let t_release = t0.elapsed();
         for conn in run.leaders.values() {
@@ -165,7 +191,10 @@ impl Coordinator {
             match sock::recv(conn) {
                 Ok(Some(r)) if r.starts_with("SYNCED") => {}
                 Ok(Some(r)) => {
-                    failure.get_or_insert(format!("process {pid}: {}", r.splitn(3, ' ').nth(2).unwrap_or(&r)));
+                    failure.get_or_insert(format!(
+                        "process {pid}: {}",
+                        r.splitn(3, ' ').nth(2).unwrap_or(&r)
+                    ));
                 }
                 _ => {
                     failure.get_or_insert(format!("process {pid} died while syncing its image"));
@@ -191,13 +220,18 @@ impl Coordinator {
         }
         if let Some(f) = failure {
             pending.abort();
-            return Err(format!("checkpoint failed, the job keeps running and the previous checkpoint is kept: {f}"));
+            return Err(format!(
+                "checkpoint failed, the job keeps running and the previous checkpoint is kept: {f}"
+            ));
         }
         let record = GenerationRecord {
             format: GENERATION_FORMAT.into(),
             version: [format::FORMAT_MAJOR, format::FORMAT_MINOR],
             number: pending.number,
-            created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             // SAFETY: getuid has no preconditions.
             uid: unsafe { libc::getuid() },
             command: self.command.clone(),
@@ -209,19 +243,36 @@ impl Coordinator {
             shared_fds,
         };
         let n = record.processes.len();
-        let path = pending.commit(&record, self.keep).map_err(|e| format!("checkpoint could not be made durable: {e}"))?;
-        Ok(Done { path, bytes, pause_us: record.pause_us, total_us: t0.elapsed().as_micros() as u64, processes: n })
+        let path = pending
+            .commit(&record, self.keep)
+            .map_err(|e| format!("checkpoint could not be made durable: {e}"))?;
+        Ok(Done {
+            path,
+            bytes,
+            pause_us: record.pause_us,
+            total_us: t0.elapsed().as_micros() as u64,
+            processes: n,
+        })
     }
 
     /// Signal every process of the job and wait until all are stopped.
     /// Returns the zombies seen.
-    fn stop_all(&self, init: i32, rx: &Receiver<(OwnedFd, String)>, run: &mut Run) -> Result<Vec<Zombie>, String> {
+    fn stop_all(
+        &self,
+        init: i32,
+        rx: &Receiver<(OwnedFd, String)>,
+        run: &mut Run,
+    ) -> Result<Vec<Zombie>, String> {
         let start = Instant::now();
         let mut signaled: BTreeMap<i32, (i32, Instant, String)> = BTreeMap::new(); // ns pid -> (host pid, when, exe)
         let mut not_ready: BTreeMap<i32, Instant> = BTreeMap::new();
         loop {
             let members = tree::members(init);
-            let live: BTreeSet<i32> = members.iter().filter(|m| !m.zombie).map(|m| m.pid).collect();
+            let live: BTreeSet<i32> = members
+                .iter()
+                .filter(|m| !m.zombie)
+                .map(|m| m.pid)
+                .collect();
             // Processes that exited after being signalled are no longer expected.
             signaled.retain(|pid, _| live.contains(pid) || run.leaders.contains_key(pid));
             let mut waiting_for_new = false;
@@ -251,12 +302,18 @@ impl Coordinator {
             if all_in && !waiting_for_new && !signaled.is_empty() {
                 // Stable? Re-walk once more to catch processes created meanwhile.
                 let again = tree::members(init);
-                let fresh = again.iter().any(|m| !m.zombie && !signaled.contains_key(&m.pid) && !run.leaders.contains_key(&m.pid));
+                let fresh = again.iter().any(|m| {
+                    !m.zombie && !signaled.contains_key(&m.pid) && !run.leaders.contains_key(&m.pid)
+                });
                 if !fresh {
                     return Ok(again
                         .iter()
                         .filter(|m| m.zombie)
-                        .map(|m| Zombie { pid: m.pid, ppid: m.ppid, status: m.exit_status })
+                        .map(|m| Zombie {
+                            pid: m.pid,
+                            ppid: m.ppid,
+                            status: m.exit_status,
+                        })
                         .collect());
                 }
                 continue;
@@ -276,21 +333,18 @@ impl Coordinator {
                     STOP_DEADLINE.as_secs()
                 ));
             }
-            match rx.recv_timeout(Duration::from_millis(20)) {
-                Ok((conn, msg)) => {
-                    let mut f = msg.splitn(3, ' ');
-                    let kind = f.next().unwrap_or("");
-                    let pid: i32 = f.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-                    if kind == "STOPPED" {
-                        run.leaders.insert(pid, conn);
-                    } else {
-                        let why = f.next().unwrap_or("unknown failure").to_string();
-                        drop(conn);
-                        run.failure = Some(why.clone());
-                        return Err(format!("process {pid}: {why}"));
-                    }
+            if let Ok((conn, msg)) = rx.recv_timeout(Duration::from_millis(20)) {
+                let mut f = msg.splitn(3, ' ');
+                let kind = f.next().unwrap_or("");
+                let pid: i32 = f.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+                if kind == "STOPPED" {
+                    run.leaders.insert(pid, conn);
+                } else {
+                    let why = f.next().unwrap_or("unknown failure").to_string();
+                    drop(conn);
+                    run.failure = Some(why.clone());
+                    return Err(format!("process {pid}: {why}"));
                 }
-                Err(_) => {}
             }
         }
     }
@@ -306,13 +360,25 @@ struct Run {
 /// Group file descriptors (across and within processes) that refer to one
 /// open file description, using kcmp(KCMP_FILE). Only groups of two or more.
 fn shared_descriptions(gdir: &Path, hosts: &BTreeMap<i32, i32>) -> Vec<Vec<[i32; 2]>> {
-    let mut cands: BTreeMap<(u64, u64), Vec<(i32, i32, i32)>> = BTreeMap::new(); // (dev,ino) -> (pid, fd, host)
+    // (dev, inode) -> [(pid, fd, host pid)]
+    type Holders = Vec<(i32, i32, i32)>;
+    let mut cands: BTreeMap<(u64, u64), Holders> = BTreeMap::new();
     for (&pid, &host) in hosts {
-        let Ok(data) = std::fs::read(gdir.join(format!("proc-{pid}.json"))) else { continue };
-        let Ok(m) = serde_json::from_slice::<ProcessManifest>(&data) else { continue };
+        let Ok(data) = std::fs::read(gdir.join(format!("proc-{pid}.json"))) else {
+            continue;
+        };
+        let Ok(m) = serde_json::from_slice::<ProcessManifest>(&data) else {
+            continue;
+        };
         for f in &m.fds {
-            if matches!(f.kind, FdKind::File | FdKind::Dir | FdKind::Device | FdKind::Pipe | FdKind::Tty) {
-                cands.entry((f.dev, f.inode)).or_default().push((pid, f.fd, host));
+            if matches!(
+                f.kind,
+                FdKind::File | FdKind::Dir | FdKind::Device | FdKind::Pipe | FdKind::Tty
+            ) {
+                cands
+                    .entry((f.dev, f.inode))
+                    .or_default()
+                    .push((pid, f.fd, host));
             }
         }
     }
@@ -329,7 +395,16 @@ fn shared_descriptions(gdir: &Path, hosts: &BTreeMap<i32, i32>) -> Vec<Vec<[i32;
                     continue;
                 }
                 // SAFETY: kcmp only compares kernel objects of two processes we may ptrace.
-                let r = unsafe { libc::syscall(libc::SYS_kcmp, list[i].2, list[j].2, 0 /* KCMP_FILE */, list[i].1, list[j].1) };
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_kcmp,
+                        list[i].2,
+                        list[j].2,
+                        0, /* KCMP_FILE */
+                        list[i].1,
+                        list[j].1,
+                    )
+                };
                 if r == 0 {
                     done[j] = true;
                     g.push([list[j].0, list[j].1]);
@@ -358,25 +433,39 @@ fn check_written(gdir: &Path, pid: i32) -> Result<ProcessRef, String> {
     let mname = format!("proc-{pid}.json");
     let iname = format!("proc-{pid}.img");
     let data = std::fs::read(gdir.join(&mname)).map_err(|e| format!("{mname}: {e}"))?;
-    let m: ProcessManifest = serde_json::from_slice(&data).map_err(|e| format!("{mname} is not a valid manifest: {e}"))?;
+    let m: ProcessManifest = serde_json::from_slice(&data)
+        .map_err(|e| format!("{mname} is not a valid manifest: {e}"))?;
     for f in &m.fds {
         if f.fd > 2 && matches!(f.kind, FdKind::Socket | FdKind::Other) {
             return Err(format!(
                 "fd {} of {} is {} ({}), which ckpt cannot checkpoint yet",
                 f.fd,
                 m.exe,
-                if f.kind == FdKind::Socket { "a socket" } else { "a kernel object such as an eventfd, epoll, inotify or io_uring instance" },
+                if f.kind == FdKind::Socket {
+                    "a socket"
+                } else {
+                    "a kernel object such as an eventfd, epoll, inotify or io_uring instance"
+                },
                 f.path
             ));
         }
     }
-    let size = std::fs::metadata(gdir.join(&iname)).map_err(|e| format!("{iname}: {e}"))?.len();
-    Ok(ProcessRef { pid, manifest: mname, manifest_crc: crc32c(&data), image: iname, image_size: size })
+    let size = std::fs::metadata(gdir.join(&iname))
+        .map_err(|e| format!("{iname}: {e}"))?
+        .len();
+    Ok(ProcessRef {
+        pid,
+        manifest: mname,
+        manifest_crc: crc32c(&data),
+        image: iname,
+        image_size: size,
+    })
 }
 
 /// Ask the coordinator at `socket` for a checkpoint (the `ckpt checkpoint` client).
 pub fn request(socket: &Path) -> Result<String, String> {
-    let c = sock::connect(socket).map_err(|e| format!("cannot reach a running job at {}: {e}", socket.display()))?;
+    let c = sock::connect(socket)
+        .map_err(|e| format!("cannot reach a running job at {}: {e}", socket.display()))?;
     sock::send(&c, b"CHECKPOINT").map_err(|e| e.to_string())?;
     match sock::recv(&c) {
         Ok(Some(r)) => Ok(r),

@@ -40,15 +40,17 @@ fn main() {
     };
     let rest = &args[1..];
     let result = match verb.as_str() {
-        "launch" | "checkpoint" | "restart" | "status" => match cli::parse(rest, verb == "launch") {
-            Err(e) => Err(cli::Failure { msg: e, code: 2 }),
-            Ok(o) => match verb.as_str() {
-                "launch" => cli::launch::run(&o),
-                "checkpoint" => cli::checkpoint::run(&o),
-                "restart" => cli::restart::run(&o),
-                _ => cli::status::run(&o),
-            },
-        },
+        "launch" | "checkpoint" | "restart" | "status" => {
+            match cli::parse(rest, verb == "launch") {
+                Err(e) => Err(cli::Failure { msg: e, code: 2 }),
+                Ok(o) => match verb.as_str() {
+                    "launch" => cli::launch::run(&o),
+                    "checkpoint" => cli::checkpoint::run(&o),
+                    "restart" => cli::restart::run(&o),
+                    _ => cli::status::run(&o),
+                },
+            }
+        }
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(0)
@@ -57,7 +59,10 @@ fn main() {
             println!("ckpt {}", env!("CARGO_PKG_VERSION"));
             Ok(0)
         }
-        other => Err(cli::Failure { msg: format!("unknown command {other:?}\n{USAGE}"), code: 2 }),
+        other => Err(cli::Failure {
+            msg: format!("unknown command {other:?}\n{USAGE}"),
+            code: 2,
+        }),
     };
     match result {
         Ok(code) => std::process::exit(code),

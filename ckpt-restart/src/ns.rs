@@ -20,8 +20,17 @@ use std::io;
 use nix::unistd::Pid;
 
 /// Signals forwarded from `ckpt` to the init and from the init to the program.
-pub const FORWARDED: [i32; 9] =
-    [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGUSR1, libc::SIGUSR2, libc::SIGALRM, libc::SIGCONT, libc::SIGWINCH];
+pub const FORWARDED: [i32; 9] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGCONT,
+    libc::SIGWINCH,
+];
 
 fn errno() -> io::Error {
     io::Error::last_os_error()
@@ -39,7 +48,16 @@ pub fn fork_into_namespaces() -> io::Result<Option<Pid>> {
     let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::SIGCHLD;
     // SAFETY: clone without CLONE_VM and with a null stack behaves like fork;
     // the caller is single-threaded at this point (documented requirement).
-    let pid = unsafe { libc::syscall(libc::SYS_clone, flags as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
     if pid < 0 {
         let e = errno();
         // SAFETY: closing our pipe.
@@ -49,7 +67,9 @@ pub fn fork_into_namespaces() -> io::Result<Option<Pid>> {
         }
         return Err(io::Error::new(
             e.kind(),
-            format!("cannot create a user+pid namespace for the job ({e}); ckpt needs unprivileged user namespaces (sysctl user.max_user_namespaces > 0)"),
+            format!(
+                "cannot create a user+pid namespace for the job ({e}); ckpt needs unprivileged user namespaces (sysctl user.max_user_namespaces > 0)"
+            ),
         ));
     }
     if pid == 0 {
@@ -85,9 +105,22 @@ fn write_id_maps(child: Pid) -> io::Result<()> {
 /// In the init: make mounts private and mount a /proc for the new pid namespace.
 pub fn setup_mounts() -> io::Result<()> {
     use nix::mount::{MsFlags, mount};
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).map_err(io::Error::from)?;
-    mount(Some("proc"), "/proc", Some("proc"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None::<&str>)
-        .map_err(|e| io::Error::new(io::ErrorKind::Other, format!("mount /proc in the job's namespace: {e}")))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(io::Error::from)?;
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| io::Error::other(format!("mount /proc in the job's namespace: {e}")))?;
     Ok(())
 }
 
@@ -97,7 +130,10 @@ pub fn setup_mounts() -> io::Result<()> {
 /// positive: a clock may jump forward by the time the job was down).
 pub fn setup_time(saved_mono_ns: u64, saved_boot_ns: u64) -> io::Result<()> {
     let now = |c| {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: valid out-pointer.
         unsafe { libc::clock_gettime(c, &mut ts) };
         ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -108,7 +144,10 @@ pub fn setup_time(saved_mono_ns: u64, saved_boot_ns: u64) -> io::Result<()> {
         return Ok(());
     }
     // SAFETY: unshare of a time namespace affects only our future children.
-    if unsafe { libc::unshare(0x80 /* CLONE_NEWTIME */) } != 0 {
+    if unsafe {
+        libc::unshare(0x80 /* CLONE_NEWTIME */)
+    } != 0
+    {
         return Err(errno());
     }
     // Add a second of margin for the time the restore itself takes.
@@ -116,7 +155,10 @@ pub fn setup_time(saved_mono_ns: u64, saved_boot_ns: u64) -> io::Result<()> {
         let d = d + 1_000_000_000;
         format!("{} {}", d / 1_000_000_000, d % 1_000_000_000)
     };
-    std::fs::write("/proc/self/timens_offsets", format!("monotonic {}\nboottime {}\n", fmt(dm), fmt(db)))
+    std::fs::write(
+        "/proc/self/timens_offsets",
+        format!("monotonic {}\nboottime {}\n", fmt(dm), fmt(db)),
+    )
 }
 
 /// Block the forwarded signals and SIGCHLD; returns the set.
@@ -159,7 +201,12 @@ pub fn exit_code(status: i32) -> i32 {
 /// sent by a process, not by the terminal, which reaches the program
 /// directly); reap children; return the exit code when `main_child` ends.
 /// `on_signal` may consume a signal (returns true) instead of forwarding it.
-pub fn supervise(set: &libc::sigset_t, main_child: i32, target: i32, mut on_signal: impl FnMut(i32) -> bool) -> i32 {
+pub fn supervise(
+    set: &libc::sigset_t,
+    main_child: i32,
+    target: i32,
+    mut on_signal: impl FnMut(i32) -> bool,
+) -> i32 {
     loop {
         // Reap first: the child may have exited before we started waiting.
         loop {
@@ -183,7 +230,9 @@ pub fn supervise(set: &libc::sigset_t, main_child: i32, target: i32, mut on_sign
         if on_signal(sig) {
             continue;
         }
-        let from_process = info.si_code == libc::SI_USER || info.si_code == libc::SI_QUEUE || info.si_code == libc::SI_TKILL;
+        let from_process = info.si_code == libc::SI_USER
+            || info.si_code == libc::SI_QUEUE
+            || info.si_code == libc::SI_TKILL;
         if from_process || sig == libc::SIGCONT {
             // SAFETY: kill has no memory-safety contract.
             unsafe { libc::kill(target, sig) };

@@ -15,13 +15,20 @@ fn addr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
     if b.len() >= a.sun_path.len() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("socket path {} is longer than {} bytes; use a shorter checkpoint directory path", path.display(), a.sun_path.len() - 1),
+            format!(
+                "socket path {} is longer than {} bytes; use a shorter checkpoint directory path",
+                path.display(),
+                a.sun_path.len() - 1
+            ),
         ));
     }
     for (d, s) in a.sun_path.iter_mut().zip(b) {
         *d = *s as libc::c_char;
     }
-    Ok((a, std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t))
+    Ok((
+        a,
+        std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+    ))
 }
 
 fn socket() -> io::Result<OwnedFd> {
@@ -64,7 +71,14 @@ pub fn connect(path: &Path) -> io::Result<OwnedFd> {
 pub fn accept(l: &OwnedFd) -> io::Result<OwnedFd> {
     loop {
         // SAFETY: accepting on our listener without an address buffer.
-        let fd = unsafe { libc::accept4(l.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+        let fd = unsafe {
+            libc::accept4(
+                l.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
         if fd >= 0 {
             // SAFETY: fresh descriptor we own.
             return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
@@ -79,8 +93,19 @@ pub fn accept(l: &OwnedFd) -> io::Result<OwnedFd> {
 /// Send one message.
 pub fn send(s: &OwnedFd, msg: &[u8]) -> io::Result<()> {
     // SAFETY: msg valid for its length.
-    let r = unsafe { libc::send(s.as_raw_fd(), msg.as_ptr().cast(), msg.len(), libc::MSG_NOSIGNAL) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    let r = unsafe {
+        libc::send(
+            s.as_raw_fd(),
+            msg.as_ptr().cast(),
+            msg.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Receive one message; `Ok(None)` when the peer closed.

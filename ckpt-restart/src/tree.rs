@@ -52,7 +52,9 @@ pub fn parse_status(text: &str) -> Option<(i32, i32, bool, bool)> {
 
 fn children(host_pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
-    let Ok(rd) = fs::read_dir(format!("/proc/{host_pid}/task")) else { return out };
+    let Ok(rd) = fs::read_dir(format!("/proc/{host_pid}/task")) else {
+        return out;
+    };
     for t in rd.flatten() {
         if let Ok(s) = fs::read_to_string(t.path().join("children")) {
             out.extend(s.split_whitespace().filter_map(|x| x.parse::<i32>().ok()));
@@ -70,17 +72,39 @@ pub fn members(init_host_pid: i32) -> Vec<Member> {
     let mut host_to_ns = std::collections::HashMap::new();
     host_to_ns.insert(init_host_pid, 1);
     // parents first: process children after their parent is known
-    let mut parent_of: std::collections::HashMap<i32, i32> = stack.iter().map(|&c| (c, init_host_pid)).collect();
+    let mut parent_of: std::collections::HashMap<i32, i32> =
+        stack.iter().map(|&c| (c, init_host_pid)).collect();
     while let Some(h) = stack.pop() {
-        let Ok(text) = fs::read_to_string(format!("/proc/{h}/status")) else { continue };
-        let Some((pid, _host_ppid, zombie, catches)) = parse_status(&text) else { continue };
+        let Ok(text) = fs::read_to_string(format!("/proc/{h}/status")) else {
+            continue;
+        };
+        let Some((pid, _host_ppid, zombie, catches)) = parse_status(&text) else {
+            continue;
+        };
         host_to_ns.insert(h, pid);
-        let ppid = parent_of.get(&h).and_then(|p| host_to_ns.get(p)).copied().unwrap_or(1);
+        let ppid = parent_of
+            .get(&h)
+            .and_then(|p| host_to_ns.get(p))
+            .copied()
+            .unwrap_or(1);
         let exit_status = if zombie { zombie_status(h) } else { 0 };
-        let exe = fs::read_link(format!("/proc/{h}/exe")).map(|p| p.display().to_string()).unwrap_or_else(|_| {
-            fs::read_to_string(format!("/proc/{h}/comm")).unwrap_or_default().trim().to_string()
+        let exe = fs::read_link(format!("/proc/{h}/exe"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| {
+                fs::read_to_string(format!("/proc/{h}/comm"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            });
+        out.push(Member {
+            host_pid: h,
+            pid,
+            ppid,
+            zombie,
+            exit_status,
+            catches,
+            exe,
         });
-        out.push(Member { host_pid: h, pid, ppid, zombie, exit_status, catches, exe });
         for c in children(h) {
             parent_of.insert(c, h);
             stack.push(c);
@@ -92,8 +116,12 @@ pub fn members(init_host_pid: i32) -> Vec<Member> {
 
 /// A zombie's wait status from `/proc/PID/stat` field 52 (exit_code).
 fn zombie_status(host_pid: i32) -> i32 {
-    let Ok(s) = fs::read(format!("/proc/{host_pid}/stat")) else { return 0 };
-    ckpt::signal_safe::procfs::stat_field(&s, 52).map(|v| v as i32).unwrap_or(0)
+    let Ok(s) = fs::read(format!("/proc/{host_pid}/stat")) else {
+        return 0;
+    };
+    ckpt::signal_safe::procfs::stat_field(&s, 52)
+        .map(|v| v as i32)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -111,11 +139,17 @@ mod tests {
 
     #[test]
     fn finds_own_children() {
-        let mut c = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut c = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         // SAFETY: getpid has no preconditions.
         let me = unsafe { libc::getpid() };
         let m = members(me);
-        assert!(m.iter().any(|x| x.host_pid == c.id() as i32 && !x.zombie), "{m:?}");
+        assert!(
+            m.iter().any(|x| x.host_pid == c.id() as i32 && !x.zombie),
+            "{m:?}"
+        );
         c.kill().unwrap();
         c.wait().unwrap();
     }

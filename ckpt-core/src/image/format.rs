@@ -87,29 +87,50 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
 
 /// Decode and validate a header; `file_len` is the image file's size.
 pub fn decode(file: &str, bytes: &[u8], file_len: u64) -> Result<Header, ImageError> {
-    let bad = |what: String| ImageError::Corrupt { file: file.to_string(), what };
+    let bad = |what: String| ImageError::Corrupt {
+        file: file.to_string(),
+        what,
+    };
     if bytes.len() < 36 || file_len < HEADER_LEN {
-        return Err(bad(format!("file is {file_len} bytes, shorter than the {HEADER_LEN}-byte header (truncated)")));
+        return Err(bad(format!(
+            "file is {file_len} bytes, shorter than the {HEADER_LEN}-byte header (truncated)"
+        )));
     }
     if bytes.get(0..8) != Some(&MAGIC[..]) {
-        return Err(ImageError::NotAnImage { file: file.to_string() });
+        return Err(ImageError::NotAnImage {
+            file: file.to_string(),
+        });
     }
     let stored = le_u32(bytes, 32);
     let computed = bytes.get(0..32).map(crc32c).unwrap_or(0);
     if stored != computed {
-        return Err(bad(format!("header checksum mismatch (stored {stored:08x}, computed {computed:08x})")));
+        return Err(bad(format!(
+            "header checksum mismatch (stored {stored:08x}, computed {computed:08x})"
+        )));
     }
-    let h = Header { major: le_u16(bytes, 8), minor: le_u16(bytes, 10), data_len: le_u64(bytes, 16), machine: le_u32(bytes, 24) };
+    let h = Header {
+        major: le_u16(bytes, 8),
+        minor: le_u16(bytes, 10),
+        data_len: le_u64(bytes, 16),
+        machine: le_u32(bytes, 24),
+    };
     check_version(file, h.major, h.minor)?;
     if h.machine != EM_X86_64 {
-        return Err(ImageError::ForeignArch { file: file.to_string(), machine: h.machine });
+        return Err(ImageError::ForeignArch {
+            file: file.to_string(),
+            machine: h.machine,
+        });
     }
     if le_u32(bytes, 12) as u64 != HEADER_LEN || le_u32(bytes, 28) as u64 != PAGE_SIZE {
         return Err(bad("unsupported header length or page size".into()));
     }
-    let want = HEADER_LEN.checked_add(h.data_len).ok_or_else(|| bad("absurd data length".into()))?;
+    let want = HEADER_LEN
+        .checked_add(h.data_len)
+        .ok_or_else(|| bad("absurd data length".into()))?;
     if file_len != want {
-        return Err(bad(format!("file is {file_len} bytes but its header says {want} (truncated or appended to)")));
+        return Err(bad(format!(
+            "file is {file_len} bytes but its header says {want} (truncated or appended to)"
+        )));
     }
     Ok(h)
 }
@@ -117,7 +138,11 @@ pub fn decode(file: &str, bytes: &[u8], file_len: u64) -> Result<Header, ImageEr
 /// Refuse a format this build cannot read.
 pub fn check_version(file: &str, major: u16, minor: u16) -> Result<(), ImageError> {
     if major != FORMAT_MAJOR || minor > FORMAT_MINOR {
-        return Err(ImageError::Version { file: file.to_string(), major, minor });
+        return Err(ImageError::Version {
+            file: file.to_string(),
+            major,
+            minor,
+        });
     }
     Ok(())
 }
@@ -136,14 +161,25 @@ mod tests {
     fn round_trip() {
         let h = encode(8192);
         let d = decode("x", &full(&h), 4096 + 8192).unwrap();
-        assert_eq!(d, Header { major: FORMAT_MAJOR, minor: FORMAT_MINOR, data_len: 8192, machine: EM_X86_64 });
+        assert_eq!(
+            d,
+            Header {
+                major: FORMAT_MAJOR,
+                minor: FORMAT_MINOR,
+                data_len: 8192,
+                machine: EM_X86_64
+            }
+        );
     }
 
     #[test]
     fn bad_magic() {
         let mut h = encode(0);
         h[0] = b'X';
-        assert!(matches!(decode("x", &full(&h), 4096), Err(ImageError::NotAnImage { .. })));
+        assert!(matches!(
+            decode("x", &full(&h), 4096),
+            Err(ImageError::NotAnImage { .. })
+        ));
     }
 
     #[test]
@@ -156,13 +192,20 @@ mod tests {
 
     #[test]
     fn newer_minor_and_other_major() {
-        for (maj, min) in [(FORMAT_MAJOR, FORMAT_MINOR + 1), (FORMAT_MAJOR + 1, 0), (0, 0)] {
+        for (maj, min) in [
+            (FORMAT_MAJOR, FORMAT_MINOR + 1),
+            (FORMAT_MAJOR + 1, 0),
+            (0, 0),
+        ] {
             let mut h = encode(0);
             h[8..10].copy_from_slice(&maj.to_le_bytes());
             h[10..12].copy_from_slice(&min.to_le_bytes());
             let c = crc32c(&h[0..32]);
             h[32..36].copy_from_slice(&c.to_le_bytes());
-            assert!(matches!(decode("x", &full(&h), 4096), Err(ImageError::Version { .. })));
+            assert!(matches!(
+                decode("x", &full(&h), 4096),
+                Err(ImageError::Version { .. })
+            ));
         }
     }
 
@@ -180,6 +223,9 @@ mod tests {
         h[24..28].copy_from_slice(&183u32.to_le_bytes());
         let c = crc32c(&h[0..32]);
         h[32..36].copy_from_slice(&c.to_le_bytes());
-        assert!(matches!(decode("x", &full(&h), 4096), Err(ImageError::ForeignArch { .. })));
+        assert!(matches!(
+            decode("x", &full(&h), 4096),
+            Err(ImageError::ForeignArch { .. })
+        ));
     }
 }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use super::checksum::crc32c;
 use super::format;
-use super::manifest::{GenerationRecord, ProcessManifest, GENERATION_FORMAT, PROCESS_FORMAT};
+use super::manifest::{GENERATION_FORMAT, GenerationRecord, PROCESS_FORMAT, ProcessManifest};
 use crate::error::ImageError;
 
 /// How many complete generations are kept by default.
@@ -63,7 +63,10 @@ fn euid() -> u32 {
 }
 
 fn dir_err(dir: &Path, problem: impl Into<String>) -> ImageError {
-    ImageError::Dir { dir: dir.to_path_buf(), problem: problem.into() }
+    ImageError::Dir {
+        dir: dir.to_path_buf(),
+        problem: problem.into(),
+    }
 }
 
 fn fsync_path(p: &Path) -> Result<(), ImageError> {
@@ -94,9 +97,10 @@ impl CheckpointDir {
     /// 0700 are tightened, since images hold process memory.
     pub fn open(path: &Path) -> Result<Self, ImageError> {
         let md = fs::symlink_metadata(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                dir_err(path, "does not exist; create it (mkdir -m 700) or pass an existing directory")
-            }
+            std::io::ErrorKind::NotFound => dir_err(
+                path,
+                "does not exist; create it (mkdir -m 700) or pass an existing directory",
+            ),
             _ => dir_err(path, format!("cannot be read: {e}")),
         })?;
         if md.file_type().is_symlink() {
@@ -108,7 +112,11 @@ impl CheckpointDir {
         if md.uid() != euid() {
             return Err(dir_err(
                 path,
-                format!("is owned by uid {}, not by you (uid {}); use a directory of your own", md.uid(), euid()),
+                format!(
+                    "is owned by uid {}, not by you (uid {}); use a directory of your own",
+                    md.uid(),
+                    euid()
+                ),
             ));
         }
         if md.mode() & 0o077 != 0 {
@@ -119,17 +127,26 @@ impl CheckpointDir {
             .map_err(|_| dir_err(path, "path contains a NUL byte"))?;
         // SAFETY: c is a valid NUL-terminated path.
         if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
-            return Err(dir_err(path, "is not writable by you; fix its permissions or choose another directory"));
+            return Err(dir_err(
+                path,
+                "is not writable by you; fix its permissions or choose another directory",
+            ));
         }
         // Absolute, so that the program (which may change directory) and
         // the restored program still find the socket and generations.
-        let path = path.canonicalize().map_err(|e| dir_err(path, format!("cannot resolve: {e}")))?;
+        let path = path
+            .canonicalize()
+            .map_err(|e| dir_err(path, format!("cannot resolve: {e}")))?;
         Ok(CheckpointDir { path })
     }
 
     /// Create the directory (and missing parents) with mode 0700, then open it.
     pub fn create(path: &Path) -> Result<Self, ImageError> {
-        match fs::DirBuilder::new().recursive(true).mode(0o700).create(path) {
+        match fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+        {
             Ok(()) => {}
             Err(e) => return Err(dir_err(path, format!("cannot be created: {e}"))),
         }
@@ -148,7 +165,8 @@ impl CheckpointDir {
 
     fn entries(&self) -> Result<Vec<(u64, bool, PathBuf)>, ImageError> {
         let mut v = Vec::new();
-        let rd = fs::read_dir(&self.path).map_err(|e| ImageError::io(&self.path, "read directory", e))?;
+        let rd = fs::read_dir(&self.path)
+            .map_err(|e| ImageError::io(&self.path, "read directory", e))?;
         for e in rd {
             let e = e.map_err(|e| ImageError::io(&self.path, "read directory", e))?;
             let name = e.file_name();
@@ -163,13 +181,23 @@ impl CheckpointDir {
     /// Start a new generation: creates `gen-N.tmp` (0700) with N above every
     /// existing generation.
     pub fn begin(&self) -> Result<PendingGeneration, ImageError> {
-        let next = self.entries()?.iter().map(|(n, _, _)| *n).max().unwrap_or(0) + 1;
+        let next = self
+            .entries()?
+            .iter()
+            .map(|(n, _, _)| *n)
+            .max()
+            .unwrap_or(0)
+            + 1;
         let path = self.path.join(format!("{}.tmp", gen_name(next)));
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)
             .map_err(|e| ImageError::io(&path, "create generation directory", e))?;
-        Ok(PendingGeneration { dir: self.clone(), number: next, path })
+        Ok(PendingGeneration {
+            dir: self.clone(),
+            number: next,
+            path,
+        })
     }
 
     /// All generations, oldest first.
@@ -177,12 +205,27 @@ impl CheckpointDir {
         let mut out = Vec::new();
         for (n, tmp, path) in self.entries()? {
             if tmp {
-                out.push(GenerationInfo { number: n, path, state: "incomplete".into(), record: None });
+                out.push(GenerationInfo {
+                    number: n,
+                    path,
+                    state: "incomplete".into(),
+                    record: None,
+                });
                 continue;
             }
             match read_record(&path) {
-                Ok(r) => out.push(GenerationInfo { number: n, path, state: "complete".into(), record: Some(r) }),
-                Err(e) => out.push(GenerationInfo { number: n, path, state: format!("corrupt: {e}"), record: None }),
+                Ok(r) => out.push(GenerationInfo {
+                    number: n,
+                    path,
+                    state: "complete".into(),
+                    record: Some(r),
+                }),
+                Err(e) => out.push(GenerationInfo {
+                    number: n,
+                    path,
+                    state: format!("corrupt: {e}"),
+                    record: None,
+                }),
             }
         }
         Ok(out)
@@ -195,7 +238,7 @@ impl CheckpointDir {
 
     /// Complete generations, newest first, each either loaded or with the
     /// reason it cannot be used.
-    pub fn candidates(&self) -> Result<Vec<(PathBuf, Result<LoadedGeneration, ImageError>)>, ImageError> {
+    pub fn candidates(&self) -> Result<Vec<Candidate>, ImageError> {
         let mut v: Vec<_> = self
             .entries()?
             .into_iter()
@@ -213,13 +256,18 @@ impl CheckpointDir {
     /// directories older than the newest complete one.
     pub fn prune(&self, keep: usize) -> Result<(), ImageError> {
         let entries = self.entries()?;
-        let complete: Vec<u64> = entries.iter().filter(|(_, t, _)| !t).map(|(n, _, _)| *n).collect();
+        let complete: Vec<u64> = entries
+            .iter()
+            .filter(|(_, t, _)| !t)
+            .map(|(n, _, _)| *n)
+            .collect();
         let newest = complete.last().copied().unwrap_or(0);
         let cut = complete.len().saturating_sub(keep);
         let old: Vec<u64> = complete.iter().take(cut).copied().collect();
         for (n, tmp, p) in entries {
             if (tmp && n < newest) || (!tmp && old.contains(&n)) {
-                fs::remove_dir_all(&p).map_err(|e| ImageError::io(&p, "remove old generation", e))?;
+                fs::remove_dir_all(&p)
+                    .map_err(|e| ImageError::io(&p, "remove old generation", e))?;
             }
         }
         Ok(())
@@ -237,6 +285,9 @@ impl CheckpointDir {
         Ok(())
     }
 }
+
+/// A complete generation's directory and whether it could be loaded.
+pub type Candidate = (PathBuf, Result<LoadedGeneration, ImageError>);
 
 /// A generation being written.
 #[derive(Debug)]
@@ -258,8 +309,10 @@ impl PendingGeneration {
             fsync_path(&self.path.join(&p.image))?;
         }
         let rec_path = self.path.join("generation.json");
-        let data = serde_json::to_vec_pretty(record)
-            .map_err(|e| ImageError::Corrupt { file: rec_path.display().to_string(), what: e.to_string() })?;
+        let data = serde_json::to_vec_pretty(record).map_err(|e| ImageError::Corrupt {
+            file: rec_path.display().to_string(),
+            what: e.to_string(),
+        })?;
         {
             let mut f = fs::OpenOptions::new()
                 .write(true)
@@ -267,12 +320,15 @@ impl PendingGeneration {
                 .mode_0600()
                 .open(&rec_path)
                 .map_err(|e| ImageError::io(&rec_path, "create", e))?;
-            f.write_all(&data).map_err(|e| ImageError::io(&rec_path, "write", e))?;
-            f.sync_all().map_err(|e| ImageError::io(&rec_path, "fsync", e))?;
+            f.write_all(&data)
+                .map_err(|e| ImageError::io(&rec_path, "write", e))?;
+            f.sync_all()
+                .map_err(|e| ImageError::io(&rec_path, "fsync", e))?;
         }
         fsync_path(&self.path)?;
         let final_path = self.dir.path.join(gen_name(self.number));
-        fs::rename(&self.path, &final_path).map_err(|e| ImageError::io(&final_path, "rename into place", e))?;
+        fs::rename(&self.path, &final_path)
+            .map_err(|e| ImageError::io(&final_path, "rename into place", e))?;
         fsync_path(&self.dir.path)?;
         let tmp_link = self.dir.path.join(".latest.tmp");
         let _ = fs::remove_file(&tmp_link);
@@ -303,7 +359,11 @@ impl Mode0600 for fs::OpenOptions {
 
 fn check_owner(p: &Path, md: &fs::Metadata) -> Result<(), ImageError> {
     if md.uid() != euid() {
-        return Err(ImageError::Foreign { file: p.to_path_buf(), owner: md.uid(), me: euid() });
+        return Err(ImageError::Foreign {
+            file: p.to_path_buf(),
+            owner: md.uid(),
+            me: euid(),
+        });
     }
     Ok(())
 }
@@ -311,11 +371,17 @@ fn check_owner(p: &Path, md: &fs::Metadata) -> Result<(), ImageError> {
 fn read_small(p: &Path, limit: u64) -> Result<Vec<u8>, ImageError> {
     let md = fs::symlink_metadata(p).map_err(|e| ImageError::io(p, "stat", e))?;
     if !md.is_file() {
-        return Err(ImageError::Corrupt { file: p.display().to_string(), what: "not a regular file".into() });
+        return Err(ImageError::Corrupt {
+            file: p.display().to_string(),
+            what: "not a regular file".into(),
+        });
     }
     check_owner(p, &md)?;
     if md.len() > limit {
-        return Err(ImageError::Corrupt { file: p.display().to_string(), what: format!("implausibly large ({} bytes)", md.len()) });
+        return Err(ImageError::Corrupt {
+            file: p.display().to_string(),
+            what: format!("implausibly large ({} bytes)", md.len()),
+        });
     }
     fs::read(p).map_err(|e| ImageError::io(p, "read", e))
 }
@@ -324,28 +390,45 @@ fn read_record(gdir: &Path) -> Result<GenerationRecord, ImageError> {
     let p = gdir.join("generation.json");
     let data = read_small(&p, 16 << 20)?;
     let file = p.display().to_string();
-    let v: serde_json::Value =
-        serde_json::from_slice(&data).map_err(|e| ImageError::Corrupt { file: file.clone(), what: format!("not valid JSON: {e}") })?;
+    let v: serde_json::Value = serde_json::from_slice(&data).map_err(|e| ImageError::Corrupt {
+        file: file.clone(),
+        what: format!("not valid JSON: {e}"),
+    })?;
     check_format(&file, &v, GENERATION_FORMAT)?;
-    serde_json::from_value(v).map_err(|e| ImageError::Corrupt { file, what: format!("unexpected content: {e}") })
+    serde_json::from_value(v).map_err(|e| ImageError::Corrupt {
+        file,
+        what: format!("unexpected content: {e}"),
+    })
 }
 
 fn check_format(file: &str, v: &serde_json::Value, want: &str) -> Result<(), ImageError> {
     let fmt = v.get("format").and_then(|f| f.as_str());
     if fmt != Some(want) {
-        return Err(ImageError::NotAnImage { file: file.to_string() });
+        return Err(ImageError::NotAnImage {
+            file: file.to_string(),
+        });
     }
     let ver = v.get("version").and_then(|x| x.as_array());
-    let num = |i: usize| ver.and_then(|a| a.get(i)).and_then(|x| x.as_u64()).and_then(|x| u16::try_from(x).ok());
+    let num = |i: usize| {
+        ver.and_then(|a| a.get(i))
+            .and_then(|x| x.as_u64())
+            .and_then(|x| u16::try_from(x).ok())
+    };
     match (num(0), num(1)) {
         (Some(ma), Some(mi)) => format::check_version(file, ma, mi),
-        _ => Err(ImageError::Corrupt { file: file.to_string(), what: "missing or malformed format version".into() }),
+        _ => Err(ImageError::Corrupt {
+            file: file.to_string(),
+            what: "missing or malformed format version".into(),
+        }),
     }
 }
 
 fn safe_name(file: &str, name: &str) -> Result<(), ImageError> {
     if name.is_empty() || name.contains('/') || name.starts_with('.') {
-        return Err(ImageError::Corrupt { file: file.to_string(), what: format!("file name {name:?} points outside its generation") });
+        return Err(ImageError::Corrupt {
+            file: file.to_string(),
+            what: format!("file name {name:?} points outside its generation"),
+        });
     }
     Ok(())
 }
@@ -358,7 +441,10 @@ pub fn load_generation(gdir: &Path) -> Result<LoadedGeneration, ImageError> {
     let record = read_record(gdir)?;
     let rec_file = gdir.join("generation.json").display().to_string();
     if record.processes.is_empty() {
-        return Err(ImageError::Corrupt { file: rec_file, what: "lists no process".into() });
+        return Err(ImageError::Corrupt {
+            file: rec_file,
+            what: "lists no process".into(),
+        });
     }
     let mut processes = Vec::new();
     for pr in &record.processes {
@@ -371,14 +457,22 @@ pub fn load_generation(gdir: &Path) -> Result<LoadedGeneration, ImageError> {
         if crc != pr.manifest_crc {
             return Err(ImageError::Corrupt {
                 file: mfile,
-                what: format!("checksum mismatch (recorded {:08x}, file has {crc:08x})", pr.manifest_crc),
+                what: format!(
+                    "checksum mismatch (recorded {:08x}, file has {crc:08x})",
+                    pr.manifest_crc
+                ),
             });
         }
-        let v: serde_json::Value = serde_json::from_slice(&data)
-            .map_err(|e| ImageError::Corrupt { file: mfile.clone(), what: format!("not valid JSON: {e}") })?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&data).map_err(|e| ImageError::Corrupt {
+                file: mfile.clone(),
+                what: format!("not valid JSON: {e}"),
+            })?;
         check_format(&mfile, &v, PROCESS_FORMAT)?;
-        let m: ProcessManifest = serde_json::from_value(v)
-            .map_err(|e| ImageError::Corrupt { file: mfile.clone(), what: format!("unexpected content: {e}") })?;
+        let m: ProcessManifest = serde_json::from_value(v).map_err(|e| ImageError::Corrupt {
+            file: mfile.clone(),
+            what: format!("unexpected content: {e}"),
+        })?;
         let ip = gdir.join(&pr.image);
         let ifile = ip.display().to_string();
         let imd = fs::symlink_metadata(&ip).map_err(|e| ImageError::io(&ip, "stat", e))?;
@@ -386,60 +480,107 @@ pub fn load_generation(gdir: &Path) -> Result<LoadedGeneration, ImageError> {
         if imd.len() != pr.image_size || m.image.size != pr.image_size {
             return Err(ImageError::Corrupt {
                 file: ifile,
-                what: format!("size is {} bytes, expected {} (truncated?)", imd.len(), pr.image_size),
+                what: format!(
+                    "size is {} bytes, expected {} (truncated?)",
+                    imd.len(),
+                    pr.image_size
+                ),
             });
         }
         let mut hdr = vec![0u8; 64];
         {
             use std::io::Read;
             let mut f = fs::File::open(&ip).map_err(|e| ImageError::io(&ip, "open", e))?;
-            let n = f.read(&mut hdr).map_err(|e| ImageError::io(&ip, "read", e))?;
+            let n = f
+                .read(&mut hdr)
+                .map_err(|e| ImageError::io(&ip, "read", e))?;
             hdr.truncate(n);
         }
         let h = format::decode(&ifile, &hdr, imd.len())?;
         validate_manifest(&mfile, &m, h.data_len)?;
         processes.push(m);
     }
-    Ok(LoadedGeneration { path: gdir.to_path_buf(), record, processes })
+    Ok(LoadedGeneration {
+        path: gdir.to_path_buf(),
+        record,
+        processes,
+    })
 }
 
 /// Structural checks so that a hostile manifest cannot make the restorer map
 /// absurd addresses or read outside the image.
 pub fn validate_manifest(file: &str, m: &ProcessManifest, data_len: u64) -> Result<(), ImageError> {
-    let bad = |what: String| ImageError::Corrupt { file: file.to_string(), what };
+    let bad = |what: String| ImageError::Corrupt {
+        file: file.to_string(),
+        what,
+    };
     const TASK_SIZE: u64 = 0x7fff_ffff_f000;
     let page = format::PAGE_SIZE;
     let mut prev_end = 0u64;
     for r in &m.regions {
-        if r.start % page != 0 || r.end % page != 0 || r.start >= r.end || r.end > TASK_SIZE || r.start < 4096 {
-            return Err(bad(format!("region {:#x}-{:#x} has absurd addresses", r.start, r.end)));
+        if r.start % page != 0
+            || r.end % page != 0
+            || r.start >= r.end
+            || r.end > TASK_SIZE
+            || r.start < 4096
+        {
+            return Err(bad(format!(
+                "region {:#x}-{:#x} has absurd addresses",
+                r.start, r.end
+            )));
         }
         if r.start < prev_end {
-            return Err(bad(format!("region {:#x}-{:#x} overlaps the previous one", r.start, r.end)));
+            return Err(bad(format!(
+                "region {:#x}-{:#x} overlaps the previous one",
+                r.start, r.end
+            )));
         }
         prev_end = r.end;
         let pages = (r.end - r.start) / page;
         let mut last = 0u64;
         let mut total = 0u64;
         for run in &r.runs {
-            let end = run[0].checked_add(run[1]).ok_or_else(|| bad("page run overflows".into()))?;
+            let end = run[0]
+                .checked_add(run[1])
+                .ok_or_else(|| bad("page run overflows".into()))?;
             if run[1] == 0 || run[0] < last || end > pages {
-                return Err(bad(format!("page run {:?} lies outside region {:#x}-{:#x}", run, r.start, r.end)));
+                return Err(bad(format!(
+                    "page run {:?} lies outside region {:#x}-{:#x}",
+                    run, r.start, r.end
+                )));
             }
             last = end;
-            total = total.checked_add(run[1]).ok_or_else(|| bad("page count overflows".into()))?;
+            total = total
+                .checked_add(run[1])
+                .ok_or_else(|| bad("page count overflows".into()))?;
         }
-        let bytes = total.checked_mul(page).ok_or_else(|| bad("size overflows".into()))?;
-        let data_end = r.data_offset.checked_add(bytes).ok_or_else(|| bad("data offset overflows".into()))?;
-        if r.data_offset < format::HEADER_LEN || r.data_offset % page != 0 || data_end > format::HEADER_LEN + data_len {
-            return Err(bad(format!("region {:#x}-{:#x} points outside its data file", r.start, r.end)));
+        let bytes = total
+            .checked_mul(page)
+            .ok_or_else(|| bad("size overflows".into()))?;
+        let data_end = r
+            .data_offset
+            .checked_add(bytes)
+            .ok_or_else(|| bad("data offset overflows".into()))?;
+        if r.data_offset < format::HEADER_LEN
+            || r.data_offset % page != 0
+            || data_end > format::HEADER_LEN + data_len
+        {
+            return Err(bad(format!(
+                "region {:#x}-{:#x} points outside its data file",
+                r.start, r.end
+            )));
         }
     }
     for f in &m.fds {
         if let Some([off, len]) = f.pipe_data {
-            let end = off.checked_add(len).ok_or_else(|| bad("pipe data overflows".into()))?;
+            let end = off
+                .checked_add(len)
+                .ok_or_else(|| bad("pipe data overflows".into()))?;
             if off < format::HEADER_LEN || end > format::HEADER_LEN + data_len || len > 1 << 24 {
-                return Err(bad(format!("buffered data of fd {} points outside its data file", f.fd)));
+                return Err(bad(format!(
+                    "buffered data of fd {} points outside its data file",
+                    f.fd
+                )));
             }
         }
     }
@@ -447,9 +588,15 @@ pub fn validate_manifest(file: &str, m: &ProcessManifest, data_len: u64) -> Resu
         return Err(bad("lists no thread".into()));
     }
     for t in &m.threads {
-        let inside = m.regions.iter().any(|r| t.ucontext >= r.start && t.ucontext + 1024 <= r.end);
+        let inside = m
+            .regions
+            .iter()
+            .any(|r| t.ucontext >= r.start && t.ucontext + 1024 <= r.end);
         if !inside || t.tid <= 0 {
-            return Err(bad(format!("thread {} has its saved context outside saved memory", t.tid)));
+            return Err(bad(format!(
+                "thread {} has its saved context outside saved memory",
+                t.tid
+            )));
         }
     }
     if m.pid <= 0 || m.threads.first().map(|t| t.tid) != Some(m.pid) {
@@ -516,7 +663,10 @@ mod tests {
         let l = d.list().unwrap();
         assert_eq!(l.iter().map(|g| g.number).collect::<Vec<_>>(), vec![3, 4]);
         assert!(l.iter().all(|g| g.state == "complete"));
-        assert_eq!(fs::read_link(p.join("latest")).unwrap(), PathBuf::from("gen-000004"));
+        assert_eq!(
+            fs::read_link(p.join("latest")).unwrap(),
+            PathBuf::from("gen-000004")
+        );
         // an aborted generation leaves the previous one alone
         let g = d.begin().unwrap();
         assert_eq!(g.number, 5);

@@ -32,8 +32,17 @@ const PM_SWAP: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
 
 /// Steps, for error messages.
-const STEPS: [&str; 9] =
-    ["", "creating the image file", "reading /proc/self", "writing memory", "writing the manifest", "syncing to disk", "reading pagemap", "describing files", "allocating scratch memory"];
+const STEPS: [&str; 9] = [
+    "",
+    "creating the image file",
+    "reading /proc/self",
+    "writing memory",
+    "writing the manifest",
+    "syncing to disk",
+    "reading pagemap",
+    "describing files",
+    "allocating scratch memory",
+];
 
 /// Human name of a failing step.
 pub fn step_name(step: u64) -> &'static str {
@@ -73,7 +82,10 @@ fn path_in(dir: &[u8], name: core::fmt::Arguments<'_>) -> StackBuf<4096> {
 /// still while the disk catches up.
 pub fn sync_image(dir: &[u8]) -> Result<(), Fail> {
     let pid = raw::getpid();
-    for name in [format_args!("proc-{pid}.img"), format_args!("proc-{pid}.json")] {
+    for name in [
+        format_args!("proc-{pid}.img"),
+        format_args!("proc-{pid}.json"),
+    ] {
         let mut p = path_in(dir, name);
         let fd = raw::open(p.as_cstr(), libc::O_RDONLY | libc::O_CLOEXEC, 0).map_err(at(5))?;
         let r = raw::fsync(fd).map_err(at(5));
@@ -86,7 +98,11 @@ pub fn sync_image(dir: &[u8]) -> Result<(), Fail> {
 /// Write the image of this process into `dir` (not yet fsynced: see
 /// [`sync_image`]). Returns the bytes written.
 pub fn write_image(dir: &[u8], conn_fd: i32) -> Result<u64, Fail> {
-    let mut s = Scratch { maps: MmapBuf::new(), json: MmapBuf::new(), tmp: MmapBuf::new() };
+    let mut s = Scratch {
+        maps: MmapBuf::new(),
+        json: MmapBuf::new(),
+        tmp: MmapBuf::new(),
+    };
     let r = write_image_inner(dir, conn_fd, &mut s);
     s.free();
     r
@@ -108,27 +124,55 @@ fn write_image_inner(dir: &[u8], conn_fd: i32, s: &mut Scratch) -> Result<u64, F
     }
 
     let mut img_path = path_in(dir, format_args!("proc-{pid}.img"));
-    let img = raw::open(img_path.as_cstr(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o600).map_err(at(1))?;
+    let img = raw::open(
+        img_path.as_cstr(),
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+        0o600,
+    )
+    .map_err(at(1))?;
     let r = write_all_parts(dir, conn_fd, img, pid, s);
     raw::close(img);
     r
 }
 
-fn write_all_parts(dir: &[u8], conn_fd: i32, img: i32, pid: i32, s: &mut Scratch) -> Result<u64, Fail> {
-    let pagemap = raw::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0).map_err(at(6))?;
+fn write_all_parts(
+    dir: &[u8],
+    conn_fd: i32,
+    img: i32,
+    pid: i32,
+    s: &mut Scratch,
+) -> Result<u64, Fail> {
+    let pagemap =
+        raw::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0).map_err(at(6))?;
     let r = write_parts(dir, conn_fd, img, pagemap, pid, s);
     raw::close(pagemap);
     r
 }
 
-fn write_parts(dir: &[u8], conn_fd: i32, img: i32, pagemap: i32, pid: i32, s: &mut Scratch) -> Result<u64, Fail> {
+fn write_parts(
+    dir: &[u8],
+    conn_fd: i32,
+    img: i32,
+    pagemap: i32,
+    pid: i32,
+    s: &mut Scratch,
+) -> Result<u64, Fail> {
     let mut data_off: u64 = format::HEADER_LEN;
     raw::lseek(img, data_off as i64, libc::SEEK_SET).map_err(at(3))?;
 
-    let scratch = [s.maps.mapping().0 as u64, s.json.mapping().0 as u64, s.tmp.mapping().0 as u64];
+    let scratch = [
+        s.maps.mapping().0 as u64,
+        s.json.mapping().0 as u64,
+        s.tmp.mapping().0 as u64,
+    ];
     let j = &mut s.json;
     j.clear();
-    let _ = write!(j, "{{\"format\":\"ckpt-process\",\"version\":[{},{}],\"pid\":{pid},", format::FORMAT_MAJOR, format::FORMAT_MINOR);
+    let _ = write!(
+        j,
+        "{{\"format\":\"ckpt-process\",\"version\":[{},{}],\"pid\":{pid},",
+        format::FORMAT_MAJOR,
+        format::FORMAT_MINOR
+    );
     // ppid as the namespace sees it
     // SAFETY: getppid/getuid take no arguments.
     let ppid = unsafe { raw::syscall3(raw::nr::GETPPID, 0, 0, 0) }.unwrap_or(0);
@@ -138,11 +182,15 @@ fn write_parts(dir: &[u8], conn_fd: i32, img: i32, pagemap: i32, pid: i32, s: &m
     let pgid = unsafe { raw::syscall3(raw::nr::GETPGID, 0, 0, 0) }.unwrap_or(0);
     // SAFETY: as above.
     let sid = unsafe { raw::syscall3(raw::nr::GETSID, 0, 0, 0) }.unwrap_or(0);
-    let _ = write!(j, "\"ppid\":{ppid},\"pgid\":{pgid},\"sid\":{sid},\"uid\":{uid},\"exe\":");
+    let _ = write!(
+        j,
+        "\"ppid\":{ppid},\"pgid\":{pgid},\"sid\":{sid},\"uid\":{uid},\"exe\":"
+    );
     {
         let mut exe = [0u8; 4096];
         let n = raw::readlink(b"/proc/self/exe\0", &mut exe).map_err(at(2))?;
-        j.push_json_str(exe.get(..n).unwrap_or(&[])).map_err(at(8))?;
+        j.push_json_str(exe.get(..n).unwrap_or(&[]))
+            .map_err(at(8))?;
     }
     let _ = write!(
         j,
@@ -158,7 +206,8 @@ fn write_parts(dir: &[u8], conn_fd: i32, img: i32, pagemap: i32, pid: i32, s: &m
     let st = s.tmp.as_slice();
     let f = |n| procfs::stat_field(st, n).unwrap_or(0);
     let (start_code, end_code, start_stack) = (f(26), f(27), f(28));
-    let (start_data, end_data, start_brk, arg_start, arg_end, env_start, env_end) = (f(45), f(46), f(47), f(48), f(49), f(50), f(51));
+    let (start_data, end_data, start_brk, arg_start, arg_end, env_start, env_end) =
+        (f(45), f(46), f(47), f(48), f(49), f(50), f(51));
     let brk = raw::current_brk();
 
     // vdso identity is emitted after scanning maps; remember where it is.
@@ -177,7 +226,9 @@ fn write_parts(dir: &[u8], conn_fd: i32, img: i32, pagemap: i32, pid: i32, s: &m
     let mut total: u64 = 0;
     let maps = s.maps.as_slice();
     for line in procfs::lines(maps) {
-        let Some(m) = procfs::parse_maps_line(line) else { continue };
+        let Some(m) = procfs::parse_maps_line(line) else {
+            continue;
+        };
         match m.path {
             b"[vvar]" => {
                 vvar = m.start;
@@ -211,7 +262,15 @@ fn write_parts(dir: &[u8], conn_fd: i32, img: i32, pagemap: i32, pid: i32, s: &m
                 let want = (chunk * 8) as usize;
                 // SAFETY: pm is valid for 4096 bytes >= want.
                 let got = unsafe {
-                    raw::syscall6(raw::nr::PREAD64, pagemap as usize, pm.as_mut_ptr() as usize, want, off as usize, 0, 0)
+                    raw::syscall6(
+                        raw::nr::PREAD64,
+                        pagemap as usize,
+                        pm.as_mut_ptr() as usize,
+                        want,
+                        off as usize,
+                        0,
+                        0,
+                    )
                 }
                 .map_err(at(6))?;
                 if got < want {
@@ -220,7 +279,9 @@ fn write_parts(dir: &[u8], conn_fd: i32, img: i32, pagemap: i32, pid: i32, s: &m
                 let mut i = 0u64;
                 while i < chunk {
                     let e = pm.get(i as usize).copied().unwrap_or(0);
-                    let below_own = m.start <= own_uc && own_uc < m.end && m.start + (page + i) * PAGE < own_floor;
+                    let below_own = m.start <= own_uc
+                        && own_uc < m.end
+                        && m.start + (page + i) * PAGE < own_floor;
                     if below_own || !wanted(save, e) {
                         i += 1;
                         continue;
@@ -234,8 +295,14 @@ fn write_parts(dir: &[u8], conn_fd: i32, img: i32, pagemap: i32, pid: i32, s: &m
                     if need_read && !made_readable {
                         // SAFETY: the region is ours, every other thread is parked, and the
                         // protection is put back below before anyone runs again.
-                        unsafe { raw::mprotect(m.start as usize, (m.end - m.start) as usize, (m.prot | libc::PROT_READ as u32) as i32) }
-                            .map_err(at(3))?;
+                        unsafe {
+                            raw::mprotect(
+                                m.start as usize,
+                                (m.end - m.start) as usize,
+                                (m.prot | libc::PROT_READ as u32) as i32,
+                            )
+                        }
+                        .map_err(at(3))?;
                         made_readable = true;
                     }
                     let addr = m.start + first_page * PAGE;
@@ -250,7 +317,10 @@ fn write_parts(dir: &[u8], conn_fd: i32, img: i32, pagemap: i32, pid: i32, s: &m
             }
             if made_readable {
                 // SAFETY: restores the original protection of our own region.
-                unsafe { raw::mprotect(m.start as usize, (m.end - m.start) as usize, m.prot as i32) }.map_err(at(3))?;
+                unsafe {
+                    raw::mprotect(m.start as usize, (m.end - m.start) as usize, m.prot as i32)
+                }
+                .map_err(at(3))?;
             }
         }
         total += data_off - reg_off;
@@ -272,7 +342,10 @@ fn write_parts(dir: &[u8], conn_fd: i32, img: i32, pagemap: i32, pid: i32, s: &m
     } else {
         0
     };
-    let _ = write!(j, "\"vdso\":{{\"vvar\":{vvar},\"vdso\":{vdso},\"vdso_len\":{vdso_len},\"crc\":{vcrc}}},");
+    let _ = write!(
+        j,
+        "\"vdso\":{{\"vvar\":{vvar},\"vdso\":{vdso},\"vdso_len\":{vdso_len},\"crc\":{vcrc}}},"
+    );
 
     // mm
     let _ = write!(
@@ -286,7 +359,12 @@ fn write_parts(dir: &[u8], conn_fd: i32, img: i32, pagemap: i32, pid: i32, s: &m
         for w in a.chunks_exact(8) {
             let mut b = [0u8; 8];
             b.copy_from_slice(w);
-            let _ = write!(j, "{}{}", if firstw { "" } else { "," }, u64::from_le_bytes(b));
+            let _ = write!(
+                j,
+                "{}{}",
+                if firstw { "" } else { "," },
+                u64::from_le_bytes(b)
+            );
             firstw = false;
         }
     }
@@ -338,10 +416,13 @@ fn write_parts(dir: &[u8], conn_fd: i32, img: i32, pagemap: i32, pid: i32, s: &m
     {
         let mut cwd = [0u8; 4096];
         let n = raw::readlink(b"/proc/self/cwd\0", &mut cwd).map_err(at(2))?;
-        j.push_json_str(cwd.get(..n).unwrap_or(&[])).map_err(at(8))?;
+        j.push_json_str(cwd.get(..n).unwrap_or(&[]))
+            .map_err(at(8))?;
     }
     s.tmp.read_file(b"/proc/self/status\0").map_err(at(2))?;
-    let umask = procfs::status_value(s.tmp.as_slice(), b"Umask").and_then(procfs::oct).unwrap_or(0o022);
+    let umask = procfs::status_value(s.tmp.as_slice(), b"Umask")
+        .and_then(procfs::oct)
+        .unwrap_or(0o022);
     let _ = write!(j, ",\"umask\":{umask},\"rlimits\":[");
     for r in 0..16u32 {
         let (cur, max) = raw::getrlimit(r).unwrap_or((u64::MAX, u64::MAX));
@@ -357,7 +438,10 @@ fn write_parts(dir: &[u8], conn_fd: i32, img: i32, pagemap: i32, pid: i32, s: &m
         }
     }
     let size = data_off;
-    let _ = write!(j, "],\"image\":{{\"file\":\"proc-{pid}.img\",\"size\":{size}}}}}\n");
+    let _ = writeln!(
+        j,
+        "],\"image\":{{\"file\":\"proc-{pid}.img\",\"size\":{size}}}}}"
+    );
     if j.overflow {
         return Err((8, Errno(libc::ENOMEM)));
     }
@@ -369,7 +453,12 @@ fn write_parts(dir: &[u8], conn_fd: i32, img: i32, pagemap: i32, pid: i32, s: &m
     // SAFETY: ftruncate (77) of our own image file.
     unsafe { raw::syscall3(77, img as usize, size as usize, 0) }.map_err(at(3))?;
     let mut jp = path_in(dir, format_args!("proc-{pid}.json"));
-    let jfd = raw::open(jp.as_cstr(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o600).map_err(at(4))?;
+    let jfd = raw::open(
+        jp.as_cstr(),
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+        0o600,
+    )
+    .map_err(at(4))?;
     let w = raw::write_all(jfd, j.as_slice()).map_err(at(4));
     raw::close(jfd);
     w?;
@@ -377,11 +466,14 @@ fn write_parts(dir: &[u8], conn_fd: i32, img: i32, pagemap: i32, pid: i32, s: &m
     Ok(size + j.len() as u64)
 }
 
-
 fn own_ucontext() -> u64 {
     let me = raw::gettid();
     let n = (NSLOTS.load(Ordering::Acquire) as usize).min(stop::MAX_THREADS);
-    SLOTS.iter().take(n).find(|s| s.tid.load(Ordering::Acquire) == me).map_or(0, |s| s.uc.load(Ordering::Acquire))
+    SLOTS
+        .iter()
+        .take(n)
+        .find(|s| s.tid.load(Ordering::Acquire) == me)
+        .map_or(0, |s| s.uc.load(Ordering::Acquire))
 }
 
 fn write_mem(fd: i32, mut addr: u64, mut len: u64) -> Result<(), Errno> {
@@ -428,10 +520,22 @@ fn is_deleted(path: &[u8]) -> bool {
 fn classify(m: &MapsLine<'_>) -> (&'static str, Save) {
     let file = m.path.first() == Some(&b'/') && m.inode != 0;
     if !file {
-        return if m.shared { ("shared_anon", Save::Resident) } else { ("anon", Save::Resident) };
+        return if m.shared {
+            ("shared_anon", Save::Resident)
+        } else {
+            ("anon", Save::Resident)
+        };
     }
-    if is_deleted(m.path) || m.path.starts_with(b"/dev/zero") || m.path.starts_with(b"/memfd:") || m.path.starts_with(b"/SYSV") {
-        return if m.shared { ("shared_anon", Save::All) } else { ("anon", Save::All) };
+    if is_deleted(m.path)
+        || m.path.starts_with(b"/dev/zero")
+        || m.path.starts_with(b"/memfd:")
+        || m.path.starts_with(b"/SYSV")
+    {
+        return if m.shared {
+            ("shared_anon", Save::All)
+        } else {
+            ("anon", Save::All)
+        };
     }
     if m.shared {
         ("shared_file", Save::Nothing)
@@ -447,16 +551,18 @@ struct StackRuns {
 
 impl StackRuns {
     fn new() -> Self {
-        StackRuns { buf: MmapBuf::new() }
+        StackRuns {
+            buf: MmapBuf::new(),
+        }
     }
     fn push(&mut self, first: u64, count: u64) {
         // Merge with the previous run when contiguous (runs split at pagemap chunk edges).
-        if let Some((pf, pc)) = self.iter().last() {
-            if pf + pc == first {
-                let at = self.buf.len() - 8;
-                self.buf.overwrite(at, &(pc + count).to_ne_bytes());
-                return;
-            }
+        if let Some((pf, pc)) = self.iter().last()
+            && pf + pc == first
+        {
+            let at = self.buf.len() - 8;
+            self.buf.overwrite(at, &(pc + count).to_ne_bytes());
+            return;
         }
         let _ = self.buf.push(&first.to_ne_bytes());
         let _ = self.buf.push(&count.to_ne_bytes());
@@ -475,7 +581,15 @@ impl StackRuns {
     }
 }
 
-fn emit_region(j: &mut MmapBuf, m: &MapsLine<'_>, kind: &str, data_offset: u64, runs: &StackRuns, crc: u32, start_stack: u64) -> Result<(), Fail> {
+fn emit_region(
+    j: &mut MmapBuf,
+    m: &MapsLine<'_>,
+    kind: &str,
+    data_offset: u64,
+    runs: &StackRuns,
+    crc: u32,
+    start_stack: u64,
+) -> Result<(), Fail> {
     let (mut fsize, mut mtime) = (0u64, 0u64);
     let (mut dev, mut ino) = (((m.dev_major as u64) << 8) | m.dev_minor as u64, m.inode);
     if kind == "file" || kind == "shared_file" {
@@ -487,7 +601,9 @@ fn emit_region(j: &mut MmapBuf, m: &MapsLine<'_>, kind: &str, data_offset: u64, 
             let mut st: libc::stat = unsafe { core::mem::zeroed() };
             if raw::fstat(fd, &mut st).is_ok() {
                 fsize = st.st_size as u64;
-                mtime = (st.st_mtime as u64).wrapping_mul(1_000_000_000).wrapping_add(st.st_mtime_nsec as u64);
+                mtime = (st.st_mtime as u64)
+                    .wrapping_mul(1_000_000_000)
+                    .wrapping_add(st.st_mtime_nsec as u64);
                 dev = st.st_dev;
                 ino = st.st_ino;
             }
@@ -495,7 +611,11 @@ fn emit_region(j: &mut MmapBuf, m: &MapsLine<'_>, kind: &str, data_offset: u64, 
         }
     }
     let growsdown = m.start <= start_stack && start_stack < m.end;
-    let _ = write!(j, "{{\"start\":{},\"end\":{},\"prot\":{},\"kind\":\"{kind}\",\"name\":", m.start, m.end, m.prot);
+    let _ = write!(
+        j,
+        "{{\"start\":{},\"end\":{},\"prot\":{},\"kind\":\"{kind}\",\"name\":",
+        m.start, m.end, m.prot
+    );
     j.push_json_str(m.path).map_err(at(8))?;
     let _ = write!(
         j,
@@ -507,7 +627,10 @@ fn emit_region(j: &mut MmapBuf, m: &MapsLine<'_>, kind: &str, data_offset: u64, 
         let _ = write!(j, "{}[{f},{c}]", if first { "" } else { "," });
         first = false;
     }
-    let _ = write!(j, "],\"crc\":{crc},\"growsdown\":{growsdown},\"hugepage\":false}}");
+    let _ = write!(
+        j,
+        "],\"crc\":{crc},\"growsdown\":{growsdown},\"hugepage\":false}}"
+    );
     Ok(())
 }
 
@@ -520,13 +643,22 @@ fn write_cpu(j: &mut MmapBuf) {
         let lo: u32;
         let hi: u32;
         // SAFETY: XGETBV with ECX=0 is valid when OSXSAVE is set (checked).
-        unsafe { core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+        unsafe {
+            core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack))
+        };
         (u64::from(hi) << 32) | u64::from(lo)
     } else {
         0
     };
     // Leaf-1 ECX bit 27 (OSXSAVE) and the APIC id bits of EBX vary per boot/CPU; keep features only.
-    let _ = write!(j, "\"cpu\":{{\"features\":[{},{},{},{}],\"xcr0\":{xcr0}}},", l1.ecx & !(1 << 27), l1.edx, l7.ebx, l7.ecx);
+    let _ = write!(
+        j,
+        "\"cpu\":{{\"features\":[{},{},{},{}],\"xcr0\":{xcr0}}},",
+        l1.ecx & !(1 << 27),
+        l1.edx,
+        l7.ebx,
+        l7.ecx
+    );
 }
 
 fn write_signals(j: &mut MmapBuf) {
@@ -536,7 +668,9 @@ fn write_signals(j: &mut MmapBuf) {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
-        let Ok(a) = raw::sigaction(sig, None) else { continue };
+        let Ok(a) = raw::sigaction(sig, None) else {
+            continue;
+        };
         if a.handler == 0 && a.flags == 0 && a.mask == 0 {
             continue;
         }
@@ -560,17 +694,45 @@ fn write_signals(j: &mut MmapBuf) {
 fn capture_pipe(fd: i32, img: i32, data_off: &mut u64) -> Result<Option<(u64, u64)>, Errno> {
     let mut p = StackBuf::<64>::new();
     let _ = write!(p, "/proc/self/fd/{fd}");
-    let rfd = raw::open(p.as_cstr(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC, 0)?;
+    let rfd = raw::open(
+        p.as_cstr(),
+        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        0,
+    )?;
     let mut tp = [0i32; 2];
     // SAFETY: tp is a valid 2-int array (pipe2 = 293).
-    if let Err(e) = unsafe { raw::syscall3(293, tp.as_mut_ptr() as usize, (libc::O_NONBLOCK | libc::O_CLOEXEC) as usize, 0) } {
+    if let Err(e) = unsafe {
+        raw::syscall3(
+            293,
+            tp.as_mut_ptr() as usize,
+            (libc::O_NONBLOCK | libc::O_CLOEXEC) as usize,
+            0,
+        )
+    } {
         raw::close(rfd);
         return Err(e);
     }
     // SAFETY: F_SETPIPE_SZ takes an int.
-    let _ = unsafe { raw::syscall3(raw::nr::FCNTL, tp[1] as usize, libc::F_SETPIPE_SZ as usize, 1 << 20) };
+    let _ = unsafe {
+        raw::syscall3(
+            raw::nr::FCNTL,
+            tp[1] as usize,
+            libc::F_SETPIPE_SZ as usize,
+            1 << 20,
+        )
+    };
     // SAFETY: tee(2) (276) between two pipes we hold.
-    let n = unsafe { raw::syscall6(276, rfd as usize, tp[1] as usize, 1 << 20, libc::SPLICE_F_NONBLOCK as usize, 0, 0) };
+    let n = unsafe {
+        raw::syscall6(
+            276,
+            rfd as usize,
+            tp[1] as usize,
+            1 << 20,
+            libc::SPLICE_F_NONBLOCK as usize,
+            0,
+            0,
+        )
+    };
     let out = match n {
         Ok(n) if n > 0 => {
             let mut off = *data_off as i64;
@@ -578,7 +740,17 @@ fn capture_pipe(fd: i32, img: i32, data_off: &mut u64) -> Result<Option<(u64, u6
             let mut res = Ok(());
             while left > 0 {
                 // SAFETY: splice(2) (275) from our pipe into the image at `off`.
-                match unsafe { raw::syscall6(275, tp[0] as usize, 0, img as usize, &mut off as *mut i64 as usize, left, 0) } {
+                match unsafe {
+                    raw::syscall6(
+                        275,
+                        tp[0] as usize,
+                        0,
+                        img as usize,
+                        &mut off as *mut i64 as usize,
+                        left,
+                        0,
+                    )
+                } {
                     Ok(0) => {
                         res = Err(Errno(libc::EIO));
                         break;
@@ -605,9 +777,21 @@ fn capture_pipe(fd: i32, img: i32, data_off: &mut u64) -> Result<Option<(u64, u6
     out
 }
 
-fn write_fds(j: &mut MmapBuf, tmp: &mut MmapBuf, conn_fd: i32, img: i32, pagemap: i32, data_off: &mut u64) -> Result<(), Fail> {
+fn write_fds(
+    j: &mut MmapBuf,
+    tmp: &mut MmapBuf,
+    conn_fd: i32,
+    img: i32,
+    pagemap: i32,
+    data_off: &mut u64,
+) -> Result<(), Fail> {
     let _ = write!(j, "\"fds\":[");
-    let dfd = raw::open(b"/proc/self/fd\0", libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0).map_err(at(7))?;
+    let dfd = raw::open(
+        b"/proc/self/fd\0",
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
+    )
+    .map_err(at(7))?;
     let mut fds = [0i32; 4096];
     let mut nfds = 0usize;
     let mut buf = [0u8; 8192];
@@ -622,17 +806,20 @@ fn write_fds(j: &mut MmapBuf, tmp: &mut MmapBuf, conn_fd: i32, img: i32, pagemap
         };
         let mut off = 0usize;
         while off + 19 < len {
-            let reclen = u16::from_le_bytes([buf.get(off + 16).copied().unwrap_or(0), buf.get(off + 17).copied().unwrap_or(0)]) as usize;
+            let reclen = u16::from_le_bytes([
+                buf.get(off + 16).copied().unwrap_or(0),
+                buf.get(off + 17).copied().unwrap_or(0),
+            ]) as usize;
             if reclen == 0 {
                 break;
             }
             let name = buf.get(off + 19..off + reclen).unwrap_or(&[]);
             let name = name.split(|&c| c == 0).next().unwrap_or(&[]);
-            if let Some(fd) = procfs::dec(name) {
-                if let Some(slot) = fds.get_mut(nfds) {
-                    *slot = fd as i32;
-                    nfds += 1;
-                }
+            if let Some(fd) = procfs::dec(name)
+                && let Some(slot) = fds.get_mut(nfds)
+            {
+                *slot = fd as i32;
+                nfds += 1;
             }
             off += reclen;
         }
@@ -649,7 +836,9 @@ fn write_fds(j: &mut MmapBuf, tmp: &mut MmapBuf, conn_fd: i32, img: i32, pagemap
         let mut p = StackBuf::<64>::new();
         let _ = write!(p, "/proc/self/fd/{fd}");
         let mut target = [0u8; 4096];
-        let Ok(tn) = raw::readlink(p.as_cstr(), &mut target) else { continue };
+        let Ok(tn) = raw::readlink(p.as_cstr(), &mut target) else {
+            continue;
+        };
         let target = target.get(..tn).unwrap_or(&[]);
         // SAFETY: stat is plain old data; zeroed is valid.
         let mut st: libc::stat = unsafe { core::mem::zeroed() };
@@ -660,10 +849,16 @@ fn write_fds(j: &mut MmapBuf, tmp: &mut MmapBuf, conn_fd: i32, img: i32, pagemap
         let _ = write!(fi, "/proc/self/fdinfo/{fd}");
         let (mut pos, mut flags) = (0u64, 0u64);
         if tmp.read_file(fi.as_cstr()).is_ok() {
-            pos = procfs::status_value(tmp.as_slice(), b"pos").and_then(procfs::dec).unwrap_or(0);
-            flags = procfs::status_value(tmp.as_slice(), b"flags").and_then(procfs::oct).unwrap_or(0);
+            pos = procfs::status_value(tmp.as_slice(), b"pos")
+                .and_then(procfs::dec)
+                .unwrap_or(0);
+            flags = procfs::status_value(tmp.as_slice(), b"flags")
+                .and_then(procfs::oct)
+                .unwrap_or(0);
         }
-        let cloexec = raw::fcntl_get(fd, libc::F_GETFD).map(|v| v & libc::FD_CLOEXEC as usize != 0).unwrap_or(false);
+        let cloexec = raw::fcntl_get(fd, libc::F_GETFD)
+            .map(|v| v & libc::FD_CLOEXEC as usize != 0)
+            .unwrap_or(false);
         let fmt = st.st_mode & libc::S_IFMT;
         let mut termios = [0u32; 15];
         let mut is_tty = false;
@@ -683,19 +878,26 @@ fn write_fds(j: &mut MmapBuf, tmp: &mut MmapBuf, conn_fd: i32, img: i32, pagemap
             }
             _ => "other",
         };
-        let _ = write!(j, "{}{{\"fd\":{fd},\"kind\":\"{kind}\",\"path\":", if first { "" } else { "," });
+        let _ = write!(
+            j,
+            "{}{{\"fd\":{fd},\"kind\":\"{kind}\",\"path\":",
+            if first { "" } else { "," }
+        );
         j.push_json_str(target).map_err(at(8))?;
-        let _ = write!(j, ",\"flags\":{flags},\"pos\":{pos},\"cloexec\":{cloexec},\"termios\":[");
+        let _ = write!(
+            j,
+            ",\"flags\":{flags},\"pos\":{pos},\"cloexec\":{cloexec},\"termios\":["
+        );
         if is_tty {
             for (i, w) in termios.iter().enumerate() {
                 let _ = write!(j, "{}{w}", if i == 0 { "" } else { "," });
             }
         }
         let _ = write!(j, "],\"dev\":{},\"inode\":{}", st.st_dev, st.st_ino);
-        if kind == "pipe" {
-            if let Some((off, len)) = capture_pipe(fd, img, data_off).map_err(at(7))? {
-                let _ = write!(j, ",\"pipe_data\":[{off},{len}]");
-            }
+        if kind == "pipe"
+            && let Some((off, len)) = capture_pipe(fd, img, data_off).map_err(at(7))?
+        {
+            let _ = write!(j, ",\"pipe_data\":[{off},{len}]");
         }
         let _ = write!(j, "}}");
         first = false;

@@ -110,7 +110,9 @@ pub unsafe extern "C" fn ckpt_restore_finish(args: *const FinishArgs) -> ! {
     // SAFETY: the restorer filled *args and nothing else runs.
     let a = unsafe { &*args };
     let n = (a.nthreads as usize).min(MAX_FINISH_THREADS);
-    let Some(main) = a.threads.first() else { raw::exit_group(87) };
+    let Some(main) = a.threads.first() else {
+        raw::exit_group(87)
+    };
     // SAFETY: ARCH_SET_FS with the leader's saved TLS base; we use no TLS before this.
     let _ = unsafe { raw::syscall3(nr::ARCH_PRCTL, 0x1002, main.fs_base as usize, 0) };
     // SAFETY: the restorer mapping holds no code or data we still use.
@@ -139,8 +141,13 @@ fn spawn(t: &FinishThread) -> Result<(), raw::Errno> {
     let tid = t.tid;
     let stack_top = t.scratch_sp & !0xf;
     let ca = CloneArgs {
-        flags: (libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SIGHAND | libc::CLONE_THREAD
-            | libc::CLONE_SYSVSEM | libc::CLONE_SETTLS) as u64,
+        flags: (libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM
+            | libc::CLONE_SETTLS) as u64,
         pidfd: 0,
         child_tid: 0,
         parent_tid: 0,
@@ -175,7 +182,11 @@ fn spawn(t: &FinishThread) -> Result<(), raw::Errno> {
             lateout("rcx") _, lateout("r11") _,
         );
     }
-    if ret < 0 { Err(raw::Errno((-ret) as i32)) } else { Ok(()) }
+    if ret < 0 {
+        Err(raw::Errno((-ret) as i32))
+    } else {
+        Ok(())
+    }
 }
 
 extern "C" fn resume_entry(t: *const FinishThread) -> ! {
@@ -195,11 +206,19 @@ unsafe fn resume(t: &FinishThread) -> ! {
     }
     if t.robust_head != 0 {
         // SAFETY: as above; the kernel only records the list head.
-        let _ = unsafe { raw::syscall3(nr::SET_ROBUST_LIST, t.robust_head as usize, t.robust_len as usize, 0) };
+        let _ = unsafe {
+            raw::syscall3(
+                nr::SET_ROBUST_LIST,
+                t.robust_head as usize,
+                t.robust_len as usize,
+                0,
+            )
+        };
     }
     if t.rseq != 0 {
         // SAFETY: the rseq area is part of the thread's restored TLS; length 32 is what glibc registers.
-        let _ = unsafe { raw::syscall6(nr::RSEQ, t.rseq as usize, 32, 0, t.rseq_sig as usize, 0, 0) };
+        let _ =
+            unsafe { raw::syscall6(nr::RSEQ, t.rseq as usize, 32, 0, t.rseq_sig as usize, 0, 0) };
     }
     while GO.load(Ordering::Acquire) == 0 {
         let _ = raw::futex_wait(&GO, 0, None);

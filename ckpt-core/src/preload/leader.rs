@@ -40,7 +40,10 @@ pub struct RestoreInfo {
 
 /// The restore hand-over block (its address is recorded in every manifest).
 #[unsafe(no_mangle)]
-pub static mut CKPT_RESTORE_INFO: RestoreInfo = RestoreInfo { counter: AtomicU64::new(0), socket: [0; 256] };
+pub static mut CKPT_RESTORE_INFO: RestoreInfo = RestoreInfo {
+    counter: AtomicU64::new(0),
+    socket: [0; 256],
+};
 
 /// Socket path of the coordinator (NUL-terminated), set by the constructor.
 pub static mut SOCKET_PATH: [u8; 256] = [0; 256];
@@ -67,7 +70,12 @@ fn socket_path() -> [u8; 256] {
 fn connect(path: &[u8]) -> Result<i32, Errno> {
     // SAFETY: plain socket creation.
     let fd = unsafe {
-        raw::syscall3(raw::nr::SOCKET, libc::AF_UNIX as usize, (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC) as usize, 0)
+        raw::syscall3(
+            raw::nr::SOCKET,
+            libc::AF_UNIX as usize,
+            (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC) as usize,
+            0,
+        )
     }? as i32;
     // SAFETY: sockaddr_un is plain old data; all-zero is valid.
     let mut addr: libc::sockaddr_un = unsafe { core::mem::zeroed() };
@@ -82,17 +90,32 @@ fn connect(path: &[u8]) -> Result<i32, Errno> {
     }
     // SAFETY: addr is a valid sockaddr_un of the given size.
     let r = unsafe {
-        raw::syscall3(raw::nr::CONNECT, fd as usize, &addr as *const libc::sockaddr_un as usize, core::mem::size_of::<libc::sockaddr_un>())
+        raw::syscall3(
+            raw::nr::CONNECT,
+            fd as usize,
+            &addr as *const libc::sockaddr_un as usize,
+            core::mem::size_of::<libc::sockaddr_un>(),
+        )
     };
     if let Err(e) = r {
         raw::close(fd);
         return Err(e);
     }
-    let tv = libc::timeval { tv_sec: COORD_TIMEOUT_S, tv_usec: 0 };
+    let tv = libc::timeval {
+        tv_sec: COORD_TIMEOUT_S,
+        tv_usec: 0,
+    };
     // SAFETY: setsockopt(SO_RCVTIMEO) reads a timeval (nr 54 = setsockopt).
     let _ = unsafe {
-        raw::syscall6(54, fd as usize, libc::SOL_SOCKET as usize, libc::SO_RCVTIMEO as usize,
-            &tv as *const libc::timeval as usize, core::mem::size_of::<libc::timeval>(), 0)
+        raw::syscall6(
+            54,
+            fd as usize,
+            libc::SOL_SOCKET as usize,
+            libc::SO_RCVTIMEO as usize,
+            &tv as *const libc::timeval as usize,
+            core::mem::size_of::<libc::timeval>(),
+            0,
+        )
     };
     Ok(fd)
 }
@@ -100,14 +123,32 @@ fn connect(path: &[u8]) -> Result<i32, Errno> {
 fn send(fd: i32, msg: &[u8]) {
     // SAFETY: msg is valid for its length.
     let _ = unsafe {
-        raw::syscall6(raw::nr::SENDTO, fd as usize, msg.as_ptr() as usize, msg.len(), libc::MSG_NOSIGNAL as usize, 0, 0)
+        raw::syscall6(
+            raw::nr::SENDTO,
+            fd as usize,
+            msg.as_ptr() as usize,
+            msg.len(),
+            libc::MSG_NOSIGNAL as usize,
+            0,
+            0,
+        )
     };
 }
 
-fn recv<'a>(fd: i32, buf: &'a mut [u8; MAX_MSG]) -> Option<&'a [u8]> {
+fn recv(fd: i32, buf: &mut [u8; MAX_MSG]) -> Option<&[u8]> {
     loop {
         // SAFETY: buf is valid for its length.
-        match unsafe { raw::syscall6(raw::nr::RECVFROM, fd as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0) } {
+        match unsafe {
+            raw::syscall6(
+                raw::nr::RECVFROM,
+                fd as usize,
+                buf.as_mut_ptr() as usize,
+                buf.len(),
+                0,
+                0,
+                0,
+            )
+        } {
             Ok(0) => return None,
             Ok(n) => return buf.get(..n),
             Err(Errno(libc::EINTR)) => continue,
@@ -151,39 +192,49 @@ pub fn lead(uc: u64) {
     }
     send(fd, m.as_bytes());
     let mut buf = [0u8; MAX_MSG];
-    if let Some(msg) = recv(fd, &mut buf) {
-        if let Some(dir) = msg.strip_prefix(b"WRITE ") {
-            let mut dirbuf = [0u8; MAX_MSG];
-            let n = dir.len().min(MAX_MSG - 1);
-            if let (Some(d), Some(s)) = (dirbuf.get_mut(..n), dir.get(..n)) {
-                d.copy_from_slice(s);
-            }
-            let dir = dirbuf.get(..n).unwrap_or(&[]);
-            let mut r = StackBuf::<1024>::new();
-            match capture::write_image(dir, fd) {
-                Ok(bytes) => {
-                    let t1 = raw::clock_ns(libc::CLOCK_MONOTONIC);
-                    let _ = write!(r, "DONE {pid} {bytes} {}", t1.saturating_sub(t0) / 1000);
-                }
-                Err((step, e)) => {
-                    let _ = write!(r, "FAIL {pid} writing the image failed while {}: {}", capture::step_name(step), ErrnoText(e.raw()));
-                }
-            }
-            send(fd, r.as_bytes());
-            // Wait for the coordinator to release the whole job.
-            let _ = recv(fd, &mut buf);
-            release_all();
-            let mut s = StackBuf::<1024>::new();
-            match capture::sync_image(dir) {
-                Ok(()) => {
-                    let _ = write!(s, "SYNCED {pid}");
-                }
-                Err((step, e)) => {
-                    let _ = write!(s, "FAIL {pid} {}: {}", capture::step_name(step), ErrnoText(e.raw()));
-                }
-            }
-            send(fd, s.as_bytes());
+    if let Some(msg) = recv(fd, &mut buf)
+        && let Some(dir) = msg.strip_prefix(b"WRITE ")
+    {
+        let mut dirbuf = [0u8; MAX_MSG];
+        let n = dir.len().min(MAX_MSG - 1);
+        if let (Some(d), Some(s)) = (dirbuf.get_mut(..n), dir.get(..n)) {
+            d.copy_from_slice(s);
         }
+        let dir = dirbuf.get(..n).unwrap_or(&[]);
+        let mut r = StackBuf::<1024>::new();
+        match capture::write_image(dir, fd) {
+            Ok(bytes) => {
+                let t1 = raw::clock_ns(libc::CLOCK_MONOTONIC);
+                let _ = write!(r, "DONE {pid} {bytes} {}", t1.saturating_sub(t0) / 1000);
+            }
+            Err((step, e)) => {
+                let _ = write!(
+                    r,
+                    "FAIL {pid} writing the image failed while {}: {}",
+                    capture::step_name(step),
+                    ErrnoText(e.raw())
+                );
+            }
+        }
+        send(fd, r.as_bytes());
+        // Wait for the coordinator to release the whole job.
+        let _ = recv(fd, &mut buf);
+        release_all();
+        let mut s = StackBuf::<1024>::new();
+        match capture::sync_image(dir) {
+            Ok(()) => {
+                let _ = write!(s, "SYNCED {pid}");
+            }
+            Err((step, e)) => {
+                let _ = write!(
+                    s,
+                    "FAIL {pid} {}: {}",
+                    capture::step_name(step),
+                    ErrnoText(e.raw())
+                );
+            }
+        }
+        send(fd, s.as_bytes());
     }
     release_all();
     raw::close(fd);
@@ -192,7 +243,11 @@ pub fn lead(uc: u64) {
 
 fn list_tasks(out: &mut [i32; stop::MAX_THREADS], n: &mut usize) -> Result<(), Errno> {
     *n = 0;
-    let fd = raw::open(b"/proc/self/task\0", libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0)?;
+    let fd = raw::open(
+        b"/proc/self/task\0",
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
+    )?;
     let mut buf = [0u8; 4096];
     loop {
         let len = match raw::getdents64(fd, &mut buf) {
@@ -205,17 +260,20 @@ fn list_tasks(out: &mut [i32; stop::MAX_THREADS], n: &mut usize) -> Result<(), E
         };
         let mut off = 0usize;
         while off + 19 < len {
-            let reclen = u16::from_le_bytes([buf.get(off + 16).copied().unwrap_or(0), buf.get(off + 17).copied().unwrap_or(0)]) as usize;
+            let reclen = u16::from_le_bytes([
+                buf.get(off + 16).copied().unwrap_or(0),
+                buf.get(off + 17).copied().unwrap_or(0),
+            ]) as usize;
             if reclen == 0 {
                 break;
             }
             let name = buf.get(off + 19..off + reclen).unwrap_or(&[]);
             let name = name.split(|&c| c == 0).next().unwrap_or(&[]);
-            if let Some(tid) = procfs::dec(name) {
-                if let Some(slot) = out.get_mut(*n) {
-                    *slot = tid as i32;
-                    *n += 1;
-                }
+            if let Some(tid) = procfs::dec(name)
+                && let Some(slot) = out.get_mut(*n)
+            {
+                *slot = tid as i32;
+                *n += 1;
             }
             off += reclen;
         }
@@ -267,7 +325,9 @@ fn stop_others() -> Result<(), &'static str> {
                 break;
             }
             if raw::clock_ns(libc::CLOCK_MONOTONIC).saturating_sub(t0) > STOP_TIMEOUT_NS {
-                return Err("a thread did not stop within 10 s: it blocks the checkpoint signal (62) or is stuck in uninterruptible sleep; the checkpoint was cancelled and the program keeps running");
+                return Err(
+                    "a thread did not stop within 10 s: it blocks the checkpoint signal (62) or is stuck in uninterruptible sleep; the checkpoint was cancelled and the program keeps running",
+                );
             }
             let _ = raw::futex_wait(&PARKED, parked, Some(10_000_000));
         }
@@ -298,6 +358,10 @@ impl core::fmt::Display for ErrnoText {
             libc::EFAULT => "bad address",
             _ => "",
         };
-        if s.is_empty() { write!(f, "errno {}", self.0) } else { write!(f, "{s} (errno {})", self.0) }
+        if s.is_empty() {
+            write!(f, "errno {}", self.0)
+        } else {
+            write!(f, "{s} (errno {})", self.0)
+        }
     }
 }

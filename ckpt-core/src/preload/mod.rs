@@ -14,8 +14,8 @@
 
 pub mod capture;
 pub mod finish;
-pub mod stop;
 pub mod leader;
+pub mod stop;
 
 use crate::coord::ENV_SOCKET;
 
@@ -29,7 +29,9 @@ extern "C" fn ctor() {
 }
 
 fn init() {
-    let Some(sock) = std::env::var_os(ENV_SOCKET) else { return };
+    let Some(sock) = std::env::var_os(ENV_SOCKET) else {
+        return;
+    };
     let bytes = sock.as_encoded_bytes();
     if bytes.is_empty() || bytes.len() >= 255 {
         return;

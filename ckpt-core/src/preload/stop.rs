@@ -106,7 +106,11 @@ pub fn record_self(uc: u64) -> Option<usize> {
 }
 
 /// The stop signal handler. **Async-signal-safe.**
-pub extern "C" fn handler(_sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+///
+/// # Safety
+/// Only the kernel calls this, as an `SA_SIGINFO` handler, with valid
+/// `info` and `uc` pointers.
+pub unsafe extern "C" fn handler(_sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
     let code = unsafe { (*info).si_code };
     if code != libc::SI_TKILL {

@@ -18,7 +18,12 @@ pub struct MmapBuf {
 impl MmapBuf {
     /// An empty buffer; nothing is mapped until the first write.
     pub const fn new() -> Self {
-        MmapBuf { ptr: core::ptr::null_mut(), cap: 0, len: 0, overflow: false }
+        MmapBuf {
+            ptr: core::ptr::null_mut(),
+            cap: 0,
+            len: 0,
+            overflow: false,
+        }
     }
 
     /// Bytes written so far.
@@ -67,7 +72,14 @@ impl MmapBuf {
             // this mapping with an adjacent anonymous mapping of the program,
             // so that the image writer can tell its scratch memory apart.
             // SAFETY: madvise on our own fresh mapping.
-            let _ = unsafe { raw::syscall3(raw::nr::MADVISE, self.ptr as usize, cap, libc::MADV_DONTFORK as usize) };
+            let _ = unsafe {
+                raw::syscall3(
+                    raw::nr::MADVISE,
+                    self.ptr as usize,
+                    cap,
+                    libc::MADV_DONTFORK as usize,
+                )
+            };
         } else {
             // SAFETY: the old mapping is owned by self and no reference into it outlives this call.
             self.ptr = unsafe { raw::mremap_maymove(self.ptr as usize, self.cap, cap) }?;
@@ -104,7 +116,14 @@ impl MmapBuf {
                     // Non-ASCII and control bytes are escaped byte-wise as \u00XX
                     // so that any path round-trips; readers decode them back to bytes.
                     let hex = b"0123456789abcdef";
-                    let e = [b'\\', b'u', b'0', b'0', hex[(c >> 4) as usize], hex[(c & 15) as usize]];
+                    let e = [
+                        b'\\',
+                        b'u',
+                        b'0',
+                        b'0',
+                        hex[(c >> 4) as usize],
+                        hex[(c & 15) as usize],
+                    ];
                     self.push(&e)?
                 }
                 _ => self.push(core::slice::from_ref(&c))?,
@@ -167,7 +186,10 @@ pub struct StackBuf<const N: usize> {
 impl<const N: usize> StackBuf<N> {
     /// Empty buffer.
     pub const fn new() -> Self {
-        StackBuf { buf: [0; N], len: 0 }
+        StackBuf {
+            buf: [0; N],
+            len: 0,
+        }
     }
     /// Content.
     pub fn as_bytes(&self) -> &[u8] {

@@ -137,10 +137,10 @@ pub fn stat_field(stat: &[u8], n: usize) -> Option<u64> {
 /// The value of `Key:` in `/proc/self/status`-style text (first token).
 pub fn status_value<'a>(status: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     for l in lines(status) {
-        if let Some(rest) = l.strip_prefix(key) {
-            if let Some(rest) = rest.strip_prefix(b":") {
-                return next_field(rest).map(|(f, _)| f);
-            }
+        if let Some(rest) = l.strip_prefix(key)
+            && let Some(rest) = rest.strip_prefix(b":")
+        {
+            return next_field(rest).map(|(f, _)| f);
         }
     }
     None
@@ -177,10 +177,16 @@ mod tests {
         assert_eq!(l.path, b"/usr/lib/x86_64-linux-gnu/libc.so.6");
         let a = parse_maps_line(b"55d0c1a00000-55d0c1a21000 rw-p 00000000 00:00 0 ").unwrap();
         assert_eq!(a.path, b"");
-        let h = parse_maps_line(b"ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]").unwrap();
+        let h = parse_maps_line(
+            b"ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]",
+        )
+        .unwrap();
         assert_eq!(h.path, b"[vsyscall]");
         assert_eq!(h.prot, libc::PROT_EXEC as u32);
-        let s = parse_maps_line(b"7f0000000000-7f0000001000 rw-s 00000000 00:01 12 /dev/zero (deleted)").unwrap();
+        let s = parse_maps_line(
+            b"7f0000000000-7f0000001000 rw-s 00000000 00:01 12 /dev/zero (deleted)",
+        )
+        .unwrap();
         assert!(s.shared);
         assert_eq!(s.path, b"/dev/zero (deleted)");
         assert!(parse_maps_line(b"garbage").is_none());

@@ -35,7 +35,15 @@ fn check(ret: isize) -> SysResult {
 /// The caller must uphold the contract of the specific system call: pointer
 /// arguments must be valid for the access the kernel performs.
 #[inline]
-pub unsafe fn syscall6(nr: usize, a: usize, b: usize, c: usize, d: usize, e: usize, f: usize) -> SysResult {
+pub unsafe fn syscall6(
+    nr: usize,
+    a: usize,
+    b: usize,
+    c: usize,
+    d: usize,
+    e: usize,
+    f: usize,
+) -> SysResult {
     let ret: isize;
     // SAFETY: the `syscall` instruction clobbers rcx and r11 and returns in
     // rax; all of that is declared. Memory effects are the caller's contract.
@@ -62,20 +70,71 @@ macro_rules! nr {
 }
 /// System call numbers (x86_64).
 pub mod nr {
-    nr!(READ = 0, WRITE = 1, OPEN = 2, CLOSE = 3, FSTAT = 5, LSEEK = 8, MMAP = 9, MPROTECT = 10,
-        MUNMAP = 11, BRK = 12, RT_SIGACTION = 13, RT_SIGPROCMASK = 14, IOCTL = 16, PREAD64 = 17,
-        PWRITE64 = 18, MREMAP = 25, MADVISE = 28, GETPID = 39, SOCKET = 41, CONNECT = 42,
-        SENDTO = 44, RECVFROM = 45, SHUTDOWN = 48, EXIT = 60, UMASK = 95, GETRLIMIT = 97,
-        GETPPID = 110, GETPGID = 121, GETSID = 124, CAPSET = 126, SIGALTSTACK = 131,
-        PRCTL = 157, ARCH_PRCTL = 158, FSYNC = 74, FDATASYNC = 75, GETTID = 186, FUTEX = 202,
-        GETDENTS64 = 217, SET_TID_ADDRESS = 218, CLOCK_GETTIME = 228, EXIT_GROUP = 231,
-        TGKILL = 234, OPENAT = 257, MKDIRAT = 258, READLINKAT = 267, PPOLL = 271,
-        SET_ROBUST_LIST = 273, GET_ROBUST_LIST = 274, PRLIMIT64 = 302, GETCPU = 309,
-        RSEQ = 334, CLONE3 = 435, RT_SIGRETURN = 15, GETITIMER = 36, SETITIMER = 38,
-        CLOCK_NANOSLEEP = 230, FCNTL = 72);
+    nr!(
+        READ = 0,
+        WRITE = 1,
+        OPEN = 2,
+        CLOSE = 3,
+        FSTAT = 5,
+        LSEEK = 8,
+        MMAP = 9,
+        MPROTECT = 10,
+        MUNMAP = 11,
+        BRK = 12,
+        RT_SIGACTION = 13,
+        RT_SIGPROCMASK = 14,
+        IOCTL = 16,
+        PREAD64 = 17,
+        PWRITE64 = 18,
+        MREMAP = 25,
+        MADVISE = 28,
+        GETPID = 39,
+        SOCKET = 41,
+        CONNECT = 42,
+        SENDTO = 44,
+        RECVFROM = 45,
+        SHUTDOWN = 48,
+        EXIT = 60,
+        UMASK = 95,
+        GETRLIMIT = 97,
+        GETPPID = 110,
+        GETPGID = 121,
+        GETSID = 124,
+        CAPSET = 126,
+        SIGALTSTACK = 131,
+        PRCTL = 157,
+        ARCH_PRCTL = 158,
+        FSYNC = 74,
+        FDATASYNC = 75,
+        GETTID = 186,
+        FUTEX = 202,
+        GETDENTS64 = 217,
+        SET_TID_ADDRESS = 218,
+        CLOCK_GETTIME = 228,
+        EXIT_GROUP = 231,
+        TGKILL = 234,
+        OPENAT = 257,
+        MKDIRAT = 258,
+        READLINKAT = 267,
+        PPOLL = 271,
+        SET_ROBUST_LIST = 273,
+        GET_ROBUST_LIST = 274,
+        PRLIMIT64 = 302,
+        GETCPU = 309,
+        RSEQ = 334,
+        CLONE3 = 435,
+        RT_SIGRETURN = 15,
+        GETITIMER = 36,
+        SETITIMER = 38,
+        CLOCK_NANOSLEEP = 230,
+        FCNTL = 72
+    );
 }
 
-/// `read(2)`. # Safety: `buf` valid for `len` bytes of writes.
+/// `read(2)`.
+///
+/// # Safety
+/// `buf` must be valid for `len` bytes of writes.
 #[inline]
 pub unsafe fn read(fd: i32, buf: *mut u8, len: usize) -> SysResult {
     // SAFETY: caller guarantees buf/len.
@@ -124,7 +183,17 @@ pub fn write_all(fd: i32, mut buf: &[u8]) -> Result<(), Errno> {
 /// `pwrite64(2)` of a slice.
 pub fn pwrite(fd: i32, buf: &[u8], off: u64) -> SysResult {
     // SAFETY: the slice is valid for reads of its length.
-    unsafe { syscall6(nr::PWRITE64, fd as usize, buf.as_ptr() as usize, buf.len(), off as usize, 0, 0) }
+    unsafe {
+        syscall6(
+            nr::PWRITE64,
+            fd as usize,
+            buf.as_ptr() as usize,
+            buf.len(),
+            off as usize,
+            0,
+            0,
+        )
+    }
 }
 
 /// `openat(AT_FDCWD, path, flags, mode)`; `path` must be NUL-terminated.
@@ -133,8 +202,18 @@ pub fn open(path: &[u8], flags: i32, mode: u32) -> Result<i32, Errno> {
         return Err(Errno(libc::EINVAL));
     }
     // SAFETY: path is a NUL-terminated byte string that outlives the call.
-    unsafe { syscall6(nr::OPENAT, libc::AT_FDCWD as usize, path.as_ptr() as usize, flags as usize, mode as usize, 0, 0) }
-        .map(|fd| fd as i32)
+    unsafe {
+        syscall6(
+            nr::OPENAT,
+            libc::AT_FDCWD as usize,
+            path.as_ptr() as usize,
+            flags as usize,
+            mode as usize,
+            0,
+            0,
+        )
+    }
+    .map(|fd| fd as i32)
 }
 
 /// `close(2)`.
@@ -156,7 +235,15 @@ pub fn readlink(path: &[u8], buf: &mut [u8]) -> SysResult {
     }
     // SAFETY: NUL-terminated path; buf valid for its length.
     unsafe {
-        syscall6(nr::READLINKAT, libc::AT_FDCWD as usize, path.as_ptr() as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0)
+        syscall6(
+            nr::READLINKAT,
+            libc::AT_FDCWD as usize,
+            path.as_ptr() as usize,
+            buf.as_mut_ptr() as usize,
+            buf.len(),
+            0,
+            0,
+        )
     }
 }
 
@@ -189,8 +276,15 @@ pub fn mmap_anon(len: usize) -> Result<*mut u8, Errno> {
     // SAFETY: a fresh anonymous mapping at a kernel-chosen address cannot
     // alias anything.
     unsafe {
-        syscall6(nr::MMAP, 0, len, (libc::PROT_READ | libc::PROT_WRITE) as usize,
-            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as usize, usize::MAX, 0)
+        syscall6(
+            nr::MMAP,
+            0,
+            len,
+            (libc::PROT_READ | libc::PROT_WRITE) as usize,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as usize,
+            usize::MAX,
+            0,
+        )
     }
     .map(|a| a as *mut u8)
 }
@@ -210,7 +304,18 @@ pub unsafe fn munmap(addr: usize, len: usize) -> Result<(), Errno> {
 /// No live reference may point into the old range.
 pub unsafe fn mremap_maymove(addr: usize, old: usize, new: usize) -> Result<*mut u8, Errno> {
     // SAFETY: forwarded.
-    unsafe { syscall6(nr::MREMAP, addr, old, new, libc::MREMAP_MAYMOVE as usize, 0, 0) }.map(|a| a as *mut u8)
+    unsafe {
+        syscall6(
+            nr::MREMAP,
+            addr,
+            old,
+            new,
+            libc::MREMAP_MAYMOVE as usize,
+            0,
+            0,
+        )
+    }
+    .map(|a| a as *mut u8)
 }
 
 /// `mprotect(2)`.
@@ -223,19 +328,33 @@ pub unsafe fn mprotect(addr: usize, len: usize, prot: i32) -> Result<(), Errno> 
 }
 
 /// `futex(FUTEX_WAIT_PRIVATE)` with an optional relative timeout in ns.
-pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32, timeout_ns: Option<u64>) -> Result<(), Errno> {
+pub fn futex_wait(
+    word: &core::sync::atomic::AtomicU32,
+    expected: u32,
+    timeout_ns: Option<u64>,
+) -> Result<(), Errno> {
     let ts;
     let tsp = match timeout_ns {
         Some(ns) => {
-            ts = libc::timespec { tv_sec: (ns / 1_000_000_000) as i64, tv_nsec: (ns % 1_000_000_000) as i64 };
+            ts = libc::timespec {
+                tv_sec: (ns / 1_000_000_000) as i64,
+                tv_nsec: (ns % 1_000_000_000) as i64,
+            };
             &ts as *const libc::timespec as usize
         }
         None => 0,
     };
     // SAFETY: the futex word is a live AtomicU32; ts lives across the call.
     unsafe {
-        syscall6(nr::FUTEX, word.as_ptr() as usize, (libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG) as usize,
-            expected as usize, tsp, 0, 0)
+        syscall6(
+            nr::FUTEX,
+            word.as_ptr() as usize,
+            (libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG) as usize,
+            expected as usize,
+            tsp,
+            0,
+            0,
+        )
     }
     .map(|_| ())
 }
@@ -244,16 +363,33 @@ pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32, timeout_n
 pub fn futex_wake_all(word: &core::sync::atomic::AtomicU32) {
     // SAFETY: the futex word is a live AtomicU32.
     let _ = unsafe {
-        syscall3(nr::FUTEX, word.as_ptr() as usize, (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as usize, i32::MAX as usize)
+        syscall3(
+            nr::FUTEX,
+            word.as_ptr() as usize,
+            (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as usize,
+            i32::MAX as usize,
+        )
     };
 }
 
 /// `clock_gettime(2)` as nanoseconds (raw syscall, not the vDSO).
 pub fn clock_ns(clock: i32) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid, writable timespec.
-    let _ = unsafe { syscall3(nr::CLOCK_GETTIME, clock as usize, &mut ts as *mut libc::timespec as usize, 0) };
-    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
+    let _ = unsafe {
+        syscall3(
+            nr::CLOCK_GETTIME,
+            clock as usize,
+            &mut ts as *mut libc::timespec as usize,
+            0,
+        )
+    };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
 }
 
 /// `rt_sigprocmask(2)` on a 64-bit mask; returns the old mask.
@@ -261,7 +397,15 @@ pub fn sigprocmask(how: i32, set: u64) -> Result<u64, Errno> {
     let mut old: u64 = 0;
     // SAFETY: set/old are valid 8-byte kernel sigsets.
     unsafe {
-        syscall6(nr::RT_SIGPROCMASK, how as usize, &set as *const u64 as usize, &mut old as *mut u64 as usize, 8, 0, 0)
+        syscall6(
+            nr::RT_SIGPROCMASK,
+            how as usize,
+            &set as *const u64 as usize,
+            &mut old as *mut u64 as usize,
+            8,
+            0,
+            0,
+        )
     }?;
     Ok(old)
 }
@@ -286,7 +430,15 @@ pub fn sigaction(sig: i32, new: Option<&KernelSigaction>) -> Result<KernelSigact
     let np = new.map_or(0, |n| n as *const KernelSigaction as usize);
     // SAFETY: np is null or a valid struct; old is writable.
     unsafe {
-        syscall6(nr::RT_SIGACTION, sig as usize, np, &mut old as *mut KernelSigaction as usize, 8, 0, 0)
+        syscall6(
+            nr::RT_SIGACTION,
+            sig as usize,
+            np,
+            &mut old as *mut KernelSigaction as usize,
+            8,
+            0,
+            0,
+        )
     }?;
     Ok(old)
 }
@@ -321,7 +473,12 @@ pub fn get_robust_list() -> (u64, u64) {
     let mut len: u64 = 0;
     // SAFETY: both out-pointers are valid.
     let _ = unsafe {
-        syscall3(nr::GET_ROBUST_LIST, 0, &mut head as *mut u64 as usize, &mut len as *mut u64 as usize)
+        syscall3(
+            nr::GET_ROBUST_LIST,
+            0,
+            &mut head as *mut u64 as usize,
+            &mut len as *mut u64 as usize,
+        )
     };
     (head, len)
 }
@@ -330,7 +487,18 @@ pub fn get_robust_list() -> (u64, u64) {
 pub fn getrlimit(res: u32) -> Option<(u64, u64)> {
     let mut lim = [0u64; 2];
     // SAFETY: lim is a writable rlimit64.
-    unsafe { syscall6(nr::PRLIMIT64, 0, res as usize, 0, lim.as_mut_ptr() as usize, 0, 0) }.ok()?;
+    unsafe {
+        syscall6(
+            nr::PRLIMIT64,
+            0,
+            res as usize,
+            0,
+            lim.as_mut_ptr() as usize,
+            0,
+            0,
+        )
+    }
+    .ok()?;
     Some((lim[0], lim[1]))
 }
 
@@ -343,7 +511,14 @@ pub fn current_brk() -> u64 {
 /// `getdents64(2)` into `buf`.
 pub fn getdents64(fd: i32, buf: &mut [u8]) -> SysResult {
     // SAFETY: buf valid for its length.
-    unsafe { syscall3(nr::GETDENTS64, fd as usize, buf.as_mut_ptr() as usize, buf.len()) }
+    unsafe {
+        syscall3(
+            nr::GETDENTS64,
+            fd as usize,
+            buf.as_mut_ptr() as usize,
+            buf.len(),
+        )
+    }
 }
 
 /// `ioctl(2)` with a pointer argument.
@@ -372,7 +547,10 @@ pub fn getitimer(which: i32) -> (u64, u64) {
     let mut v = [0i64; 4];
     // SAFETY: v is a writable struct itimerval (4 longs).
     let _ = unsafe { syscall3(nr::GETITIMER, which as usize, v.as_mut_ptr() as usize, 0) };
-    ((v[0] as u64) * 1_000_000 + v[1] as u64, (v[2] as u64) * 1_000_000 + v[3] as u64)
+    (
+        (v[0] as u64) * 1_000_000 + v[1] as u64,
+        (v[2] as u64) * 1_000_000 + v[3] as u64,
+    )
 }
 
 /// `exit_group(2)`.

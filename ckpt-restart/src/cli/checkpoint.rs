@@ -9,7 +9,11 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
     let sock = dir.socket_path();
     if !sock.exists() {
         return Err(Failure {
-            msg: format!("nothing is running under {} (no coordinator socket); start the program with `ckpt launch --dir {}`", dir.path().display(), dir.path().display()),
+            msg: format!(
+                "nothing is running under {} (no coordinator socket); start the program with `ckpt launch --dir {}`",
+                dir.path().display(),
+                dir.path().display()
+            ),
             code: 1,
         });
     }
@@ -31,7 +35,10 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
         );
         return Ok(0);
     }
-    Err(Failure { msg: reply.strip_prefix("ERR ").unwrap_or(&reply).to_string(), code: 1 })
+    Err(Failure {
+        msg: reply.strip_prefix("ERR ").unwrap_or(&reply).to_string(),
+        code: 1,
+    })
 }
 
 /// Bytes in a human unit.
@@ -43,5 +50,9 @@ pub fn human_bytes(b: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{b} B") } else { format!("{v:.1} {}", U[i]) }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
 }

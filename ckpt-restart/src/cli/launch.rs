@@ -21,21 +21,35 @@ pub fn find_lib() -> Result<PathBuf, Failure> {
             return Ok(c.canonicalize().unwrap_or(c));
         }
     }
-    Err(Failure { msg: format!("libckpt.so not found beside {} or in ../lib/ckpt; set CKPT_LIB", exe.display()), code: 1 })
+    Err(Failure {
+        msg: format!(
+            "libckpt.so not found beside {} or in ../lib/ckpt; set CKPT_LIB",
+            exe.display()
+        ),
+        code: 1,
+    })
 }
 
 /// Claim the coordinator socket of `dir`: refuse if a job is already running there.
-pub fn claim_socket(dir: &CheckpointDir, allow_alternate: bool) -> Result<(PathBuf, std::os::fd::OwnedFd), Failure> {
+pub fn claim_socket(
+    dir: &CheckpointDir,
+    allow_alternate: bool,
+) -> Result<(PathBuf, std::os::fd::OwnedFd), Failure> {
     let mut path = dir.socket_path();
     if sock::is_live(&path) {
         if !allow_alternate {
             return Err(Failure {
-                msg: format!("a job is already running under {} (its coordinator answers at {}); use another --dir", dir.path().display(), path.display()),
+                msg: format!(
+                    "a job is already running under {} (its coordinator answers at {}); use another --dir",
+                    dir.path().display(),
+                    path.display()
+                ),
                 code: 1,
             });
         }
         // SAFETY: getpid has no preconditions.
-        let alt = dir.path().join(format!("ckpt-{}.sock", unsafe { libc::getpid() }));
+        let me = unsafe { libc::getpid() };
+        let alt = dir.path().join(format!("ckpt-{me}.sock"));
         eprintln!(
             "ckpt: another copy of this job is running under {}; this one listens at {} (`ckpt checkpoint --dir` reaches the first)",
             dir.path().display(),
@@ -67,7 +81,10 @@ pub fn start_interval(c: &std::sync::Arc<Coordinator>, secs: u64) {
 /// Run the subcommand.
 pub fn run(o: &Opts) -> Result<i32, Failure> {
     if o.command.is_empty() {
-        return Err(Failure { msg: "missing the command to run: ckpt launch --dir DIR -- COMMAND [ARGS...]".into(), code: 2 });
+        return Err(Failure {
+            msg: "missing the command to run: ckpt launch --dir DIR -- COMMAND [ARGS...]".into(),
+            code: 2,
+        });
     }
     let dir = CheckpointDir::create(&need_dir(o)?)?;
     let lib = find_lib()?;
@@ -75,7 +92,12 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
     let argv: Vec<CString> = o
         .command
         .iter()
-        .map(|a| CString::new(a.as_bytes()).map_err(|_| Failure { msg: format!("argument {a:?} contains a NUL byte"), code: 2 }))
+        .map(|a| {
+            CString::new(a.as_bytes()).map_err(|_| Failure {
+                msg: format!("argument {a:?} contains a NUL byte"),
+                code: 2,
+            })
+        })
         .collect::<Result<_, _>>()?;
     let preload = match std::env::var("LD_PRELOAD") {
         Ok(old) if !old.is_empty() => format!("{}:{old}", lib.display()),
@@ -83,7 +105,10 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
     };
 
     let set = ns::block_signals();
-    match ns::fork_into_namespaces().map_err(|e| Failure { msg: e.to_string(), code: 1 })? {
+    match ns::fork_into_namespaces().map_err(|e| Failure {
+        msg: e.to_string(),
+        code: 1,
+    })? {
         None => {
             // The init (pid 1 of the job).
             drop(listener);
@@ -106,7 +131,11 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
                 unsafe { libc::execvp(ptrs[0], ptrs.as_ptr()) };
                 let e = std::io::Error::last_os_error();
                 eprintln!("ckpt: cannot run {}: {e}", o.command[0]);
-                ckpt::signal_safe::raw::exit_group(if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 });
+                ckpt::signal_safe::raw::exit_group(if e.kind() == std::io::ErrorKind::NotFound {
+                    127
+                } else {
+                    126
+                });
             }
             let code = ns::supervise(&set, child, child, |_| false);
             ckpt::signal_safe::raw::exit_group(code)

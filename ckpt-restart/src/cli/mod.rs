@@ -18,7 +18,10 @@ pub struct Failure {
 
 impl<T: std::fmt::Display> From<T> for Failure {
     fn from(e: T) -> Self {
-        Failure { msg: e.to_string(), code: 1 }
+        Failure {
+            msg: e.to_string(),
+            code: 1,
+        }
     }
 }
 
@@ -39,7 +42,11 @@ pub struct Opts {
 
 /// Parse an interval: `N`, `Ns`, `Nm`, `Nh`.
 pub fn parse_interval(s: &str) -> Result<u64, String> {
-    let bad = || format!("--interval={s}: expected seconds, or a number with s, m or h (e.g. 90, 30s, 5m, 2h)");
+    let bad = || {
+        format!(
+            "--interval={s}: expected seconds, or a number with s, m or h (e.g. 90, 30s, 5m, 2h)"
+        )
+    };
     let (num, mult) = match s.chars().last() {
         Some('s') => (&s[..s.len() - 1], 1),
         Some('m') => (&s[..s.len() - 1], 60),
@@ -50,12 +57,18 @@ pub fn parse_interval(s: &str) -> Result<u64, String> {
     if num.is_empty() || !num.bytes().all(|c| c.is_ascii_digit()) {
         return Err(bad());
     }
-    num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(bad)
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(bad)
 }
 
 /// Parse the options after the subcommand name.
 pub fn parse(args: &[String], want_command: bool) -> Result<Opts, String> {
-    let mut o = Opts { keep: ckpt::image::generation::DEFAULT_KEEP, ..Opts::default() };
+    let mut o = Opts {
+        keep: ckpt::image::generation::DEFAULT_KEEP,
+        ..Opts::default()
+    };
     let mut i = 0;
     while i < args.len() {
         let a = &args[i];
@@ -68,14 +81,18 @@ pub fn parse(args: &[String], want_command: bool) -> Result<Opts, String> {
                 return Ok(v);
             }
             i += 1;
-            args.get(i).cloned().ok_or_else(|| format!("{name} needs a value"))
+            args.get(i)
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
         };
         match key.as_str() {
             "--dir" | "-d" => o.dir = Some(PathBuf::from(value("--dir")?)),
             "--interval" | "-i" => o.interval = parse_interval(&value("--interval")?)?,
             "--keep" => {
                 let v = value("--keep")?;
-                o.keep = v.parse().ok().filter(|k| *k >= 1).ok_or(format!("--keep={v}: expected a number of generations, at least 1"))?;
+                o.keep = v.parse().ok().filter(|k| *k >= 1).ok_or(format!(
+                    "--keep={v}: expected a number of generations, at least 1"
+                ))?;
             }
             "--no-verify" => o.no_verify = true,
             "--" if want_command => {
@@ -90,17 +107,20 @@ pub fn parse(args: &[String], want_command: bool) -> Result<Opts, String> {
         }
         i += 1;
     }
-    if o.dir.is_none() {
-        if let Some(d) = std::env::var_os("CKPT_DIR") {
-            o.dir = Some(PathBuf::from(d));
-        }
+    if o.dir.is_none()
+        && let Some(d) = std::env::var_os("CKPT_DIR")
+    {
+        o.dir = Some(PathBuf::from(d));
     }
     Ok(o)
 }
 
 /// The directory option or a clear error.
 pub fn need_dir(o: &Opts) -> Result<PathBuf, Failure> {
-    o.dir.clone().ok_or(Failure { msg: "missing --dir DIR (the checkpoint directory)".into(), code: 2 })
+    o.dir.clone().ok_or(Failure {
+        msg: "missing --dir DIR (the checkpoint directory)".into(),
+        code: 2,
+    })
 }
 
 #[cfg(test)]
@@ -121,7 +141,10 @@ mod tests {
 
     #[test]
     fn options() {
-        let v: Vec<String> = ["--dir", "/x", "--interval=5m", "--", "prog", "--dir"].iter().map(|s| s.to_string()).collect();
+        let v: Vec<String> = ["--dir", "/x", "--interval=5m", "--", "prog", "--dir"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let o = parse(&v, true).unwrap();
         assert_eq!(o.dir, Some(PathBuf::from("/x")));
         assert_eq!(o.interval, 300);

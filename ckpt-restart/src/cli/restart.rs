@@ -14,7 +14,10 @@ fn check_host(m: &ProcessManifest) -> Result<(), String> {
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
     if m.uid != uid {
-        return Err(format!("the image belongs to uid {}, not to you (uid {uid}); refusing to restore another user's program", m.uid));
+        return Err(format!(
+            "the image belongs to uid {}, not to you (uid {uid}); refusing to restore another user's program",
+            m.uid
+        ));
     }
     let vdso = current_vdso_crc();
     if m.vdso.vdso != 0 && vdso != Some(m.vdso.crc) {
@@ -50,7 +53,10 @@ fn candidates(dir: &CheckpointDir) -> Result<Vec<LoadedGeneration>, Failure> {
     let mut ok = Vec::new();
     let mut reasons = Vec::new();
     for (path, r) in dir.candidates()? {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         match r.map_err(|e| e.to_string()).and_then(|g| {
             for p in &g.processes {
                 check_host(p)?;
@@ -69,14 +75,21 @@ fn candidates(dir: &CheckpointDir) -> Result<Vec<LoadedGeneration>, Failure> {
     if ok.is_empty() {
         let mut msg = format!("no restorable checkpoint in {}", dir.path().display());
         if reasons.is_empty() {
-            msg.push_str(" (it holds no complete generation; was the job ever checkpointed there?)");
+            msg.push_str(
+                " (it holds no complete generation; was the job ever checkpointed there?)",
+            );
         }
         return Err(Failure { msg, code: 1 });
     }
     Ok(ok)
 }
 
-fn init_main(gens: &[LoadedGeneration], socket: &std::path::Path, set: &libc::sigset_t, verify: bool) -> ! {
+fn init_main(
+    gens: &[LoadedGeneration],
+    socket: &std::path::Path,
+    set: &libc::sigset_t,
+    verify: bool,
+) -> ! {
     if let Err(e) = ns::setup_mounts() {
         eprintln!("ckpt: {e}");
         ckpt::signal_safe::raw::exit_group(1);
@@ -90,13 +103,22 @@ fn init_main(gens: &[LoadedGeneration], socket: &std::path::Path, set: &libc::si
             let code = ns::supervise(set, main, main, |_| false);
             ckpt::signal_safe::raw::exit_group(code);
         }
-        let name = g.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = g
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         match gens.get(i + 1) {
             Some(next) => eprintln!(
                 "ckpt: restoring {name} failed; falling back to the previous checkpoint {}",
-                next.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+                next.path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
             ),
-            None => eprintln!("ckpt: restoring {name} failed and there is no older checkpoint to fall back to"),
+            None => eprintln!(
+                "ckpt: restoring {name} failed and there is no older checkpoint to fall back to"
+            ),
         }
     }
     ckpt::signal_safe::raw::exit_group(1)
@@ -109,7 +131,10 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
     let (sock_path, listener): (PathBuf, _) = super::launch::claim_socket(&dir, true)?;
     let command = gens[0].record.command.clone();
     let set = ns::block_signals();
-    match ns::fork_into_namespaces().map_err(|e| Failure { msg: e.to_string(), code: 1 })? {
+    match ns::fork_into_namespaces().map_err(|e| Failure {
+        msg: e.to_string(),
+        code: 1,
+    })? {
         None => {
             drop(listener);
             init_main(&gens, &sock_path, &set, !o.no_verify)

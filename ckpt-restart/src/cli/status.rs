@@ -8,14 +8,29 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
     let dir = CheckpointDir::open(&need_dir(o)?)?;
     let gens = dir.list()?;
     let running = crate::sock::is_live(&dir.socket_path());
-    println!("{}: {}", dir.path().display(), if running { "a job is running" } else { "no job running" });
+    println!(
+        "{}: {}",
+        dir.path().display(),
+        if running {
+            "a job is running"
+        } else {
+            "no job running"
+        }
+    );
     if gens.is_empty() {
         println!("no checkpoints");
         return Ok(0);
     }
-    println!("{:<12} {:<20} {:>10} {:>10}  {:<10} command", "generation", "time (UTC)", "size", "pause", "state");
+    println!(
+        "{:<12} {:<20} {:>10} {:>10}  {:<10} command",
+        "generation", "time (UTC)", "size", "pause", "state"
+    );
     for g in gens {
-        let name = g.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = g
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         match &g.record {
             Some(r) => println!(
                 "{:<12} {:<20} {:>10} {:>8.1}ms  {:<10} {}",
@@ -26,7 +41,10 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
                 g.state,
                 r.command.join(" ")
             ),
-            None => println!("{:<12} {:<20} {:>10} {:>10}  {}", name, "-", "-", "-", g.state),
+            None => println!(
+                "{:<12} {:<20} {:>10} {:>10}  {}",
+                name, "-", "-", "-", g.state
+            ),
         }
     }
     Ok(0)
@@ -46,7 +64,12 @@ fn utc(t: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        s / 3600,
+        s % 3600 / 60,
+        s % 60
+    )
 }
 
 #[cfg(test)]
@@ -54,6 +77,6 @@ mod tests {
     #[test]
     fn utc_dates() {
         assert_eq!(super::utc(0), "1970-01-01 00:00:00");
-        assert_eq!(super::utc(1_795_000_000), "2026-11-18 09:46:40");
+        assert_eq!(super::utc(1_795_000_000), "2026-11-18 11:06:40");
     }
 }

@@ -103,7 +103,10 @@ unsafe extern "C" {
 /// The stage 2 code: (start address, length, entry offset).
 pub fn code() -> (usize, usize, usize) {
     // Only the addresses of the linker-defined section bounds are taken.
-    let (s, e) = (core::ptr::addr_of!(__start_ckpt_rst) as usize, core::ptr::addr_of!(__stop_ckpt_rst) as usize);
+    let (s, e) = (
+        core::ptr::addr_of!(__start_ckpt_rst) as usize,
+        core::ptr::addr_of!(__stop_ckpt_rst) as usize,
+    );
     let entry = ckpt_rst_entry as *const () as usize;
     (s, e - s, entry - s)
 }
@@ -111,7 +114,10 @@ pub fn code() -> (usize, usize, usize) {
 /// Mappings of the current process, as (start, end, name).
 pub fn own_maps() -> std::io::Result<Vec<(u64, u64, Vec<u8>)>> {
     let text = std::fs::read("/proc/self/maps")?;
-    Ok(procfs::lines(&text).filter_map(procfs::parse_maps_line).map(|m| (m.start, m.end, m.path.to_vec())).collect())
+    Ok(procfs::lines(&text)
+        .filter_map(procfs::parse_maps_line)
+        .map(|m| (m.start, m.end, m.path.to_vec()))
+        .collect())
 }
 
 fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
@@ -120,7 +126,11 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
 
 /// Choose an address for a `len`-byte restorer mapping that overlaps neither
 /// a saved region, the saved vDSO block, nor anything mapped now.
-pub fn choose_address(m: &ProcessManifest, current: &[(u64, u64, Vec<u8>)], len: u64) -> Option<u64> {
+pub fn choose_address(
+    m: &ProcessManifest,
+    current: &[(u64, u64, Vec<u8>)],
+    len: u64,
+) -> Option<u64> {
     let mut busy: Vec<(u64, u64)> = m.regions.iter().map(|r| (r.start, r.end)).collect();
     if m.vdso.vvar != 0 {
         busy.push((m.vdso.vvar, m.vdso.vvar + 64 * 1024));
@@ -128,5 +138,7 @@ pub fn choose_address(m: &ProcessManifest, current: &[(u64, u64, Vec<u8>)], len:
     busy.extend(current.iter().map(|c| (c.0, c.1)));
     // Candidates spread over the user address space, away from the usual
     // places of executables (0x55..), libraries (0x7f..) and stacks (0x7ffc..).
-    (1u64..120).map(|i| i << 40).find(|&a| !busy.iter().any(|&b| overlaps((a, a + len), b)))
+    (1u64..120)
+        .map(|i| i << 40)
+        .find(|&a| !busy.iter().any(|&b| overlaps((a, a + len), b)))
 }

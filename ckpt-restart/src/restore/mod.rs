@@ -4,5 +4,5 @@
 pub mod blob;
 pub mod names;
 pub mod shared;
-pub mod tree;
 pub mod stage1;
+pub mod tree;

@@ -3,7 +3,15 @@
 
 /// The original bytes of a manifest path.
 pub fn name_bytes(s: &str) -> Vec<u8> {
-    s.chars().map(|c| if (c as u32) < 256 { c as u32 as u8 } else { b'?' }).collect()
+    s.chars()
+        .map(|c| {
+            if (c as u32) < 256 {
+                c as u32 as u8
+            } else {
+                b'?'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -37,26 +37,47 @@ fn dup_at_least(fd: i32, min: i32) -> Result<i32, String> {
     let r = unsafe { libc::fcntl(fd, libc::F_DUPFD, min) };
     // SAFETY: the original is ours.
     unsafe { libc::close(fd) };
-    if r < 0 { Err(format!("cannot duplicate a descriptor: {}", std::io::Error::last_os_error())) } else { Ok(r) }
+    if r < 0 {
+        Err(format!(
+            "cannot duplicate a descriptor: {}",
+            std::io::Error::last_os_error()
+        ))
+    } else {
+        Ok(r)
+    }
 }
 
 fn open_path(path: &[u8], flags: i32) -> Result<i32, String> {
     let c = std::ffi::CString::new(path.to_vec()).map_err(|_| "path with NUL".to_string())?;
     // SAFETY: valid C string.
     let fd = unsafe { libc::open(c.as_ptr(), flags, 0o600) };
-    if fd < 0 { Err(std::io::Error::last_os_error().to_string()) } else { Ok(fd) }
+    if fd < 0 {
+        Err(std::io::Error::last_os_error().to_string())
+    } else {
+        Ok(fd)
+    }
 }
 
 /// Flags worth reapplying when reopening (never O_CREAT/O_TRUNC/O_EXCL).
 pub fn reopen_flags(saved: u32) -> i32 {
-    let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC
-        | libc::O_NOATIME | libc::O_LARGEFILE;
+    let keep = libc::O_ACCMODE
+        | libc::O_APPEND
+        | libc::O_NONBLOCK
+        | libc::O_DIRECT
+        | libc::O_SYNC
+        | libc::O_DSYNC
+        | libc::O_NOATIME
+        | libc::O_LARGEFILE;
     (saved as i32) & keep
 }
 
 /// Create every shared object of generation `g`, at descriptors >= `lo`.
 pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
-    let mut s = Shared { lo, hi: lo, ..Shared::default() };
+    let mut s = Shared {
+        lo,
+        hi: lo,
+        ..Shared::default()
+    };
     let next = |s: &mut Shared, fd: i32| -> Result<i32, String> {
         let r = dup_at_least(fd, s.hi)?;
         s.hi = s.hi.max(r + 1);
@@ -64,15 +85,26 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
     };
     // Shared open file descriptions (files, dirs, devices).
     for group in &g.record.shared_fds {
-        let Some(&[pid, fd]) = group.first() else { continue };
-        let Some(m) = g.processes.iter().find(|m| m.pid == pid) else { continue };
-        let Some(f) = m.fds.iter().find(|f| f.fd == fd) else { continue };
+        let Some(&[pid, fd]) = group.first() else {
+            continue;
+        };
+        let Some(m) = g.processes.iter().find(|m| m.pid == pid) else {
+            continue;
+        };
+        let Some(f) = m.fds.iter().find(|f| f.fd == fd) else {
+            continue;
+        };
         if !matches!(f.kind, FdKind::File | FdKind::Dir | FdKind::Device) {
             continue;
         }
         let path = name_bytes(&f.path);
-        let flags = if f.kind == FdKind::Dir { libc::O_RDONLY | libc::O_DIRECTORY } else { reopen_flags(f.flags) };
-        let o = open_path(&path, flags).map_err(|e| format!("cannot reopen {} (fd {fd} of process {pid}): {e}", f.path))?;
+        let flags = if f.kind == FdKind::Dir {
+            libc::O_RDONLY | libc::O_DIRECTORY
+        } else {
+            reopen_flags(f.flags)
+        };
+        let o = open_path(&path, flags)
+            .map_err(|e| format!("cannot reopen {} (fd {fd} of process {pid}): {e}", f.path))?;
         if f.kind == FdKind::File {
             // SAFETY: lseek on our descriptor.
             unsafe { libc::lseek(o, f.pos as i64, libc::SEEK_SET) };
@@ -87,7 +119,9 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
     for m in &g.processes {
         for f in m.fds.iter().filter(|f| f.kind == FdKind::Pipe) {
             if let Some(d) = f.pipe_data {
-                seen_data.entry(f.inode).or_insert((g.path.join(&m.image.file), d));
+                seen_data
+                    .entry(f.inode)
+                    .or_insert((g.path.join(&m.image.file), d));
             }
             if s.pipes.contains_key(&f.inode) {
                 continue;
@@ -95,7 +129,10 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
             let mut p = [0i32; 2];
             // SAFETY: p is a valid array.
             if unsafe { libc::pipe(p.as_mut_ptr()) } != 0 {
-                return Err(format!("cannot create a pipe: {}", std::io::Error::last_os_error()));
+                return Err(format!(
+                    "cannot create a pipe: {}",
+                    std::io::Error::last_os_error()
+                ));
             }
             let r = next(&mut s, p[0])?;
             let w = next(&mut s, p[1])?;
@@ -103,10 +140,13 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
         }
     }
     for (ino, (img, [off, len])) in &seen_data {
-        let Some(&(_, w)) = s.pipes.get(ino) else { continue };
+        let Some(&(_, w)) = s.pipes.get(ino) else {
+            continue;
+        };
         let file = std::fs::File::open(img).map_err(|e| format!("{}: {e}", img.display()))?;
         let mut buf = vec![0u8; *len as usize];
-        file.read_exact_at(&mut buf, *off).map_err(|e| format!("{}: reading buffered pipe data: {e}", img.display()))?;
+        file.read_exact_at(&mut buf, *off)
+            .map_err(|e| format!("{}: reading buffered pipe data: {e}", img.display()))?;
         // SAFETY: F_SETPIPE_SZ takes an int; a failure only limits how much fits.
         unsafe { libc::fcntl(w, libc::F_SETPIPE_SZ, (*len as i32).max(65536)) };
         let mut done = 0usize;
@@ -122,7 +162,11 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
     // Shared anonymous memory.
     let mut sizes: HashMap<u64, u64> = HashMap::new();
     for m in &g.processes {
-        for r in m.regions.iter().filter(|r| r.kind == RegionKind::SharedAnon) {
+        for r in m
+            .regions
+            .iter()
+            .filter(|r| r.kind == RegionKind::SharedAnon)
+        {
             let e = sizes.entry(r.inode).or_insert(0);
             *e = (*e).max(r.offset + (r.end - r.start));
         }
@@ -136,7 +180,10 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
         }
         // SAFETY: sizing our memfd.
         if unsafe { libc::ftruncate(fd, *size as i64) } != 0 {
-            return Err(format!("cannot size shared memory: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "cannot size shared memory: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         let fd = next(&mut s, fd)?;
         s.memfds.insert(*ino, fd);
@@ -144,24 +191,42 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
     for m in &g.processes {
         let img = g.path.join(&m.image.file);
         let file = std::fs::File::open(&img).map_err(|e| format!("{}: {e}", img.display()))?;
-        for r in m.regions.iter().filter(|r| r.kind == RegionKind::SharedAnon && !r.runs.is_empty()) {
-            let Some(&fd) = s.memfds.get(&r.inode) else { continue };
+        for r in m
+            .regions
+            .iter()
+            .filter(|r| r.kind == RegionKind::SharedAnon && !r.runs.is_empty())
+        {
+            let Some(&fd) = s.memfds.get(&r.inode) else {
+                continue;
+            };
             let mut off = r.data_offset;
             let mut crc = ckpt::image::checksum::Crc32c::new();
             for run in &r.runs {
                 let len = (run[1] * 4096) as usize;
                 let mut buf = vec![0u8; len];
-                file.read_exact_at(&mut buf, off).map_err(|e| format!("{}: {e}", img.display()))?;
+                file.read_exact_at(&mut buf, off)
+                    .map_err(|e| format!("{}: {e}", img.display()))?;
                 crc.update(&buf);
                 // SAFETY: pwrite from our buffer into our memfd.
-                let n = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), len, (r.offset + run[0] * 4096) as i64) };
+                let n = unsafe {
+                    libc::pwrite(
+                        fd,
+                        buf.as_ptr().cast(),
+                        len,
+                        (r.offset + run[0] * 4096) as i64,
+                    )
+                };
                 if n != len as isize {
                     return Err("cannot fill shared memory".into());
                 }
                 off += len as u64;
             }
             if crc.finish() != r.crc {
-                return Err(format!("{}: corrupt image: shared memory at {:#x} fails its checksum", img.display(), r.start));
+                return Err(format!(
+                    "{}: corrupt image: shared memory at {:#x} fails its checksum",
+                    img.display(),
+                    r.start
+                ));
             }
         }
     }

@@ -51,17 +51,29 @@ fn cstr(p: &[u8]) -> CString {
 }
 
 fn dup_above(fd: i32, min: i32, cloexec: bool) -> std::io::Result<i32> {
-    let cmd = if cloexec { libc::F_DUPFD_CLOEXEC } else { libc::F_DUPFD };
+    let cmd = if cloexec {
+        libc::F_DUPFD_CLOEXEC
+    } else {
+        libc::F_DUPFD
+    };
     // SAFETY: fcntl dup of an fd we own.
     let r = unsafe { libc::fcntl(fd, cmd, min) };
-    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r) }
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
 }
 
 fn open_at(path: &[u8], flags: i32) -> std::io::Result<i32> {
     let c = cstr(path);
     // SAFETY: c is a valid C string.
     let fd = unsafe { libc::open(c.as_ptr(), flags, 0o600) };
-    if fd < 0 { Err(std::io::Error::last_os_error()) } else { Ok(fd) }
+    if fd < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(fd)
+    }
 }
 
 fn place(fd: i32, target: i32) -> std::io::Result<()> {
@@ -78,7 +90,10 @@ fn place(fd: i32, target: i32) -> std::io::Result<()> {
 
 fn open_fds() -> Vec<i32> {
     let mut v: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-        .map(|rd| rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort_unstable();
     v
@@ -96,7 +111,10 @@ enum Source {
 
 fn external_std(s: &Stage1<'_>, f: &Fd) -> Option<i32> {
     // Another descriptor of the same open file description at 0..2 in any process.
-    let group = s.shared_fds.iter().find(|g| g.iter().any(|pf| pf[0] == s.m.pid && pf[1] == f.fd))?;
+    let group = s
+        .shared_fds
+        .iter()
+        .find(|g| g.iter().any(|pf| pf[0] == s.m.pid && pf[1] == f.fd))?;
     group.iter().map(|pf| pf[1]).filter(|&fd| fd <= 2).min()
 }
 
@@ -107,7 +125,11 @@ fn source(s: &Stage1<'_>, f: &Fd) -> Source {
     match f.kind {
         FdKind::Pipe => {
             if let Some(&(r, w)) = s.shared.pipes.get(&f.inode) {
-                return Source::Dup(if (f.flags as i32) & libc::O_ACCMODE == libc::O_WRONLY { w } else { r });
+                return Source::Dup(if (f.flags as i32) & libc::O_ACCMODE == libc::O_WRONLY {
+                    w
+                } else {
+                    r
+                });
             }
             // The other end is outside the job: stdio of the restart command.
             if f.fd <= 2 {
@@ -123,7 +145,11 @@ fn source(s: &Stage1<'_>, f: &Fd) -> Source {
 
 fn restore_fds(s: &Stage1<'_>, keep_above: i32) -> Result<(), String> {
     let fds = &s.m.fds;
-    let keep_std: Vec<i32> = fds.iter().filter(|f| f.fd <= 2 && matches!(source(s, f), Source::Keep)).map(|f| f.fd).collect();
+    let keep_std: Vec<i32> = fds
+        .iter()
+        .filter(|f| f.fd <= 2 && matches!(source(s, f), Source::Keep))
+        .map(|f| f.fd)
+        .collect();
     for fd in open_fds() {
         if fd >= s.shared.lo || keep_std.contains(&fd) {
             continue;
@@ -148,7 +174,10 @@ fn restore_fds(s: &Stage1<'_>, keep_above: i32) -> Result<(), String> {
             Source::Open => match f.kind {
                 FdKind::File => {
                     if path.ends_with(b" (deleted)") {
-                        return Err(format!("fd {} refers to a file that was deleted before the checkpoint ({}); deleted open files are not supported yet", f.fd, f.path));
+                        return Err(format!(
+                            "fd {} refers to a file that was deleted before the checkpoint ({}); deleted open files are not supported yet",
+                            f.fd, f.path
+                        ));
                     }
                     let fd = open_at(&path, reopen_flags(f.flags) | libc::O_CLOEXEC)
                         .map_err(|e| format!("fd {}: cannot reopen {}: {e} (the file must still exist for the program to continue)", f.fd, f.path))?;
@@ -165,12 +194,17 @@ fn restore_fds(s: &Stage1<'_>, keep_above: i32) -> Result<(), String> {
                 FdKind::Tty => open_at(b"/dev/tty", reopen_flags(f.flags) | libc::O_CLOEXEC)
                     .or_else(|_| open_at(b"/dev/null", libc::O_RDWR | libc::O_CLOEXEC))
                     .map_err(|e| format!("fd {}: cannot open a terminal: {e}", f.fd))?,
-                FdKind::Pipe => open_at(b"/dev/null", libc::O_RDWR | libc::O_CLOEXEC).map_err(|e| format!("fd {}: {e}", f.fd))?,
+                FdKind::Pipe => open_at(b"/dev/null", libc::O_RDWR | libc::O_CLOEXEC)
+                    .map_err(|e| format!("fd {}: {e}", f.fd))?,
                 FdKind::Socket | FdKind::Other => {
                     return Err(format!(
                         "fd {} is {} ({}); this kind of file descriptor is not supported yet",
                         f.fd,
-                        if f.kind == FdKind::Socket { "a socket" } else { "a kernel object" },
+                        if f.kind == FdKind::Socket {
+                            "a socket"
+                        } else {
+                            "a kernel object"
+                        },
                         f.path
                     ));
                 }
@@ -178,10 +212,19 @@ fn restore_fds(s: &Stage1<'_>, keep_above: i32) -> Result<(), String> {
         };
         place(newfd, f.fd).map_err(|e| format!("fd {}: {e}", f.fd))?;
         // SAFETY: setting FD flags on our fd.
-        unsafe { libc::fcntl(f.fd, libc::F_SETFD, if f.cloexec { libc::FD_CLOEXEC } else { 0 }) };
+        unsafe {
+            libc::fcntl(
+                f.fd,
+                libc::F_SETFD,
+                if f.cloexec { libc::FD_CLOEXEC } else { 0 },
+            )
+        };
     }
     // Terminal settings.
-    for f in fds.iter().filter(|f| f.kind == FdKind::Tty && f.termios.len() == 15) {
+    for f in fds
+        .iter()
+        .filter(|f| f.kind == FdKind::Tty && f.termios.len() == 15)
+    {
         let words: Vec<u32> = f.termios.clone();
         // SAFETY: isatty/ioctl on our fd; TCSETS reads a 60-byte struct termios.
         unsafe {
@@ -197,30 +240,57 @@ fn restore_misc(m: &ProcessManifest) -> Result<(), String> {
     let cwd = cstr(&name_bytes(&m.cwd));
     // SAFETY: valid C string.
     if unsafe { libc::chdir(cwd.as_ptr()) } != 0 {
-        return Err(format!("cannot change to the working directory {}: {}", m.cwd, std::io::Error::last_os_error()));
+        return Err(format!(
+            "cannot change to the working directory {}: {}",
+            m.cwd,
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(m.umask as libc::mode_t) };
     for r in &m.rlimits {
         let (res, cur, max) = (r[0] as u32, r[1], r[2]);
-        let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut now = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         // SAFETY: valid out-pointer.
         if unsafe { libc::getrlimit(res as _, &mut now) } != 0 {
             continue;
         }
         let max = max.min(now.rlim_max);
-        let lim = libc::rlimit { rlim_cur: cur.min(max), rlim_max: max };
+        let lim = libc::rlimit {
+            rlim_cur: cur.min(max),
+            rlim_max: max,
+        };
         // SAFETY: valid rlimit.
         unsafe { libc::setrlimit(res as _, &lim) };
     }
     for a in &m.sigactions {
-        let k = raw::KernelSigaction { handler: a.handler, flags: a.flags, restorer: a.restorer, mask: a.mask };
-        raw::sigaction(a.sig, Some(&k)).map_err(|e| format!("cannot restore the handler of signal {}: errno {}", a.sig, e.raw()))?;
+        let k = raw::KernelSigaction {
+            handler: a.handler,
+            flags: a.flags,
+            restorer: a.restorer,
+            mask: a.mask,
+        };
+        raw::sigaction(a.sig, Some(&k)).map_err(|e| {
+            format!(
+                "cannot restore the handler of signal {}: errno {}",
+                a.sig,
+                e.raw()
+            )
+        })?;
     }
     for t in &m.itimers {
         let v = libc::itimerval {
-            it_interval: libc::timeval { tv_sec: (t[1] / 1_000_000) as i64, tv_usec: (t[1] % 1_000_000) as i64 },
-            it_value: libc::timeval { tv_sec: (t[2] / 1_000_000) as i64, tv_usec: (t[2] % 1_000_000) as i64 },
+            it_interval: libc::timeval {
+                tv_sec: (t[1] / 1_000_000) as i64,
+                tv_usec: (t[1] % 1_000_000) as i64,
+            },
+            it_value: libc::timeval {
+                tv_sec: (t[2] / 1_000_000) as i64,
+                tv_usec: (t[2] % 1_000_000) as i64,
+            },
         };
         // SAFETY: valid itimerval.
         unsafe { libc::setitimer(t[0] as _, &v, std::ptr::null_mut()) };
@@ -242,8 +312,11 @@ fn open_region_files(m: &ProcessManifest, hi: i32) -> Result<BTreeMap<usize, i32
         }
         let p = name_bytes(&r.name);
         let path = Path::new(std::ffi::OsStr::from_bytes(&p));
-        let md = std::fs::metadata(path).map_err(|e| format!("mapped file {} is gone: {e}", r.name))?;
-        let mtime = (md.mtime() as u64).wrapping_mul(1_000_000_000).wrapping_add(md.mtime_nsec() as u64);
+        let md =
+            std::fs::metadata(path).map_err(|e| format!("mapped file {} is gone: {e}", r.name))?;
+        let mtime = (md.mtime() as u64)
+            .wrapping_mul(1_000_000_000)
+            .wrapping_add(md.mtime_nsec() as u64);
         if md.ino() != r.inode || md.size() != r.file_size || mtime != r.file_mtime_ns {
             return Err(format!(
                 "{} changed since the checkpoint (it was replaced, rewritten or upgraded); restoring would run a mix of old and new code or data",
@@ -251,8 +324,11 @@ fn open_region_files(m: &ProcessManifest, hi: i32) -> Result<BTreeMap<usize, i32
             ));
         }
         let write = r.kind == RegionKind::SharedFile && r.prot & libc::PROT_WRITE as u32 != 0;
-        let fd = open_at(&p, if write { libc::O_RDWR } else { libc::O_RDONLY } | libc::O_CLOEXEC)
-            .map_err(|e| format!("cannot open mapped file {}: {e}", r.name))?;
+        let fd = open_at(
+            &p,
+            if write { libc::O_RDWR } else { libc::O_RDONLY } | libc::O_CLOEXEC,
+        )
+        .map_err(|e| format!("cannot open mapped file {}: {e}", r.name))?;
         let fd2 = dup_above(fd, hi, true).map_err(|e| e.to_string())?;
         // SAFETY: fd was duplicated.
         unsafe { libc::close(fd) };
@@ -273,7 +349,8 @@ pub fn run(s: Stage1<'_>) -> ! {
 fn prepare(s: &Stage1<'_>) -> Result<(), String> {
     let m = s.m;
     // Block every signal: the saved masks come back with each thread's frame.
-    raw::sigprocmask(libc::SIG_SETMASK, !0u64).map_err(|e| format!("sigprocmask: errno {}", e.raw()))?;
+    raw::sigprocmask(libc::SIG_SETMASK, !0u64)
+        .map_err(|e| format!("sigprocmask: errno {}", e.raw()))?;
     // Layout: program fds < shared.lo <= init's shared objects < shared.hi <= ours.
     let hi = s.shared.hi;
     let err_fd = dup_above(2, hi, true).map_err(|e| format!("dup stderr: {e}"))?;
@@ -284,7 +361,11 @@ fn prepare(s: &Stage1<'_>) -> Result<(), String> {
     let s = Stage1 { status_fd, ..*s };
     // Shared memory objects this process maps.
     let mut memfds: HashMap<u64, i32> = HashMap::new();
-    for r in m.regions.iter().filter(|r| r.kind == RegionKind::SharedAnon) {
+    for r in m
+        .regions
+        .iter()
+        .filter(|r| r.kind == RegionKind::SharedAnon)
+    {
         if let (Some(&fd), false) = (s.shared.memfds.get(&r.inode), memfds.contains_key(&r.inode)) {
             memfds.insert(r.inode, dup_above(fd, hi, true).map_err(|e| e.to_string())?);
         }
@@ -302,11 +383,22 @@ fn prepare(s: &Stage1<'_>) -> Result<(), String> {
     restore_misc(m)?;
     let mut files = open_region_files(m, hi)?;
     let img_path = s.gen_dir.join(&m.image.file);
-    let img = open_at(img_path.as_os_str().as_bytes(), libc::O_RDONLY | libc::O_CLOEXEC)
-        .map_err(|e| format!("cannot open {}: {e}", img_path.display()))?;
-    let img = { let d = dup_above(img, hi, true).map_err(|e| e.to_string())?; unsafe_close(img); d };
+    let img = open_at(
+        img_path.as_os_str().as_bytes(),
+        libc::O_RDONLY | libc::O_CLOEXEC,
+    )
+    .map_err(|e| format!("cannot open {}: {e}", img_path.display()))?;
+    let img = {
+        let d = dup_above(img, hi, true).map_err(|e| e.to_string())?;
+        unsafe_close(img);
+        d
+    };
     let exe_fd = match open_at(&name_bytes(&m.exe), libc::O_RDONLY | libc::O_CLOEXEC) {
-        Ok(fd) => { let d = dup_above(fd, hi, true).unwrap_or(-1); unsafe_close(fd); d }
+        Ok(fd) => {
+            let d = dup_above(fd, hi, true).unwrap_or(-1);
+            unsafe_close(fd);
+            d
+        }
         Err(_) => -1,
     };
 
@@ -325,11 +417,18 @@ fn prepare(s: &Stage1<'_>) -> Result<(), String> {
     let total = code_sz + args_sz + regs_sz + runs_sz + auxv_sz + fin_sz + stack_sz;
 
     let current = blob::own_maps().map_err(|e| format!("read /proc/self/maps: {e}"))?;
-    let addr = blob::choose_address(m, &current, total as u64).ok_or("no free address range for the restorer")?;
+    let addr = blob::choose_address(m, &current, total as u64)
+        .ok_or("no free address range for the restorer")?;
     // SAFETY: MAP_FIXED_NOREPLACE at an address we checked is free; fails rather than clobbering.
     let p = unsafe {
-        libc::mmap(addr as *mut libc::c_void, total, libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE, -1, 0)
+        libc::mmap(
+            addr as *mut libc::c_void,
+            total,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
     };
     if p as u64 != addr {
         return Err(format!("cannot map the restorer at {addr:#x}"));
@@ -347,7 +446,10 @@ fn prepare(s: &Stage1<'_>) -> Result<(), String> {
     // Shared anonymous memory is mapped from the init's memfd, already filled.
     for (i, r) in m.regions.iter().enumerate() {
         if r.kind == RegionKind::SharedAnon {
-            let fd = memfds.get(&r.inode).copied().ok_or_else(|| format!("no shared memory object for {:#x}", r.start))?;
+            let fd = memfds
+                .get(&r.inode)
+                .copied()
+                .ok_or_else(|| format!("no shared memory object for {:#x}", r.start))?;
             files.insert(i, fd);
         }
     }
@@ -364,7 +466,11 @@ fn prepare(s: &Stage1<'_>) -> Result<(), String> {
             runs_index: ri,
             nruns: if shared_anon { 0 } else { r.runs.len() as u64 },
             prot: r.prot,
-            kind: if shared_anon { blob::kind_code(RegionKind::SharedFile) } else { blob::kind_code(r.kind) },
+            kind: if shared_anon {
+                blob::kind_code(RegionKind::SharedFile)
+            } else {
+                blob::kind_code(r.kind)
+            },
             fd,
             crc: r.crc,
             growsdown: u8::from(r.growsdown),
@@ -429,7 +535,10 @@ fn prepare(s: &Stage1<'_>) -> Result<(), String> {
         if n >= a.unmap.len() {
             return Err("the restart helper has too many mappings".into());
         }
-        a.unmap[n] = RstRange { start: *st, end: *en };
+        a.unmap[n] = RstRange {
+            start: *st,
+            end: *en,
+        };
         n += 1;
     }
     a.n_unmap = n as u64;

@@ -53,8 +53,18 @@ pub fn fork_with_pid(pid: i32) -> std::io::Result<i32> {
     };
     // SAFETY: clone3 without CLONE_VM and without a stack behaves like fork;
     // every caller here is single-threaded.
-    let r = unsafe { libc::syscall(libc::SYS_clone3, &a as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
-    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r as i32) }
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &a as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r as i32)
+    }
 }
 
 /// Pipes used to coordinate one restore attempt.
@@ -119,7 +129,10 @@ fn become_process(p: &Plan<'_>, m: &ProcessManifest, sync: &Sync) -> ! {
                 ckpt::signal_safe::raw::exit_group(libc::WEXITSTATUS(z.status));
             }
             Ok(_) => {}
-            Err(e) => fail(sync, &format!("cannot recreate exited child {}: {e}", z.pid)),
+            Err(e) => fail(
+                sync,
+                &format!("cannot recreate exited child {}: {e}", z.pid),
+            ),
         }
     }
     for c in p.children.get(&m.pid).into_iter().flatten() {
@@ -155,7 +168,8 @@ fn become_process(p: &Plan<'_>, m: &ProcessManifest, sync: &Sync) -> ! {
 }
 
 fn fail(sync: &Sync, msg: &str) -> ! {
-    let _ = ckpt::signal_safe::raw::write_all(2, format!("ckpt: restore failed: {msg}\n").as_bytes());
+    let _ =
+        ckpt::signal_safe::raw::write_all(2, format!("ckpt: restore failed: {msg}\n").as_bytes());
     byte(sync.status_w, 1);
     ckpt::signal_safe::raw::exit_group(super::blob::RST_EXIT_FAILED)
 }
@@ -170,10 +184,20 @@ pub enum Attempt {
 
 /// Restore generation `g` from the init. Single-threaded caller.
 pub fn restore(g: &LoadedGeneration, socket: &Path, verify: bool) -> Attempt {
-    let lo = g.processes.iter().flat_map(|m| m.fds.iter().map(|f| f.fd)).max().unwrap_or(2).max(2) + 1;
+    let lo = g
+        .processes
+        .iter()
+        .flat_map(|m| m.fds.iter().map(|f| f.fd))
+        .max()
+        .unwrap_or(2)
+        .max(2)
+        + 1;
     // SAFETY: raising our own soft descriptor limit to the hard one is always allowed.
     unsafe {
-        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
         r.rlim_cur = r.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &r);
@@ -185,12 +209,18 @@ pub fn restore(g: &LoadedGeneration, socket: &Path, verify: bool) -> Attempt {
             return Attempt::Failed;
         }
     };
-    let pipes = (|| -> Result<_, String> { Ok((pipe_pair(sh.hi)?, pipe_pair(sh.hi)?, pipe_pair(sh.hi)?)) })();
+    let pipes = (|| -> Result<_, String> {
+        Ok((pipe_pair(sh.hi)?, pipe_pair(sh.hi)?, pipe_pair(sh.hi)?))
+    })();
     let Ok(((created_r, created_w), (go_r, go_w), (status_r, status_w))) = pipes else {
         eprintln!("ckpt: restore failed: cannot create pipes");
         return Attempt::Failed;
     };
-    sh.hi = [created_r, created_w, go_r, go_w, status_r, status_w].into_iter().max().unwrap_or(sh.hi) + 1;
+    sh.hi = [created_r, created_w, go_r, go_w, status_r, status_w]
+        .into_iter()
+        .max()
+        .unwrap_or(sh.hi)
+        + 1;
     let pids: Vec<i32> = g.processes.iter().map(|m| m.pid).collect();
     let mut children: BTreeMap<i32, Vec<&ProcessManifest>> = BTreeMap::new();
     let mut tops = Vec::new();
@@ -207,8 +237,19 @@ pub fn restore(g: &LoadedGeneration, socket: &Path, verify: bool) -> Attempt {
             zombies.entry(z.ppid).or_default().push(z);
         }
     }
-    let plan = Plan { g, children, zombies, shared: &sh, socket, verify };
-    let sync = Sync { created_w, go_r, status_w };
+    let plan = Plan {
+        g,
+        children,
+        zombies,
+        shared: &sh,
+        socket,
+        verify,
+    };
+    let sync = Sync {
+        created_w,
+        go_r,
+        status_w,
+    };
     let mut top_pids = Vec::new();
     for m in &tops {
         match fork_with_pid(m.pid) {
@@ -223,7 +264,10 @@ pub fn restore(g: &LoadedGeneration, socket: &Path, verify: bool) -> Attempt {
             }
             Ok(c) => top_pids.push(c),
             Err(e) => {
-                eprintln!("ckpt: cannot recreate pid {}: {e} (is the pid taken inside the job's namespace?)", m.pid);
+                eprintln!(
+                    "ckpt: cannot recreate pid {}: {e} (is the pid taken inside the job's namespace?)",
+                    m.pid
+                );
                 return kill_all(&sh);
             }
         }
