@@ -78,8 +78,19 @@ pub fn start_interval(c: &std::sync::Arc<Coordinator>, secs: u64) {
     });
 }
 
+/// What the outer `ckpt` process does with a signal it receives while the
+/// job runs: return `true` to consume it, `false` to forward it to the job.
+/// The Slurm integration uses this to checkpoint and requeue on the
+/// warning signal.
+pub type OnSignal<'a> = &'a mut dyn FnMut(i32, &std::sync::Arc<Coordinator>) -> bool;
+
 /// Run the subcommand.
 pub fn run(o: &Opts) -> Result<i32, Failure> {
+    run_with(o, &mut |_, _| false)
+}
+
+/// Run the subcommand with a signal hook for the outer process.
+pub fn run_with(o: &Opts, on_signal: OnSignal<'_>) -> Result<i32, Failure> {
     if o.command.is_empty() {
         return Err(Failure {
             msg: "missing the command to run: ckpt launch --dir DIR -- COMMAND [ARGS...]".into(),
@@ -146,7 +157,7 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
             let c2 = coord.clone();
             std::thread::spawn(move || c2.serve(listener));
             start_interval(&coord, o.interval);
-            let code = ns::supervise(&set, init.as_raw(), init.as_raw(), |_| false);
+            let code = ns::supervise(&set, init.as_raw(), init.as_raw(), |sig| on_signal(sig, &coord));
             let _ = std::fs::remove_file(&sock_path);
             Ok(code)
         }

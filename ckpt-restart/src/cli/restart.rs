@@ -126,6 +126,12 @@ fn init_main(
 
 /// Run the subcommand.
 pub fn run(o: &Opts) -> Result<i32, Failure> {
+    run_with(o, &mut |_, _| false)
+}
+
+/// Run the subcommand with a signal hook for the outer process (see
+/// [`super::launch::OnSignal`]).
+pub fn run_with(o: &Opts, on_signal: super::launch::OnSignal<'_>) -> Result<i32, Failure> {
     let dir = CheckpointDir::open(&need_dir(o)?)?;
     let gens = candidates(&dir)?;
     let (sock_path, listener): (PathBuf, _) = super::launch::claim_socket(&dir, true)?;
@@ -145,7 +151,7 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
             let c2 = coord.clone();
             std::thread::spawn(move || c2.serve(listener));
             super::launch::start_interval(&coord, o.interval);
-            let code = ns::supervise(&set, init.as_raw(), init.as_raw(), |_| false);
+            let code = ns::supervise(&set, init.as_raw(), init.as_raw(), |sig| on_signal(sig, &coord));
             let _ = std::fs::remove_file(&sock_path);
             Ok(code)
         }
