@@ -97,7 +97,7 @@ pub fn run_with(o: &Opts, on_signal: OnSignal<'_>) -> Result<i32, Failure> {
             code: 2,
         });
     }
-    let dir = CheckpointDir::create(&need_dir(o)?)?;
+    let dir = CheckpointDir::open(&need_dir(o)?)?;
     let lib = find_lib()?;
     let (sock_path, listener) = claim_socket(&dir, false)?;
     let argv: Vec<CString> = o
@@ -157,7 +157,9 @@ pub fn run_with(o: &Opts, on_signal: OnSignal<'_>) -> Result<i32, Failure> {
             let c2 = coord.clone();
             std::thread::spawn(move || c2.serve(listener));
             start_interval(&coord, o.interval);
-            let code = ns::supervise(&set, init.as_raw(), init.as_raw(), |sig| on_signal(sig, &coord));
+            let code = ns::supervise(&set, init.as_raw(), init.as_raw(), |sig| {
+                on_signal(sig, &coord)
+            });
             let _ = std::fs::remove_file(&sock_path);
             Ok(code)
         }

@@ -151,7 +151,9 @@ pub fn run_with(o: &Opts, on_signal: super::launch::OnSignal<'_>) -> Result<i32,
             let c2 = coord.clone();
             std::thread::spawn(move || c2.serve(listener));
             super::launch::start_interval(&coord, o.interval);
-            let code = ns::supervise(&set, init.as_raw(), init.as_raw(), |sig| on_signal(sig, &coord));
+            let code = ns::supervise(&set, init.as_raw(), init.as_raw(), |sig| {
+                on_signal(sig, &coord)
+            });
             let _ = std::fs::remove_file(&sock_path);
             Ok(code)
         }

@@ -55,9 +55,20 @@ pub struct MmMap {
 /// Most helper mappings stage 2 can remove.
 pub const MAX_UNMAP: usize = 256;
 
+/// `struct rst_failure`.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+pub struct RstFailure {
+    pub code: u32,
+    pub pid: i32,
+    pub addr: u64,
+    pub err: i64,
+}
+
 /// `struct rst_args`.
 #[repr(C)]
 pub struct RstArgs {
+    pub pid: i64,
     pub helper_rseq: u64,
     pub helper_rseq_sig: u64,
     pub vvar: u64,

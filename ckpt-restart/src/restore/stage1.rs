@@ -40,10 +40,31 @@ pub struct Stage1<'a> {
     pub shared_fds: &'a [Vec<[i32; 2]>],
 }
 
+/// Step code of a stage 1 failure (its message is printed here).
+pub const STAGE1_FAILED: u32 = 100;
+
 fn fail(status_fd: i32, msg: &str) -> ! {
     let _ = raw::write_all(2, format!("ckpt: restore failed: {msg}\n").as_bytes());
-    let _ = raw::write(status_fd, &[1]);
+    report(status_fd, STAGE1_FAILED, 0, 0);
     raw::exit_group(RST_EXIT_FAILED)
+}
+
+/// Write a failure record to the init's status pipe.
+pub fn report(status_fd: i32, code: u32, addr: u64, err: i64) {
+    let f = blob::RstFailure {
+        code,
+        pid: raw::getpid(),
+        addr,
+        err,
+    };
+    // SAFETY: RstFailure is plain old data; we view its bytes.
+    let b = unsafe {
+        std::slice::from_raw_parts(
+            (&f as *const blob::RstFailure).cast::<u8>(),
+            std::mem::size_of::<blob::RstFailure>(),
+        )
+    };
+    let _ = raw::write(status_fd, b);
 }
 
 fn cstr(p: &[u8]) -> CString {
@@ -542,6 +563,7 @@ fn prepare(s: &Stage1<'_>) -> Result<(), String> {
         n += 1;
     }
     a.n_unmap = n as u64;
+    a.pid = i64::from(m.pid);
     let fs = raw::get_fs_base();
     a.helper_rseq = ckpt::preload::stop::rseq_area(fs);
     a.helper_rseq_sig = u64::from(ckpt::preload::stop::RSEQ_SIG);

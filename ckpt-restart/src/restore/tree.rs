@@ -170,8 +170,62 @@ fn become_process(p: &Plan<'_>, m: &ProcessManifest, sync: &Sync) -> ! {
 fn fail(sync: &Sync, msg: &str) -> ! {
     let _ =
         ckpt::signal_safe::raw::write_all(2, format!("ckpt: restore failed: {msg}\n").as_bytes());
-    byte(sync.status_w, 1);
+    stage1::report(sync.status_w, stage1::STAGE1_FAILED, 0, 0);
     ckpt::signal_safe::raw::exit_group(super::blob::RST_EXIT_FAILED)
+}
+
+/// A readable message for a stage 2 failure record.
+fn describe_failure(g: &LoadedGeneration, f: &super::blob::RstFailure) -> Option<String> {
+    let m = g.processes.iter().find(|m| m.pid == f.pid)?;
+    let img = g.path.join(&m.image.file);
+    let region = m
+        .regions
+        .iter()
+        .find(|r| r.start <= f.addr && f.addr < r.end);
+    let rname = region
+        .map(|r| {
+            if r.name.is_empty() {
+                "anonymous memory".to_string()
+            } else {
+                r.name.clone()
+            }
+        })
+        .unwrap_or_default();
+    let err = std::io::Error::from_raw_os_error(f.err as i32);
+    Some(match f.code {
+        stage1::STAGE1_FAILED => return None, // already printed
+        1 => format!(
+            "process {}: cannot clear the restart helper's memory: {err}",
+            f.pid
+        ),
+        2 => format!(
+            "process {}: cannot place the vDSO at {:#x}: {err}",
+            f.pid, f.addr
+        ),
+        3 => format!(
+            "{}: cannot read the saved pages of {:#x} ({rname}): {err} (truncated image?)",
+            img.display(),
+            f.addr
+        ),
+        4 => format!(
+            "process {}: cannot map {:#x} ({rname}): {err}",
+            f.pid, f.addr
+        ),
+        5 => format!(
+            "{}: corrupt image: the saved pages of {:#x} ({rname}) fail their checksum",
+            img.display(),
+            f.addr
+        ),
+        6 => format!(
+            "process {}: cannot set the protection of {:#x}: {err}",
+            f.pid, f.addr
+        ),
+        7 => format!(
+            "process {}: cannot restore the memory layout (brk, arguments, auxv): {err}",
+            f.pid
+        ),
+        c => format!("process {}: restore step {c} failed: {err}", f.pid),
+    })
 }
 
 /// Outcome of one attempt.
@@ -279,11 +333,23 @@ pub fn restore(g: &LoadedGeneration, socket: &Path, verify: bool) -> Attempt {
         libc::close(status_w);
     }
     let n = g.processes.len();
-    let ok = wait_bytes(created_r, n, b'C') && {
+    let ok = wait_bytes(created_r, n, b'C', Duration::from_secs(120)).is_ok() && {
         for _ in 0..n {
             byte(go_w, b'G');
         }
-        wait_bytes(status_r, n, b'K')
+        match wait_status(status_r, n, Duration::from_secs(1800)) {
+            Ok(()) => true,
+            Err(Some(f)) => {
+                if let Some(msg) = describe_failure(g, &f) {
+                    eprintln!("ckpt: restore failed: {msg}");
+                }
+                false
+            }
+            Err(None) => {
+                eprintln!("ckpt: restore failed: a process died or hung while being restored");
+                false
+            }
+        }
     };
     // SAFETY: closing the init's ends and the shared objects (the processes hold their own copies).
     unsafe {
@@ -301,18 +367,73 @@ pub fn restore(g: &LoadedGeneration, socket: &Path, verify: bool) -> Attempt {
     Attempt::Running(top_pids.iter().copied().min().unwrap_or(0))
 }
 
-fn wait_bytes(fd: i32, n: usize, want: u8) -> bool {
-    let mut got = 0;
-    while got < n {
+/// Wait until `fd` is readable, a direct child died, or the deadline passed.
+fn wait_readable(fd: i32, deadline: Instant) -> bool {
+    loop {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polling one descriptor we own.
+        let r = unsafe { libc::poll(&mut p, 1, 100) };
+        if r > 0 {
+            return true;
+        }
+        let mut st = 0;
+        // SAFETY: non-blocking check for a dead child.
+        if unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG | libc::__WALL) } > 0
+            || Instant::now() > deadline
+        {
+            return false;
+        }
+    }
+}
+
+fn wait_bytes(fd: i32, n: usize, want: u8, limit: Duration) -> Result<(), ()> {
+    let deadline = Instant::now() + limit;
+    for _ in 0..n {
+        if !wait_readable(fd, deadline) {
+            return Err(());
+        }
         let mut b = [0u8; 1];
         // SAFETY: reading one byte into a local.
         let r = unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) };
         if r != 1 || b[0] != want {
-            return false;
+            return Err(());
         }
-        got += 1;
     }
-    true
+    Ok(())
+}
+
+/// Collect `n` 'K's, or the first failure record.
+fn wait_status(fd: i32, n: usize, limit: Duration) -> Result<(), Option<super::blob::RstFailure>> {
+    let deadline = Instant::now() + limit;
+    for _ in 0..n {
+        if !wait_readable(fd, deadline) {
+            return Err(None);
+        }
+        let mut b = [0u8; 1];
+        // SAFETY: reading one byte into a local.
+        if unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) } != 1 {
+            return Err(None);
+        }
+        if b[0] == b'K' {
+            continue;
+        }
+        // A failure record: the byte read is the low byte of its code.
+        let mut rest = [0u8; std::mem::size_of::<super::blob::RstFailure>()];
+        rest[0] = b[0];
+        // SAFETY: reading the rest of the record into a local buffer.
+        let got = unsafe { libc::read(fd, rest[1..].as_mut_ptr().cast(), rest.len() - 1) };
+        if got != (rest.len() - 1) as isize {
+            return Err(None);
+        }
+        // SAFETY: RstFailure is plain old data of exactly this size.
+        let f: super::blob::RstFailure = unsafe { std::ptr::read_unaligned(rest.as_ptr().cast()) };
+        return Err(Some(f));
+    }
+    Ok(())
 }
 
 fn kill_all(_sh: &Shared) -> Attempt {

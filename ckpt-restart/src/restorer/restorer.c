@@ -47,32 +47,16 @@ SECI long sys6(long n, long a, long b, long c, long d, long e, long f) {
 #define NR_exit_group 231
 #define NR_rseq 334
 
-SEC static void put_hex(volatile char *b, int *n, uint64_t v) {
-	for (int i = 60; i >= 0; i -= 4) {
-		int d = (v >> i) & 15;
-		b[(*n)++] = (char)(d < 10 ? '0' + d : 'a' + d - 10);
-	}
-}
-
-/* Messages are built from characters on the stack (no string constants). */
+/* Report the failing step to the init through the status pipe (a record
+ * of struct rst_failure; the init prints a message naming the image file
+ * and region) and exit. */
 SEC static void die(struct rst_args *a, uint64_t code, uint64_t what, long err) {
-	/* volatile: keeps the compiler from merging these stores into a
-	 * constant in .rodata, which would not be copied with this section. */
-	volatile char b[96];
-	int n = 0;
-	b[n++] = 'c'; b[n++] = 'k'; b[n++] = 'p'; b[n++] = 't'; b[n++] = ':'; b[n++] = ' ';
-	b[n++] = 'r'; b[n++] = 'e'; b[n++] = 's'; b[n++] = 't'; b[n++] = 'o'; b[n++] = 'r'; b[n++] = 'e';
-	b[n++] = ' '; b[n++] = 's'; b[n++] = 't'; b[n++] = 'e'; b[n++] = 'p'; b[n++] = ' ';
-	b[n++] = (char)('0' + code / 10); b[n++] = (char)('0' + code % 10);
-	b[n++] = ' '; b[n++] = '@'; b[n++] = ' ';
-	put_hex(b, &n, what);
-	b[n++] = ' '; b[n++] = 'e'; b[n++] = '=';
-	put_hex(b, &n, (uint64_t)(-err));
-	b[n++] = '\n';
-	sys3(NR_write, a->err_fd, (const char *)b, n);
-	/* Leave the step code for stage 1's parent to read. */
-	uint8_t c = (uint8_t)code;
-	sys3(NR_write, a->status_fd, &c, 1);
+	struct rst_failure f;
+	f.code = (uint32_t)code;
+	f.pid = (int32_t)a->pid;
+	f.addr = what;
+	f.err = -err;
+	sys3(NR_write, a->status_fd, &f, sizeof(f));
 	sys3(NR_exit_group, RST_EXIT_FAILED, 0, 0);
 	for (;;) {}
 }

@@ -13,6 +13,14 @@
 
 struct rst_range { uint64_t start, end; };
 
+/* What stage 2 writes to the status pipe when it fails (success is 'K'). */
+struct rst_failure {
+	uint32_t code; /* step, see restore/tree.rs describe_failure() */
+	int32_t pid;
+	uint64_t addr;
+	int64_t err; /* positive errno */
+};
+
 struct rst_region {
 	uint64_t start, end;
 	uint64_t offset;      /* file offset */
@@ -35,6 +43,7 @@ struct prctl_mm_map_k {
 };
 
 struct rst_args {
+	int64_t pid;
 	uint64_t helper_rseq;
 	uint64_t helper_rseq_sig;
 	uint64_t vvar;
