@@ -637,18 +637,39 @@ pub fn visible_state(pid: i32) -> Result<Visible, String> {
     tids.sort_unstable();
     lines.extend(tids.iter().map(|t| format!("task {t}")));
     let maps = fs::read_to_string(format!("{p}/maps")).map_err(|e| format!("{p}/maps: {e}"))?;
+    // start-end perms offset dev inode path: drop dev and inode, and merge adjacent
+    // anonymous mappings with the same permissions (whether the kernel keeps them as one
+    // VMA or two depends on flags that maps does not show, e.g. MAP_STACK's no-THP).
+    let mut regions: Vec<(u64, u64, String, String)> = Vec::new();
     for l in maps.lines() {
-        // start-end perms offset dev inode path: drop dev and inode.
         let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() >= 5 {
-            lines.push(format!(
-                "map {} {} {} {}",
-                f[0],
-                f[1],
-                f[2],
-                f[5..].join(" ")
-            ));
+        if f.len() < 5 {
+            continue;
         }
+        let (start, end) = f[0].split_once('-').unwrap_or((f[0], f[0]));
+        let start = u64::from_str_radix(start, 16).unwrap_or(0);
+        let end = u64::from_str_radix(end, 16).unwrap_or(0);
+        let path = f[5..].join(" ");
+        let anon = path.is_empty();
+        let merge = anon
+            && regions
+                .last()
+                .is_some_and(|l| l.3.is_empty() && l.1 == start && l.2 == f[1]);
+        if merge {
+            if let Some(last) = regions.last_mut() {
+                last.1 = end;
+            }
+            continue;
+        }
+        let what = if anon {
+            String::new()
+        } else {
+            format!("{} {path}", f[2])
+        };
+        regions.push((start, end, f[1].to_string(), what));
+    }
+    for (start, end, perms, what) in regions {
+        lines.push(format!("map {start:x}-{end:x} {perms} {what}"));
     }
     let mut fds: Vec<i32> = fs::read_dir(format!("{p}/fd"))
         .map_err(|e| format!("{p}/fd: {e}"))?
@@ -732,7 +753,7 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
 //
 // D/gen-NNNNNN/{generation.json, proc-<pid>.json, proc-<pid>.img}, D/latest -> gen-NNNNNN.
 
-/// The generation directories of a checkpoint dir, oldest first.
+/// The complete generation directories of a checkpoint dir (not `*.tmp`), oldest first.
 pub fn generations(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(dir)
         .map(|rd| {
@@ -741,7 +762,8 @@ pub fn generations(dir: &Path) -> Vec<PathBuf> {
                 .filter(|p| {
                     p.is_dir()
                         && p.file_name()
-                            .is_some_and(|n| n.to_string_lossy().starts_with("gen-"))
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .is_some_and(|n| n.starts_with("gen-") && !n.ends_with(".tmp"))
                 })
                 .collect()
         })
