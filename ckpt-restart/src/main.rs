@@ -5,6 +5,7 @@
 //! ckpt checkpoint --dir D
 //! ckpt restart    --dir D [--interval T] [--keep N] [--no-verify]
 //! ckpt status     --dir D
+//! ckpt slurm-task --dir TASKDIR [...] -- ARGV   (run by the SPANK plugin)
 //! ```
 //! Module map: `cli/` (one file per verb), `coord` (the coordinator),
 //! `ns` (namespaces and the job's init), `sock` (seqpacket sockets),
@@ -27,6 +28,8 @@ const USAGE: &str = "usage:
                   resume the newest complete checkpoint in DIR (foreground)
   ckpt status     --dir DIR
                   list the checkpoints in DIR
+  ckpt slurm-task --dir TASKDIR [--interval T] [--signal NAME] [--batch] [--keep-images] -- ARGV...
+                  run or resume one Slurm task (the SPANK plugin execs this)
 
   T is seconds, or a number with s, m or h (30s, 5m, 2h); 0 means no periodic checkpoints.
   --keep N keeps the newest N complete checkpoints (default 2).
@@ -51,6 +54,7 @@ fn main() {
                 },
             }
         }
+        "slurm-task" => cli::slurm::run(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(0)

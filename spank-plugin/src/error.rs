@@ -35,6 +35,20 @@ pub enum PluginError {
         /// The error.
         error: String,
     },
+    /// `ckpt slurm-task` could not be started.
+    Exec {
+        /// The `ckpt=` path.
+        path: String,
+        /// The error.
+        error: String,
+    },
+    /// The task has checkpoints and none of them can be restored.
+    CannotResume {
+        /// The task's checkpoint directory.
+        dir: String,
+        /// What `ckpt` said.
+        why: String,
+    },
     /// A callback panicked (a bug); caught at the FFI boundary.
     Panic(&'static str),
 }
@@ -60,6 +74,17 @@ impl fmt::Display for PluginError {
                 f,
                 "preload library {path} is not usable on this node ({error}): install ckpt \
                  here or fix libckpt= in plugstack.conf"
+            ),
+            Self::Exec { path, error } => write!(
+                f,
+                "cannot run {path} ({error}): install ckpt on this node or fix ckpt= in \
+                 plugstack.conf"
+            ),
+            Self::CannotResume { dir, why } => write!(
+                f,
+                "cannot resume this task from its checkpoints in {dir}: {why}; the task is not \
+                 started again from the beginning, to protect its outputs: inspect them with \
+                 `ckpt status --dir {dir}`, then remove that directory to start over"
             ),
             Self::Panic(callback) => {
                 write!(f, "internal error (panic) in {callback}; please report it")

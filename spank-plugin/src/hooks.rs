@@ -5,7 +5,7 @@
 //! | `init`          | all                    | registers the options (srun, sbatch, salloc, slurmstepd); parses the plugstack.conf arguments |
 //! | option callback | srun, sbatch, salloc, slurmstepd | validates a value, records it      |
 //! | `init_post_opt` | srun, sbatch, salloc   | checks the options together (a directory must come from somewhere) |
-//! | `task_init`     | slurmstepd, as the user, in the forked task just before `execve` | creates the checkpoint directory, sets `LD_PRELOAD` and `CKPT_*` |
+//! | `task_init`     | slurmstepd, as the user, in the forked task just before `execve` | creates the checkpoint directory, sets `LD_PRELOAD` and `CKPT_*`, checks the task's images, execs `ckpt slurm-task` |
 //!
 //! Option values travel from sbatch to the batch step and to every `srun`
 //! inside it in `_SLURM_SPANK_OPTION_ckpt_*` variables; slurmstepd may run
@@ -154,7 +154,17 @@ pub struct TaskCheckpoint {
 }
 
 /// `slurm_spank_task_init` (slurmstepd, in the task, as the job's user, just
-/// before `execve`). A job without the options is left untouched.
+/// before `execve`). A job without the options is left untouched. A
+/// checkpointed task execs `ckpt slurm-task` here, which runs the task's
+/// command under checkpoint control or resumes it from its images.
+///
+/// What slurmstepd 22.05 would still do between this callback and its own
+/// `execve` (`exec_task()` in src/slurmd/slurmstepd/task.c): run the site
+/// `TaskProlog` and the user's `--task-prolog`, set `TMPDIR`, stop for a
+/// parallel debugger, resolve a relative `argv[0]` in `PATH`, apply the
+/// propagated resource limits (`set_user_limits`) and, with `--container`,
+/// run the task in its OCI container. `ckpt slurm-task` applies the limits
+/// and `TMPDIR`; the others are not available to checkpointed tasks (README).
 pub fn task_init(spank: &Spank, args: &[String]) -> Result<(), PluginError> {
     if spank::context() != Context::Remote {
         return Ok(());
@@ -162,12 +172,74 @@ pub fn task_init(spank: &Spank, args: &[String]) -> Result<(), PluginError> {
     let Some(task) = task_checkpoint(spank, args)? else {
         return Ok(());
     };
+    let original_preload = spank.getenv(task_env::ENV_PRELOAD)?;
     set_task_env(spank, &task)?;
-    // Issue 6 (restart): decide here between running the task's command under
-    // `ckpt launch --dir D -- argv` and `ckpt restart --dir D` (exec'ing it),
-    // using task.dir and S_SLURM_RESTART_COUNT; spank_prepend_task_argv does
-    // not exist on 22.05.
-    Ok(())
+    let step = spank.item_u32(sys::spank_item::S_JOB_STEPID, "S_JOB_STEPID")?;
+    if step == task_env::EXTERN_STEP || step == task_env::INTERACTIVE_STEP {
+        return Ok(());
+    }
+    let rank = spank.item_u32(sys::spank_item::S_TASK_GLOBAL_ID, "S_TASK_GLOBAL_ID")?;
+    let task_dir = task_env::task_dir(&task.dir, step, rank);
+    preflight(&task, &task_dir)?;
+    let exec = task_env::TaskExec {
+        ckpt_bin: &task.config.ckpt_bin,
+        task_dir: &task_dir,
+        interval: task.interval,
+        signal: &task.config.signal,
+        batch: step == task_env::BATCH_STEP,
+        keep_images: task.config.keep_images,
+        libckpt: &task.config.libckpt,
+    };
+    let argv = task_env::exec_argv(&exec, &spank.job_argv()?);
+    let preload = task_env::preload_without(original_preload.as_deref(), &task.config.libckpt);
+    let env = task_env::exec_env(&spank.job_env()?, preload.as_deref());
+    let path = std::ffi::CString::new(task.config.ckpt_bin.as_str()).unwrap_or_default();
+    // Only returns on failure.
+    let Err(e) = nix::unistd::execve(&path, &argv, &env);
+    Err(PluginError::Exec {
+        path: task.config.ckpt_bin.clone(),
+        error: e.desc().to_owned(),
+    })
+}
+
+/// Before resuming a task, checks (as the user, with `ckpt slurm-task
+/// --check`) that one of its generations can be loaded, so that a corrupt or
+/// incomplete checkpoint is reported here, where the message reaches both
+/// the job's stderr and the slurmd log, and the task fails instead of
+/// starting over.
+fn preflight(task: &TaskCheckpoint, task_dir: &std::path::Path) -> Result<(), PluginError> {
+    let has_images = std::fs::read_dir(task_dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("gen-") && !name.ends_with(".tmp")
+        })
+    });
+    if !has_images {
+        return Ok(());
+    }
+    let out = std::process::Command::new(&task.config.ckpt_bin)
+        .args(["slurm-task", "--check", "--dir"])
+        .arg(task_dir)
+        .env_clear()
+        .output()
+        .map_err(|e| PluginError::Exec {
+            path: task.config.ckpt_bin.clone(),
+            error: e.to_string(),
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let why = String::from_utf8_lossy(&out.stderr);
+    let why = why
+        .lines()
+        .map(|l| l.strip_prefix("ckpt: ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(PluginError::CannotResume {
+        dir: task_dir.display().to_string(),
+        why,
+    })
 }
 
 /// The user's options as slurmstepd received them.

@@ -82,7 +82,8 @@ pub enum OptionError {
     DuplicateArg(String),
     /// A `signal=` value that is not a usable signal.
     BadSignal(String),
-    /// A `libckpt=`/`ckpt=` value that is not a usable absolute path.
+    /// A `libckpt=`/`ckpt=` value that is not a usable absolute path, or a
+    /// `keep_images=` value that is not yes or no.
     BadPath {
         /// The key (`libckpt` or `ckpt`).
         key: &'static str,
@@ -102,7 +103,7 @@ pub enum OptionError {
     NoSubmitDir(String),
 }
 
-const ARG_KEYS: &str = "default_dir=PATTERN, default_interval=SECONDS, min_interval=SECONDS, signal=NAME, libckpt=PATH, ckpt=PATH";
+const ARG_KEYS: &str = "default_dir=PATTERN, default_interval=SECONDS, min_interval=SECONDS, signal=NAME, libckpt=PATH, ckpt=PATH, keep_images=yes|no";
 
 impl fmt::Display for OptionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -328,6 +329,9 @@ pub struct PluginConfig {
     pub libckpt: String,
     /// `ckpt=`: absolute path of the `ckpt` binary.
     pub ckpt_bin: String,
+    /// `keep_images=yes`: keep a job's checkpoints after it finished
+    /// successfully (default: removed).
+    pub keep_images: bool,
 }
 
 impl Default for PluginConfig {
@@ -339,6 +343,7 @@ impl Default for PluginConfig {
             signal: DEFAULT_SIGNAL.to_owned(),
             libckpt: DEFAULT_LIBCKPT.to_owned(),
             ckpt_bin: DEFAULT_CKPT_BIN.to_owned(),
+            keep_images: false,
         }
     }
 }
@@ -371,6 +376,19 @@ impl PluginConfig {
                 "signal" => config.signal = parse_signal(value)?,
                 "libckpt" => config.libckpt = parse_path("libckpt", value, true)?,
                 "ckpt" => config.ckpt_bin = parse_path("ckpt", value, false)?,
+                "keep_images" => {
+                    config.keep_images = match value {
+                        "yes" | "true" | "1" => true,
+                        "no" | "false" | "0" => false,
+                        _ => {
+                            return Err(OptionError::BadPath {
+                                key: "keep_images",
+                                value: value.to_owned(),
+                                why: "must be yes or no",
+                            });
+                        }
+                    }
+                }
                 _ => return Err(OptionError::UnknownArg(arg.to_owned())),
             }
             seen.push(key);
@@ -601,8 +619,10 @@ mod tests {
             "signal=SIGusr2",
             "libckpt=/opt/ckpt/lib/libckpt.so",
             "ckpt=/opt/ckpt/bin/ckpt",
+            "keep_images=yes",
         ])
         .unwrap();
+        assert!(c.keep_images);
         assert_eq!(c.default_dir.as_deref(), Some("/scratch/%u/%j"));
         assert_eq!(c.default_interval, 3600);
         assert_eq!(c.min_interval, 300);
@@ -629,6 +649,10 @@ mod tests {
                 "ckpt=bin/ckpt: must be an absolute path",
             ),
             (&["min_interval=5x"], "min_interval=5x: unknown suffix"),
+            (
+                &["keep_images=maybe"],
+                "keep_images=maybe: must be yes or no",
+            ),
             (
                 &["default_dir=/x/%z"],
                 "default_dir=/x/%z: unknown escape %z",

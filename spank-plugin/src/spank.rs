@@ -181,6 +181,42 @@ impl Spank {
         Ok(value)
     }
 
+    /// The task's command line (`S_JOB_ARGV`, in a task callback).
+    pub fn job_argv(&self) -> Result<Vec<CString>, SpankError> {
+        let mut argc: c_int = 0;
+        let mut argv: *mut *mut c_char = std::ptr::null_mut();
+        // SAFETY: live handle; S_JOB_ARGV takes an `int *` and a `char ***`,
+        // both valid for the call; Slurm stores its own array in `argv`.
+        let rc = unsafe {
+            sys::spank_get_item(
+                self.raw,
+                sys::spank_item::S_JOB_ARGV,
+                &mut argc as *mut c_int,
+                &mut argv as *mut *mut *mut c_char,
+            )
+        };
+        check(|| "spank_get_item(S_JOB_ARGV)".to_owned(), rc)?;
+        // SAFETY: Slurm's array holds `argc` entries (contract of S_JOB_ARGV).
+        Ok(unsafe { c_strings(argv, usize::try_from(argc).ok()) })
+    }
+
+    /// The task's environment (`S_JOB_ENV`), as `NAME=value` strings.
+    pub fn job_env(&self) -> Result<Vec<CString>, SpankError> {
+        let mut env: *mut *mut c_char = std::ptr::null_mut();
+        // SAFETY: live handle; S_JOB_ENV takes one `char ***`, valid for the
+        // call; Slurm stores its NULL-terminated array in `env`.
+        let rc = unsafe {
+            sys::spank_get_item(
+                self.raw,
+                sys::spank_item::S_JOB_ENV,
+                &mut env as *mut *mut *mut c_char,
+            )
+        };
+        check(|| "spank_get_item(S_JOB_ENV)".to_owned(), rc)?;
+        // SAFETY: the array is NULL-terminated (contract of S_JOB_ENV).
+        Ok(unsafe { c_strings(env, None) })
+    }
+
     /// A variable of the job's (task's) environment; `None` when unset.
     pub fn getenv(&self, name: &str) -> Result<Option<String>, SpankError> {
         let cname = c_string(name);
@@ -216,6 +252,41 @@ impl Spank {
         let rc = unsafe { sys::spank_setenv(self.raw, cname.as_ptr(), cvalue.as_ptr(), 1) };
         check(|| format!("spank_setenv({name})"), rc)
     }
+}
+
+/// Copies a C array of strings: `count` entries, or up to the first null
+/// entry when `count` is `None`.
+///
+/// # Safety
+/// `array` is null, or points to `count` valid pointers (or to a
+/// NULL-terminated array when `count` is `None`); each non-null entry is a
+/// NUL-terminated string valid for the call.
+unsafe fn c_strings(array: *mut *mut c_char, count: Option<usize>) -> Vec<CString> {
+    let mut out = Vec::new();
+    if array.is_null() {
+        return out;
+    }
+    let mut i = 0;
+    loop {
+        if count.is_some_and(|n| i >= n) {
+            break;
+        }
+        // SAFETY: i is below `count`, or every earlier entry was non-null so
+        // the NULL terminator has not been passed: the slot is in the array.
+        let slot = unsafe { array.add(i) };
+        // SAFETY: `slot` points at an initialized entry (see above).
+        let ptr = unsafe { *slot };
+        if ptr.is_null() {
+            if count.is_none() {
+                break;
+            }
+        } else {
+            // SAFETY: non-null entries are NUL-terminated strings (contract).
+            out.push(unsafe { CStr::from_ptr(ptr) }.to_owned());
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Logs an error through Slurm: on srun/sbatch/salloc it is printed on their

@@ -10,7 +10,8 @@
 //!
 //! A job that did not ask for checkpointing gets none of these.
 
-use std::path::Path;
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
 
 /// Checkpoint directory of the task.
 pub const ENV_DIR: &str = "CKPT_DIR";
@@ -40,6 +41,103 @@ pub fn preload_with(existing: Option<&str>, lib: &str) -> String {
     } else {
         format!("{lib}:{existing}")
     }
+}
+
+/// `LD_PRELOAD` without `lib` (`None` when nothing else is left): what
+/// `ckpt` itself starts with, since `ckpt launch` prepends `lib` for the
+/// program (the program then sees exactly [`preload_with`]).
+pub fn preload_without(existing: Option<&str>, lib: &str) -> Option<String> {
+    let kept: Vec<&str> = existing
+        .unwrap_or_default()
+        .split(|c: char| c == ':' || c.is_whitespace())
+        .filter(|entry| !entry.is_empty() && *entry != lib)
+        .collect();
+    if kept.is_empty() {
+        None
+    } else {
+        Some(kept.join(":"))
+    }
+}
+
+/// Step id of a batch script (`SLURM_BATCH_SCRIPT` in slurm.h, 22.05).
+pub const BATCH_STEP: u32 = 0xffff_fffb;
+/// Step id of the extern step (`SLURM_EXTERN_CONT`).
+pub const EXTERN_STEP: u32 = 0xffff_fffc;
+/// Step id of an interactive step (`SLURM_INTERACTIVE_STEP`).
+pub const INTERACTIVE_STEP: u32 = 0xffff_fffa;
+
+/// The directory of one task inside the job's checkpoint directory: `batch`
+/// for the batch script, `step<id>/task<rank>` for a task of an srun step,
+/// so that a requeued job or a rerun of the same step finds its images.
+pub fn task_dir(dir: &Path, step: u32, rank: u32) -> PathBuf {
+    if step == BATCH_STEP {
+        dir.join("batch")
+    } else {
+        dir.join(format!("step{step}")).join(format!("task{rank}"))
+    }
+}
+
+/// What the task execs instead of its command.
+#[derive(Debug)]
+pub struct TaskExec<'a> {
+    /// The `ckpt` binary.
+    pub ckpt_bin: &'a str,
+    /// The task's own directory ([`task_dir`]).
+    pub task_dir: &'a Path,
+    /// Periodic interval, seconds.
+    pub interval: u64,
+    /// The "checkpoint now" signal name.
+    pub signal: &'a str,
+    /// This is the batch step (requeue after a signal checkpoint).
+    pub batch: bool,
+    /// Keep the images after success.
+    pub keep_images: bool,
+    /// The preload library.
+    pub libckpt: &'a str,
+}
+
+fn c(s: &str) -> CString {
+    CString::new(s.replace('\0', "")).unwrap_or_default()
+}
+
+/// `ckpt slurm-task --dir TASKDIR ... -- ARGV`.
+pub fn exec_argv(e: &TaskExec<'_>, argv: &[CString]) -> Vec<CString> {
+    let mut out = vec![
+        c(e.ckpt_bin),
+        c("slurm-task"),
+        c("--dir"),
+        c(&e.task_dir.display().to_string()),
+        c("--interval"),
+        c(&e.interval.to_string()),
+        c("--signal"),
+        c(e.signal),
+        c("--lib"),
+        c(e.libckpt),
+    ];
+    if e.batch {
+        out.push(c("--batch"));
+    }
+    if e.keep_images {
+        out.push(c("--keep-images"));
+    }
+    out.push(c("--"));
+    out.extend(argv.iter().cloned());
+    out
+}
+
+/// The environment `ckpt` starts with: the task's, with `LD_PRELOAD` set to
+/// `preload` (or removed when `None`).
+pub fn exec_env(env: &[CString], preload: Option<&str>) -> Vec<CString> {
+    let prefix = format!("{ENV_PRELOAD}=");
+    let mut out: Vec<CString> = env
+        .iter()
+        .filter(|v| !v.as_bytes().starts_with(prefix.as_bytes()))
+        .cloned()
+        .collect();
+    if let Some(p) = preload {
+        out.push(c(&format!("{prefix}{p}")));
+    }
+    out
 }
 
 /// Everything [`vars`] needs.
@@ -104,6 +202,64 @@ mod tests {
             preload_with(Some("/usr/local/lib/ckpt/libckpt.so.old"), LIB),
             format!("{LIB}:/usr/local/lib/ckpt/libckpt.so.old")
         );
+    }
+
+    #[test]
+    fn ckpt_starts_without_libckpt_and_the_program_gets_it_once() {
+        assert_eq!(preload_without(None, LIB), None);
+        assert_eq!(preload_without(Some(LIB), LIB), None);
+        let with = preload_with(Some("/x/a.so /y/b.so"), LIB);
+        let without = preload_without(Some(&with), LIB);
+        assert_eq!(without.as_deref(), Some("/x/a.so:/y/b.so"));
+        // What ckpt launch then gives the program.
+        assert_eq!(
+            format!("{LIB}:{}", without.unwrap()),
+            format!("{LIB}:/x/a.so:/y/b.so")
+        );
+    }
+
+    #[test]
+    fn task_dirs() {
+        let d = Path::new("/ck/42");
+        assert_eq!(task_dir(d, BATCH_STEP, 0), Path::new("/ck/42/batch"));
+        assert_eq!(task_dir(d, 3, 1), Path::new("/ck/42/step3/task1"));
+    }
+
+    #[test]
+    fn exec_line_and_env() {
+        let e = TaskExec {
+            ckpt_bin: "/b/ckpt",
+            task_dir: Path::new("/ck/batch"),
+            interval: 60,
+            signal: "USR1",
+            batch: true,
+            keep_images: false,
+            libckpt: LIB,
+        };
+        let argv = exec_argv(&e, &[c("/home/u/job.sh"), c("arg")]);
+        let text: Vec<&str> = argv.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            text,
+            [
+                "/b/ckpt",
+                "slurm-task",
+                "--dir",
+                "/ck/batch",
+                "--interval",
+                "60",
+                "--signal",
+                "USR1",
+                "--lib",
+                LIB,
+                "--batch",
+                "--",
+                "/home/u/job.sh",
+                "arg"
+            ]
+        );
+        let env = exec_env(&[c("A=1"), c("LD_PRELOAD=x"), c("B=2")], Some("/x/a.so"));
+        assert_eq!(env, vec![c("A=1"), c("B=2"), c("LD_PRELOAD=/x/a.so")]);
+        assert_eq!(exec_env(&[c("LD_PRELOAD=x")], None), Vec::<CString>::new());
     }
 
     #[test]

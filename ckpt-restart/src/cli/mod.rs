@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod launch;
 pub mod restart;
+pub mod slurm;
 pub mod status;
 
 use std::path::PathBuf;

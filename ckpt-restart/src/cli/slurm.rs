@@ -1,0 +1,697 @@
+//! `ckpt slurm-task`: what the SPANK plugin runs in place of each task of a
+//! checkpointed Slurm job (exec'ed from `slurm_spank_task_init`, as the user).
+//!
+//! ```text
+//! ckpt slurm-task --dir TASKDIR [--interval T] [--signal NAME] [--batch] [--keep-images]
+//!                 [--lib LIBCKPT] -- ARGV...
+//! ```
+//! - TASKDIR holds a complete generation: the task is resumed from it
+//!   (`ckpt restart`), with the newest one first and older ones as fall-back.
+//!   If none can be restored the task fails with a message and never starts
+//!   ARGV from the beginning over its own outputs.
+//! - Otherwise ARGV runs under `ckpt launch`.
+//! - The "checkpoint now" signal (`--signal`, the site's `signal=`) takes a
+//!   blocking checkpoint; in the batch step (`--batch`) the job is then
+//!   requeued with `scontrol requeue $SLURM_JOB_ID`, and Slurm starts it
+//!   again, which resumes it here. If that checkpoint fails, the job is
+//!   requeued only when an older checkpoint exists (it resumes from there);
+//!   without any checkpoint it is left running, so that a job that cannot be
+//!   checkpointed is never requeued and restarted from scratch in a loop.
+//! - `--interval`: periodic checkpoints, driven by an `ITIMER_REAL` of this
+//!   process (its SIGALRM is consumed here, never forwarded to the job).
+//! - When the program exits with status 0 and the job was not requeued, the
+//!   images are removed unless `--keep-images` (any other status keeps them:
+//!   a failed restore, a crash, or a kill must not lose the checkpoint).
+//!
+//! Output continuity: Slurm opens a batch job's output files with `O_APPEND`
+//! and, on requeue, truncates them unless `--open-mode=append`. After each
+//! checkpoint taken here, the first N bytes of each output file (N = its
+//! size at the checkpoint, the largest offset the image records for it) are
+//! copied to `TASKDIR/output-<fd>.saved`. Before resuming, each output file is
+//! made exactly N bytes long again: a truncated file gets the saved bytes
+//! back, a longer one (append mode: output written between the checkpoint
+//! and the requeue) is cut to N, which the resumed program then writes again.
+//! `ckpt:` lines in that cut part are kept.
+//!
+//! Messages go to the task's stderr, prefixed `ckpt:`.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use super::{Failure, Opts};
+use crate::coord::Coordinator;
+use ckpt::image::generation::{CheckpointDir, LoadedGeneration};
+use ckpt::image::manifest::FdKind;
+
+/// Options of `ckpt slurm-task`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TaskOpts {
+    /// The task's own checkpoint directory.
+    pub dir: PathBuf,
+    /// Periodic interval, seconds (0 = none).
+    pub interval: u64,
+    /// The "checkpoint now" signal number.
+    pub signal: i32,
+    /// This is the batch step: requeue the job after a signal checkpoint.
+    pub batch: bool,
+    /// Keep the images after the program finished.
+    pub keep_images: bool,
+    /// The preload library to use (`CKPT_LIB` for launch).
+    pub lib: Option<PathBuf>,
+    /// `--check`: only say whether a generation of TASKDIR can be loaded.
+    pub check: bool,
+    /// The task's command.
+    pub command: Vec<String>,
+}
+
+/// A signal name (`USR1`, `SIGUSR1`) or number to its number.
+pub fn signal_number(name: &str) -> Option<i32> {
+    let upper = name.to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let n = match bare {
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "TERM" => libc::SIGTERM,
+        "ALRM" => libc::SIGALRM,
+        "URG" => libc::SIGURG,
+        "WINCH" => libc::SIGWINCH,
+        "XCPU" => libc::SIGXCPU,
+        "XFSZ" => libc::SIGXFSZ,
+        "VTALRM" => libc::SIGVTALRM,
+        "PROF" => libc::SIGPROF,
+        "PWR" => libc::SIGPWR,
+        other => return other.parse().ok().filter(|n| (1..=64).contains(n)),
+    };
+    Some(n)
+}
+
+/// Parses the arguments after `slurm-task`.
+pub fn parse(args: &[String]) -> Result<TaskOpts, String> {
+    let mut o = TaskOpts {
+        signal: libc::SIGUSR1,
+        ..TaskOpts::default()
+    };
+    let mut dir = None;
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        let (key, inline) = match a.split_once('=') {
+            Some((k, v)) if k.starts_with("--") => (k, Some(v.to_owned())),
+            _ => (a, None),
+        };
+        let mut value = |name: &str| -> Result<String, String> {
+            if let Some(v) = inline.clone() {
+                return Ok(v);
+            }
+            i += 1;
+            args.get(i)
+                .cloned()
+                .ok_or_else(|| format!("slurm-task: {name} needs a value"))
+        };
+        match key {
+            "--dir" => dir = Some(PathBuf::from(value("--dir")?)),
+            "--interval" => o.interval = super::parse_interval(&value("--interval")?)?,
+            "--signal" => {
+                let v = value("--signal")?;
+                o.signal = signal_number(&v)
+                    .ok_or_else(|| format!("slurm-task: --signal={v}: not a signal name"))?;
+            }
+            "--lib" => o.lib = Some(PathBuf::from(value("--lib")?)),
+            "--batch" => o.batch = true,
+            "--keep-images" => o.keep_images = true,
+            "--check" => o.check = true,
+            "--" => {
+                o.command = args.get(i + 1..).unwrap_or_default().to_vec();
+                break;
+            }
+            other => return Err(format!("slurm-task: unknown option {other}")),
+        }
+        i += 1;
+    }
+    o.dir = dir.ok_or("slurm-task: missing --dir TASKDIR")?;
+    if o.command.is_empty() && !o.check {
+        return Err("slurm-task: missing the task's command after --".into());
+    }
+    Ok(o)
+}
+
+fn say(msg: &str) {
+    eprintln!("ckpt: {msg}");
+}
+
+/// `--check`: succeeds when TASKDIR has no complete generation or one that
+/// loads; otherwise explains each generation that does not.
+fn check(o: &TaskOpts) -> Result<i32, Failure> {
+    let dir = CheckpointDir::open(&o.dir)?;
+    let mut reasons = Vec::new();
+    for (path, r) in dir.candidates()? {
+        match r {
+            Ok(_) => return Ok(0),
+            Err(e) => reasons.push(format!(
+                "{}: {e}",
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            )),
+        }
+    }
+    if reasons.is_empty() {
+        return Ok(0);
+    }
+    Err(Failure {
+        msg: format!("no checkpoint can be restored ({})", reasons.join("; ")),
+        code: 1,
+    })
+}
+
+/// Applies the resource limits the job propagated from the submission host
+/// (`SLURM_RLIMIT_<NAME>`, what slurmstepd's `set_user_limits` would do
+/// after the plugin's `task_init`): soft limits only, never above the hard
+/// limit.
+fn apply_rlimits() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let all = [
+        ("CPU", Resource::RLIMIT_CPU),
+        ("FSIZE", Resource::RLIMIT_FSIZE),
+        ("DATA", Resource::RLIMIT_DATA),
+        ("STACK", Resource::RLIMIT_STACK),
+        ("CORE", Resource::RLIMIT_CORE),
+        ("RSS", Resource::RLIMIT_RSS),
+        ("NPROC", Resource::RLIMIT_NPROC),
+        ("NOFILE", Resource::RLIMIT_NOFILE),
+        ("MEMLOCK", Resource::RLIMIT_MEMLOCK),
+        ("AS", Resource::RLIMIT_AS),
+    ];
+    for (name, res) in all {
+        let Ok(v) = std::env::var(format!("SLURM_RLIMIT_{name}")) else {
+            continue;
+        };
+        // slurm writes "U<value>" when the submitting user's limit was
+        // unlimited in some versions; accept a bare number or that form.
+        let v = v.trim().trim_start_matches('U');
+        let Ok(want) = v.parse::<u64>() else {
+            continue;
+        };
+        let Ok((_, hard)) = getrlimit(res) else {
+            continue;
+        };
+        let soft = if hard == libc::RLIM_INFINITY {
+            want
+        } else {
+            want.min(hard)
+        };
+        let _ = setrlimit(res, soft, hard);
+    }
+}
+
+/// Runs `ckpt slurm-task ARGS`.
+pub fn run(args: &[String]) -> Result<i32, Failure> {
+    let o = parse(args).map_err(|msg| Failure { msg, code: 2 })?;
+    if o.check {
+        return check(&o);
+    }
+    apply_rlimits();
+    if std::env::var_os("TMPDIR").is_none() {
+        // SAFETY: single-threaded (no thread started yet).
+        unsafe { std::env::set_var("TMPDIR", "/tmp") };
+    }
+    if let Some(lib) = &o.lib {
+        // SAFETY: single-threaded at this point (no thread is started before
+        // launch/restart), so nothing reads the environment concurrently.
+        unsafe { std::env::set_var("CKPT_LIB", lib) };
+    }
+    let dir = CheckpointDir::create(&o.dir)?;
+    let restart_count: u32 = std::env::var("SLURM_RESTART_COUNT")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let complete: Vec<_> = dir
+        .list()?
+        .into_iter()
+        .filter(|g| g.state != "incomplete")
+        .collect();
+    let outputs = output_files();
+    let engine = Opts {
+        dir: Some(dir.path().to_path_buf()),
+        interval: 0,
+        keep: ckpt::image::generation::DEFAULT_KEEP,
+        no_verify: false,
+        command: o.command.clone(),
+    };
+    let mut state = HookState {
+        opts: &o,
+        dir: &dir,
+        outputs: &outputs,
+        requeued: false,
+    };
+    block_alarm();
+    start_timer(o.interval);
+    let result = if complete.is_empty() {
+        if restart_count > 0 {
+            say(&format!(
+                "job requeued (SLURM_RESTART_COUNT={restart_count}) but {} holds no checkpoint: \
+                 starting {} from the beginning",
+                dir.path().display(),
+                o.command.join(" ")
+            ));
+        }
+        super::launch::run_with(&engine, &mut |sig, coord| state.on_signal(sig, coord))
+    } else {
+        let newest = newest_loadable(&dir);
+        if let Some(g) = &newest {
+            restore_outputs(&dir, g, &outputs);
+            say(&format!(
+                "resuming from {} (SLURM_RESTART_COUNT={restart_count})",
+                g.path.display()
+            ));
+        }
+        super::restart::run_with(&engine, &mut |sig, coord| state.on_signal(sig, coord)).map_err(
+            |f| Failure {
+                msg: format!(
+                    "cannot resume this task from its checkpoints in {}: {}; it is NOT started \
+                     again from the beginning, to protect its outputs: inspect them with \
+                     `ckpt status --dir {}`, then remove that directory to start over",
+                    dir.path().display(),
+                    f.msg,
+                    dir.path().display()
+                ),
+                code: f.code,
+            },
+        )
+    };
+    stop_timer();
+    let code = result?;
+    if !state.requeued && code == 0 && !o.keep_images {
+        if let Err(e) = dir.remove_all() {
+            say(&format!("cannot remove the checkpoints: {e}"));
+        }
+        for (fd, _) in &outputs {
+            let _ = fs::remove_file(saved_output(&dir, *fd));
+        }
+    }
+    Ok(code)
+}
+
+/// What the signal hook needs.
+struct HookState<'a> {
+    opts: &'a TaskOpts,
+    dir: &'a CheckpointDir,
+    outputs: &'a [(i32, PathBuf)],
+    requeued: bool,
+}
+
+impl HookState<'_> {
+    fn on_signal(&mut self, sig: i32, coord: &Arc<Coordinator>) -> bool {
+        if sig == libc::SIGALRM && self.opts.interval > 0 {
+            if let Err(e) = self.checkpoint(coord) {
+                say(&format!("periodic checkpoint failed: {e}"));
+            }
+            return true;
+        }
+        if sig != self.opts.signal {
+            return false;
+        }
+        if self.requeued {
+            return true;
+        }
+        let name = signal_name(sig);
+        say(&format!("SIG{name} received: checkpointing"));
+        let ok = match self.checkpoint(coord) {
+            Ok(()) => true,
+            Err(e) => {
+                say(&format!("checkpoint failed: {e}"));
+                false
+            }
+        };
+        if !self.opts.batch {
+            return true;
+        }
+        if !ok {
+            let older = self
+                .dir
+                .list()
+                .map(|l| l.iter().any(|g| g.state == "complete"))
+                .unwrap_or(false);
+            if !older {
+                say(
+                    "the job is NOT requeued: it has no checkpoint to resume from, so a requeue would \
+                     start it again from the beginning; it keeps running until it ends or reaches its \
+                     time limit",
+                );
+                return true;
+            }
+            say("requeueing the job anyway: it will resume from its previous checkpoint");
+        }
+        self.requeued = requeue();
+        true
+    }
+
+    fn checkpoint(&self, coord: &Arc<Coordinator>) -> Result<(), String> {
+        let done = coord.checkpoint()?;
+        say(&format!(
+            "checkpoint {} written ({} process{}, {}, program paused {:.1} ms, durable after {:.1} ms)",
+            done.path.display(),
+            done.processes,
+            if done.processes == 1 { "" } else { "es" },
+            super::checkpoint::human_bytes(done.bytes),
+            done.pause_us as f64 / 1000.0,
+            done.total_us as f64 / 1000.0
+        ));
+        match self.dir.load(&done.path) {
+            Ok(g) => save_outputs(self.dir, &g, self.outputs),
+            Err(e) => say(&format!("cannot read back {}: {e}", done.path.display())),
+        }
+        Ok(())
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    [
+        "USR1", "USR2", "HUP", "INT", "QUIT", "TERM", "ALRM", "URG", "WINCH", "XCPU", "XFSZ",
+        "VTALRM", "PROF", "PWR",
+    ]
+    .iter()
+    .find(|n| signal_number(n) == Some(sig))
+    .map_or_else(|| sig.to_string(), |n| (*n).to_owned())
+}
+
+/// `scontrol requeue $SLURM_JOB_ID`; true when Slurm accepted it.
+fn requeue() -> bool {
+    let Ok(job) = std::env::var("SLURM_JOB_ID") else {
+        say("cannot requeue: SLURM_JOB_ID is not set (not running under Slurm?)");
+        return false;
+    };
+    let scontrol = ["/usr/bin/scontrol", "/usr/local/bin/scontrol"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("scontrol");
+    match Command::new(scontrol).args(["requeue", &job]).output() {
+        Ok(out) if out.status.success() => {
+            say(&format!(
+                "job {job} requeued: it resumes from this checkpoint when Slurm starts it again"
+            ));
+            true
+        }
+        Ok(out) => {
+            say(&format!(
+                "`scontrol requeue {job}` failed ({}): {}; the checkpoint is kept: the job ends at \
+                 its time limit, then `scontrol requeue {job}` or resubmitting with the same \
+                 --checkpoint-dir resumes it",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+            false
+        }
+        Err(e) => {
+            say(&format!(
+                "cannot run {scontrol} to requeue job {job}: {e}; the checkpoint is kept"
+            ));
+            false
+        }
+    }
+}
+
+fn block_alarm() {
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGALRM);
+    let _ = set.thread_block();
+}
+
+fn set_timer(secs: u64) {
+    let secs = libc::time_t::try_from(secs).unwrap_or(libc::time_t::MAX);
+    let tv = libc::timeval {
+        tv_sec: secs,
+        tv_usec: 0,
+    };
+    let it = libc::itimerval {
+        it_interval: tv,
+        it_value: tv,
+    };
+    // SAFETY: `it` is a valid itimerval; the old value is not wanted (null).
+    unsafe { libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()) };
+}
+
+/// Periodic checkpoints: SIGALRM every `secs` to this process (blocked, so
+/// it reaches the supervisor's `sigwaitinfo` and the hook).
+fn start_timer(secs: u64) {
+    if secs > 0 {
+        set_timer(secs);
+    }
+}
+
+fn stop_timer() {
+    set_timer(0);
+}
+
+/// The task's stdout and stderr when they are regular files (batch jobs,
+/// `srun -o FILE`), deduplicated by path.
+fn output_files() -> Vec<(i32, PathBuf)> {
+    let mut out: Vec<(i32, PathBuf)> = Vec::new();
+    for fd in [1, 2] {
+        let Ok(path) = fs::read_link(format!("/proc/self/fd/{fd}")) else {
+            continue;
+        };
+        let Ok(md) = fs::metadata(&path) else {
+            continue;
+        };
+        if !md.is_file() || md.file_type().is_fifo() {
+            continue;
+        }
+        if out.iter().all(|(_, p)| p != &path) {
+            out.push((fd, path));
+        }
+    }
+    out
+}
+
+fn saved_output(dir: &CheckpointDir, fd: i32) -> PathBuf {
+    dir.path().join(format!("output-{fd}.saved"))
+}
+
+/// The size `path` had at the checkpoint: the largest offset of the job's
+/// descriptors on it (Slurm opens output files with `O_APPEND`, so each
+/// offset is the file's end after that descriptor's last write).
+fn size_at_checkpoint(g: &LoadedGeneration, path: &Path) -> Option<u64> {
+    let want = path.to_string_lossy();
+    g.processes
+        .iter()
+        .flat_map(|m| m.fds.iter())
+        .filter(|f| f.kind == FdKind::File && f.path == want)
+        .map(|f| f.pos)
+        .max()
+}
+
+fn save_outputs(dir: &CheckpointDir, g: &LoadedGeneration, outputs: &[(i32, PathBuf)]) {
+    for (fd, path) in outputs {
+        let Some(n) = size_at_checkpoint(g, path) else {
+            continue;
+        };
+        let dest = saved_output(dir, *fd);
+        let tmp = dest.with_extension("tmp");
+        let r = (|| -> std::io::Result<()> {
+            let mut src = fs::File::open(path)?.take(n);
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            let copied = std::io::copy(&mut src, &mut f)?;
+            if copied != n {
+                return Err(std::io::Error::other(format!(
+                    "it holds {copied} bytes, the checkpoint recorded {n}"
+                )));
+            }
+            f.sync_all()?;
+            fs::rename(&tmp, &dest)
+        })();
+        if let Err(e) = r {
+            say(&format!(
+                "cannot save a copy of {} for the restart: {e}; use --open-mode=append so that \
+                 Slurm keeps it on requeue",
+                path.display()
+            ));
+        }
+    }
+}
+
+/// Makes each output file exactly as long as it was at the checkpoint of
+/// `g`, before the resumed program writes to it again.
+fn restore_outputs(dir: &CheckpointDir, g: &LoadedGeneration, outputs: &[(i32, PathBuf)]) {
+    for (fd, path) in outputs {
+        let Some(n) = size_at_checkpoint(g, path) else {
+            continue;
+        };
+        if let Err(e) = restore_output(dir, *fd, path, n) {
+            say(&format!(
+                "{} may not continue exactly where it stopped: {e}",
+                path.display()
+            ));
+        }
+    }
+}
+
+fn restore_output(dir: &CheckpointDir, fd: i32, path: &Path, n: u64) -> Result<(), String> {
+    // Our descriptor `fd` is the one slurmstepd opened for the job
+    // (O_WRONLY|O_APPEND); open the same file again to read and resize it.
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("cannot open it: {e}"))?;
+    let size = f.metadata().map_err(|e| e.to_string())?.size();
+    if size > n {
+        // Output written after the checkpoint: the resumed program writes it
+        // again. Keep our own `ckpt:` lines from that part.
+        use std::io::Seek;
+        let mut tail = Vec::new();
+        f.seek(std::io::SeekFrom::Start(n))
+            .and_then(|_| f.read_to_end(&mut tail))
+            .map_err(|e| e.to_string())?;
+        let at_line_start = n == 0 || {
+            let mut last = [0u8; 1];
+            f.seek(std::io::SeekFrom::Start(n - 1))
+                .and_then(|_| f.read_exact(&mut last))
+                .is_ok_and(|()| last[0] == b'\n')
+        };
+        f.set_len(n)
+            .map_err(|e| format!("cannot truncate it: {e}"))?;
+        if at_line_start {
+            let ours: Vec<u8> = tail
+                .split_inclusive(|b| *b == b'\n')
+                .filter(|l| l.starts_with(b"ckpt: ") && l.ends_with(b"\n"))
+                .flatten()
+                .copied()
+                .collect();
+            let mut a = fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map_err(|e| e.to_string())?;
+            a.write_all(&ours).map_err(|e| e.to_string())?;
+        }
+        return Ok(());
+    }
+    if size == n {
+        return Ok(());
+    }
+    // Shorter: Slurm truncated it on requeue (--open-mode=truncate).
+    let saved = saved_output(dir, fd);
+    let mut copy = fs::File::open(&saved).map_err(|e| {
+        format!(
+            "it is shorter ({size} bytes) than at the checkpoint ({n} bytes) and no copy was \
+             saved ({}: {e}); the output written before the checkpoint is lost — submit with \
+             --open-mode=append to keep it",
+            saved.display()
+        )
+    })?;
+    let have = copy.metadata().map_err(|e| e.to_string())?.size();
+    if have < n {
+        return Err(format!(
+            "it is shorter ({size} bytes) than at the checkpoint ({n} bytes) and the saved copy \
+             holds only {have} bytes"
+        ));
+    }
+    let mut prefix = Vec::new();
+    Read::by_ref(&mut copy)
+        .take(n)
+        .read_to_end(&mut prefix)
+        .map_err(|e| e.to_string())?;
+    let mut head = vec![
+        0u8;
+        usize::try_from(size)
+            .unwrap_or(usize::MAX)
+            .min(prefix.len())
+    ];
+    f.read_exact(&mut head).map_err(|e| e.to_string())?;
+    if head != prefix[..head.len()] {
+        // Something else wrote it since; do not guess.
+        return Err(format!(
+            "its first {size} bytes differ from what the job had written; left as it is"
+        ));
+    }
+    f.set_len(0).map_err(|e| e.to_string())?;
+    let mut a = fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    a.write_all(&prefix).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The newest generation that loads (the one the restart tries first).
+fn newest_loadable(dir: &CheckpointDir) -> Option<LoadedGeneration> {
+    dir.candidates().ok()?.into_iter().find_map(|(_, r)| r.ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn parses_everything_the_plugin_passes() {
+        let o = parse(&args(&[
+            "--dir",
+            "/ck/batch",
+            "--interval=60",
+            "--signal",
+            "USR2",
+            "--batch",
+            "--keep-images",
+            "--lib",
+            "/l/libckpt.so",
+            "--",
+            "/bin/prog",
+            "--dir",
+        ]))
+        .unwrap();
+        assert_eq!(
+            o,
+            TaskOpts {
+                dir: "/ck/batch".into(),
+                interval: 60,
+                signal: libc::SIGUSR2,
+                batch: true,
+                keep_images: true,
+                lib: Some("/l/libckpt.so".into()),
+                check: false,
+                command: args(&["/bin/prog", "--dir"]),
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_use() {
+        for (a, want) in [
+            (&["--", "x"][..], "missing --dir"),
+            (&["--dir", "/d"][..], "missing the task's command"),
+            (
+                &["--dir", "/d", "--signal", "KILLME", "--", "x"][..],
+                "not a signal",
+            ),
+            (&["--bogus"][..], "unknown option --bogus"),
+        ] {
+            let e = parse(&args(a)).unwrap_err();
+            assert!(e.contains(want), "{a:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(signal_number("USR1"), Some(libc::SIGUSR1));
+        assert_eq!(signal_number("sigusr2"), Some(libc::SIGUSR2));
+        assert_eq!(signal_number("10"), Some(10));
+        assert_eq!(signal_number("KILLME"), None);
+        assert_eq!(signal_name(libc::SIGUSR1), "USR1");
+    }
+}
