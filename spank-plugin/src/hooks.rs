@@ -133,13 +133,56 @@ pub fn init_post_opt() -> Result<(), PluginError> {
         return Ok(());
     }
     match &state.config {
-        Some(Ok(config)) => config
-            .resolve(&state.user)
-            .map(drop)
-            .map_err(PluginError::from),
+        Some(Ok(config)) => {
+            config.resolve(&state.user)?;
+            if spank::context() == Context::Allocator {
+                note_missing_signal(config);
+            }
+            Ok(())
+        }
         Some(Err(e)) => Err(PluginError::SiteMisconfigured(e.clone())),
         None => Ok(()),
     }
+}
+
+/// In sbatch: a checkpointed job without a warning signal is checkpointed
+/// only periodically, never just before its time limit or at preemption.
+/// A SPANK plugin cannot add `--signal` to the job (22.05: no item for it,
+/// and `SBATCH_SIGNAL` is read before the plugin sees the options), so the
+/// user is told how to ask for one.
+fn note_missing_signal(config: &PluginConfig) {
+    let Ok(cmdline) = std::fs::read("/proc/self/cmdline") else {
+        return;
+    };
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let Some((argv0, rest)) = args.split_first() else {
+        return;
+    };
+    if !argv0.ends_with("sbatch") {
+        return;
+    }
+    // The script: the first argument naming a readable file that starts
+    // with "#!" (sbatch reads it from stdin otherwise).
+    let script = rest.iter().find_map(|a| {
+        let text = std::fs::read(a).ok()?;
+        text.starts_with(b"#!")
+            .then(|| String::from_utf8_lossy(&text).into_owned())
+    });
+    let env = std::env::var("SBATCH_SIGNAL").ok();
+    if options::sbatch_has_signal(rest, env.as_deref(), script.as_deref()) {
+        return;
+    }
+    let sig = &config.signal;
+    spank::log_note(&format!(
+        "note: this job has no warning signal, so it is checkpointed only every \
+         --checkpoint-interval, not before its time limit or when it is preempted; add \
+         --signal=B:{sig}@120 (or '#SBATCH --signal=B:{sig}@120') to have it checkpointed and \
+         requeued 120 s before its time limit and at preemption"
+    ));
 }
 
 /// The checkpoint settings of one task.

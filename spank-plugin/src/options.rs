@@ -467,6 +467,38 @@ pub struct Resolved {
     pub interval: u64,
 }
 
+/// Whether an sbatch submission asks for a warning signal: `--signal` on
+/// the command line (`args`, without argv\[0\]), `SBATCH_SIGNAL` in the
+/// environment, or `#SBATCH --signal` in the script (`script`, when known).
+pub fn sbatch_has_signal(args: &[String], env_signal: Option<&str>, script: Option<&str>) -> bool {
+    let is_signal = |a: &str| a == "--signal" || a.starts_with("--signal=");
+    if env_signal.is_some_and(|v| !v.trim().is_empty()) {
+        return true;
+    }
+    // Options end at the script name; its own arguments do not count, but
+    // telling them apart needs sbatch's option table: any --signal counts.
+    if args.iter().any(|a| is_signal(a)) {
+        return true;
+    }
+    let Some(script) = script else {
+        return false;
+    };
+    for line in script.lines().skip(1) {
+        let line = line.trim_start();
+        let Some(rest) = line.strip_prefix("#SBATCH") else {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            // sbatch stops reading #SBATCH lines at the first command.
+            break;
+        };
+        if rest.split_whitespace().any(is_signal) {
+            return true;
+        }
+    }
+    false
+}
+
 fn parse_signal(value: &str) -> Result<String, OptionError> {
     let upper = value.to_ascii_uppercase();
     let name = upper.strip_prefix("SIG").unwrap_or(&upper);
@@ -683,6 +715,31 @@ mod tests {
             "--checkpoint-interval=59: must be 0 (no periodic checkpoint) or at least 60 seconds \
              (min_interval of this site)"
         );
+    }
+
+    #[test]
+    fn warning_signal_detection() {
+        let a = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(sbatch_has_signal(
+            &a(&["--signal=B:USR1@60", "job.sh"]),
+            None,
+            None
+        ));
+        assert!(sbatch_has_signal(
+            &a(&["--signal", "USR1@60", "job.sh"]),
+            None,
+            None
+        ));
+        assert!(sbatch_has_signal(&a(&["job.sh"]), Some("B:USR1@60"), None));
+        let script = "#!/bin/bash\n#SBATCH -t 5\n#SBATCH --signal=B:USR1@90\nsrun x\n";
+        assert!(sbatch_has_signal(&a(&["job.sh"]), None, Some(script)));
+        let late = "#!/bin/bash\necho hi\n#SBATCH --signal=B:USR1@90\n";
+        assert!(!sbatch_has_signal(&a(&["job.sh"]), None, Some(late)));
+        assert!(!sbatch_has_signal(
+            &a(&["--time=5", "job.sh"]),
+            Some(""),
+            None
+        ));
     }
 
     #[test]

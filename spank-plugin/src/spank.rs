@@ -298,6 +298,14 @@ pub fn log_error(message: &str) {
     unsafe { sys::slurm_error(c"%s".as_ptr(), text.as_ptr()) };
 }
 
+/// Prints a note on the stderr of srun/sbatch/salloc, at the level of an
+/// error but without the `error:` prefix (`slurm_spank_log`).
+pub fn log_note(message: &str) {
+    let text = c_string(&format!("ckpt: {message}"));
+    // SAFETY: as in log_error.
+    unsafe { sys::slurm_spank_log(c"%s".as_ptr(), text.as_ptr()) };
+}
+
 /// Logs an informational line (daemon logs; srun -v).
 pub fn log_info(message: &str) {
     let text = c_string(&format!("ckpt: {message}"));

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 use ckpt_tests::slurm::{self, Cluster, JobRun, TEST_USER};
 
+mod lifecycle;
+
 /// Prints, for role `$1`, each variable the plugin sets and whether
 /// libckpt.so is mapped into the process (it is preloaded into this bash).
 const SHOW: &str = r#"#!/bin/bash

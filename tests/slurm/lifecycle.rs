@@ -1,0 +1,580 @@
+//! The Slurm lifecycle end to end (issue 6): a checkpointed job is
+//! checkpointed on its warning signal or at preemption, requeued, resumed
+//! from its images, and finishes with the result of an uninterrupted run,
+//! with its output file continuous; srun steps checkpoint periodically and a
+//! rerun resumes them task by task; a corrupt image fails clearly.
+//!
+//! Every wait has a deadline; nothing asserts on time. The programs are
+//! seeded Monte-Carlo estimates of pi that print one line per step; the
+//! reference result comes from running the same program directly.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ckpt_tests::slurm::{self, Cluster, JobRun};
+
+/// Python: `pi.py STEPS DELAY`; the seed depends on `SLURM_PROCID`.
+const PI_PY: &str = r#"import os, random, sys, time
+steps, delay = int(sys.argv[1]), float(sys.argv[2])
+rank = int(os.environ.get("SLURM_PROCID", "0"))
+rng = random.Random(20261126 + rank)
+inside = total = 0
+for step in range(1, steps + 1):
+    for _ in range(20000):
+        x = rng.random(); y = rng.random()
+        inside += (x * x + y * y <= 1.0); total += 1
+    print(f"step {step} inside {inside}", flush=True)
+    time.sleep(delay)
+print(f"RESULT rank {rank} pi={4 * inside / total:.12f}", flush=True)
+"#;
+
+/// R: `Rscript pi.R STEPS DELAY`.
+const PI_R: &str = r#"args <- commandArgs(trailingOnly = TRUE)
+steps <- as.integer(args[1]); delay <- as.numeric(args[2])
+set.seed(20261126)
+inside <- 0; total <- 0
+for (k in seq_len(steps)) {
+  x <- runif(20000); y <- runif(20000)
+  inside <- inside + sum(x * x + y * y <= 1); total <- total + 20000
+  cat(sprintf("step %d inside %d\n", k, as.integer(inside))); flush(stdout())
+  Sys.sleep(delay)
+}
+cat(sprintf("RESULT rank 0 pi=%.12f\n", 4 * inside / total))
+"#;
+
+/// Deadline of one wait for a job event.
+const WAIT: Duration = Duration::from_secs(180);
+
+fn root_cmd(c: &Cluster, prog: &str) -> Command {
+    let mut cmd = Command::new(prog);
+    cmd.env("SLURM_CONF", &c.conf);
+    cmd
+}
+
+/// Runs a command as the test user, returning its stdout; panics with its
+/// stderr when it fails.
+fn user_ok(c: &Cluster, dir: &Path, argv: &[&str]) -> String {
+    let run = c.run_as_user(dir, argv);
+    if !run.success {
+        c.fail(&format!("`{}` failed", argv.join(" ")), Some(&run));
+    }
+    run.submit_stdout
+}
+
+/// A fresh test directory with both programs.
+fn setup(c: &Cluster, name: &str) -> PathBuf {
+    let dir = c.workdir(name);
+    c.write_script(&dir.join("pi.py"), PI_PY);
+    c.write_script(&dir.join("pi.R"), PI_R);
+    dir
+}
+
+/// What the program prints when nothing interrupts it.
+fn reference(c: &Cluster, dir: &Path, argv: &[&str], rank: u32) -> String {
+    let rank_env = format!("SLURM_PROCID={rank}");
+    let mut full = vec!["env", rank_env.as_str()];
+    full.extend_from_slice(argv);
+    let out = user_ok(c, dir, &full);
+    result_line(&out).unwrap_or_else(|| panic!("no RESULT from {argv:?}: {out}"))
+}
+
+fn result_line(text: &str) -> Option<String> {
+    text.lines()
+        .map(|l| l.split_once(": ").map_or(l, |(_, r)| r))
+        .find(|l| l.starts_with("RESULT"))
+        .map(str::to_owned)
+}
+
+/// A submitted batch job.
+struct Job {
+    id: u32,
+    out: PathBuf,
+    err: PathBuf,
+    dir: PathBuf,
+}
+
+impl Job {
+    fn run(&self) -> JobRun {
+        JobRun {
+            command: format!("batch job {}", self.id),
+            id: Some(self.id),
+            success: true,
+            code: None,
+            submit_stdout: String::new(),
+            submit_stderr: String::new(),
+            stdout: fs::read_to_string(&self.out).unwrap_or_default(),
+            stderr: fs::read_to_string(&self.err).unwrap_or_default(),
+        }
+    }
+}
+
+fn submit(c: &Cluster, dir: &Path, args: &[&str], script: &str) -> Job {
+    let path = dir.join("job.sh");
+    c.write_script(&path, script);
+    let out = dir.join("job.out");
+    let err = dir.join("job.err");
+    let out_arg = format!("--output={}", out.display());
+    let err_arg = format!("--error={}", err.display());
+    let mut argv = vec!["sbatch", "--parsable", out_arg.as_str(), err_arg.as_str()];
+    argv.extend_from_slice(args);
+    argv.push("job.sh");
+    let stdout = user_ok(c, dir, &argv);
+    let id = stdout
+        .lines()
+        .next()
+        .and_then(|l| l.split(';').next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("sbatch printed no job id: {stdout}"));
+    Job {
+        id,
+        out,
+        err,
+        dir: dir.to_path_buf(),
+    }
+}
+
+/// Waits until `cond` holds, failing with `what` and the job's files.
+fn wait_until(c: &Cluster, job: Option<&Job>, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < WAIT {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let run = job.map(Job::run);
+    c.fail(&format!("timed out waiting: {what}"), run.as_ref());
+}
+
+/// The job's state in squeue, `None` once it is gone.
+fn state(c: &Cluster, id: u32) -> Option<String> {
+    let out = root_cmd(c, "squeue")
+        .args(["-h", "-o", "%T", "-j", &id.to_string()])
+        .output()
+        .ok()?;
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (!s.is_empty()).then_some(s)
+}
+
+/// Waits for the job to leave the queue and returns its final state from
+/// the jobcomp file (the last record of that id: ids restart with the
+/// cluster).
+fn final_state(c: &Cluster, job: &Job) -> String {
+    wait_until(c, Some(job), "the job to end", || {
+        state(c, job.id).is_none()
+    });
+    let comp = c.prefix.join("log/jobcomp.txt");
+    let text = fs::read_to_string(&comp).unwrap_or_default();
+    let key = format!("JobId={} ", job.id);
+    text.lines()
+        .rev()
+        .find(|l| l.starts_with(&key))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|f| f.strip_prefix("JobState="))
+        })
+        .unwrap_or("<no jobcomp record>")
+        .to_owned()
+}
+
+/// The highest "step N" line in `text`.
+fn last_step(text: &str) -> u32 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("step "))
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Waits until the job's output shows step `n` or later.
+fn wait_step(c: &Cluster, job: &Job, n: u32) {
+    wait_until(
+        c,
+        Some(job),
+        &format!("step {n} in the job's output"),
+        || last_step(&fs::read_to_string(&job.out).unwrap_or_default()) >= n,
+    );
+}
+
+/// Waits until the job runs again after its `count`th requeue.
+fn wait_resumed(c: &Cluster, job: &Job, count: u32) {
+    let line = format!("SLURM_RESTART_COUNT={count})");
+    wait_until(
+        c,
+        Some(job),
+        &format!("the job to resume after requeue {count}"),
+        || {
+            fs::read_to_string(&job.err)
+                .unwrap_or_default()
+                .contains(&line)
+        },
+    );
+}
+
+/// The output is exactly steps 1..=steps, once each and in order, then the
+/// result of an uninterrupted run.
+fn check_continuous(c: &Cluster, job: &Job, steps: u32, want: &str) {
+    let run = job.run();
+    let lines: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("step ") || l.starts_with("RESULT"))
+        .collect();
+    let numbers: Vec<u32> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("step "))
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .collect();
+    let expected: Vec<u32> = (1..=steps).collect();
+    c.check(
+        numbers == expected,
+        &format!("the output is not steps 1..={steps} once each, in order: {numbers:?}"),
+        &run,
+    );
+    c.check(
+        result_line(&run.stdout).as_deref() == Some(want),
+        &format!("result differs from the uninterrupted run's {want:?}"),
+        &run,
+    );
+    c.check(
+        !run.stdout.contains('\0'),
+        "the output file has a hole (NUL bytes)",
+        &run,
+    );
+}
+
+/// Preempts the job by a whole-node job in the `high` partition.
+fn preempt(c: &Cluster, dir: &Path) {
+    user_ok(
+        c,
+        dir,
+        &[
+            "sbatch",
+            "-p",
+            "high",
+            "--exclusive",
+            "-o",
+            "/dev/null",
+            "--wrap",
+            "sleep 1",
+        ],
+    );
+}
+
+/// The seed workflow for one program: signal, then preemption.
+fn seed_workflow(name: &str, program: &[&str], open_mode: Option<&str>) {
+    let Some(c) = slurm::cluster() else { return };
+    let dir = setup(&c, name);
+    const STEPS: u32 = 30;
+    let steps = STEPS.to_string();
+    let mut argv: Vec<&str> = program.to_vec();
+    argv.extend_from_slice(&[&steps, "0.5"]);
+    let want = reference(
+        &c,
+        &dir,
+        &{
+            let mut quick = program.to_vec();
+            quick.extend_from_slice(&[&steps, "0"]);
+            quick
+        },
+        0,
+    );
+    // The two-line job script of the README.
+    let script = format!(
+        "#!/bin/bash\n#SBATCH --checkpoint-dir=ck --signal=B:USR1@10\n{}\n",
+        argv.join(" ")
+    );
+    let mut args = vec!["-t", "10"];
+    if let Some(mode) = open_mode {
+        args.push(mode);
+    }
+    let job = submit(&c, &dir, &args, &script);
+
+    wait_step(&c, &job, 4);
+    user_ok(
+        &c,
+        &dir,
+        &["scancel", "--signal=USR1", "--batch", &job.id.to_string()],
+    );
+    wait_resumed(&c, &job, 1);
+    let resumed_at = last_step(&fs::read_to_string(&job.out).unwrap_or_default());
+    wait_step(&c, &job, resumed_at + 4);
+    preempt(&c, &dir);
+    wait_resumed(&c, &job, 2);
+
+    let end = final_state(&c, &job);
+    let run = job.run();
+    c.check(end == "COMPLETED", &format!("final state {end}"), &run);
+    check_continuous(&c, &job, STEPS, &want);
+    for needle in [
+        "ckpt: SIGUSR1 received: checkpointing",
+        "SLURM_RESTART_COUNT=1)",
+        "SLURM_RESTART_COUNT=2)",
+    ] {
+        c.check(
+            run.stderr.contains(needle),
+            &format!("job stderr lacks {needle:?}"),
+            &run,
+        );
+    }
+    let images = job.dir.join("ck/batch");
+    let left: Vec<_> = fs::read_dir(&images)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    c.check(
+        !left.iter().any(|n| n.to_string_lossy().starts_with("gen-")),
+        &format!("images left after success: {left:?}"),
+        &run,
+    );
+}
+
+#[test]
+fn seed_r_job_survives_a_warning_signal_and_a_preemption() {
+    seed_workflow("seed-r", &["Rscript", "pi.R"], None);
+}
+
+#[test]
+fn seed_python_job_survives_a_warning_signal_and_a_preemption_in_append_mode() {
+    seed_workflow("seed-py", &["python3", "pi.py"], Some("--open-mode=append"));
+}
+
+#[test]
+fn a_job_longer_than_its_time_limit_finishes_after_requeues() {
+    let Some(c) = slurm::cluster() else { return };
+    let dir = setup(&c, "timelimit");
+    // About 75 s of work under --time=1.
+    const STEPS: u32 = 75;
+    let want = reference(&c, &dir, &["python3", "pi.py", "75", "0"], 0);
+    let script = "#!/bin/bash\n#SBATCH --checkpoint-dir=ck\npython3 pi.py 75 1\n";
+    let job = submit(&c, &dir, &["--time=1", "--signal=B:USR1@30"], script);
+    let end = final_state(&c, &job);
+    let run = job.run();
+    c.check(end == "COMPLETED", &format!("final state {end}"), &run);
+    c.check(
+        run.stderr.contains("SLURM_RESTART_COUNT=1)"),
+        "the job was never requeued",
+        &run,
+    );
+    check_continuous(&c, &job, STEPS, &want);
+}
+
+/// srun with `-l` output: the lines of one rank, without the label.
+fn rank_lines(text: &str, rank: u32) -> Vec<String> {
+    let label = format!("{rank}: ");
+    text.lines()
+        .filter_map(|l| l.trim_start().strip_prefix(&label))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn periodic_srun_checkpoints_resume_task_by_task_after_scancel() {
+    let Some(c) = slurm::cluster() else { return };
+    let dir = setup(&c, "srun-periodic");
+    let ck = dir.join("ck");
+    let ck_arg = format!("--checkpoint-dir={}", ck.display());
+    let wants = [
+        reference(&c, &dir, &["python3", "pi.py", "60", "0"], 0),
+        reference(&c, &dir, &["python3", "pi.py", "60", "0"], 1),
+    ];
+    let srun = [
+        "srun",
+        "-Q",
+        "-l",
+        "-J",
+        "ckpt-periodic",
+        "-n",
+        "2",
+        ck_arg.as_str(),
+        "--checkpoint-interval=10",
+        "python3",
+        "pi.py",
+        "60",
+        "0.5",
+    ];
+    let mut first = c
+        .user_command(&dir, &c.conf, &srun)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start srun: {e}"));
+    let latest = |rank: u32| ck.join(format!("step0/task{rank}/latest"));
+    let started = Instant::now();
+    while !(latest(0).exists() && latest(1).exists()) {
+        if started.elapsed() > WAIT {
+            let _ = first.kill();
+            c.fail("no periodic checkpoint of both tasks", None);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    user_ok(&c, &dir, &["scancel", "--name=ckpt-periodic"]);
+    let first = first
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("srun: {e}"));
+    let first_out = String::from_utf8_lossy(&first.stdout).into_owned();
+    let run1 = JobRun {
+        command: srun.join(" "),
+        id: None,
+        success: first.status.success(),
+        code: first.status.code(),
+        submit_stdout: first_out.clone(),
+        submit_stderr: String::from_utf8_lossy(&first.stderr).into_owned(),
+        stdout: String::new(),
+        stderr: String::new(),
+    };
+    c.check(
+        result_line(&first_out).is_none(),
+        "the first run finished before scancel: nothing to resume",
+        &run1,
+    );
+
+    let rerun = c.run_as_user(&dir, &srun);
+    c.check(rerun.success, "the rerun failed", &rerun);
+    for (rank, want) in wants.iter().enumerate() {
+        let rank = u32::try_from(rank).unwrap_or(0);
+        let lines = rank_lines(&rerun.submit_stdout, rank);
+        let steps: Vec<u32> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("step "))
+            .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+            .collect();
+        c.check(
+            steps.first().is_some_and(|s| *s > 1),
+            &format!("task {rank} started again from step 1 instead of resuming: {steps:?}"),
+            &rerun,
+        );
+        c.check(
+            steps.windows(2).all(|w| w[1] == w[0] + 1) && steps.last() == Some(&60),
+            &format!("task {rank}: steps not consecutive up to 60: {steps:?}"),
+            &rerun,
+        );
+        let result = lines.iter().find(|l| l.starts_with("RESULT"));
+        c.check(
+            result.map(String::as_str) == Some(want.as_str()),
+            &format!("task {rank}: result {result:?}, uninterrupted run gives {want:?}"),
+            &rerun,
+        );
+        let resumed = format!(
+            "resuming from {}",
+            ck.join(format!("step0/task{rank}")).display()
+        );
+        c.check(
+            rerun.submit_stderr.contains(&resumed),
+            &format!("no {resumed:?} in srun's stderr"),
+            &rerun,
+        );
+    }
+}
+
+#[test]
+fn a_corrupt_image_on_requeue_fails_clearly_and_never_starts_over() {
+    let Some(c) = slurm::cluster() else { return };
+    let dir = setup(&c, "corrupt");
+    let script = "#!/bin/bash\n#SBATCH --checkpoint-dir=ck --signal=B:USR1@10\necho started\npython3 pi.py 40 0.5\n";
+    let job = submit(&c, &dir, &["-t", "10"], script);
+    wait_step(&c, &job, 3);
+    user_ok(
+        &c,
+        &dir,
+        &["scancel", "--signal=USR1", "--batch", &job.id.to_string()],
+    );
+    let batch = dir.join("ck/batch");
+    let id = job.id.to_string();
+    wait_until(&c, Some(&job), "the requeued job to be pending", || {
+        batch.join("latest").exists() && state(&c, job.id).as_deref() == Some("PENDING")
+    });
+    let hold = root_cmd(&c, "scontrol")
+        .args(["hold", &id])
+        .output()
+        .unwrap_or_else(|e| panic!("scontrol hold: {e}"));
+    assert!(hold.status.success(), "scontrol hold {id} failed: {hold:?}");
+    let gen_dir = fs::read_link(batch.join("latest"))
+        .map(|l| batch.join(l))
+        .unwrap_or_else(|e| panic!("latest: {e}"));
+    let image = fs::read_dir(&gen_dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", gen_dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "img"))
+        .unwrap_or_else(|| panic!("no image in {}", gen_dir.display()));
+    let image_arg = image.display().to_string();
+    user_ok(&c, &dir, &["truncate", "-s", "4096", &image_arg]);
+    let release = root_cmd(&c, "scontrol")
+        .args(["release", &id])
+        .output()
+        .unwrap_or_else(|e| panic!("scontrol release: {e}"));
+    assert!(
+        release.status.success(),
+        "scontrol release failed: {release:?}"
+    );
+
+    let end = final_state(&c, &job);
+    let run = job.run();
+    c.check(
+        end == "FAILED",
+        &format!("final state {end}, expected FAILED"),
+        &run,
+    );
+    let message = "cannot resume this task from its checkpoints";
+    c.check(
+        run.stderr.contains(message) && run.stderr.contains("truncated"),
+        &format!("job stderr lacks {message:?} naming the truncated image"),
+        &run,
+    );
+    let slurmd_log = fs::read_to_string(c.prefix.join("log/slurmd.log")).unwrap_or_default();
+    c.check(
+        slurmd_log.contains(message),
+        &format!("slurmd.log lacks {message:?}"),
+        &run,
+    );
+    c.check(
+        !run.stdout.contains("started") && !run.stdout.contains("RESULT"),
+        "the job started again from the beginning",
+        &run,
+    );
+    c.check(image.exists(), "the corrupt image was removed", &run);
+}
+
+#[test]
+fn sbatch_without_a_warning_signal_is_told_how_to_get_one() {
+    let Some(c) = slurm::cluster() else { return };
+    let dir = setup(&c, "nosignal");
+    c.write_script(&dir.join("quick.sh"), "#!/bin/bash\ntrue\n");
+    let without = c.run_as_user(
+        &dir,
+        &[
+            "sbatch",
+            "--wait",
+            "-o",
+            "/dev/null",
+            "--checkpoint-dir=ck",
+            "quick.sh",
+        ],
+    );
+    c.check(without.success, "the job failed", &without);
+    c.check(
+        without.submit_stderr.contains("--signal=B:USR1@120"),
+        "sbatch did not suggest a warning signal",
+        &without,
+    );
+    let with = c.run_as_user(
+        &dir,
+        &[
+            "sbatch",
+            "--wait",
+            "-o",
+            "/dev/null",
+            "--checkpoint-dir=ck",
+            "--signal=B:USR1@60",
+            "quick.sh",
+        ],
+    );
+    c.check(with.success, "the job failed", &with);
+    c.check(
+        !with.submit_stderr.contains("no warning signal"),
+        "sbatch warned although --signal was given",
+        &with,
+    );
+}
