@@ -49,11 +49,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use ckpt_tests::cr::{
-    Running, Scratch, Spawn, Tmux, Visible, alive, ci, copy_tree, corrupt_middle, deadline,
-    descendants, describe, diff_lines, find_by_inner_pid, first_difference, freeze_and_kill,
-    has_line, image_data_files, latest_generation, list_dir, locate_ckpt, ns_pids, out_file,
-    prerequisite, run_logged, send_signal, shell_quote, stat, status_field, tail, truncate_half,
-    visible_state, wait_gone, wait_until,
+    Running, Scratch, Spawn, Tmux, alive, ci, copy_tree, corrupt_middle, deadline, descendants,
+    describe, diff_lines, find_by_inner_pid, first_difference, freeze_and_kill, has_line,
+    image_data_files, latest_generation, list_dir, locate_ckpt, ns_pids, out_file, prerequisite,
+    run_logged, send_signal, shell_quote, stat, status_field, tail, truncate_half, visible_state,
+    wait_gone, wait_until,
 };
 use serde::Deserialize;
 
@@ -351,6 +351,19 @@ impl Case {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => self.fail(format!("remove gate {k}: {e}")),
         }
+    }
+
+    /// Creates `gate-k.ping` and waits until the program, held at gate k, removes it:
+    /// then it is running its own code (after a restart: the restore is complete).
+    fn ping(&self, proc: &mut Running, k: usize) {
+        let ping = self.gates().join(format!("gate-{k}.ping"));
+        self.check(fs::write(&ping, b"").map_err(|e| format!("{}: {e}", ping.display())));
+        let what = format!("the program held at gate {k} to remove {}", ping.display());
+        let r = wait_until(&what, deadline(), || {
+            proc.check_running()?;
+            Ok((!ping.exists()).then_some(()))
+        });
+        self.check(r);
     }
 
     fn open_all_gates(&self, gates: &Path) {
@@ -708,32 +721,18 @@ impl Case {
         }
         self.kill(&mut l);
         let mut r = self.restart("1", None, None);
-        let mut last: Option<Visible> = None;
-        let res = wait_until(
-            "the restarted program to show the same visible state",
-            deadline(),
-            || {
-                r.check_running()?;
-                let Some(p) = find_by_inner_pid(r.pid(), inner) else {
-                    return Ok(None);
-                };
-                let v = visible_state(p).ok();
-                let same = v.as_ref() == Some(&before);
-                last = v;
-                Ok(same.then_some(()))
-            },
-        );
-        if let Err(e) = res {
-            let diff = last.map_or_else(
-                || {
-                    format!(
-                        "no process with pid {inner} in its namespace appeared under ckpt restart"
-                    )
-                },
-                |v| diff_lines(&before.lines, &v.lines),
-            );
+        self.ping(&mut r, 1);
+        let Some(host) = find_by_inner_pid(r.pid(), inner) else {
             self.fail(format!(
-                "{e}\nbefore checkpoint (-) vs after restart (+):\n{diff}"
+                "no process with pid {inner} in its namespace under ckpt restart (pids not kept?)"
+            ));
+        };
+        let after = self.check(visible_state(host));
+        fs::write(self.s.join("visible-after.txt"), after.lines.join("\n")).ok();
+        if after != before {
+            self.fail(format!(
+                "visible state differs, before checkpoint (-) vs after restart (+):\n{}",
+                diff_lines(&before.lines, &after.lines)
             ));
         }
         self.open_all_gates(&self.gates());
@@ -829,29 +828,19 @@ impl Case {
         seq -= 1;
 
         let mut r = self.restart("1", None, None);
-        // Wait until the restored program has its handlers and mask back.
-        let cgt_bits: u64 = names
-            .iter()
-            .map(|(s, _)| 1u64 << (s - 1))
-            .fold(0, |a, b| a | b);
-        let ready = wait_until(
-            "the restored program with its signal handlers and mask",
-            deadline(),
-            || {
-                r.check_running()?;
-                let Some(p) = find_by_inner_pid(r.pid(), inner) else {
-                    return Ok(None);
-                };
-                let cgt = status_field(p, "SigCgt")
-                    .and_then(|v| u64::from_str_radix(&v, 16).ok())
-                    .unwrap_or(0);
-                Ok(
-                    (cgt & cgt_bits == cgt_bits && status_field(p, "SigBlk") == blocked)
-                        .then_some(p),
-                )
-            },
-        );
-        let host = self.check(ready);
+        // Once the restored program removes the ping file, it runs its own loop again.
+        self.ping(&mut r, 1);
+        let host = find_by_inner_pid(r.pid(), inner).unwrap_or_else(|| {
+            self.fail(format!(
+                "no process with pid {inner} in its namespace under ckpt restart (pids not kept?)"
+            ))
+        });
+        if status_field(host, "SigBlk") != blocked {
+            self.fail(format!(
+                "signal mask after restart {:?}, before checkpoint {blocked:?}",
+                status_field(host, "SigBlk")
+            ));
+        }
         if !pending(host) {
             self.fail("SIGRTMIN+1, pending at the checkpoint, is not pending after the restart");
         }
@@ -973,9 +962,10 @@ impl Case {
         let st = self.check(wait_until("the restarted REPL to exit", deadline(), || {
             tmux.dead_status("two")
         }));
-        if st != 7 {
+        if st != "exit 7" {
+            let screen = tmux.capture("two").unwrap_or_default();
             self.fail(format!(
-                "ckpt restart of the REPL exited with {st}, expected the program's exit(7)"
+                "ckpt restart of the REPL ended with {st}, expected the program's exit(7)\nscreen:\n{screen}"
             ));
         }
     }

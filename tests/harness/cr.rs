@@ -941,20 +941,26 @@ impl Tmux {
         s.trim().parse().map_err(|e| format!("pane_pid {s:?}: {e}"))
     }
 
-    /// The exit status of the pane's command once it has exited.
-    pub fn dead_status(&self, target: &str) -> Result<Option<i32>, String> {
+    /// How the pane's command ended ("exit N" or "signal N"), once it has.
+    pub fn dead_status(&self, target: &str) -> Result<Option<String>, String> {
         let s = self.cmd(&[
             "display-message",
             "-p",
             "-t",
             target,
-            "#{pane_dead} #{pane_dead_status}",
+            "#{pane_dead} x#{pane_dead_status} x#{pane_dead_signal}",
         ])?;
-        let mut it = s.split_whitespace();
-        if it.next() != Some("1") {
+        let f: Vec<&str> = s.split_whitespace().collect();
+        if f.first() != Some(&"1") {
             return Ok(None);
         }
-        Ok(Some(it.next().and_then(|v| v.parse().ok()).unwrap_or(-1)))
+        let status = f.get(1).and_then(|v| v.strip_prefix('x')).unwrap_or("");
+        let signal = f.get(2).and_then(|v| v.strip_prefix('x')).unwrap_or("");
+        Ok(Some(if !status.is_empty() {
+            format!("exit {status}")
+        } else {
+            format!("signal {signal}")
+        }))
     }
 }
 

@@ -67,7 +67,10 @@ static int gate_open(void)
 	if (dir == NULL || dir[0] == '\0')
 		return 1;
 	snprintf(path, sizeof(path), "%s/gate-1", dir);
-	return access(path, F_OK) != 0;
+	if (access(path, F_OK) != 0)
+		return 1;
+	cr_ping(path);
+	return 0;
 }
 
 int main(void)

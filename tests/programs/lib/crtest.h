@@ -3,7 +3,8 @@
  * Protocol every program follows:
  *   - set up, then cr_ready() prints "READY";
  *   - deterministic work, with cr_gate(k) at a few fixed points: it prints "hold k",
- *     waits while the file $CR_GATE_DIR/gate-k exists, then prints "go k";
+ *     waits while the file $CR_GATE_DIR/gate-k exists (removing gate-k.ping whenever
+ *     it appears), then prints "go k";
  *   - self-check, print "PASS" or "FAIL: why" as the last line, exit 0 / 1.
  * Without CR_GATE_DIR the gates do not wait, so an uninterrupted run prints the same
  * bytes as a gated one. Every line is flushed at once so the runner can watch progress
@@ -40,6 +41,16 @@ static inline void cr_sleep_us(long us)
 		;
 }
 
+/* While held at a gate, the program removes "<gate>.ping" when the runner creates it: the
+ * runner's proof that a restored program runs its own code again (without printing). */
+static inline void cr_ping(const char *gate)
+{
+	char ping[4200];
+	snprintf(ping, sizeof(ping), "%s.ping", gate);
+	if (access(ping, F_OK) == 0)
+		unlink(ping);
+}
+
 static inline void cr_gate(int k)
 {
 	const char *dir = getenv("CR_GATE_DIR");
@@ -47,8 +58,10 @@ static inline void cr_gate(int k)
 	if (dir != NULL && dir[0] != '\0') {
 		char path[4096];
 		snprintf(path, sizeof(path), "%s/gate-%d", dir, k);
-		while (access(path, F_OK) == 0)
+		while (access(path, F_OK) == 0) {
+			cr_ping(path);
 			cr_sleep_us(5000);
+		}
 	}
 	cr_line("go %d", k);
 }
