@@ -20,6 +20,8 @@
 //!   namespace with its own copy of the work directory bind-mounted over it (so each
 //!   copy has its own stdout and files); both copies identical to the reference.
 //! - `second`: two checkpoints while the program runs, no kill; identical output.
+//! - `interval`: `ckpt launch --interval 1`; after two periodic checkpoints, kill -9 and
+//!   restart; identical output.
 //! - `pipe`: stdout is a pipe for launch and for restart; what the launch printed before
 //!   the kill, cut where the restarted copy begins, plus what the restarted copy printed,
 //!   is the reference.
@@ -141,6 +143,7 @@ fn run_case(name: &str, case: &str) {
         "cycles3" => c.cycles3(),
         "twice" => c.twice(),
         "second" => c.second(),
+        "interval" => c.interval(),
         "pipe" => c.pipe(),
         "visible" => c.visible(),
         "signals" => c.signals(false),
@@ -375,6 +378,11 @@ impl Case {
     /// `ckpt launch --dir D -- program...` in the work directory; stderr (the program's
     /// and ckpt's) goes to work/stderr.txt.
     fn launch(&self, stdout: Stdio) -> Running {
+        self.launch_with(stdout, &[])
+    }
+
+    /// `launch` with extra `ckpt launch` options (before `--`).
+    fn launch_with(&self, stdout: Stdio, extra: &[&str]) -> Running {
         let _ = fs::create_dir_all(self.gates());
         self.check(self.setup(&self.work));
         let words = self.expand(&self.run, &self.work);
@@ -382,6 +390,7 @@ impl Case {
             .arg("launch")
             .arg("--dir")
             .arg(&self.dir)
+            .args(extra)
             .arg("--")
             .args(&words);
         sp.stdout = stdout;
@@ -606,6 +615,40 @@ impl Case {
                 describe(st)
             ));
         }
+    }
+
+    /// `ckpt launch --interval 1`: two periodic checkpoints happen while the program is
+    /// running (or held at gate 1), then kill -9 and restart from the newest.
+    fn interval(&mut self) {
+        let reference = self.reference();
+        self.close_gates();
+        let mut l = self.launch_with(out_file(&self.stdout_path()).into(), &["--interval", "1"]);
+        self.wait_checkpoint_point(&mut l, 1);
+        let first = self.check(wait_until(
+            "a first periodic checkpoint",
+            deadline(),
+            || {
+                l.check_running()?;
+                Ok(latest_generation(&self.dir).ok())
+            },
+        ));
+        self.check(wait_until(
+            "a second periodic checkpoint",
+            deadline(),
+            || {
+                l.check_running()?;
+                Ok(latest_generation(&self.dir).ok().filter(|g| *g != first))
+            },
+        ));
+        self.kill(&mut l);
+        let mut r = self.restart("1", None, None);
+        self.open_all_gates(&self.gates());
+        self.wait_success(&mut r);
+        self.compare_run(
+            "periodic checkpoints, kill -9, restart",
+            &reference,
+            &self.work,
+        );
     }
 
     fn pipe(&mut self) {
