@@ -55,13 +55,44 @@ step "a checkpointed batch job: sbatch --checkpoint-dir=ckpt/%j --checkpoint-int
    timeout 120 sbatch --wait -o demo-%j.out --checkpoint-dir=ckpt/%j --checkpoint-interval=5m job.sh)
 as_user bash -c 'cat "$1"/demo-*.out' _ "$DEMO_DIR"
 
-# ---------------------------------------------------------------------------
-# TODO(lead, issue 6): replace this section with the real demo once the engine
-# and `ckpt restart` exist: run a counting program under
-# --checkpoint-dir/--checkpoint-interval, `scancel --signal=USR1` it (or let
-# the interval fire), kill it, requeue, and show it continue from its last
-# checkpoint. Until then the demo stops at showing what the plugin sets up.
-# ---------------------------------------------------------------------------
+step "checkpoint -> requeue -> restart: a job with a two-line header"
+as_user tee "$DEMO_DIR/count.py" >/dev/null <<'PY'
+import time
+total = 0
+for i in range(1, 31):
+    total += i * i
+    print(f"tick {i} total {total}", flush=True)
+    time.sleep(0.5)
+print(f"finished: total {total} (an uninterrupted run also prints 9455)", flush=True)
+PY
+as_user tee "$DEMO_DIR/count.sh" >/dev/null <<'JOB'
+#!/bin/bash
+#SBATCH --checkpoint-dir=ckpt/%j --signal=B:USR1@60
+python3 count.py
+JOB
+as_user chmod 0755 "$DEMO_DIR/count.sh"
+cat "$DEMO_DIR/count.sh"
+JOB_ID=$(cd "$DEMO_DIR" && runuser -u "$DEMO_USER" -- env SLURM_CONF="$SLURM_CONF" \
+   sbatch --parsable -o count.out -e count.err count.sh)
+echo "submitted job $JOB_ID; waiting for tick 8"
+wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
+  local deadline=$((SECONDS + $1)) what=$2; shift 2
+  until "$@"; do
+    [ $SECONDS -lt $deadline ] || { echo "demo.sh: timed out waiting for $what" >&2; exit 1; }
+    sleep 0.5
+  done
+}
+wait_for 120 "tick 8" grep -q '^tick 8 ' "$DEMO_DIR/count.out"
+echo "sending the warning signal (what Slurm sends 60 s before the time limit, or at preemption):"
+echo "    scancel --signal=USR1 --batch $JOB_ID"
+as_user env SLURM_CONF="$SLURM_CONF" scancel --signal=USR1 --batch "$JOB_ID"
+wait_for 120 "the requeued job to resume" grep -q 'resuming from' "$DEMO_DIR/count.err"
+echo "the job was checkpointed, requeued and resumed (its stderr):"
+sed 's/^/    /' "$DEMO_DIR/count.err"
+as_user env SLURM_CONF="$SLURM_CONF" "$PREFIX/bin/ckpt" status --dir "$DEMO_DIR/ckpt/$JOB_ID/batch" | sed 's/^/    /'
+wait_for 120 "the job to finish" bash -c "! squeue -h -j $JOB_ID 2>/dev/null | grep -q ."
+echo "its output: every tick once, in order, and the uninterrupted result:"
+sed 's/^/    /' "$DEMO_DIR/count.out"
 
 step "done. The cluster is still running: export SLURM_CONF=$SLURM_CONF"
 echo "    try: runuser -u $DEMO_USER -- srun --checkpoint-dir=/tmp/ck-%j env | grep CKPT_"
