@@ -19,18 +19,29 @@ use std::io;
 
 use nix::unistd::Pid;
 
-/// Signals forwarded from `ckpt` to the init and from the init to the program.
-pub const FORWARDED: [i32; 9] = [
-    libc::SIGHUP,
-    libc::SIGINT,
-    libc::SIGQUIT,
-    libc::SIGTERM,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGALRM,
-    libc::SIGCONT,
-    libc::SIGWINCH,
-];
+/// Signals forwarded from `ckpt` to the init and from the init to the
+/// program: every signal a process can send that is not synchronous (SEGV…),
+/// job control stop, glibc-internal (32, 33) or ckpt's own stop signal.
+pub fn forwarded() -> Vec<i32> {
+    let skip = [
+        libc::SIGKILL,
+        libc::SIGSTOP,
+        libc::SIGCHLD,
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGILL,
+        libc::SIGFPE,
+        libc::SIGTRAP,
+        libc::SIGSYS,
+        libc::SIGTSTP,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+        32,
+        33,
+        ckpt::coord::STOP_SIGNAL,
+    ];
+    (1..=64).filter(|s| !skip.contains(s)).collect()
+}
 
 fn errno() -> io::Error {
     io::Error::last_os_error()
@@ -167,7 +178,7 @@ pub fn block_signals() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in FORWARDED {
+        for s in forwarded() {
             libc::sigaddset(&mut set, s);
         }
         libc::sigaddset(&mut set, libc::SIGCHLD);

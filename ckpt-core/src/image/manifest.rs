@@ -56,6 +56,9 @@ pub struct ProcessManifest {
     pub fds: Vec<Fd>,
     /// Non-default signal actions.
     pub sigactions: Vec<SigAction>,
+    /// Signals pending for the whole process (bit n-1 = signal n).
+    #[serde(default)]
+    pub shared_pending: u64,
     /// Working directory.
     pub cwd: String,
     /// File-creation mask.
@@ -211,6 +214,9 @@ pub struct Thread {
     pub clear_tid: u64,
     /// A stack address below which the thread's stack is free (scratch for the restorer).
     pub scratch_sp: u64,
+    /// Signals pending for this thread (bit n-1 = signal n).
+    #[serde(default)]
+    pub pending: u64,
 }
 
 /// What an fd refers to.

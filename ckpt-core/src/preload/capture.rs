@@ -391,7 +391,7 @@ fn write_parts(
             }
             let _ = write!(
                 j,
-                "{}{{\"tid\":{tid},\"ucontext\":{},\"fs_base\":{},\"gs_base\":{},\"rseq\":{},\"rseq_sig\":{},\"robust_head\":{},\"robust_len\":{},\"clear_tid\":{},\"scratch_sp\":{}}}",
+                "{}{{\"tid\":{tid},\"ucontext\":{},\"fs_base\":{},\"gs_base\":{},\"rseq\":{},\"rseq_sig\":{},\"robust_head\":{},\"robust_len\":{},\"clear_tid\":{},\"scratch_sp\":{},\"pending\":{}}}",
                 if firstt { "" } else { "," },
                 sl.uc.load(Ordering::Relaxed),
                 sl.fs.load(Ordering::Relaxed),
@@ -402,6 +402,7 @@ fn write_parts(
                 sl.robust_len.load(Ordering::Relaxed),
                 sl.clear_tid.load(Ordering::Relaxed),
                 sl.sp.load(Ordering::Relaxed),
+                sl.pending.load(Ordering::Relaxed),
             );
             firstt = false;
         }
@@ -410,6 +411,11 @@ fn write_parts(
 
     write_fds(j, &mut s.tmp, conn_fd, img, pagemap, &mut data_off)?;
     write_signals(j);
+    let _ = write!(
+        j,
+        "\"shared_pending\":{},",
+        stop::pending_mask(b"/proc/self/status\0", b"ShdPnd")
+    );
 
     // cwd, umask, rlimits, itimers
     let _ = write!(j, "\"cwd\":");

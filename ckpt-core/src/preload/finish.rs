@@ -41,6 +41,8 @@ pub struct FinishThread {
     pub clear_tid: u64,
     /// Top of a free stack area for the recreation.
     pub scratch_sp: u64,
+    /// Signals to raise again for this thread.
+    pub pending: u64,
 }
 
 /// Most threads restorable.
@@ -57,6 +59,8 @@ pub struct FinishArgs {
     pub nthreads: u64,
     /// Fd to close once restored (the restorer's "done" pipe), or -1.
     pub done_fd: i64,
+    /// Signals to raise again for the whole process.
+    pub shared_pending: u64,
     /// Threads.
     pub threads: [FinishThread; MAX_FINISH_THREADS],
 }
@@ -70,6 +74,7 @@ pub static mut CKPT_FINISH_ARGS: FinishArgs = FinishArgs {
     blob_len: 0,
     nthreads: 0,
     done_fd: -1,
+    shared_pending: 0,
     threads: [FinishThread {
         tid: 0,
         ucontext: 0,
@@ -80,6 +85,7 @@ pub static mut CKPT_FINISH_ARGS: FinishArgs = FinishArgs {
         robust_len: 0,
         clear_tid: 0,
         scratch_sp: 0,
+        pending: 0,
     }; MAX_FINISH_THREADS],
 };
 
@@ -127,6 +133,16 @@ pub unsafe extern "C" fn ckpt_restore_finish(args: *const FinishArgs) -> ! {
             raw::exit_group(88);
         }
     }
+    // Signals that were pending at the checkpoint: queue them again; every
+    // thread still blocks all signals, and its saved mask comes back with
+    // rt_sigreturn, so they are delivered exactly when they would have been.
+    let pid = raw::getpid();
+    raise_all(a.shared_pending, |sig| {
+        // SAFETY: kill(2) on our own process.
+        let _ = unsafe {
+            raw::syscall3(62 /* kill */, pid as usize, sig as usize, 0)
+        };
+    });
     if a.done_fd >= 0 {
         let _ = raw::write(a.done_fd as i32, b"K");
         raw::close(a.done_fd as i32);
@@ -135,6 +151,14 @@ pub unsafe extern "C" fn ckpt_restore_finish(args: *const FinishArgs) -> ! {
     raw::futex_wake_all(&GO);
     // SAFETY: main describes this thread; resume never returns.
     unsafe { resume(main) }
+}
+
+fn raise_all(mask: u64, mut f: impl FnMut(i32)) {
+    for sig in 1..=64i32 {
+        if mask & (1u64 << (sig - 1)) != 0 {
+            f(sig);
+        }
+    }
 }
 
 fn spawn(t: &FinishThread) -> Result<(), raw::Errno> {
@@ -220,6 +244,10 @@ unsafe fn resume(t: &FinishThread) -> ! {
         let _ =
             unsafe { raw::syscall6(nr::RSEQ, t.rseq as usize, 32, 0, t.rseq_sig as usize, 0, 0) };
     }
+    let (pid, tid) = (raw::getpid(), raw::gettid());
+    raise_all(t.pending, |sig| {
+        let _ = raw::tgkill(pid, tid, sig);
+    });
     while GO.load(Ordering::Acquire) == 0 {
         let _ = raw::futex_wait(&GO, 0, None);
     }

@@ -41,6 +41,8 @@ pub struct Slot {
     pub clear_tid: AtomicU64,
     /// A stack address below which this thread's stack is free.
     pub sp: AtomicU64,
+    /// Signals pending for this thread only (bit n-1 = signal n).
+    pub pending: AtomicU64,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -54,6 +56,7 @@ const EMPTY: Slot = Slot {
     robust_len: AtomicU64::new(0),
     clear_tid: AtomicU64::new(0),
     sp: AtomicU64::new(0),
+    pending: AtomicU64::new(0),
 };
 
 /// Captured thread states.
@@ -101,8 +104,35 @@ pub fn record_self(uc: u64) -> Option<usize> {
     s.robust_head.store(rh, Ordering::Relaxed);
     s.robust_len.store(rl, Ordering::Relaxed);
     s.clear_tid.store(raw::get_tid_address(), Ordering::Relaxed);
+    s.pending.store(
+        pending_mask(b"/proc/thread-self/status\0", b"SigPnd"),
+        Ordering::Relaxed,
+    );
     s.sp.store(sp, Ordering::Release);
     Some(i)
+}
+
+/// A pending-signal mask from a /proc status file (`SigPnd` or `ShdPnd`),
+/// without our own stop signal. **Async-signal-safe.**
+pub fn pending_mask(path: &[u8], key: &[u8]) -> u64 {
+    let mut buf = [0u8; 4096];
+    let Ok(fd) = raw::open(path, libc::O_RDONLY | libc::O_CLOEXEC, 0) else {
+        return 0;
+    };
+    let n = raw::read_into(fd, &mut buf).unwrap_or(0);
+    raw::close(fd);
+    let text = buf.get(..n).unwrap_or(&[]);
+    let v = crate::signal_safe::procfs::status_value(text, key).unwrap_or(&[]);
+    let mut mask = 0u64;
+    for &c in v {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => 0,
+        };
+        mask = (mask << 4) | u64::from(d);
+    }
+    mask & !(1u64 << (STOP_SIGNAL - 1))
 }
 
 /// The stop signal handler. **Async-signal-safe.**

@@ -530,6 +530,7 @@ fn prepare(s: &Stage1<'_>) -> Result<(), String> {
     fin.blob_start = addr;
     fin.blob_len = total as u64;
     fin.done_fd = status_fd as i64;
+    fin.shared_pending = m.shared_pending;
     fin.nthreads = m.threads.len().min(fin.threads.len()) as u64;
     for (slot, t) in fin.threads.iter_mut().zip(m.threads.iter()) {
         *slot = FinishThread {
@@ -542,6 +543,7 @@ fn prepare(s: &Stage1<'_>) -> Result<(), String> {
             robust_len: t.robust_len,
             clear_tid: t.clear_tid,
             scratch_sp: t.scratch_sp,
+            pending: t.pending,
         };
     }
 
