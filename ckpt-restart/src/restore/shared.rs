@@ -26,6 +26,9 @@ pub struct Shared {
     pub pipes: HashMap<u64, (i32, i32)>,
     /// shared memory inode -> memfd.
     pub memfds: HashMap<u64, i32>,
+    /// Far ends of pipes whose other end is outside the job, kept open by
+    /// the init for the job's lifetime so the program's end behaves as before.
+    pub keep: Vec<i32>,
     /// First descriptor number used for these.
     pub lo: i32,
     /// One past the last.
@@ -144,6 +147,27 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
     for m in &g.processes {
         for f in m.fds.iter().filter(|f| f.kind == FdKind::Pipe) {
             if external(f.inode) {
+                let in_std_group = g.record.shared_fds.iter().any(|grp| {
+                    grp.iter().any(|pf| pf[0] == m.pid && pf[1] == f.fd)
+                        && grp.iter().any(|pf| pf[1] <= 2)
+                });
+                if f.fd > 2 && !in_std_group && !s.pipes.contains_key(&f.inode) {
+                    // An outside pipe at a descriptor other than stdio: a fresh
+                    // pipe whose far end the init keeps open for the job's life.
+                    let mut p = [0i32; 2];
+                    // SAFETY: p is a valid array.
+                    if unsafe { libc::pipe(p.as_mut_ptr()) } != 0 {
+                        return Err(format!(
+                            "cannot create a pipe: {}",
+                            std::io::Error::last_os_error()
+                        ));
+                    }
+                    let r = next(&mut s, p[0])?;
+                    let w = next(&mut s, p[1])?;
+                    s.pipes.insert(f.inode, (r, w));
+                    let write_end = (f.flags as i32) & libc::O_ACCMODE == libc::O_WRONLY;
+                    s.keep.push(if write_end { r } else { w });
+                }
                 continue;
             }
             if let Some(d) = f.pipe_data {

@@ -287,6 +287,15 @@ fn restore_misc(m: &ProcessManifest) -> Result<(), String> {
         // SAFETY: valid rlimit.
         unsafe { libc::setrlimit(res as _, &lim) };
     }
+    // Every action not saved is the default one (the helper's own handlers,
+    // such as Rust's stack-overflow handlers, must not leak into the program).
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP || m.sigactions.iter().any(|a| a.sig == sig)
+        {
+            continue;
+        }
+        let _ = raw::sigaction(sig, Some(&raw::KernelSigaction::default()));
+    }
     for a in &m.sigactions {
         let k = raw::KernelSigaction {
             handler: a.handler,

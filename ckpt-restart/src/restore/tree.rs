@@ -357,7 +357,7 @@ pub fn restore(g: &LoadedGeneration, socket: &Path, verify: bool) -> Attempt {
         libc::close(go_w);
         libc::close(status_r);
     }
-    for fd in sh.lo..sh.hi {
+    for fd in (sh.lo..sh.hi).filter(|fd| !sh.keep.contains(fd)) {
         // SAFETY: descriptors in this range are the init's shared objects.
         unsafe { libc::close(fd) };
     }

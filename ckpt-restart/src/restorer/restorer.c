@@ -170,6 +170,7 @@ SEC void ckpt_rst_main(struct rst_args *a) {
 	if (a->exe_fd >= 0)
 		sys3(NR_close, a->exe_fd, 0, 0);
 	sys3(NR_close, a->img_fd, 0, 0);
+	sys3(NR_close, a->err_fd, 0, 0);
 
 	/* 6. Hand over to the restored libckpt. */
 	uint8_t *dst = (uint8_t *)a->finish_args_dst;
