@@ -34,12 +34,11 @@ pub const DEFAULT_SIGNAL: &str = "USR1";
 /// typo (an interval in milliseconds, say).
 pub const MAX_INTERVAL_SECS: u64 = 365 * 24 * 3600;
 
-/// Signals a site may choose as "checkpoint now". `KILL` and `STOP` cannot
-/// be caught; `SEGV`, `BUS`, `CHLD`, … mean something else to programs.
-const SIGNALS: &[&str] = &[
-    "USR1", "USR2", "HUP", "INT", "QUIT", "TERM", "ALRM", "URG", "WINCH", "XCPU", "XFSZ", "VTALRM",
-    "PROF", "PWR",
-];
+/// Signals a site may choose as "checkpoint now": those `ckpt slurm-task`
+/// catches (the signals `ckpt` forwards to a job, `ns::FORWARDED`), except
+/// `ALRM`, which drives its periodic checkpoints, and `CONT`. `KILL` and
+/// `STOP` cannot be caught; `SEGV`, `BUS`, `CHLD`, … mean something else.
+const SIGNALS: &[&str] = &["USR1", "USR2", "HUP", "INT", "QUIT", "TERM", "WINCH"];
 
 /// A value a user or an administrator wrote, refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
