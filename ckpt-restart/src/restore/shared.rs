@@ -119,30 +119,37 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
     }
     // Pipes: one per saved pipe inode that the job holds.
     let mut seen_data: HashMap<u64, (std::path::PathBuf, [u64; 2])> = HashMap::new();
-    // Which ends of each pipe the job holds: (read, write, read end at fd 0,
-    // buffered data). A pipe held only by its write ends (the job's stdout or
-    // stderr read outside the job: srun's I/O pipes, `ckpt launch | cat`),
-    // or only by read ends at stdin with nothing buffered (input from
-    // outside), is not recreated: stage 1 gives those descriptors the
-    // restart command's own stdio (`Source::Keep`, `external_std`). A new
-    // pipe there would have no reader (EPIPE) or no writer.
-    let mut ends: HashMap<u64, (bool, bool, bool, bool)> = HashMap::new();
+    // Which ends of each pipe the job holds. A pipe held only by write ends,
+    // one of them at fd 1 or 2 (the job's stdout/stderr read outside the
+    // job: srun's I/O pipes, `ckpt launch | cat`), or only by read ends, one
+    // at fd 0, with nothing buffered (input from outside), is not recreated:
+    // stage 1 gives those descriptors the restart command's own stdio
+    // (`Source::Keep`, `external_std`). A new pipe there would have no
+    // reader (EPIPE) or no writer.
+    #[derive(Default)]
+    struct Ends {
+        read: bool,
+        write: bool,
+        stdio: bool,
+        data: bool,
+    }
+    let mut ends: HashMap<u64, Ends> = HashMap::new();
     for m in &g.processes {
         for f in m.fds.iter().filter(|f| f.kind == FdKind::Pipe) {
             let e = ends.entry(f.inode).or_default();
             if (f.flags as i32) & libc::O_ACCMODE == libc::O_WRONLY {
-                e.1 = true;
+                e.write = true;
+                e.stdio |= f.fd == 1 || f.fd == 2;
             } else {
-                e.0 = true;
-                e.2 |= f.fd == 0;
+                e.read = true;
+                e.stdio |= f.fd == 0;
             }
-            e.3 |= f.pipe_data.is_some_and(|[_, len]| len > 0);
+            e.data |= f.pipe_data.is_some_and(|[_, len]| len > 0);
         }
     }
     let external = |ino: u64| {
-        ends.get(&ino).is_some_and(|&(read, write, stdin, data)| {
-            (write && !read) || (read && !write && stdin && !data)
-        })
+        ends.get(&ino)
+            .is_some_and(|e| e.stdio && e.read != e.write && !(e.read && e.data))
     };
     for m in &g.processes {
         for f in m.fds.iter().filter(|f| f.kind == FdKind::Pipe) {
