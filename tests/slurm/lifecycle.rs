@@ -370,7 +370,7 @@ fn rank_lines(text: &str, rank: u32) -> Vec<String> {
 }
 
 #[test]
-fn periodic_srun_checkpoints_resume_task_by_task_after_scancel() {
+fn periodic_srun_checkpoints_resume_task_by_task_after_scancel_in_a_salloc_rerun() {
     let Some(c) = slurm::cluster() else { return };
     let dir = setup(&c, "srun-periodic");
     let ck = dir.join("ck");
@@ -430,7 +430,11 @@ fn periodic_srun_checkpoints_resume_task_by_task_after_scancel() {
         &run1,
     );
 
-    let rerun = c.run_as_user(&dir, &srun);
+    // The same command again, this time as the first step of a salloc
+    // allocation (step 0 again, so the same task directories).
+    let mut in_salloc = vec!["salloc", "-Q", "-n", "2"];
+    in_salloc.extend_from_slice(&srun);
+    let rerun = c.run_as_user(&dir, &in_salloc);
     c.check(rerun.success, "the rerun failed", &rerun);
     for (rank, want) in wants.iter().enumerate() {
         let rank = u32::try_from(rank).unwrap_or(0);
@@ -466,6 +470,37 @@ fn periodic_srun_checkpoints_resume_task_by_task_after_scancel() {
             &rerun,
         );
     }
+}
+
+#[test]
+fn a_step_inside_a_requeued_batch_job_resumes_from_its_periodic_image() {
+    let Some(c) = slurm::cluster() else { return };
+    let dir = setup(&c, "batch-step");
+    let want = reference(&c, &dir, &["python3", "pi.py", "50", "0"], 0);
+    // The batch script runs srun, whose client holds sockets to slurmctld:
+    // the batch step itself cannot be checkpointed, its step can.
+    let script = "#!/bin/bash\n#SBATCH --checkpoint-dir=ck\n\
+                  srun -Q --checkpoint-interval=10 python3 pi.py 50 0.5\n";
+    let job = submit(&c, &dir, &["-t", "10", "--open-mode=append"], script);
+    let latest = dir.join("ck/step0/task0/latest");
+    wait_until(&c, Some(&job), "a periodic checkpoint of the step", || {
+        latest.exists()
+    });
+    user_ok(&c, &dir, &["scontrol", "requeue", &job.id.to_string()]);
+    let end = final_state(&c, &job);
+    let run = job.run();
+    c.check(end == "COMPLETED", &format!("final state {end}"), &run);
+    c.check(
+        result_line(&run.stdout).as_deref() == Some(want.as_str()),
+        &format!("result differs from the uninterrupted run's {want:?}"),
+        &run,
+    );
+    let resumed = format!("resuming from {}", dir.join("ck/step0/task0").display());
+    c.check(
+        run.stderr.contains(&resumed) && run.stderr.contains("SLURM_RESTART_COUNT=1"),
+        &format!("the step did not resume after the requeue ({resumed:?})"),
+        &run,
+    );
 }
 
 #[test]
