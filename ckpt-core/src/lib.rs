@@ -9,10 +9,12 @@
 //!   image writer, and the last stage of restore).
 //! - [`coord`]: the coordinator protocol.
 //! - [`error`]: error types.
+//! - [`fault`]: named fault points for the reliability tests (`CKPT_FAULT`).
 #![warn(missing_docs)]
 
 pub mod coord;
 pub mod error;
+pub mod fault;
 pub mod image;
 pub mod preload;
 pub mod signal_safe;

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ckpt::coord::STOP_SIGNAL;
+use ckpt::fault::{self, Point};
 use ckpt::image::checksum::crc32c;
 use ckpt::image::format;
 use ckpt::image::generation::CheckpointDir;
@@ -131,6 +132,13 @@ impl Coordinator {
             *g = Some(tx);
         }
         let pending = self.dir.begin().map_err(|e| e.to_string())?;
+        let hosts: Vec<i32> = tree::members(init)
+            .iter()
+            .filter(|m| !m.zombie)
+            .map(|m| m.host_pid)
+            .collect();
+        fault::set_victims(&hosts);
+        fault::hit(Point::Begun);
         let mut run = Run {
             leaders: BTreeMap::new(),
             failure: None,
@@ -151,6 +159,8 @@ impl Coordinator {
             }
         };
         // Everybody is stopped: write.
+        fault::set_victims(&run.hosts.values().copied().collect::<Vec<_>>());
+        fault::hit(Point::Stopped);
         let target = pending.path.display().to_string();
         let mut bytes = 0u64;
         let mut pause = 0u64;
@@ -160,6 +170,7 @@ impl Coordinator {
                 failure.get_or_insert(format!("process {pid} went away during the checkpoint"));
             }
         }
+        fault::hit(Point::WriteSent);
         for (pid, conn) in &run.leaders {
             match sock::recv(conn) {
                 Ok(Some(r)) if r.starts_with("DONE ") => {
@@ -176,6 +187,7 @@ impl Coordinator {
                 }
             }
         }
+        fault::hit(Point::Written);
         // Still stopped: find descriptors that share one open file description.
         let shared_fds = if failure.is_none() {
             shared_descriptions(&pending.path, &run.hosts)
@@ -187,6 +199,7 @@ impl Coordinator {
         for conn in run.leaders.values() {
             let _ = sock::send(conn, b"RELEASE");
         }
+        fault::hit(Point::Released);
         for (pid, conn) in &run.leaders {
             match sock::recv(conn) {
                 Ok(Some(r)) if r.starts_with("SYNCED") => {}
@@ -201,6 +214,7 @@ impl Coordinator {
                 }
             }
         }
+        fault::hit(Point::Synced);
         let pids: Vec<i32> = run.leaders.keys().copied().collect();
         run.leaders.clear();
         if failure.is_none() && pids.is_empty() {
@@ -224,6 +238,7 @@ impl Coordinator {
                 "checkpoint failed, the job keeps running and the previous checkpoint is kept: {f}"
             ));
         }
+        fault::hit(Point::Checked);
         let record = GenerationRecord {
             format: GENERATION_FORMAT.into(),
             version: [format::FORMAT_MAJOR, format::FORMAT_MINOR],
@@ -246,6 +261,7 @@ impl Coordinator {
         let path = pending
             .commit(&record, self.keep)
             .map_err(|e| format!("checkpoint could not be made durable: {e}"))?;
+        fault::hit(Point::Committed);
         Ok(Done {
             path,
             bytes,

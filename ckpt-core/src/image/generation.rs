@@ -22,6 +22,7 @@ use super::checksum::crc32c;
 use super::format;
 use super::manifest::{GENERATION_FORMAT, GenerationRecord, PROCESS_FORMAT, ProcessManifest};
 use crate::error::ImageError;
+use crate::fault::{self, Point};
 
 /// How many complete generations are kept by default.
 pub const DEFAULT_KEEP: usize = 2;
@@ -268,6 +269,7 @@ impl CheckpointDir {
             if (tmp && n < newest) || (!tmp && old.contains(&n)) {
                 fs::remove_dir_all(&p)
                     .map_err(|e| ImageError::io(&p, "remove old generation", e))?;
+                fault::hit(Point::PrunedOne);
             }
         }
         Ok(())
@@ -308,6 +310,7 @@ impl PendingGeneration {
             fsync_path(&self.path.join(&p.manifest))?;
             fsync_path(&self.path.join(&p.image))?;
         }
+        fault::hit(Point::FilesSynced);
         let rec_path = self.path.join("generation.json");
         let data = serde_json::to_vec_pretty(record).map_err(|e| ImageError::Corrupt {
             file: rec_path.display().to_string(),
@@ -320,22 +323,30 @@ impl PendingGeneration {
                 .mode_0600()
                 .open(&rec_path)
                 .map_err(|e| ImageError::io(&rec_path, "create", e))?;
-            f.write_all(&data)
+            let (first, rest) = data.split_at(data.len() / 2);
+            f.write_all(first)
+                .map_err(|e| ImageError::io(&rec_path, "write", e))?;
+            fault::hit(Point::RecordHalf);
+            f.write_all(rest)
                 .map_err(|e| ImageError::io(&rec_path, "write", e))?;
             f.sync_all()
                 .map_err(|e| ImageError::io(&rec_path, "fsync", e))?;
         }
+        fault::hit(Point::RecordWritten);
         fsync_path(&self.path)?;
         let final_path = self.dir.path.join(gen_name(self.number));
         fs::rename(&self.path, &final_path)
             .map_err(|e| ImageError::io(&final_path, "rename into place", e))?;
+        fault::hit(Point::Renamed);
         fsync_path(&self.dir.path)?;
         let tmp_link = self.dir.path.join(".latest.tmp");
         let _ = fs::remove_file(&tmp_link);
         std::os::unix::fs::symlink(gen_name(self.number), &tmp_link)
             .map_err(|e| ImageError::io(&tmp_link, "create symlink", e))?;
+        fault::hit(Point::LatestTmp);
         fs::rename(&tmp_link, self.dir.path.join("latest"))
             .map_err(|e| ImageError::io(self.dir.path.join("latest"), "update", e))?;
+        fault::hit(Point::LatestUpdated);
         fsync_path(&self.dir.path)?;
         self.dir.prune(keep)?;
         Ok(final_path)
@@ -469,10 +480,12 @@ pub fn load_generation(gdir: &Path) -> Result<LoadedGeneration, ImageError> {
                 what: format!("not valid JSON: {e}"),
             })?;
         check_format(&mfile, &v, PROCESS_FORMAT)?;
-        let m: ProcessManifest = serde_json::from_value(v).map_err(|e| ImageError::Corrupt {
+        let mut m: ProcessManifest = serde_json::from_value(v).map_err(|e| ImageError::Corrupt {
             file: mfile.clone(),
             what: format!("unexpected content: {e}"),
         })?;
+        // The writer saves shared memory before private memory; order by address.
+        m.regions.sort_by_key(|r| r.start);
         let ip = gdir.join(&pr.image);
         let ifile = ip.display().to_string();
         let imd = fs::symlink_metadata(&ip).map_err(|e| ImageError::io(&ip, "stat", e))?;
