@@ -46,6 +46,8 @@ pub struct Done {
     pub total_us: u64,
     /// Processes in the image.
     pub processes: usize,
+    /// Processes written while stopped (no copy-on-write snapshot).
+    pub in_place: usize,
 }
 
 /// The coordinator state.
@@ -56,6 +58,8 @@ pub struct Coordinator {
     command: Vec<String>,
     keep: usize,
     init_pid: AtomicI32,
+    /// Snapshot children (ns pids) of earlier checkpoints: not part of the job.
+    snapshots: Mutex<BTreeSet<i32>>,
 }
 
 const STOP_DEADLINE: Duration = Duration::from_secs(30);
@@ -70,12 +74,26 @@ impl Coordinator {
             command,
             keep,
             init_pid: AtomicI32::new(0),
+            snapshots: Mutex::new(BTreeSet::new()),
         })
     }
 
     /// Tell the coordinator the host pid of the job's init.
     pub fn set_init(&self, pid: i32) {
         self.init_pid.store(pid, Ordering::Release);
+    }
+
+    /// The job's processes, without the snapshot children of earlier
+    /// checkpoints (which are not part of the program).
+    fn job_members(&self, init: i32) -> Vec<tree::Member> {
+        let all = tree::members(init);
+        let Ok(mut snaps) = self.snapshots.lock() else {
+            return all;
+        };
+        snaps.retain(|p| all.iter().any(|m| m.pid == *p));
+        all.into_iter()
+            .filter(|m| !snaps.contains(&m.pid))
+            .collect()
     }
 
     /// Serve connections forever (run on its own thread).
@@ -96,12 +114,13 @@ impl Coordinator {
         if first == "CHECKPOINT" {
             let reply = match self.checkpoint() {
                 Ok(d) => format!(
-                    "OK {} {} {} {} {}",
+                    "OK {} {} {} {} {} {}",
                     d.path.display(),
                     d.bytes,
                     d.pause_us,
                     d.total_us,
-                    d.processes
+                    d.processes,
+                    d.in_place
                 ),
                 Err(e) => format!("ERR {e}"),
             };
@@ -132,7 +151,8 @@ impl Coordinator {
             *g = Some(tx);
         }
         let pending = self.dir.begin().map_err(|e| e.to_string())?;
-        let hosts: Vec<i32> = tree::members(init)
+        let hosts: Vec<i32> = self
+            .job_members(init)
             .iter()
             .filter(|m| !m.zombie)
             .map(|m| m.host_pid)
@@ -165,6 +185,7 @@ impl Coordinator {
         let mut bytes = 0u64;
         let mut pause = 0u64;
         let mut failure = None;
+        let mut in_place = 0usize;
         for (pid, conn) in &run.leaders {
             if sock::send(conn, format!("WRITE {target}").as_bytes()).is_err() {
                 failure.get_or_insert(format!("process {pid} went away during the checkpoint"));
@@ -177,6 +198,18 @@ impl Coordinator {
                     let f: Vec<&str> = r.split(' ').collect();
                     bytes += f.get(2).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
                     pause = pause.max(f.get(3).and_then(|x| x.parse().ok()).unwrap_or(0));
+                    for tok in f.iter().skip(4) {
+                        if let Some(snap) = tok
+                            .strip_prefix("snap=")
+                            .and_then(|x| x.parse::<i32>().ok())
+                            && let Ok(mut set) = self.snapshots.lock()
+                        {
+                            set.insert(snap);
+                        }
+                        if *tok == "inplace" {
+                            in_place += 1;
+                        }
+                    }
                 }
                 Ok(Some(r)) => {
                     let why = r.splitn(3, ' ').nth(2).unwrap_or(&r).to_string();
@@ -202,7 +235,13 @@ impl Coordinator {
         fault::hit(Point::Released);
         for (pid, conn) in &run.leaders {
             match sock::recv(conn) {
-                Ok(Some(r)) if r.starts_with("SYNCED") => {}
+                Ok(Some(r)) if r.starts_with("SYNCED") => {
+                    bytes += r
+                        .split(' ')
+                        .nth(2)
+                        .and_then(|x| x.parse::<u64>().ok())
+                        .unwrap_or(0);
+                }
                 Ok(Some(r)) => {
                     failure.get_or_insert(format!(
                         "process {pid}: {}",
@@ -268,6 +307,7 @@ impl Coordinator {
             pause_us: record.pause_us,
             total_us: t0.elapsed().as_micros() as u64,
             processes: n,
+            in_place,
         })
     }
 
@@ -283,7 +323,7 @@ impl Coordinator {
         let mut signaled: BTreeMap<i32, (i32, Instant, String)> = BTreeMap::new(); // ns pid -> (host pid, when, exe)
         let mut not_ready: BTreeMap<i32, Instant> = BTreeMap::new();
         loop {
-            let members = tree::members(init);
+            let members = self.job_members(init);
             let live: BTreeSet<i32> = members
                 .iter()
                 .filter(|m| !m.zombie)
@@ -317,7 +357,7 @@ impl Coordinator {
             let all_in = signaled.keys().all(|p| run.leaders.contains_key(p));
             if all_in && !waiting_for_new && !signaled.is_empty() {
                 // Stable? Re-walk once more to catch processes created meanwhile.
-                let again = tree::members(init);
+                let again = self.job_members(init);
                 let fresh = again.iter().any(|m| {
                     !m.zombie && !signaled.contains_key(&m.pid) && !run.leaders.contains_key(&m.pid)
                 });

@@ -480,10 +480,11 @@ pub fn load_generation(gdir: &Path) -> Result<LoadedGeneration, ImageError> {
                 what: format!("not valid JSON: {e}"),
             })?;
         check_format(&mfile, &v, PROCESS_FORMAT)?;
-        let mut m: ProcessManifest = serde_json::from_value(v).map_err(|e| ImageError::Corrupt {
-            file: mfile.clone(),
-            what: format!("unexpected content: {e}"),
-        })?;
+        let mut m: ProcessManifest =
+            serde_json::from_value(v).map_err(|e| ImageError::Corrupt {
+                file: mfile.clone(),
+                what: format!("unexpected content: {e}"),
+            })?;
         // The writer saves shared memory before private memory; order by address.
         m.regions.sort_by_key(|r| r.start);
         let ip = gdir.join(&pr.image);

@@ -77,11 +77,57 @@ fn path_in(dir: &[u8], name: core::fmt::Arguments<'_>) -> StackBuf<4096> {
     p
 }
 
+/// Set (in a snapshot child) once the shared part of the image is written.
+pub static PHASE_SENT: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// What must be read in the process itself before a snapshot child is
+/// forked (a child has its own pid, no interval timers and no pending
+/// signals). **Async-signal-safe.**
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pre {
+    /// Pid (namespace view).
+    pub pid: i32,
+    /// Tid of the leader thread.
+    pub tid: i32,
+    /// Parent pid.
+    pub ppid: i32,
+    /// Process group.
+    pub pgid: i32,
+    /// Session.
+    pub sid: i32,
+    /// Process-wide pending signals.
+    pub shared_pending: u64,
+    /// (interval µs, value µs) of ITIMER_REAL, VIRTUAL, PROF.
+    pub itimers: [(u64, u64); 3],
+}
+
+impl Pre {
+    /// Read the values now, in the process being checkpointed.
+    pub fn now() -> Self {
+        // SAFETY: getppid/getpgid(0)/getsid(0) take no pointers.
+        let (ppid, pgid, sid) = unsafe {
+            (
+                raw::syscall3(raw::nr::GETPPID, 0, 0, 0).unwrap_or(0) as i32,
+                raw::syscall3(raw::nr::GETPGID, 0, 0, 0).unwrap_or(0) as i32,
+                raw::syscall3(raw::nr::GETSID, 0, 0, 0).unwrap_or(0) as i32,
+            )
+        };
+        Pre {
+            pid: raw::getpid(),
+            tid: raw::gettid(),
+            ppid,
+            pgid,
+            sid,
+            shared_pending: stop::pending_mask(b"/proc/self/status\0", b"ShdPnd"),
+            itimers: [raw::getitimer(0), raw::getitimer(1), raw::getitimer(2)],
+        }
+    }
+}
+
 /// Make the files written by [`write_image`] durable. Called after the
 /// program's threads were released, so that the program does not stand
 /// still while the disk catches up.
-pub fn sync_image(dir: &[u8]) -> Result<(), Fail> {
-    let pid = raw::getpid();
+pub fn sync_image(dir: &[u8], pid: i32) -> Result<(), Fail> {
     for name in [
         format_args!("proc-{pid}.img"),
         format_args!("proc-{pid}.json"),
@@ -96,20 +142,31 @@ pub fn sync_image(dir: &[u8]) -> Result<(), Fail> {
 }
 
 /// Write the image of this process into `dir` (not yet fsynced: see
-/// [`sync_image`]). Returns the bytes written.
-pub fn write_image(dir: &[u8], conn_fd: i32) -> Result<u64, Fail> {
+/// [`sync_image`]). Returns the bytes written. Runs either in the stopped
+/// process or in a copy-on-write snapshot child of it; `pre` holds what only
+/// the process itself can tell. When `phase_fd` >= 0, one byte `S` is
+/// written there once everything that other processes can change (pipe
+/// contents, shared memory) is saved, so that the job may be released
+/// while private memory is still being written.
+pub fn write_image(dir: &[u8], conn_fd: i32, pre: &Pre, phase_fd: i32) -> Result<u64, Fail> {
     let mut s = Scratch {
         maps: MmapBuf::new(),
         json: MmapBuf::new(),
         tmp: MmapBuf::new(),
     };
-    let r = write_image_inner(dir, conn_fd, &mut s);
+    let r = write_image_inner(dir, conn_fd, pre, phase_fd, &mut s);
     s.free();
     r
 }
 
-fn write_image_inner(dir: &[u8], conn_fd: i32, s: &mut Scratch) -> Result<u64, Fail> {
-    let pid = raw::getpid();
+fn write_image_inner(
+    dir: &[u8],
+    conn_fd: i32,
+    pre: &Pre,
+    phase_fd: i32,
+    s: &mut Scratch,
+) -> Result<u64, Fail> {
+    let pid = pre.pid;
     // Scratch space first, so that its mappings are visible (and skipped) in maps.
     s.json.reserve(1 << 20).map_err(at(8))?;
     s.tmp.reserve(1 << 16).map_err(at(8))?;
@@ -130,33 +187,39 @@ fn write_image_inner(dir: &[u8], conn_fd: i32, s: &mut Scratch) -> Result<u64, F
         0o600,
     )
     .map_err(at(1))?;
-    let r = write_all_parts(dir, conn_fd, img, pid, s);
+    let pagemap = raw::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0);
+    let r = match pagemap {
+        Ok(pm) => {
+            let r = write_parts(
+                dir,
+                &Fds {
+                    conn: conn_fd,
+                    img,
+                    pagemap: pm,
+                    phase: phase_fd,
+                },
+                pre,
+                s,
+            );
+            raw::close(pm);
+            r
+        }
+        Err(e) => Err((6, e)),
+    };
     raw::close(img);
     r
 }
 
-fn write_all_parts(
-    dir: &[u8],
-    conn_fd: i32,
-    img: i32,
-    pid: i32,
-    s: &mut Scratch,
-) -> Result<u64, Fail> {
-    let pagemap =
-        raw::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0).map_err(at(6))?;
-    let r = write_parts(dir, conn_fd, img, pagemap, pid, s);
-    raw::close(pagemap);
-    r
-}
-
-fn write_parts(
-    dir: &[u8],
-    conn_fd: i32,
+/// Descriptors the writer uses (never saved as the program's).
+struct Fds {
+    conn: i32,
     img: i32,
     pagemap: i32,
-    pid: i32,
-    s: &mut Scratch,
-) -> Result<u64, Fail> {
+    phase: i32,
+}
+
+fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64, Fail> {
+    let (img, pagemap, pid) = (fds.img, fds.pagemap, pre.pid);
     let mut data_off: u64 = format::HEADER_LEN;
     raw::lseek(img, data_off as i64, libc::SEEK_SET).map_err(at(3))?;
 
@@ -173,15 +236,9 @@ fn write_parts(
         format::FORMAT_MAJOR,
         format::FORMAT_MINOR
     );
-    // ppid as the namespace sees it
-    // SAFETY: getppid/getuid take no arguments.
-    let ppid = unsafe { raw::syscall3(raw::nr::GETPPID, 0, 0, 0) }.unwrap_or(0);
+    let (ppid, pgid, sid) = (pre.ppid, pre.pgid, pre.sid);
     // SAFETY: getuid (102) takes no arguments.
     let uid = unsafe { raw::syscall3(102, 0, 0, 0) }.unwrap_or(0);
-    // SAFETY: getpgid(0)/getsid(0) take no pointers.
-    let pgid = unsafe { raw::syscall3(raw::nr::GETPGID, 0, 0, 0) }.unwrap_or(0);
-    // SAFETY: as above.
-    let sid = unsafe { raw::syscall3(raw::nr::GETSID, 0, 0, 0) }.unwrap_or(0);
     let _ = write!(
         j,
         "\"ppid\":{ppid},\"pgid\":{pgid},\"sid\":{sid},\"uid\":{uid},\"exe\":"
@@ -218,118 +275,134 @@ fn write_parts(
     // The checkpoint thread's own stack below its signal frame is in use by
     // this very writer (it changes while we write it) and is dead once the
     // thread resumes from the frame: do not save it.
-    let own_uc = own_ucontext();
+    let own_uc = own_ucontext(pre.tid);
     let own_floor = own_uc.saturating_sub(8) & !(PAGE - 1);
+
+    // Descriptors first: pipe contents can change as soon as the job runs again.
+    write_fds(j, &mut s.tmp, fds, &mut data_off)?;
+    // Pipe data went in with explicit offsets: continue after it.
+    raw::lseek(img, data_off as i64, libc::SEEK_SET).map_err(at(3))?;
 
     let _ = write!(j, "\"regions\":[");
     let mut first = true;
     let mut total: u64 = 0;
     let maps = s.maps.as_slice();
-    for line in procfs::lines(maps) {
-        let Some(m) = procfs::parse_maps_line(line) else {
-            continue;
-        };
-        match m.path {
-            b"[vvar]" => {
-                vvar = m.start;
+    // Two passes: shared memory first (other processes may change it once
+    // released), then private memory.
+    for shared_pass in [true, false] {
+        if !shared_pass && fds.phase >= 0 {
+            PHASE_SENT.store(1, Ordering::Release);
+            let _ = raw::write(fds.phase, b"S");
+        }
+        for line in procfs::lines(maps) {
+            let Some(m) = procfs::parse_maps_line(line) else {
+                continue;
+            };
+            match m.path {
+                b"[vvar]" => {
+                    vvar = m.start;
+                    continue;
+                }
+                b"[vvar_vclock]" | b"[vsyscall]" => continue,
+                b"[vdso]" => {
+                    vdso = m.start;
+                    vdso_len = m.end - m.start;
+                    continue;
+                }
+                _ => {}
+            }
+            if scratch.contains(&m.start) {
                 continue;
             }
-            b"[vvar_vclock]" | b"[vsyscall]" => continue,
-            b"[vdso]" => {
-                vdso = m.start;
-                vdso_len = m.end - m.start;
+            let region = classify(&m);
+            let (kind, save) = region;
+            if kind.starts_with("shared") != shared_pass {
                 continue;
             }
-            _ => {}
-        }
-        if scratch.contains(&m.start) {
-            continue;
-        }
-        let region = classify(&m);
-        let (kind, save) = region;
-        let mut crc = Crc32c::new();
-        let reg_off = data_off;
-        let mut runs = StackRuns::new();
-        if save != Save::Nothing {
-            let need_read = m.prot & libc::PROT_READ as u32 == 0;
-            let mut made_readable = false;
-            let mut page = 0u64;
-            let npages = (m.end - m.start) / PAGE;
-            let mut pm = [0u64; 512];
-            while page < npages {
-                let chunk = core::cmp::min(512, npages - page);
-                let off = ((m.start / PAGE) + page) * 8;
-                let want = (chunk * 8) as usize;
-                // SAFETY: pm is valid for 4096 bytes >= want.
-                let got = unsafe {
-                    raw::syscall6(
-                        raw::nr::PREAD64,
-                        pagemap as usize,
-                        pm.as_mut_ptr() as usize,
-                        want,
-                        off as usize,
-                        0,
-                        0,
-                    )
-                }
-                .map_err(at(6))?;
-                if got < want {
-                    return Err((6, Errno(libc::EIO)));
-                }
-                let mut i = 0u64;
-                while i < chunk {
-                    let e = pm.get(i as usize).copied().unwrap_or(0);
-                    let below_own = m.start <= own_uc
-                        && own_uc < m.end
-                        && m.start + (page + i) * PAGE < own_floor;
-                    if below_own || !wanted(save, e) {
-                        i += 1;
-                        continue;
+            let mut crc = Crc32c::new();
+            let reg_off = data_off;
+            let mut runs = StackRuns::new();
+            if save != Save::Nothing {
+                let need_read = m.prot & libc::PROT_READ as u32 == 0;
+                let mut made_readable = false;
+                let mut page = 0u64;
+                let npages = (m.end - m.start) / PAGE;
+                let mut pm = [0u64; 512];
+                while page < npages {
+                    let chunk = core::cmp::min(512, npages - page);
+                    let off = ((m.start / PAGE) + page) * 8;
+                    let want = (chunk * 8) as usize;
+                    // SAFETY: pm is valid for 4096 bytes >= want.
+                    let got = unsafe {
+                        raw::syscall6(
+                            raw::nr::PREAD64,
+                            pagemap as usize,
+                            pm.as_mut_ptr() as usize,
+                            want,
+                            off as usize,
+                            0,
+                            0,
+                        )
                     }
-                    let run_start = i;
-                    while i < chunk && wanted(save, pm.get(i as usize).copied().unwrap_or(0)) {
-                        i += 1;
+                    .map_err(at(6))?;
+                    if got < want {
+                        return Err((6, Errno(libc::EIO)));
                     }
-                    let first_page = page + run_start;
-                    let count = i - run_start;
-                    if need_read && !made_readable {
-                        // SAFETY: the region is ours, every other thread is parked, and the
-                        // protection is put back below before anyone runs again.
-                        unsafe {
-                            raw::mprotect(
-                                m.start as usize,
-                                (m.end - m.start) as usize,
-                                (m.prot | libc::PROT_READ as u32) as i32,
-                            )
+                    let mut i = 0u64;
+                    while i < chunk {
+                        let e = pm.get(i as usize).copied().unwrap_or(0);
+                        let below_own = m.start <= own_uc
+                            && own_uc < m.end
+                            && m.start + (page + i) * PAGE < own_floor;
+                        if below_own || !wanted(save, e) {
+                            i += 1;
+                            continue;
                         }
-                        .map_err(at(3))?;
-                        made_readable = true;
+                        let run_start = i;
+                        while i < chunk && wanted(save, pm.get(i as usize).copied().unwrap_or(0)) {
+                            i += 1;
+                        }
+                        let first_page = page + run_start;
+                        let count = i - run_start;
+                        if need_read && !made_readable {
+                            // SAFETY: the region is ours, every other thread is parked, and the
+                            // protection is put back below before anyone runs again.
+                            unsafe {
+                                raw::mprotect(
+                                    m.start as usize,
+                                    (m.end - m.start) as usize,
+                                    (m.prot | libc::PROT_READ as u32) as i32,
+                                )
+                            }
+                            .map_err(at(3))?;
+                            made_readable = true;
+                        }
+                        let addr = m.start + first_page * PAGE;
+                        let len = count * PAGE;
+                        // SAFETY: the range is mapped and readable; nothing writes it while threads are parked.
+                        unsafe { crc.update_raw(addr as usize, len as usize) };
+                        write_mem(img, addr, len).map_err(at(3))?;
+                        runs.push(first_page, count);
+                        data_off += len;
                     }
-                    let addr = m.start + first_page * PAGE;
-                    let len = count * PAGE;
-                    // SAFETY: the range is mapped and readable; nothing writes it while threads are parked.
-                    unsafe { crc.update_raw(addr as usize, len as usize) };
-                    write_mem(img, addr, len).map_err(at(3))?;
-                    runs.push(first_page, count);
-                    data_off += len;
+                    page += chunk;
                 }
-                page += chunk;
-            }
-            if made_readable {
-                // SAFETY: restores the original protection of our own region.
-                unsafe {
-                    raw::mprotect(m.start as usize, (m.end - m.start) as usize, m.prot as i32)
+                if made_readable {
+                    // SAFETY: restores the original protection of our own region.
+                    unsafe {
+                        raw::mprotect(m.start as usize, (m.end - m.start) as usize, m.prot as i32)
+                    }
+                    .map_err(at(3))?;
                 }
-                .map_err(at(3))?;
             }
+            total += data_off - reg_off;
+            if !first {
+                j.push(b",").map_err(at(8))?;
+            }
+            first = false;
+            emit_region(j, &m, kind, reg_off, &runs, crc.finish(), start_stack)?;
+            runs.free();
         }
-        total += data_off - reg_off;
-        if !first {
-            j.push(b",").map_err(at(8))?;
-        }
-        first = false;
-        emit_region(j, &m, kind, reg_off, &runs, crc.finish(), start_stack)?;
-        runs.free();
     }
     let _ = write!(j, "],");
 
@@ -409,13 +482,8 @@ fn write_parts(
     }
     let _ = write!(j, "],");
 
-    write_fds(j, &mut s.tmp, conn_fd, img, pagemap, &mut data_off)?;
     write_signals(j);
-    let _ = write!(
-        j,
-        "\"shared_pending\":{},",
-        stop::pending_mask(b"/proc/self/status\0", b"ShdPnd")
-    );
+    let _ = write!(j, "\"shared_pending\":{},", pre.shared_pending);
 
     // cwd, umask, rlimits, itimers
     let _ = write!(j, "\"cwd\":");
@@ -437,7 +505,7 @@ fn write_parts(
     let _ = write!(j, "],\"itimers\":[");
     let mut firsti = true;
     for which in 0..3 {
-        let (iv, val) = raw::getitimer(which);
+        let (iv, val) = pre.itimers.get(which).copied().unwrap_or((0, 0));
         if val != 0 {
             let _ = write!(j, "{}[{which},{iv},{val}]", if firsti { "" } else { "," });
             firsti = false;
@@ -472,8 +540,7 @@ fn write_parts(
     Ok(size + j.len() as u64)
 }
 
-fn own_ucontext() -> u64 {
-    let me = raw::gettid();
+fn own_ucontext(me: i32) -> u64 {
     let n = (NSLOTS.load(Ordering::Acquire) as usize).min(stop::MAX_THREADS);
     SLOTS
         .iter()
@@ -786,11 +853,10 @@ fn capture_pipe(fd: i32, img: i32, data_off: &mut u64) -> Result<Option<(u64, u6
 fn write_fds(
     j: &mut MmapBuf,
     tmp: &mut MmapBuf,
-    conn_fd: i32,
-    img: i32,
-    pagemap: i32,
+    own: &Fds,
     data_off: &mut u64,
 ) -> Result<(), Fail> {
+    let (conn_fd, img, pagemap) = (own.conn, own.img, own.pagemap);
     let _ = write!(j, "\"fds\":[");
     let dfd = raw::open(
         b"/proc/self/fd\0",
@@ -830,7 +896,7 @@ fn write_fds(
             off += reclen;
         }
     }
-    let own = [dfd, conn_fd, img, pagemap];
+    let own = [dfd, conn_fd, img, pagemap, own.phase];
     let mut first = true;
     // ascending order
     let list = fds.get_mut(..nfds).unwrap_or(&mut []);

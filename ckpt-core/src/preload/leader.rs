@@ -19,7 +19,7 @@
 //! Everything here is **async-signal-safe**.
 
 use core::fmt::Write as _;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 use super::capture;
 use super::stop::{self, NSLOTS, PARKED, RELEASE, STOPPING};
@@ -164,6 +164,196 @@ pub fn reset_after_restore() {
     STOPPING.store(0, Ordering::Release);
 }
 
+/// 1 when images are written by a copy-on-write snapshot child (the
+/// default), 0 to write while the job stands still (`CKPT_SNAPSHOT=0`).
+pub static SNAPSHOT: AtomicU32 = AtomicU32::new(1);
+/// The previous snapshot child, reaped at the next checkpoint.
+static SNAP_CHILD: AtomicI32 = AtomicI32::new(0);
+
+fn reap_previous_snapshot() {
+    let prev = SNAP_CHILD.swap(0, Ordering::AcqRel);
+    if prev > 0 {
+        // SAFETY: wait4 (61) on our own clone child; no status wanted.
+        let _ = unsafe {
+            raw::syscall6(61, prev as usize, 0, 0x4000_0000 /* __WALL */, 0, 0, 0)
+        };
+    }
+}
+
+/// Write while every thread stands still, then release and fsync.
+fn write_in_place(dir: &[u8], fd: i32, pre: &capture::Pre, t0: u64, buf: &mut [u8; MAX_MSG]) {
+    let pid = pre.pid;
+    let mut r = StackBuf::<1024>::new();
+    let mut ok = false;
+    match capture::write_image(dir, fd, pre, -1) {
+        Ok(bytes) => {
+            let t1 = raw::clock_ns(libc::CLOCK_MONOTONIC);
+            let _ = write!(
+                r,
+                "DONE {pid} {bytes} {} inplace",
+                t1.saturating_sub(t0) / 1000
+            );
+            ok = true;
+        }
+        Err((step, e)) => {
+            let _ = write!(
+                r,
+                "FAIL {pid} writing the image failed while {}: {}",
+                capture::step_name(step),
+                ErrnoText(e.raw())
+            );
+        }
+    }
+    send(fd, r.as_bytes());
+    // Wait for the coordinator to release the whole job.
+    let _ = recv(fd, buf);
+    release_all();
+    if !ok {
+        return;
+    }
+    let mut s = StackBuf::<1024>::new();
+    match capture::sync_image(dir, pid) {
+        Ok(()) => {
+            let _ = write!(s, "SYNCED {pid}");
+        }
+        Err((step, e)) => {
+            let _ = write!(
+                s,
+                "FAIL {pid} {}: {}",
+                capture::step_name(step),
+                ErrnoText(e.raw())
+            );
+        }
+    }
+    send(fd, s.as_bytes());
+}
+
+/// Fork a copy-on-write snapshot of the stopped process; the child writes
+/// the image while the job runs on. The job is released as soon as the
+/// child has saved what other processes can change (pipes, shared memory):
+/// the pause is the fork, not the write.
+fn write_forked(dir: &[u8], fd: i32, pre: &capture::Pre, t0: u64, buf: &mut [u8; MAX_MSG]) {
+    let pid = pre.pid;
+    reap_previous_snapshot();
+    let mut p = [0i32; 2];
+    // SAFETY: pipe2 (293) into a valid array.
+    if unsafe { raw::syscall3(293, p.as_mut_ptr() as usize, libc::O_CLOEXEC as usize, 0) }.is_err()
+    {
+        write_in_place(dir, fd, pre, t0, buf);
+        return;
+    }
+    // SAFETY: clone (56) with no flags and no stack is fork() whose child
+    // signals nobody on exit (so the program's wait() never sees it). The
+    // child only runs fence code on its private copy of this stack.
+    let child = unsafe { raw::syscall6(56, 0, 0, 0, 0, 0, 0) };
+    match child {
+        Ok(0) => {
+            raw::close(p[0]);
+            let r = capture::write_image(dir, fd, pre, p[1]);
+            let mut m = StackBuf::<1024>::new();
+            match r {
+                Ok(bytes) => match capture::sync_image(dir, pid) {
+                    Ok(()) => {
+                        let _ = write!(m, "SYNCED {pid} {bytes}");
+                    }
+                    Err((step, e)) => {
+                        let _ = write!(
+                            m,
+                            "FAIL {pid} {}: {}",
+                            capture::step_name(step),
+                            ErrnoText(e.raw())
+                        );
+                    }
+                },
+                Err((step, e)) => {
+                    if capture::PHASE_SENT.load(Ordering::Acquire) == 0 {
+                        // Before the job was released: tell the parent.
+                        let eb = e.raw().to_le_bytes();
+                        let b = [b'F', step as u8, 0, 0, eb[0], eb[1], eb[2], eb[3]];
+                        let _ = raw::write(p[1], &b);
+                        raw::exit_group(1);
+                    }
+                    let _ = write!(
+                        m,
+                        "FAIL {pid} writing the image failed while {}: {}",
+                        capture::step_name(step),
+                        ErrnoText(e.raw())
+                    );
+                }
+            }
+            send(fd, m.as_bytes());
+            raw::exit_group(0);
+        }
+        Ok(c) => {
+            raw::close(p[1]);
+            let mut b = [0u8; 8];
+            let n = loop {
+                match raw::read_into(p[0], &mut b) {
+                    Err(Errno(libc::EINTR)) => continue,
+                    r => break r.unwrap_or(0),
+                }
+            };
+            raw::close(p[0]);
+            let mut r = StackBuf::<1024>::new();
+            let ok = n >= 1 && b[0] == b'S';
+            if ok {
+                let t1 = raw::clock_ns(libc::CLOCK_MONOTONIC);
+                let _ = write!(r, "DONE {pid} 0 {} snap={c}", t1.saturating_sub(t0) / 1000);
+            } else {
+                let errno = i32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                let _ = write!(
+                    r,
+                    "FAIL {pid} writing the image failed while {}: {}",
+                    capture::step_name(u64::from(b[1])),
+                    if n >= 8 {
+                        ErrnoText(errno)
+                    } else {
+                        ErrnoText(libc::ECHILD)
+                    }
+                );
+            }
+            send(fd, r.as_bytes());
+            let _ = recv(fd, buf);
+            release_all();
+            if ok {
+                SNAP_CHILD.store(c as i32, Ordering::Release);
+            } else {
+                SNAP_CHILD.store(c as i32, Ordering::Release);
+                reap_previous_snapshot();
+            }
+        }
+        Err(_) => {
+            raw::close(p[0]);
+            raw::close(p[1]);
+            write_in_place(dir, fd, pre, t0, buf);
+        }
+    }
+}
+
+/// Whether the job's memory cgroup has room for copy-on-write copies of
+/// every resident page (the worst case while the snapshot is written).
+/// **Async-signal-safe.**
+fn memory_allows_snapshot() -> bool {
+    let mut b = [0u8; 512];
+    let rss_pages = {
+        let Ok(fd) = raw::open(b"/proc/self/statm\0", libc::O_RDONLY | libc::O_CLOEXEC, 0) else {
+            return true;
+        };
+        let n = raw::read_into(fd, &mut b).unwrap_or(0);
+        raw::close(fd);
+        let text = b.get(..n).unwrap_or(&[]);
+        text.split(|&c| c == b' ')
+            .nth(1)
+            .and_then(procfs::dec)
+            .unwrap_or(0)
+    };
+    let rss = rss_pages.saturating_mul(4096);
+    match super::memlimit::headroom() {
+        Some(room) => room >= rss,
+        None => true,
+    }
+}
+
 /// Entry from the stop handler when the signal came from outside the
 /// process (the coordinator): this thread leads the checkpoint.
 pub fn lead(uc: u64) {
@@ -201,40 +391,12 @@ pub fn lead(uc: u64) {
             d.copy_from_slice(s);
         }
         let dir = dirbuf.get(..n).unwrap_or(&[]);
-        let mut r = StackBuf::<1024>::new();
-        match capture::write_image(dir, fd) {
-            Ok(bytes) => {
-                let t1 = raw::clock_ns(libc::CLOCK_MONOTONIC);
-                let _ = write!(r, "DONE {pid} {bytes} {}", t1.saturating_sub(t0) / 1000);
-            }
-            Err((step, e)) => {
-                let _ = write!(
-                    r,
-                    "FAIL {pid} writing the image failed while {}: {}",
-                    capture::step_name(step),
-                    ErrnoText(e.raw())
-                );
-            }
+        let pre = capture::Pre::now();
+        if SNAPSHOT.load(Ordering::Acquire) == 1 && memory_allows_snapshot() {
+            write_forked(dir, fd, &pre, t0, &mut buf);
+        } else {
+            write_in_place(dir, fd, &pre, t0, &mut buf);
         }
-        send(fd, r.as_bytes());
-        // Wait for the coordinator to release the whole job.
-        let _ = recv(fd, &mut buf);
-        release_all();
-        let mut s = StackBuf::<1024>::new();
-        match capture::sync_image(dir) {
-            Ok(()) => {
-                let _ = write!(s, "SYNCED {pid}");
-            }
-            Err((step, e)) => {
-                let _ = write!(
-                    s,
-                    "FAIL {pid} {}: {}",
-                    capture::step_name(step),
-                    ErrnoText(e.raw())
-                );
-            }
-        }
-        send(fd, s.as_bytes());
     }
     release_all();
     raw::close(fd);

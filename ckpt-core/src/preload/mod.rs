@@ -15,6 +15,7 @@
 pub mod capture;
 pub mod finish;
 pub mod leader;
+pub mod memlimit;
 pub mod stop;
 
 use crate::coord::ENV_SOCKET;
@@ -44,6 +45,9 @@ fn init() {
         if let Some(d) = p.get_mut(..bytes.len()) {
             d.copy_from_slice(bytes);
         }
+    }
+    if std::env::var_os("CKPT_SNAPSHOT").is_some_and(|v| v == "0") {
+        leader::SNAPSHOT.store(0, core::sync::atomic::Ordering::Release);
     }
     let _ = stop::install();
 }

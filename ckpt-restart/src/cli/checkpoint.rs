@@ -33,6 +33,13 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
             num(2) as f64 / 1000.0,
             num(3) as f64 / 1000.0
         );
+        if num(5) > 0 {
+            println!(
+                "note: {} process{} written while the job stood still: the job's memory limit leaves no room for a copy-on-write snapshot (or CKPT_SNAPSHOT=0)",
+                num(5),
+                if num(5) == 1 { " was" } else { "es were" }
+            );
+        }
         return Ok(0);
     }
     Err(Failure {
