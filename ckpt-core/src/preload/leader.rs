@@ -55,6 +55,11 @@ const STOP_TIMEOUT_NS: u64 = 10_000_000_000;
 /// How long a stopped process waits for the coordinator's next word.
 const COORD_TIMEOUT_S: i64 = 900;
 
+/// The coordinator socket of the current run (NUL-terminated).
+pub fn current_socket() -> [u8; 256] {
+    socket_path()
+}
+
 fn socket_path() -> [u8; 256] {
     // SAFETY: the restorer writes CKPT_RESTORE_INFO.socket while no program
     // code runs; SOCKET_PATH is written once by the constructor. Plain reads.

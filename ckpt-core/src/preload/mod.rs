@@ -13,6 +13,7 @@
 //! is interposed.
 
 pub mod capture;
+pub mod exec;
 pub mod finish;
 pub mod leader;
 pub mod memlimit;
@@ -44,6 +45,23 @@ fn init() {
         p.fill(0);
         if let Some(d) = p.get_mut(..bytes.len()) {
             d.copy_from_slice(bytes);
+        }
+    }
+    if let Some(pre) = std::env::var_os("LD_PRELOAD") {
+        // Remember our own entry (the first path that names libckpt) for exec.
+        let pre = pre.as_encoded_bytes();
+        if let Some(ours) = pre
+            .split(|&c| c == b':' || c == b' ')
+            .find(|p| p.ends_with(b"libckpt.so"))
+        {
+            // SAFETY: only the constructor writes PRELOAD_ENTRY, before any exec wrapper reads it.
+            let e = unsafe { &mut *core::ptr::addr_of_mut!(exec::PRELOAD_ENTRY) };
+            let want = b"LD_PRELOAD=".len() + ours.len();
+            if want < e.len() {
+                e[..11].copy_from_slice(b"LD_PRELOAD=");
+                e[11..want].copy_from_slice(ours);
+                e[want] = 0;
+            }
         }
     }
     if std::env::var_os("CKPT_SNAPSHOT").is_some_and(|v| v == "0") {
