@@ -43,12 +43,6 @@ pub struct Stage1<'a> {
 /// Step code of a stage 1 failure (its message is printed here).
 pub const STAGE1_FAILED: u32 = 100;
 
-fn fail(status_fd: i32, msg: &str) -> ! {
-    let _ = raw::write_all(2, format!("ckpt: restore failed: {msg}\n").as_bytes());
-    report(status_fd, STAGE1_FAILED, 0, 0);
-    raw::exit_group(RST_EXIT_FAILED)
-}
-
 /// Write a failure record to the init's status pipe.
 pub fn report(status_fd: i32, code: u32, addr: u64, err: i64) {
     let f = blob::RstFailure {
@@ -370,13 +364,21 @@ fn open_region_files(m: &ProcessManifest, hi: i32) -> Result<BTreeMap<usize, i32
 
 /// Run stage 1 and jump to stage 2. Never returns.
 pub fn run(s: Stage1<'_>) -> ! {
-    match prepare(&s) {
-        Ok(()) => fail(s.status_fd, "stage 2 returned"),
-        Err(e) => fail(s.status_fd, &e),
-    }
+    // Where failures go: fd 2 and the status pipe until `prepare` moves them
+    // out of the way of the program's descriptors, which replace 0, 1, 2 and
+    // the pipe's number (a message there would land in the program's files).
+    let mut report_to = (2, s.status_fd);
+    let msg = match prepare(&s, &mut report_to) {
+        Ok(()) => "stage 2 returned".to_string(),
+        Err(e) => e,
+    };
+    let (err_fd, status_fd) = report_to;
+    let _ = raw::write_all(err_fd, format!("ckpt: restore failed: {msg}\n").as_bytes());
+    report(status_fd, STAGE1_FAILED, 0, 0);
+    raw::exit_group(RST_EXIT_FAILED)
 }
 
-fn prepare(s: &Stage1<'_>) -> Result<(), String> {
+fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
     let m = s.m;
     // Block every signal: the saved masks come back with each thread's frame.
     raw::sigprocmask(libc::SIG_SETMASK, !0u64)
@@ -388,6 +390,7 @@ fn prepare(s: &Stage1<'_>) -> Result<(), String> {
     if s.status_fd < s.shared.lo || s.status_fd >= hi {
         unsafe_close(s.status_fd);
     }
+    *report_to = (err_fd, status_fd);
     let s = Stage1 { status_fd, ..*s };
     // Shared memory objects this process maps.
     let mut memfds: HashMap<u64, i32> = HashMap::new();
@@ -400,10 +403,7 @@ fn prepare(s: &Stage1<'_>) -> Result<(), String> {
             memfds.insert(r.inode, dup_above(fd, hi, true).map_err(|e| e.to_string())?);
         }
     }
-    restore_fds(&s, hi).map_err(|e| {
-        let _ = raw::write_all(err_fd, format!("ckpt: restore failed: {e}\n").as_bytes());
-        e
-    })?;
+    restore_fds(&s, hi)?;
     // Drop the init's shared objects: we hold what we need.
     for fd in open_fds() {
         if fd >= s.shared.lo && fd < hi {
