@@ -602,10 +602,13 @@ pub fn validate_manifest(file: &str, m: &ProcessManifest, data_len: u64) -> Resu
         return Err(bad("lists no thread".into()));
     }
     for t in &m.threads {
-        let inside = m
-            .regions
-            .iter()
-            .any(|r| t.ucontext >= r.start && t.ucontext + 1024 <= r.end);
+        // checked: a context near the top of the address space must not
+        // wrap around and pass for one inside a region
+        let inside = t.ucontext.checked_add(1024).is_some_and(|end| {
+            m.regions
+                .iter()
+                .any(|r| t.ucontext >= r.start && end <= r.end)
+        });
         if !inside || t.tid <= 0 {
             return Err(bad(format!(
                 "thread {} has its saved context outside saved memory",
