@@ -1,4 +1,5 @@
 //! Shared test harness.
 
 pub mod cr;
+pub mod faults;
 pub mod slurm;

@@ -1,0 +1,883 @@
+//! Reliability and security suite (issue 8): nothing is lost under faults, and
+//! hostile input is refused.
+//!
+//! Every case runs `faults/programs/ticker.c` (a two-thread program that
+//! keeps a checksum invariant over its heap and a thread stack, and prints
+//! the same output whatever happened before it is told to finish) under
+//! `ckpt launch`, breaks something, and checks what `ckpt` says and that the
+//! newest complete generation restarts into a correct run.
+//!
+//! Kill points, two ways:
+//! - named: `CKPT_FAULT=<point>:<kill-self|kill-job>:2` (see
+//!   `ckpt-core/src/fault.rs`) kills the coordinator, or every process of the
+//!   job, at one of 15 points of the third checkpoint: 30 cases;
+//! - timed: SIGKILL of the coordinator or of the program at a sweep of delays
+//!   spread over a checkpoint of a 48 MiB program (the delays are scaled by
+//!   the duration of the same job's first checkpoint), and SIGKILL of the whole
+//!   tree at a sweep of moments during periodic checkpoints (node failure).
+//!
+//! No assertion is on time; the delays only place the kills.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ckpt_tests::cr::{
+    Running, Scratch, alive, ci, copy_tree, deadline, describe, locate_ckpt, prerequisite,
+    send_signal, tail, wait_until,
+};
+use ckpt_tests::faults::{
+    Job, durable_ms, expected_output, gen_numbers, patch_header, pause, read_json,
+    rewrite_manifest, wait_exit, write_json,
+};
+
+/// Every named point of `ckpt-core/src/fault.rs`, in checkpoint order.
+const POINTS: [&str; 15] = [
+    "begun",
+    "stopped",
+    "write-sent",
+    "written",
+    "released",
+    "synced",
+    "checked",
+    "files-synced",
+    "record-half",
+    "record-written",
+    "renamed",
+    "latest-tmp",
+    "latest-updated",
+    "pruned-one",
+    "committed",
+];
+
+/// Index of the first point at which the new generation is complete (renamed).
+const RENAMED: usize = 10;
+
+fn ckpt_bin() -> Option<PathBuf> {
+    match locate_ckpt() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            prerequisite(false, &e);
+            None
+        }
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs `cases` on two worker threads; returns the failures.
+fn run_parallel<T: Sync>(cases: &[T], f: impl Fn(&T) -> Result<(), String> + Sync) -> Vec<String> {
+    let next = Mutex::new(0usize);
+    let failures = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                loop {
+                    let i = {
+                        let Ok(mut n) = next.lock() else { return };
+                        let i = *n;
+                        *n += 1;
+                        i
+                    };
+                    let Some(c) = cases.get(i) else { return };
+                    if let Err(e) = f(c)
+                        && let Ok(mut v) = failures.lock()
+                    {
+                        v.push(e);
+                    }
+                }
+            });
+        }
+    });
+    failures.into_inner().unwrap_or_default()
+}
+
+/// After a fault: no complete generation is corrupt (`ckpt status`), the
+/// newest complete one is in `allowed`, and it restarts into a correct run.
+fn check_after_fault(job: &Job, case: &str, allowed: &[u64]) -> Result<(), String> {
+    let complete = job.complete();
+    let newest = complete.last().copied();
+    if !newest.is_some_and(|n| allowed.contains(&n)) {
+        return Err(format!(
+            "{case}: complete generations {complete:?} (partial {:?}), expected the newest in {allowed:?}",
+            job.partial()
+        ));
+    }
+    let (st, out, err) = job.ckpt_cmd("status", case, &[])?;
+    if !st.success() || out.contains("corrupt") {
+        return Err(format!("{case}: ckpt status: {}\n{out}{err}", describe(st)));
+    }
+    job.restart_and_verify(case)
+        .map_err(|e| format!("{case}: {e}"))
+}
+
+fn named_case(ckpt: &Path, point_idx: usize, action: &str) -> Result<(), String> {
+    let point = POINTS[point_idx];
+    let case = format!("{point}:{action}");
+    let job = Job::new(&format!("{point}-{action}"), ckpt, 8);
+    // Two clean checkpoints, then the fault in the third (the first that
+    // prunes a generation, so `pruned-one` is passed once, there).
+    let nth = if point == "pruned-one" { 1 } else { 3 };
+    let fault = format!("{point}:{action}:{nth}");
+    let mut l = job.launch("run", &[], &[("CKPT_FAULT", &fault)]);
+    job.wait_ready(&mut l)?;
+    job.checkpoint_ok("first")?;
+    job.checkpoint_ok("second")?;
+    let (st, out, err) = job.ckpt_cmd("checkpoint", "faulted", &[])?;
+    let allowed: &[u64] = if action == "kill-self" {
+        // The coordinator died: the client must fail, loudly.
+        if st.success() || err.trim().is_empty() {
+            return Err(format!(
+                "{case}: the checkpoint whose coordinator was killed reported {} (want a failure and a message)\nstdout: {out}\nstderr: {err}",
+                describe(st)
+            ));
+        }
+        let ls = wait_exit(&mut l)?;
+        if ls.code().is_some() {
+            return Err(format!(
+                "{case}: ckpt launch survived its fault point ({}): the point was not reached",
+                describe(ls)
+            ));
+        }
+        if point_idx < RENAMED { &[2] } else { &[3] }
+    } else {
+        // The job was killed at the point: launch ends with its status.
+        let ls = wait_exit(&mut l)?;
+        if ls.code() != Some(128 + libc::SIGKILL) {
+            return Err(format!(
+                "{case}: ckpt launch ended with {} (want exit 137, the program killed at the point)",
+                describe(ls)
+            ));
+        }
+        if point_idx <= 3 {
+            // The job died before its images were released: never complete.
+            &[2]
+        } else {
+            // Afterwards the images may be complete; the coordinator may or
+            // may not outlive the job long enough to commit them.
+            &[2, 3]
+        }
+    };
+    l.kill_tree()?;
+    check_after_fault(&job, &case, allowed)
+}
+
+/// kill -9 of the coordinator, or of the whole job, at each of the 15 named
+/// points of a checkpoint (30 cases): the newest complete generation always
+/// restores into a correct run, and a `.tmp` one is never used.
+#[test]
+fn kill_at_named_points() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let mut cases = Vec::new();
+    for i in 0..POINTS.len() {
+        cases.push((i, "kill-self"));
+        cases.push((i, "kill-job"));
+    }
+    let failures = run_parallel(&cases, |(i, a)| named_case(&ckpt, *i, a));
+    eprintln!(
+        "named kill points: {} cases, {} failed",
+        cases.len(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Victim {
+    Coordinator,
+    Program,
+}
+
+/// One timed kill: returns whether the faulted checkpoint still completed.
+fn timed_case(ckpt: &Path, victim: Victim, k: u32, of: u32) -> Result<(), String> {
+    let case = format!("{victim:?}-{k}");
+    let job = Job::new(&format!("timed-{case}"), ckpt, 48);
+    let mut l = job.launch("run", &[], &[]);
+    job.wait_ready(&mut l)?;
+    let first = job.checkpoint_ok("first")?;
+    let t_ms = durable_ms(&first).unwrap_or(200.0).max(5.0);
+    // Spread over 0 ..= 1.2 x the first checkpoint's duration.
+    let delay = Duration::from_secs_f64(t_ms * 1.2 * f64::from(k) / f64::from(of - 1) / 1000.0);
+    let prog = job.program_pid(&l)?;
+    let mut c = job.checkpoint_async("faulted");
+    pause(delay);
+    let target = match victim {
+        Victim::Coordinator => l.pid(),
+        Victim::Program => prog,
+    };
+    send_signal(target, libc::SIGKILL)?;
+    let st = c.wait(deadline())?;
+    let err = tail(&job.s.join("checkpoint-faulted.err"), 4096);
+    if !st.success() && err.trim().is_empty() {
+        return Err(format!(
+            "{case}: the interrupted checkpoint failed without a message ({})",
+            describe(st)
+        ));
+    }
+    l.kill_tree()?;
+    let allowed: &[u64] = if st.success() { &[2] } else { &[1, 2] };
+    check_after_fault(&job, &case, allowed)
+}
+
+/// kill -9 of the coordinator (`ckpt launch`) at 12 moments spread over a
+/// checkpoint of a 48 MiB program.
+#[test]
+fn kill_coordinator_timed() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let cases: Vec<u32> = (0..12).collect();
+    let failures = run_parallel(&cases, |k| timed_case(&ckpt, Victim::Coordinator, *k, 12));
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// kill -9 of the program (its checkpoint leader) at 12 moments spread over a
+/// checkpoint of a 48 MiB program.
+#[test]
+fn kill_program_timed() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let cases: Vec<u32> = (0..12).collect();
+    let failures = run_parallel(&cases, |k| timed_case(&ckpt, Victim::Program, *k, 12));
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+fn node_failure_case(ckpt: &Path, k: u32, of: u32) -> Result<(), String> {
+    let case = format!("node-{k}");
+    let job = Job::new(&case, ckpt, 16);
+    let mut l = job.launch("run", &["--interval", "1"], &[]);
+    job.wait_ready(&mut l)?;
+    wait_until("the first periodic checkpoint", deadline(), || {
+        Ok((!job.complete().is_empty()).then_some(()))
+    })?;
+    // Somewhere within the next period (a checkpoint may be under way).
+    pause(Duration::from_millis(u64::from(k) * 1000 / u64::from(of)));
+    // Every process of the job and the coordinator, without warning.
+    l.kill_tree()?;
+    let complete = job.complete();
+    check_after_fault(&job, &case, &complete)
+}
+
+/// A node failure during a job with periodic checkpoints (`--interval 1`):
+/// the whole tree, coordinator included, is killed at 8 moments spread over a
+/// period; the newest complete generation resumes correctly.
+#[test]
+fn node_failure_during_periodic_checkpoints() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let cases: Vec<u32> = (0..8).collect();
+    let failures = run_parallel(&cases, |k| node_failure_case(&ckpt, *k, 8));
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+// ---- The checkpoint directory misbehaves under a running job ----
+
+/// A mount made by a test, lazily unmounted on drop.
+struct Mounted(PathBuf);
+
+impl Mounted {
+    fn run(args: &[&str], target: &Path) -> Result<Mounted, String> {
+        let o = Command::new("mount")
+            .args(args)
+            .arg(target)
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !o.status.success() {
+            return Err(format!(
+                "mount {args:?} {}: {}",
+                target.display(),
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
+        Ok(Mounted(target.to_path_buf()))
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn needs_root(what: &str) -> bool {
+    prerequisite(is_root(), &format!("{what} needs root (mount)"))
+}
+
+fn must_fail_clearly(job: &Job, tag: &str, words: &[&str]) -> Result<String, String> {
+    let (st, out, err) = job.ckpt_cmd("checkpoint", tag, &[])?;
+    if st.success() || st.code().is_none() || !words.iter().any(|w| err.contains(w)) {
+        return Err(format!(
+            "checkpoint {tag}: {} (want a failure whose message says one of {words:?})\nstdout: {out}\nstderr: {err}",
+            describe(st)
+        ));
+    }
+    Ok(err)
+}
+
+fn job_keeps_running(job: &Job, l: &mut Running) -> Result<(), String> {
+    l.check_running()?;
+    let p = job.program_pid(l)?;
+    if !alive(p) {
+        return Err("the program died".into());
+    }
+    Ok(())
+}
+
+/// Disk full: a 24 MiB tmpfs as the checkpoint dir, mostly filled by another
+/// file. The checkpoint fails with a message saying so, the program keeps
+/// running, the previous generation stays complete and no partial one is left
+/// behind; once space is back the next checkpoint succeeds and restores.
+#[test]
+fn disk_full() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    if !needs_root("disk_full") {
+        return;
+    }
+    let job = Job::new("diskfull", &ckpt, 8);
+    let _m = Mounted::run(
+        &["-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs"],
+        &job.dir,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut l = job.launch("run", &[], &[]);
+    let r = (|| -> Result<(), String> {
+        job.wait_ready(&mut l)?;
+        job.checkpoint_ok("first")?;
+        let filler = job.dir.join("filler");
+        fs::write(&filler, vec![7u8; 12 << 20]).map_err(|e| format!("filler: {e}"))?;
+        let err = must_fail_clearly(&job, "full", &["No space left", "space"])?;
+        eprintln!("disk full message: {}", err.trim());
+        job_keeps_running(&job, &mut l)?;
+        if job.complete() != [1] || !job.partial().is_empty() {
+            return Err(format!(
+                "after the failed checkpoint: complete {:?}, partial {:?} (want [1], [])",
+                job.complete(),
+                job.partial()
+            ));
+        }
+        fs::remove_file(&filler).map_err(|e| e.to_string())?;
+        job.checkpoint_ok("space-back")?;
+        l.kill_tree()?;
+        check_after_fault(&job, "diskfull", &[2])
+    })();
+    if let Err(e) = r {
+        panic!("{e}\nlaunch: {}", job.stderr_of("launch"));
+    }
+}
+
+/// The checkpoint dir made read-only (a read-only bind mount over it, since
+/// root ignores permissions) under a running job: the checkpoint fails with a
+/// message, the job keeps running, and once writable again it checkpoints.
+#[test]
+fn dir_read_only() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    if !needs_root("dir_read_only") {
+        return;
+    }
+    let job = Job::new("readonly", &ckpt, 8);
+    let mut l = job.launch("run", &[], &[]);
+    let r = (|| -> Result<(), String> {
+        job.wait_ready(&mut l)?;
+        job.checkpoint_ok("first")?;
+        let d = job.dir.to_string_lossy().into_owned();
+        let bind = Mounted::run(&["--bind", &d], &job.dir)?;
+        // `mount --bind D D` then a read-only remount of that bind.
+        let o = Command::new("mount")
+            .args(["-o", "remount,bind,ro"])
+            .arg(&job.dir)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !o.status.success() {
+            return Err(format!(
+                "remount ro: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
+        must_fail_clearly(&job, "ro", &["Read-only", "read-only", "not writable"])?;
+        job_keeps_running(&job, &mut l)?;
+        drop(bind);
+        wait_until("the read-only mount to go", deadline(), || {
+            Ok(fs::metadata(&job.dir)
+                .ok()
+                .filter(|_| {
+                    let t = job.dir.join(".probe");
+                    let ok = fs::write(&t, b"").is_ok();
+                    let _ = fs::remove_file(&t);
+                    ok
+                })
+                .map(|_| ()))
+        })?;
+        job.checkpoint_ok("writable")?;
+        l.kill_tree()?;
+        check_after_fault(&job, "readonly", &[2])
+    })();
+    if let Err(e) = r {
+        panic!("{e}\nlaunch: {}", job.stderr_of("launch"));
+    }
+}
+
+/// The checkpoint dir removed under a running job with periodic checkpoints:
+/// each periodic checkpoint fails with a message naming the directory, and
+/// the program runs on to a correct end.
+#[test]
+fn dir_removed() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let job = Job::new("removed", &ckpt, 8);
+    let mut l = job.launch("run", &["--interval", "1"], &[]);
+    let r = (|| -> Result<(), String> {
+        job.wait_ready(&mut l)?;
+        wait_until("the first periodic checkpoint", deadline(), || {
+            Ok((!job.complete().is_empty()).then_some(()))
+        })?;
+        fs::remove_dir_all(&job.dir).map_err(|e| e.to_string())?;
+        let errf = job.s.join("launch-run.err");
+        let dir = job.dir.to_string_lossy().into_owned();
+        let msg = wait_until("a periodic checkpoint failure message", deadline(), || {
+            let t = tail(&errf, 1 << 16);
+            Ok(t.lines()
+                .find(|l| l.contains("periodic checkpoint failed") && l.contains(&dir))
+                .map(str::to_string))
+        })?;
+        eprintln!("removed dir message: {msg}");
+        job_keeps_running(&job, &mut l)?;
+        fs::write(job.work.join("go"), b"").map_err(|e| e.to_string())?;
+        let st = wait_exit(&mut l)?;
+        let out = fs::read_to_string(job.out()).unwrap_or_default();
+        if !st.success() || out != expected_output() {
+            return Err(format!(
+                "the program under a removed checkpoint dir ended with {}: {out:?}",
+                describe(st)
+            ));
+        }
+        Ok(())
+    })();
+    if let Err(e) = r {
+        panic!("{e}\nlaunch: {}", job.stderr_of("launch"));
+    }
+}
+
+// ---- Hostile and damaged images ----
+
+/// One pristine image of the ticker (8 MiB), killed after the checkpoint.
+fn pristine(ckpt: &Path, label: &str) -> Job {
+    let job = Job::new(label, ckpt, 8);
+    let mut l = job.launch("run", &[], &[]);
+    let r = job
+        .wait_ready(&mut l)
+        .and_then(|()| job.checkpoint_ok("image"));
+    if let Err(e) = r {
+        panic!("{e}");
+    }
+    l.kill_tree().unwrap_or_else(|e| panic!("{e}"));
+    // The killed coordinator's socket stays behind; copies do not need it.
+    let _ = fs::remove_file(job.dir.join("ckpt.sock"));
+    job
+}
+
+/// A damaged copy of the pristine image: `damage` edits the generation dir.
+struct Hostile {
+    name: &'static str,
+    /// What the message must contain (one of).
+    says: &'static [&'static str],
+    damage: fn(&Path) -> Result<(), String>,
+}
+
+fn manifest_path(g: &Path) -> PathBuf {
+    g.join("proc-2.json")
+}
+
+fn edit_manifest(g: &Path, f: impl FnOnce(&mut serde_json::Value)) -> Result<(), String> {
+    let mut m = read_json(&manifest_path(g))?;
+    f(&mut m);
+    rewrite_manifest(g, 2, &m)
+}
+
+fn flip(p: &Path, at: impl FnOnce(usize) -> usize) -> Result<(), String> {
+    let mut d = fs::read(p).map_err(|e| e.to_string())?;
+    let i = at(d.len());
+    d[i] ^= 0x5a;
+    fs::write(p, d).map_err(|e| e.to_string())
+}
+
+fn set_len(p: &Path, f: impl FnOnce(u64) -> u64) -> Result<(), String> {
+    let h = fs::OpenOptions::new()
+        .write(true)
+        .open(p)
+        .map_err(|e| e.to_string())?;
+    let n = h.metadata().map_err(|e| e.to_string())?.len();
+    h.set_len(f(n)).map_err(|e| e.to_string())
+}
+
+fn hostile_cases() -> Vec<Hostile> {
+    vec![
+        Hostile {
+            name: "manifest byte flipped",
+            says: &["proc-2.json"],
+            damage: |g| flip(&manifest_path(g), |n| n / 2),
+        },
+        Hostile {
+            name: "manifest truncated",
+            says: &["proc-2.json"],
+            damage: |g| set_len(&manifest_path(g), |n| n / 3),
+        },
+        Hostile {
+            name: "generation record truncated",
+            says: &["generation.json"],
+            damage: |g| set_len(&g.join("generation.json"), |n| n / 2),
+        },
+        Hostile {
+            name: "generation record points outside its directory",
+            says: &["outside its generation"],
+            damage: |g| {
+                let p = g.join("generation.json");
+                let mut v = read_json(&p)?;
+                v["processes"][0]["manifest"] = "../../../../etc/passwd".into();
+                write_json(&p, &v)
+            },
+        },
+        Hostile {
+            name: "generation record names an absolute image path",
+            says: &["outside its generation"],
+            damage: |g| {
+                let p = g.join("generation.json");
+                let mut v = read_json(&p)?;
+                v["processes"][0]["image"] = "/etc/passwd".into();
+                write_json(&p, &v)
+            },
+        },
+        Hostile {
+            name: "manifest from a newer minor format",
+            says: &["not supported"],
+            damage: |g| edit_manifest(g, |m| m["version"] = serde_json::json!([1, 99])),
+        },
+        Hostile {
+            name: "manifest from another major format",
+            says: &["not supported"],
+            damage: |g| edit_manifest(g, |m| m["version"] = serde_json::json!([2, 0])),
+        },
+        Hostile {
+            name: "image header from a newer format",
+            says: &["proc-2.img"],
+            damage: |g| patch_header(&g.join("proc-2.img"), 10, &7u16.to_le_bytes()),
+        },
+        Hostile {
+            name: "image from another architecture (aarch64)",
+            says: &["architecture"],
+            damage: |g| patch_header(&g.join("proc-2.img"), 24, &183u32.to_le_bytes()),
+        },
+        Hostile {
+            name: "image header checksum wrong",
+            says: &["proc-2.img"],
+            damage: |g| flip(&g.join("proc-2.img"), |_| 20),
+        },
+        Hostile {
+            name: "CPU features this CPU lacks",
+            says: &["lacks features"],
+            damage: |g| {
+                edit_manifest(g, |m| {
+                    m["cpu"]["features"] =
+                        serde_json::json!([u32::MAX, u32::MAX, u32::MAX, u32::MAX])
+                })
+            },
+        },
+        Hostile {
+            name: "another kernel's vDSO",
+            says: &["vDSO"],
+            damage: |g| {
+                edit_manifest(g, |m| {
+                    let c = m["vdso"]["crc"].as_u64().unwrap_or(0);
+                    m["vdso"]["crc"] = serde_json::json!(c ^ 1);
+                })
+            },
+        },
+        Hostile {
+            name: "region at an absurd address",
+            says: &["absurd addresses"],
+            damage: |g| {
+                edit_manifest(g, |m| {
+                    m["regions"][0]["start"] = serde_json::json!(0x7fff_ffff_f000u64);
+                    m["regions"][0]["end"] = serde_json::json!(0x8000_0000_0000u64 + 4096);
+                })
+            },
+        },
+        Hostile {
+            name: "region data outside its file",
+            says: &["outside its data file"],
+            damage: |g| {
+                edit_manifest(g, |m| {
+                    let last = m["regions"].as_array().map_or(0, |r| r.len()) - 1;
+                    m["regions"][last]["data_offset"] = serde_json::json!(1u64 << 40);
+                })
+            },
+        },
+        Hostile {
+            name: "page run beyond its region",
+            says: &["outside region", "outside its data file"],
+            damage: |g| {
+                edit_manifest(g, |m| {
+                    m["regions"][0]["runs"] = serde_json::json!([[0, 1u64 << 50]]);
+                })
+            },
+        },
+        Hostile {
+            name: "thread context at the end of the address space",
+            says: &["saved context outside saved memory"],
+            damage: |g| {
+                edit_manifest(g, |m| {
+                    m["threads"][0]["ucontext"] = serde_json::json!(u64::MAX - 512);
+                })
+            },
+        },
+        Hostile {
+            name: "memory data byte flipped",
+            says: &["proc-2.img"],
+            damage: |g| flip(&g.join("proc-2.img"), |n| n - 4096 + 17),
+        },
+        Hostile {
+            name: "image truncated",
+            says: &["proc-2.img"],
+            damage: |g| set_len(&g.join("proc-2.img"), |n| n - 4096),
+        },
+        Hostile {
+            name: "image appended to",
+            says: &["proc-2.img"],
+            damage: |g| set_len(&g.join("proc-2.img"), |n| n + 4096),
+        },
+        Hostile {
+            name: "image belongs to another user",
+            says: &["belongs to uid 65534"],
+            damage: |g| chown(&g.join("proc-2.img"), 65534),
+        },
+        Hostile {
+            name: "generation dir belongs to another user",
+            says: &["belongs to uid 65534"],
+            damage: |g| chown(g, 65534),
+        },
+        Hostile {
+            name: "manifest of another user's process",
+            says: &["belongs to uid 4242"],
+            damage: |g| edit_manifest(g, |m| m["uid"] = serde_json::json!(4242)),
+        },
+    ]
+}
+
+fn chown(p: &Path, uid: u32) -> Result<(), String> {
+    std::os::unix::fs::chown(p, Some(uid), None).map_err(|e| format!("chown {}: {e}", p.display()))
+}
+
+/// Restarts `dir` and requires: a non-zero exit (not a crash), a message with
+/// one of `says`, no panic, and a program that never ran (its `go` file exists
+/// and its output did not change).
+fn restart_refused(job: &Job, dir: &Path, tag: &str, says: &[&str]) -> Result<String, String> {
+    fs::write(job.out(), b"READY\n").map_err(|e| e.to_string())?;
+    fs::write(job.work.join("go"), b"").map_err(|e| e.to_string())?;
+    let args = ["restart".into(), "--dir".into(), dir.as_os_str().to_owned()];
+    let (st, _out, err) = ckpt_tests::cr::run_logged(
+        &job.ckpt,
+        &args,
+        &job.s.path,
+        &job.s.join(format!("refused-{tag}")),
+    )?;
+    // Give a wrongly started program a moment to write (not an assertion on time).
+    pause(Duration::from_millis(100));
+    let out = fs::read_to_string(job.out()).unwrap_or_default();
+    let mut why = Vec::new();
+    if st.success() {
+        why.push("it succeeded".to_string());
+    }
+    if st.code().is_none() {
+        why.push(format!("ckpt crashed ({})", describe(st)));
+    }
+    if !says.iter().any(|w| err.contains(w)) {
+        why.push(format!("the message does not say any of {says:?}"));
+    }
+    if err.contains("panicked") {
+        why.push("ckpt panicked".into());
+    }
+    if out != "READY\n" {
+        why.push(format!("the program ran: {out:?}"));
+    }
+    if why.is_empty() {
+        Ok(err)
+    } else {
+        Err(format!("{tag}: {}\nstderr: {err}", why.join("; ")))
+    }
+}
+
+/// Every kind of damaged or hostile image gets a clear message and a
+/// non-zero exit, never a crash of ckpt and never a run of the image.
+#[test]
+fn hostile_images() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let job = pristine(&ckpt, "hostile");
+    let mut failures = Vec::new();
+    let cases = hostile_cases();
+    for (i, c) in cases.iter().enumerate() {
+        if c.says.iter().any(|s| s.contains("65534")) && !is_root() {
+            // chown to another uid needs root; tested below as a user instead.
+            if ci() {
+                failures.push(format!("{}: needs root", c.name));
+            }
+            continue;
+        }
+        let d = job.s.join(format!("case-{i}"));
+        if let Err(e) = copy_tree(&job.dir, &d) {
+            failures.push(format!("{}: copy: {e}", c.name));
+            continue;
+        }
+        let g = d.join("gen-000001");
+        if let Err(e) = (c.damage)(&g) {
+            failures.push(format!("{}: damage: {e}", c.name));
+            continue;
+        }
+        match restart_refused(&job, &d, &format!("case-{i}"), c.says) {
+            Ok(msg) => eprintln!("{}: {}", c.name, msg.lines().last().unwrap_or("")),
+            Err(e) => failures.push(format!("{}: {e}", c.name)),
+        }
+    }
+    // The pristine image itself restarts (the damage, not the copy, is refused).
+    let d = job.s.join("case-pristine");
+    copy_tree(&job.dir, &d).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "hostile images: {} cases, {} failed",
+        cases.len(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    job.restart_and_verify("pristine")
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+// ---- Security ----
+
+/// Images and directories are private: the checkpoint dir is tightened to
+/// 0700, generations are 0700 and every file in them 0600.
+#[test]
+fn images_are_private() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let job = Job::new("modes", &ckpt, 8);
+    fs::set_permissions(&job.dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut l = job.launch("run", &[], &[]);
+    job.wait_ready(&mut l).unwrap_or_else(|e| panic!("{e}"));
+    job.checkpoint_ok("a").unwrap_or_else(|e| panic!("{e}"));
+    job.checkpoint_ok("b").unwrap_or_else(|e| panic!("{e}"));
+    l.kill_tree().unwrap_or_else(|e| panic!("{e}"));
+    let mode = |p: &Path| {
+        fs::symlink_metadata(p)
+            .map(|m| m.mode() & 0o7777)
+            .unwrap_or(0)
+    };
+    let mut bad = Vec::new();
+    if mode(&job.dir) != 0o700 {
+        bad.push(format!("{}: {:o}", job.dir.display(), mode(&job.dir)));
+    }
+    let mut files = 0;
+    for n in gen_numbers(&job.dir, false) {
+        let g = job.dir.join(format!("gen-{n:06}"));
+        if mode(&g) != 0o700 {
+            bad.push(format!("{}: {:o}", g.display(), mode(&g)));
+        }
+        for e in fs::read_dir(&g).unwrap().flatten() {
+            files += 1;
+            if mode(&e.path()) != 0o600 {
+                bad.push(format!("{}: {:o}", e.path().display(), mode(&e.path())));
+            }
+        }
+    }
+    assert!(files >= 6, "expected two generations of 3 files: {files}");
+    assert!(bad.is_empty(), "not private: {bad:?}");
+}
+
+/// An unprivileged user cannot restart root's image, even with read access
+/// to a copy: the refusal names the owner.
+#[test]
+fn other_user_cannot_restart() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    if !needs_root("other_user_cannot_restart (runuser)") {
+        return;
+    }
+    let job = pristine(&ckpt, "otheruser");
+    // A copy the user owns the directory of, but whose generation is root's.
+    let base = Scratch::new("faults-otheruser-dir");
+    fs::set_permissions(&base.path, fs::Permissions::from_mode(0o755)).unwrap();
+    let d = base.join("d");
+    copy_tree(&job.dir, &d).unwrap();
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
+    chown(&d, 65534).unwrap();
+    let o = Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(&ckpt)
+        .args(["restart", "--dir"])
+        .arg(&d)
+        .output()
+        .expect("runuser");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && o.status.code().is_some() && err.contains("belongs to uid 0"),
+        "restart by another user: {} {err}",
+        describe(o.status)
+    );
+}
+
+/// The executable changed on disk since the checkpoint: the restart refuses,
+/// naming it.
+#[test]
+fn changed_executable_detected() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let mut job = Job::new("exe", &ckpt, 8);
+    let exe = job.s.join("ticker-copy");
+    fs::copy(&job.program, &exe).unwrap();
+    job.program = exe.clone();
+    let mut l = job.launch("run", &[], &[]);
+    job.wait_ready(&mut l).unwrap_or_else(|e| panic!("{e}"));
+    job.checkpoint_ok("a").unwrap_or_else(|e| panic!("{e}"));
+    l.kill_tree().unwrap_or_else(|e| panic!("{e}"));
+    // Rewritten in place (same inode, new size and mtime), like an upgrade.
+    let mut data = fs::read(&exe).unwrap();
+    data.extend_from_slice(&[0u8; 4096]);
+    fs::write(&exe, data).unwrap();
+    let dir = job.dir.clone();
+    let msg =
+        restart_refused(&job, &dir, "exe", &["ticker-copy"]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(msg.contains("changed"), "{msg}");
+}
+
+/// A shared library changed on disk since the checkpoint: the restart
+/// refuses, naming it.
+#[test]
+fn changed_library_detected() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let mut job = Job::new("lib", &ckpt, 8);
+    let libdir = job.s.dir("lib");
+    let lib = libdir.join("libtick.so");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("faults/programs/libtick.c");
+    let st = Command::new("cc")
+        .args(["-O1", "-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .status()
+        .expect("cc");
+    assert!(st.success(), "cc libtick");
+    let rpath = format!("-Wl,-rpath,{}", libdir.display());
+    let libflag = format!("-L{}", libdir.display());
+    let exe = ckpt_tests::faults::build_program(
+        "ticker",
+        &format!("ticker-lib-{}", std::process::id()),
+        &["-DWITH_LIB", &libflag, "-ltick", &rpath],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    job.program = exe;
+    let mut l = job.launch("run", &[], &[]);
+    job.wait_ready(&mut l).unwrap_or_else(|e| panic!("{e}"));
+    job.checkpoint_ok("a").unwrap_or_else(|e| panic!("{e}"));
+    l.kill_tree().unwrap_or_else(|e| panic!("{e}"));
+    // Rebuilt in place: same path and inode, new contents and mtime.
+    let mut data = fs::read(&lib).unwrap();
+    data.extend_from_slice(b"rebuilt");
+    fs::write(&lib, data).unwrap();
+    let dir = job.dir.clone();
+    let msg = restart_refused(&job, &dir, "lib", &["libtick.so"]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(msg.contains("changed"), "{msg}");
+}
