@@ -974,3 +974,113 @@ impl Drop for Tmux {
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn has_line_matches_whole_lines_only() {
+        let text = b"READY\nhold 1\ngo 1\npartial";
+        assert!(has_line(text, "READY"));
+        assert!(has_line(text, "go 1"));
+        assert!(!has_line(text, "hold"));
+        assert!(!has_line(text, "go 11"));
+        assert!(has_line(text, "partial"));
+    }
+
+    #[test]
+    fn first_difference_points_at_the_line() {
+        assert!(first_difference(b"a\nb\n", b"a\nb\n").is_none());
+        let d = first_difference(b"a\nbcd\n", b"a\nbxd\n").expect("differs");
+        assert!(d.contains("byte 3"), "{d}");
+        assert!(d.contains("\"bcd\\n\"") && d.contains("\"bxd\\n\""), "{d}");
+        let d = first_difference(b"a\nb\n", b"a\n").expect("differs");
+        assert!(d.contains("expected 4 actual 2"), "{d}");
+    }
+
+    #[test]
+    fn links_of_pipes_and_sockets_lose_their_inode() {
+        assert_eq!(normalize_link("pipe:[1234]"), "pipe:[]");
+        assert_eq!(normalize_link("socket:[99]"), "socket:[]");
+        assert_eq!(normalize_link("/tmp/x"), "/tmp/x");
+        assert_eq!(
+            normalize_link("anon_inode:[eventfd]"),
+            "anon_inode:[eventfd]"
+        );
+    }
+
+    #[test]
+    fn kill_tree_kills_every_descendant() {
+        let s = Scratch::new("unit-kill");
+        let mut sp = Spawn::new(Path::new("/bin/sh"), &s.path);
+        sp.args = vec![
+            "-c".into(),
+            "sleep 1000 & (sleep 1000 & sleep 1000) & wait".into(),
+        ];
+        let mut r = sp.spawn("sh with sleeping children");
+        let root = r.pid();
+        let kids = wait_until("three descendants", Duration::from_secs(30), || {
+            let d = descendants(root);
+            Ok((d.len() >= 3).then_some(d))
+        })
+        .expect("descendants appear");
+        r.kill_tree().expect("kill_tree");
+        assert!(r.poll().is_some(), "the child is reaped");
+        for k in kids {
+            assert!(!alive(k), "descendant {k} survived");
+        }
+    }
+
+    #[test]
+    fn image_helpers_follow_the_layout() {
+        let s = Scratch::new("unit-layout");
+        let d = s.dir("ckpt");
+        assert!(latest_generation(&d).is_err());
+        for g in ["gen-000001", "gen-000002", "gen-000003.tmp"] {
+            fs::create_dir(d.join(g)).expect("mkdir");
+        }
+        assert_eq!(
+            generations(&d),
+            vec![d.join("gen-000001"), d.join("gen-000002")]
+        );
+        assert_eq!(latest_generation(&d).expect("latest"), d.join("gen-000002"));
+        std::os::unix::fs::symlink("gen-000001", d.join("latest")).expect("symlink");
+        let g = latest_generation(&d).expect("latest");
+        assert_eq!(g, d.join("gen-000001"));
+        fs::write(g.join("proc-2.img"), vec![7u8; 100]).expect("write");
+        fs::write(g.join("proc-2.json"), b"{}").expect("write");
+        let files = image_data_files(&g);
+        assert_eq!(files, vec![g.join("proc-2.img")]);
+        corrupt_middle(&files[0], 8).expect("corrupt");
+        let data = fs::read(&files[0]).expect("read");
+        assert_eq!(data.len(), 100);
+        assert_eq!(data.iter().filter(|&&b| b != 7).count(), 8);
+        truncate_half(&files[0]).expect("truncate");
+        assert_eq!(fs::metadata(&files[0]).expect("stat").len(), 50);
+    }
+
+    #[test]
+    fn copy_tree_copies_files_dirs_and_links() {
+        let s = Scratch::new("unit-copy");
+        let a = s.dir("a");
+        fs::create_dir(a.join("sub")).expect("mkdir");
+        fs::write(a.join("sub/f"), b"data").expect("write");
+        std::os::unix::fs::symlink("sub/f", a.join("l")).expect("symlink");
+        copy_tree(&a, &s.join("b")).expect("copy");
+        assert_eq!(fs::read(s.join("b/sub/f")).expect("read"), b"data");
+        assert_eq!(
+            fs::read_link(s.join("b/l")).expect("link"),
+            PathBuf::from("sub/f")
+        );
+    }
+
+    #[test]
+    fn visible_state_of_ourselves_is_stable() {
+        let me = i32::try_from(std::process::id()).expect("pid");
+        let v = visible_state(me).expect("state");
+        assert!(v.lines.iter().any(|l| l.starts_with("map ")));
+        assert!(v.lines.iter().any(|l| l.starts_with("fd 0 ")));
+        assert!(v.lines.iter().any(|l| l.starts_with("cwd ")));
+    }
+}
