@@ -39,7 +39,8 @@
 //!
 //! Run one test: `cargo test -p ckpt-tests --test cr -- threads_futex::cli`.
 //! `CKPT_BIN` overrides where `ckpt` is; `CKPT_TEST_KEEP=1` keeps scratch directories;
-//! `CKPT_TEST_DEADLINE_SECS` changes the hang deadline (default 300).
+//! `CKPT_TEST_DEADLINE_SECS` changes the hang deadline (default 120 s, 30 s once two
+//! waits have run out).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;

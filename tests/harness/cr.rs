@@ -19,14 +19,23 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-/// How long any single wait may take before it is reported as a hang
-/// (override with `CKPT_TEST_DEADLINE_SECS`). Generous: this is not a timing assertion.
+/// Waits that have already run out in this test process.
+static HANGS: AtomicUsize = AtomicUsize::new(0);
+
+/// How long any single wait may take before it is reported as a hang: 120 s (override
+/// with `CKPT_TEST_DEADLINE_SECS`). Generous: this is not a timing assertion. Once two
+/// waits have run out in this test process the suite is failing anyway, and later waits
+/// get 30 s so that a hanging engine cannot hold CI for hours.
 pub fn deadline() -> Duration {
     let secs = std::env::var("CKPT_TEST_DEADLINE_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
-    Duration::from_secs(secs)
+        .unwrap_or(120);
+    if HANGS.load(Ordering::Relaxed) >= 2 {
+        Duration::from_secs(secs.min(30))
+    } else {
+        Duration::from_secs(secs)
+    }
 }
 
 /// True under CI (`CI=true`): a missing prerequisite then fails instead of skipping.
@@ -193,6 +202,7 @@ pub fn wait_until<T>(
             return Ok(v);
         }
         if start.elapsed() > limit {
+            HANGS.fetch_add(1, Ordering::Relaxed);
             return Err(format!("gave up after {limit:?} waiting for {what}"));
         }
         sleep(delay);
