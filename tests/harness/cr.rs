@@ -74,8 +74,11 @@ pub fn locate_ckpt() -> Result<PathBuf, String> {
     if let Some(profile) = exe.parent().and_then(Path::parent) {
         candidates.push(profile.join("ckpt"));
         if let Some(target) = profile.parent() {
-            candidates.push(target.join("release/ckpt"));
-            candidates.push(target.join("debug/ckpt"));
+            for p in ["release/ckpt", "debug/ckpt"] {
+                if !candidates.contains(&target.join(p)) {
+                    candidates.push(target.join(p));
+                }
+            }
         }
     }
     for c in &candidates {
