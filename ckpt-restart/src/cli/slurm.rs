@@ -26,8 +26,9 @@
 //! Output continuity: Slurm opens a batch job's output files with `O_APPEND`
 //! and, on requeue, truncates them unless `--open-mode=append`. After each
 //! checkpoint taken here, the first N bytes of each output file (N = its
-//! size at the checkpoint, the largest offset the image records for it) are
-//! copied to `TASKDIR/output-<fd>.saved`. Before resuming, each output file is
+//! size at the checkpoint: the largest offset the image records for it, or
+//! the end of our own last `ckpt:` line before the checkpoint) are copied to
+//! `TASKDIR/output-<fd>-<generation>.saved` (removed with the generation). Before resuming, each output file is
 //! made exactly N bytes long again: a truncated file gets the saved bytes
 //! back, a longer one (append mode: output written between the checkpoint
 //! and the requeue) is cut to N, which the resumed program then writes again.
@@ -292,9 +293,7 @@ pub fn run(args: &[String]) -> Result<i32, Failure> {
         if let Err(e) = dir.remove_all() {
             say(&format!("cannot remove the checkpoints: {e}"));
         }
-        for (fd, _) in &outputs {
-            let _ = fs::remove_file(saved_output(&dir, *fd));
-        }
+        remove_saved_outputs(&dir, true);
     }
     Ok(code)
 }
@@ -354,6 +353,9 @@ impl HookState<'_> {
     }
 
     fn checkpoint(&self, coord: &Arc<Coordinator>) -> Result<(), String> {
+        // Our own lines ("checkpointing") may end the error file; they belong
+        // before the checkpoint too.
+        let said = stderr_end();
         let done = coord.checkpoint()?;
         say(&format!(
             "checkpoint {} written ({} process{}, {}, program paused {:.1} ms, durable after {:.1} ms)",
@@ -365,7 +367,7 @@ impl HookState<'_> {
             done.total_us as f64 / 1000.0
         ));
         match self.dir.load(&done.path) {
-            Ok(g) => save_outputs(self.dir, &g, self.outputs),
+            Ok(g) => save_outputs(self.dir, &g, self.outputs, said.as_ref()),
             Err(e) => say(&format!("cannot read back {}: {e}", done.path.display())),
         }
         Ok(())
@@ -471,8 +473,41 @@ fn output_files() -> Vec<(i32, PathBuf)> {
     out
 }
 
-fn saved_output(dir: &CheckpointDir, fd: i32) -> PathBuf {
-    dir.path().join(format!("output-{fd}.saved"))
+/// The copy of output `fd` as it was at checkpoint `g`.
+fn saved_output(dir: &CheckpointDir, fd: i32, g: &Path) -> PathBuf {
+    let name = g
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.path().join(format!("output-{fd}-{name}.saved"))
+}
+
+/// Removes the saved output copies whose generation is gone (pruned), or
+/// all of them.
+fn remove_saved_outputs(dir: &CheckpointDir, all: bool) {
+    let Ok(entries) = fs::read_dir(dir.path()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("output-") else {
+            continue;
+        };
+        let Some(rest) = rest.strip_suffix(".saved") else {
+            continue;
+        };
+        let generation = rest.split_once('-').map_or("", |(_, g)| g);
+        if all || generation.is_empty() || !dir.path().join(generation).is_dir() {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// The file of our stderr and its size now.
+fn stderr_end() -> Option<(PathBuf, u64)> {
+    let path = fs::read_link("/proc/self/fd/2").ok()?;
+    let md = fs::metadata("/proc/self/fd/2").ok()?;
+    md.is_file().then(|| (path, md.len()))
 }
 
 /// The size `path` had at the checkpoint: the largest offset of the job's
@@ -488,12 +523,18 @@ fn size_at_checkpoint(g: &LoadedGeneration, path: &Path) -> Option<u64> {
         .max()
 }
 
-fn save_outputs(dir: &CheckpointDir, g: &LoadedGeneration, outputs: &[(i32, PathBuf)]) {
+fn save_outputs(
+    dir: &CheckpointDir,
+    g: &LoadedGeneration,
+    outputs: &[(i32, PathBuf)],
+    said: Option<&(PathBuf, u64)>,
+) {
     for (fd, path) in outputs {
-        let Some(n) = size_at_checkpoint(g, path) else {
+        let ours = said.filter(|(p, _)| p == path).map(|(_, n)| *n);
+        let Some(n) = size_at_checkpoint(g, path).max(ours) else {
             continue;
         };
-        let dest = saved_output(dir, *fd);
+        let dest = saved_output(dir, *fd, &g.path);
         let tmp = dest.with_extension("tmp");
         let r = (|| -> std::io::Result<()> {
             let mut src = fs::File::open(path)?.take(n);
@@ -512,6 +553,7 @@ fn save_outputs(dir: &CheckpointDir, g: &LoadedGeneration, outputs: &[(i32, Path
             f.sync_all()?;
             fs::rename(&tmp, &dest)
         })();
+        remove_saved_outputs(dir, false);
         if let Err(e) = r {
             say(&format!(
                 "cannot save a copy of {} for the restart: {e}; use --open-mode=append so that \
@@ -526,10 +568,17 @@ fn save_outputs(dir: &CheckpointDir, g: &LoadedGeneration, outputs: &[(i32, Path
 /// `g`, before the resumed program writes to it again.
 fn restore_outputs(dir: &CheckpointDir, g: &LoadedGeneration, outputs: &[(i32, PathBuf)]) {
     for (fd, path) in outputs {
-        let Some(n) = size_at_checkpoint(g, path) else {
+        // The saved copy is exactly the file at the checkpoint; without
+        // one, the job's own offsets tell its length.
+        let saved = saved_output(dir, *fd, &g.path);
+        let n = match fs::metadata(&saved) {
+            Ok(md) => Some(md.len()),
+            Err(_) => size_at_checkpoint(g, path),
+        };
+        let Some(n) = n else {
             continue;
         };
-        if let Err(e) = restore_output(dir, *fd, path, n) {
+        if let Err(e) = restore_output(&saved, path, n) {
             say(&format!(
                 "{} may not continue exactly where it stopped: {e}",
                 path.display()
@@ -538,7 +587,7 @@ fn restore_outputs(dir: &CheckpointDir, g: &LoadedGeneration, outputs: &[(i32, P
     }
 }
 
-fn restore_output(dir: &CheckpointDir, fd: i32, path: &Path, n: u64) -> Result<(), String> {
+fn restore_output(saved: &Path, path: &Path, n: u64) -> Result<(), String> {
     // Our descriptor `fd` is the one slurmstepd opened for the job
     // (O_WRONLY|O_APPEND); open the same file again to read and resize it.
     let mut f = fs::OpenOptions::new()
@@ -582,8 +631,7 @@ fn restore_output(dir: &CheckpointDir, fd: i32, path: &Path, n: u64) -> Result<(
         return Ok(());
     }
     // Shorter: Slurm truncated it on requeue (--open-mode=truncate).
-    let saved = saved_output(dir, fd);
-    let mut copy = fs::File::open(&saved).map_err(|e| {
+    let mut copy = fs::File::open(saved).map_err(|e| {
         format!(
             "it is shorter ({size} bytes) than at the checkpoint ({n} bytes) and no copy was \
              saved ({}: {e}); the output written before the checkpoint is lost — submit with \
