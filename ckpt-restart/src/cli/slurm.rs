@@ -507,7 +507,7 @@ fn remove_saved_outputs(dir: &CheckpointDir, all: bool) {
 fn stderr_end() -> Option<(PathBuf, u64)> {
     let path = fs::read_link("/proc/self/fd/2").ok()?;
     let md = fs::metadata("/proc/self/fd/2").ok()?;
-    md.is_file().then(|| (path, md.len()))
+    md.is_file().then_some((path, md.len()))
 }
 
 /// The size `path` had at the checkpoint: the largest offset of the job's
