@@ -223,7 +223,7 @@ impl Coordinator {
         fault::hit(Point::Written);
         // Still stopped: find descriptors that share one open file description.
         let shared_fds = if failure.is_none() {
-            shared_descriptions(&pending.path, &run.hosts)
+            shared_descriptions(&run.hosts)
         } else {
             Vec::new()
         };
@@ -415,27 +415,29 @@ struct Run {
 
 /// Group file descriptors (across and within processes) that refer to one
 /// open file description, using kcmp(KCMP_FILE). Only groups of two or more.
-fn shared_descriptions(gdir: &Path, hosts: &BTreeMap<i32, i32>) -> Vec<Vec<[i32; 2]>> {
-    // (dev, inode) -> [(pid, fd, host pid)]
+fn shared_descriptions(hosts: &BTreeMap<i32, i32>) -> Vec<Vec<[i32; 2]>> {
+    use std::os::unix::fs::MetadataExt;
+    // (dev, inode) -> [(pid, fd, host pid)], read from /proc while the job is
+    // stopped (a snapshot child may still be writing the manifests).
     type Holders = Vec<(i32, i32, i32)>;
     let mut cands: BTreeMap<(u64, u64), Holders> = BTreeMap::new();
     for (&pid, &host) in hosts {
-        let Ok(data) = std::fs::read(gdir.join(format!("proc-{pid}.json"))) else {
+        let Ok(rd) = std::fs::read_dir(format!("/proc/{host}/fd")) else {
             continue;
         };
-        let Ok(m) = serde_json::from_slice::<ProcessManifest>(&data) else {
-            continue;
-        };
-        for f in &m.fds {
-            if matches!(
-                f.kind,
-                FdKind::File | FdKind::Dir | FdKind::Device | FdKind::Pipe | FdKind::Tty
-            ) {
-                cands
-                    .entry((f.dev, f.inode))
-                    .or_default()
-                    .push((pid, f.fd, host));
+        for e in rd.flatten() {
+            let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(md) = std::fs::metadata(e.path()) else {
+                continue;
+            };
+            let ft = md.file_type();
+            use std::os::unix::fs::FileTypeExt;
+            if ft.is_socket() {
+                continue;
             }
+            cands.entry((md.dev(), md.ino())).or_default().push((pid, fd, host));
         }
     }
     let mut groups = Vec::new();
