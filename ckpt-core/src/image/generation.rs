@@ -267,8 +267,17 @@ impl CheckpointDir {
         let old: Vec<u64> = complete.iter().take(cut).copied().collect();
         for (n, tmp, p) in entries {
             if (tmp && n < newest) || (!tmp && old.contains(&n)) {
-                fs::remove_dir_all(&p)
-                    .map_err(|e| ImageError::io(&p, "remove old generation", e))?;
+                // An old complete generation first becomes `.tmp`, so that a
+                // removal cut short (a crash) never leaves a half-deleted
+                // generation that looks complete; the next prune finishes it.
+                let doomed = if tmp {
+                    p.clone()
+                } else {
+                    let t = self.path.join(format!("{}.tmp", gen_name(n)));
+                    fs::rename(&p, &t).map(|()| t).unwrap_or_else(|_| p.clone())
+                };
+                fs::remove_dir_all(&doomed)
+                    .map_err(|e| ImageError::io(&doomed, "remove old generation", e))?;
                 fault::hit(Point::PrunedOne);
             }
         }
@@ -306,6 +315,34 @@ impl PendingGeneration {
     /// `generation.json`, fsync the directory, rename it into place, fsync the
     /// parent, point `latest` at it, and prune old generations.
     pub fn commit(self, record: &GenerationRecord, keep: usize) -> Result<PathBuf, ImageError> {
+        let final_path = self.dir.path.join(gen_name(self.number));
+        let made = self.write_record(record).and_then(|()| {
+            fs::rename(&self.path, &final_path)
+                .map_err(|e| ImageError::io(&final_path, "rename into place", e))
+        });
+        if let Err(e) = made {
+            // Not complete: do not leave it taking space (a full disk) until
+            // the next successful checkpoint prunes it.
+            let _ = fs::remove_dir_all(&self.path);
+            return Err(e);
+        }
+        fault::hit(Point::Renamed);
+        fsync_path(&self.dir.path)?;
+        let tmp_link = self.dir.path.join(".latest.tmp");
+        let _ = fs::remove_file(&tmp_link);
+        std::os::unix::fs::symlink(gen_name(self.number), &tmp_link)
+            .map_err(|e| ImageError::io(&tmp_link, "create symlink", e))?;
+        fault::hit(Point::LatestTmp);
+        fs::rename(&tmp_link, self.dir.path.join("latest"))
+            .map_err(|e| ImageError::io(self.dir.path.join("latest"), "update", e))?;
+        fault::hit(Point::LatestUpdated);
+        fsync_path(&self.dir.path)?;
+        self.dir.prune(keep)?;
+        Ok(final_path)
+    }
+
+    /// Fsync every file, write and fsync `generation.json`, fsync the directory.
+    fn write_record(&self, record: &GenerationRecord) -> Result<(), ImageError> {
         for p in &record.processes {
             fsync_path(&self.path.join(&p.manifest))?;
             fsync_path(&self.path.join(&p.image))?;
@@ -333,23 +370,7 @@ impl PendingGeneration {
                 .map_err(|e| ImageError::io(&rec_path, "fsync", e))?;
         }
         fault::hit(Point::RecordWritten);
-        fsync_path(&self.path)?;
-        let final_path = self.dir.path.join(gen_name(self.number));
-        fs::rename(&self.path, &final_path)
-            .map_err(|e| ImageError::io(&final_path, "rename into place", e))?;
-        fault::hit(Point::Renamed);
-        fsync_path(&self.dir.path)?;
-        let tmp_link = self.dir.path.join(".latest.tmp");
-        let _ = fs::remove_file(&tmp_link);
-        std::os::unix::fs::symlink(gen_name(self.number), &tmp_link)
-            .map_err(|e| ImageError::io(&tmp_link, "create symlink", e))?;
-        fault::hit(Point::LatestTmp);
-        fs::rename(&tmp_link, self.dir.path.join("latest"))
-            .map_err(|e| ImageError::io(self.dir.path.join("latest"), "update", e))?;
-        fault::hit(Point::LatestUpdated);
-        fsync_path(&self.dir.path)?;
-        self.dir.prune(keep)?;
-        Ok(final_path)
+        fsync_path(&self.path)
     }
 
     /// Throw the partial generation away (the previous one is untouched).
@@ -400,14 +421,34 @@ fn read_small(p: &Path, limit: u64) -> Result<Vec<u8>, ImageError> {
 fn read_record(gdir: &Path) -> Result<GenerationRecord, ImageError> {
     let p = gdir.join("generation.json");
     let data = read_small(&p, 16 << 20)?;
-    let file = p.display().to_string();
-    let v: serde_json::Value = serde_json::from_slice(&data).map_err(|e| ImageError::Corrupt {
-        file: file.clone(),
+    parse_record(&p.display().to_string(), &data)
+}
+
+/// Decode a generation record (`generation.json`): JSON, format name and
+/// version. `file` names it in errors. Never panics on any input.
+pub fn parse_record(file: &str, data: &[u8]) -> Result<GenerationRecord, ImageError> {
+    parse_json(file, data, GENERATION_FORMAT)
+}
+
+/// Decode a process manifest (`proc-<pid>.json`): JSON, format name and
+/// version; [`validate_manifest`] checks its contents against the data file.
+/// Never panics on any input.
+pub fn parse_manifest(file: &str, data: &[u8]) -> Result<ProcessManifest, ImageError> {
+    parse_json(file, data, PROCESS_FORMAT)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(
+    file: &str,
+    data: &[u8],
+    format: &str,
+) -> Result<T, ImageError> {
+    let v: serde_json::Value = serde_json::from_slice(data).map_err(|e| ImageError::Corrupt {
+        file: file.to_string(),
         what: format!("not valid JSON: {e}"),
     })?;
-    check_format(&file, &v, GENERATION_FORMAT)?;
+    check_format(file, &v, format)?;
     serde_json::from_value(v).map_err(|e| ImageError::Corrupt {
-        file,
+        file: file.to_string(),
         what: format!("unexpected content: {e}"),
     })
 }
@@ -474,17 +515,7 @@ pub fn load_generation(gdir: &Path) -> Result<LoadedGeneration, ImageError> {
                 ),
             });
         }
-        let v: serde_json::Value =
-            serde_json::from_slice(&data).map_err(|e| ImageError::Corrupt {
-                file: mfile.clone(),
-                what: format!("not valid JSON: {e}"),
-            })?;
-        check_format(&mfile, &v, PROCESS_FORMAT)?;
-        let mut m: ProcessManifest =
-            serde_json::from_value(v).map_err(|e| ImageError::Corrupt {
-                file: mfile.clone(),
-                what: format!("unexpected content: {e}"),
-            })?;
+        let mut m = parse_manifest(&mfile, &data)?;
         // The writer saves shared memory before private memory; order by address.
         m.regions.sort_by_key(|r| r.start);
         let ip = gdir.join(&pr.image);
@@ -530,6 +561,9 @@ pub fn validate_manifest(file: &str, m: &ProcessManifest, data_len: u64) -> Resu
     };
     const TASK_SIZE: u64 = 0x7fff_ffff_f000;
     let page = format::PAGE_SIZE;
+    let file_end = format::HEADER_LEN
+        .checked_add(data_len)
+        .ok_or_else(|| bad(format!("absurd data length {data_len}")))?;
     let mut prev_end = 0u64;
     for r in &m.regions {
         if r.start % page != 0
@@ -575,10 +609,7 @@ pub fn validate_manifest(file: &str, m: &ProcessManifest, data_len: u64) -> Resu
             .data_offset
             .checked_add(bytes)
             .ok_or_else(|| bad("data offset overflows".into()))?;
-        if r.data_offset < format::HEADER_LEN
-            || r.data_offset % page != 0
-            || data_end > format::HEADER_LEN + data_len
-        {
+        if r.data_offset < format::HEADER_LEN || r.data_offset % page != 0 || data_end > file_end {
             return Err(bad(format!(
                 "region {:#x}-{:#x} points outside its data file",
                 r.start, r.end
@@ -590,7 +621,7 @@ pub fn validate_manifest(file: &str, m: &ProcessManifest, data_len: u64) -> Resu
             let end = off
                 .checked_add(len)
                 .ok_or_else(|| bad("pipe data overflows".into()))?;
-            if off < format::HEADER_LEN || end > format::HEADER_LEN + data_len || len > 1 << 24 {
+            if off < format::HEADER_LEN || end > file_end || len > 1 << 24 {
                 return Err(bad(format!(
                     "buffered data of fd {} points outside its data file",
                     f.fd
@@ -693,6 +724,295 @@ mod tests {
         fs::write(p.join("gen-000004/generation.json"), b"{").unwrap();
         let l = d.list().unwrap();
         assert!(l[1].state.starts_with("corrupt"), "{}", l[1].state);
+        fs::remove_dir_all(&p).unwrap();
+    }
+
+    use crate::image::manifest::{
+        CpuInfo, Hooks, ImageRef, MmInfo, Region, RegionKind, Thread, VdsoInfo,
+    };
+
+    /// A small valid manifest: two regions, one thread, data for 6 pages.
+    fn sample() -> (ProcessManifest, u64) {
+        let region = |start: u64, pages: u64, data_offset: u64| Region {
+            start,
+            end: start + pages * 4096,
+            prot: 3,
+            kind: RegionKind::Anon,
+            name: String::new(),
+            offset: 0,
+            dev: 0,
+            inode: 0,
+            file_size: 0,
+            file_mtime_ns: 0,
+            data_offset,
+            runs: vec![[0, pages]],
+            crc: 0,
+            growsdown: false,
+            hugepage: false,
+        };
+        let m = ProcessManifest {
+            format: PROCESS_FORMAT.into(),
+            version: [format::FORMAT_MAJOR, format::FORMAT_MINOR],
+            pid: 2,
+            ppid: 1,
+            pgid: 2,
+            sid: 2,
+            uid: 0,
+            exe: "/bin/x".into(),
+            realtime_ns: 0,
+            monotonic_ns: 0,
+            boottime_ns: 0,
+            cpu: CpuInfo {
+                features: [0; 4],
+                xcr0: 0,
+            },
+            vdso: VdsoInfo {
+                vvar: 0,
+                vdso: 0,
+                vdso_len: 0,
+                crc: 0,
+            },
+            mm: MmInfo::default(),
+            hooks: Hooks {
+                restore_info: 0,
+                finish_args: 0,
+                finish: 0,
+            },
+            regions: vec![
+                region(0x10000, 2, 4096),
+                region(0x7ff0_0000_0000, 4, 4096 * 3),
+            ],
+            threads: vec![Thread {
+                tid: 2,
+                ucontext: 0x7ff0_0000_1000,
+                fs_base: 0,
+                gs_base: 0,
+                rseq: 0,
+                rseq_sig: 0,
+                robust_head: 0,
+                robust_len: 0,
+                clear_tid: 0,
+                scratch_sp: 0,
+                pending: 0,
+            }],
+            fds: vec![],
+            sigactions: vec![],
+            shared_pending: 0,
+            cwd: "/".into(),
+            umask: 0o22,
+            rlimits: vec![],
+            itimers: vec![],
+            image: ImageRef {
+                file: "proc-2.img".into(),
+                size: 4096 * 7,
+            },
+        };
+        (m, 6 * 4096)
+    }
+
+    /// Deterministic xorshift: the property tests are reproducible.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        /// Mostly edge values: where overflow and off-by-one bugs live.
+        fn value(&mut self) -> u64 {
+            const EDGES: [u64; 12] = [
+                0,
+                1,
+                4095,
+                4096,
+                0x7fff_ffff_f000,
+                0x7fff_ffff_f000 - 4096,
+                0x8000_0000_0000,
+                u64::MAX,
+                u64::MAX - 1023,
+                u64::MAX - 4095,
+                1 << 63,
+                1 << 52,
+            ];
+            let r = self.next();
+            if r.is_multiple_of(3) {
+                r
+            } else {
+                EDGES[(r >> 8) as usize % EDGES.len()]
+            }
+        }
+    }
+
+    /// Accepted manifests stay within bounds, by arithmetic that cannot overflow.
+    fn assert_in_bounds(m: &ProcessManifest, data_len: u64) {
+        let file_end = 4096u128 + u128::from(data_len);
+        for r in &m.regions {
+            let (s, e) = (u128::from(r.start), u128::from(r.end));
+            assert!(s >= 4096 && s < e && e <= 0x7fff_ffff_f000, "{r:?}");
+            let pages = (e - s) / 4096;
+            let mut total = 0u128;
+            for run in &r.runs {
+                assert!(u128::from(run[0]) + u128::from(run[1]) <= pages, "{r:?}");
+                total += u128::from(run[1]);
+            }
+            assert!(
+                u128::from(r.data_offset) + total * 4096 <= file_end,
+                "{r:?}"
+            );
+        }
+        for t in &m.threads {
+            let c = u128::from(t.ucontext);
+            assert!(
+                m.regions
+                    .iter()
+                    .any(|r| c >= u128::from(r.start) && c + 1024 <= u128::from(r.end)),
+                "{t:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn sample_is_valid() {
+        let (m, len) = sample();
+        validate_manifest("x", &m, len).unwrap();
+        assert!(validate_manifest("x", &m, len - 4096).is_err());
+    }
+
+    #[test]
+    fn validate_manifest_property_edge_values() {
+        let mut rng = Rng(0x5eed_0001);
+        let mut accepted = 0;
+        for _ in 0..50_000 {
+            let (mut m, mut len) = sample();
+            for _ in 0..1 + rng.next() % 3 {
+                let v = rng.value();
+                let ri = (rng.next() % 2) as usize;
+                match rng.next() % 9 {
+                    0 => m.regions[ri].start = v,
+                    1 => m.regions[ri].end = v,
+                    2 => m.regions[ri].data_offset = v,
+                    3 => m.regions[ri].runs[0][0] = v,
+                    4 => m.regions[ri].runs[0][1] = v,
+                    5 => m.threads[0].ucontext = v,
+                    6 => len = v,
+                    7 => m.regions[ri].runs.push([v, rng.value()]),
+                    _ => m.threads[0].tid = v as i32,
+                }
+            }
+            if validate_manifest("x", &m, len).is_ok() {
+                accepted += 1;
+                assert_in_bounds(&m, len);
+            }
+        }
+        // Some mutations are harmless (e.g. a larger data file).
+        assert!(accepted > 0);
+    }
+
+    #[test]
+    fn parse_manifest_survives_mangled_json() {
+        let (m, len) = sample();
+        let good = serde_json::to_vec(&m).unwrap();
+        assert!(parse_manifest("x", &good).is_ok());
+        let mut rng = Rng(0x5eed_0002);
+        for i in 0..5_000 {
+            let mut d = good.clone();
+            match i % 4 {
+                0 => d.truncate((rng.next() % good.len() as u64) as usize),
+                1 => {
+                    for _ in 0..1 + rng.next() % 4 {
+                        let at = (rng.next() % d.len() as u64) as usize;
+                        d[at] = rng.next() as u8;
+                    }
+                }
+                2 => {
+                    // A digit run replaced by a huge or negative number.
+                    let at = (rng.next() % d.len() as u64) as usize;
+                    let n = ["18446744073709551616", "-1", "1e99", "null", "[]"][i % 5];
+                    d.splice(at..at, n.bytes());
+                }
+                _ => {
+                    let at = (rng.next() % d.len() as u64) as usize;
+                    d.insert(at, b"{}[],:\"0"[(rng.next() % 8) as usize]);
+                }
+            }
+            if let Ok(mut p) = parse_manifest("x", &d) {
+                p.regions.sort_by_key(|r| r.start);
+                if validate_manifest("x", &p, len).is_ok() {
+                    assert_in_bounds(&p, len);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_format_or_version_refused() {
+        let (mut m, _) = sample();
+        m.version = [format::FORMAT_MAJOR, format::FORMAT_MINOR + 1];
+        let e = parse_manifest("f.json", &serde_json::to_vec(&m).unwrap()).unwrap_err();
+        assert!(matches!(e, ImageError::Version { .. }), "{e}");
+        m.version = [format::FORMAT_MAJOR, format::FORMAT_MINOR];
+        m.format = GENERATION_FORMAT.into();
+        let e = parse_manifest("f.json", &serde_json::to_vec(&m).unwrap()).unwrap_err();
+        assert!(matches!(e, ImageError::NotAnImage { .. }), "{e}");
+        assert!(parse_record("g.json", b"{\"format\":\"ckpt-generation\"}").is_err());
+        assert!(parse_record("g.json", b"").is_err());
+    }
+
+    #[test]
+    fn ucontext_at_the_top_of_memory_is_refused() {
+        let (mut m, len) = sample();
+        m.threads[0].ucontext = u64::MAX - 512;
+        let e = validate_manifest("x", &m, len).unwrap_err();
+        assert!(e.to_string().contains("outside saved memory"), "{e}");
+    }
+
+    #[test]
+    fn failed_commit_leaves_no_partial_generation() {
+        let p = tmpdir("failcommit");
+        let d = CheckpointDir::create(&p).unwrap();
+        let g = d.begin().unwrap();
+        let tmp = g.path.clone();
+        // generation.json cannot be created: something is in the way.
+        fs::create_dir(tmp.join("generation.json")).unwrap();
+        let rec = GenerationRecord {
+            format: GENERATION_FORMAT.into(),
+            version: [format::FORMAT_MAJOR, format::FORMAT_MINOR],
+            number: g.number,
+            created_unix: 0,
+            uid: 0,
+            command: vec![],
+            processes: vec![],
+            pause_us: 0,
+            bytes: 0,
+            tool_version: "t".into(),
+            zombies: vec![],
+            shared_fds: vec![],
+        };
+        assert!(g.commit(&rec, 2).is_err());
+        assert!(!tmp.exists(), "the failed generation was left behind");
+        assert!(d.list().unwrap().is_empty());
+        fs::remove_dir_all(&p).unwrap();
+    }
+
+    #[test]
+    fn pruned_generations_never_look_complete() {
+        let p = tmpdir("prune");
+        let d = CheckpointDir::create(&p).unwrap();
+        for n in 1..=3u64 {
+            let g = p.join(gen_name(n));
+            fs::create_dir(&g).unwrap();
+            fs::write(g.join("generation.json"), b"{}").unwrap();
+        }
+        // A prune cut short earlier left a renamed, half-removed generation.
+        fs::create_dir(p.join("gen-000000.tmp")).unwrap();
+        d.prune(1).unwrap();
+        let names: Vec<String> = fs::read_dir(&p)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["gen-000003".to_string()]);
         fs::remove_dir_all(&p).unwrap();
     }
 }
