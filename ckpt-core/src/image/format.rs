@@ -228,4 +228,48 @@ mod tests {
             Err(ImageError::ForeignArch { .. })
         ));
     }
+
+    #[test]
+    fn every_single_bit_flip_is_refused() {
+        let good = full(&encode(8192));
+        for bit in 0..36 * 8 {
+            let mut h = good.clone();
+            h[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                decode("x", &h, 4096 + 8192).is_err(),
+                "flip of bit {bit} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn random_headers_never_pass_or_panic() {
+        let mut x = 0x5eed_0003u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..20_000 {
+            let mut h = full(&encode(next() % (1 << 40)));
+            // Damage a few bytes of the checked part, or the lengths only.
+            for _ in 0..1 + next() % 3 {
+                let at = (next() % 36) as usize;
+                h[at] = next() as u8;
+            }
+            let len = match i % 3 {
+                0 => next(),
+                1 => u64::MAX,
+                _ => 4096 + (next() % (1 << 40)),
+            };
+            let cut = (next() % 70) as usize;
+            let bytes = if i % 5 == 0 { &h[..cut] } else { &h[..] };
+            if let Ok(d) = decode("x", bytes, len) {
+                // Only a header whose checksum matches can pass.
+                assert_eq!(crc32c(&bytes[0..32]).to_le_bytes(), bytes[32..36]);
+                assert_eq!(u128::from(len), 4096 + u128::from(d.data_len));
+            }
+        }
+    }
 }
