@@ -208,6 +208,28 @@ pub fn exit_code(status: i32) -> i32 {
     }
 }
 
+/// Whether `sender` (a pid as we see it) belongs to the job whose init or
+/// main process is `target`. In the job's init (pid 1) every sender inside
+/// the namespace has a pid, and senders outside show as 0.
+fn sent_by_job(sender: i32, target: i32) -> bool {
+    // SAFETY: getpid has no preconditions.
+    if unsafe { libc::getpid() } == 1 {
+        return sender != 0;
+    }
+    if sender <= 0 {
+        return false;
+    }
+    let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    if let (Some(a), Some(b)) = (ns(sender), ns(target))
+        && a == b
+    {
+        return true;
+    }
+    // For a signal sent to a whole process group the kernel reports the
+    // sender's pid as the sender sees it (its pid inside the job).
+    crate::tree::members(target).iter().any(|m| m.pid == sender)
+}
+
 /// Wait for signals; forward the forwardable ones to `target` (only those
 /// sent by a process, not by the terminal, which reaches the program
 /// directly); reap children; return the exit code when `main_child` ends.
@@ -244,6 +266,17 @@ pub fn supervise(
         let from_process = info.si_code == libc::SI_USER
             || info.si_code == libc::SI_QUEUE
             || info.si_code == libc::SI_TKILL;
+        // SAFETY: si_pid is valid for the process-sent codes checked above.
+        let sender = if from_process {
+            unsafe { info.si_pid() }
+        } else {
+            0
+        };
+        // A signal the job sent to its own process group (`kill 0`) reached
+        // us too: the job already has it, forwarding would deliver it twice.
+        if from_process && sent_by_job(sender, target) {
+            continue;
+        }
         if from_process || sig == libc::SIGCONT {
             // SAFETY: kill has no memory-safety contract.
             unsafe { libc::kill(target, sig) };
