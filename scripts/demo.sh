@@ -82,11 +82,11 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
     sleep 0.5
   done
 }
-wait_for 120 "tick 8" grep -q '^tick 8 ' "$DEMO_DIR/count.out"
+wait_for 120 "tick 8" grep -qs '^tick 8 ' "$DEMO_DIR/count.out"
 echo "sending the warning signal (what Slurm sends 60 s before the time limit, or at preemption):"
 echo "    scancel --signal=USR1 --batch $JOB_ID"
 as_user env SLURM_CONF="$SLURM_CONF" scancel --signal=USR1 --batch "$JOB_ID"
-wait_for 120 "the requeued job to resume" grep -q 'resuming from' "$DEMO_DIR/count.err"
+wait_for 120 "the requeued job to resume" grep -qs 'resuming from' "$DEMO_DIR/count.err"
 echo "the job was checkpointed, requeued and resumed (its stderr):"
 sed 's/^/    /' "$DEMO_DIR/count.err"
 as_user env SLURM_CONF="$SLURM_CONF" "$PREFIX/bin/ckpt" status --dir "$DEMO_DIR/ckpt/$JOB_ID/batch" | sed 's/^/    /'
