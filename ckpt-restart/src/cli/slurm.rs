@@ -734,6 +734,48 @@ mod tests {
         }
     }
 
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ckpt-slurm-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_truncated_output_gets_the_saved_bytes_back() {
+        let d = scratch("trunc");
+        let (out, saved) = (d.join("job.out"), d.join("saved"));
+        fs::write(&saved, "line 1\nline 2\n").unwrap();
+        fs::write(&out, "").unwrap();
+        restore_output(&saved, &out, 14).unwrap();
+        assert_eq!(fs::read_to_string(&out).unwrap(), "line 1\nline 2\n");
+        // A file someone else rewrote is left alone, with a reason.
+        fs::write(&out, "other").unwrap();
+        let e = restore_output(&saved, &out, 14).unwrap_err();
+        assert!(e.contains("differ"), "{e}");
+        assert_eq!(fs::read_to_string(&out).unwrap(), "other");
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn output_after_the_checkpoint_is_cut_but_our_lines_stay() {
+        let d = scratch("long");
+        let out = d.join("job.err");
+        fs::write(&out, "a\nckpt: checkpointing\nb\nckpt: requeued\n").unwrap();
+        restore_output(&d.join("none"), &out, 2).unwrap();
+        assert_eq!(
+            fs::read_to_string(&out).unwrap(),
+            "a\nckpt: checkpointing\nckpt: requeued\n"
+        );
+        // Same length: untouched; shorter without a copy: an explanation.
+        let len = fs::metadata(&out).unwrap().len();
+        restore_output(&d.join("none"), &out, len).unwrap();
+        assert_eq!(fs::metadata(&out).unwrap().len(), len);
+        let e = restore_output(&d.join("none"), &out, 1000).unwrap_err();
+        assert!(e.contains("--open-mode=append"), "{e}");
+        let _ = fs::remove_dir_all(&d);
+    }
+
     #[test]
     fn signal_names() {
         assert_eq!(signal_number("USR1"), Some(libc::SIGUSR1));
