@@ -473,6 +473,39 @@ fn periodic_srun_checkpoints_resume_task_by_task_after_scancel_in_a_salloc_rerun
 }
 
 #[test]
+fn periodic_batch_checkpoints_resume_after_a_requeue_without_warning() {
+    let Some(c) = slurm::cluster() else { return };
+    let dir = setup(&c, "batch-periodic");
+    const STEPS: u32 = 40;
+    let want = reference(&c, &dir, &["python3", "pi.py", "40", "0"], 0);
+    let script = "#!/bin/bash\n#SBATCH --checkpoint-dir=ck --checkpoint-interval=10\n\
+                  python3 pi.py 40 0.5\n";
+    let job = submit(&c, &dir, &["-t", "10"], script);
+    let latest = dir.join("ck/batch/latest");
+    wait_until(
+        &c,
+        Some(&job),
+        "a periodic checkpoint of the batch step",
+        || latest.exists(),
+    );
+    // Progress after the checkpoint, then a requeue with no warning signal
+    // (an administrator, or a node failure): the output written since the
+    // checkpoint is written again by the resumed program, exactly once.
+    let at = last_step(&fs::read_to_string(&job.out).unwrap_or_default());
+    wait_step(&c, &job, at + 3);
+    user_ok(&c, &dir, &["scontrol", "requeue", &job.id.to_string()]);
+    let end = final_state(&c, &job);
+    let run = job.run();
+    c.check(end == "COMPLETED", &format!("final state {end}"), &run);
+    check_continuous(&c, &job, STEPS, &want);
+    c.check(
+        run.stderr.contains("SLURM_RESTART_COUNT=1)"),
+        "the batch step did not resume from its periodic checkpoint",
+        &run,
+    );
+}
+
+#[test]
 fn a_step_inside_a_requeued_batch_job_resumes_from_its_periodic_image() {
     let Some(c) = slurm::cluster() else { return };
     let dir = setup(&c, "batch-step");
