@@ -143,8 +143,16 @@ pub fn parse(args: &[String]) -> Result<TaskOpts, String> {
     Ok(o)
 }
 
+/// Our lines since the last checkpoint taken on a signal (see
+/// [`HookState::keep_lines_after`]).
+static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 fn say(msg: &str) {
-    eprintln!("ckpt: {msg}");
+    let line = format!("ckpt: {msg}");
+    eprintln!("{line}");
+    if let Ok(mut said) = SAID.lock() {
+        said.push(line);
+    }
 }
 
 /// `--check`: succeeds when TASKDIR has no complete generation or one that
@@ -349,13 +357,44 @@ impl HookState<'_> {
             say("requeueing the job anyway: it will resume from its previous checkpoint");
         }
         self.requeued = requeue();
+        if ok {
+            self.keep_lines_after();
+        }
         true
+    }
+
+    /// Saves our lines written after the newest checkpoint (its size, the
+    /// requeue) next to the saved copy of the error file: Slurm truncates
+    /// that file on requeue, and the restart puts them back after the copy.
+    fn keep_lines_after(&self) {
+        let Some((path, _)) = stderr_end() else {
+            return;
+        };
+        let Some((fd, _)) = self.outputs.iter().find(|(_, p)| *p == path) else {
+            return;
+        };
+        let Ok(Some(newest)) = self.dir.list().map(|l| {
+            l.into_iter()
+                .filter(|g| g.state == "complete")
+                .map(|g| g.path)
+                .next_back()
+        }) else {
+            return;
+        };
+        let lines = SAID.lock().map(|s| s.join("\n")).unwrap_or_default();
+        if !lines.is_empty() {
+            let after = saved_output(self.dir, *fd, &newest).with_extension("after");
+            let _ = fs::write(after, format!("{lines}\n"));
+        }
     }
 
     fn checkpoint(&self, coord: &Arc<Coordinator>) -> Result<(), String> {
         // Our own lines ("checkpointing") may end the error file; they belong
         // before the checkpoint too.
         let said = stderr_end();
+        if let Ok(mut lines) = SAID.lock() {
+            lines.clear();
+        }
         let done = coord.checkpoint()?;
         say(&format!(
             "checkpoint {} written ({} process{}, {}, program paused {:.1} ms, durable after {:.1} ms)",
@@ -493,7 +532,10 @@ fn remove_saved_outputs(dir: &CheckpointDir, all: bool) {
         let Some(rest) = name.strip_prefix("output-") else {
             continue;
         };
-        let Some(rest) = rest.strip_suffix(".saved") else {
+        let Some(rest) = rest
+            .strip_suffix(".saved")
+            .or_else(|| rest.strip_suffix(".after"))
+        else {
             continue;
         };
         let generation = rest.split_once('-').map_or("", |(_, g)| g);
@@ -670,6 +712,10 @@ fn restore_output(saved: &Path, path: &Path, n: u64) -> Result<(), String> {
         .open(path)
         .map_err(|e| e.to_string())?;
     a.write_all(&prefix).map_err(|e| e.to_string())?;
+    // Our own lines written after the checkpoint (Slurm cut them too).
+    if let Ok(after) = fs::read(saved.with_extension("after")) {
+        a.write_all(&after).map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 
@@ -749,6 +795,15 @@ mod tests {
         fs::write(&out, "").unwrap();
         restore_output(&saved, &out, 14).unwrap();
         assert_eq!(fs::read_to_string(&out).unwrap(), "line 1\nline 2\n");
+        // Our lines written after the checkpoint come back after the copy.
+        fs::write(saved.with_extension("after"), "ckpt: requeued\n").unwrap();
+        fs::write(&out, "").unwrap();
+        restore_output(&saved, &out, 14).unwrap();
+        assert_eq!(
+            fs::read_to_string(&out).unwrap(),
+            "line 1\nline 2\nckpt: requeued\n"
+        );
+        fs::remove_file(saved.with_extension("after")).unwrap();
         // A file someone else rewrote is left alone, with a reason.
         fs::write(&out, "other").unwrap();
         let e = restore_output(&saved, &out, 14).unwrap_err();
