@@ -166,6 +166,9 @@ fn recv(fd: i32, buf: &mut [u8; MAX_MSG]) -> Option<&[u8]> {
 /// a leader was active, so its flags must be cleared. **Async-signal-safe.**
 pub fn reset_after_restore() {
     LEADING.store(0, Ordering::Release);
+    // The snapshot child of the image's checkpoint does not exist here (and
+    // its pid may belong to one of the program's children now).
+    SNAP_CHILD.store(0, Ordering::Release);
     STOPPING.store(0, Ordering::Release);
 }
 
@@ -489,6 +492,17 @@ fn stop_others() -> Result<(), &'static str> {
         loop {
             let parked = PARKED.load(Ordering::Acquire);
             if parked as usize >= nsig {
+                break;
+            }
+            // A thread that exits before it handles the signal (one that was
+            // just created and returns at once) never parks: wait only for
+            // the signalled threads that still exist.
+            let gone = signaled
+                .iter()
+                .take(nsig)
+                .filter(|&&t| raw::tgkill(pid, t, 0) == Err(Errno(libc::ESRCH)))
+                .count();
+            if parked as usize >= nsig.saturating_sub(gone) {
                 break;
             }
             if raw::clock_ns(libc::CLOCK_MONOTONIC).saturating_sub(t0) > STOP_TIMEOUT_NS {
