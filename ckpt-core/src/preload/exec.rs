@@ -14,7 +14,28 @@
 
 use core::ffi::{c_char, c_int, c_void};
 
+use crate::coord::STOP_SIGNAL;
 use crate::signal_safe::raw;
+
+/// The stop signal as a bit of a signal mask.
+pub const STOP_BIT: u64 = 1 << (STOP_SIGNAL - 1);
+
+/// Block the stop signal across an exec (or a spawn, whose child inherits
+/// the mask). Exec resets our handler to the default action, which for a
+/// real-time signal is to terminate the process, and the coordinator may
+/// signal this process having seen the handler installed a moment before:
+/// blocked, the signal waits for the new program's constructor, which
+/// installs the handler and then unblocks it. Returns the previous mask.
+fn block_stop() -> Option<u64> {
+    raw::sigprocmask(libc::SIG_BLOCK, STOP_BIT).ok()
+}
+
+/// Undo [`block_stop`] after an exec that failed or a spawn.
+fn unblock_stop(old: Option<u64>) {
+    if old.is_some_and(|o| o & STOP_BIT == 0) {
+        let _ = raw::sigprocmask(libc::SIG_UNBLOCK, STOP_BIT);
+    }
+}
 
 /// `LD_PRELOAD=<libckpt>` as the constructor saw it (NUL-terminated).
 pub static mut PRELOAD_ENTRY: [u8; 4096] = [0; 4096];
@@ -190,8 +211,10 @@ pub unsafe extern "C" fn execve(
         return -1;
     };
     let env = fixed_env(envp);
+    let old = block_stop();
     // SAFETY: forwarding the caller's arguments with a valid environment.
     let r = unsafe { real(path, argv, env.map_or(envp, |e| e.0)) };
+    unblock_stop(old);
     release(env);
     r
 }
@@ -220,8 +243,10 @@ pub unsafe extern "C" fn execvpe(
         return -1;
     };
     let env = fixed_env(envp);
+    let old = block_stop();
     // SAFETY: forwarding the caller's arguments with a valid environment.
     let r = unsafe { real(file, argv, env.map_or(envp, |e| e.0)) };
+    unblock_stop(old);
     release(env);
     r
 }
@@ -249,8 +274,10 @@ fn spawn(
         return libc::ENOSYS;
     };
     let env = fixed_env(envp);
+    let old = block_stop();
     // SAFETY: forwarding the caller's arguments with a valid environment.
     let r = unsafe { real(pid, path, fa, attr, argv, env.map_or(envp, |e| e.0)) };
+    unblock_stop(old);
     release(env);
     r
 }

@@ -67,5 +67,9 @@ fn init() {
     if std::env::var_os("CKPT_SNAPSHOT").is_some_and(|v| v == "0") {
         leader::SNAPSHOT.store(0, core::sync::atomic::Ordering::Release);
     }
-    let _ = stop::install();
+    if stop::install().is_ok() {
+        // An exec through our wrappers blocked the stop signal (see
+        // `exec::block_stop`); the handler is in place now.
+        let _ = crate::signal_safe::raw::sigprocmask(libc::SIG_UNBLOCK, exec::STOP_BIT);
+    }
 }
