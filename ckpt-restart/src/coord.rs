@@ -192,8 +192,18 @@ impl Coordinator {
             }
         }
         fault::hit(Point::WriteSent);
+        // A snapshot child writes on its parent's connection and may be done
+        // (SYNCED) before the parent says DONE: keep that for the next stage.
+        let mut early: BTreeMap<i32, String> = BTreeMap::new();
         for (pid, conn) in &run.leaders {
-            match sock::recv(conn) {
+            let mut msg = sock::recv(conn);
+            if let Ok(Some(r)) = &msg
+                && r.starts_with("SYNCED")
+            {
+                early.insert(*pid, r.clone());
+                msg = sock::recv(conn);
+            }
+            match msg {
                 Ok(Some(r)) if r.starts_with("DONE ") => {
                     let f: Vec<&str> = r.split(' ').collect();
                     bytes += f.get(2).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
@@ -234,7 +244,11 @@ impl Coordinator {
         }
         fault::hit(Point::Released);
         for (pid, conn) in &run.leaders {
-            match sock::recv(conn) {
+            let msg = match early.remove(pid) {
+                Some(r) => Ok(Some(r)),
+                None => sock::recv(conn),
+            };
+            match msg {
                 Ok(Some(r)) if r.starts_with("SYNCED") => {
                     bytes += r
                         .split(' ')
@@ -437,7 +451,10 @@ fn shared_descriptions(hosts: &BTreeMap<i32, i32>) -> Vec<Vec<[i32; 2]>> {
             if ft.is_socket() {
                 continue;
             }
-            cands.entry((md.dev(), md.ino())).or_default().push((pid, fd, host));
+            cands
+                .entry((md.dev(), md.ino()))
+                .or_default()
+                .push((pid, fd, host));
         }
     }
     let mut groups = Vec::new();
