@@ -1003,9 +1003,22 @@ impl Case {
             self.fail(format!("{e}\nscreen:\n{screen}"));
         }
         self.check(tmux.send_line("two", "exit(7)"));
-        let st = self.check(wait_until("the restarted REPL to exit", deadline(), || {
+        let pane = tmux.pane_pid("two").unwrap_or(0);
+        let st = wait_until("the restarted REPL to exit", deadline(), || {
             tmux.dead_status("two")
-        }));
+        });
+        let st = st.unwrap_or_else(|e| {
+            let state = |k: &str| status_field(pane, k).unwrap_or_default();
+            self.fail(format!(
+                "{e}: the pane's process (ckpt restart, pid {pane}) is in state {:?} with {} threads, \
+                 parent {}; tmux saw: {:?}\nscreen:\n{}",
+                state("State"),
+                state("Threads"),
+                state("PPid"),
+                tmux.dead_status("two"),
+                tmux.capture("two").unwrap_or_default()
+            ))
+        });
         if st != "exit 7" {
             let screen = tmux.capture("two").unwrap_or_default();
             self.fail(format!(

@@ -865,7 +865,9 @@ pub fn truncate_half(path: &Path) -> Result<(), String> {
 // ---- tmux ----
 
 /// A private tmux server (its own socket), killed on drop. Panes stay after their
-/// command exits (`remain-on-exit`), so the exit status can be read.
+/// command exits (`remain-on-exit`), so the exit status can be read, and the server
+/// stays when its last session is killed (`exit-empty off`), so a new session never
+/// races with a server that is shutting down.
 pub struct Tmux {
     socket: String,
     conf: PathBuf,
@@ -876,7 +878,7 @@ impl Tmux {
         let conf = scratch.join("tmux.conf");
         fs::write(
             &conf,
-            "set -g remain-on-exit on\nset -g history-limit 5000\n",
+            "set -s exit-empty off\nset -g remain-on-exit on\nset -g history-limit 5000\n",
         )
         .expect("write tmux.conf");
         let socket = format!(
@@ -969,6 +971,10 @@ impl Tmux {
         }
         let status = f.get(1).and_then(|v| v.strip_prefix('x')).unwrap_or("");
         let signal = f.get(2).and_then(|v| v.strip_prefix('x')).unwrap_or("");
+        if status.is_empty() && signal.is_empty() {
+            // Dead on EOF of its terminal, but the process is not reaped yet.
+            return Ok(None);
+        }
         Ok(Some(if !status.is_empty() {
             format!("exit {status}")
         } else {
