@@ -30,8 +30,8 @@ use ckpt_tests::cr::{
     send_signal, tail, wait_until,
 };
 use ckpt_tests::faults::{
-    Job, durable_ms, expected_output, gen_numbers, patch_header, pause, read_json,
-    rewrite_manifest, wait_exit, write_json,
+    Job, durable_ms, gen_numbers, patch_header, pause, read_json, rewrite_manifest, wait_exit,
+    write_json,
 };
 
 /// Every named point of `ckpt-core/src/fault.rs`, in checkpoint order.
@@ -445,7 +445,7 @@ fn dir_removed() {
         fs::write(job.work.join("go"), b"").map_err(|e| e.to_string())?;
         let st = wait_exit(&mut l)?;
         let out = fs::read_to_string(job.out()).unwrap_or_default();
-        if !st.success() || out != expected_output() {
+        if !st.success() || out != job.expected {
             return Err(format!(
                 "the program under a removed checkpoint dir ended with {}: {out:?}",
                 describe(st)
@@ -880,4 +880,102 @@ fn changed_library_detected() {
     let dir = job.dir.clone();
     let msg = restart_refused(&job, &dir, "lib", &["libtick.so"]).unwrap_or_else(|e| panic!("{e}"));
     assert!(msg.contains("changed"), "{msg}");
+}
+
+// ---- Checkpoints in the middle of things ----
+
+fn busy_case(ckpt: &Path, mode: &str) -> Result<(), String> {
+    let job = Job::busy(&format!("busy-{mode}"), ckpt, mode);
+    let mut l = job.launch("run", &[], &[]);
+    job.wait_ready(&mut l)?;
+    // Four checkpoints at uneven spacing, each landing wherever the program is.
+    for (i, ms) in [13u64, 41, 7, 97].iter().enumerate() {
+        pause(Duration::from_millis(*ms));
+        job.checkpoint_ok(&format!("c{i}"))
+            .map_err(|e| format!("{mode}: {e}"))?;
+    }
+    job_keeps_running(&job, &mut l).map_err(|e| format!("{mode}: {e}"))?;
+    l.kill_tree()?;
+    job.restart_and_verify(mode)
+        .map_err(|e| format!("{mode}: {e}"))
+}
+
+/// Checkpoints while the program is forking and reaping children, forking
+/// children that exec, creating and joining threads, blocked in a long read
+/// on a pipe, in a 2 s nanosleep, or in a signal handler (a thread sends it
+/// SIGUSR1 every millisecond): each restarts from the newest generation and
+/// finishes with its checks passing, its own handlers for SIGUSR1, SIGUSR2,
+/// SIGTERM and two real-time signals still running.
+#[test]
+fn checkpoint_in_the_middle_of_things() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let modes = ["fork", "exec", "thread", "pipe", "sleep", "signal"];
+    let failures = run_parallel(&modes, |m| busy_case(&ckpt, m));
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// A checkpoint requested while the program blocks every signal waits, and
+/// is taken once the program unblocks them.
+#[test]
+fn checkpoint_waits_for_blocked_signals() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let job = Job::busy("blocked", &ckpt, "blocked");
+    let mut l = job.launch("run", &[], &[]);
+    let r = (|| -> Result<(), String> {
+        job.wait_ready(&mut l)?;
+        let mut c = job.checkpoint_async("blocked");
+        pause(Duration::from_millis(500));
+        if let Some(st) = c.poll() {
+            return Err(format!(
+                "the checkpoint of a program blocking all signals ended early: {}\n{}",
+                describe(st),
+                job.stderr_of("checkpoint")
+            ));
+        }
+        fs::write(job.work.join("unblock"), b"").map_err(|e| e.to_string())?;
+        let st = c.wait(deadline())?;
+        if !st.success() {
+            return Err(format!(
+                "the checkpoint did not complete once signals were unblocked: {}\n{}",
+                describe(st),
+                job.stderr_of("checkpoint")
+            ));
+        }
+        l.kill_tree()?;
+        job.restart_and_verify("blocked")
+    })();
+    if let Err(e) = r {
+        panic!("{e}\nlaunch: {}", job.stderr_of("launch"));
+    }
+}
+
+/// A checkpoint of a program that keeps every signal blocked fails clearly
+/// after the coordinator's stop deadline (30 s), the program keeps running,
+/// and the next checkpoint after it unblocks them succeeds (the stale stop
+/// signal it then receives does no harm).
+#[test]
+fn checkpoint_of_blocked_program_times_out() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let job = Job::busy("blocked-timeout", &ckpt, "blocked");
+    let mut l = job.launch("run", &[], &[]);
+    let r = (|| -> Result<(), String> {
+        job.wait_ready(&mut l)?;
+        let err = must_fail_clearly(&job, "timeout", &["did not stop"])?;
+        eprintln!("blocked signals message: {}", err.trim());
+        job_keeps_running(&job, &mut l)?;
+        if !job.complete().is_empty() || !job.partial().is_empty() {
+            return Err(format!(
+                "a failed checkpoint left generations: {:?} {:?}",
+                job.complete(),
+                job.partial()
+            ));
+        }
+        fs::write(job.work.join("unblock"), b"").map_err(|e| e.to_string())?;
+        job.checkpoint_ok("after")?;
+        l.kill_tree()?;
+        job.restart_and_verify("blocked-timeout")
+    })();
+    if let Err(e) = r {
+        panic!("{e}\nlaunch: {}", job.stderr_of("launch"));
+    }
 }

@@ -72,6 +72,15 @@ pub fn ticker() -> PathBuf {
     }
 }
 
+/// The busy program, built once.
+pub fn busy() -> PathBuf {
+    static T: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match T.get_or_init(|| build_program("busy", "busy", &[])) {
+        Ok(p) => p.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// A ticker job: a scratch directory holding the checkpoint dir `ckpt/`, the
 /// program's work dir `work/` (its `go` file and its stdout `work/out`).
 pub struct Job {
@@ -85,8 +94,10 @@ pub struct Job {
     pub dir: PathBuf,
     /// The program's work directory.
     pub work: PathBuf,
-    /// Heap size of the ticker, MiB.
-    pub heap_mib: u32,
+    /// The program's arguments.
+    pub args: Vec<OsString>,
+    /// Its output when all went well.
+    pub expected: String,
 }
 
 impl Job {
@@ -95,14 +106,25 @@ impl Job {
         let s = Scratch::new(&format!("faults-{label}"));
         let dir = s.dir("ckpt");
         let work = s.dir("work");
+        let args = vec![work.clone().into(), heap_mib.to_string().into()];
         Job {
             s,
             ckpt: ckpt.to_path_buf(),
             program: ticker(),
             dir,
             work,
-            heap_mib,
+            args,
+            expected: expected_output(),
         }
+    }
+
+    /// A job around `faults/programs/busy.c` in `mode`.
+    pub fn busy(label: &str, ckpt: &Path, mode: &str) -> Job {
+        let mut j = Job::new(label, ckpt, 0);
+        j.program = busy();
+        j.args = vec![mode.into(), j.work.clone().into()];
+        j.expected = "READY\nPASS\n".into();
+        j
     }
 
     /// The program's stdout file.
@@ -120,8 +142,7 @@ impl Job {
             .args(extra)
             .arg("--")
             .arg(&self.program)
-            .arg(&self.work)
-            .arg(self.heap_mib.to_string());
+            .args(&self.args);
         sp.stdout = out_file(&self.out()).into();
         sp.stderr = out_file(&self.s.join(format!("launch-{tag}.err"))).into();
         sp.env = env
@@ -251,7 +272,7 @@ impl Job {
                 "restart {tag} skipped the newest complete generation:\n{err}"
             ));
         }
-        if out != expected_output() {
+        if out != self.expected {
             return Err(format!(
                 "restart {tag}: the program's output differs from an uninterrupted run:\n{out:?}\nstderr: {err}"
             ));
