@@ -266,8 +266,8 @@ pub fn supervise(
         let from_process = info.si_code == libc::SI_USER
             || info.si_code == libc::SI_QUEUE
             || info.si_code == libc::SI_TKILL;
-        // SAFETY: si_pid is valid for the process-sent codes checked above.
         let sender = if from_process {
+            // SAFETY: si_pid is valid for the process-sent codes checked above.
             unsafe { info.si_pid() }
         } else {
             0

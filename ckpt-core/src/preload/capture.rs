@@ -866,35 +866,14 @@ fn write_fds(
     .map_err(at(7))?;
     let mut fds = [0i32; 4096];
     let mut nfds = 0usize;
-    let mut buf = [0u8; 8192];
-    loop {
-        let len = match raw::getdents64(dfd, &mut buf) {
-            Ok(0) => break,
-            Ok(l) => l,
-            Err(e) => {
-                raw::close(dfd);
-                return Err((7, e));
-            }
-        };
-        let mut off = 0usize;
-        while off + 19 < len {
-            let reclen = u16::from_le_bytes([
-                buf.get(off + 16).copied().unwrap_or(0),
-                buf.get(off + 17).copied().unwrap_or(0),
-            ]) as usize;
-            if reclen == 0 {
-                break;
-            }
-            let name = buf.get(off + 19..off + reclen).unwrap_or(&[]);
-            let name = name.split(|&c| c == 0).next().unwrap_or(&[]);
-            if let Some(fd) = procfs::dec(name)
-                && let Some(slot) = fds.get_mut(nfds)
-            {
-                *slot = fd as i32;
-                nfds += 1;
-            }
-            off += reclen;
+    if let Err(e) = raw::for_each_numeric_entry(dfd, |fd| {
+        if let Some(slot) = fds.get_mut(nfds) {
+            *slot = fd as i32;
+            nfds += 1;
         }
+    }) {
+        raw::close(dfd);
+        return Err((7, e));
     }
     let own = [dfd, conn_fd, img, pagemap, own.phase];
     let mut first = true;

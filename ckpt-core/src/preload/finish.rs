@@ -91,20 +91,7 @@ pub static mut CKPT_FINISH_ARGS: FinishArgs = FinishArgs {
 
 static GO: AtomicU32 = AtomicU32::new(0);
 
-#[repr(C)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
+use crate::signal_safe::raw::CloneArgs;
 
 /// Entry point from the restorer.
 ///

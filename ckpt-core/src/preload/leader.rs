@@ -418,35 +418,15 @@ fn list_tasks(out: &mut [i32; stop::MAX_THREADS], n: &mut usize) -> Result<(), E
         libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
         0,
     )?;
-    let mut buf = [0u8; 4096];
-    loop {
-        let len = match raw::getdents64(fd, &mut buf) {
-            Ok(0) => break,
-            Ok(l) => l,
-            Err(e) => {
-                raw::close(fd);
-                return Err(e);
-            }
-        };
-        let mut off = 0usize;
-        while off + 19 < len {
-            let reclen = u16::from_le_bytes([
-                buf.get(off + 16).copied().unwrap_or(0),
-                buf.get(off + 17).copied().unwrap_or(0),
-            ]) as usize;
-            if reclen == 0 {
-                break;
-            }
-            let name = buf.get(off + 19..off + reclen).unwrap_or(&[]);
-            let name = name.split(|&c| c == 0).next().unwrap_or(&[]);
-            if let Some(tid) = procfs::dec(name)
-                && let Some(slot) = out.get_mut(*n)
-            {
-                *slot = tid as i32;
-                *n += 1;
-            }
-            off += reclen;
+    let r = raw::for_each_numeric_entry(fd, |tid| {
+        if let Some(slot) = out.get_mut(*n) {
+            *slot = tid as i32;
+            *n += 1;
         }
+    });
+    if let Err(e) = r {
+        raw::close(fd);
+        return Err(e);
     }
     raw::close(fd);
     Ok(())

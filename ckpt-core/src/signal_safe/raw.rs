@@ -560,3 +560,61 @@ pub fn exit_group(code: i32) -> ! {
         let _ = unsafe { syscall3(nr::EXIT_GROUP, code as usize, 0, 0) };
     }
 }
+
+/// Call `f` with every numeric entry name of the directory open at `dfd`
+/// (`/proc/self/task`, `/proc/self/fd`): a `getdents64` loop over a stack
+/// buffer. **Async-signal-safe.**
+pub fn for_each_numeric_entry(dfd: i32, mut f: impl FnMut(u64)) -> Result<(), Errno> {
+    let mut buf = [0u8; 4096];
+    loop {
+        let len = match getdents64(dfd, &mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(l) => l,
+            Err(e) => return Err(e),
+        };
+        let mut off = 0usize;
+        while off + 19 < len {
+            let reclen = u16::from_le_bytes([
+                buf.get(off + 16).copied().unwrap_or(0),
+                buf.get(off + 17).copied().unwrap_or(0),
+            ]) as usize;
+            if reclen == 0 {
+                break;
+            }
+            let name = buf.get(off + 19..off + reclen).unwrap_or(&[]);
+            let name = name.split(|&c| c == 0).next().unwrap_or(&[]);
+            if let Some(v) = super::procfs::dec(name) {
+                f(v);
+            }
+            off += reclen;
+        }
+    }
+}
+
+/// `struct clone_args` of clone3(2).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CloneArgs {
+    /// CLONE_* flags.
+    pub flags: u64,
+    /// Where to store a pidfd.
+    pub pidfd: u64,
+    /// Child tid pointer.
+    pub child_tid: u64,
+    /// Parent tid pointer.
+    pub parent_tid: u64,
+    /// Signal sent to the parent when the child exits.
+    pub exit_signal: u64,
+    /// Lowest address of the child's stack.
+    pub stack: u64,
+    /// Size of the child's stack.
+    pub stack_size: u64,
+    /// TLS for CLONE_SETTLS.
+    pub tls: u64,
+    /// Pointer to the array of pids to choose (one per pid namespace level).
+    pub set_tid: u64,
+    /// Number of entries in `set_tid`.
+    pub set_tid_size: u64,
+    /// cgroup fd for CLONE_INTO_CGROUP.
+    pub cgroup: u64,
+}

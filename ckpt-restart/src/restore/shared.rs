@@ -61,6 +61,22 @@ fn open_path(path: &[u8], flags: i32) -> Result<i32, String> {
     }
 }
 
+/// A new pipe whose ends are moved to the shared range.
+fn new_pipe(
+    s: &mut Shared,
+    next: &impl Fn(&mut Shared, i32) -> Result<i32, String>,
+) -> Result<(i32, i32), String> {
+    let mut p = [0i32; 2];
+    // SAFETY: p is a valid array.
+    if unsafe { libc::pipe(p.as_mut_ptr()) } != 0 {
+        return Err(format!(
+            "cannot create a pipe: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok((next(s, p[0])?, next(s, p[1])?))
+}
+
 /// Flags worth reapplying when reopening (never O_CREAT/O_TRUNC/O_EXCL).
 pub fn reopen_flags(saved: u32) -> i32 {
     let keep = libc::O_ACCMODE
@@ -161,16 +177,7 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
                 if f.fd > 2 && !in_std_group && !s.pipes.contains_key(&f.inode) {
                     // An outside pipe at a descriptor other than stdio: a fresh
                     // pipe whose far end the init keeps open for the job's life.
-                    let mut p = [0i32; 2];
-                    // SAFETY: p is a valid array.
-                    if unsafe { libc::pipe(p.as_mut_ptr()) } != 0 {
-                        return Err(format!(
-                            "cannot create a pipe: {}",
-                            std::io::Error::last_os_error()
-                        ));
-                    }
-                    let r = next(&mut s, p[0])?;
-                    let w = next(&mut s, p[1])?;
+                    let (r, w) = new_pipe(&mut s, &next)?;
                     s.pipes.insert(f.inode, (r, w));
                     let write_end = (f.flags as i32) & libc::O_ACCMODE == libc::O_WRONLY;
                     s.keep.push(if write_end { r } else { w });
@@ -185,17 +192,8 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
             if s.pipes.contains_key(&f.inode) {
                 continue;
             }
-            let mut p = [0i32; 2];
-            // SAFETY: p is a valid array.
-            if unsafe { libc::pipe(p.as_mut_ptr()) } != 0 {
-                return Err(format!(
-                    "cannot create a pipe: {}",
-                    std::io::Error::last_os_error()
-                ));
-            }
-            let r = next(&mut s, p[0])?;
-            let w = next(&mut s, p[1])?;
-            s.pipes.insert(f.inode, (r, w));
+            let ends = new_pipe(&mut s, &next)?;
+            s.pipes.insert(f.inode, ends);
         }
     }
     for (ino, (img, [off, len])) in &seen_data {

@@ -19,20 +19,7 @@ use ckpt::image::manifest::{ProcessManifest, Zombie};
 use super::shared::{self, Shared};
 use super::stage1::{self, Stage1};
 
-#[repr(C)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
+use ckpt::signal_safe::raw::CloneArgs;
 
 /// fork() with a chosen pid (needs CAP_SYS_ADMIN over the pid namespace,
 /// which the job's processes have until the restore drops it).
