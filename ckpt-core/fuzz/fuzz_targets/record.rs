@@ -1,0 +1,7 @@
+//! Fuzz target: see `ckpt-core/tests/untrusted/mod.rs` (`record`).
+#![no_main]
+
+#[path = "../../tests/untrusted/mod.rs"]
+mod untrusted;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| untrusted::record(data));
