@@ -424,8 +424,13 @@ fn wait_status(fd: i32, n: usize, limit: Duration) -> Result<(), Option<super::b
 }
 
 fn kill_all(_sh: &Shared) -> Attempt {
-    // SAFETY: as the pid namespace's init, kill(-1) reaches every other process of the job.
-    unsafe { libc::kill(-1, libc::SIGKILL) };
+    // Only the job's init may do this: there kill(-1) reaches exactly the
+    // other processes of the job's pid namespace.
+    // SAFETY: getpid has no preconditions.
+    if unsafe { libc::getpid() } == 1 {
+        // SAFETY: as the pid namespace's init, kill(-1) reaches every other process of the job.
+        unsafe { libc::kill(-1, libc::SIGKILL) };
+    }
     loop {
         let mut st = 0;
         // SAFETY: reaping our children.
