@@ -979,3 +979,115 @@ fn checkpoint_of_blocked_program_times_out() {
         panic!("{e}\nlaunch: {}", job.stderr_of("launch"));
     }
 }
+
+// ---- Memory limits and copy-on-write snapshots ----
+
+/// A memory cgroup made by a test (v1 `memory` controller or v2), removed on drop.
+struct MemCgroup {
+    dir: PathBuf,
+    v1: bool,
+}
+
+impl MemCgroup {
+    fn new(label: &str, limit: u64) -> Result<MemCgroup, String> {
+        let own = fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+        let (base, v1) = own
+            .lines()
+            .find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
+                if ctrl.split(',').any(|c| c == "memory") {
+                    Some((format!("/sys/fs/cgroup/memory{path}"), true))
+                } else {
+                    None
+                }
+            })
+            .or_else(|| {
+                own.lines()
+                    .find_map(|l| l.strip_prefix("0::"))
+                    .map(|p| (format!("/sys/fs/cgroup{p}"), false))
+            })
+            .ok_or("no memory cgroup in /proc/self/cgroup")?;
+        let dir = PathBuf::from(base).join(format!("ckpt-faults-{}-{label}", std::process::id()));
+        fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let cg = MemCgroup { dir, v1 };
+        let file = if v1 {
+            "memory.limit_in_bytes"
+        } else {
+            "memory.max"
+        };
+        fs::write(cg.dir.join(file), limit.to_string())
+            .map_err(|e| format!("{}/{file}: {e}", cg.dir.display()))?;
+        Ok(cg)
+    }
+
+    /// The kernel's count of OOM kills in the cgroup.
+    fn oom_kills(&self) -> Result<u64, String> {
+        let file = if self.v1 {
+            "memory.oom_control"
+        } else {
+            "memory.events"
+        };
+        let t = fs::read_to_string(self.dir.join(file)).map_err(|e| e.to_string())?;
+        t.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or(format!("no oom_kill in {file}: {t}"))
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// A 64 MiB program that rewrites pages of its heap all the time, under a
+/// memory limit, checkpointed three times: never killed for memory. With
+/// 100 MiB the limit leaves no room for a copy-on-write snapshot and ckpt
+/// says it wrote the image while the job stood still; with 200 MiB the first
+/// checkpoint uses the snapshot. Both restart into a correct run.
+#[test]
+fn memory_limit_never_oom() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    if !needs_root("memory_limit_never_oom (cgroups)") {
+        return;
+    }
+    for (limit_mib, cow_first) in [(100u64, false), (200, true)] {
+        let mut job = Job::new(&format!("mem{limit_mib}"), &ckpt, 64);
+        job.args.push("churn".into());
+        let cg = MemCgroup::new(&format!("{limit_mib}"), limit_mib << 20)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut l = job.launch_in("run", &[], &[], Some(&cg.dir));
+        let r = (|| -> Result<(), String> {
+            job.wait_ready(&mut l)?;
+            for i in 0..3 {
+                pause(Duration::from_millis(50));
+                let (st, out, err) = job.ckpt_cmd("checkpoint", &format!("c{i}"), &[])?;
+                if !st.success() {
+                    return Err(format!("checkpoint {i}: {}\n{out}{err}", describe(st)));
+                }
+                let in_place = format!("{out}{err}").contains("written while the job stood still");
+                if i == 0 && in_place == cow_first {
+                    return Err(format!(
+                        "limit {limit_mib} MiB: the first checkpoint {} a copy-on-write snapshot\n{out}{err}",
+                        if cow_first { "did not use" } else { "used" }
+                    ));
+                }
+            }
+            let kills = cg.oom_kills()?;
+            if kills != 0 {
+                return Err(format!("{kills} OOM kill(s) in the job's cgroup"));
+            }
+            job_keeps_running(&job, &mut l)?;
+            l.kill_tree()?;
+            job.restart_and_verify(&format!("mem{limit_mib}"))
+        })();
+        if let Err(e) = r {
+            panic!(
+                "limit {limit_mib} MiB: {e}\nlaunch: {}",
+                job.stderr_of("launch")
+            );
+        }
+    }
+}

@@ -135,14 +135,35 @@ impl Job {
     /// `ckpt launch` of the program, stdout to `work/out`, stderr to
     /// `launch-<tag>.err`; `env` is added to its environment.
     pub fn launch(&self, tag: &str, extra: &[&str], env: &[(&str, &str)]) -> Running {
-        let mut sp = Spawn::new(&self.ckpt, &self.s.path)
-            .arg("launch")
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(extra)
-            .arg("--")
-            .arg(&self.program)
-            .args(&self.args);
+        self.launch_in(tag, extra, env, None)
+    }
+
+    /// [`Job::launch`], inside the cgroup `cgroup` when given (a shell moves
+    /// itself there, then execs `ckpt launch`).
+    pub fn launch_in(
+        &self,
+        tag: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        cgroup: Option<&Path>,
+    ) -> Running {
+        let sh = Path::new("/bin/sh");
+        let mut sp = match cgroup {
+            Some(cg) => Spawn::new(sh, &self.s.path)
+                .arg("-c")
+                .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
+                .arg("sh")
+                .arg(cg)
+                .arg(&self.ckpt),
+            None => Spawn::new(&self.ckpt, &self.s.path),
+        }
+        .arg("launch")
+        .arg("--dir")
+        .arg(&self.dir)
+        .args(extra)
+        .arg("--")
+        .arg(&self.program)
+        .args(&self.args);
         sp.stdout = out_file(&self.out()).into();
         sp.stderr = out_file(&self.s.join(format!("launch-{tag}.err"))).into();
         sp.env = env

@@ -1,6 +1,6 @@
 /* ticker: a two-thread program whose memory is checked after a restore.
  *
- * usage: ticker WORKDIR HEAP_MIB
+ * usage: ticker WORKDIR HEAP_MIB [churn]
  *
  * Prints READY, then "ticks" every millisecond (nanosleep): each tick adds a
  * pseudo-random amount to one word of a HEAP_MIB heap buffer and to a running
@@ -10,7 +10,9 @@
  * WORKDIR/go exists, both stop, check their invariants, print 20 numbered
  * lines and PASS (or FAIL: why). The output is the same whatever happened
  * before "go", so a restored run can be compared byte for byte. Built with
- * -DWITH_LIB it takes each tick's amount from libtick.so.
+ * -DWITH_LIB it takes each tick's amount from libtick.so. With "churn",
+ * each tick also swaps words of 256 random pages (the sum stays the same), so
+ * that a copy-on-write snapshot copies most of the heap while it writes.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -25,6 +27,8 @@ static char go_path[4096];
 static uint64_t *heap;
 static size_t words;
 static uint64_t heap_total, heap_state = 88172645463325252ull, ticks;
+static uint64_t churn_state = 0x2545f4914f6cdd1dull;
+static int churn;
 static volatile int stop;
 static int thread_ok;
 
@@ -80,10 +84,11 @@ static void *worker(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        say("FAIL: usage: ticker WORKDIR HEAP_MIB\n");
+    if (argc != 3 && !(argc == 4 && strcmp(argv[3], "churn") == 0)) {
+        say("FAIL: usage: ticker WORKDIR HEAP_MIB [churn]\n");
         return 2;
     }
+    churn = argc == 4;
     snprintf(go_path, sizeof go_path, "%s/go", argv[1]);
     words = (size_t)atoi(argv[2]) * (1 << 20) / 8;
     heap = malloc(words * 8);
@@ -108,6 +113,16 @@ int main(int argc, char **argv) {
         heap[r % words] += add;
         heap_total += add;
         ticks++;
+        if (churn) {
+            size_t stride = 4096 / 8, pages = words / stride;
+            for (int k = 0; k < 256 && pages > 1; k++) {
+                size_t a = next(&churn_state) % pages * stride;
+                size_t b = next(&churn_state) % pages * stride + k % stride;
+                uint64_t t = heap[a];
+                heap[a] = heap[b];
+                heap[b] = t;
+            }
+        }
         nap();
         if (time(NULL) - start > 600) {
             say("FAIL: no go file after 600 s\n");
