@@ -55,6 +55,7 @@ fn main() {
             }
         }
         "slurm-task" => cli::slurm::run(rest),
+        "slurm-exec" => cli::slurm::exec_ignoring(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(0)

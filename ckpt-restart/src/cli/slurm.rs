@@ -226,6 +226,7 @@ pub fn run(args: &[String]) -> Result<i32, Failure> {
     if o.check {
         return check(&o);
     }
+    block_alarm(o.signal);
     apply_rlimits();
     if std::env::var_os("TMPDIR").is_none() {
         // SAFETY: single-threaded (no thread started yet).
@@ -252,7 +253,7 @@ pub fn run(args: &[String]) -> Result<i32, Failure> {
         interval: 0,
         keep: ckpt::image::generation::DEFAULT_KEEP,
         no_verify: false,
-        command: o.command.clone(),
+        command: program_command(&o),
     };
     let mut state = HookState {
         opts: &o,
@@ -260,7 +261,6 @@ pub fn run(args: &[String]) -> Result<i32, Failure> {
         outputs: &outputs,
         requeued: false,
     };
-    block_alarm();
     start_timer(o.interval);
     let result = if complete.is_empty() {
         if restart_count > 0 {
@@ -304,6 +304,72 @@ pub fn run(args: &[String]) -> Result<i32, Failure> {
         remove_saved_outputs(&dir, true);
     }
     Ok(code)
+}
+
+/// The command `ckpt launch` runs: ARGV through `ckpt slurm-exec`, which
+/// execs it with the signal dispositions a task gets from slurmstepd
+/// (`SIGPIPE` back to default: the Rust runtime of `ckpt` ignores it, and
+/// `ckpt launch` passes that on).
+///
+/// In an srun step it also ignores the checkpoint signal: Slurm delivers a
+/// step's signals (`srun --signal=USR1@N`, `scancel --signal=USR1 JOBID`) to
+/// every process of the step, so the program would die of the signal that
+/// ckpt consumes. An ignored signal stays ignored across exec; a program may
+/// still install its own handler. The batch step gets `--signal=B:...` alone.
+fn program_command(o: &TaskOpts) -> Vec<String> {
+    let Ok(me) = std::env::current_exe() else {
+        return o.command.clone();
+    };
+    let mut cmd = vec![me.display().to_string(), "slurm-exec".to_owned()];
+    if !o.batch {
+        cmd.extend(["--ignore".to_owned(), o.signal.to_string()]);
+    }
+    cmd.push("--".to_owned());
+    cmd.extend(o.command.iter().cloned());
+    cmd
+}
+
+/// `ckpt slurm-exec [--ignore SIGNUM] -- ARGV...`: exec ARGV with `SIGPIPE`
+/// at its default and SIGNUM ignored.
+pub fn exec_ignoring(args: &[String]) -> Result<i32, Failure> {
+    let bad = |msg: String| Failure { msg, code: 2 };
+    let usage = || bad("usage: ckpt slurm-exec [--ignore SIGNUM] -- ARGV...".into());
+    let (ignore, rest) = match args.first().map(String::as_str) {
+        Some("--ignore") => {
+            let num = args.get(1).ok_or_else(usage)?;
+            let sig = num
+                .parse::<i32>()
+                .ok()
+                .and_then(|n| nix::sys::signal::Signal::try_from(n).ok())
+                .ok_or_else(|| bad(format!("slurm-exec: --ignore {num}: not a signal number")))?;
+            (Some(sig), args.get(2..).unwrap_or_default())
+        }
+        _ => (None, args),
+    };
+    let Some(("--", argv)) = rest.split_first().map(|(a, r)| (a.as_str(), r)) else {
+        return Err(usage());
+    };
+    let Some(prog) = argv.first() else {
+        return Err(usage());
+    };
+    if let Some(sig) = ignore {
+        // SAFETY: SIG_IGN installs no handler code; we are single-threaded
+        // and about to exec.
+        unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigIgn) }
+            .map_err(|e| format!("cannot ignore signal {sig}: {e}"))?;
+    }
+    // std's exec resets SIGPIPE to its default and clears the signal mask.
+    let err = std::os::unix::process::CommandExt::exec(
+        std::process::Command::new(prog).args(argv.get(1..).unwrap_or_default()),
+    );
+    Err(Failure {
+        msg: format!("cannot run {prog}: {err}"),
+        code: if err.kind() == std::io::ErrorKind::NotFound {
+            127
+        } else {
+            126
+        },
+    })
 }
 
 /// What the signal hook needs.
@@ -459,9 +525,15 @@ fn requeue() -> bool {
     }
 }
 
-fn block_alarm() {
+/// Blocks SIGALRM (the interval timer) and the checkpoint signal from the
+/// start, so that one arriving before `ckpt launch`/`restart` blocks its
+/// signals waits for the hook instead of killing the task.
+fn block_alarm(signal: i32) {
     let mut set = nix::sys::signal::SigSet::empty();
     set.add(nix::sys::signal::Signal::SIGALRM);
+    if let Ok(sig) = nix::sys::signal::Signal::try_from(signal) {
+        set.add(sig);
+    }
     let _ = set.thread_block();
 }
 
@@ -829,6 +901,28 @@ mod tests {
         let e = restore_output(&d.join("none"), &out, 1000).unwrap_err();
         assert!(e.contains("--open-mode=append"), "{e}");
         let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_program_starts_through_slurm_exec() {
+        let mut o = parse(&args(&["--dir", "/d", "--batch", "--", "prog", "a"])).unwrap();
+        let cmd = program_command(&o);
+        assert_eq!(cmd[1..], args(&["slurm-exec", "--", "prog", "a"])[..]);
+        o.batch = false;
+        o.signal = libc::SIGUSR2;
+        let cmd = program_command(&o);
+        assert_eq!(
+            cmd[1..],
+            args(&["slurm-exec", "--ignore", "12", "--", "prog", "a"])[..]
+        );
+        for bad in [
+            &["--ignore"][..],
+            &["x"],
+            &["--"],
+            &["--ignore", "999", "--", "p"],
+        ] {
+            assert!(exec_ignoring(&args(bad)).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
