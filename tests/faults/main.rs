@@ -221,6 +221,14 @@ fn timed_case(ckpt: &Path, victim: Victim, k: u32, of: u32) -> Result<(), String
         ));
     }
     l.kill_tree()?;
+    eprintln!(
+        "{case}: kill after {delay:?} of a {t_ms:.0} ms checkpoint: {}",
+        if st.success() {
+            "it completed"
+        } else {
+            "it failed"
+        }
+    );
     let allowed: &[u64] = if st.success() { &[2] } else { &[1, 2] };
     check_after_fault(&job, &case, allowed)
 }
