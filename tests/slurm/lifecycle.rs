@@ -537,6 +537,70 @@ fn a_step_inside_a_requeued_batch_job_resumes_from_its_periodic_image() {
 }
 
 #[test]
+fn a_step_signal_checkpoints_the_step_and_the_program_survives() {
+    let Some(c) = slurm::cluster() else { return };
+    let dir = setup(&c, "step-signal");
+    let want = reference(&c, &dir, &["python3", "pi.py", "16", "0"], 0);
+    let out_path = dir.join("srun.out");
+    let out = fs::File::create(&out_path).unwrap_or_else(|e| panic!("srun.out: {e}"));
+    c.give_to_user(&out_path);
+    let err_path = dir.join("srun.err");
+    let err = fs::File::create(&err_path).unwrap_or_else(|e| panic!("srun.err: {e}"));
+    let srun = [
+        "srun",
+        "-Q",
+        "-J",
+        "ckpt-stepsig",
+        "--checkpoint-dir=ck",
+        "python3",
+        "pi.py",
+        "16",
+        "0.5",
+    ];
+    let mut child = c
+        .user_command(&dir, &c.conf, &srun)
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start srun: {e}"));
+    wait_until(&c, None, "step 3 of the srun step", || {
+        last_step(&fs::read_to_string(&out_path).unwrap_or_default()) >= 3
+    });
+    // Slurm delivers this to every process of the step, the program included.
+    user_ok(
+        &c,
+        &dir,
+        &["scancel", "--signal=USR1", "--name=ckpt-stepsig"],
+    );
+    let status = child.wait().unwrap_or_else(|e| panic!("srun: {e}"));
+    let run = JobRun {
+        command: srun.join(" "),
+        id: None,
+        success: status.success(),
+        code: status.code(),
+        submit_stdout: fs::read_to_string(&out_path).unwrap_or_default(),
+        submit_stderr: fs::read_to_string(&err_path).unwrap_or_default(),
+        stdout: String::new(),
+        stderr: String::new(),
+    };
+    c.check(run.success, "the step did not survive its signal", &run);
+    c.check(
+        run.submit_stderr
+            .contains("ckpt: SIGUSR1 received: checkpointing")
+            && run
+                .submit_stderr
+                .contains("/ck/step0/task0/gen-000001 written"),
+        "no checkpoint on the step's signal",
+        &run,
+    );
+    c.check(
+        result_line(&run.submit_stdout).as_deref() == Some(want.as_str()),
+        &format!("result differs from the uninterrupted run's {want:?}"),
+        &run,
+    );
+}
+
+#[test]
 fn a_corrupt_image_on_requeue_fails_clearly_and_never_starts_over() {
     let Some(c) = slurm::cluster() else { return };
     let dir = setup(&c, "corrupt");
