@@ -1099,3 +1099,78 @@ fn memory_limit_never_oom() {
         }
     }
 }
+
+// ---- Faults around restarts and concurrent requests ----
+
+fn restart_killed_case(ckpt: &Path, delay_ms: u64) -> Result<(), String> {
+    let case = format!("restart-killed-{delay_ms}ms");
+    let job = Job::new(&case, ckpt, 48);
+    let mut l = job.launch("run", &[], &[]);
+    job.wait_ready(&mut l)?;
+    job.checkpoint_ok("image")?;
+    l.kill_tree()?;
+    let _ = fs::remove_file(job.dir.join("ckpt.sock"));
+    // A restart killed (with everything it started) part-way through.
+    let mut sp = ckpt_tests::cr::Spawn::new(&job.ckpt, &job.s.path)
+        .arg("restart")
+        .arg("--dir")
+        .arg(&job.dir);
+    sp.stderr = ckpt_tests::cr::out_file(&job.s.join("restart-killed.err")).into();
+    let mut r = sp.spawn("ckpt restart (to be killed)");
+    pause(Duration::from_millis(delay_ms));
+    r.kill_tree()?;
+    let _ = fs::remove_file(job.dir.join("ckpt.sock"));
+    check_after_fault(&job, &case, &[1])
+}
+
+/// `kill -9` of a restart (and of the tree it is rebuilding) at 8 moments
+/// from its start to a running program: the image is untouched and the next
+/// restart resumes correctly.
+#[test]
+fn kill_during_restart() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let cases = [0u64, 3, 10, 25, 50, 100, 200, 400];
+    let failures = run_parallel(&cases, |d| restart_killed_case(&ckpt, *d));
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Four `ckpt checkpoint` requests at once: each gets an answer, every one
+/// that says it succeeded made its own complete generation, and the newest
+/// restores correctly.
+#[test]
+fn concurrent_checkpoint_requests() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let job = Job::new("concurrent", &ckpt, 16);
+    let mut l = job.launch("run", &["--keep", "10"], &[]);
+    let r = (|| -> Result<(), String> {
+        job.wait_ready(&mut l)?;
+        let mut cs: Vec<Running> = (0..4)
+            .map(|i| job.checkpoint_async(&format!("c{i}")))
+            .collect();
+        let mut ok = 0;
+        for (i, c) in cs.iter_mut().enumerate() {
+            let st = c.wait(deadline())?;
+            let err = tail(&job.s.join(format!("checkpoint-c{i}.err")), 4096);
+            if st.success() {
+                ok += 1;
+            } else if err.trim().is_empty() {
+                return Err(format!(
+                    "request {i} failed without a message ({})",
+                    describe(st)
+                ));
+            }
+        }
+        if ok != job.complete().len() || ok == 0 {
+            return Err(format!(
+                "{ok} requests succeeded but the complete generations are {:?}",
+                job.complete()
+            ));
+        }
+        l.kill_tree()?;
+        let n = job.complete().len() as u64;
+        check_after_fault(&job, "concurrent", &[n])
+    })();
+    if let Err(e) = r {
+        panic!("{e}\nlaunch: {}", job.stderr_of("launch"));
+    }
+}
