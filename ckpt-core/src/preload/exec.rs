@@ -313,3 +313,23 @@ pub unsafe extern "C" fn posix_spawnp(
 ) -> c_int {
     spawn(b"posix_spawnp\0", pid, file, fa, attr, argv, envp)
 }
+
+type PopenFn = unsafe extern "C" fn(*const c_char, *const c_char) -> *mut libc::FILE;
+
+/// `popen(3)` wrapper: glibc spawns the shell internally (not through the
+/// wrappers above), with the caller's signal mask, so blocking the stop
+/// signal around the call covers the child's exec (see [`block_stop`]).
+///
+/// # Safety
+/// Same contract as glibc's `popen`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn popen(command: *const c_char, mode: *const c_char) -> *mut libc::FILE {
+    let Some(real) = next::<PopenFn>(b"popen\0") else {
+        return core::ptr::null_mut();
+    };
+    let old = block_stop();
+    // SAFETY: forwarding the caller's arguments.
+    let r = unsafe { real(command, mode) };
+    unblock_stop(old);
+    r
+}
