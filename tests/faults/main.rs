@@ -909,7 +909,7 @@ fn busy_case(ckpt: &Path, mode: &str) -> Result<(), String> {
 }
 
 /// Checkpoints while the program is forking and reaping children, forking
-/// children that exec, creating and joining threads, blocked in a long read
+/// children that exec, running `popen`, creating and joining threads, blocked in a long read
 /// on a pipe, in a 2 s nanosleep, or in a signal handler (a thread sends it
 /// SIGUSR1 every millisecond): each restarts from the newest generation and
 /// finishes with its checks passing, its own handlers for SIGUSR1, SIGUSR2,
@@ -917,7 +917,7 @@ fn busy_case(ckpt: &Path, mode: &str) -> Result<(), String> {
 #[test]
 fn checkpoint_in_the_middle_of_things() {
     let Some(ckpt) = ckpt_bin() else { return };
-    let modes = ["fork", "exec", "thread", "pipe", "sleep", "signal"];
+    let modes = ["fork", "exec", "popen", "thread", "pipe", "sleep", "signal"];
     let failures = run_parallel(&modes, |m| busy_case(&ckpt, m));
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

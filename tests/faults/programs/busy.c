@@ -6,6 +6,7 @@
  * MODE is one of
  *   fork     fork children that exit with a known status, and reap them
  *   exec     fork children that exec this program ("busy exit N")
+ *   popen    popen("exit N") and pclose, over and over
  *   thread   create and join threads that return a known value
  *   pipe     read a pipe whose writer (a thread) writes every 300 ms
  *   sleep    nanosleep(2 s) over and over
@@ -135,6 +136,22 @@ static void run_fork(int exec) {
     }
 }
 
+static void run_popen(void) {
+    for (int i = 0; !go(); i++) {
+        char cmd[32];
+        snprintf(cmd, sizeof cmd, "exit %d", i % 100);
+        FILE *f = popen(cmd, "r");
+        if (!f)
+            fail("popen");
+        int st = pclose(f);
+        if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != i % 100) {
+            char b[128];
+            snprintf(b, sizeof b, "popen %d ended with status %#x, want exit %d", i, st, i % 100);
+            fail(b);
+        }
+    }
+}
+
 static void run_thread(void) {
     for (uintptr_t i = 1; !go(); i++) {
         pthread_t t;
@@ -224,6 +241,8 @@ int main(int argc, char **argv) {
         run_fork(0);
     else if (!strcmp(m, "exec"))
         run_fork(1);
+    else if (!strcmp(m, "popen"))
+        run_popen();
     else if (!strcmp(m, "thread"))
         run_thread();
     else if (!strcmp(m, "pipe"))
