@@ -745,11 +745,31 @@ fn hostile_images() {
             Err(e) => failures.push(format!("{}: {e}", c.name)),
         }
     }
+    // One flipped byte at 16 places spread over the memory data: each is
+    // caught by the region checksums before the program runs.
+    let img_len = fs::metadata(job.dir.join("gen-000001/proc-2.img"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let spots = 16u64;
+    for k in 0..spots {
+        let at = 4096 + (img_len - 4096) / spots * k + 123;
+        let d = job.s.join(format!("flip-{k}"));
+        let r = copy_tree(&job.dir, &d).and_then(|()| {
+            flip(&d.join("gen-000001/proc-2.img"), |_| {
+                usize::try_from(at).unwrap_or(usize::MAX)
+            })
+        });
+        if let Err(e) = r.and_then(|()| {
+            restart_refused(&job, &d, &format!("flip-{k}"), &["proc-2.img"]).map(|_| ())
+        }) {
+            failures.push(format!("data byte {at} of {img_len} flipped: {e}"));
+        }
+    }
     // The pristine image itself restarts (the damage, not the copy, is refused).
     let d = job.s.join("case-pristine");
     copy_tree(&job.dir, &d).unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
-        "hostile images: {} cases, {} failed",
+        "hostile images: {} cases and {spots} data flips, {} failed",
         cases.len(),
         failures.len()
     );
