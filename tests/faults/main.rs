@@ -746,6 +746,29 @@ fn hostile_images() {
             Ok(msg) => eprintln!("{}: {}", c.name, msg.lines().last().unwrap_or("")),
             Err(e) => failures.push(format!("{}: {e}", c.name)),
         }
+        // `ckpt status` reads the same files: it reports, it does not crash.
+        let args = ["status".into(), "--dir".into(), d.as_os_str().to_owned()];
+        match ckpt_tests::cr::run_logged(
+            &job.ckpt,
+            &args,
+            &job.s.path,
+            &job.s.join(format!("status-{i}")),
+        ) {
+            Ok((st, out, err)) if st.code().is_some() && !err.contains("panicked") => {
+                if st.success() && !out.contains("gen-000001") {
+                    failures.push(format!(
+                        "{}: ckpt status does not list the generation:\n{out}",
+                        c.name
+                    ));
+                }
+            }
+            Ok((st, out, err)) => failures.push(format!(
+                "{}: ckpt status {}\n{out}{err}",
+                c.name,
+                describe(st)
+            )),
+            Err(e) => failures.push(format!("{}: ckpt status: {e}", c.name)),
+        }
     }
     // One flipped byte at 16 places spread over the memory data: each is
     // caught by the region checksums before the program runs.
