@@ -915,9 +915,10 @@ fn changed_library_detected() {
     assert!(st.success(), "cc libtick");
     let rpath = format!("-Wl,-rpath,{}", libdir.display());
     let libflag = format!("-L{}", libdir.display());
-    let exe = ckpt_tests::faults::build_program(
+    let exe = job.s.join("ticker-lib");
+    ckpt_tests::faults::build_program_into(
         "ticker",
-        &format!("ticker-lib-{}", std::process::id()),
+        &exe,
         &["-DWITH_LIB", &libflag, "-ltick", &rpath],
     )
     .unwrap_or_else(|e| panic!("{e}"));

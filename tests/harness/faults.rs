@@ -8,7 +8,6 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -29,16 +28,13 @@ pub fn expected_output() -> String {
     s
 }
 
-/// Builds a C program of `faults/programs/` once per test process into a
-/// private directory; returns the executable's path. `extra` are compiler
-/// arguments (libraries, defines).
-pub fn build_program(name: &str, out_name: &str, extra: &[&str]) -> Result<PathBuf, String> {
+/// Builds a C program of `faults/programs/` into `out` with `cc`; `extra`
+/// are compiler arguments (libraries, defines).
+pub fn build_program_into(name: &str, out: &Path, extra: &[&str]) -> Result<(), String> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("faults/programs/{name}.c"));
-    let dir = bin_dir()?;
-    let out = dir.join(out_name);
     let o = Command::new("cc")
         .args(["-O1", "-g", "-Wall", "-pthread", "-o"])
-        .arg(&out)
+        .arg(out)
         .arg(&src)
         .args(extra)
         .output()
@@ -51,22 +47,37 @@ pub fn build_program(name: &str, out_name: &str, extra: &[&str]) -> Result<PathB
             String::from_utf8_lossy(&o.stderr)
         ));
     }
-    Ok(out)
+    Ok(())
 }
 
-fn bin_dir() -> Result<PathBuf, String> {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let d =
-        DIR.get_or_init(|| PathBuf::from(format!("/tmp/ckpt-faults-bin-{}", std::process::id())));
-    fs::create_dir_all(d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
-    fs::set_permissions(d, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
-    Ok(d.clone())
+/// Builds a program of `faults/programs/` once: into `faults-bin/` of the
+/// test executable's profile directory (not /tmp, whose names anyone can
+/// take first), named after a checksum of its source, so later runs reuse it.
+pub fn build_program(name: &str) -> Result<PathBuf, String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("faults/programs/{name}.c"));
+    let text = fs::read(&src).map_err(|e| format!("{}: {e}", src.display()))?;
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("the test executable has no profile directory")?
+        .join("faults-bin");
+    fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    let out = dir.join(format!("{name}-{:08x}", crc32c(&text)));
+    if out.is_file() {
+        return Ok(out);
+    }
+    // Build beside it and rename: another test process may be building too.
+    let tmp = dir.join(format!(".{name}-{}", std::process::id()));
+    build_program_into(name, &tmp, &[])?;
+    fs::rename(&tmp, &out).map_err(|e| format!("rename to {}: {e}", out.display()))?;
+    Ok(out)
 }
 
 /// The ticker, built once.
 pub fn ticker() -> PathBuf {
     static T: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match T.get_or_init(|| build_program("ticker", "ticker", &[])) {
+    match T.get_or_init(|| build_program("ticker")) {
         Ok(p) => p.clone(),
         Err(e) => panic!("{e}"),
     }
@@ -75,7 +86,7 @@ pub fn ticker() -> PathBuf {
 /// The busy program, built once.
 pub fn busy() -> PathBuf {
     static T: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match T.get_or_init(|| build_program("busy", "busy", &[])) {
+    match T.get_or_init(|| build_program("busy")) {
         Ok(p) => p.clone(),
         Err(e) => panic!("{e}"),
     }
