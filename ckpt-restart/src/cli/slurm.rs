@@ -156,19 +156,24 @@ fn say(msg: &str) {
 }
 
 /// `--check`: succeeds when TASKDIR has no complete generation or one that
-/// loads; otherwise explains each generation that does not.
+/// loads and whose files are still there as they were (the files the job
+/// had open, the executables and libraries it had mapped); otherwise
+/// explains each generation that cannot be used. Page data is verified
+/// later, by the restore itself.
 fn check(o: &TaskOpts) -> Result<i32, Failure> {
     let dir = CheckpointDir::open(&o.dir)?;
     let mut reasons = Vec::new();
     for (path, r) in dir.candidates()? {
-        match r {
-            Ok(_) => return Ok(0),
-            Err(e) => reasons.push(format!(
-                "{}: {e}",
-                path.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            )),
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match r
+            .map_err(|e| e.to_string())
+            .and_then(|g| files_unchanged(&g))
+        {
+            Ok(()) => return Ok(0),
+            Err(e) => reasons.push(format!("{name}: {e}")),
         }
     }
     if reasons.is_empty() {
@@ -178,6 +183,48 @@ fn check(o: &TaskOpts) -> Result<i32, Failure> {
         msg: format!("no checkpoint can be restored ({})", reasons.join("; ")),
         code: 1,
     })
+}
+
+/// The checks stage 1 of the restore makes on files, made early: open
+/// regular files must exist; mapped files must be the same inode, size and
+/// modification time.
+fn files_unchanged(g: &LoadedGeneration) -> Result<(), String> {
+    use crate::restore::names::name_bytes;
+    use ckpt::image::manifest::RegionKind;
+    use std::os::unix::ffi::OsStrExt;
+    let path_of = |name: &str| PathBuf::from(std::ffi::OsStr::from_bytes(&name_bytes(name)));
+    for m in &g.processes {
+        for f in m.fds.iter().filter(|f| f.kind == FdKind::File) {
+            if f.path.ends_with(" (deleted)") {
+                continue; // refused by the restore with its own message
+            }
+            if let Err(e) = fs::metadata(path_of(&f.path)) {
+                return Err(format!(
+                    "{} (open as fd {} of process {}) is gone: {e}",
+                    f.path, f.fd, m.pid
+                ));
+            }
+        }
+        for r in m
+            .regions
+            .iter()
+            .filter(|r| matches!(r.kind, RegionKind::File | RegionKind::SharedFile))
+        {
+            let md = fs::metadata(path_of(&r.name))
+                .map_err(|e| format!("mapped file {} is gone: {e}", r.name))?;
+            let mtime = u64::try_from(md.mtime())
+                .unwrap_or(0)
+                .wrapping_mul(1_000_000_000)
+                .wrapping_add(u64::try_from(md.mtime_nsec()).unwrap_or(0));
+            if md.ino() != r.inode || md.size() != r.file_size || mtime != r.file_mtime_ns {
+                return Err(format!(
+                    "{} changed since the checkpoint (replaced, rewritten or upgraded)",
+                    r.name
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Applies the resource limits the job propagated from the submission host
