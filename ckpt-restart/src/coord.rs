@@ -544,7 +544,7 @@ pub fn request(socket: &Path) -> Result<String, String> {
     sock::send(&c, b"CHECKPOINT").map_err(|e| e.to_string())?;
     match sock::recv(&c) {
         Ok(Some(r)) => Ok(r),
-        Ok(None) => Err("the job's coordinator closed the connection (did the job exit?)".into()),
+        Ok(None) => Err("the job's coordinator (its `ckpt launch` or `ckpt restart`) ended before answering: the job exited or was killed during the checkpoint; the previous checkpoint is kept".into()),
         Err(e) => Err(e.to_string()),
     }
 }

@@ -18,7 +18,15 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
         });
     }
     let reply = crate::coord::request(&sock).map_err(|e| Failure {
-        msg: format!("nothing is running under {} ({e})", dir.path().display()),
+        // Unreachable: nothing runs there. Reached but gone: say what happened.
+        msg: if e.starts_with("cannot reach") {
+            format!("nothing is running under {} ({e})", dir.path().display())
+        } else {
+            format!(
+                "checkpoint of the job under {} failed: {e}",
+                dir.path().display()
+            )
+        },
         code: 1,
     })?;
     if let Some(rest) = reply.strip_prefix("OK ") {
