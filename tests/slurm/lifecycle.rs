@@ -600,12 +600,23 @@ fn a_step_signal_checkpoints_the_step_and_the_program_survives() {
     );
 }
 
-#[test]
-fn a_corrupt_image_on_requeue_fails_clearly_and_never_starts_over() {
+/// A job checkpointed and requeued on its warning signal, damaged by
+/// `damage(workdir, generation dir)` while it is held in the queue, must fail
+/// with `why` in its stderr and the slurmd log, and never start over.
+fn restart_failure(
+    name: &str,
+    setup_line: &str,
+    damage: impl FnOnce(&Cluster, &Path, &Path),
+    why: &str,
+) {
     let Some(c) = slurm::cluster() else { return };
-    let dir = setup(&c, "corrupt");
-    let script = "#!/bin/bash\n#SBATCH --checkpoint-dir=ck --signal=B:USR1@10\necho started\npython3 pi.py 40 0.5\n";
-    let job = submit(&c, &dir, &["-t", "10"], script);
+    let dir = setup(&c, name);
+    c.write_script(&dir.join("input.txt"), "input\n");
+    let script = format!(
+        "#!/bin/bash\n#SBATCH --checkpoint-dir=ck --signal=B:USR1@10\necho started\n{setup_line}\n\
+         python3 pi.py 40 0.5\n"
+    );
+    let job = submit(&c, &dir, &["-t", "10"], &script);
     wait_step(&c, &job, 3);
     user_ok(
         &c,
@@ -625,14 +636,7 @@ fn a_corrupt_image_on_requeue_fails_clearly_and_never_starts_over() {
     let gen_dir = fs::read_link(batch.join("latest"))
         .map(|l| batch.join(l))
         .unwrap_or_else(|e| panic!("latest: {e}"));
-    let image = fs::read_dir(&gen_dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", gen_dir.display()))
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "img"))
-        .unwrap_or_else(|| panic!("no image in {}", gen_dir.display()));
-    let image_arg = image.display().to_string();
-    user_ok(&c, &dir, &["truncate", "-s", "4096", &image_arg]);
+    damage(&c, &dir, &gen_dir);
     let release = root_cmd(&c, "scontrol")
         .args(["release", &id])
         .output()
@@ -651,14 +655,16 @@ fn a_corrupt_image_on_requeue_fails_clearly_and_never_starts_over() {
     );
     let message = "cannot resume this task from its checkpoints";
     c.check(
-        run.stderr.contains(message) && run.stderr.contains("truncated"),
-        &format!("job stderr lacks {message:?} naming the truncated image"),
+        run.stderr.contains(message) && run.stderr.contains(why),
+        &format!("job stderr lacks {message:?} with {why:?}"),
         &run,
     );
     let slurmd_log = fs::read_to_string(c.prefix.join("log/slurmd.log")).unwrap_or_default();
     c.check(
-        slurmd_log.contains(message),
-        &format!("slurmd.log lacks {message:?}"),
+        slurmd_log
+            .lines()
+            .any(|l| l.contains(message) && l.contains(why)),
+        &format!("slurmd.log lacks {message:?} with {why:?}"),
         &run,
     );
     c.check(
@@ -666,7 +672,46 @@ fn a_corrupt_image_on_requeue_fails_clearly_and_never_starts_over() {
         "the job started again from the beginning",
         &run,
     );
-    c.check(image.exists(), "the corrupt image was removed", &run);
+    c.check(
+        gen_dir.exists(),
+        "the checkpoint was removed after the failure",
+        &run,
+    );
+}
+
+#[test]
+fn a_corrupt_image_on_requeue_fails_clearly_and_never_starts_over() {
+    restart_failure(
+        "corrupt",
+        "",
+        |c, dir, gen_dir| {
+            let image = fs::read_dir(gen_dir)
+                .unwrap_or_else(|e| panic!("{}: {e}", gen_dir.display()))
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "img"))
+                .unwrap_or_else(|| panic!("no image in {}", gen_dir.display()));
+            user_ok(
+                c,
+                dir,
+                &["truncate", "-s", "4096", &image.display().to_string()],
+            );
+        },
+        "(truncated?)",
+    );
+}
+
+#[test]
+fn a_missing_input_file_on_requeue_fails_clearly_and_never_starts_over() {
+    // The script keeps input.txt open (fd 3) across the checkpoint.
+    restart_failure(
+        "missing-file",
+        "exec 3< input.txt",
+        |c, dir, _| {
+            user_ok(c, dir, &["rm", "input.txt"]);
+        },
+        "input.txt (open as fd 3 of process",
+    );
 }
 
 #[test]
