@@ -4,12 +4,16 @@
 //! ```text
 //! ckpt slurm-task --dir TASKDIR [--interval T] [--signal NAME] [--batch] [--keep-images]
 //!                 [--lib LIBCKPT] -- ARGV...
+//! ckpt slurm-task --check --dir TASKDIR      (the plugin's check before a resume)
+//! ckpt slurm-exec [--ignore SIGNUM] -- ARGV  (how the program is started)
 //! ```
 //! - TASKDIR holds a complete generation: the task is resumed from it
 //!   (`ckpt restart`), with the newest one first and older ones as fall-back.
 //!   If none can be restored the task fails with a message and never starts
-//!   ARGV from the beginning over its own outputs.
-//! - Otherwise ARGV runs under `ckpt launch`.
+//!   ARGV from the beginning over its own outputs (the plugin runs
+//!   `--check` first, so that the reason also reaches the slurmd log).
+//! - Otherwise ARGV runs under `ckpt launch`, through `ckpt slurm-exec`
+//!   ([`program_command`]).
 //! - The "checkpoint now" signal (`--signal`, the site's `signal=`) takes a
 //!   blocking checkpoint; in the batch step (`--batch`) the job is then
 //!   requeued with `scontrol requeue $SLURM_JOB_ID`, and Slurm starts it
@@ -22,17 +26,22 @@
 //! - When the program exits with status 0 and the job was not requeued, the
 //!   images are removed unless `--keep-images` (any other status keeps them:
 //!   a failed restore, a crash, or a kill must not lose the checkpoint).
+//! - Before running, the resource limits propagated by Slurm
+//!   (`SLURM_RLIMIT_*`) and a default `TMPDIR` are applied, as slurmstepd
+//!   would have done after the plugin's `task_init`.
 //!
 //! Output continuity: Slurm opens a batch job's output files with `O_APPEND`
 //! and, on requeue, truncates them unless `--open-mode=append`. After each
 //! checkpoint taken here, the first N bytes of each output file (N = its
 //! size at the checkpoint: the largest offset the image records for it, or
 //! the end of our own last `ckpt:` line before the checkpoint) are copied to
-//! `TASKDIR/output-<fd>-<generation>.saved` (removed with the generation). Before resuming, each output file is
-//! made exactly N bytes long again: a truncated file gets the saved bytes
-//! back, a longer one (append mode: output written between the checkpoint
-//! and the requeue) is cut to N, which the resumed program then writes again.
-//! `ckpt:` lines in that cut part are kept.
+//! `TASKDIR/output-<fd>-<generation>.saved` (removed with the generation).
+//! Before resuming, each output file is made exactly N bytes long again: a
+//! truncated file gets the saved bytes back (and our lines written after a
+//! signal checkpoint, kept in `.after`), a longer one (append mode: output
+//! written between the checkpoint and the requeue) is cut to N, which the
+//! resumed program then writes again; `ckpt:` lines in that cut part are
+//! kept.
 //!
 //! Messages go to the task's stderr, prefixed `ckpt:`.
 
