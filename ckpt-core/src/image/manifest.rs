@@ -263,6 +263,10 @@ pub struct Fd {
     /// Bytes that were buffered in a pipe: `[offset in the data file, length]`.
     #[serde(default)]
     pub pipe_data: Option<[u64; 2]>,
+    /// CRC-32C of those bytes (absent in images written before it was
+    /// added; their pipe data is restored unchecked).
+    #[serde(default)]
+    pub pipe_crc: Option<u32>,
 }
 
 /// One signal action (kernel layout).

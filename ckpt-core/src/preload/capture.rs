@@ -763,8 +763,9 @@ fn write_signals(j: &mut MmapBuf) {
 
 /// Copy the bytes buffered in a pipe into the image without consuming them:
 /// open a second read end through /proc, `tee` into a private pipe, then
-/// `splice` into the image file. Returns `(offset, length)`.
-fn capture_pipe(fd: i32, img: i32, data_off: &mut u64) -> Result<Option<(u64, u64)>, Errno> {
+/// read it into the image file (through a stack buffer, for the checksum).
+/// Returns `(offset, length, CRC-32C)`.
+fn capture_pipe(fd: i32, img: i32, data_off: &mut u64) -> Result<Option<(u64, u64, u32)>, Errno> {
     let mut p = StackBuf::<64>::new();
     let _ = write!(p, "/proc/self/fd/{fd}");
     let rfd = raw::open(
@@ -808,38 +809,51 @@ fn capture_pipe(fd: i32, img: i32, data_off: &mut u64) -> Result<Option<(u64, u6
     };
     let out = match n {
         Ok(n) if n > 0 => {
-            let mut off = *data_off as i64;
-            let mut left = n;
+            let mut crc = Crc32c::new();
+            let mut buf = [0u8; 4096];
+            let mut done = 0usize;
             let mut res = Ok(());
-            while left > 0 {
-                // SAFETY: splice(2) (275) from our pipe into the image at `off`.
-                match unsafe {
-                    raw::syscall6(
-                        275,
-                        tp[0] as usize,
-                        0,
-                        img as usize,
-                        &mut off as *mut i64 as usize,
-                        left,
-                        0,
-                    )
-                } {
-                    Ok(0) => {
-                        res = Err(Errno(libc::EIO));
-                        break;
-                    }
-                    Ok(k) => left -= k,
-                    Err(Errno(libc::EINTR)) => {}
-                    Err(e) => {
-                        res = Err(e);
-                        break;
+            while done < n {
+                let k = match raw::read_into(tp[0], &mut buf) {
+                    Ok(0) => Err(Errno(libc::EIO)),
+                    Ok(k) => Ok(k),
+                    Err(Errno(libc::EINTR)) => continue,
+                    Err(e) => Err(e),
+                };
+                let Ok(k) = k else {
+                    res = k.map(|_| ());
+                    break;
+                };
+                let chunk = buf.get(..k).unwrap_or(&[]);
+                crc.update(chunk);
+                let mut w = 0usize;
+                while w < chunk.len() {
+                    match raw::pwrite(
+                        img,
+                        chunk.get(w..).unwrap_or(&[]),
+                        *data_off + (done + w) as u64,
+                    ) {
+                        Ok(0) => {
+                            res = Err(Errno(libc::EIO));
+                            break;
+                        }
+                        Ok(x) => w += x,
+                        Err(Errno(libc::EINTR)) => {}
+                        Err(e) => {
+                            res = Err(e);
+                            break;
+                        }
                     }
                 }
+                if res.is_err() {
+                    break;
+                }
+                done += k;
             }
             res.map(|_| {
                 let at = *data_off;
                 *data_off += (n as u64).div_ceil(PAGE) * PAGE;
-                Some((at, n as u64))
+                Some((at, n as u64, crc.finish()))
             })
         }
         _ => Ok(None),
@@ -946,9 +960,9 @@ fn write_fds(
         }
         let _ = write!(j, "],\"dev\":{},\"inode\":{}", st.st_dev, st.st_ino);
         if kind == "pipe"
-            && let Some((off, len)) = capture_pipe(fd, img, data_off).map_err(at(7))?
+            && let Some((off, len, crc)) = capture_pipe(fd, img, data_off).map_err(at(7))?
         {
-            let _ = write!(j, ",\"pipe_data\":[{off},{len}]");
+            let _ = write!(j, ",\"pipe_data\":[{off},{len}],\"pipe_crc\":{crc}");
         }
         let _ = write!(j, "}}");
         first = false;

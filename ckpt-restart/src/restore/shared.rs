@@ -134,7 +134,8 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
         }
     }
     // Pipes: one per saved pipe inode that the job holds.
-    let mut seen_data: HashMap<u64, (std::path::PathBuf, [u64; 2])> = HashMap::new();
+    type PipeData = (std::path::PathBuf, [u64; 2], Option<u32>);
+    let mut seen_data: HashMap<u64, PipeData> = HashMap::new();
     // Which ends of each pipe the job holds. A pipe held only by write ends,
     // one of them at fd 1 or 2 (the job's stdout/stderr read outside the
     // job: srun's I/O pipes, `ckpt launch | cat`), or only by read ends, one
@@ -187,7 +188,7 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
             if let Some(d) = f.pipe_data {
                 seen_data
                     .entry(f.inode)
-                    .or_insert((g.path.join(&m.image.file), d));
+                    .or_insert((g.path.join(&m.image.file), d, f.pipe_crc));
             }
             if s.pipes.contains_key(&f.inode) {
                 continue;
@@ -196,7 +197,7 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
             s.pipes.insert(f.inode, ends);
         }
     }
-    for (ino, (img, [off, len])) in &seen_data {
+    for (ino, (img, [off, len], crc)) in &seen_data {
         let Some(&(_, w)) = s.pipes.get(ino) else {
             continue;
         };
@@ -204,6 +205,14 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
         let mut buf = vec![0u8; *len as usize];
         file.read_exact_at(&mut buf, *off)
             .map_err(|e| format!("{}: reading buffered pipe data: {e}", img.display()))?;
+        if let Some(want) = crc
+            && ckpt::image::checksum::crc32c(&buf) != *want
+        {
+            return Err(format!(
+                "{}: corrupt image: the {len} bytes buffered in a pipe at offset {off} do not match their checksum",
+                img.display()
+            ));
+        }
         // SAFETY: F_SETPIPE_SZ takes an int; a failure only limits how much fits.
         unsafe { libc::fcntl(w, libc::F_SETPIPE_SZ, (*len as i32).max(65536)) };
         let mut done = 0usize;
