@@ -646,6 +646,20 @@ fn hostile_cases() -> Vec<Hostile> {
             damage: |g| flip(&g.join("proc-2.img"), |n| n - 4096 + 17),
         },
         Hostile {
+            name: "buffered pipe data byte flipped",
+            says: &["pipe"],
+            damage: |g| {
+                let m = read_json(&manifest_path(g))?;
+                let off = m["fds"]
+                    .as_array()
+                    .and_then(|fds| fds.iter().find_map(|f| f["pipe_data"][0].as_u64()))
+                    .ok_or("the manifest has no pipe data")?;
+                flip(&g.join("proc-2.img"), |_| {
+                    usize::try_from(off + 100).unwrap_or(usize::MAX)
+                })
+            },
+        },
+        Hostile {
             name: "image truncated",
             says: &["proc-2.img"],
             damage: |g| set_len(&g.join("proc-2.img"), |n| n - 4096),

@@ -8,7 +8,8 @@
  * stack. A restore that mixed pages of two checkpoints, lost a page or
  * restored a stale register breaks "sum of the buffer == total". When
  * WORKDIR/go exists, both stop, check their invariants, print 20 numbered
- * lines and PASS (or FAIL: why). The output is the same whatever happened
+ * lines and PASS (or FAIL: why). It also keeps 4096 bytes unread in a pipe
+ * from start to end, and checks them at the end. The output is the same whatever happened
  * before "go", so a restored run can be compared byte for byte. Built with
  * -DWITH_LIB it takes each tick's amount from libtick.so. With "churn",
  * each tick also swaps words of 256 random pages (the sum stays the same), so
@@ -100,6 +101,14 @@ int main(int argc, char **argv) {
         heap[i] = i * 2654435761u;
         heap_total += heap[i];
     }
+    int held[2];
+    unsigned char pb[4096];
+    for (int i = 0; i < 4096; i++)
+        pb[i] = (unsigned char)(i * 7 + 1);
+    if (pipe(held) != 0 || write(held[1], pb, sizeof pb) != (ssize_t)sizeof pb) {
+        say("FAIL: pipe\n");
+        return 1;
+    }
     pthread_t t;
     if (pthread_create(&t, NULL, worker, NULL) != 0) {
         say("FAIL: pthread_create\n");
@@ -141,6 +150,17 @@ int main(int argc, char **argv) {
     if (!thread_ok) {
         say("FAIL: the worker thread's stack buffer differs from its total\n");
         return 1;
+    }
+    memset(pb, 0, sizeof pb);
+    if (read(held[0], pb, sizeof pb) != (ssize_t)sizeof pb) {
+        say("FAIL: short read of the held pipe\n");
+        return 1;
+    }
+    for (int i = 0; i < 4096; i++) {
+        if (pb[i] != (unsigned char)(i * 7 + 1)) {
+            say("FAIL: the held pipe's data changed\n");
+            return 1;
+        }
     }
     char line[64];
     for (int i = 0; i < 20; i++) {
