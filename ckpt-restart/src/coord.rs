@@ -350,7 +350,11 @@ impl Coordinator {
                 if signaled.contains_key(&m.pid) || run.leaders.contains_key(&m.pid) {
                     continue;
                 }
-                if !m.catches {
+                // Looked at again right before the kill: the tree walk took a
+                // while, and a process that execs meanwhile has the default
+                // action (terminate) for the stop signal until its new
+                // libckpt constructor runs.
+                if !m.catches || !catches_stop_signal(m.host_pid) {
                     // Possibly between fork and exec, or loading: give it a moment.
                     let first = *not_ready.entry(m.pid).or_insert_with(Instant::now);
                     if first.elapsed() > Duration::from_secs(3) {
@@ -418,6 +422,14 @@ impl Coordinator {
             }
         }
     }
+}
+
+/// Whether the process has a handler for the stop signal now.
+fn catches_stop_signal(host_pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{host_pid}/status"))
+        .ok()
+        .and_then(|t| tree::parse_status(&t))
+        .is_some_and(|(_, _, zombie, catches)| catches && !zombie)
 }
 
 struct Run {
