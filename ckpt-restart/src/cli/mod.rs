@@ -108,8 +108,9 @@ pub fn parse(args: &[String], want_command: bool) -> Result<Opts, String> {
         }
         i += 1;
     }
+    // An empty CKPT_DIR counts as unset (it would name no directory).
     if o.dir.is_none()
-        && let Some(d) = std::env::var_os("CKPT_DIR")
+        && let Some(d) = std::env::var_os("CKPT_DIR").filter(|d| !d.is_empty())
     {
         o.dir = Some(PathBuf::from(d));
     }
