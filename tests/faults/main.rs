@@ -1234,3 +1234,114 @@ fn concurrent_checkpoint_requests() {
         panic!("{e}\nlaunch: {}", job.stderr_of("launch"));
     }
 }
+
+// ---- Malformed command lines ----
+
+/// Every malformed `ckpt` option value and unusable `--dir` gets a non-zero
+/// exit and a message that names the value, never a panic; the program is
+/// never started.
+#[test]
+fn malformed_command_lines() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let s = Scratch::new("faults-cli");
+    let dir = s.dir("d");
+    let file = s.join("a-file");
+    fs::write(&file, b"").unwrap();
+    let link = s.join("a-link");
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    let foreign = s.dir("foreign");
+    if is_root() {
+        chown(&foreign, 65534).unwrap();
+    }
+    let marker = s.join("ran");
+    let d = dir.to_string_lossy().into_owned();
+    let touch = ["--", "/bin/touch", &*marker.to_string_lossy()].map(str::to_string);
+    let launch = |extra: &[&str]| -> Vec<String> {
+        let mut v = vec!["launch".to_string()];
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v.extend(touch.iter().cloned());
+        v
+    };
+    let p = |x: &Path| x.to_string_lossy().into_owned();
+    let mut cases: Vec<(Vec<String>, String)> = vec![
+        (
+            launch(&["--dir", &d, "--interval", "5x"]),
+            "--interval=5x".into(),
+        ),
+        (
+            launch(&["--dir", &d, "--interval=-5"]),
+            "--interval=-5".into(),
+        ),
+        (launch(&["--dir", &d, "--interval="]), "--interval=".into()),
+        (
+            launch(&["--dir", &d, "--interval", "99999999999999999999h"]),
+            "99999999999999999999h".into(),
+        ),
+        (launch(&["--dir", &d, "--keep", "0"]), "--keep=0".into()),
+        (launch(&["--dir", &d, "--keep=abc"]), "--keep=abc".into()),
+        (launch(&["--dir", &d, "--bogus"]), "--bogus".into()),
+        (
+            vec!["launch".into(), "--dir".into()],
+            "--dir needs a value".into(),
+        ),
+        (
+            vec!["launch".into(), "--dir".into(), d.clone()],
+            "missing the command".into(),
+        ),
+        (vec!["frobnicate".into()], "frobnicate".into()),
+        (
+            launch(&["--dir", &p(&s.join("missing"))]),
+            p(&s.join("missing")),
+        ),
+        (launch(&["--dir", &p(&file)]), "not a directory".into()),
+        (launch(&["--dir", &p(&link)]), "symbolic link".into()),
+        (
+            vec!["restart".into(), "--dir".into(), p(&s.join("missing"))],
+            p(&s.join("missing")),
+        ),
+        (
+            vec!["checkpoint".into(), "--dir".into(), p(&file)],
+            "not a directory".into(),
+        ),
+        (vec!["status".into()], "--dir".into()),
+    ];
+    if is_root() {
+        cases.push((
+            launch(&["--dir", &p(&foreign)]),
+            "owned by uid 65534".into(),
+        ));
+    }
+    let mut failures = Vec::new();
+    for (i, (args, says)) in cases.iter().enumerate() {
+        let a: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        let mut sp = ckpt_tests::cr::Spawn::new(&ckpt, &s.path);
+        sp.args = a;
+        sp.stdout = ckpt_tests::cr::out_file(&s.join(format!("cli-{i}.out"))).into();
+        sp.stderr = ckpt_tests::cr::out_file(&s.join(format!("cli-{i}.err"))).into();
+        sp.env = vec![("CKPT_DIR".into(), "".into())];
+        let mut r = sp.spawn(&format!("ckpt {args:?}"));
+        let st = match r.wait(deadline()) {
+            Ok(st) => st,
+            Err(e) => {
+                failures.push(e);
+                continue;
+            }
+        };
+        let err = tail(&s.join(format!("cli-{i}.err")), 4096);
+        if st.success()
+            || st.code().is_none()
+            || !err.contains(says.as_str())
+            || err.contains("panicked")
+        {
+            failures.push(format!(
+                "ckpt {args:?}: {} (want a failure saying {says:?})\n{err}",
+                describe(st)
+            ));
+        }
+    }
+    assert!(
+        !marker.exists(),
+        "a malformed command line started the program"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
