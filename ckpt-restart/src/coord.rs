@@ -250,11 +250,11 @@ impl Coordinator {
             };
             match msg {
                 Ok(Some(r)) if r.starts_with("SYNCED") => {
-                    bytes += r
-                        .split(' ')
-                        .nth(2)
-                        .and_then(|x| x.parse::<u64>().ok())
-                        .unwrap_or(0);
+                    let f: Vec<&str> = r.split(' ').collect();
+                    bytes += f.get(2).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+                    // Written in place: the leader's thread stood still until
+                    // its image was synced; it reports that pause here.
+                    pause = pause.max(f.get(3).and_then(|x| x.parse().ok()).unwrap_or(0));
                 }
                 Ok(Some(r)) => {
                     failure.get_or_insert(format!(

@@ -794,6 +794,7 @@ mod tests {
                 clear_tid: 0,
                 scratch_sp: 0,
                 pending: 0,
+                name: String::new(),
             }],
             fds: vec![],
             sigactions: vec![],

@@ -217,6 +217,9 @@ pub struct Thread {
     /// Signals pending for this thread (bit n-1 = signal n).
     #[serde(default)]
     pub pending: u64,
+    /// The thread's name (`/proc/.../comm`).
+    #[serde(default)]
+    pub name: String,
 }
 
 /// What an fd refers to.

@@ -278,6 +278,11 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
     let own_uc = own_ucontext(pre.tid);
     let own_floor = own_uc.saturating_sub(8) & !(PAGE - 1);
 
+    // Regions with transparent huge pages advised (VmFlags "hg" in smaps),
+    // so that the restore advises them again. Read after the job is released
+    // (smaps walks every page table): private regions only.
+    let mut huge: Option<HugeSet> = None;
+
     // Descriptors first: pipe contents can change as soon as the job runs again.
     write_fds(j, &mut s.tmp, fds, &mut data_off)?;
     // Pipe data went in with explicit offsets: continue after it.
@@ -293,6 +298,9 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
         if !shared_pass && fds.phase >= 0 {
             PHASE_SENT.store(1, Ordering::Release);
             let _ = raw::write(fds.phase, b"S");
+        }
+        if !shared_pass && huge.is_none() {
+            huge = Some(HugeSet::read(&mut s.tmp));
         }
         for line in procfs::lines(maps) {
             let Some(m) = procfs::parse_maps_line(line) else {
@@ -400,7 +408,18 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
                 j.push(b",").map_err(at(8))?;
             }
             first = false;
-            emit_region(j, &m, kind, reg_off, &runs, crc.finish(), start_stack)?;
+            emit_region(
+                j,
+                &m,
+                kind,
+                reg_off,
+                &runs,
+                crc.finish(),
+                (
+                    start_stack,
+                    huge.as_ref().is_some_and(|h| h.contains(m.start)),
+                ),
+            )?;
             runs.free();
         }
     }
@@ -464,7 +483,7 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
             }
             let _ = write!(
                 j,
-                "{}{{\"tid\":{tid},\"ucontext\":{},\"fs_base\":{},\"gs_base\":{},\"rseq\":{},\"rseq_sig\":{},\"robust_head\":{},\"robust_len\":{},\"clear_tid\":{},\"scratch_sp\":{},\"pending\":{}}}",
+                "{}{{\"tid\":{tid},\"ucontext\":{},\"fs_base\":{},\"gs_base\":{},\"rseq\":{},\"rseq_sig\":{},\"robust_head\":{},\"robust_len\":{},\"clear_tid\":{},\"scratch_sp\":{},\"pending\":{},\"name\":",
                 if firstt { "" } else { "," },
                 sl.uc.load(Ordering::Relaxed),
                 sl.fs.load(Ordering::Relaxed),
@@ -477,6 +496,13 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
                 sl.sp.load(Ordering::Relaxed),
                 sl.pending.load(Ordering::Relaxed),
             );
+            let mut name = [0u8; 16];
+            name[..8].copy_from_slice(&sl.name[0].load(Ordering::Relaxed).to_ne_bytes());
+            name[8..].copy_from_slice(&sl.name[1].load(Ordering::Relaxed).to_ne_bytes());
+            let len = name.iter().position(|&c| c == 0).unwrap_or(16);
+            j.push_json_str(name.get(..len).unwrap_or(&[]))
+                .map_err(at(8))?;
+            let _ = write!(j, "}}");
             firstt = false;
         }
     }
@@ -661,7 +687,7 @@ fn emit_region(
     data_offset: u64,
     runs: &StackRuns,
     crc: u32,
-    start_stack: u64,
+    (start_stack, hugepage): (u64, bool),
 ) -> Result<(), Fail> {
     let (mut fsize, mut mtime) = (0u64, 0u64);
     let (mut dev, mut ino) = (((m.dev_major as u64) << 8) | m.dev_minor as u64, m.inode);
@@ -702,7 +728,7 @@ fn emit_region(
     }
     let _ = write!(
         j,
-        "],\"crc\":{crc},\"growsdown\":{growsdown},\"hugepage\":false}}"
+        "],\"crc\":{crc},\"growsdown\":{growsdown},\"hugepage\":{hugepage}}}"
     );
     Ok(())
 }
@@ -970,4 +996,43 @@ fn write_fds(
     raw::close(dfd);
     let _ = write!(j, "],");
     Ok(())
+}
+
+/// Start addresses of the regions whose VmFlags include `hg`
+/// (`MADV_HUGEPAGE`). **Async-signal-safe** (its own mmap buffer).
+struct HugeSet {
+    starts: MmapBuf,
+}
+
+impl HugeSet {
+    fn read(tmp: &mut MmapBuf) -> HugeSet {
+        let mut starts = MmapBuf::new();
+        if tmp.read_file(b"/proc/self/smaps\0").is_ok() {
+            let mut current = 0u64;
+            for line in procfs::lines(tmp.as_slice()) {
+                if let Some(flags) = line.strip_prefix(b"VmFlags:") {
+                    if flags.split(|&c| c == b' ').any(|f| f == b"hg") {
+                        let _ = starts.push(&current.to_ne_bytes());
+                    }
+                } else if let Some(m) = procfs::parse_maps_line(line) {
+                    current = m.start;
+                }
+            }
+        }
+        HugeSet { starts }
+    }
+
+    fn contains(&self, start: u64) -> bool {
+        self.starts.as_slice().chunks_exact(8).any(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            u64::from_ne_bytes(b) == start
+        })
+    }
+}
+
+impl Drop for HugeSet {
+    fn drop(&mut self) {
+        self.starts.free();
+    }
 }

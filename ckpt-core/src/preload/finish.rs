@@ -43,6 +43,8 @@ pub struct FinishThread {
     pub scratch_sp: u64,
     /// Signals to raise again for this thread.
     pub pending: u64,
+    /// The thread's name, NUL-terminated.
+    pub name: [u8; 16],
 }
 
 /// Most threads restorable.
@@ -86,6 +88,7 @@ pub static mut CKPT_FINISH_ARGS: FinishArgs = FinishArgs {
         clear_tid: 0,
         scratch_sp: 0,
         pending: 0,
+        name: [0; 16],
     }; MAX_FINISH_THREADS],
 };
 
@@ -230,6 +233,10 @@ unsafe fn resume(t: &FinishThread) -> ! {
         // SAFETY: the rseq area is part of the thread's restored TLS; length 32 is what glibc registers.
         let _ =
             unsafe { raw::syscall6(nr::RSEQ, t.rseq as usize, 32, 0, t.rseq_sig as usize, 0, 0) };
+    }
+    if t.name[0] != 0 {
+        // SAFETY: PR_SET_NAME (15) reads a NUL-terminated name of at most 16 bytes.
+        let _ = unsafe { raw::syscall3(nr::PRCTL, 15, t.name.as_ptr() as usize, 0) };
     }
     let (pid, tid) = (raw::getpid(), raw::gettid());
     raise_all(t.pending, |sig| {

@@ -222,7 +222,8 @@ fn write_in_place(dir: &[u8], fd: i32, pre: &capture::Pre, t0: u64, buf: &mut [u
     let mut s = StackBuf::<1024>::new();
     match capture::sync_image(dir, pid) {
         Ok(()) => {
-            let _ = write!(s, "SYNCED {pid}");
+            let t2 = raw::clock_ns(libc::CLOCK_MONOTONIC);
+            let _ = write!(s, "SYNCED {pid} 0 {}", t2.saturating_sub(t0) / 1000);
         }
         Err((step, e)) => {
             let _ = write!(

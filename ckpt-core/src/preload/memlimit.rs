@@ -24,6 +24,24 @@ fn number_at(dir: &[u8], file: &[u8]) -> Option<u64> {
     procfs::dec(t) // "max" (v2, unlimited) parses as None
 }
 
+/// A value of `memory.stat` (page cache the kernel reclaims before it
+/// would kill anything does not count as used). 0 when unknown.
+fn stat_value(dir: &[u8], key: &[u8]) -> u64 {
+    let mut p = StackBuf::<1024>::new();
+    p.push(dir);
+    p.push(b"/memory.stat");
+    let mut b = [0u8; 4096];
+    let Some(n) = read_small(p.as_cstr(), &mut b) else {
+        return 0;
+    };
+    for line in procfs::lines(b.get(..n).unwrap_or(&[])) {
+        if let Some(v) = line.strip_prefix(key).and_then(|r| r.strip_prefix(b" ")) {
+            return procfs::dec(v).unwrap_or(0);
+        }
+    }
+    0
+}
+
 /// Bytes the cgroup may still grow by, or `None` when there is no limit
 /// (or it cannot be read).
 pub fn headroom() -> Option<u64> {
@@ -40,7 +58,8 @@ pub fn headroom() -> Option<u64> {
             dir.push(path);
             let limit = number_at(dir.as_bytes(), b"/memory.limit_in_bytes")?;
             let usage = number_at(dir.as_bytes(), b"/memory.usage_in_bytes")?;
-            return Some(limit.saturating_sub(usage));
+            let cache = stat_value(dir.as_bytes(), b"total_inactive_file");
+            return Some(limit.saturating_sub(usage.saturating_sub(cache)));
         }
         if ctrl.is_empty() {
             dir.push(b"/sys/fs/cgroup");
@@ -49,7 +68,8 @@ pub fn headroom() -> Option<u64> {
                 number_at(dir.as_bytes(), b"/memory.max"),
                 number_at(dir.as_bytes(), b"/memory.current"),
             ) {
-                return Some(limit.saturating_sub(usage));
+                let cache = stat_value(dir.as_bytes(), b"inactive_file");
+                return Some(limit.saturating_sub(usage.saturating_sub(cache)));
             }
         }
     }

@@ -43,6 +43,8 @@ pub struct Slot {
     pub sp: AtomicU64,
     /// Signals pending for this thread only (bit n-1 = signal n).
     pub pending: AtomicU64,
+    /// The thread's name (`comm`, 15 bytes + NUL) as two words.
+    pub name: [AtomicU64; 2],
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -57,6 +59,7 @@ const EMPTY: Slot = Slot {
     clear_tid: AtomicU64::new(0),
     sp: AtomicU64::new(0),
     pending: AtomicU64::new(0),
+    name: [AtomicU64::new(0), AtomicU64::new(0)],
 };
 
 /// Captured thread states.
@@ -108,6 +111,29 @@ pub fn record_self(uc: u64) -> Option<usize> {
         pending_mask(b"/proc/thread-self/status\0", b"SigPnd"),
         Ordering::Relaxed,
     );
+    let mut comm = [0u8; 16];
+    if let Ok(fd) = raw::open(
+        b"/proc/thread-self/comm\0",
+        libc::O_RDONLY | libc::O_CLOEXEC,
+        0,
+    ) {
+        let n = raw::read_into(fd, &mut comm[..15]).unwrap_or(0);
+        raw::close(fd);
+        if let Some(nl) = comm
+            .get(..n)
+            .and_then(|c| c.iter().position(|&b| b == b'\n'))
+        {
+            comm[nl] = 0;
+        }
+    }
+    let (lo, hi) = comm.split_at(8);
+    let word = |b: &[u8]| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        u64::from_ne_bytes(a)
+    };
+    s.name[0].store(word(lo), Ordering::Relaxed);
+    s.name[1].store(word(hi), Ordering::Relaxed);
     s.sp.store(sp, Ordering::Release);
     Some(i)
 }

@@ -131,6 +131,10 @@ pub fn run_with(o: &Opts, on_signal: OnSignal<'_>) -> Result<i32, Failure> {
             let child = unsafe { libc::fork() };
             if child == 0 {
                 ns::unblock_all();
+                // The Rust runtime ignores SIGPIPE; the program must start with
+                // the default action, as it would without ckpt.
+                // SAFETY: resetting a signal disposition in the single-threaded child before exec.
+                unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
                 // SAFETY: setenv in the single-threaded child right before exec.
                 unsafe {
                     std::env::set_var("LD_PRELOAD", &preload);

@@ -553,6 +553,13 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
             clear_tid: t.clear_tid,
             scratch_sp: t.scratch_sp,
             pending: t.pending,
+            name: {
+                let mut n = [0u8; 16];
+                for (d, c) in n.iter_mut().take(15).zip(name_bytes(&t.name)) {
+                    *d = c;
+                }
+                n
+            },
         };
     }
 
