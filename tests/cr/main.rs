@@ -962,11 +962,17 @@ impl Case {
         self.check(wait_gone("the launched REPL", &victims));
         let _ = tmux.cmd(&["kill-session", "-t", "one"]);
 
+        // The exit status is recorded by a shell around `ckpt restart`: tmux
+        // itself can lose a pane's SIGCHLD when it arrives while the server
+        // waits synchronously for another of its children (seen under strace:
+        // the exited pane process stayed an unreaped zombie of the server).
+        let status_file = self.s.join("restart.status");
         let restart = format!(
-            "exec {} restart --dir {} 2>{}",
+            "{} restart --dir {} 2>{}; echo \"exit $?\" >{}",
             q(&self.ckpt),
             q(&self.dir),
-            q(&self.s.join("restart.err"))
+            q(&self.s.join("restart.err")),
+            q(&status_file)
         );
         self.check(tmux.new_session("two", &self.s.path, &restart));
         let check_line = "print('VAL', f(1), len(d), d[12345] == 12345 ** 2, s.count('point'), os.getpid() == pid)";
@@ -1005,7 +1011,10 @@ impl Case {
         self.check(tmux.send_line("two", "exit(7)"));
         let pane = tmux.pane_pid("two").unwrap_or(0);
         let st = wait_until("the restarted REPL to exit", deadline(), || {
-            tmux.dead_status("two")
+            Ok(fs::read_to_string(&status_file)
+                .ok()
+                .filter(|t| t.ends_with('\n'))
+                .map(|t| t.trim_end().to_string()))
         });
         let st = st.unwrap_or_else(|e| {
             let state = |k: &str| status_field(pane, k).unwrap_or_default();
