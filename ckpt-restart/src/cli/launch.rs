@@ -1,6 +1,7 @@
 //! `ckpt launch --dir D [--interval T] -- CMD ARGS...`
 
 use std::ffi::CString;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::{Failure, Opts, need_dir};
@@ -35,6 +36,28 @@ pub fn claim_socket(
     dir: &CheckpointDir,
     allow_alternate: bool,
 ) -> Result<(PathBuf, std::os::fd::OwnedFd), Failure> {
+    // Serialize with other ckpt commands claiming the same directory (two
+    // restarts of one image at once): the check for a live coordinator and
+    // the bind must not interleave, or one could unlink the other's socket.
+    let lock_path = dir.path().join(".ckpt.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+    // SAFETY: flock on a descriptor we own; released when `lock` is dropped.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+        return Err(Failure {
+            msg: format!(
+                "cannot lock {}: {}",
+                lock_path.display(),
+                std::io::Error::last_os_error()
+            ),
+            code: 1,
+        });
+    }
     let mut path = dir.socket_path();
     if sock::is_live(&path) {
         if !allow_alternate {
@@ -59,6 +82,7 @@ pub fn claim_socket(
     }
     let _ = std::fs::remove_file(&path);
     let l = sock::listen(&path).map_err(|e| format!("cannot listen at {}: {e}", path.display()))?;
+    drop(lock);
     Ok((path, l))
 }
 
