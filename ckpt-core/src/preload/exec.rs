@@ -333,3 +333,26 @@ pub unsafe extern "C" fn popen(command: *const c_char, mode: *const c_char) -> *
     unblock_stop(old);
     r
 }
+
+type SystemFn = unsafe extern "C" fn(*const c_char) -> c_int;
+
+/// `system(3)` wrapper: glibc spawns `/bin/sh` internally with the caller's
+/// signal mask, like [`popen`], so the stop signal is blocked around the
+/// call. While it runs, this thread does not take part in checkpoints (a
+/// checkpoint of a single-threaded caller waits for `system` to return, or
+/// fails after the stop deadline and the job keeps running); the shell and
+/// its command are checkpointed as processes of their own.
+///
+/// # Safety
+/// Same contract as glibc's `system`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn system(command: *const c_char) -> c_int {
+    let Some(real) = next::<SystemFn>(b"system\0") else {
+        return -1;
+    };
+    let old = block_stop();
+    // SAFETY: forwarding the caller's argument.
+    let r = unsafe { real(command) };
+    unblock_stop(old);
+    r
+}
