@@ -192,27 +192,26 @@ pub unsafe extern "C" fn handler(_sig: i32, info: *mut libc::siginfo_t, uc: *mut
 }
 
 /// Install the stop handler (normal context, from the constructor).
+///
+/// Installed through glibc's `sigaction`, which supplies its signal-return
+/// trampoline. The action goes straight from default to our handler: never
+/// through `SIG_IGN`, which would discard a stop signal already pending
+/// (one sent while the program was being exec'd with it blocked).
 pub fn install() -> Result<(), raw::Errno> {
-    let act = raw::KernelSigaction {
-        handler: handler as *const () as usize as u64,
-        flags: (libc::SA_SIGINFO | libc::SA_RESTART | 0x0400_0000) as u64,
-        restorer: restorer_addr(),
-        mask: !0u64,
-    };
-    raw::sigaction(STOP_SIGNAL, Some(&act)).map(|_| ())
-}
-
-/// glibc's signal-return trampoline, read back from an action glibc installed.
-fn restorer_addr() -> u64 {
-    // Install a throwaway action through glibc on our own signal so that glibc
-    // fills in its __restore_rt, then read it back with the raw syscall.
-    // SAFETY: sigaction with a zeroed struct and SIG_IGN for our private signal is valid.
-    unsafe {
+    // SAFETY: a zeroed sigaction is valid; we fill in a handler with the
+    // SA_SIGINFO signature, a full mask and valid flags before installing it.
+    let r = unsafe {
         let mut sa: libc::sigaction = core::mem::zeroed();
-        sa.sa_sigaction = libc::SIG_IGN;
-        libc::sigaction(STOP_SIGNAL, &sa, core::ptr::null_mut());
+        sa.sa_sigaction = handler as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        libc::sigfillset(&mut sa.sa_mask);
+        libc::sigaction(STOP_SIGNAL, &sa, core::ptr::null_mut())
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(raw::Errno(libc::EINVAL))
     }
-    raw::sigaction(STOP_SIGNAL, None).map_or(0, |a| a.restorer)
 }
 
 /// Reset the stop state before a new checkpoint.
