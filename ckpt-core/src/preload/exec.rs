@@ -197,6 +197,26 @@ fn release(env: Option<(*const *const c_char, usize, usize)>) {
     }
 }
 
+/// Call glibc's `name` (`execve` or `execvpe`) with our variables in the
+/// environment and the stop signal blocked across the exec.
+fn exec_through(
+    name: &[u8],
+    file: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    let Some(real) = next::<ExecveFn>(name) else {
+        return -1;
+    };
+    let env = fixed_env(envp);
+    let old = block_stop();
+    // SAFETY: forwarding the caller's arguments with a valid environment.
+    let r = unsafe { real(file, argv, env.map_or(envp, |e| e.0)) };
+    unblock_stop(old);
+    release(env);
+    r
+}
+
 /// `execve(2)` wrapper.
 ///
 /// # Safety
@@ -207,16 +227,7 @@ pub unsafe extern "C" fn execve(
     argv: *const *const c_char,
     envp: *const *const c_char,
 ) -> c_int {
-    let Some(real) = next::<ExecveFn>(b"execve\0") else {
-        return -1;
-    };
-    let env = fixed_env(envp);
-    let old = block_stop();
-    // SAFETY: forwarding the caller's arguments with a valid environment.
-    let r = unsafe { real(path, argv, env.map_or(envp, |e| e.0)) };
-    unblock_stop(old);
-    release(env);
-    r
+    exec_through(b"execve\0", path, argv, envp)
 }
 
 /// `execv(3)` wrapper.
@@ -239,16 +250,7 @@ pub unsafe extern "C" fn execvpe(
     argv: *const *const c_char,
     envp: *const *const c_char,
 ) -> c_int {
-    let Some(real) = next::<ExecveFn>(b"execvpe\0") else {
-        return -1;
-    };
-    let env = fixed_env(envp);
-    let old = block_stop();
-    // SAFETY: forwarding the caller's arguments with a valid environment.
-    let r = unsafe { real(file, argv, env.map_or(envp, |e| e.0)) };
-    unblock_stop(old);
-    release(env);
-    r
+    exec_through(b"execvpe\0", file, argv, envp)
 }
 
 /// `execvp(3)` wrapper.
