@@ -179,17 +179,48 @@ pub fn run_with(o: &Opts, on_signal: OnSignal<'_>) -> Result<i32, Failure> {
             let code = ns::supervise(&set, child, child, |_| false);
             ckpt::signal_safe::raw::exit_group(code)
         }
-        Some(init) => {
-            let coord = Coordinator::new(dir.clone(), o.command.clone(), o.keep);
-            coord.set_init(init.as_raw());
-            let c2 = coord.clone();
-            std::thread::spawn(move || c2.serve(listener));
-            start_interval(&coord, o.interval);
-            let code = ns::supervise(&set, init.as_raw(), init.as_raw(), |sig| {
-                on_signal(sig, &coord)
-            });
-            let _ = std::fs::remove_file(&sock_path);
-            Ok(code)
-        }
+        Some(init) => Ok(run_outer(
+            Outer {
+                dir: &dir,
+                command: o.command.clone(),
+                opts: o,
+                socket: &sock_path,
+                listener,
+                set: &set,
+            },
+            init.as_raw(),
+            on_signal,
+        )),
     }
+}
+
+/// What the outer `ckpt` process needs once the job's init exists.
+pub struct Outer<'a> {
+    /// The checkpoint directory.
+    pub dir: &'a CheckpointDir,
+    /// The job's command (recorded in each generation).
+    pub command: Vec<String>,
+    /// Options (`--keep`, `--interval`).
+    pub opts: &'a Opts,
+    /// The coordinator socket path (removed at the end).
+    pub socket: &'a Path,
+    /// Its listening socket.
+    pub listener: std::os::fd::OwnedFd,
+    /// The signals blocked for `ns::supervise`.
+    pub set: &'a libc::sigset_t,
+}
+
+/// The outer process of `launch` and `restart`: serve the coordinator,
+/// take periodic checkpoints, forward signals, and return the job's exit
+/// status when its init ends.
+pub fn run_outer(o: Outer<'_>, init: i32, on_signal: OnSignal<'_>) -> i32 {
+    let coord = Coordinator::new(o.dir.clone(), o.command, o.opts.keep);
+    coord.set_init(init);
+    let c2 = coord.clone();
+    let listener = o.listener;
+    std::thread::spawn(move || c2.serve(listener));
+    start_interval(&coord, o.opts.interval);
+    let code = ns::supervise(o.set, init, init, |sig| on_signal(sig, &coord));
+    let _ = std::fs::remove_file(o.socket);
+    code
 }

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use super::{Failure, Opts, need_dir};
-use crate::coord::Coordinator;
 use crate::ns;
 use crate::restore::tree;
 use ckpt::image::generation::{CheckpointDir, LoadedGeneration};
@@ -145,17 +144,17 @@ pub fn run_with(o: &Opts, on_signal: super::launch::OnSignal<'_>) -> Result<i32,
             drop(listener);
             init_main(&gens, &sock_path, &set, !o.no_verify)
         }
-        Some(init) => {
-            let coord = Coordinator::new(dir.clone(), command, o.keep);
-            coord.set_init(init.as_raw());
-            let c2 = coord.clone();
-            std::thread::spawn(move || c2.serve(listener));
-            super::launch::start_interval(&coord, o.interval);
-            let code = ns::supervise(&set, init.as_raw(), init.as_raw(), |sig| {
-                on_signal(sig, &coord)
-            });
-            let _ = std::fs::remove_file(&sock_path);
-            Ok(code)
-        }
+        Some(init) => Ok(super::launch::run_outer(
+            super::launch::Outer {
+                dir: &dir,
+                command,
+                opts: o,
+                socket: &sock_path,
+                listener,
+                set: &set,
+            },
+            init.as_raw(),
+            on_signal,
+        )),
     }
 }
