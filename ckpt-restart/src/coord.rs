@@ -48,6 +48,8 @@ pub struct Done {
     pub processes: usize,
     /// Processes written while stopped (no copy-on-write snapshot).
     pub in_place: usize,
+    /// The generation an incremental checkpoint refers to (0: full).
+    pub base: u64,
 }
 
 /// The coordinator state.
@@ -60,7 +62,12 @@ pub struct Coordinator {
     init_pid: AtomicI32,
     /// Snapshot children (ns pids) of earlier checkpoints: not part of the job.
     snapshots: Mutex<BTreeSet<i32>>,
+    /// Track written pages between checkpoints (incremental checkpoints).
+    tracking: std::sync::atomic::AtomicBool,
 }
+
+/// Longest chain of incremental generations before a full one.
+pub const MAX_CHAIN: u32 = 8;
 
 const STOP_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -75,7 +82,27 @@ impl Coordinator {
             keep,
             init_pid: AtomicI32::new(0),
             snapshots: Mutex::new(BTreeSet::new()),
+            tracking: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Track written pages so that later checkpoints write only what changed.
+    pub fn set_tracking(&self, on: bool) {
+        self.tracking.store(on, Ordering::Release);
+    }
+
+    /// The generation the next checkpoint may refer to, with its chain
+    /// length: the newest complete one, unless its chain is at the limit.
+    fn base_for_next(&self) -> (u64, u32) {
+        let newest = self
+            .dir
+            .list()
+            .ok()
+            .and_then(|l| l.into_iter().rev().find(|g| g.record.is_some()));
+        match newest.and_then(|g| g.record) {
+            Some(r) if r.chain + 1 < MAX_CHAIN => (r.number, r.chain),
+            _ => (0, 0),
+        }
     }
 
     /// Tell the coordinator the host pid of the job's init.
@@ -114,13 +141,14 @@ impl Coordinator {
         if first == "CHECKPOINT" {
             let reply = match self.checkpoint() {
                 Ok(d) => format!(
-                    "OK {} {} {} {} {} {}",
+                    "OK {} {} {} {} {} {} {}",
                     d.path.display(),
                     d.bytes,
                     d.pause_us,
                     d.total_us,
                     d.processes,
-                    d.in_place
+                    d.in_place,
+                    d.base
                 ),
                 Err(e) => format!("ERR {e}"),
             };
@@ -150,6 +178,8 @@ impl Coordinator {
         if let Ok(mut g) = self.incoming.lock() {
             *g = Some(tx);
         }
+        let (base, base_chain) = self.base_for_next();
+        let track = u8::from(self.tracking.load(Ordering::Acquire));
         let pending = self.dir.begin().map_err(|e| e.to_string())?;
         let hosts: Vec<i32> = self
             .job_members(init)
@@ -187,7 +217,8 @@ impl Coordinator {
         let mut failure = None;
         let mut in_place = 0usize;
         for (pid, conn) in &run.leaders {
-            if sock::send(conn, format!("WRITE {target}").as_bytes()).is_err() {
+            let msg = format!("WRITE {} {base} {track} {target}", pending.number);
+            if sock::send(conn, msg.as_bytes()).is_err() {
                 failure.get_or_insert(format!("process {pid} went away during the checkpoint"));
             }
         }
@@ -274,10 +305,20 @@ impl Coordinator {
             failure = Some("the job has no process to checkpoint".into());
         }
         let mut refs = Vec::new();
+        let mut incremental = false;
         if failure.is_none() {
             for pid in &pids {
                 match check_written(&pending.path, *pid) {
-                    Ok(r) => refs.push(r),
+                    Ok((_, Some(b))) if b != base => {
+                        failure = Some(format!(
+                            "process {pid} wrote an image that refers to generation {b}, not {base}"
+                        ));
+                        break;
+                    }
+                    Ok((r, b)) => {
+                        incremental |= b.is_some();
+                        refs.push(r);
+                    }
                     Err(e) => {
                         failure = Some(format!("process {pid}: {e}"));
                         break;
@@ -309,6 +350,8 @@ impl Coordinator {
             tool_version: env!("CARGO_PKG_VERSION").into(),
             zombies,
             shared_fds,
+            base: incremental.then_some(base),
+            chain: if incremental { base_chain + 1 } else { 0 },
         };
         let n = record.processes.len();
         let path = pending
@@ -322,6 +365,7 @@ impl Coordinator {
             total_us: t0.elapsed().as_micros() as u64,
             processes: n,
             in_place,
+            base: if incremental { base } else { 0 },
         })
     }
 
@@ -515,8 +559,9 @@ impl Run {
     }
 }
 
-/// Check what a process wrote and refuse features restore cannot handle yet.
-fn check_written(gdir: &Path, pid: i32) -> Result<ProcessRef, String> {
+/// Check what a process wrote and refuse features restore cannot handle
+/// yet. Returns its entry and the generation it refers to (incremental).
+fn check_written(gdir: &Path, pid: i32) -> Result<(ProcessRef, Option<u64>), String> {
     let mname = format!("proc-{pid}.json");
     let iname = format!("proc-{pid}.img");
     let data = std::fs::read(gdir.join(&mname)).map_err(|e| format!("{mname}: {e}"))?;
@@ -540,13 +585,16 @@ fn check_written(gdir: &Path, pid: i32) -> Result<ProcessRef, String> {
     let size = std::fs::metadata(gdir.join(&iname))
         .map_err(|e| format!("{iname}: {e}"))?
         .len();
-    Ok(ProcessRef {
-        pid,
-        manifest: mname,
-        manifest_crc: crc32c(&data),
-        image: iname,
-        image_size: size,
-    })
+    Ok((
+        ProcessRef {
+            pid,
+            manifest: mname,
+            manifest_crc: crc32c(&data),
+            image: iname,
+            image_size: size,
+        },
+        m.base,
+    ))
 }
 
 /// Ask the coordinator at `socket` for a checkpoint (the `ckpt checkpoint` client).

@@ -1,9 +1,9 @@
 //! `ckpt`: run programs under checkpoint control, checkpoint them, restart them.
 //!
 //! ```text
-//! ckpt launch     --dir D [--interval T] [--keep N] -- CMD [ARGS...]
+//! ckpt launch     --dir D [--interval T] [--keep N] [--incremental M] -- CMD [ARGS...]
 //! ckpt checkpoint --dir D
-//! ckpt restart    --dir D [--interval T] [--keep N] [--no-verify]
+//! ckpt restart    --dir D [--interval T] [--keep N] [--incremental M] [--no-verify]
 //! ckpt status     --dir D
 //! ckpt slurm-task --dir TASKDIR [...] -- ARGV   (run by the SPANK plugin)
 //! ```
@@ -20,11 +20,11 @@ mod sock;
 mod tree;
 
 const USAGE: &str = "usage:
-  ckpt launch     --dir DIR [--interval T] [--keep N] -- COMMAND [ARGS...]
+  ckpt launch     --dir DIR [--interval T] [--keep N] [--incremental M] -- COMMAND [ARGS...]
                   run COMMAND under checkpoint control (foreground; exits with its status)
   ckpt checkpoint --dir DIR
                   checkpoint the program running under DIR; returns when the image is durable
-  ckpt restart    --dir DIR [--interval T] [--keep N] [--no-verify]
+  ckpt restart    --dir DIR [--interval T] [--keep N] [--incremental M] [--no-verify]
                   resume the newest complete checkpoint in DIR (foreground)
   ckpt status     --dir DIR
                   list the checkpoints in DIR
@@ -32,7 +32,10 @@ const USAGE: &str = "usage:
                   run or resume one Slurm task (the SPANK plugin execs this)
 
   T is seconds, or a number with s, m or h (30s, 5m, 2h); 0 means no periodic checkpoints.
-  --keep N keeps the newest N complete checkpoints (default 2).
+  --keep N keeps the newest N complete checkpoints (default 2), and the older
+  ones an incremental checkpoint refers to.
+  --incremental auto|on|off: track written pages so that a checkpoint writes only
+  the memory changed since the previous one (auto: when --interval is set).
   DIR defaults to $CKPT_DIR.";
 
 fn main() {

@@ -27,7 +27,8 @@ pub const MAGIC: &[u8; 8] = b"CKPTIMG\0";
 /// Current format major version.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Current format minor version.
-pub const FORMAT_MINOR: u16 = 0;
+/// 1.1 added incremental images (`base`, `inherited`).
+pub const FORMAT_MINOR: u16 = 1;
 /// Header length; data starts here.
 pub const HEADER_LEN: u64 = 4096;
 /// ELF machine number of x86_64.

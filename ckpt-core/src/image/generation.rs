@@ -56,6 +56,9 @@ pub struct LoadedGeneration {
     pub record: GenerationRecord,
     /// Manifests in record order.
     pub processes: Vec<ProcessManifest>,
+    /// For an incremental generation: the generations it refers to for
+    /// unchanged memory, nearest first.
+    pub bases: Vec<LoadedGeneration>,
 }
 
 fn euid() -> u32 {
@@ -264,7 +267,23 @@ impl CheckpointDir {
             .collect();
         let newest = complete.last().copied().unwrap_or(0);
         let cut = complete.len().saturating_sub(keep);
-        let old: Vec<u64> = complete.iter().take(cut).copied().collect();
+        // Keep the newest `keep`, and every generation they refer to.
+        let mut kept: std::collections::BTreeSet<u64> =
+            complete.iter().skip(cut).copied().collect();
+        let mut follow: Vec<u64> = kept.iter().copied().collect();
+        while let Some(n) = follow.pop() {
+            if let Ok(Some(b)) = read_record(&self.path.join(gen_name(n))).map(|r| r.base)
+                && complete.contains(&b)
+                && kept.insert(b)
+            {
+                follow.push(b);
+            }
+        }
+        let old: Vec<u64> = complete
+            .iter()
+            .filter(|n| !kept.contains(n))
+            .copied()
+            .collect();
         for (n, tmp, p) in entries {
             if (tmp && n < newest) || (!tmp && old.contains(&n)) {
                 // An old complete generation first becomes `.tmp`, so that a
@@ -485,9 +504,54 @@ fn safe_name(file: &str, name: &str) -> Result<(), ImageError> {
     Ok(())
 }
 
+/// Longest chain of incremental generations a reader follows.
+const MAX_CHAIN: usize = 64;
+
 /// Read and validate one complete generation (manifests, headers, sizes,
-/// ownership, region bounds); page data is checked during restore.
+/// ownership, region bounds) and, for an incremental one, the generations
+/// it refers to; page data is checked during restore.
 pub fn load_generation(gdir: &Path) -> Result<LoadedGeneration, ImageError> {
+    let mut g = load_one(gdir)?;
+    let rec_file = gdir.join("generation.json").display().to_string();
+    let corrupt = |what: String| ImageError::Corrupt {
+        file: rec_file.clone(),
+        what,
+    };
+    let parent = gdir.parent().unwrap_or(Path::new("."));
+    let mut next = g.record.base;
+    let mut newer = g.record.number;
+    while let Some(b) = next {
+        if b >= newer || g.bases.len() >= MAX_CHAIN {
+            return Err(corrupt(format!(
+                "refers to generation {b}, which cannot be its base"
+            )));
+        }
+        let base = load_one(&parent.join(gen_name(b))).map_err(|e| {
+            corrupt(format!(
+                "is incremental: its unchanged memory is in generation {b}, which cannot be used ({e})"
+            ))
+        })?;
+        next = base.record.base;
+        newer = b;
+        g.bases.push(base);
+    }
+    for m in &g.processes {
+        let Some(b) = m.base else { continue };
+        let has = g.record.base == Some(b)
+            && g.bases
+                .first()
+                .is_some_and(|base| base.processes.iter().any(|p| p.pid == m.pid));
+        if !has {
+            return Err(corrupt(format!(
+                "process {} refers to generation {b}, which does not hold that process",
+                m.pid
+            )));
+        }
+    }
+    Ok(g)
+}
+
+fn load_one(gdir: &Path) -> Result<LoadedGeneration, ImageError> {
     let md = fs::symlink_metadata(gdir).map_err(|e| ImageError::io(gdir, "stat", e))?;
     check_owner(gdir, &md)?;
     let record = read_record(gdir)?;
@@ -549,6 +613,7 @@ pub fn load_generation(gdir: &Path) -> Result<LoadedGeneration, ImageError> {
         path: gdir.to_path_buf(),
         record,
         processes,
+        bases: Vec::new(),
     })
 }
 
@@ -605,6 +670,36 @@ pub fn validate_manifest(file: &str, m: &ProcessManifest, data_len: u64) -> Resu
         let bytes = total
             .checked_mul(page)
             .ok_or_else(|| bad("size overflows".into()))?;
+        if !r.inherited.is_empty() && m.base.is_none() {
+            return Err(bad(format!(
+                "region {:#x}-{:#x} lists inherited pages but the image names no base generation",
+                r.start, r.end
+            )));
+        }
+        let mut last = 0u64;
+        for run in &r.inherited {
+            let end = run[0]
+                .checked_add(run[1])
+                .ok_or_else(|| bad("page run overflows".into()))?;
+            if run[1] == 0 || run[0] < last || end > pages {
+                return Err(bad(format!(
+                    "inherited page run {:?} lies outside region {:#x}-{:#x}",
+                    run, r.start, r.end
+                )));
+            }
+            last = end;
+        }
+        if !r.inherited.is_empty() {
+            // Saved and inherited pages never overlap (both lists are sorted).
+            let mut all: Vec<[u64; 2]> = r.runs.iter().chain(&r.inherited).copied().collect();
+            all.sort_unstable();
+            if all.windows(2).any(|w| w[0][0] + w[0][1] > w[1][0]) {
+                return Err(bad(format!(
+                    "region {:#x}-{:#x} lists a page both as saved and as inherited",
+                    r.start, r.end
+                )));
+            }
+        }
         let data_end = r
             .data_offset
             .checked_add(bytes)
@@ -705,6 +800,8 @@ mod tests {
                 tool_version: "t".into(),
                 zombies: vec![],
                 shared_fds: vec![],
+                base: None,
+                chain: 0,
             };
             g.commit(&rec, 2).unwrap();
         }
@@ -727,6 +824,52 @@ mod tests {
         fs::remove_dir_all(&p).unwrap();
     }
 
+    #[test]
+    fn prune_keeps_the_generations_incremental_ones_refer_to() {
+        let p = tmpdir("chain");
+        let d = CheckpointDir::create(&p).unwrap();
+        let commit = |base: Option<u64>| {
+            let g = d.begin().unwrap();
+            let rec = GenerationRecord {
+                format: GENERATION_FORMAT.into(),
+                version: [format::FORMAT_MAJOR, format::FORMAT_MINOR],
+                number: g.number,
+                created_unix: 0,
+                uid: 0,
+                command: vec![],
+                processes: vec![],
+                pause_us: 0,
+                bytes: 0,
+                tool_version: "t".into(),
+                zombies: vec![],
+                shared_fds: vec![],
+                base,
+                chain: 0,
+            };
+            g.commit(&rec, 2).unwrap();
+        };
+        let numbers = || {
+            d.list()
+                .unwrap()
+                .iter()
+                .map(|g| g.number)
+                .collect::<Vec<_>>()
+        };
+        commit(None);
+        commit(Some(1));
+        commit(Some(2));
+        assert_eq!(numbers(), vec![1, 2, 3], "3 needs 2, which needs 1");
+        commit(None);
+        assert_eq!(numbers(), vec![1, 2, 3, 4], "3 is kept, with its chain");
+        commit(Some(4));
+        assert_eq!(numbers(), vec![4, 5]);
+        commit(None);
+        assert_eq!(numbers(), vec![4, 5, 6], "5 is kept, with its base");
+        commit(None);
+        assert_eq!(numbers(), vec![6, 7]);
+        fs::remove_dir_all(&p).unwrap();
+    }
+
     use crate::image::manifest::{
         CpuInfo, Hooks, ImageRef, MmInfo, Region, RegionKind, Thread, VdsoInfo,
     };
@@ -746,11 +889,13 @@ mod tests {
             file_mtime_ns: 0,
             data_offset,
             runs: vec![[0, pages]],
+            inherited: vec![],
             crc: 0,
             growsdown: false,
             hugepage: false,
         };
         let m = ProcessManifest {
+            base: None,
             format: PROCESS_FORMAT.into(),
             version: [format::FORMAT_MAJOR, format::FORMAT_MINOR],
             pid: 2,
@@ -989,6 +1134,8 @@ mod tests {
             tool_version: "t".into(),
             zombies: vec![],
             shared_fds: vec![],
+            base: None,
+            chain: 0,
         };
         assert!(g.commit(&rec, 2).is_err());
         assert!(!tmp.exists(), "the failed generation was left behind");

@@ -69,6 +69,10 @@ pub struct ProcessManifest {
     pub itimers: Vec<[u64; 3]>,
     /// Name of the data file and its total size.
     pub image: ImageRef,
+    /// Incremental image: the generation whose image of this process holds
+    /// the pages listed as `inherited` (at the same addresses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<u64>,
 }
 
 /// CPU identity.
@@ -175,7 +179,13 @@ pub struct Region {
     /// Saved page runs `[first page index in the region, page count]`, in order,
     /// stored back to back from `data_offset`.
     pub runs: Vec<[u64; 2]>,
-    /// CRC-32C of this region's saved bytes.
+    /// Page runs not written again (incremental image): their content is
+    /// that of the same addresses in the base generation's image. In order,
+    /// never overlapping `runs`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inherited: Vec<[u64; 2]>,
+    /// CRC-32C of the region's pages, `runs` and `inherited` together, in
+    /// address order.
     pub crc: u32,
     /// Grows down (main stack).
     pub growsdown: bool,
@@ -326,6 +336,13 @@ pub struct GenerationRecord {
     /// offset), found with kcmp(2) while the job was stopped.
     #[serde(default)]
     pub shared_fds: Vec<Vec<[i32; 2]>>,
+    /// Incremental generation: the generation it refers to for unchanged
+    /// pages (which must be kept while this one is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<u64>,
+    /// Number of generations this one depends on through `base`.
+    #[serde(default)]
+    pub chain: u32,
 }
 
 /// An exited child its parent has not waited for yet.

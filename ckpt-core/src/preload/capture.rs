@@ -21,6 +21,7 @@ use core::fmt::Write as _;
 use crate::image::checksum::Crc32c;
 use crate::image::format;
 use crate::preload::stop::{self, NSLOTS, SLOTS};
+use crate::preload::track::PageClass;
 use crate::signal_safe::buf::{MmapBuf, StackBuf};
 use crate::signal_safe::procfs::{self, MapsLine};
 use crate::signal_safe::raw::{self, Errno};
@@ -223,11 +224,20 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
     let mut data_off: u64 = format::HEADER_LEN;
     raw::lseek(img, data_off as i64, libc::SEEK_SET).map_err(at(3))?;
 
+    let t = super::track::scratch_starts();
     let scratch = [
         s.maps.mapping().0 as u64,
         s.json.mapping().0 as u64,
         s.tmp.mapping().0 as u64,
+        t[0],
+        t[1],
+        t[2],
+        t[3],
     ];
+    // Incremental image: unchanged pages of private anonymous memory are
+    // referred to in the base generation instead of written again.
+    let inc = super::track::incremental();
+    let mut inherited_total = 0u64;
     let j = &mut s.json;
     j.clear();
     let _ = write!(
@@ -330,6 +340,9 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
             let mut crc = Crc32c::new();
             let reg_off = data_off;
             let mut runs = StackRuns::new();
+            let mut inherited = StackRuns::new();
+            let region_inc = inc.filter(|_| kind == "anon" && save == Save::Resident);
+            let mut cursors = super::track::Cursors::default();
             if save != Save::Nothing {
                 let need_read = m.prot & libc::PROT_READ as u32 == 0;
                 let mut made_readable = false;
@@ -356,18 +369,28 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
                     if got < want {
                         return Err((6, Errno(libc::EIO)));
                     }
+                    let mut class = |i: u64| -> PageClass {
+                        let e = pm.get(i as usize).copied().unwrap_or(0);
+                        let addr = m.start + (page + i) * PAGE;
+                        let below_own = m.start <= own_uc && own_uc < m.end && addr < own_floor;
+                        if below_own || !wanted(save, e) {
+                            PageClass::Skip
+                        } else if let Some(ic) = region_inc {
+                            ic.classify(addr, &mut cursors)
+                        } else {
+                            PageClass::Own
+                        }
+                    };
                     let mut i = 0u64;
                     while i < chunk {
-                        let e = pm.get(i as usize).copied().unwrap_or(0);
-                        let below_own = m.start <= own_uc
-                            && own_uc < m.end
-                            && m.start + (page + i) * PAGE < own_floor;
-                        if below_own || !wanted(save, e) {
+                        let c = class(i);
+                        if c == PageClass::Skip {
                             i += 1;
                             continue;
                         }
                         let run_start = i;
-                        while i < chunk && wanted(save, pm.get(i as usize).copied().unwrap_or(0)) {
+                        i += 1;
+                        while i < chunk && class(i) == c {
                             i += 1;
                         }
                         let first_page = page + run_start;
@@ -389,6 +412,11 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
                         let len = count * PAGE;
                         // SAFETY: the range is mapped and readable; nothing writes it while threads are parked.
                         unsafe { crc.update_raw(addr as usize, len as usize) };
+                        if c == PageClass::Inherit {
+                            inherited.push(first_page, count);
+                            inherited_total += len;
+                            continue;
+                        }
                         write_mem(img, addr, len).map_err(at(3))?;
                         runs.push(first_page, count);
                         data_off += len;
@@ -413,7 +441,7 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
                 &m,
                 kind,
                 reg_off,
-                &runs,
+                (&runs, &inherited),
                 crc.finish(),
                 (
                     start_stack,
@@ -421,9 +449,13 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
                 ),
             )?;
             runs.free();
+            inherited.free();
         }
     }
     let _ = write!(j, "],");
+    if let Some(ic) = inc.filter(|_| inherited_total > 0) {
+        let _ = write!(j, "\"base\":{},", ic.base);
+    }
 
     // vdso
     let vcrc = if vdso != 0 {
@@ -566,7 +598,8 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
     Ok(size + j.len() as u64)
 }
 
-fn own_ucontext(me: i32) -> u64 {
+/// The signal frame of thread `me` (0 if it is not stopped).
+pub fn own_ucontext(me: i32) -> u64 {
     let n = (NSLOTS.load(Ordering::Acquire) as usize).min(stop::MAX_THREADS);
     SLOTS
         .iter()
@@ -685,7 +718,7 @@ fn emit_region(
     m: &MapsLine<'_>,
     kind: &str,
     data_offset: u64,
-    runs: &StackRuns,
+    (runs, inherited): (&StackRuns, &StackRuns),
     crc: u32,
     (start_stack, hugepage): (u64, bool),
 ) -> Result<(), Fail> {
@@ -726,9 +759,19 @@ fn emit_region(
         let _ = write!(j, "{}[{f},{c}]", if first { "" } else { "," });
         first = false;
     }
+    let _ = write!(j, "]");
+    if inherited.iter().next().is_some() {
+        let _ = write!(j, ",\"inherited\":[");
+        let mut first = true;
+        for (f, c) in inherited.iter() {
+            let _ = write!(j, "{}[{f},{c}]", if first { "" } else { "," });
+            first = false;
+        }
+        let _ = write!(j, "]");
+    }
     let _ = write!(
         j,
-        "],\"crc\":{crc},\"growsdown\":{growsdown},\"hugepage\":{hugepage}}}"
+        ",\"crc\":{crc},\"growsdown\":{growsdown},\"hugepage\":{hugepage}}}"
     );
     Ok(())
 }
@@ -915,7 +958,14 @@ fn write_fds(
         raw::close(dfd);
         return Err((7, e));
     }
-    let own = [dfd, conn_fd, img, pagemap, own.phase];
+    let own = [
+        dfd,
+        conn_fd,
+        img,
+        pagemap,
+        own.phase,
+        super::track::own_fd(),
+    ];
     let mut first = true;
     // ascending order
     let list = fds.get_mut(..nfds).unwrap_or(&mut []);

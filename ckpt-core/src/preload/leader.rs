@@ -170,6 +170,7 @@ pub fn reset_after_restore() {
     // its pid may belong to one of the program's children now).
     SNAP_CHILD.store(0, Ordering::Release);
     STOPPING.store(0, Ordering::Release);
+    super::track::reset_after_restore();
 }
 
 /// 1 when images are written by a copy-on-write snapshot child (the
@@ -363,6 +364,27 @@ fn memory_allows_snapshot() -> bool {
     }
 }
 
+/// Parse `WRITE <generation> <base> <track> <dir>`.
+fn parse_write(msg: &[u8]) -> Option<(super::track::Request, &[u8])> {
+    let rest = msg.strip_prefix(b"WRITE ")?;
+    let mut parts = rest.splitn(4, |&c| c == b' ');
+    let generation = procfs::dec(parts.next()?)?;
+    let base = procfs::dec(parts.next()?)?;
+    let track = procfs::dec(parts.next()?)? == 1;
+    let dir = parts.next()?;
+    if dir.is_empty() {
+        return None;
+    }
+    Some((
+        super::track::Request {
+            generation,
+            base,
+            track,
+        },
+        dir,
+    ))
+}
+
 /// Entry from the stop handler when the signal came from outside the
 /// process (the coordinator): this thread leads the checkpoint.
 pub fn lead(uc: u64) {
@@ -392,7 +414,7 @@ pub fn lead(uc: u64) {
     send(fd, m.as_bytes());
     let mut buf = [0u8; MAX_MSG];
     if let Some(msg) = recv(fd, &mut buf)
-        && let Some(dir) = msg.strip_prefix(b"WRITE ")
+        && let Some((req, dir)) = parse_write(msg)
     {
         let mut dirbuf = [0u8; MAX_MSG];
         let n = dir.len().min(MAX_MSG - 1);
@@ -401,11 +423,17 @@ pub fn lead(uc: u64) {
         }
         let dir = dirbuf.get(..n).unwrap_or(&[]);
         let pre = capture::Pre::now();
-        if SNAPSHOT.load(Ordering::Acquire) == 1 && memory_allows_snapshot() {
+        let snapshot = SNAPSHOT.load(Ordering::Acquire) == 1 && memory_allows_snapshot();
+        // Last step before the snapshot: nothing of the program may change
+        // between the dirty-page scan and the fork.
+        let own_uc = capture::own_ucontext(pre.tid);
+        let _ = super::track::before_snapshot(&req, own_uc);
+        if snapshot {
             write_forked(dir, fd, &pre, t0, &mut buf);
         } else {
             write_in_place(dir, fd, &pre, t0, &mut buf);
         }
+        super::track::after_snapshot();
     }
     release_all();
     raw::close(fd);

@@ -8,6 +8,7 @@
 //! - [`stop`]: the stop signal handler and per-thread state.
 //! - [`capture`]: the image writer.
 //! - [`finish`]: the last stage of restore.
+//! - [`track`]: dirty-page tracking for incremental checkpoints.
 //!
 //! Nothing here sits on the program's hot path: no function of the program
 //! is interposed.
@@ -18,6 +19,7 @@ pub mod finish;
 pub mod leader;
 pub mod memlimit;
 pub mod stop;
+pub mod track;
 
 use crate::coord::ENV_SOCKET;
 

@@ -13,6 +13,8 @@ pub struct MmapBuf {
     len: usize,
     /// Set when a write did not fit (growth failed); the content is then truncated.
     pub overflow: bool,
+    /// Keep the mapping in a fork child (a copy-on-write snapshot reads it).
+    inherit: bool,
 }
 
 impl MmapBuf {
@@ -23,6 +25,19 @@ impl MmapBuf {
             cap: 0,
             len: 0,
             overflow: false,
+            inherit: false,
+        }
+    }
+
+    /// Like [`MmapBuf::new`], but a `fork` child keeps a copy of the content
+    /// (for data the stopped process prepares for its snapshot child).
+    pub const fn new_inherited() -> Self {
+        MmapBuf {
+            ptr: core::ptr::null_mut(),
+            cap: 0,
+            len: 0,
+            overflow: false,
+            inherit: true,
         }
     }
 
@@ -68,18 +83,18 @@ impl MmapBuf {
         }
         if self.ptr.is_null() {
             self.ptr = raw::mmap_anon(cap)?;
-            // A distinct VMA flag (VM_DONTCOPY) keeps the kernel from merging
-            // this mapping with an adjacent anonymous mapping of the program,
-            // so that the image writer can tell its scratch memory apart.
-            // SAFETY: madvise on our own fresh mapping.
-            let _ = unsafe {
-                raw::syscall3(
-                    raw::nr::MADVISE,
-                    self.ptr as usize,
-                    cap,
-                    libc::MADV_DONTFORK as usize,
-                )
+            // A distinct VMA flag (VM_DONTCOPY, or VM_DONTDUMP for buffers a
+            // fork child must see) keeps the kernel from merging this mapping
+            // with an adjacent anonymous mapping of the program, so that the
+            // image writer can tell its scratch memory apart.
+            let advice = if self.inherit {
+                libc::MADV_DONTDUMP
+            } else {
+                libc::MADV_DONTFORK
             };
+            // SAFETY: madvise on our own fresh mapping.
+            let _ =
+                unsafe { raw::syscall3(raw::nr::MADVISE, self.ptr as usize, cap, advice as usize) };
         } else {
             // SAFETY: the old mapping is owned by self and no reference into it outlives this call.
             self.ptr = unsafe { raw::mremap_maymove(self.ptr as usize, self.cap, cap) }?;
@@ -157,7 +172,9 @@ impl MmapBuf {
             // SAFETY: we own the mapping and drop every view of it here.
             let _ = unsafe { raw::munmap(self.ptr as usize, self.cap) };
         }
+        let inherit = self.inherit;
         *self = MmapBuf::new();
+        self.inherit = inherit;
     }
 }
 

@@ -216,6 +216,7 @@ pub struct Outer<'a> {
 pub fn run_outer(o: Outer<'_>, init: i32, on_signal: OnSignal<'_>) -> i32 {
     let coord = Coordinator::new(o.dir.clone(), o.command, o.opts.keep);
     coord.set_init(init);
+    coord.set_tracking(o.opts.incremental.tracking(o.opts.interval));
     let c2 = coord.clone();
     let listener = o.listener;
     std::thread::spawn(move || c2.serve(listener));

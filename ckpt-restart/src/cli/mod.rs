@@ -37,8 +37,45 @@ pub struct Opts {
     pub keep: usize,
     /// `--no-verify`.
     pub no_verify: bool,
+    /// `--incremental`.
+    pub incremental: Incremental,
     /// Command after `--`.
     pub command: Vec<String>,
+}
+
+/// When to track written pages for incremental checkpoints.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Incremental {
+    /// With periodic checkpoints only (where a next checkpoint is coming).
+    #[default]
+    Auto,
+    /// Always.
+    On,
+    /// Never: every checkpoint is full.
+    Off,
+}
+
+impl Incremental {
+    /// Whether to track, given the periodic interval.
+    pub fn tracking(self, interval: u64) -> bool {
+        match self {
+            Incremental::Auto => interval > 0,
+            Incremental::On => true,
+            Incremental::Off => false,
+        }
+    }
+}
+
+/// Parse `--incremental` values.
+pub fn parse_incremental(s: &str) -> Result<Incremental, String> {
+    match s {
+        "auto" => Ok(Incremental::Auto),
+        "on" | "yes" | "1" => Ok(Incremental::On),
+        "off" | "no" | "0" => Ok(Incremental::Off),
+        _ => Err(format!(
+            "--incremental={s}: expected auto (track written pages when --interval is set), on or off"
+        )),
+    }
 }
 
 /// Parse an interval: `N`, `Ns`, `Nm`, `Nh`.
@@ -96,6 +133,7 @@ pub fn parse(args: &[String], want_command: bool) -> Result<Opts, String> {
                 ))?;
             }
             "--no-verify" => o.no_verify = true,
+            "--incremental" => o.incremental = parse_incremental(&value("--incremental")?)?,
             "--" if want_command => {
                 o.command = args[i + 1..].to_vec();
                 break;

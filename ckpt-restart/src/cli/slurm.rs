@@ -309,6 +309,12 @@ pub fn run(args: &[String]) -> Result<i32, Failure> {
         interval: 0,
         keep: ckpt::image::generation::DEFAULT_KEEP,
         no_verify: false,
+        // The periodic timer is this process's own (not the engine's).
+        incremental: if o.interval > 0 {
+            super::Incremental::On
+        } else {
+            super::Incremental::Off
+        },
         command: program_command(&o),
     };
     let mut state = HookState {

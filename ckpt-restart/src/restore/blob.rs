@@ -52,6 +52,9 @@ pub struct MmMap {
     pub exe_fd: u32,
 }
 
+/// Most image files stage 2 reads (`RST_MAX_IMAGES`).
+pub const MAX_IMAGES: usize = 66;
+
 /// Most helper mappings stage 2 can remove.
 pub const MAX_UNMAP: usize = 256;
 
@@ -72,7 +75,8 @@ pub struct RstArgs {
     pub helper_rseq: u64,
     pub helper_rseq_sig: u64,
     pub vvar: u64,
-    pub img_fd: i64,
+    pub n_img: u64,
+    pub img_fds: [i64; MAX_IMAGES],
     pub exe_fd: i64,
     pub err_fd: i64,
     pub status_fd: i64,

@@ -2,6 +2,7 @@
 //! argument block; stage 2 itself is `restorer/restorer.c`.
 
 pub mod blob;
+pub mod chain;
 pub mod names;
 pub mod shared;
 pub mod stage1;

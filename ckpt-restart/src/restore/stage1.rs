@@ -15,6 +15,7 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use ckpt::image::generation::LoadedGeneration;
 use ckpt::image::manifest::{Fd, FdKind, ProcessManifest, RegionKind};
 use ckpt::preload::finish::{FinishArgs, FinishThread};
 use ckpt::signal_safe::raw;
@@ -38,6 +39,8 @@ pub struct Stage1<'a> {
     pub shared: &'a Shared,
     /// Groups of descriptors sharing an open file description.
     pub shared_fds: &'a [Vec<[i32; 2]>],
+    /// The generations an incremental image refers to, nearest first.
+    pub bases: &'a [LoadedGeneration],
 }
 
 /// Step code of a stage 1 failure (its message is printed here).
@@ -412,17 +415,51 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
     }
     restore_misc(m)?;
     let mut files = open_region_files(m, hi)?;
-    let img_path = s.gen_dir.join(&m.image.file);
-    let img = open_at(
-        img_path.as_os_str().as_bytes(),
-        libc::O_RDONLY | libc::O_CLOEXEC,
-    )
-    .map_err(|e| format!("cannot open {}: {e}", img_path.display()))?;
-    let img = {
+    // Where every saved page is: this image, or (incremental) an older one.
+    let base_manifests: Vec<&ProcessManifest> = s
+        .bases
+        .iter()
+        .filter_map(|g| g.processes.iter().find(|p| p.pid == m.pid))
+        .collect();
+    let pieces = super::chain::pieces(m, &base_manifests)?;
+    let levels = pieces.iter().flatten().map(|p| p.file).max().unwrap_or(0);
+    if levels >= blob::MAX_IMAGES {
+        return Err(format!(
+            "the image of process {} refers to {levels} older generations; at most {} can be read",
+            m.pid,
+            blob::MAX_IMAGES - 1
+        ));
+    }
+    let mut img_fds = Vec::with_capacity(levels + 1);
+    for level in 0..=levels {
+        let (dir, file) = if level == 0 {
+            (s.gen_dir, m.image.file.as_str())
+        } else {
+            let g = s
+                .bases
+                .get(level - 1)
+                .ok_or_else(|| format!("base generation {level} is missing"))?;
+            let f = g
+                .record
+                .processes
+                .iter()
+                .find(|p| p.pid == m.pid)
+                .map(|p| p.image.as_str())
+                .ok_or_else(|| {
+                    format!("{} holds no image of process {}", g.path.display(), m.pid)
+                })?;
+            (g.path.as_path(), f)
+        };
+        let img_path = dir.join(file);
+        let img = open_at(
+            img_path.as_os_str().as_bytes(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+        .map_err(|e| format!("cannot open {}: {e}", img_path.display()))?;
         let d = dup_above(img, hi, true).map_err(|e| e.to_string())?;
         unsafe_close(img);
-        d
-    };
+        img_fds.push(d);
+    }
     let exe_fd = match open_at(&name_bytes(&m.exe), libc::O_RDONLY | libc::O_CLOEXEC) {
         Ok(fd) => {
             let d = dup_above(fd, hi, true).unwrap_or(-1);
@@ -436,11 +473,11 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
     let (code_start, code_len, entry_off) = blob::code();
     let page = 4096usize;
     let up = |x: usize| (x + page - 1) & !(page - 1);
-    let nruns: usize = m.regions.iter().map(|r| r.runs.len()).sum();
+    let nruns: usize = pieces.iter().map(Vec::len).sum();
     let code_sz = up(code_len);
     let args_sz = up(std::mem::size_of::<RstArgs>());
     let regs_sz = up(m.regions.len() * std::mem::size_of::<RstRegion>());
-    let runs_sz = up(nruns * 16 + 16);
+    let runs_sz = up(nruns * 32 + 32);
     let auxv_sz = up(m.mm.auxv.len() * 8 + 16);
     let fin_sz = up(std::mem::size_of::<FinishArgs>());
     let stack_sz = 256 * 1024;
@@ -494,7 +531,11 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
             offset: r.offset,
             data_offset: r.data_offset,
             runs_index: ri,
-            nruns: if shared_anon { 0 } else { r.runs.len() as u64 },
+            nruns: if shared_anon {
+                0
+            } else {
+                pieces.get(i).map_or(0, |p| p.len() as u64)
+            },
             prot: r.prot,
             kind: if shared_anon {
                 blob::kind_code(RegionKind::SharedFile)
@@ -510,13 +551,19 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
         };
         // SAFETY: regs_at..+regs_sz is inside our mapping; i < regions.len().
         unsafe { std::ptr::write((regs_at as *mut RstRegion).add(i), g) };
-        for run in r.runs.iter().filter(|_| !shared_anon) {
-            // SAFETY: runs_at has room for every run (2 words each).
-            unsafe {
-                std::ptr::write((runs_at as *mut u64).add(ri as usize), run[0]);
-                std::ptr::write((runs_at as *mut u64).add(ri as usize + 1), run[1]);
+        let none = Vec::new();
+        let region_pieces = if shared_anon {
+            &none
+        } else {
+            pieces.get(i).unwrap_or(&none)
+        };
+        for p in region_pieces {
+            let words = [p.first, p.count, p.file as u64, p.offset];
+            for (k, w) in words.into_iter().enumerate() {
+                // SAFETY: runs_at has room for every piece (4 words each).
+                unsafe { std::ptr::write((runs_at as *mut u64).add(ri as usize + k), w) };
             }
-            ri += 2;
+            ri += 4;
         }
     }
     // Only close each shared fd once.
@@ -586,7 +633,10 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
     a.helper_rseq = ckpt::preload::stop::rseq_area(fs);
     a.helper_rseq_sig = u64::from(ckpt::preload::stop::RSEQ_SIG);
     a.vvar = m.vdso.vvar;
-    a.img_fd = img as i64;
+    a.n_img = img_fds.len() as u64;
+    for (slot, fd) in a.img_fds.iter_mut().zip(&img_fds) {
+        *slot = i64::from(*fd);
+    }
     a.exe_fd = exe_fd as i64;
     a.err_fd = err_fd as i64;
     a.status_fd = status_fd as i64;

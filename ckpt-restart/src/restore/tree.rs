@@ -151,6 +151,7 @@ fn become_process(p: &Plan<'_>, m: &ProcessManifest, sync: &Sync) -> ! {
         verify: p.verify,
         shared: p.shared,
         shared_fds: &p.g.record.shared_fds,
+        bases: &p.g.bases,
     })
 }
 

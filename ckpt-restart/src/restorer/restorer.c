@@ -11,7 +11,8 @@
  *
  * Steps: unregister the helper's rseq area, unmap every helper mapping,
  * map the vDSO at its saved address, map every saved region and read its
- * pages from the image straight into place (verifying CRC-32C), restore
+ * pages straight into place (verifying CRC-32C) from the image, or for
+ * pages an incremental image inherits, from an older generation's, restore
  * mm fields (brk, arg/env, auxv, exe), copy the thread table into the
  * restored libckpt and jump to its ckpt_restore_finish() on the main
  * thread's restored stack. On any failure: write a short message to the
@@ -77,10 +78,10 @@ SEC static uint32_t crc32c_update(uint32_t crc, const uint8_t *p, uint64_t len) 
 	return c32;
 }
 
-SEC static void read_full(struct rst_args *a, uint64_t addr, uint64_t len, uint64_t off) {
+SEC static void read_full(struct rst_args *a, long fd, uint64_t addr, uint64_t len, uint64_t off) {
 	while (len > 0) {
 		uint64_t chunk = len > (1UL << 30) ? (1UL << 30) : len;
-		long r = sys6(NR_pread64, a->img_fd, (long)addr, (long)chunk, (long)off, 0, 0);
+		long r = sys6(NR_pread64, fd, (long)addr, (long)chunk, (long)off, 0, 0);
 		if (r == -4) /* EINTR */
 			continue;
 		if (r <= 0)
@@ -135,16 +136,15 @@ SEC void ckpt_rst_main(struct rst_args *a) {
 			die(a, 4, g->start, r);
 		if (g->hugepage)
 			sys3(NR_madvise, g->start, len, 14 /* MADV_HUGEPAGE */);
-		uint64_t off = g->data_offset;
 		uint32_t crc = 0xffffffffu;
 		for (uint64_t k = 0; k < g->nruns; k++) {
-			uint64_t first = runs[g->runs_index + 2 * k];
-			uint64_t count = runs[g->runs_index + 2 * k + 1];
-			uint64_t addr = g->start + first * 4096;
-			read_full(a, addr, count * 4096, off);
+			const uint64_t *run = &runs[g->runs_index + 4 * k];
+			uint64_t addr = g->start + run[0] * 4096;
+			if (run[2] >= a->n_img)
+				die(a, 3, addr, -22 /* EINVAL */);
+			read_full(a, a->img_fds[run[2]], addr, run[1] * 4096, run[3]);
 			if (a->verify)
-				crc = crc32c_update(crc, (const uint8_t *)addr, count * 4096);
-			off += count * 4096;
+				crc = crc32c_update(crc, (const uint8_t *)addr, run[1] * 4096);
 		}
 		if (a->verify && g->nruns && (~crc) != g->crc)
 			die(a, 5, g->start, -74 /* EBADMSG */);
@@ -169,7 +169,8 @@ SEC void ckpt_rst_main(struct rst_args *a) {
 	}
 	if (a->exe_fd >= 0)
 		sys3(NR_close, a->exe_fd, 0, 0);
-	sys3(NR_close, a->img_fd, 0, 0);
+	for (uint64_t i = 0; i < a->n_img && i < RST_MAX_IMAGES; i++)
+		sys3(NR_close, a->img_fds[i], 0, 0);
 	sys3(NR_close, a->err_fd, 0, 0);
 
 	/* 6. Hand over to the restored libckpt. */

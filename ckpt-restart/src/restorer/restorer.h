@@ -10,6 +10,8 @@
 #define RST_FILE 2
 #define RST_SHARED_FILE 3
 #define RST_EXIT_FAILED 86
+/* The restored generation's image and those of its bases. */
+#define RST_MAX_IMAGES 66
 
 struct rst_range { uint64_t start, end; };
 
@@ -25,7 +27,7 @@ struct rst_region {
 	uint64_t start, end;
 	uint64_t offset;      /* file offset */
 	uint64_t data_offset; /* in the image file */
-	uint64_t runs_index;  /* index into runs[] (u64 units) */
+	uint64_t runs_index;  /* index into runs[] (u64 units, 4 per run) */
 	uint64_t nruns;
 	uint32_t prot;
 	uint32_t kind;
@@ -47,7 +49,8 @@ struct rst_args {
 	uint64_t helper_rseq;
 	uint64_t helper_rseq_sig;
 	uint64_t vvar;
-	int64_t img_fd;
+	uint64_t n_img;
+	int64_t img_fds[RST_MAX_IMAGES];
 	int64_t exe_fd;
 	int64_t err_fd;
 	int64_t status_fd;
@@ -56,7 +59,7 @@ struct rst_args {
 	struct rst_range unmap[256];
 	uint64_t n_regions;
 	uint64_t regions; /* struct rst_region * */
-	uint64_t runs;    /* uint64_t * */
+	uint64_t runs;    /* uint64_t[4] per run: first page, count, image index, file offset */
 	struct prctl_mm_map_k mm;
 	uint64_t finish_fn;
 	uint64_t finish_sp;

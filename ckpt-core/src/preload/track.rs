@@ -1,0 +1,677 @@
+//! Dirty-page tracking for incremental checkpoints.
+//!
+//! Mechanism (KERNEL.md §5; soft-dirty does not exist in this kernel): a
+//! user-mode-only userfaultfd in *async write-protect* mode, registered
+//! (`UFFDIO_REGISTER_MODE_WP`) on the program's private anonymous memory.
+//! A `PAGEMAP_SCAN` with `PM_SCAN_WP_MATCHING` reports the pages written
+//! since the previous scan and write-protects them again. Nothing arrives
+//! on the descriptor: the kernel resolves each first write itself (about
+//! 1 µs per page per interval: that is what tracking costs the program).
+//!
+//! At a checkpoint, in the stopped process, just before the copy-on-write
+//! snapshot is taken ([`before_snapshot`]):
+//! 1. one plain scan finds which ranges are registered (tracked since the
+//!    last arming), which pages are the shared zero page (read but never
+//!    written: restored as zero, never taken from an older image) and
+//!    which hold transparent huge pages (never registered: a tracked write
+//!    would split the huge page);
+//! 2. every private anonymous mapping not yet registered is registered;
+//! 3. the write-protecting scan collects the pages written since the
+//!    last arming and re-arms.
+//!
+//! A page of a registered range that was not written since the last
+//! arming holds exactly what the image of that checkpoint holds at the
+//! same address: the new image only *refers* to it (`inherited`). Every
+//! other page is written again. Incremental images are only made when the
+//! coordinator names, as the base, the generation whose checkpoint armed
+//! the tracking (a failed checkpoint in between therefore makes the next
+//! one full), in the process that armed it (a fork child inherits neither
+//! the registration nor the descriptor's meaning), and never after a
+//! restore.
+//!
+//! The tracking switches itself off for a while where it costs more than
+//! it saves: when more than half of the resident pages were written
+//! between two checkpoints.
+//!
+//! Everything here is **async-signal-safe** (raw system calls, mmap-backed
+//! buffers) and runs only on the checkpoint leader thread.
+
+use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+
+use crate::signal_safe::buf::MmapBuf;
+use crate::signal_safe::procfs;
+use crate::signal_safe::raw::{self, Errno};
+
+const PAGE: u64 = crate::image::format::PAGE_SIZE;
+
+// <linux/fs.h> (6.7+; the 6.1 headers of this system lack them).
+const PAGE_IS_WPALLOWED: u64 = 1 << 0;
+const PAGE_IS_WRITTEN: u64 = 1 << 1;
+const PAGE_IS_PFNZERO: u64 = 1 << 5;
+const PAGE_IS_HUGE: u64 = 1 << 6;
+const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+/// `_IOWR('f', 16, struct pm_scan_arg)`.
+const PAGEMAP_SCAN: u64 = 0xC060_6610;
+
+// <linux/userfaultfd.h>.
+const UFFD_USER_MODE_ONLY: usize = 1;
+const UFFD_API: u64 = 0xAA;
+/// `_IOWR(0xAA, 0x3F, struct uffdio_api)`.
+const UFFDIO_API: u64 = 0xC018_AA3F;
+/// `_IOWR(0xAA, 0x00, struct uffdio_register)`.
+const UFFDIO_REGISTER: u64 = 0xC020_AA00;
+const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
+const NR_USERFAULTFD: usize = 323;
+
+/// Top of the user address space (47-bit).
+const USER_TOP: u64 = 0x7fff_ffff_f000;
+/// Entries per `PAGEMAP_SCAN` call.
+const SCAN_VEC: usize = 4096;
+
+/// `struct pm_scan_arg`.
+#[repr(C)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+/// `struct page_region`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PageRegion {
+    start: u64,
+    end: u64,
+    categories: u64,
+}
+
+/// `struct uffdio_api`.
+#[repr(C)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+/// `struct uffdio_register`.
+#[repr(C)]
+struct UffdioRegister {
+    start: u64,
+    len: u64,
+    mode: u64,
+    ioctls: u64,
+}
+
+/// The tracking descriptor (-1: none).
+static UFFD: AtomicI32 = AtomicI32::new(-1);
+/// The process that created it.
+static OWNER: AtomicI32 = AtomicI32::new(0);
+/// The generation whose checkpoint armed the tracking (0: not armed).
+static ARMED_GEN: AtomicU64 = AtomicU64::new(0);
+/// Checkpoints to skip before tracking again (adaptive switch-off).
+static BACKOFF: AtomicU32 = AtomicU32::new(0);
+/// Close the descriptor once the job runs again (set by a checkpoint that
+/// found tracking not worth it, or that was asked not to track).
+static DISARM: AtomicU32 = AtomicU32::new(0);
+/// Address range the arming checkpoint did not save (the leader's dead
+/// stack below its signal frame): never referred to.
+static UNSAVED_LO: AtomicU64 = AtomicU64::new(0);
+static UNSAVED_HI: AtomicU64 = AtomicU64::new(0);
+
+/// Checkpoints without tracking after one that found most memory rewritten.
+const BACKOFF_CHECKPOINTS: u32 = 2;
+
+/// What the coordinator asked for in `WRITE`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Request {
+    /// Number of the generation being written.
+    pub generation: u64,
+    /// The newest complete generation the image may refer to (0: none).
+    pub base: u64,
+    /// Whether to (keep) track(ing) written pages for the next checkpoint.
+    pub track: bool,
+}
+
+/// Sorted, non-overlapping address ranges in an mmap buffer that a
+/// snapshot child inherits.
+pub struct RangeSet {
+    buf: MmapBuf,
+}
+
+impl RangeSet {
+    const fn new() -> Self {
+        RangeSet {
+            buf: MmapBuf::new_inherited(),
+        }
+    }
+
+    fn push(&mut self, start: u64, end: u64) -> Result<(), Errno> {
+        let n = self.len();
+        if n > 0 {
+            let (ps, pe) = self.get(n - 1);
+            if start < ps {
+                // Scans report ascending ranges; anything else must not
+                // turn into a wrong image.
+                return Err(Errno(libc::EINVAL));
+            }
+            if start <= pe {
+                // Contiguous, or reported again after a scan resumed at
+                // its walk_end (which can lie inside the last range).
+                if end > pe {
+                    self.buf.overwrite((n - 1) * 16 + 8, &end.to_ne_bytes());
+                }
+                return Ok(());
+            }
+        }
+        self.buf.push(&start.to_ne_bytes())?;
+        self.buf.push(&end.to_ne_bytes())?;
+        if self.buf.overflow {
+            return Err(Errno(libc::ENOMEM));
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.buf.len() / 16
+    }
+
+    fn get(&self, i: usize) -> (u64, u64) {
+        let s = self.buf.as_slice();
+        let word = |at: usize| {
+            let mut b = [0u8; 8];
+            if let Some(src) = s.get(at..at + 8) {
+                b.copy_from_slice(src);
+            }
+            u64::from_ne_bytes(b)
+        };
+        (word(i * 16), word(i * 16 + 8))
+    }
+
+    /// Whether `addr` lies in a range. `cursor` makes ascending queries
+    /// linear; a query below it falls back to a binary search.
+    pub fn contains(&self, addr: u64, cursor: &mut usize) -> bool {
+        let n = self.len();
+        if *cursor >= n || self.get(*cursor).0 > addr {
+            // first range whose end is above addr
+            let (mut lo, mut hi) = (0usize, n);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                if self.get(mid).1 <= addr {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            *cursor = lo;
+        }
+        while *cursor < n && self.get(*cursor).1 <= addr {
+            *cursor += 1;
+        }
+        *cursor < n && self.get(*cursor).0 <= addr
+    }
+
+    fn intersects(&self, start: u64, end: u64) -> bool {
+        let mut c = 0usize;
+        // the first range ending above start
+        let _ = self.contains(start, &mut c);
+        c < self.len() && self.get(c).0 < end
+    }
+
+    /// Pages covered.
+    pub fn pages(&self) -> u64 {
+        (0..self.len())
+            .map(|i| {
+                let (s, e) = self.get(i);
+                (e - s) / PAGE
+            })
+            .sum()
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+    }
+
+    fn free(&mut self) {
+        self.buf.free();
+    }
+
+    fn mapping_start(&self) -> u64 {
+        self.buf.mapping().0 as u64
+    }
+}
+
+/// What one incremental checkpoint knows about the pages of the process.
+pub struct Incremental {
+    /// The generation the unchanged pages are referred to.
+    pub base: u64,
+    written: RangeSet,
+    zero: RangeSet,
+    registered: RangeSet,
+    huge: RangeSet,
+    unsaved: (u64, u64),
+}
+
+/// Per-page decision of an incremental image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageClass {
+    /// Not saved: restored as zero.
+    Skip,
+    /// Saved in this image.
+    Own,
+    /// Same content as in the base image at the same address.
+    Inherit,
+}
+
+/// Cursors for ascending queries, one per set.
+#[derive(Default)]
+pub struct Cursors([usize; 3]);
+
+impl Incremental {
+    /// Classify a page that the full image would save.
+    pub fn classify(&self, addr: u64, c: &mut Cursors) -> PageClass {
+        if self.zero.contains(addr, &mut c.0[0]) {
+            return PageClass::Skip;
+        }
+        if addr >= self.unsaved.0 && addr < self.unsaved.1 {
+            return PageClass::Own;
+        }
+        if self.registered.contains(addr, &mut c.0[1]) && !self.written.contains(addr, &mut c.0[2])
+        {
+            PageClass::Inherit
+        } else {
+            PageClass::Own
+        }
+    }
+}
+
+/// The leader's state. Only the leader thread (one at a time, guarded by
+/// `leader::LEADING`) or the single-threaded snapshot child touch it.
+static mut STATE: Incremental = Incremental {
+    base: 0,
+    written: RangeSet::new(),
+    zero: RangeSet::new(),
+    registered: RangeSet::new(),
+    huge: RangeSet::new(),
+    unsaved: (0, 0),
+};
+/// 1 when `STATE` describes an incremental image for this checkpoint.
+static ACTIVE: AtomicU32 = AtomicU32::new(0);
+
+fn state() -> &'static mut Incremental {
+    // SAFETY: see STATE: a single thread at a time uses it, and never
+    // re-entrantly (the leader holds LEADING for the whole checkpoint).
+    unsafe { &mut *core::ptr::addr_of_mut!(STATE) }
+}
+
+/// The incremental description for the image being written, if any.
+pub fn incremental() -> Option<&'static Incremental> {
+    if ACTIVE.load(Ordering::Acquire) == 1 {
+        // SAFETY: as in `state`; shared read on the same thread.
+        Some(unsafe { &*core::ptr::addr_of!(STATE) })
+    } else {
+        None
+    }
+}
+
+/// Start addresses of the buffers of this module (never saved in images).
+pub fn scratch_starts() -> [u64; 4] {
+    let s = state();
+    [
+        s.written.mapping_start(),
+        s.zero.mapping_start(),
+        s.registered.mapping_start(),
+        s.huge.mapping_start(),
+    ]
+}
+
+/// The tracking descriptor, which is never saved as one of the program's.
+pub fn own_fd() -> i32 {
+    UFFD.load(Ordering::Acquire)
+}
+
+/// After a restore: the descriptor number is stale (it may name one of the
+/// program's files now) and nothing is tracked. **Async-signal-safe.**
+pub fn reset_after_restore() {
+    UFFD.store(-1, Ordering::Release);
+    OWNER.store(0, Ordering::Release);
+    ARMED_GEN.store(0, Ordering::Release);
+    ACTIVE.store(0, Ordering::Release);
+    DISARM.store(0, Ordering::Release);
+    BACKOFF.store(0, Ordering::Release);
+    let s = state();
+    // The buffers were not restored (they are never saved).
+    s.written = RangeSet::new();
+    s.zero = RangeSet::new();
+    s.registered = RangeSet::new();
+    s.huge = RangeSet::new();
+}
+
+fn is_uffd(fd: i32) -> bool {
+    let mut p = crate::signal_safe::buf::StackBuf::<64>::new();
+    let _ = core::fmt::Write::write_fmt(&mut p, format_args!("/proc/self/fd/{fd}"));
+    let mut t = [0u8; 64];
+    match raw::readlink(p.as_cstr(), &mut t) {
+        Ok(n) => t.get(..n) == Some(b"anon_inode:[userfaultfd]".as_slice()),
+        Err(_) => false,
+    }
+}
+
+/// Forget the descriptor (closing it when it is still ours): the kernel
+/// unregisters every range and drops the write protection.
+fn disarm() {
+    let fd = UFFD.swap(-1, Ordering::AcqRel);
+    if fd >= 0 && is_uffd(fd) {
+        raw::close(fd);
+    }
+    OWNER.store(0, Ordering::Release);
+    ARMED_GEN.store(0, Ordering::Release);
+}
+
+fn open_uffd() -> Result<i32, Errno> {
+    // SAFETY: userfaultfd(2) takes flags only.
+    let fd = unsafe {
+        raw::syscall3(
+            NR_USERFAULTFD,
+            libc::O_CLOEXEC as usize | libc::O_NONBLOCK as usize | UFFD_USER_MODE_ONLY,
+            0,
+            0,
+        )
+    }? as i32;
+    let mut api = UffdioApi {
+        api: UFFD_API,
+        features: UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED,
+        ioctls: 0,
+    };
+    // SAFETY: UFFDIO_API reads and writes a struct uffdio_api we own.
+    if let Err(e) = unsafe { raw::ioctl(fd, UFFDIO_API, &mut api as *mut UffdioApi as usize) } {
+        raw::close(fd);
+        return Err(e);
+    }
+    Ok(fd)
+}
+
+/// One `PAGEMAP_SCAN` over the whole address space, calling `each` for
+/// every reported range.
+fn scan(
+    pagemap: i32,
+    vec: &MmapBuf,
+    flags: u64,
+    (mask, anyof, ret): (u64, u64, u64),
+    mut each: impl FnMut(&PageRegion) -> Result<(), Errno>,
+) -> Result<(), Errno> {
+    let (vptr, vcap) = vec.mapping();
+    let vlen = (vcap / core::mem::size_of::<PageRegion>()).min(SCAN_VEC);
+    let mut arg = PmScanArg {
+        size: core::mem::size_of::<PmScanArg>() as u64,
+        flags,
+        start: 0,
+        end: USER_TOP,
+        walk_end: 0,
+        vec: vptr as u64,
+        vec_len: vlen as u64,
+        max_pages: 0,
+        category_inverted: 0,
+        category_mask: mask,
+        category_anyof_mask: anyof,
+        return_mask: ret,
+    };
+    loop {
+        // SAFETY: PAGEMAP_SCAN reads `arg` and writes at most vec_len
+        // page_region entries into our mapping `vec`, and walk_end into arg.
+        let n = loop {
+            match unsafe { raw::ioctl(pagemap, PAGEMAP_SCAN, &mut arg as *mut PmScanArg as usize) }
+            {
+                Err(Errno(libc::EINTR)) => continue,
+                r => break r?,
+            }
+        };
+        for i in 0..n.min(vlen) {
+            // SAFETY: the kernel filled entry i < n of our mapping.
+            let r = unsafe { core::ptr::read((vptr as *const PageRegion).add(i)) };
+            each(&r)?;
+        }
+        if arg.walk_end >= arg.end || arg.walk_end <= arg.start {
+            return Ok(());
+        }
+        arg.start = arg.walk_end;
+    }
+}
+
+/// Addresses inside libckpt's own writable data: the mappings holding them
+/// are never tracked (the checkpoint itself writes there after the scan).
+fn own_data() -> [u64; 8] {
+    use super::{capture, exec, finish, leader, stop};
+    let end_of_slots =
+        core::ptr::addr_of!(stop::SLOTS) as u64 + core::mem::size_of_val(&stop::SLOTS) as u64 - 1;
+    [
+        core::ptr::addr_of!(UFFD) as u64,
+        core::ptr::addr_of!(STATE) as u64,
+        core::ptr::addr_of!(stop::SLOTS) as u64,
+        end_of_slots,
+        core::ptr::addr_of!(leader::CKPT_RESTORE_INFO) as u64,
+        core::ptr::addr_of!(finish::CKPT_FINISH_ARGS) as u64,
+        core::ptr::addr_of!(capture::PHASE_SENT) as u64,
+        core::ptr::addr_of!(exec::PRELOAD_ENTRY) as u64,
+    ]
+}
+
+/// Whether a maps line is memory the tracking covers: private anonymous
+/// memory (heap, stacks, anonymous mmaps).
+fn trackable(m: &procfs::MapsLine<'_>) -> bool {
+    !m.shared
+        && (m.path.is_empty()
+            || m.path == b"[heap]"
+            || m.path == b"[stack]"
+            || m.path.starts_with(b"[anon:"))
+}
+
+/// Resident pages of the process (`/proc/self/statm`).
+fn resident_pages() -> u64 {
+    let mut b = [0u8; 256];
+    let Ok(fd) = raw::open(b"/proc/self/statm\0", libc::O_RDONLY | libc::O_CLOEXEC, 0) else {
+        return 0;
+    };
+    let n = raw::read_into(fd, &mut b).unwrap_or(0);
+    raw::close(fd);
+    b.get(..n)
+        .unwrap_or(&[])
+        .split(|&c| c == b' ')
+        .nth(1)
+        .and_then(procfs::dec)
+        .unwrap_or(0)
+}
+
+/// Run in the stopped process, after every thread stopped and just
+/// before the snapshot: prepare an incremental image if the request
+/// allows it, and (re-)arm tracking if asked to. `own_uc` is the leader's
+/// signal frame (the image does not save the stack below it). Returns
+/// whether this checkpoint's image is incremental. **Async-signal-safe.**
+pub fn before_snapshot(req: &Request, own_uc: u64) -> bool {
+    ACTIVE.store(0, Ordering::Release);
+    DISARM.store(0, Ordering::Release);
+    let pid = raw::getpid();
+    let fd = UFFD.load(Ordering::Acquire);
+    if fd >= 0 && (OWNER.load(Ordering::Acquire) != pid || !is_uffd(fd)) {
+        // Inherited by fork from the process that armed it (its ranges are
+        // not registered here), or closed by the program: start over.
+        if OWNER.load(Ordering::Acquire) != pid && is_uffd(fd) {
+            raw::close(fd);
+        }
+        UFFD.store(-1, Ordering::Release);
+        ARMED_GEN.store(0, Ordering::Release);
+    }
+    let mut want = req.track;
+    if want && BACKOFF.load(Ordering::Acquire) > 0 {
+        BACKOFF.fetch_sub(1, Ordering::AcqRel);
+        want = false;
+    }
+    let armed = ARMED_GEN.load(Ordering::Acquire);
+    let usable = UFFD.load(Ordering::Acquire) >= 0 && armed != 0 && armed == req.base;
+    if !want && !usable {
+        if UFFD.load(Ordering::Acquire) >= 0 {
+            DISARM.store(1, Ordering::Release);
+        }
+        return false;
+    }
+    match prepare(req, want, usable, own_uc) {
+        Ok(inc) => {
+            if inc {
+                ACTIVE.store(1, Ordering::Release);
+            }
+            inc
+        }
+        Err(_) => {
+            // Tracking is an optimisation: on any trouble the image is full
+            // and tracking starts over at the next checkpoint.
+            DISARM.store(1, Ordering::Release);
+            ARMED_GEN.store(0, Ordering::Release);
+            false
+        }
+    }
+}
+
+fn prepare(req: &Request, want: bool, usable: bool, own_uc: u64) -> Result<bool, Errno> {
+    let s = state();
+    s.written.clear();
+    s.zero.clear();
+    s.registered.clear();
+    s.huge.clear();
+    let pagemap = raw::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)?;
+    let mut vec = MmapBuf::new();
+    let mut maps = MmapBuf::new();
+    const CATEGORIES: u64 = PAGE_IS_WPALLOWED | PAGE_IS_PFNZERO | PAGE_IS_HUGE;
+    let r = (|| {
+        vec.reserve(SCAN_VEC * core::mem::size_of::<PageRegion>())?;
+        // 1. What is registered, zero, huge — as of the last arming.
+        scan(pagemap, &vec, 0, (0, CATEGORIES, CATEGORIES), |r| {
+            if r.categories & PAGE_IS_WPALLOWED != 0 {
+                s.registered.push(r.start, r.end)?;
+            }
+            if r.categories & PAGE_IS_PFNZERO != 0 {
+                s.zero.push(r.start, r.end)?;
+            }
+            if r.categories & PAGE_IS_HUGE != 0 {
+                s.huge.push(r.start, r.end)?;
+            }
+            Ok(())
+        })?;
+        if !usable {
+            s.registered.clear();
+        }
+        // 2. Register what is not yet tracked.
+        let mut fd = UFFD.load(Ordering::Acquire);
+        if want && fd < 0 {
+            fd = open_uffd()?;
+            UFFD.store(fd, Ordering::Release);
+            OWNER.store(raw::getpid(), Ordering::Release);
+        }
+        let own = own_data();
+        let mine = [
+            s.written.mapping_start(),
+            s.zero.mapping_start(),
+            s.registered.mapping_start(),
+            s.huge.mapping_start(),
+        ];
+        let mut unsaved = (0u64, 0u64);
+        let own_floor = own_uc.saturating_sub(8) & !(PAGE - 1);
+        maps.read_file(b"/proc/self/maps\0")?;
+        for line in procfs::lines(maps.as_slice()) {
+            let Some(m) = procfs::parse_maps_line(line) else {
+                continue;
+            };
+            if m.start <= own_uc && own_uc < m.end {
+                unsaved = (m.start, own_floor);
+            }
+            if !want
+                || !trackable(&m)
+                || mine.contains(&m.start)
+                || own.iter().any(|&a| m.start <= a && a < m.end)
+                || s.huge.intersects(m.start, m.end)
+            {
+                continue;
+            }
+            let mut reg = UffdioRegister {
+                start: m.start,
+                len: m.end - m.start,
+                mode: UFFDIO_REGISTER_MODE_WP,
+                ioctls: 0,
+            };
+            // SAFETY: UFFDIO_REGISTER reads/writes a struct we own; an
+            // unsupported mapping is refused with an error (and stays untracked).
+            let _ = unsafe {
+                raw::ioctl(
+                    fd,
+                    UFFDIO_REGISTER,
+                    &mut reg as *mut UffdioRegister as usize,
+                )
+            };
+        }
+        // 3. Written since the last arming (and re-arm when tracking goes on).
+        let flags = if want { PM_SCAN_WP_MATCHING } else { 0 };
+        scan(
+            pagemap,
+            &vec,
+            flags,
+            (PAGE_IS_WRITTEN, 0, PAGE_IS_WRITTEN),
+            |r| {
+                if usable {
+                    s.written.push(r.start, r.end)?;
+                }
+                Ok(())
+            },
+        )?;
+        s.unsaved = (
+            UNSAVED_LO.load(Ordering::Acquire),
+            UNSAVED_HI.load(Ordering::Acquire),
+        );
+        s.base = req.base;
+        if want {
+            ARMED_GEN.store(req.generation, Ordering::Release);
+            UNSAVED_LO.store(unsaved.0, Ordering::Release);
+            UNSAVED_HI.store(unsaved.1, Ordering::Release);
+        } else {
+            DISARM.store(1, Ordering::Release);
+        }
+        if usable {
+            // Adaptive switch-off: rewriting most of memory every interval
+            // makes tracking cost more than it saves.
+            let written = s.written.pages();
+            let resident = resident_pages();
+            if want && resident > 0 && written * 2 > resident {
+                BACKOFF.store(BACKOFF_CHECKPOINTS, Ordering::Release);
+                DISARM.store(1, Ordering::Release);
+            }
+        }
+        Ok(usable)
+    })();
+    vec.free();
+    maps.free();
+    raw::close(pagemap);
+    r
+}
+
+/// Run by the leader once the job runs again: free what the snapshot
+/// needed, and drop the tracking if this checkpoint decided so.
+/// **Async-signal-safe.**
+pub fn after_snapshot() {
+    ACTIVE.store(0, Ordering::Release);
+    let s = state();
+    s.written.free();
+    s.zero.free();
+    s.registered.free();
+    s.huge.free();
+    if DISARM.swap(0, Ordering::AcqRel) == 1 {
+        disarm();
+    }
+}
