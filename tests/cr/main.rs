@@ -22,6 +22,11 @@
 //! - `second`: two checkpoints while the program runs, no kill; identical output.
 //! - `interval`: `ckpt launch --interval 1`; after two periodic checkpoints, kill -9 and
 //!   restart; identical output.
+//! - `incremental`: `ckpt launch --incremental on`; a checkpoint at each gate while the
+//!   program keeps running (the later ones incremental: they refer to the previous
+//!   generation for unchanged memory), kill -9, restart from the newest (which needs the
+//!   whole chain); identical output, and some generation after the first is incremental
+//!   (did not write every page again).
 //! - `pipe`: stdout is a pipe for launch and for restart; what the launch printed before
 //!   the kill, cut where the restarted copy begins, plus what the restarted copy printed,
 //!   is the reference.
@@ -145,6 +150,7 @@ fn run_case(name: &str, case: &str) {
         "twice" => c.twice(),
         "second" => c.second(),
         "interval" => c.interval(),
+        "incremental" => c.incremental(),
         "pipe" => c.pipe(),
         "visible" => c.visible(),
         "signals" => c.signals(false),
@@ -616,6 +622,78 @@ impl Case {
                 describe(st)
             ));
         }
+    }
+
+    /// `ckpt launch --incremental on`: checkpoints at gates 1..3 without a kill, then
+    /// kill -9 and restart from the newest generation, through its chain of bases.
+    fn incremental(&mut self) {
+        let reference = self.reference();
+        self.close_gates();
+        let mut l = self.launch_with(
+            out_file(&self.stdout_path()).into(),
+            &["--incremental", "on"],
+        );
+        for k in 1..=GATES {
+            self.wait_checkpoint_point(&mut l, k);
+            self.checkpoint();
+            if k < GATES {
+                self.open_gate(&self.gates(), k);
+            }
+        }
+        self.kill(&mut l);
+        let records: Vec<serde_json::Value> = ckpt_tests::cr::generations(&self.dir)
+            .iter()
+            .map(|g| {
+                let text = fs::read_to_string(g.join("generation.json")).unwrap_or_default();
+                serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+            })
+            .collect();
+        let bytes = |r: &serde_json::Value| r["bytes"].as_u64().unwrap_or(0);
+        let first = records.first().map(bytes).unwrap_or(0);
+        let incremental: Vec<&serde_json::Value> =
+            records.iter().filter(|r| r["base"].is_u64()).collect();
+        let numbers: Vec<u64> = records
+            .iter()
+            .filter_map(|r| r["number"].as_u64())
+            .collect();
+        if let Some(r) = incremental
+            .iter()
+            .find(|r| !numbers.contains(&r["base"].as_u64().unwrap_or(0)))
+        {
+            self.fail(format!(
+                "generation {} refers to generation {}, which was removed: {records:?}",
+                r["number"], r["base"]
+            ));
+        }
+        // Pages an incremental generation did not write again (it refers to its base).
+        let inherited = |r: &serde_json::Value| -> u64 {
+            let gdir = self
+                .dir
+                .join(format!("gen-{:06}", r["number"].as_u64().unwrap_or(0)));
+            let procs = r["processes"].as_array().cloned().unwrap_or_default();
+            procs
+                .iter()
+                .filter_map(|p| p["manifest"].as_str())
+                .filter_map(|m| fs::read_to_string(gdir.join(m)).ok())
+                .filter_map(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .flat_map(|m| m["regions"].as_array().cloned().unwrap_or_default())
+                .flat_map(|g| g["inherited"].as_array().cloned().unwrap_or_default())
+                .map(|run| run[1].as_u64().unwrap_or(0))
+                .sum()
+        };
+        if !incremental.iter().any(|r| inherited(r) > 0) {
+            self.fail(format!(
+                "no checkpoint after the first was incremental (referred to an earlier generation for unchanged pages; the first wrote {first} bytes): {records:?}"
+            ));
+        }
+        let mut r = self.restart("1", None, None);
+        self.open_all_gates(&self.gates());
+        self.wait_success(&mut r);
+        self.compare_run(
+            "three checkpoints, the later ones incremental, kill -9, restart from the newest",
+            &reference,
+            &self.work,
+        );
     }
 
     /// `ckpt launch --interval 1`: two periodic checkpoints happen while the program is

@@ -156,20 +156,16 @@ impl RangeSet {
         }
     }
 
+    /// Append a range. Ranges of one scan call come in address order, but
+    /// a scan resumed at its `walk_end` may report ranges again or from a
+    /// little earlier: [`RangeSet::normalize`] sorts and merges at the end.
     fn push(&mut self, start: u64, end: u64) -> Result<(), Errno> {
         let n = self.len();
         if n > 0 {
             let (ps, pe) = self.get(n - 1);
-            if start < ps {
-                // Scans report ascending ranges; anything else must not
-                // turn into a wrong image.
-                return Err(Errno(libc::EINVAL));
-            }
-            if start <= pe {
-                // Contiguous, or reported again after a scan resumed at
-                // its walk_end (which can lie inside the last range).
+            if start >= ps && start <= pe {
                 if end > pe {
-                    self.buf.overwrite((n - 1) * 16 + 8, &end.to_ne_bytes());
+                    self.set(n - 1, (ps, end));
                 }
                 return Ok(());
             }
@@ -180,6 +176,56 @@ impl RangeSet {
             return Err(Errno(libc::ENOMEM));
         }
         Ok(())
+    }
+
+    fn set(&mut self, i: usize, (start, end): (u64, u64)) {
+        self.buf.overwrite(i * 16, &start.to_ne_bytes());
+        self.buf.overwrite(i * 16 + 8, &end.to_ne_bytes());
+    }
+
+    /// Sort by start (heapsort: in place, no allocation) and merge
+    /// overlapping or adjacent ranges.
+    fn normalize(&mut self) {
+        let n = self.len();
+        let sift = |set: &mut Self, mut root: usize, end: usize| loop {
+            let mut child = 2 * root + 1;
+            if child >= end {
+                break;
+            }
+            if child + 1 < end && set.get(child + 1).0 > set.get(child).0 {
+                child += 1;
+            }
+            if set.get(root).0 >= set.get(child).0 {
+                break;
+            }
+            let (r, c) = (set.get(root), set.get(child));
+            set.set(root, c);
+            set.set(child, r);
+            root = child;
+        };
+        for i in (0..n / 2).rev() {
+            sift(self, i, n);
+        }
+        for end in (1..n).rev() {
+            let (top, last) = (self.get(0), self.get(end));
+            self.set(0, last);
+            self.set(end, top);
+            sift(self, 0, end);
+        }
+        let mut out = 0usize;
+        for i in 0..n {
+            let (s, e) = self.get(i);
+            if out > 0 {
+                let (ps, pe) = self.get(out - 1);
+                if s <= pe {
+                    self.set(out - 1, (ps, pe.max(e)));
+                    continue;
+                }
+            }
+            self.set(out, (s, e));
+            out += 1;
+        }
+        self.buf.truncate(out * 16);
     }
 
     fn len(&self) -> usize {
@@ -427,11 +473,12 @@ fn scan(
         return_mask: ret,
     };
     loop {
-        // SAFETY: PAGEMAP_SCAN reads `arg` and writes at most vec_len
-        // page_region entries into our mapping `vec`, and walk_end into arg.
+        let argp = &mut arg as *mut PmScanArg as usize;
         let n = loop {
-            match unsafe { raw::ioctl(pagemap, PAGEMAP_SCAN, &mut arg as *mut PmScanArg as usize) }
-            {
+            // SAFETY: PAGEMAP_SCAN reads `arg` and writes at most vec_len
+            // page_region entries into our mapping `vec`, and walk_end into arg.
+            let r = unsafe { raw::ioctl(pagemap, PAGEMAP_SCAN, argp) };
+            match r {
                 Err(Errno(libc::EINTR)) => continue,
                 r => break r?,
             }
@@ -566,6 +613,9 @@ fn prepare(req: &Request, want: bool, usable: bool, own_uc: u64) -> Result<bool,
             }
             Ok(())
         })?;
+        s.registered.normalize();
+        s.zero.normalize();
+        s.huge.normalize();
         if !usable {
             s.registered.clear();
         }

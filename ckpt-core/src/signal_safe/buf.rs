@@ -112,6 +112,11 @@ impl MmapBuf {
         Ok(())
     }
 
+    /// Keep only the first `len` bytes.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// Overwrite bytes already written at `at` (no-op if out of range).
     pub fn overwrite(&mut self, at: usize, b: &[u8]) {
         if at.checked_add(b.len()).is_some_and(|e| e <= self.len) {
