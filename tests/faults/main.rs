@@ -821,6 +821,75 @@ fn hostile_images() {
 
 /// Images and directories are private: the checkpoint dir is tightened to
 /// 0700, generations are 0700 and every file in them 0600.
+/// Incremental generations refer to older ones for unchanged memory: a
+/// removed or damaged base is named, never silently restored around, and the
+/// intact chain restores into a correct run.
+#[test]
+fn incremental_chain_damage() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let job = Job::new("chain", &ckpt, 32);
+    let mut l = job.launch("run", &["--incremental", "on"], &[]);
+    let mut made = || -> Result<(), String> {
+        job.wait_ready(&mut l)?;
+        for k in 1..=3 {
+            job.checkpoint_ok(&format!("chain-{k}"))?;
+            pause(Duration::from_millis(300));
+        }
+        Ok(())
+    };
+    if let Err(e) = made() {
+        panic!("{e}");
+    }
+    l.kill_tree().unwrap_or_else(|e| panic!("{e}"));
+    let _ = fs::remove_file(job.dir.join("ckpt.sock"));
+    let base_of = |n: u64| -> Option<u64> {
+        read_json(&job.dir.join(format!("gen-{n:06}/generation.json")))
+            .ok()
+            .and_then(|r| r["base"].as_u64())
+    };
+    assert_eq!(
+        (base_of(1), base_of(2), base_of(3)),
+        (None, Some(1), Some(2)),
+        "the second and third checkpoints must be incremental (ticker rewrites few pages)"
+    );
+    let mut failures = Vec::new();
+    // The base of the chain is gone: both incremental generations name it.
+    let d = job.s.join("no-base");
+    let r = copy_tree(&job.dir, &d)
+        .and_then(|()| fs::remove_dir_all(d.join("gen-000001")).map_err(|e| e.to_string()))
+        .and_then(|()| {
+            restart_refused(&job, &d, "no-base", &["generation 1, which cannot be used"])
+        });
+    if let Err(e) = r {
+        failures.push(format!("base removed: {e}"));
+    }
+    // Every data page of the base is damaged: whatever the newest image
+    // inherits from it fails its checksum.
+    let d = job.s.join("bad-base");
+    let r = copy_tree(&job.dir, &d)
+        .and_then(|()| {
+            let img = d.join("gen-000001/proc-2.img");
+            let mut data = fs::read(&img).map_err(|e| e.to_string())?;
+            for page in data.chunks_mut(4096).skip(1) {
+                page[100] ^= 0x5a;
+            }
+            fs::write(&img, data).map_err(|e| e.to_string())
+        })
+        .and_then(|()| restart_refused(&job, &d, "bad-base", &["checksum"]));
+    match r {
+        Ok(msg) if !msg.contains("older generations") => failures.push(format!(
+            "damaged base: the message does not say that the image refers to older generations: {msg}"
+        )),
+        Ok(_) => {}
+        Err(e) => failures.push(format!("damaged base: {e}")),
+    }
+    // The intact chain restores the newest generation, correctly.
+    if let Err(e) = job.restart_and_verify("chain-intact") {
+        failures.push(format!("intact chain: {e}"));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn images_are_private() {
     let Some(ckpt) = ckpt_bin() else { return };

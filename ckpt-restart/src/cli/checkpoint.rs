@@ -33,11 +33,16 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
         let f: Vec<&str> = rest.split(' ').collect();
         let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
         println!(
-            "checkpoint written: {} ({} process{}, {}, program paused {:.1} ms, durable after {:.1} ms)",
+            "checkpoint written: {} ({} process{}, {}{}, program paused {:.1} ms, durable after {:.1} ms)",
             f.first().unwrap_or(&"?"),
             num(4),
             if num(4) == 1 { "" } else { "es" },
             human_bytes(num(1)),
+            if num(6) > 0 {
+                format!(" incremental: unchanged memory is in generation {}", num(6))
+            } else {
+                String::new()
+            },
             num(2) as f64 / 1000.0,
             num(3) as f64 / 1000.0
         );

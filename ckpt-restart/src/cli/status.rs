@@ -22,8 +22,8 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
         return Ok(0);
     }
     println!(
-        "{:<12} {:<20} {:>10} {:>10}  {:<10} command",
-        "generation", "time (UTC)", "size", "pause", "state"
+        "{:<12} {:<20} {:>10} {:>10}  {:<10} {:<12} command",
+        "generation", "time (UTC)", "size", "pause", "state", "type"
     );
     for g in gens {
         let name = g
@@ -33,12 +33,15 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
             .unwrap_or_default();
         match &g.record {
             Some(r) => println!(
-                "{:<12} {:<20} {:>10} {:>8.1}ms  {:<10} {}",
+                "{:<12} {:<20} {:>10} {:>8.1}ms  {:<10} {:<12} {}",
                 name,
                 utc(r.created_unix),
                 super::checkpoint::human_bytes(r.bytes),
                 r.pause_us as f64 / 1000.0,
                 g.state,
+                // An incremental generation needs the one it refers to.
+                r.base
+                    .map_or_else(|| "full".to_string(), |b| format!("incr. of {b}")),
                 r.command.join(" ")
             ),
             None => println!(

@@ -180,6 +180,20 @@ fn describe_failure(g: &LoadedGeneration, f: &super::blob::RstFailure) -> Option
         })
         .unwrap_or_default();
     let err = std::io::Error::from_raw_os_error(f.err as i32);
+    // An incremental image reads unchanged pages from older generations.
+    let older = if g.bases.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<String> = g
+            .bases
+            .iter()
+            .map(|b| b.path.display().to_string())
+            .collect();
+        format!(
+            " (or in the older generations this incremental image refers to: {})",
+            names.join(", ")
+        )
+    };
     Some(match f.code {
         stage1::STAGE1_FAILED => return None, // already printed
         1 => format!(
@@ -191,7 +205,7 @@ fn describe_failure(g: &LoadedGeneration, f: &super::blob::RstFailure) -> Option
             f.pid, f.addr
         ),
         3 => format!(
-            "{}: cannot read the saved pages of {:#x} ({rname}): {err} (truncated image?)",
+            "{}: cannot read the saved pages of {:#x} ({rname}): {err} (truncated image?){older}",
             img.display(),
             f.addr
         ),
@@ -200,7 +214,7 @@ fn describe_failure(g: &LoadedGeneration, f: &super::blob::RstFailure) -> Option
             f.pid, f.addr
         ),
         5 => format!(
-            "{}: corrupt image: the saved pages of {:#x} ({rname}) fail their checksum",
+            "{}: corrupt image: the saved pages of {:#x} ({rname}) fail their checksum{older}",
             img.display(),
             f.addr
         ),
