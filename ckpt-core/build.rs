@@ -25,6 +25,14 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    // The variadic exec wrappers (stable Rust cannot define C-variadic
+    // functions): see src/preload/execl.c.
+    println!("cargo:rerun-if-changed=src/preload/execl.c");
+    cc::Build::new()
+        .file("src/preload/execl.c")
+        .flag("-fvisibility=hidden")
+        .warnings(true)
+        .compile("ckpt_execl");
     let env = std::env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default();
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     let panic = std::env::var("CARGO_CFG_PANIC").unwrap_or_default();

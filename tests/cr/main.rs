@@ -22,11 +22,11 @@
 //! - `second`: two checkpoints while the program runs, no kill; identical output.
 //! - `interval`: `ckpt launch --interval 1`; after two periodic checkpoints, kill -9 and
 //!   restart; identical output.
-//! - `incremental`: `ckpt launch --incremental on`; a checkpoint at each gate while the
-//!   program keeps running (the later ones incremental: they refer to the previous
-//!   generation for unchanged memory), kill -9, restart from the newest (which needs the
-//!   whole chain); identical output, and some generation after the first is incremental
-//!   (did not write every page again).
+//! - `incremental`: `ckpt launch --incremental on`; checkpoints at gates 1 and 2 (the
+//!   second incremental: it refers to the first for unchanged memory), kill -9, restart
+//!   with `--incremental on` from generation 2 (through its chain), a checkpoint at gate
+//!   3 (incremental too: the restore armed the tracking), kill -9, restart from the end
+//!   of the chain; identical output, both later generations incremental.
 //! - `pipe`: stdout is a pipe for launch and for restart; what the launch printed before
 //!   the kill, cut where the restarted copy begins, plus what the restarted copy printed,
 //!   is the reference.
@@ -420,10 +420,22 @@ impl Case {
         stdout: Option<Stdio>,
         bind: Option<(PathBuf, PathBuf)>,
     ) -> Running {
+        self.restart_with(tag, stdout, bind, &[])
+    }
+
+    /// `restart` with extra `ckpt restart` options.
+    fn restart_with(
+        &self,
+        tag: &str,
+        stdout: Option<Stdio>,
+        bind: Option<(PathBuf, PathBuf)>,
+        extra: &[&str],
+    ) -> Running {
         let mut sp = Spawn::new(&self.ckpt, &self.s.path)
             .arg("restart")
             .arg("--dir")
-            .arg(&self.dir);
+            .arg(&self.dir)
+            .args(extra);
         sp.stdout =
             stdout.unwrap_or_else(|| out_file(&self.s.join(format!("restart-{tag}.out"))).into());
         sp.stderr = out_file(&self.s.join(format!("restart-{tag}.err"))).into();
@@ -624,23 +636,34 @@ impl Case {
         }
     }
 
-    /// `ckpt launch --incremental on`: checkpoints at gates 1..3 without a kill, then
-    /// kill -9 and restart from the newest generation, through its chain of bases.
+    /// `ckpt launch --incremental on`: checkpoints at gates 1 and 2, kill -9, restart
+    /// (`--incremental on`) from the incremental generation 2, a checkpoint at gate 3
+    /// (incremental too: the restore armed the tracking), kill -9 and restart from the
+    /// end of the chain.
     fn incremental(&mut self) {
         let reference = self.reference();
         self.close_gates();
-        let mut l = self.launch_with(
+        let mut p = self.launch_with(
             out_file(&self.stdout_path()).into(),
             &["--incremental", "on"],
         );
         for k in 1..=GATES {
-            self.wait_checkpoint_point(&mut l, k);
+            self.wait_checkpoint_point(&mut p, k);
             self.checkpoint();
-            if k < GATES {
+            if k == 1 {
+                self.open_gate(&self.gates(), k);
+            } else {
+                self.kill(&mut p);
+                p = self.restart_with(&k.to_string(), None, None, &["--incremental", "on"]);
                 self.open_gate(&self.gates(), k);
             }
         }
-        self.kill(&mut l);
+        self.wait_success(&mut p);
+        self.compare_run(
+            "checkpoints with page tracking, kill -9 and restarts from incremental generations",
+            &reference,
+            &self.work,
+        );
         let records: Vec<serde_json::Value> = ckpt_tests::cr::generations(&self.dir)
             .iter()
             .map(|g| {
@@ -648,28 +671,31 @@ impl Case {
                 serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
             })
             .collect();
-        let bytes = |r: &serde_json::Value| r["bytes"].as_u64().unwrap_or(0);
-        let first = records.first().map(bytes).unwrap_or(0);
-        let incremental: Vec<&serde_json::Value> =
-            records.iter().filter(|r| r["base"].is_u64()).collect();
         let numbers: Vec<u64> = records
             .iter()
             .filter_map(|r| r["number"].as_u64())
             .collect();
-        if let Some(r) = incremental
+        let base_of = |n: u64| {
+            records
+                .iter()
+                .find(|r| r["number"].as_u64() == Some(n))
+                .and_then(|r| r["base"].as_u64())
+        };
+        if let Some(n) = numbers
             .iter()
-            .find(|r| !numbers.contains(&r["base"].as_u64().unwrap_or(0)))
+            .find(|n| base_of(**n).is_some_and(|b| !numbers.contains(&b)))
         {
             self.fail(format!(
-                "generation {} refers to generation {}, which was removed: {records:?}",
-                r["number"], r["base"]
+                "generation {n} refers to generation {:?}, which was removed: {records:?}",
+                base_of(*n)
             ));
         }
         // Pages an incremental generation did not write again (it refers to its base).
-        let inherited = |r: &serde_json::Value| -> u64 {
-            let gdir = self
-                .dir
-                .join(format!("gen-{:06}", r["number"].as_u64().unwrap_or(0)));
+        let inherited = |n: u64| -> u64 {
+            let gdir = self.dir.join(format!("gen-{n:06}"));
+            let Some(r) = records.iter().find(|r| r["number"].as_u64() == Some(n)) else {
+                return 0;
+            };
             let procs = r["processes"].as_array().cloned().unwrap_or_default();
             procs
                 .iter()
@@ -681,19 +707,16 @@ impl Case {
                 .map(|run| run[1].as_u64().unwrap_or(0))
                 .sum()
         };
-        if !incremental.iter().any(|r| inherited(r) > 0) {
+        if base_of(2) != Some(1) || inherited(2) == 0 {
             self.fail(format!(
-                "no checkpoint after the first was incremental (referred to an earlier generation for unchanged pages; the first wrote {first} bytes): {records:?}"
+                "the second checkpoint was not incremental (did not refer to the first for unchanged pages): {records:?}"
             ));
         }
-        let mut r = self.restart("1", None, None);
-        self.open_all_gates(&self.gates());
-        self.wait_success(&mut r);
-        self.compare_run(
-            "three checkpoints, the later ones incremental, kill -9, restart from the newest",
-            &reference,
-            &self.work,
-        );
+        if base_of(3) != Some(2) || inherited(3) == 0 {
+            self.fail(format!(
+                "the first checkpoint after a restart with --incremental on was not incremental (the restore arms page tracking): {records:?}"
+            ));
+        }
     }
 
     /// `ckpt launch --interval 1`: two periodic checkpoints happen while the program is

@@ -1025,8 +1025,15 @@ fn busy_case(ckpt: &Path, mode: &str) -> Result<(), String> {
     let job = Job::busy(&format!("busy-{mode}"), ckpt, mode);
     let mut l = job.launch("run", &[], &[]);
     job.wait_ready(&mut l)?;
-    // Four checkpoints at uneven spacing, each landing wherever the program is.
-    for (i, ms) in [13u64, 41, 7, 97].iter().enumerate() {
+    // Four checkpoints at uneven spacing, each landing wherever the program
+    // is; more for the exec modes, whose window (between the exec wrapper
+    // and the new program's constructor) is narrow.
+    let spacing: &[u64] = if mode.starts_with("exec") {
+        &[13, 41, 7, 97, 3, 29, 1, 17, 5, 61, 2, 11]
+    } else {
+        &[13, 41, 7, 97]
+    };
+    for (i, ms) in spacing.iter().enumerate() {
         pause(Duration::from_millis(*ms));
         job.checkpoint_ok(&format!("c{i}"))
             .map_err(|e| format!("{mode}: {e}"))?;
@@ -1046,7 +1053,9 @@ fn busy_case(ckpt: &Path, mode: &str) -> Result<(), String> {
 #[test]
 fn checkpoint_in_the_middle_of_things() {
     let Some(ckpt) = ckpt_bin() else { return };
-    let modes = ["fork", "exec", "popen", "thread", "pipe", "sleep", "signal"];
+    let modes = [
+        "fork", "exec", "execl", "popen", "thread", "pipe", "sleep", "signal",
+    ];
     let failures = run_parallel(&modes, |m| busy_case(&ckpt, m));
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

@@ -6,6 +6,8 @@
 //! `execv`, `execvp`, `execvpe`, `posix_spawn` and `posix_spawnp` put both
 //! variables back (and point `CKPT_SOCKET` at the coordinator of the
 //! current run, which changes after a restart) before calling glibc's.
+//! `execl`, `execlp` and `execle` (variadic: their bodies are C, in
+//! `execl.c`) gather their arguments and go through the same wrappers.
 //!
 //! They run between fork/vfork and exec, where the C allocator must not be
 //! used: the new environment array is built in memory from `mmap`, which
@@ -261,6 +263,44 @@ pub unsafe extern "C" fn execvpe(
 pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
     // SAFETY: environ is the process environment.
     unsafe { execvpe(file, argv, environ) }
+}
+
+unsafe extern "C" {
+    // preload/execl.c: collect the variadic arguments, call execve/execvpe.
+    fn ckpt_execl(path: *const c_char, arg: *const c_char, ...) -> c_int;
+    fn ckpt_execlp(file: *const c_char, arg: *const c_char, ...) -> c_int;
+    fn ckpt_execle(path: *const c_char, arg: *const c_char, ...) -> c_int;
+}
+
+/// `execl(3)` wrapper: a jump to `ckpt_execl` (C, variadic) with the
+/// caller's registers and stack as they are.
+///
+/// # Safety
+/// Same contract as glibc's `execl`.
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execl() {
+    core::arch::naked_asm!("jmp {f}", f = sym ckpt_execl)
+}
+
+/// `execlp(3)` wrapper (see [`execl`]).
+///
+/// # Safety
+/// Same contract as glibc's `execlp`.
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execlp() {
+    core::arch::naked_asm!("jmp {f}", f = sym ckpt_execlp)
+}
+
+/// `execle(3)` wrapper (see [`execl`]).
+///
+/// # Safety
+/// Same contract as glibc's `execle`.
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execle() {
+    core::arch::naked_asm!("jmp {f}", f = sym ckpt_execle)
 }
 
 fn spawn(

@@ -65,6 +65,9 @@ pub struct FinishArgs {
     pub shared_pending: u64,
     /// Threads.
     pub threads: [FinishThread; MAX_FINISH_THREADS],
+    /// The generation being restored when the next checkpoints are to be
+    /// incremental (tracking is armed before any thread runs), else 0.
+    pub track_generation: u64,
 }
 
 /// Storage for [`FinishArgs`], inside libckpt so that it survives the
@@ -90,6 +93,7 @@ pub static mut CKPT_FINISH_ARGS: FinishArgs = FinishArgs {
         pending: 0,
         name: [0; 16],
     }; MAX_FINISH_THREADS],
+    track_generation: 0,
 };
 
 static GO: AtomicU32 = AtomicU32::new(0);
@@ -117,6 +121,11 @@ pub unsafe extern "C" fn ckpt_restore_finish(args: *const FinishArgs) -> ! {
     let ri = unsafe { &*core::ptr::addr_of!(super::leader::CKPT_RESTORE_INFO) };
     ri.counter.fetch_add(1, Ordering::AcqRel);
     super::leader::reset_after_restore();
+    if a.track_generation != 0 {
+        // Still the only thread, running on the main thread's stack below
+        // scratch_sp: everything else is as the generation saved it.
+        super::track::arm_after_restore(a.track_generation, main.scratch_sp);
+    }
     GO.store(0, Ordering::Release);
     for t in a.threads.iter().take(n).skip(1) {
         if spawn(t).is_err() {

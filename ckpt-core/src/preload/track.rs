@@ -620,52 +620,15 @@ fn prepare(req: &Request, want: bool, usable: bool, own_uc: u64) -> Result<bool,
             s.registered.clear();
         }
         // 2. Register what is not yet tracked.
-        let mut fd = UFFD.load(Ordering::Acquire);
-        if want && fd < 0 {
-            fd = open_uffd()?;
-            UFFD.store(fd, Ordering::Release);
-            OWNER.store(raw::getpid(), Ordering::Release);
-        }
-        let own = own_data();
-        let mine = [
-            s.written.mapping_start(),
-            s.zero.mapping_start(),
-            s.registered.mapping_start(),
-            s.huge.mapping_start(),
-        ];
         let mut unsaved = (0u64, 0u64);
-        let own_floor = own_uc.saturating_sub(8) & !(PAGE - 1);
-        maps.read_file(b"/proc/self/maps\0")?;
-        for line in procfs::lines(maps.as_slice()) {
-            let Some(m) = procfs::parse_maps_line(line) else {
-                continue;
-            };
-            if m.start <= own_uc && own_uc < m.end {
-                unsaved = (m.start, own_floor);
+        if want {
+            let mut fd = UFFD.load(Ordering::Acquire);
+            if fd < 0 {
+                fd = open_uffd()?;
+                UFFD.store(fd, Ordering::Release);
+                OWNER.store(raw::getpid(), Ordering::Release);
             }
-            if !want
-                || !trackable(&m)
-                || mine.contains(&m.start)
-                || own.iter().any(|&a| m.start <= a && a < m.end)
-                || s.huge.intersects(m.start, m.end)
-            {
-                continue;
-            }
-            let mut reg = UffdioRegister {
-                start: m.start,
-                len: m.end - m.start,
-                mode: UFFDIO_REGISTER_MODE_WP,
-                ioctls: 0,
-            };
-            // SAFETY: UFFDIO_REGISTER reads/writes a struct we own; an
-            // unsupported mapping is refused with an error (and stays untracked).
-            let _ = unsafe {
-                raw::ioctl(
-                    fd,
-                    UFFDIO_REGISTER,
-                    &mut reg as *mut UffdioRegister as usize,
-                )
-            };
+            unsaved = register_all(s, fd, &mut maps, own_uc)?;
         }
         // 3. Written since the last arming (and re-arm when tracking goes on).
         let flags = if want { PM_SCAN_WP_MATCHING } else { 0 };
@@ -709,6 +672,105 @@ fn prepare(req: &Request, want: bool, usable: bool, own_uc: u64) -> Result<bool,
     maps.free();
     raw::close(pagemap);
     r
+}
+
+/// Register every trackable mapping with `fd` (libckpt's own data, this
+/// module's buffers and mappings holding huge pages excepted). Returns the
+/// range of the mapping holding `own_uc` below that frame: the stack the
+/// checkpoint itself uses, which the image does not save.
+fn register_all(
+    s: &Incremental,
+    fd: i32,
+    maps: &mut MmapBuf,
+    own_uc: u64,
+) -> Result<(u64, u64), Errno> {
+    let own = own_data();
+    let mine = [
+        s.written.mapping_start(),
+        s.zero.mapping_start(),
+        s.registered.mapping_start(),
+        s.huge.mapping_start(),
+    ];
+    let mut unsaved = (0u64, 0u64);
+    let own_floor = own_uc.saturating_sub(8) & !(PAGE - 1);
+    maps.read_file(b"/proc/self/maps\0")?;
+    for line in procfs::lines(maps.as_slice()) {
+        let Some(m) = procfs::parse_maps_line(line) else {
+            continue;
+        };
+        if m.start <= own_uc && own_uc < m.end {
+            unsaved = (m.start, own_floor);
+        }
+        if !trackable(&m)
+            || mine.contains(&m.start)
+            || own.iter().any(|&a| m.start <= a && a < m.end)
+            || s.huge.intersects(m.start, m.end)
+        {
+            continue;
+        }
+        let mut reg = UffdioRegister {
+            start: m.start,
+            len: m.end - m.start,
+            mode: UFFDIO_REGISTER_MODE_WP,
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_REGISTER reads/writes a struct we own; an
+        // unsupported mapping is refused with an error (and stays untracked).
+        let _ = unsafe {
+            raw::ioctl(
+                fd,
+                UFFDIO_REGISTER,
+                &mut reg as *mut UffdioRegister as usize,
+            )
+        };
+    }
+    Ok(unsaved)
+}
+
+/// Run by a restored process before any of its threads resumes, when the
+/// next checkpoints are to be incremental: every present page now holds
+/// what generation `generation` holds at its address (it was read from that
+/// generation's images), except the main thread's stack below `sp`, which
+/// the restore itself used. Arms tracking so that the next checkpoint can
+/// refer to that generation; on any failure the next one is full.
+/// **Async-signal-safe.**
+pub fn arm_after_restore(generation: u64, sp: u64) {
+    let s = state();
+    let r = (|| -> Result<(), Errno> {
+        let pagemap = raw::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)?;
+        let mut vec = MmapBuf::new();
+        let mut maps = MmapBuf::new();
+        let r = (|| {
+            vec.reserve(SCAN_VEC * core::mem::size_of::<PageRegion>())?;
+            scan(pagemap, &vec, 0, (0, PAGE_IS_HUGE, PAGE_IS_HUGE), |r| {
+                s.huge.push(r.start, r.end)
+            })?;
+            s.huge.normalize();
+            let fd = open_uffd()?;
+            UFFD.store(fd, Ordering::Release);
+            OWNER.store(raw::getpid(), Ordering::Release);
+            let (lo, _) = register_all(s, fd, &mut maps, sp)?;
+            scan(
+                pagemap,
+                &vec,
+                PM_SCAN_WP_MATCHING,
+                (PAGE_IS_WRITTEN, 0, PAGE_IS_WRITTEN),
+                |_| Ok(()),
+            )?;
+            ARMED_GEN.store(generation, Ordering::Release);
+            UNSAVED_LO.store(lo, Ordering::Release);
+            UNSAVED_HI.store((sp + PAGE - 1) & !(PAGE - 1), Ordering::Release);
+            Ok(())
+        })();
+        vec.free();
+        maps.free();
+        raw::close(pagemap);
+        r
+    })();
+    s.huge.free();
+    if r.is_err() {
+        disarm();
+    }
 }
 
 /// Run by the leader once the job runs again: free what the snapshot

@@ -88,6 +88,7 @@ fn init_main(
     socket: &std::path::Path,
     set: &libc::sigset_t,
     verify: bool,
+    track: bool,
 ) -> ! {
     if let Err(e) = ns::setup_mounts() {
         eprintln!("ckpt: {e}");
@@ -98,7 +99,7 @@ fn init_main(
         eprintln!("ckpt: warning: cannot keep the program's clocks continuous: {e}");
     }
     for (i, g) in gens.iter().enumerate() {
-        if let tree::Attempt::Running(main) = tree::restore(g, socket, verify) {
+        if let tree::Attempt::Running(main) = tree::restore(g, socket, verify, track) {
             let code = ns::supervise(set, main, main, |_| false);
             ckpt::signal_safe::raw::exit_group(code);
         }
@@ -142,7 +143,8 @@ pub fn run_with(o: &Opts, on_signal: super::launch::OnSignal<'_>) -> Result<i32,
     })? {
         None => {
             drop(listener);
-            init_main(&gens, &sock_path, &set, !o.no_verify)
+            let track = o.incremental.tracking(o.interval);
+            init_main(&gens, &sock_path, &set, !o.no_verify, track)
         }
         Some(init) => Ok(super::launch::run_outer(
             super::launch::Outer {

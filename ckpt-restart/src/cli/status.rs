@@ -42,7 +42,7 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
                 // An incremental generation needs the one it refers to.
                 r.base
                     .map_or_else(|| "full".to_string(), |b| format!("incr. of {b}")),
-                r.command.join(" ")
+                shown_command(&r.command)
             ),
             None => println!(
                 "{:<12} {:<20} {:>10} {:>10}  {}",
@@ -51,6 +51,17 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
         }
     }
     Ok(0)
+}
+
+/// The program's command line: a Slurm task runs it through `ckpt
+/// slurm-exec [--ignore N] --`, which is not what the user started.
+fn shown_command(cmd: &[String]) -> String {
+    if cmd.get(1).is_some_and(|v| v == "slurm-exec")
+        && let Some(dashes) = cmd.iter().position(|a| a == "--")
+    {
+        return cmd.get(dashes + 1..).unwrap_or(&[]).join(" ");
+    }
+    cmd.join(" ")
 }
 
 fn utc(t: u64) -> String {
@@ -77,6 +88,28 @@ fn utc(t: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn slurm_wrapper_is_not_shown() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            super::shown_command(&v(&[
+                "/usr/bin/ckpt",
+                "slurm-exec",
+                "--ignore",
+                "10",
+                "--",
+                "./sim",
+                "-n",
+                "3"
+            ])),
+            "./sim -n 3"
+        );
+        assert_eq!(
+            super::shown_command(&v(&["python3", "--", "x"])),
+            "python3 -- x"
+        );
+    }
+
     #[test]
     fn utc_dates() {
         assert_eq!(super::utc(0), "1970-01-01 00:00:00");

@@ -41,6 +41,8 @@ pub struct Stage1<'a> {
     pub shared_fds: &'a [Vec<[i32; 2]>],
     /// The generations an incremental image refers to, nearest first.
     pub bases: &'a [LoadedGeneration],
+    /// Arm dirty-page tracking against this generation (0: do not).
+    pub track_generation: u64,
 }
 
 /// Step code of a stage 1 failure (its message is printed here).
@@ -587,6 +589,7 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
     fin.blob_len = total as u64;
     fin.done_fd = status_fd as i64;
     fin.shared_pending = m.shared_pending;
+    fin.track_generation = s.track_generation;
     fin.nthreads = m.threads.len().min(fin.threads.len()) as u64;
     for (slot, t) in fin.threads.iter_mut().zip(m.threads.iter()) {
         *slot = FinishThread {

@@ -90,6 +90,7 @@ struct Plan<'a> {
     shared: &'a Shared,
     socket: &'a Path,
     verify: bool,
+    track: bool,
 }
 
 /// In a freshly created process: recreate our children, wait for the
@@ -149,6 +150,7 @@ fn become_process(p: &Plan<'_>, m: &ProcessManifest, sync: &Sync) -> ! {
         socket: p.socket,
         status_fd: sync.status_w,
         verify: p.verify,
+        track_generation: if p.track { p.g.record.number } else { 0 },
         shared: p.shared,
         shared_fds: &p.g.record.shared_fds,
         bases: &p.g.bases,
@@ -239,7 +241,9 @@ pub enum Attempt {
 }
 
 /// Restore generation `g` from the init. Single-threaded caller.
-pub fn restore(g: &LoadedGeneration, socket: &Path, verify: bool) -> Attempt {
+/// With `track`, the restored processes track written pages from the
+/// start, so that the next checkpoint can be incremental.
+pub fn restore(g: &LoadedGeneration, socket: &Path, verify: bool, track: bool) -> Attempt {
     let lo = g
         .processes
         .iter()
@@ -300,6 +304,7 @@ pub fn restore(g: &LoadedGeneration, socket: &Path, verify: bool) -> Attempt {
         shared: &sh,
         socket,
         verify,
+        track,
     };
     let sync = Sync {
         created_w,

@@ -6,6 +6,8 @@
  * MODE is one of
  *   fork     fork children that exit with a known status, and reap them
  *   exec     fork children that exec this program ("busy exit N")
+ *   execl    the same through execl, execlp and execle (in turn; execle with
+ *            an environment without LD_PRELOAD)
  *   popen    popen("exit N") and pclose, over and over
  *   thread   create and join threads that return a known value
  *   pipe     read a pipe whose writer (a thread) writes every 300 ms
@@ -117,10 +119,15 @@ static void run_fork(int exec) {
                 char n[16];
                 snprintf(n, sizeof n, "%d", code);
                 char *args[] = {(char *)self_exe, "exit", n, NULL};
-                /* execv, not execl: glibc's execl reaches execve internally,
-                 * where libckpt cannot make the exec safe from the
-                 * checkpoint signal (see the report of issue 8). */
-                execv(self_exe, args);
+                char *env[] = {"PATH=/usr/bin:/bin", NULL};
+                if (exec == 1)
+                    execv(self_exe, args);
+                else if (i % 3 == 0)
+                    execl(self_exe, self_exe, "exit", n, (char *)NULL);
+                else if (i % 3 == 1)
+                    execlp(self_exe, self_exe, "exit", n, (char *)NULL);
+                else
+                    execle(self_exe, self_exe, "exit", n, (char *)NULL, env);
                 _exit(126);
             }
             _exit(code);
@@ -241,6 +248,8 @@ int main(int argc, char **argv) {
         run_fork(0);
     else if (!strcmp(m, "exec"))
         run_fork(1);
+    else if (!strcmp(m, "execl"))
+        run_fork(2);
     else if (!strcmp(m, "popen"))
         run_popen();
     else if (!strcmp(m, "thread"))
