@@ -4,7 +4,7 @@
 # compiler, and the interpreters the C/R tests run (python3, R, tmux).
 # Idempotent; apt-get runs only when something is missing (then it must run
 # as root).
-# Also checks that a Rust toolchain (cargo >= 1.85, edition 2024) is on PATH,
+# Also checks that a Rust toolchain (cargo >= 1.88: edition 2024, naked functions) is on PATH,
 # and installs one with rustup when there is none.
 set -euo pipefail
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH:$HOME/.cargo/bin
@@ -38,12 +38,12 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   log "no cargo on PATH: installing the stable Rust toolchain with rustup"
   curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal \
-      --component clippy,rustfmt || die "rustup install failed: install Rust >= 1.85 by hand"
+      --component clippy,rustfmt || die "rustup install failed: install Rust >= 1.88 by hand"
   log "installed; add \$HOME/.cargo/bin to PATH (source \$HOME/.cargo/env)"
 fi
 version=$(cargo --version | awk '{print $2}')
 major=${version%%.*}; rest=${version#*.}; minor=${rest%%.*}
-if [ "$major" -lt 1 ] || { [ "$major" = 1 ] && [ "$minor" -lt 85 ]; }; then
-  die "cargo $version is too old: ckpt needs Rust >= 1.85 (edition 2024); run rustup update"
+if [ "$major" -lt 1 ] || { [ "$major" = 1 ] && [ "$minor" -lt 88 ]; }; then
+  die "cargo $version is too old: ckpt needs Rust >= 1.88 (edition 2024, naked functions); run rustup update"
 fi
 log "ok: packages installed, cargo $version"
