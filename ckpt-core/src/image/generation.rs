@@ -758,6 +758,26 @@ mod tests {
         p
     }
 
+    /// A record with nothing in it.
+    fn record(number: u64, base: Option<u64>) -> GenerationRecord {
+        GenerationRecord {
+            format: GENERATION_FORMAT.into(),
+            version: [format::FORMAT_MAJOR, format::FORMAT_MINOR],
+            number,
+            created_unix: 0,
+            uid: 0,
+            command: vec![],
+            processes: vec![],
+            pause_us: 0,
+            bytes: 0,
+            tool_version: "t".into(),
+            zombies: vec![],
+            shared_fds: vec![],
+            base,
+            chain: 0,
+        }
+    }
+
     #[test]
     fn create_is_private_and_refuses_symlink() {
         let p = tmpdir("priv");
@@ -782,11 +802,6 @@ mod tests {
             fs::write(g.path.join("proc-2.json"), b"{}").unwrap();
             fs::write(g.path.join("proc-2.img"), b"").unwrap();
             let rec = GenerationRecord {
-                format: GENERATION_FORMAT.into(),
-                version: [format::FORMAT_MAJOR, format::FORMAT_MINOR],
-                number: i,
-                created_unix: 0,
-                uid: 0,
                 command: vec!["x".into()],
                 processes: vec![super::super::manifest::ProcessRef {
                     pid: 2,
@@ -795,13 +810,7 @@ mod tests {
                     image: "proc-2.img".into(),
                     image_size: 0,
                 }],
-                pause_us: 0,
-                bytes: 0,
-                tool_version: "t".into(),
-                zombies: vec![],
-                shared_fds: vec![],
-                base: None,
-                chain: 0,
+                ..record(i, None)
             };
             g.commit(&rec, 2).unwrap();
         }
@@ -830,22 +839,7 @@ mod tests {
         let d = CheckpointDir::create(&p).unwrap();
         let commit = |base: Option<u64>| {
             let g = d.begin().unwrap();
-            let rec = GenerationRecord {
-                format: GENERATION_FORMAT.into(),
-                version: [format::FORMAT_MAJOR, format::FORMAT_MINOR],
-                number: g.number,
-                created_unix: 0,
-                uid: 0,
-                command: vec![],
-                processes: vec![],
-                pause_us: 0,
-                bytes: 0,
-                tool_version: "t".into(),
-                zombies: vec![],
-                shared_fds: vec![],
-                base,
-                chain: 0,
-            };
+            let rec = record(g.number, base);
             g.commit(&rec, 2).unwrap();
         };
         let numbers = || {
@@ -1121,22 +1115,7 @@ mod tests {
         let tmp = g.path.clone();
         // generation.json cannot be created: something is in the way.
         fs::create_dir(tmp.join("generation.json")).unwrap();
-        let rec = GenerationRecord {
-            format: GENERATION_FORMAT.into(),
-            version: [format::FORMAT_MAJOR, format::FORMAT_MINOR],
-            number: g.number,
-            created_unix: 0,
-            uid: 0,
-            command: vec![],
-            processes: vec![],
-            pause_us: 0,
-            bytes: 0,
-            tool_version: "t".into(),
-            zombies: vec![],
-            shared_fds: vec![],
-            base: None,
-            chain: 0,
-        };
+        let rec = record(g.number, None);
         assert!(g.commit(&rec, 2).is_err());
         assert!(!tmp.exists(), "the failed generation was left behind");
         assert!(d.list().unwrap().is_empty());

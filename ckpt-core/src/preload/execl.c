@@ -32,59 +32,48 @@ static size_t count(va_list ap)
 	return n;
 }
 
+/* argv[0] = arg, then the n-1 arguments that follow and the NULL; *ap is left
+ * after the NULL (where execle's envp is). */
+static void fill(const char **argv, const char *arg, size_t n, va_list *ap)
+{
+	argv[0] = arg;
+	for (size_t i = 1; i <= n; i++)
+		argv[i] = va_arg(*ap, const char *);
+}
+
+/* Declares `argv` (on the stack) holding the arguments from `arg` to the
+ * NULL, with `ap` open after the NULL; fails with E2BIG when there are too
+ * many. The caller ends `ap`. */
+#define GATHER(arg, ap, argv)                 \
+	va_list ap;                           \
+	va_start(ap, arg);                    \
+	size_t argc_ = count(ap);             \
+	va_end(ap);                           \
+	if (argc_ >= MAX_ARGS) {              \
+		errno = E2BIG;                \
+		return -1;                    \
+	}                                     \
+	const char *argv[argc_ + 1];          \
+	va_start(ap, arg);                    \
+	fill(argv, arg, argc_, &ap)
+
 HIDDEN int ckpt_execl(const char *path, const char *arg, ...)
 {
-	va_list ap;
-	va_start(ap, arg);
-	size_t n = count(ap);
-	va_end(ap);
-	if (n >= MAX_ARGS) {
-		errno = E2BIG;
-		return -1;
-	}
-	const char *argv[n + 1];
-	argv[0] = arg;
-	va_start(ap, arg);
-	for (size_t i = 1; i <= n; i++)
-		argv[i] = va_arg(ap, const char *);
+	GATHER(arg, ap, argv);
 	va_end(ap);
 	return execve(path, (char *const *)argv, environ);
 }
 
 HIDDEN int ckpt_execlp(const char *file, const char *arg, ...)
 {
-	va_list ap;
-	va_start(ap, arg);
-	size_t n = count(ap);
-	va_end(ap);
-	if (n >= MAX_ARGS) {
-		errno = E2BIG;
-		return -1;
-	}
-	const char *argv[n + 1];
-	argv[0] = arg;
-	va_start(ap, arg);
-	for (size_t i = 1; i <= n; i++)
-		argv[i] = va_arg(ap, const char *);
+	GATHER(arg, ap, argv);
 	va_end(ap);
 	return execvpe(file, (char *const *)argv, environ);
 }
 
 HIDDEN int ckpt_execle(const char *path, const char *arg, ...)
 {
-	va_list ap;
-	va_start(ap, arg);
-	size_t n = count(ap);
-	va_end(ap);
-	if (n >= MAX_ARGS) {
-		errno = E2BIG;
-		return -1;
-	}
-	const char *argv[n + 1];
-	argv[0] = arg;
-	va_start(ap, arg);
-	for (size_t i = 1; i <= n; i++)
-		argv[i] = va_arg(ap, const char *);
+	GATHER(arg, ap, argv);
 	char *const *envp = va_arg(ap, char *const *);
 	va_end(ap);
 	return execve(path, (char *const *)argv, envp);
