@@ -8,7 +8,14 @@
  *   "gap <duration us> <CLOCK_REALTIME ns now>"
  * so bench/run sees both the pause as the program felt it and the moment it
  * ran again after a restart; after a gap of more than 200 ms it also prints
- * "mem <VmRSS kB> <AnonHugePages kB>" (after a restart: are the huge pages back?).  A line "q" or EOF on stdin makes it exit 0. */
+ * "mem <VmRSS kB> <AnonHugePages kB>" (after a restart: are the huge pages back?).
+ * A line "w P" (P = 1..100) rewrites round(pages * P / 100) of the 4 KiB pages,
+ * spread evenly (P = 5: every 20th page), by incrementing word 16 of each (word 8,
+ * which the final check reads, stays as it is), and prints
+ *   "wrote <pages> <ns per page>"
+ * (the loop timed with CLOCK_MONOTONIC: what writing costs the program, e.g. with
+ * incremental checkpoints' page tracking armed).  A line "q" or EOF on stdin makes
+ * it check word 8 of every page, print "bye ok" (or "bye CORRUPT") and exit 0. */
 #define _GNU_SOURCE
 #include <poll.h>
 #include <stdio.h>
@@ -41,6 +48,26 @@ static void mem_kb(long *rss, long *huge) {
     }
 }
 
+/* "w P": rewrite round(pages * P / 100) pages spread evenly: page i is written when
+ * floor((i * P + 50) / 100) steps up at i + 1, which happens that many times over all pages. */
+static void rewrite(char *p, size_t size, int pct) {
+    if (pct < 1 || pct > 100) {
+        printf("wrote 0 0 (bad percentage %d)\n", pct);
+        fflush(stdout);
+        return;
+    }
+    size_t pages = size / 4096, n = 0;
+    long long t0 = now_ns(CLOCK_MONOTONIC);
+    for (size_t i = 0; i < pages; i++)
+        if ((i * pct + 50) / 100 != ((i + 1) * pct + 50) / 100) {
+            ((volatile unsigned long *)(p + i * 4096))[16]++;
+            n++;
+        }
+    long long t1 = now_ns(CLOCK_MONOTONIC);
+    printf("wrote %zu %.1f\n", n, n ? (double)(t1 - t0) / n : 0.0);
+    fflush(stdout);
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) { fprintf(stderr, "usage: mem SIZE_MIB huge|nohuge\n"); return 2; }
     size_t size = (size_t)atol(argv[1]) << 20;
@@ -60,6 +87,8 @@ int main(int argc, char **argv) {
     fflush(stdout);
     long long last = now_ns(CLOCK_REALTIME);
     struct pollfd pfd = {.fd = 0, .events = POLLIN};
+    char in[256];
+    size_t inlen = 0;
     for (;;) {
         int r = poll(&pfd, 1, 1);
         long long t = now_ns(CLOCK_REALTIME);
@@ -73,9 +102,20 @@ int main(int argc, char **argv) {
             }
         }
         if (r > 0) {
-            char c[64];
-            ssize_t n = read(0, c, sizeof c);
-            if (n <= 0 || c[0] == 'q') {
+            /* several lines may arrive in one read, and a line may be split over two */
+            ssize_t n = read(0, in + inlen, sizeof in - 1 - inlen);
+            int quit = n <= 0;
+            if (n > 0) inlen += n;
+            char *nl;
+            while (!quit && (nl = memchr(in, '\n', inlen))) {
+                *nl = 0;
+                if (in[0] == 'q') quit = 1;
+                else if (in[0] == 'w') rewrite(p, size, atoi(in + 1));
+                inlen -= nl + 1 - in;
+                memmove(in, nl + 1, inlen);
+            }
+            if (inlen == sizeof in - 1) inlen = 0;   /* an overlong line: drop it */
+            if (quit) {
                 size_t bad = 0;   /* the memory is still what was written */
                 for (size_t i = 0; i < size; i += 4096)
                     bad += ((unsigned long *)(p + i))[8] != i * 2654435761UL + 9;
