@@ -69,7 +69,11 @@ const fn multmodp(a: u32, mut b: u32) -> u32 {
             }
         }
         m >>= 1;
-        b = if b & 1 != 0 { (b >> 1) ^ 0x82F6_3B78 } else { b >> 1 };
+        b = if b & 1 != 0 {
+            (b >> 1) ^ 0x82F6_3B78
+        } else {
+            b >> 1
+        };
     }
     p
 }
@@ -167,11 +171,23 @@ mod tests {
                 x as u8
             })
             .collect();
-        for len in [0, 1, 7, 3 * STREAM - 1, 3 * STREAM, 3 * STREAM + 9, data.len()] {
+        for len in [
+            0,
+            1,
+            7,
+            3 * STREAM - 1,
+            3 * STREAM,
+            3 * STREAM + 9,
+            data.len(),
+        ] {
             let d = &data[..len];
             assert_eq!(crc32c(d), !update_sw(!0, d), "length {len}");
         }
-        assert_eq!(multmodp(1 << 31, 0xdead_beef), 0xdead_beef, "x^0 is the identity");
+        assert_eq!(
+            multmodp(1 << 31, 0xdead_beef),
+            0xdead_beef,
+            "x^0 is the identity"
+        );
     }
 
     #[test]
