@@ -28,7 +28,7 @@ const USAGE: &str = "usage:
                   resume the newest complete checkpoint in DIR (foreground)
   ckpt status     --dir DIR
                   list the checkpoints in DIR
-  ckpt slurm-task --dir TASKDIR [--interval T] [--signal NAME] [--batch] [--keep-images] -- ARGV...
+  ckpt slurm-task --dir TASKDIR [--interval T] [--signal NAME] [--batch] [--keep-images] [--incremental off] -- ARGV...
                   run or resume one Slurm task (the SPANK plugin execs this)
 
   T is seconds, or a number with s, m or h (30s, 5m, 2h); 0 means no periodic checkpoints.

@@ -231,6 +231,7 @@ pub fn task_init(spank: &Spank, args: &[String]) -> Result<(), PluginError> {
         signal: &task.config.signal,
         batch: step == task_env::BATCH_STEP,
         keep_images: task.config.keep_images,
+        incremental: task.config.incremental,
         libckpt: &task.config.libckpt,
     };
     let argv = task_env::exec_argv(&exec, &spank.job_argv()?);

@@ -102,7 +102,7 @@ pub enum OptionError {
     NoSubmitDir(String),
 }
 
-const ARG_KEYS: &str = "default_dir=PATTERN, default_interval=SECONDS, min_interval=SECONDS, signal=NAME, libckpt=PATH, ckpt=PATH, keep_images=yes|no";
+const ARG_KEYS: &str = "default_dir=PATTERN, default_interval=SECONDS, min_interval=SECONDS, signal=NAME, libckpt=PATH, ckpt=PATH, keep_images=yes|no, incremental=yes|no";
 
 impl fmt::Display for OptionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -331,6 +331,9 @@ pub struct PluginConfig {
     /// `keep_images=yes`: keep a job's checkpoints after it finished
     /// successfully (default: removed).
     pub keep_images: bool,
+    /// `incremental=no`: every checkpoint is full (default: periodic
+    /// checkpoints track written pages and write only what changed).
+    pub incremental: bool,
 }
 
 impl Default for PluginConfig {
@@ -343,7 +346,21 @@ impl Default for PluginConfig {
             libckpt: DEFAULT_LIBCKPT.to_owned(),
             ckpt_bin: DEFAULT_CKPT_BIN.to_owned(),
             keep_images: false,
+            incremental: true,
         }
+    }
+}
+
+/// `yes`/`no` (also `true`/`false`, `1`/`0`) of a plugin argument.
+fn parse_yes_no(key: &'static str, value: &str) -> Result<bool, OptionError> {
+    match value {
+        "yes" | "true" | "1" => Ok(true),
+        "no" | "false" | "0" => Ok(false),
+        _ => Err(OptionError::BadPath {
+            key,
+            value: value.to_owned(),
+            why: "must be yes or no",
+        }),
     }
 }
 
@@ -375,19 +392,8 @@ impl PluginConfig {
                 "signal" => config.signal = parse_signal(value)?,
                 "libckpt" => config.libckpt = parse_path("libckpt", value, true)?,
                 "ckpt" => config.ckpt_bin = parse_path("ckpt", value, false)?,
-                "keep_images" => {
-                    config.keep_images = match value {
-                        "yes" | "true" | "1" => true,
-                        "no" | "false" | "0" => false,
-                        _ => {
-                            return Err(OptionError::BadPath {
-                                key: "keep_images",
-                                value: value.to_owned(),
-                                why: "must be yes or no",
-                            });
-                        }
-                    }
-                }
+                "keep_images" => config.keep_images = parse_yes_no("keep_images", value)?,
+                "incremental" => config.incremental = parse_yes_no("incremental", value)?,
                 _ => return Err(OptionError::UnknownArg(arg.to_owned())),
             }
             seen.push(key);
@@ -651,9 +657,12 @@ mod tests {
             "libckpt=/opt/ckpt/lib/libckpt.so",
             "ckpt=/opt/ckpt/bin/ckpt",
             "keep_images=yes",
+            "incremental=no",
         ])
         .unwrap();
         assert!(c.keep_images);
+        assert!(!c.incremental);
+        assert!(PluginConfig::default().incremental);
         assert_eq!(c.default_dir.as_deref(), Some("/scratch/%u/%j"));
         assert_eq!(c.default_interval, 3600);
         assert_eq!(c.min_interval, 300);
@@ -684,6 +693,7 @@ mod tests {
                 &["keep_images=maybe"],
                 "keep_images=maybe: must be yes or no",
             ),
+            (&["incremental=2"], "incremental=2: must be yes or no"),
             (
                 &["default_dir=/x/%z"],
                 "default_dir=/x/%z: unknown escape %z",

@@ -92,6 +92,8 @@ pub struct TaskExec<'a> {
     pub batch: bool,
     /// Keep the images after success.
     pub keep_images: bool,
+    /// Periodic checkpoints may be incremental (the site's `incremental=`).
+    pub incremental: bool,
     /// The preload library.
     pub libckpt: &'a str,
 }
@@ -119,6 +121,10 @@ pub fn exec_argv(e: &TaskExec<'_>, argv: &[CString]) -> Vec<CString> {
     }
     if e.keep_images {
         out.push(c("--keep-images"));
+    }
+    if !e.incremental {
+        out.push(c("--incremental"));
+        out.push(c("off"));
     }
     out.push(c("--"));
     out.extend(argv.iter().cloned());
@@ -234,6 +240,7 @@ mod tests {
             signal: "USR1",
             batch: true,
             keep_images: false,
+            incremental: true,
             libckpt: LIB,
         };
         let argv = exec_argv(&e, &[c("/home/u/job.sh"), c("arg")]);
@@ -256,6 +263,16 @@ mod tests {
                 "/home/u/job.sh",
                 "arg"
             ]
+        );
+        let full = TaskExec {
+            incremental: false,
+            ..e
+        };
+        let argv = exec_argv(&full, &[c("job")]);
+        let text: Vec<&str> = argv.iter().map(|a| a.to_str().unwrap()).collect();
+        assert!(
+            text.windows(2).any(|w| w == ["--incremental", "off"]),
+            "{text:?}"
         );
         let env = exec_env(&[c("A=1"), c("LD_PRELOAD=x"), c("B=2")], Some("/x/a.so"));
         assert_eq!(env, vec![c("A=1"), c("B=2"), c("LD_PRELOAD=/x/a.so")]);

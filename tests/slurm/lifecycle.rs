@@ -476,17 +476,28 @@ fn periodic_srun_checkpoints_resume_task_by_task_after_scancel_in_a_salloc_rerun
 fn periodic_batch_checkpoints_resume_after_a_requeue_without_warning() {
     let Some(c) = slurm::cluster() else { return };
     let dir = setup(&c, "batch-periodic");
-    const STEPS: u32 = 40;
-    let want = reference(&c, &dir, &["python3", "pi.py", "40", "0"], 0);
+    const STEPS: u32 = 60;
+    let want = reference(&c, &dir, &["python3", "pi.py", "60", "0"], 0);
     let script = "#!/bin/bash\n#SBATCH --checkpoint-dir=ck --checkpoint-interval=10\n\
-                  python3 pi.py 40 0.5\n";
+                  python3 pi.py 60 0.5\n";
     let job = submit(&c, &dir, &["-t", "10"], script);
-    let latest = dir.join("ck/batch/latest");
+    let second = dir.join("ck/batch/gen-000002/generation.json");
     wait_until(
         &c,
         Some(&job),
-        "a periodic checkpoint of the batch step",
-        || latest.exists(),
+        "a second periodic checkpoint of the batch step",
+        || second.exists(),
+    );
+    // Periodic checkpoints track written pages: the second one refers to
+    // the first for the memory that did not change.
+    let record: serde_json::Value = fs::read(&second)
+        .ok()
+        .and_then(|d| serde_json::from_slice(&d).ok())
+        .unwrap_or_default();
+    c.check(
+        record["base"].as_u64() == Some(1),
+        &format!("the second periodic checkpoint is not incremental: {record}"),
+        &job.run(),
     );
     // Progress after the checkpoint, then a requeue with no warning signal
     // (an administrator, or a node failure): the output written since the

@@ -2,7 +2,7 @@
 //! checkpointed Slurm job (exec'ed from `slurm_spank_task_init`, as the user).
 //!
 //! ```text
-//! ckpt slurm-task --dir TASKDIR [--interval T] [--signal NAME] [--batch] [--keep-images]
+//! ckpt slurm-task --dir TASKDIR [--interval T] [--signal NAME] [--batch] [--keep-images] [--incremental off]
 //!                 [--lib LIBCKPT] -- ARGV...
 //! ckpt slurm-task --check --dir TASKDIR      (the plugin's check before a resume)
 //! ckpt slurm-exec [--ignore SIGNUM] -- ARGV  (how the program is started)
@@ -70,6 +70,9 @@ pub struct TaskOpts {
     pub batch: bool,
     /// Keep the images after the program finished.
     pub keep_images: bool,
+    /// `--incremental off`: periodic checkpoints are full (the site's
+    /// `incremental=no`); otherwise they track written pages.
+    pub no_incremental: bool,
     /// The preload library to use (`CKPT_LIB` for launch).
     pub lib: Option<PathBuf>,
     /// `--check`: only say whether a generation of TASKDIR can be loaded.
@@ -136,6 +139,10 @@ pub fn parse(args: &[String]) -> Result<TaskOpts, String> {
             "--lib" => o.lib = Some(PathBuf::from(value("--lib")?)),
             "--batch" => o.batch = true,
             "--keep-images" => o.keep_images = true,
+            "--incremental" => {
+                o.no_incremental =
+                    super::parse_incremental(&value("--incremental")?)? == super::Incremental::Off
+            }
             "--check" => o.check = true,
             "--" => {
                 o.command = args.get(i + 1..).unwrap_or_default().to_vec();
@@ -310,7 +317,7 @@ pub fn run(args: &[String]) -> Result<i32, Failure> {
         keep: ckpt::image::generation::DEFAULT_KEEP,
         no_verify: false,
         // The periodic timer is this process's own (not the engine's).
-        incremental: if o.interval > 0 {
+        incremental: if o.interval > 0 && !o.no_incremental {
             super::Incremental::On
         } else {
             super::Incremental::Off
@@ -876,6 +883,8 @@ mod tests {
             "USR2",
             "--batch",
             "--keep-images",
+            "--incremental",
+            "off",
             "--lib",
             "/l/libckpt.so",
             "--",
@@ -891,6 +900,7 @@ mod tests {
                 signal: libc::SIGUSR2,
                 batch: true,
                 keep_images: true,
+                no_incremental: true,
                 lib: Some("/l/libckpt.so".into()),
                 check: false,
                 command: args(&["/bin/prog", "--dir"]),
