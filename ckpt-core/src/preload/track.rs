@@ -324,6 +324,16 @@ pub enum PageClass {
 pub struct Cursors([usize; 3]);
 
 impl Incremental {
+    /// Start addresses of this state's buffers.
+    fn buffer_starts(&self) -> [u64; 4] {
+        [
+            self.written.mapping_start(),
+            self.zero.mapping_start(),
+            self.registered.mapping_start(),
+            self.huge.mapping_start(),
+        ]
+    }
+
     /// Classify a page that the full image would save.
     pub fn classify(&self, addr: u64, c: &mut Cursors) -> PageClass {
         if self.zero.contains(addr, &mut c.0[0]) {
@@ -372,13 +382,7 @@ pub fn incremental() -> Option<&'static Incremental> {
 
 /// Start addresses of the buffers of this module (never saved in images).
 pub fn scratch_starts() -> [u64; 4] {
-    let s = state();
-    [
-        s.written.mapping_start(),
-        s.zero.mapping_start(),
-        s.registered.mapping_start(),
-        s.huge.mapping_start(),
-    ]
+    state().buffer_starts()
 }
 
 /// The tracking descriptor, which is never saved as one of the program's.
@@ -495,6 +499,23 @@ fn scan(
     }
 }
 
+/// Run `f` with `/proc/self/pagemap` open, a buffer for scan results and
+/// one for `/proc/self/maps`; releases them after.
+fn with_scan_buffers<T>(
+    f: impl FnOnce(i32, &MmapBuf, &mut MmapBuf) -> Result<T, Errno>,
+) -> Result<T, Errno> {
+    let pagemap = raw::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)?;
+    let mut vec = MmapBuf::new();
+    let mut maps = MmapBuf::new();
+    let r = vec
+        .reserve(SCAN_VEC * core::mem::size_of::<PageRegion>())
+        .and_then(|()| f(pagemap, &vec, &mut maps));
+    vec.free();
+    maps.free();
+    raw::close(pagemap);
+    r
+}
+
 /// Addresses inside libckpt's own writable data: the mappings holding them
 /// are never tracked (the checkpoint itself writes there after the scan).
 fn own_data() -> [u64; 8] {
@@ -549,14 +570,18 @@ pub fn before_snapshot(req: &Request, own_uc: u64) -> bool {
     DISARM.store(0, Ordering::Release);
     let pid = raw::getpid();
     let fd = UFFD.load(Ordering::Acquire);
-    if fd >= 0 && (OWNER.load(Ordering::Acquire) != pid || !is_uffd(fd)) {
-        // Inherited by fork from the process that armed it (its ranges are
-        // not registered here), or closed by the program: start over.
-        if OWNER.load(Ordering::Acquire) != pid && is_uffd(fd) {
-            raw::close(fd);
+    if fd >= 0 {
+        let ours = is_uffd(fd);
+        let inherited = OWNER.load(Ordering::Acquire) != pid;
+        if inherited || !ours {
+            // Inherited by fork from the process that armed it (its ranges
+            // are not registered here), or closed by the program: start over.
+            if inherited && ours {
+                raw::close(fd);
+            }
+            UFFD.store(-1, Ordering::Release);
+            ARMED_GEN.store(0, Ordering::Release);
         }
-        UFFD.store(-1, Ordering::Release);
-        ARMED_GEN.store(0, Ordering::Release);
     }
     let mut want = req.track;
     if want && BACKOFF.load(Ordering::Acquire) > 0 {
@@ -594,14 +619,10 @@ fn prepare(req: &Request, want: bool, usable: bool, own_uc: u64) -> Result<bool,
     s.zero.clear();
     s.registered.clear();
     s.huge.clear();
-    let pagemap = raw::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)?;
-    let mut vec = MmapBuf::new();
-    let mut maps = MmapBuf::new();
     const CATEGORIES: u64 = PAGE_IS_WPALLOWED | PAGE_IS_PFNZERO | PAGE_IS_HUGE;
-    let r = (|| {
-        vec.reserve(SCAN_VEC * core::mem::size_of::<PageRegion>())?;
+    with_scan_buffers(|pagemap, vec, maps| {
         // 1. What is registered, zero, huge — as of the last arming.
-        scan(pagemap, &vec, 0, (0, CATEGORIES, CATEGORIES), |r| {
+        scan(pagemap, vec, 0, (0, CATEGORIES, CATEGORIES), |r| {
             if r.categories & PAGE_IS_WPALLOWED != 0 {
                 s.registered.push(r.start, r.end)?;
             }
@@ -628,13 +649,13 @@ fn prepare(req: &Request, want: bool, usable: bool, own_uc: u64) -> Result<bool,
                 UFFD.store(fd, Ordering::Release);
                 OWNER.store(raw::getpid(), Ordering::Release);
             }
-            unsaved = register_all(s, fd, &mut maps, own_uc)?;
+            unsaved = register_all(s, fd, maps, own_uc)?;
         }
         // 3. Written since the last arming (and re-arm when tracking goes on).
         let flags = if want { PM_SCAN_WP_MATCHING } else { 0 };
         scan(
             pagemap,
-            &vec,
+            vec,
             flags,
             (PAGE_IS_WRITTEN, 0, PAGE_IS_WRITTEN),
             |r| {
@@ -667,11 +688,7 @@ fn prepare(req: &Request, want: bool, usable: bool, own_uc: u64) -> Result<bool,
             }
         }
         Ok(usable)
-    })();
-    vec.free();
-    maps.free();
-    raw::close(pagemap);
-    r
+    })
 }
 
 /// Register every trackable mapping with `fd` (libckpt's own data, this
@@ -685,12 +702,7 @@ fn register_all(
     own_uc: u64,
 ) -> Result<(u64, u64), Errno> {
     let own = own_data();
-    let mine = [
-        s.written.mapping_start(),
-        s.zero.mapping_start(),
-        s.registered.mapping_start(),
-        s.huge.mapping_start(),
-    ];
+    let mine = s.buffer_starts();
     let mut unsaved = (0u64, 0u64);
     let own_floor = own_uc.saturating_sub(8) & !(PAGE - 1);
     maps.read_file(b"/proc/self/maps\0")?;
@@ -736,37 +748,27 @@ fn register_all(
 /// **Async-signal-safe.**
 pub fn arm_after_restore(generation: u64, sp: u64) {
     let s = state();
-    let r = (|| -> Result<(), Errno> {
-        let pagemap = raw::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)?;
-        let mut vec = MmapBuf::new();
-        let mut maps = MmapBuf::new();
-        let r = (|| {
-            vec.reserve(SCAN_VEC * core::mem::size_of::<PageRegion>())?;
-            scan(pagemap, &vec, 0, (0, PAGE_IS_HUGE, PAGE_IS_HUGE), |r| {
-                s.huge.push(r.start, r.end)
-            })?;
-            s.huge.normalize();
-            let fd = open_uffd()?;
-            UFFD.store(fd, Ordering::Release);
-            OWNER.store(raw::getpid(), Ordering::Release);
-            let (lo, _) = register_all(s, fd, &mut maps, sp)?;
-            scan(
-                pagemap,
-                &vec,
-                PM_SCAN_WP_MATCHING,
-                (PAGE_IS_WRITTEN, 0, PAGE_IS_WRITTEN),
-                |_| Ok(()),
-            )?;
-            ARMED_GEN.store(generation, Ordering::Release);
-            UNSAVED_LO.store(lo, Ordering::Release);
-            UNSAVED_HI.store((sp + PAGE - 1) & !(PAGE - 1), Ordering::Release);
-            Ok(())
-        })();
-        vec.free();
-        maps.free();
-        raw::close(pagemap);
-        r
-    })();
+    let r = with_scan_buffers(|pagemap, vec, maps| {
+        scan(pagemap, vec, 0, (0, PAGE_IS_HUGE, PAGE_IS_HUGE), |r| {
+            s.huge.push(r.start, r.end)
+        })?;
+        s.huge.normalize();
+        let fd = open_uffd()?;
+        UFFD.store(fd, Ordering::Release);
+        OWNER.store(raw::getpid(), Ordering::Release);
+        let (lo, _) = register_all(s, fd, maps, sp)?;
+        scan(
+            pagemap,
+            vec,
+            PM_SCAN_WP_MATCHING,
+            (PAGE_IS_WRITTEN, 0, PAGE_IS_WRITTEN),
+            |_| Ok(()),
+        )?;
+        ARMED_GEN.store(generation, Ordering::Release);
+        UNSAVED_LO.store(lo, Ordering::Release);
+        UNSAVED_HI.store((sp + PAGE - 1) & !(PAGE - 1), Ordering::Release);
+        Ok(())
+    });
     s.huge.free();
     if r.is_err() {
         disarm();
