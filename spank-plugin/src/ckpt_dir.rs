@@ -11,14 +11,17 @@
 //! - the final directory must belong to the user: checkpoint images hold the
 //!   whole memory of the job.
 //!
-//! Directories on the way that belong to others (`/scratch`, `/home`) are
-//! trusted like any path a user names. The check holds when the task starts;
-//! whoever writes images later should open `CKPT_DIR` once with
-//! `O_DIRECTORY|O_NOFOLLOW`, check its owner with `fstat`, and work relative
-//! to that descriptor.
+//! - the final directory must not be writable by group or others, and every
+//!   directory above it must belong to root or the user and not be writable
+//!   by others unless it is sticky (`safe_dir::check`, walked upwards from
+//!   the open descriptor): then nobody else can move it away and put their
+//!   own in its place later (`docs/security.md`).
+//!
+//! `ckpt` opens `CKPT_DIR` again once, checks it the same way and works
+//! relative to that descriptor.
 
 use std::fmt;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
@@ -51,6 +54,8 @@ pub enum DirError {
     NotADirectory(PathBuf),
     /// The path is not absolute.
     NotAbsolute(PathBuf),
+    /// The directory, or one above it, can be changed by other users.
+    Unsafe(safe_dir::SafeDirError),
     /// A system call failed on a component.
     Io {
         /// What was being done.
@@ -94,6 +99,7 @@ impl fmt::Display for DirError {
                 "{} exists and is not a directory: choose another --checkpoint-dir",
                 path.display()
             ),
+            Self::Unsafe(e) => write!(f, "{e}"),
             Self::NotAbsolute(path) => {
                 write!(f, "checkpoint directory {} is not absolute", path.display())
             }
@@ -217,6 +223,10 @@ pub fn prepare(path: &Path, uid: u32) -> Result<Prepared, DirError> {
         // mkdirat applied the umask; make the mode exactly 0700.
         fchmod(current.as_raw_fd(), Mode::S_IRWXU).map_err(|e| io("chmod", path, e))?;
     }
+    // Not writable by others, and nobody but root and the user can change
+    // a directory above it (checked upwards from the descriptor, so the
+    // symlinks followed on the way do not matter).
+    safe_dir::check(current.as_fd(), uid).map_err(DirError::Unsafe)?;
     Ok(Prepared { created })
 }
 
@@ -320,6 +330,32 @@ mod tests {
             prepare(&base.join("l"), me()).unwrap_err(),
             DirError::NotADirectory(base.join("l"))
         );
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn a_directory_others_can_change_is_refused() {
+        // The reviewer's case: another user's world-writable directory
+        // (here: our own 0777 one, which counts the same) inside a sticky
+        // one; the job's directory below it must not be accepted.
+        let base = scratch("shared");
+        let open = base.join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = prepare(&open.join("job/ck"), me()).unwrap_err();
+        assert!(
+            matches!(&err, DirError::Unsafe(safe_dir::SafeDirError::UnsafeAncestor { path, .. }) if *path == open),
+            "{err:?}"
+        );
+        // A final directory writable by its group: refused, mode unchanged.
+        let team = base.join("team");
+        std::fs::create_dir(&team).unwrap();
+        std::fs::set_permissions(&team, std::fs::Permissions::from_mode(0o2775)).unwrap();
+        let err = prepare(&team, me()).unwrap_err();
+        assert!(err.to_string().contains("mode 2775"), "{err}");
+        let mode = std::fs::metadata(&team).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o2775);
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o700)).unwrap();
         std::fs::remove_dir_all(base).unwrap();
     }
 
