@@ -817,6 +817,118 @@ fn hostile_images() {
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// Another user's image that the restarting user can read (mode 0644,
+/// owned by nobody when we are root).
+fn readable(p: &Path) -> Result<(), String> {
+    fs::set_permissions(p, fs::Permissions::from_mode(0o644)).map_err(|e| e.to_string())?;
+    if is_root() {
+        chown(p, 65534)?;
+    }
+    Ok(())
+}
+
+/// An inotify watch for opens and reads of one file.
+struct ReadWatch(i32);
+
+impl ReadWatch {
+    fn on(p: &Path) -> Result<ReadWatch, String> {
+        // SAFETY: plain syscall, no pointers.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(format!("inotify: {}", std::io::Error::last_os_error()));
+        }
+        let w = ReadWatch(fd);
+        let c =
+            std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+        // SAFETY: fd is our inotify instance, c a valid C string.
+        if unsafe { libc::inotify_add_watch(fd, c.as_ptr(), libc::IN_OPEN | libc::IN_ACCESS) } < 0 {
+            return Err(format!(
+                "inotify watch {}: {}",
+                p.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(w)
+    }
+
+    /// Whether the file was opened or read since the watch was set.
+    fn touched(&self) -> bool {
+        let mut buf = [0u8; 4096];
+        // SAFETY: reading into our buffer of its stated length from our (non-blocking) fd.
+        let n = unsafe { libc::read(self.0, buf.as_mut_ptr().cast(), buf.len()) };
+        n > 0
+    }
+}
+
+impl Drop for ReadWatch {
+    fn drop(&mut self) {
+        // SAFETY: closing the inotify fd we own.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// A manifest whose `image.file` names another image than the one the
+/// generation record lists and checked (an absolute path to another user's
+/// image, a path out of the generation, another file in it), with the
+/// manifest checksum in generation.json fixed: the restart is refused with a
+/// message naming the file, and the other file is never opened. The other
+/// file is a copy of the real image, so that its checksums pass.
+#[test]
+fn manifest_redirects_image_file() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let job = pristine(&ckpt, "redirect");
+    let img = job.dir.join("gen-000001/proc-2.img");
+    let foreign = job.s.join("other-user");
+    fs::create_dir_all(&foreign).unwrap_or_else(|e| panic!("{e}"));
+    let other = foreign.join("proc-2.img");
+    fs::copy(&img, &other).unwrap_or_else(|e| panic!("{e}"));
+    readable(&other).unwrap_or_else(|e| panic!("{e}"));
+    let other_name = other.display().to_string();
+    // (tag, name written into image.file, where the copy is, relative to the copy of the dir)
+    let cases: [(&str, &str, Option<&str>); 3] = [
+        ("absolute", &other_name, None),
+        ("dotdot", "../x", Some("x")),
+        ("sibling", "proc-9.img", Some("gen-000001/proc-9.img")),
+    ];
+    let mut failures = Vec::new();
+    for (tag, name, local) in cases {
+        let d = job.s.join(format!("redirect-{tag}"));
+        let r = (|| -> Result<(), String> {
+            copy_tree(&job.dir, &d)?;
+            let target = match local {
+                Some(rel) => {
+                    let t = d.join(rel);
+                    fs::copy(&img, &t).map_err(|e| e.to_string())?;
+                    readable(&t)?;
+                    t
+                }
+                None => other.clone(),
+            };
+            edit_manifest(&d.join("gen-000001"), |m| {
+                m["image"]["file"] = name.into();
+            })?;
+            let watch = ReadWatch::on(&target)?;
+            let r = restart_refused(&job, &d, &format!("redirect-{tag}"), &[name]);
+            if watch.touched() {
+                return Err(format!(
+                    "the restart opened or read {} ({})",
+                    target.display(),
+                    r.err().unwrap_or_default()
+                ));
+            }
+            eprintln!("{tag}: {}", r?.lines().last().unwrap_or(""));
+            Ok(())
+        })();
+        if let Err(e) = r {
+            failures.push(format!("image.file = {name:?}: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    // The untouched image restarts: the refusal is for the redirect.
+    job.restart_and_verify("redirect-pristine")
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
 // ---- Security ----
 
 /// Images and directories are private: the checkpoint dir is tightened to
@@ -882,6 +994,34 @@ fn incremental_chain_damage() {
         )),
         Ok(_) => {}
         Err(e) => failures.push(format!("damaged base: {e}")),
+    }
+    // The base's manifest names another (readable, checksum-valid) image
+    // than its record lists: the base is refused, and that file never read.
+    let d = job.s.join("redirected-base");
+    let other = job.s.join("other-base.img");
+    let r = copy_tree(&job.dir, &d)
+        .and_then(|()| {
+            fs::copy(d.join("gen-000001/proc-2.img"), &other).map_err(|e| e.to_string())?;
+            readable(&other)?;
+            edit_manifest(&d.join("gen-000001"), |m| {
+                m["image"]["file"] = other.display().to_string().into();
+            })
+        })
+        .and_then(|()| {
+            let watch = ReadWatch::on(&other)?;
+            let r = restart_refused(
+                &job,
+                &d,
+                "redirected-base",
+                &[other.display().to_string().as_str()],
+            );
+            if watch.touched() {
+                return Err(format!("the restart read {}", other.display()));
+            }
+            r
+        });
+    if let Err(e) = r {
+        failures.push(format!("base manifest redirects its image file: {e}"));
     }
     // The intact chain restores the newest generation, correctly.
     if let Err(e) = job.restart_and_verify("chain-intact") {

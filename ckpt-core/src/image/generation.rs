@@ -580,12 +580,40 @@ fn load_one(gdir: &Path) -> Result<LoadedGeneration, ImageError> {
             });
         }
         let mut m = parse_manifest(&mfile, &data)?;
+        // The restorer reads the image the record names and this check
+        // covers; a manifest naming another file (absolute, `..`, or a
+        // sibling) would have it read unchecked data, maybe another user's.
+        if m.image.file != pr.image {
+            return Err(ImageError::Corrupt {
+                file: mfile,
+                what: format!(
+                    "names image file {:?}, but its generation record lists {:?}",
+                    m.image.file, pr.image
+                ),
+            });
+        }
         // The writer saves shared memory before private memory; order by address.
         m.regions.sort_by_key(|r| r.start);
         let ip = gdir.join(&pr.image);
         let ifile = ip.display().to_string();
-        let imd = fs::symlink_metadata(&ip).map_err(|e| ImageError::io(&ip, "stat", e))?;
+        // Open once, without following a link, and check what was opened
+        // (non-blocking: a FIFO under the name is refused, not waited on).
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+                .open(&ip)
+                .map_err(|e| ImageError::io(&ip, "open", e))?
+        };
+        let imd = f.metadata().map_err(|e| ImageError::io(&ip, "stat", e))?;
         check_owner(&ip, &imd)?;
+        if !imd.is_file() {
+            return Err(ImageError::Corrupt {
+                file: ifile,
+                what: "not a regular file".into(),
+            });
+        }
         if imd.len() != pr.image_size || m.image.size != pr.image_size {
             return Err(ImageError::Corrupt {
                 file: ifile,
@@ -599,7 +627,6 @@ fn load_one(gdir: &Path) -> Result<LoadedGeneration, ImageError> {
         let mut hdr = vec![0u8; 64];
         {
             use std::io::Read;
-            let mut f = fs::File::open(&ip).map_err(|e| ImageError::io(&ip, "open", e))?;
             let n = f
                 .read(&mut hdr)
                 .map_err(|e| ImageError::io(&ip, "read", e))?;

@@ -10,10 +10,11 @@
 //!   per saved object, filled from the images, mapped by every process.
 
 use std::collections::HashMap;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt as _, OpenOptionsExt as _};
+use std::path::Path;
 
 use ckpt::image::generation::LoadedGeneration;
-use ckpt::image::manifest::{FdKind, RegionKind};
+use ckpt::image::manifest::{FdKind, ImageRef, RegionKind};
 
 use super::names::name_bytes;
 
@@ -48,6 +49,49 @@ fn dup_at_least(fd: i32, min: i32) -> Result<i32, String> {
     } else {
         Ok(r)
     }
+}
+
+/// Open the image file `name` of generation directory `dir` for reading:
+/// once, without following a link, and check the descriptor itself (a
+/// regular file of ours, of the size the generation record lists), so that
+/// what is read is what was checked, never another user's file.
+/// Non-blocking: a FIFO planted under the name is refused, not waited on.
+pub fn open_image(dir: &Path, name: &str, size: u64) -> Result<std::fs::File, String> {
+    let path = dir.join(name);
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return Err(format!(
+            "{}: corrupt image: file name {name:?} points outside its generation",
+            path.display()
+        ));
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let md = f
+        .metadata()
+        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if md.uid() != me {
+        return Err(format!(
+            "{} belongs to uid {}, not to you (uid {me}): refusing to restore it",
+            path.display(),
+            md.uid()
+        ));
+    }
+    if !md.is_file() {
+        return Err(format!("{}: not a regular file", path.display()));
+    }
+    if md.len() != size {
+        return Err(format!(
+            "{}: size is {} bytes, expected {size} (changed since it was checked?)",
+            path.display(),
+            md.len()
+        ));
+    }
+    Ok(f)
 }
 
 fn open_path(path: &[u8], flags: i32) -> Result<i32, String> {
@@ -134,8 +178,8 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
         }
     }
     // Pipes: one per saved pipe inode that the job holds.
-    type PipeData = (std::path::PathBuf, [u64; 2], Option<u32>);
-    let mut seen_data: HashMap<u64, PipeData> = HashMap::new();
+    type PipeData<'a> = (&'a ImageRef, [u64; 2], Option<u32>);
+    let mut seen_data: HashMap<u64, PipeData<'_>> = HashMap::new();
     // Which ends of each pipe the job holds. A pipe held only by write ends,
     // one of them at fd 1 or 2 (the job's stdout/stderr read outside the
     // job: srun's I/O pipes, `ckpt launch | cat`), or only by read ends, one
@@ -188,7 +232,7 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
             if let Some(d) = f.pipe_data {
                 seen_data
                     .entry(f.inode)
-                    .or_insert((g.path.join(&m.image.file), d, f.pipe_crc));
+                    .or_insert((&m.image, d, f.pipe_crc));
             }
             if s.pipes.contains_key(&f.inode) {
                 continue;
@@ -201,7 +245,8 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
         let Some(&(_, w)) = s.pipes.get(ino) else {
             continue;
         };
-        let file = std::fs::File::open(img).map_err(|e| format!("{}: {e}", img.display()))?;
+        let file = open_image(&g.path, &img.file, img.size)?;
+        let img = g.path.join(&img.file);
         let mut buf = vec![0u8; *len as usize];
         file.read_exact_at(&mut buf, *off)
             .map_err(|e| format!("{}: reading buffered pipe data: {e}", img.display()))?;
@@ -256,7 +301,7 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
     }
     for m in &g.processes {
         let img = g.path.join(&m.image.file);
-        let file = std::fs::File::open(&img).map_err(|e| format!("{}: {e}", img.display()))?;
+        let file = open_image(&g.path, &m.image.file, m.image.size)?;
         for r in m
             .regions
             .iter()
@@ -297,4 +342,38 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
         }
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt as _;
+
+    #[test]
+    fn open_image_checks_the_descriptor() {
+        let dir = std::env::temp_dir().join(format!("ckpt-open-image-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("proc-2.img"), vec![0u8; 8192]).unwrap();
+        std::os::unix::fs::symlink(dir.join("proc-2.img"), dir.join("proc-3.img")).unwrap();
+        let fifo = std::ffi::CString::new(dir.join("proc-4.img").as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert!(open_image(&dir, "proc-2.img", 8192).is_ok());
+        let refused = |name: &str, size: u64, says: &str| {
+            let e = open_image(&dir, name, size).unwrap_err();
+            assert!(e.contains(says), "{name}: {e}");
+        };
+        refused("proc-2.img", 4096, "expected 4096");
+        refused("proc-3.img", 8192, "proc-3.img");
+        refused("proc-4.img", 0, "not a regular file");
+        refused("../proc-2.img", 8192, "outside its generation");
+        refused("/etc/passwd", 8192, "outside its generation");
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(dir.join("proc-2.img"), Some(65534), None).unwrap();
+            refused("proc-2.img", 8192, "belongs to uid 65534");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

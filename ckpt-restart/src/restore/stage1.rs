@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::shared::{Shared, reopen_flags};
 use std::ffi::CString;
+use std::os::fd::AsRawFd as _;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -434,32 +435,29 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
     }
     let mut img_fds = Vec::with_capacity(levels + 1);
     for level in 0..=levels {
-        let (dir, file) = if level == 0 {
-            (s.gen_dir, m.image.file.as_str())
+        // The names and sizes were checked at load (manifest and record
+        // agree); stage 2 reads from exactly these descriptors.
+        let (dir, file, size) = if level == 0 {
+            (s.gen_dir, m.image.file.as_str(), m.image.size)
         } else {
             let g = s
                 .bases
                 .get(level - 1)
                 .ok_or_else(|| format!("base generation {level} is missing"))?;
-            let f = g
+            let (f, size) = g
                 .record
                 .processes
                 .iter()
                 .find(|p| p.pid == m.pid)
-                .map(|p| p.image.as_str())
+                .map(|p| (p.image.as_str(), p.image_size))
                 .ok_or_else(|| {
                     format!("{} holds no image of process {}", g.path.display(), m.pid)
                 })?;
-            (g.path.as_path(), f)
+            (g.path.as_path(), f, size)
         };
-        let img_path = dir.join(file);
-        let img = open_at(
-            img_path.as_os_str().as_bytes(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-        .map_err(|e| format!("cannot open {}: {e}", img_path.display()))?;
-        let d = dup_above(img, hi, true).map_err(|e| e.to_string())?;
-        unsafe_close(img);
+        let img = super::shared::open_image(dir, file, size)?;
+        let d = dup_above(img.as_raw_fd(), hi, true).map_err(|e| e.to_string())?;
+        drop(img);
         img_fds.push(d);
     }
     let exe_fd = match open_at(&name_bytes(&m.exe), libc::O_RDONLY | libc::O_CLOEXEC) {
