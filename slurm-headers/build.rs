@@ -40,6 +40,10 @@ fn main() {
     let version_h = include_dir.join("slurm/slurm_version.h");
     println!("cargo:rerun-if-changed={}", spank_h.display());
     println!("cargo:rerun-if-changed={}", version_h.display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        include_dir.join("slurm/slurm.h").display()
+    );
 
     let out_dir = match env::var_os("OUT_DIR") {
         Some(d) => PathBuf::from(d),
@@ -54,6 +58,8 @@ fn main() {
         .allowlist_function("spank_.*")
         .allowlist_function("slurm_(info|error|verbose|debug|debug2|debug3|spank_log)")
         .allowlist_type("spank_.*")
+        // The public layout of slurmstepd's `slurm_conf` (its TaskProlog).
+        .allowlist_type("slurm_conf_t")
         .allowlist_var("ESPANK_.*|SPANK_.*|SLURM_VERSION_NUMBER|SLURM_SUCCESS|SLURM_ERROR")
         .constified_enum_module("spank_context")
         .constified_enum_module("spank_item")

@@ -49,6 +49,9 @@ pub enum PluginError {
         /// What `ckpt` said.
         why: String,
     },
+    /// Checkpointing cannot keep what slurmstepd does for a task on this
+    /// node (after_task_init): the task is refused.
+    NotAvailable(String),
     /// A callback panicked (a bug); caught at the FFI boundary.
     Panic(&'static str),
 }
@@ -86,6 +89,7 @@ impl fmt::Display for PluginError {
                  started again from the beginning, to protect its outputs: inspect them with \
                  `ckpt status --dir {dir}`, then remove that directory to start over"
             ),
+            Self::NotAvailable(why) => write!(f, "{why}"),
             Self::Panic(callback) => {
                 write!(f, "internal error (panic) in {callback}; please report it")
             }

@@ -106,6 +106,23 @@ pub extern "C" fn slurm_spank_init_post_opt(
     guarded("slurm_spank_init_post_opt", hooks::init_post_opt)
 }
 
+/// Called in srun once the step exists, before its tasks are launched.
+///
+/// # Safety
+/// As for [`slurm_spank_init`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn slurm_spank_local_user_init(
+    sp: sys::spank_t,
+    _argc: c_int,
+    _argv: *mut *mut c_char,
+) -> c_int {
+    guarded("slurm_spank_local_user_init", || {
+        // SAFETY: `sp` is this callback's handle and `spank` does not escape it.
+        let spank = unsafe { Spank::from_raw(sp) };
+        hooks::local_user_init(&spank)
+    })
+}
+
 /// Called in each task, as the job's user, just before it execs.
 ///
 /// # Safety

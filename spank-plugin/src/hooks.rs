@@ -17,6 +17,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use slurm_headers::sys;
 
+use crate::after_task_init;
 use crate::ckpt_dir;
 use crate::error::PluginError;
 use crate::options::{self, JobValues, OptionError, PluginConfig, UserOptions};
@@ -145,6 +146,16 @@ pub fn init_post_opt() -> Result<(), PluginError> {
     }
 }
 
+/// `slurm_spank_local_user_init` (srun, once the step exists, before it is
+/// launched): a checkpointed step's `--task-prolog` is passed to `ckpt
+/// slurm-task` (slurmstepd runs it after `task_init`, too late for ckpt).
+pub fn local_user_init(spank: &Spank) -> Result<(), PluginError> {
+    if spank::context() != Context::Local || !state().user.any() {
+        return Ok(());
+    }
+    after_task_init::pass_user_task_prolog(spank)
+}
+
 /// In sbatch: a checkpointed job without a warning signal is checkpointed
 /// only periodically, never just before its time limit or at preemption.
 /// A SPANK plugin cannot add `--signal` to the job (22.05: no item for it,
@@ -201,13 +212,16 @@ pub struct TaskCheckpoint {
 /// checkpointed task execs `ckpt slurm-task` here, which runs the task's
 /// command under checkpoint control or resumes it from its images.
 ///
-/// What slurmstepd 22.05 would still do between this callback and its own
-/// `execve` (`exec_task()` in src/slurmd/slurmstepd/task.c): run the site
-/// `TaskProlog` and the user's `--task-prolog`, set `TMPDIR`, stop for a
-/// parallel debugger, resolve a relative `argv[0]` in `PATH`, apply the
-/// propagated resource limits (`set_user_limits`) and, with `--container`,
-/// run the task in its OCI container. `ckpt slurm-task` applies the limits
-/// and `TMPDIR`; the others are not available to checkpointed tasks (README).
+/// What slurmstepd would still do between this callback and its own
+/// `execve` (`exec_task()` in src/slurmd/slurmstepd/task.c, 22.05 and
+/// 25.11): set the job's SELinux context, run the site `TaskProlog` and the
+/// user's `--task-prolog`, set `TMPDIR`, stop for a parallel debugger,
+/// resolve a relative `argv[0]` in `PATH`, apply the propagated resource
+/// limits (`set_user_limits`) and, with `--container`, run the task in its
+/// OCI container. `ckpt slurm-task` runs the prologs (the site's path is
+/// passed from here, see [`after_task_init`]), then applies `TMPDIR` and
+/// the limits; a node where the SELinux context would apply is refused
+/// here; the rest is in docs/slurm-task-order.md.
 pub fn task_init(spank: &Spank, args: &[String]) -> Result<(), PluginError> {
     if spank::context() != Context::Remote {
         return Ok(());
@@ -223,6 +237,8 @@ pub fn task_init(spank: &Spank, args: &[String]) -> Result<(), PluginError> {
     }
     let rank = spank.item_u32(sys::spank_item::S_TASK_GLOBAL_ID, "S_TASK_GLOBAL_ID")?;
     let task_dir = task_env::task_dir(&task.dir, step, rank);
+    after_task_init::check_selinux()?;
+    let site_prolog = after_task_init::site_task_prolog()?;
     preflight(&task, &task_dir)?;
     let exec = task_env::TaskExec {
         ckpt_bin: &task.config.ckpt_bin,
@@ -237,6 +253,7 @@ pub fn task_init(spank: &Spank, args: &[String]) -> Result<(), PluginError> {
     let argv = task_env::exec_argv(&exec, &spank.job_argv()?);
     let preload = task_env::preload_without(original_preload.as_deref(), &task.config.libckpt);
     let env = task_env::exec_env(&spank.job_env()?, preload.as_deref());
+    let env = after_task_init::with_site_prolog(env, site_prolog.as_deref());
     let path = std::ffi::CString::new(task.config.ckpt_bin.as_str()).unwrap_or_default();
     // Only returns on failure.
     let Err(e) = nix::unistd::execve(&path, &argv, &env);

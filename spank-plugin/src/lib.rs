@@ -15,12 +15,15 @@
 //!   plugstack.conf arguments; directory pattern expansion.
 //! - [`ckpt_dir`]: creation and checks of the checkpoint directory, as the user.
 //! - [`task_env`]: the task's `LD_PRELOAD` and `CKPT_*` variables.
+//! - [`after_task_init`]: what slurmstepd does after `task_init` (task
+//!   prologs, SELinux context) and how a checkpointed task keeps it.
 //! - [`error`]: the plugin's error type.
 //!
 //! Nothing in the plugin runs as root on a user-controlled path: the only
 //! file-system work happens in `task_init`, after slurmstepd dropped to the
 //! job's user.
 
+pub mod after_task_init;
 pub mod ckpt_dir;
 pub mod error;
 pub mod export;

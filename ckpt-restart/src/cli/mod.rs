@@ -5,6 +5,7 @@ pub mod launch;
 pub mod restart;
 pub mod slurm;
 pub mod status;
+pub mod task_prolog;
 
 use std::path::PathBuf;
 

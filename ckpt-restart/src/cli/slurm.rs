@@ -290,6 +290,8 @@ pub fn run(args: &[String]) -> Result<i32, Failure> {
         return check(&o);
     }
     block_alarm(o.signal);
+    // slurmstepd's order after task_init: task prologs, TMPDIR, limits.
+    super::task_prolog::run(&o.dir)?;
     apply_rlimits();
     if std::env::var_os("TMPDIR").is_none() {
         // SAFETY: single-threaded (no thread started yet).
