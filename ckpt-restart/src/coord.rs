@@ -71,6 +71,9 @@ pub const MAX_CHAIN: u32 = 8;
 
 const STOP_DEADLINE: Duration = Duration::from_secs(30);
 
+/// Connections served at once (a checkpoint holds one per process).
+pub const MAX_CONNECTIONS: usize = 4096;
+
 impl Coordinator {
     /// A coordinator for `dir`.
     pub fn new(dir: CheckpointDir, command: Vec<String>, keep: usize) -> Arc<Self> {
@@ -123,14 +126,27 @@ impl Coordinator {
             .collect()
     }
 
-    /// Serve connections forever (run on its own thread).
+    /// Serve connections forever (run on its own thread). Only processes
+    /// of our own user are answered, and at most [`MAX_CONNECTIONS`] at
+    /// once (each process of the job holds one during a checkpoint).
     pub fn serve(self: Arc<Self>, listener: OwnedFd) {
+        static OPEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         loop {
             let Ok(conn) = sock::accept(&listener) else {
                 continue;
             };
+            if !sock::peer_is_us(&conn) {
+                continue; // dropped: another user's process
+            }
+            if OPEN.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                OPEN.fetch_sub(1, Ordering::AcqRel);
+                continue;
+            }
             let me = self.clone();
-            std::thread::spawn(move || me.handle(conn));
+            std::thread::spawn(move || {
+                me.handle(conn);
+                OPEN.fetch_sub(1, Ordering::AcqRel);
+            });
         }
     }
 
@@ -217,8 +233,10 @@ impl Coordinator {
         let mut failure = None;
         let mut in_place = 0usize;
         for (pid, conn) in &run.leaders {
+            // The directory goes along as a descriptor: the process writes
+            // relative to it, whatever happens to its name meanwhile.
             let msg = format!("WRITE {} {base} {track} {target}", pending.number);
-            if sock::send(conn, msg.as_bytes()).is_err() {
+            if sock::send_with_fd(conn, msg.as_bytes(), pending.fd()).is_err() {
                 failure.get_or_insert(format!("process {pid} went away during the checkpoint"));
             }
         }
@@ -308,7 +326,7 @@ impl Coordinator {
         let mut incremental = false;
         if failure.is_none() {
             for pid in &pids {
-                match check_written(&pending.path, *pid) {
+                match check_written(&pending, *pid) {
                     Ok((_, Some(b))) if b != base => {
                         failure = Some(format!(
                             "process {pid} wrote an image that refers to generation {b}, not {base}"
@@ -561,10 +579,13 @@ impl Run {
 
 /// Check what a process wrote and refuse features restore cannot handle
 /// yet. Returns its entry and the generation it refers to (incremental).
-fn check_written(gdir: &Path, pid: i32) -> Result<(ProcessRef, Option<u64>), String> {
+fn check_written(
+    gdir: &ckpt::image::generation::PendingGeneration,
+    pid: i32,
+) -> Result<(ProcessRef, Option<u64>), String> {
     let mname = format!("proc-{pid}.json");
     let iname = format!("proc-{pid}.img");
-    let data = std::fs::read(gdir.join(&mname)).map_err(|e| format!("{mname}: {e}"))?;
+    let data = std::fs::read(gdir.at(&mname)).map_err(|e| format!("{mname}: {e}"))?;
     let m: ProcessManifest = serde_json::from_slice(&data)
         .map_err(|e| format!("{mname} is not a valid manifest: {e}"))?;
     for f in &m.fds {
@@ -582,7 +603,7 @@ fn check_written(gdir: &Path, pid: i32) -> Result<(ProcessRef, Option<u64>), Str
             ));
         }
     }
-    let size = std::fs::metadata(gdir.join(&iname))
+    let size = std::fs::symlink_metadata(gdir.at(&iname))
         .map_err(|e| format!("{iname}: {e}"))?
         .len();
     Ok((

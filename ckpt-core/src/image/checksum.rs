@@ -40,6 +40,16 @@ impl Crc32c {
         self.update(s);
     }
 
+    /// The state after some bytes, to go on from later ([`Crc32c::resume`]).
+    pub fn state(self) -> u32 {
+        self.0
+    }
+
+    /// Go on from a state that [`Crc32c::state`] returned.
+    pub const fn resume(state: u32) -> Self {
+        Crc32c(state)
+    }
+
     /// The checksum of everything fed so far.
     pub fn finish(self) -> u32 {
         !self.0

@@ -13,10 +13,14 @@
 //! directory, after every file in it and the directory itself were fsynced.
 //! The previous complete generations stay until a newer one is complete.
 
+use std::ffi::{CString, OsStr};
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::checksum::crc32c;
 use super::format;
@@ -27,10 +31,17 @@ use crate::fault::{self, Point};
 /// How many complete generations are kept by default.
 pub const DEFAULT_KEEP: usize = 2;
 
-/// A checkpoint directory that exists, is ours and is private.
+/// A checkpoint directory that exists, is ours, cannot be changed by other
+/// users (see `docs/security.md`), and is held open: everything ckpt
+/// creates, renames or removes in it is done relative to that descriptor.
 #[derive(Clone, Debug)]
 pub struct CheckpointDir {
+    /// The real path when it was opened (for messages and for processes
+    /// that must find it by name, such as a restarted job's coordinator
+    /// socket).
     path: PathBuf,
+    fd: Arc<OwnedFd>,
+    mode: u32,
 }
 
 /// Summary of one generation for `ckpt status`.
@@ -95,24 +106,73 @@ pub fn gen_name(n: u64) -> String {
     format!("gen-{n:06}")
 }
 
+fn cstr(name: &OsStr) -> Result<CString, std::io::Error> {
+    CString::new(name.as_bytes()).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn last_err() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
+/// Open `name` in directory `dir` as a directory, never following a
+/// symlink in its last component.
+fn open_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, std::io::Error> {
+    let c = cstr(name)?;
+    // SAFETY: c is NUL-terminated; dir is an open descriptor.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: openat just returned this descriptor and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Where an open descriptor is now (`/proc/self/fd/N` resolved).
+fn real_path(fd: BorrowedFd<'_>) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()
+}
+
 impl CheckpointDir {
-    /// Open an existing checkpoint directory: it must be a real directory
-    /// (not a symlink), owned by us and writable. Looser permissions than
-    /// 0700 are tightened, since images hold process memory.
+    /// Open an existing checkpoint directory once (`O_NOFOLLOW`: not a
+    /// symlink) and check the descriptor: a directory owned by us, not
+    /// writable by group or others, writable by us, with no directory above
+    /// it that another user could change. Its mode is never changed here:
+    /// a directory ckpt did not create is reported, not repaired.
     pub fn open(path: &Path) -> Result<Self, ImageError> {
-        let md = fs::symlink_metadata(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => dir_err(
-                path,
-                "does not exist; create it (mkdir -m 700) or pass an existing directory",
-            ),
-            _ => dir_err(path, format!("cannot be read: {e}")),
-        })?;
-        if md.file_type().is_symlink() {
-            return Err(dir_err(path, "is a symbolic link; pass the real directory"));
+        let c = cstr(path.as_os_str()).map_err(|_| dir_err(path, "path contains a NUL byte"))?;
+        // SAFETY: c is a valid NUL-terminated path.
+        let raw = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            let e = last_err();
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOENT) => dir_err(
+                    path,
+                    "does not exist; create it (mkdir -m 700) or pass an existing directory",
+                ),
+                Some(libc::ELOOP) => dir_err(path, "is a symbolic link; pass the real directory"),
+                Some(libc::ENOTDIR) if fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink()) => {
+                    dir_err(path, "is a symbolic link; pass the real directory")
+                }
+                Some(libc::ENOTDIR) => dir_err(path, "is not a directory"),
+                _ => dir_err(path, format!("cannot be opened: {e}")),
+            });
         }
-        if !md.is_dir() {
-            return Err(dir_err(path, "is not a directory"));
-        }
+        // SAFETY: open just returned this descriptor and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let md = fs::File::from(fd.try_clone().map_err(|e| dir_err(path, e.to_string()))?)
+            .metadata()
+            .map_err(|e| dir_err(path, format!("cannot be read: {e}")))?;
         if md.uid() != euid() {
             return Err(dir_err(
                 path,
@@ -123,14 +183,14 @@ impl CheckpointDir {
                 ),
             ));
         }
-        if md.mode() & 0o077 != 0 {
-            fs::set_permissions(path, fs::Permissions::from_mode(0o700))
-                .map_err(|e| dir_err(path, format!("cannot make it private (chmod 700): {e}")))?;
-        }
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|_| dir_err(path, "path contains a NUL byte"))?;
-        // SAFETY: c is a valid NUL-terminated path.
-        if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        safe_dir::check(fd.as_fd(), euid()).map_err(|e| ImageError::Dir {
+            dir: path.to_path_buf(),
+            problem: format!("cannot hold checkpoint images: {e}"),
+        })?;
+        // SAFETY: fd is open; "." names the directory itself.
+        if unsafe { libc::faccessat(fd.as_raw_fd(), c".".as_ptr(), libc::W_OK | libc::X_OK, 0) }
+            != 0
+        {
             return Err(dir_err(
                 path,
                 "is not writable by you; fix its permissions or choose another directory",
@@ -138,10 +198,12 @@ impl CheckpointDir {
         }
         // Absolute, so that the program (which may change directory) and
         // the restored program still find the socket and generations.
-        let path = path
-            .canonicalize()
-            .map_err(|e| dir_err(path, format!("cannot resolve: {e}")))?;
-        Ok(CheckpointDir { path })
+        let path = real_path(fd.as_fd()).unwrap_or_else(|| path.to_path_buf());
+        Ok(CheckpointDir {
+            path,
+            fd: Arc::new(fd),
+            mode: md.mode() & 0o7777,
+        })
     }
 
     /// Create the directory (and missing parents) with mode 0700, then open it.
@@ -157,9 +219,37 @@ impl CheckpointDir {
         Self::open(path)
     }
 
-    /// The directory.
+    /// The directory, as it was named when opened (for messages and for
+    /// other processes).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A note when others may list the directory (its generations are
+    /// 0700 and its files 0600 all the same); ckpt does not change the
+    /// mode of a directory it did not create.
+    pub fn mode_note(&self) -> Option<String> {
+        (self.mode & 0o077 != 0).then(|| {
+            format!(
+                "{} has mode {:04o}: others can see which checkpoints it holds, not their \
+                 contents (generations are 0700, images 0600); chmod 700 it to hide them too",
+                self.path.display(),
+                self.mode
+            )
+        })
+    }
+
+    /// The open directory.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// A path to `name` inside the directory that goes through the held
+    /// descriptor (`/proc/self/fd/N/name`): valid in this process only,
+    /// and always the directory that was opened and checked, whatever
+    /// happens to its name.
+    pub fn at(&self, name: impl AsRef<Path>) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd())).join(name)
     }
 
     /// Path of the coordinator socket.
@@ -167,15 +257,110 @@ impl CheckpointDir {
         self.path.join("ckpt.sock")
     }
 
-    fn entries(&self) -> Result<Vec<(u64, bool, PathBuf)>, ImageError> {
-        let mut v = Vec::new();
-        let rd = fs::read_dir(&self.path)
+    /// Create `name` in the directory for writing: a new file (`O_EXCL`,
+    /// never through a symlink), mode 0600. An existing entry of that name
+    /// is removed first when `replace` is set.
+    pub fn create_file(&self, name: &str, replace: bool) -> Result<fs::File, std::io::Error> {
+        let c = cstr(OsStr::new(name))?;
+        if replace {
+            self.remove(name)?;
+        }
+        // SAFETY: c is NUL-terminated; the descriptor is open.
+        let fd = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600 as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(last_err());
+        }
+        // SAFETY: openat just returned this descriptor and nothing else owns it.
+        Ok(fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Open an existing regular file `name` of the directory (never
+    /// through a symlink) for reading, or for reading and writing.
+    pub fn open_file(&self, name: &str, write: bool) -> Result<fs::File, std::io::Error> {
+        let c = cstr(OsStr::new(name))?;
+        let mode = if write { libc::O_RDWR } else { libc::O_RDONLY };
+        // SAFETY: c is NUL-terminated; the descriptor is open.
+        let fd = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                mode | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK,
+            )
+        };
+        if fd < 0 {
+            return Err(last_err());
+        }
+        // SAFETY: openat just returned this descriptor and nothing else owns it.
+        let f = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        if !f.metadata()?.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        Ok(f)
+    }
+
+    /// Rename `from` to `to`, both in the directory.
+    pub fn rename(&self, from: &str, to: &str) -> Result<(), std::io::Error> {
+        let (a, b) = (cstr(OsStr::new(from))?, cstr(OsStr::new(to))?);
+        let d = self.fd.as_raw_fd();
+        // SAFETY: both names are NUL-terminated; the descriptor is open.
+        if unsafe { libc::renameat(d, a.as_ptr(), d, b.as_ptr()) } != 0 {
+            return Err(last_err());
+        }
+        Ok(())
+    }
+
+    /// Remove the file (or symlink, or socket) `name`; a missing one is fine.
+    pub fn remove(&self, name: &str) -> Result<(), std::io::Error> {
+        let c = cstr(OsStr::new(name))?;
+        // SAFETY: c is NUL-terminated; the descriptor is open.
+        if unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) } != 0 {
+            let e = last_err();
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Names in the directory.
+    pub fn names(&self) -> Result<Vec<String>, ImageError> {
+        let rd = fs::read_dir(self.at("."))
             .map_err(|e| ImageError::io(&self.path, "read directory", e))?;
+        let mut v = Vec::new();
         for e in rd {
             let e = e.map_err(|e| ImageError::io(&self.path, "read directory", e))?;
-            let name = e.file_name();
-            if let Some((n, tmp)) = name.to_str().and_then(parse_gen_name) {
-                v.push((n, tmp, e.path()));
+            if let Some(n) = e.file_name().to_str() {
+                v.push(n.to_owned());
+            }
+        }
+        Ok(v)
+    }
+
+    /// Whether generation directory `name` exists.
+    pub fn has_generation(&self, name: &str) -> bool {
+        open_dir_at(self.fd(), OsStr::new(name)).is_ok()
+    }
+
+    fn sync(&self) -> Result<(), ImageError> {
+        // SAFETY: fsync of our open descriptor.
+        if unsafe { libc::fsync(self.fd.as_raw_fd()) } != 0 {
+            return Err(ImageError::io(&self.path, "fsync", last_err()));
+        }
+        Ok(())
+    }
+
+    fn entries(&self) -> Result<Vec<(u64, bool, PathBuf)>, ImageError> {
+        let mut v = Vec::new();
+        for name in self.names()? {
+            if let Some((n, tmp)) = parse_gen_name(&name) {
+                v.push((n, tmp, self.path.join(&name)));
             }
         }
         v.sort_by_key(|(n, tmp, _)| (*n, *tmp));
@@ -183,7 +368,7 @@ impl CheckpointDir {
     }
 
     /// Start a new generation: creates `gen-N.tmp` (0700) with N above every
-    /// existing generation.
+    /// existing generation, and opens it.
     pub fn begin(&self) -> Result<PendingGeneration, ImageError> {
         let next = self
             .entries()?
@@ -192,15 +377,24 @@ impl CheckpointDir {
             .max()
             .unwrap_or(0)
             + 1;
-        let path = self.path.join(format!("{}.tmp", gen_name(next)));
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .map_err(|e| ImageError::io(&path, "create generation directory", e))?;
+        let name = format!("{}.tmp", gen_name(next));
+        let path = self.path.join(&name);
+        let c = cstr(OsStr::new(&name)).map_err(|e| ImageError::io(&path, "name", e))?;
+        // SAFETY: c is NUL-terminated; the descriptor is open.
+        if unsafe { libc::mkdirat(self.fd.as_raw_fd(), c.as_ptr(), 0o700) } != 0 {
+            return Err(ImageError::io(
+                &path,
+                "create generation directory",
+                last_err(),
+            ));
+        }
+        let fd = open_dir_at(self.fd(), OsStr::new(&name))
+            .map_err(|e| ImageError::io(&path, "open generation directory", e))?;
         Ok(PendingGeneration {
             dir: self.clone(),
             number: next,
             path,
+            fd,
         })
     }
 
@@ -272,7 +466,7 @@ impl CheckpointDir {
             complete.iter().skip(cut).copied().collect();
         let mut follow: Vec<u64> = kept.iter().copied().collect();
         while let Some(n) = follow.pop() {
-            if let Ok(Some(b)) = read_record(&self.path.join(gen_name(n))).map(|r| r.base)
+            if let Ok(Some(b)) = read_record(&self.at(gen_name(n))).map(|r| r.base)
                 && complete.contains(&b)
                 && kept.insert(b)
             {
@@ -289,14 +483,14 @@ impl CheckpointDir {
                 // An old complete generation first becomes `.tmp`, so that a
                 // removal cut short (a crash) never leaves a half-deleted
                 // generation that looks complete; the next prune finishes it.
-                let doomed = if tmp {
-                    p.clone()
+                let tmp_name = format!("{}.tmp", gen_name(n));
+                let doomed = if tmp || self.rename(&gen_name(n), &tmp_name).is_ok() {
+                    tmp_name
                 } else {
-                    let t = self.path.join(format!("{}.tmp", gen_name(n)));
-                    fs::rename(&p, &t).map(|()| t).unwrap_or_else(|_| p.clone())
+                    gen_name(n)
                 };
-                fs::remove_dir_all(&doomed)
-                    .map_err(|e| ImageError::io(&doomed, "remove old generation", e))?;
+                fs::remove_dir_all(self.at(&doomed))
+                    .map_err(|e| ImageError::io(&p, "remove old generation", e))?;
                 fault::hit(Point::PrunedOne);
             }
         }
@@ -306,13 +500,12 @@ impl CheckpointDir {
     /// Remove every generation (after a job finished normally).
     pub fn remove_all(&self) -> Result<(), ImageError> {
         for (_, _, p) in self.entries()? {
-            fs::remove_dir_all(&p).map_err(|e| ImageError::io(&p, "remove generation", e))?;
+            let name = p.file_name().unwrap_or_default();
+            fs::remove_dir_all(self.at(name))
+                .map_err(|e| ImageError::io(&p, "remove generation", e))?;
         }
-        let l = self.path.join("latest");
-        if fs::symlink_metadata(&l).is_ok() {
-            fs::remove_file(&l).map_err(|e| ImageError::io(&l, "remove", e))?;
-        }
-        Ok(())
+        self.remove("latest")
+            .map_err(|e| ImageError::io(self.path.join("latest"), "remove", e))
     }
 }
 
@@ -325,37 +518,56 @@ pub struct PendingGeneration {
     dir: CheckpointDir,
     /// Its number.
     pub number: u64,
-    /// The `.tmp` directory the processes write into.
+    /// The `.tmp` directory the processes write into (for messages).
     pub path: PathBuf,
+    /// That directory, open: processes receive it with the request to
+    /// write, and everything here is done relative to it.
+    fd: OwnedFd,
 }
 
 impl PendingGeneration {
+    /// The open `.tmp` directory.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// A path to `name` inside it through the descriptor (this process only).
+    pub fn at(&self, name: impl AsRef<Path>) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd())).join(name)
+    }
+
+    fn tmp_name(&self) -> String {
+        format!("{}.tmp", gen_name(self.number))
+    }
+
     /// Make the generation complete and durable: fsync every file, write
     /// `generation.json`, fsync the directory, rename it into place, fsync the
     /// parent, point `latest` at it, and prune old generations.
     pub fn commit(self, record: &GenerationRecord, keep: usize) -> Result<PathBuf, ImageError> {
         let final_path = self.dir.path.join(gen_name(self.number));
         let made = self.write_record(record).and_then(|()| {
-            fs::rename(&self.path, &final_path)
+            self.dir
+                .rename(&self.tmp_name(), &gen_name(self.number))
                 .map_err(|e| ImageError::io(&final_path, "rename into place", e))
         });
         if let Err(e) = made {
             // Not complete: do not leave it taking space (a full disk) until
             // the next successful checkpoint prunes it.
-            let _ = fs::remove_dir_all(&self.path);
+            let _ = fs::remove_dir_all(self.dir.at(self.tmp_name()));
             return Err(e);
         }
         fault::hit(Point::Renamed);
-        fsync_path(&self.dir.path)?;
+        self.dir.sync()?;
         let tmp_link = self.dir.path.join(".latest.tmp");
-        let _ = fs::remove_file(&tmp_link);
-        std::os::unix::fs::symlink(gen_name(self.number), &tmp_link)
+        let _ = self.dir.remove(".latest.tmp");
+        std::os::unix::fs::symlink(gen_name(self.number), self.dir.at(".latest.tmp"))
             .map_err(|e| ImageError::io(&tmp_link, "create symlink", e))?;
         fault::hit(Point::LatestTmp);
-        fs::rename(&tmp_link, self.dir.path.join("latest"))
+        self.dir
+            .rename(".latest.tmp", "latest")
             .map_err(|e| ImageError::io(self.dir.path.join("latest"), "update", e))?;
         fault::hit(Point::LatestUpdated);
-        fsync_path(&self.dir.path)?;
+        self.dir.sync()?;
         self.dir.prune(keep)?;
         Ok(final_path)
     }
@@ -363,8 +575,8 @@ impl PendingGeneration {
     /// Fsync every file, write and fsync `generation.json`, fsync the directory.
     fn write_record(&self, record: &GenerationRecord) -> Result<(), ImageError> {
         for p in &record.processes {
-            fsync_path(&self.path.join(&p.manifest))?;
-            fsync_path(&self.path.join(&p.image))?;
+            fsync_path(&self.at(&p.manifest))?;
+            fsync_path(&self.at(&p.image))?;
         }
         fault::hit(Point::FilesSynced);
         let rec_path = self.path.join("generation.json");
@@ -377,7 +589,7 @@ impl PendingGeneration {
                 .write(true)
                 .create_new(true)
                 .mode_0600()
-                .open(&rec_path)
+                .open(self.at("generation.json"))
                 .map_err(|e| ImageError::io(&rec_path, "create", e))?;
             let (first, rest) = data.split_at(data.len() / 2);
             f.write_all(first)
@@ -389,12 +601,16 @@ impl PendingGeneration {
                 .map_err(|e| ImageError::io(&rec_path, "fsync", e))?;
         }
         fault::hit(Point::RecordWritten);
-        fsync_path(&self.path)
+        // SAFETY: fsync of our open descriptor.
+        if unsafe { libc::fsync(self.fd.as_raw_fd()) } != 0 {
+            return Err(ImageError::io(&self.path, "fsync", last_err()));
+        }
+        Ok(())
     }
 
     /// Throw the partial generation away (the previous one is untouched).
     pub fn abort(self) {
-        let _ = fs::remove_dir_all(&self.path);
+        let _ = fs::remove_dir_all(self.dir.at(self.tmp_name()));
     }
 }
 
@@ -404,7 +620,7 @@ trait Mode0600 {
 impl Mode0600 for fs::OpenOptions {
     fn mode_0600(&mut self) -> &mut Self {
         use std::os::unix::fs::OpenOptionsExt;
-        self.mode(0o600)
+        self.mode(0o600).custom_flags(libc::O_NOFOLLOW)
     }
 }
 

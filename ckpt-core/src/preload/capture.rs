@@ -965,6 +965,7 @@ fn write_fds(
         pagemap,
         own.phase,
         super::track::own_fd(),
+        super::leader::GEN_DIR_FD.load(core::sync::atomic::Ordering::Acquire),
     ];
     let mut first = true;
     // ascending order

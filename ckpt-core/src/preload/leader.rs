@@ -82,26 +82,9 @@ fn connect(path: &[u8]) -> Result<i32, Errno> {
             0,
         )
     }? as i32;
-    // SAFETY: sockaddr_un is plain old data; all-zero is valid.
-    let mut addr: libc::sockaddr_un = unsafe { core::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as u16;
     let n = path.iter().position(|&c| c == 0).unwrap_or(path.len());
-    if n == 0 || n >= addr.sun_path.len() {
-        raw::close(fd);
-        return Err(Errno(libc::ENAMETOOLONG));
-    }
-    for (d, s) in addr.sun_path.iter_mut().zip(path.iter().take(n)) {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: addr is a valid sockaddr_un of the given size.
-    let r = unsafe {
-        raw::syscall3(
-            raw::nr::CONNECT,
-            fd as usize,
-            &addr as *const libc::sockaddr_un as usize,
-            core::mem::size_of::<libc::sockaddr_un>(),
-        )
-    };
+    let path = path.get(..n).unwrap_or(&[]);
+    let r = connect_path(fd, path).and_then(|()| check_peer(fd));
     if let Err(e) = r {
         raw::close(fd);
         return Err(e);
@@ -123,6 +106,88 @@ fn connect(path: &[u8]) -> Result<i32, Errno> {
         )
     };
     Ok(fd)
+}
+
+/// Connect `fd` to the socket at `path`; a path too long for `sun_path` is
+/// reached through a descriptor of its directory (`/proc/self/fd/N/name`).
+fn connect_path(fd: i32, path: &[u8]) -> Result<(), Errno> {
+    // SAFETY: sockaddr_un is plain old data; all-zero is valid.
+    let mut addr: libc::sockaddr_un = unsafe { core::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as u16;
+    if path.is_empty() {
+        return Err(Errno(libc::ENOENT));
+    }
+    let mut dir_fd = -1;
+    let mut short = StackBuf::<128>::new();
+    let name: &[u8] = if path.len() < addr.sun_path.len() {
+        path
+    } else {
+        let slash = path
+            .iter()
+            .rposition(|&c| c == b'/')
+            .ok_or(Errno(libc::ENAMETOOLONG))?;
+        let mut dir = StackBuf::<4096>::new();
+        dir.push(path.get(..slash.max(1)).unwrap_or(b"/"));
+        dir_fd = raw::open(
+            dir.as_cstr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            0,
+        )?;
+        let _ = write!(short, "/proc/self/fd/{dir_fd}/");
+        short.push(path.get(slash + 1..).unwrap_or(&[]));
+        short.as_bytes()
+    };
+    if name.len() >= addr.sun_path.len() {
+        if dir_fd >= 0 {
+            raw::close(dir_fd);
+        }
+        return Err(Errno(libc::ENAMETOOLONG));
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(name.iter()) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: addr is a valid sockaddr_un of the given size.
+    let r = unsafe {
+        raw::syscall3(
+            raw::nr::CONNECT,
+            fd as usize,
+            &addr as *const libc::sockaddr_un as usize,
+            core::mem::size_of::<libc::sockaddr_un>(),
+        )
+    };
+    if dir_fd >= 0 {
+        raw::close(dir_fd);
+    }
+    r.map(|_| ())
+}
+
+/// The coordinator must run as our own user: a socket planted by someone
+/// else gets no `STOPPED` and never tells us where to write.
+fn check_peer(fd: i32) -> Result<(), Errno> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: u32::MAX,
+    };
+    let mut len = core::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt (55) writes at most len bytes into cred.
+    unsafe {
+        raw::syscall6(
+            55,
+            fd as usize,
+            libc::SOL_SOCKET as usize,
+            libc::SO_PEERCRED as usize,
+            &mut cred as *mut libc::ucred as usize,
+            &mut len as *mut libc::socklen_t as usize,
+            0,
+        )
+    }?;
+    // SAFETY: getuid (102) takes no arguments.
+    let me = unsafe { raw::syscall3(102, 0, 0, 0) }? as u32;
+    if cred.uid != me {
+        return Err(Errno(libc::EPERM));
+    }
+    Ok(())
 }
 
 fn send(fd: i32, msg: &[u8]) {
@@ -161,6 +226,64 @@ fn recv(fd: i32, buf: &mut [u8; MAX_MSG]) -> Option<&[u8]> {
         }
     }
 }
+
+/// Receive one message and the descriptor that may come with it
+/// (`SCM_RIGHTS`, close-on-exec); -1 when none came.
+fn recv_with_fd(fd: i32, buf: &mut [u8; MAX_MSG]) -> Option<(&[u8], i32)> {
+    // Room for one cmsghdr and one int, 8-byte aligned.
+    let mut control = [0u64; 4];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    loop {
+        // SAFETY: msghdr is plain old data; all-zero is valid.
+        let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = core::mem::size_of_val(&control);
+        // SAFETY: recvmsg (47) writes into buf and control, both valid for
+        // the lengths msg gives.
+        match unsafe {
+            raw::syscall3(
+                47,
+                fd as usize,
+                &mut msg as *mut libc::msghdr as usize,
+                libc::MSG_CMSG_CLOEXEC as usize,
+            )
+        } {
+            Ok(0) => return None,
+            Ok(n) => {
+                let mut passed = -1;
+                let hdr = core::mem::size_of::<libc::cmsghdr>();
+                if msg.msg_controllen >= hdr + 4 {
+                    // SAFETY: control is 8-byte aligned and holds at least
+                    // one cmsghdr followed by its data (checked above).
+                    let c = unsafe { &*(control.as_ptr() as *const libc::cmsghdr) };
+                    if c.cmsg_level == libc::SOL_SOCKET
+                        && c.cmsg_type == libc::SCM_RIGHTS
+                        && c.cmsg_len >= hdr + 4
+                    {
+                        // SAFETY: the int follows the header inside control.
+                        passed = unsafe {
+                            core::ptr::read_unaligned(
+                                (control.as_ptr() as *const u8).add(hdr) as *const i32
+                            )
+                        };
+                    }
+                }
+                return buf.get(..n).map(|m| (m, passed));
+            }
+            Err(Errno(libc::EINTR)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// The generation directory descriptor the coordinator passed with
+/// `WRITE` (-1 outside a checkpoint): the writer's own, never saved.
+pub static GEN_DIR_FD: AtomicI32 = AtomicI32::new(-1);
 
 /// Called by the restorer before any thread runs: the image was taken while
 /// a leader was active, so its flags must be cleared. **Async-signal-safe.**
@@ -413,10 +536,22 @@ pub fn lead(uc: u64) {
     }
     send(fd, m.as_bytes());
     let mut buf = [0u8; MAX_MSG];
-    if let Some(msg) = recv(fd, &mut buf)
+    let received = recv_with_fd(fd, &mut buf);
+    let passed = received.map_or(-1, |(_, d)| d);
+    GEN_DIR_FD.store(passed, Ordering::Release);
+    if let Some((msg, _)) = received
         && let Some((req, dir)) = parse_write(msg)
     {
+        // Write through the descriptor the coordinator opened and checked
+        // (the name is only a fall-back for a coordinator that sends none).
         let mut dirbuf = [0u8; MAX_MSG];
+        let mut via = StackBuf::<64>::new();
+        let dir = if passed >= 0 {
+            let _ = write!(via, "/proc/self/fd/{passed}");
+            via.as_bytes()
+        } else {
+            dir
+        };
         let n = dir.len().min(MAX_MSG - 1);
         if let (Some(d), Some(s)) = (dirbuf.get_mut(..n), dir.get(..n)) {
             d.copy_from_slice(s);
@@ -437,6 +572,10 @@ pub fn lead(uc: u64) {
     }
     release_all();
     raw::close(fd);
+    let passed = GEN_DIR_FD.swap(-1, Ordering::AcqRel);
+    if passed >= 0 {
+        raw::close(passed);
+    }
     LEADING.store(0, Ordering::Release);
 }
 
