@@ -3,7 +3,7 @@
 //! Every program runs in its own user + pid + mount namespace so that its
 //! pids and tids can be recreated exactly on restart (`clone3` with
 //! `set_tid` needs CAP_SYS_ADMIN over the pid namespace, which an
-//! unprivileged user has in a user namespace it created; KERNEL.md §1).
+//! unprivileged user has in a user namespace it created; `docs/kernel.md` §1).
 //! The uid and gid map to themselves, so the program sees its real ids.
 //!
 //! Process tree:

@@ -1,6 +1,6 @@
 //! Dirty-page tracking for incremental checkpoints.
 //!
-//! Mechanism (KERNEL.md §5; soft-dirty does not exist in this kernel): a
+//! Mechanism (`docs/kernel.md` §5; soft-dirty does not exist in this kernel): a
 //! user-mode-only userfaultfd in *async write-protect* mode, registered
 //! (`UFFDIO_REGISTER_MODE_WP`) on the program's private anonymous memory.
 //! A `PAGEMAP_SCAN` with `PM_SCAN_WP_MATCHING` reports the pages written
