@@ -39,17 +39,20 @@ const USAGE: &str = "usage:
   DIR defaults to $CKPT_DIR.";
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Arguments are bytes: a task's command line (and a directory name) need
+    // not be UTF-8, and is passed on byte for byte.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let Some(verb) = args.first() else {
         eprintln!("{USAGE}");
         std::process::exit(2);
     };
+    let verb = verb.to_string_lossy();
     let rest = &args[1..];
-    let result = match verb.as_str() {
+    let result = match &*verb {
         "launch" | "checkpoint" | "restart" | "status" => {
             match cli::parse(rest, verb == "launch") {
                 Err(e) => Err(cli::Failure { msg: e, code: 2 }),
-                Ok(o) => match verb.as_str() {
+                Ok(o) => match &*verb {
                     "launch" => cli::launch::run(&o),
                     "checkpoint" => cli::checkpoint::run(&o),
                     "restart" => cli::restart::run(&o),

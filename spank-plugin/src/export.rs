@@ -3,7 +3,8 @@
 //! storage directly) and the callbacks. Each callback runs under
 //! `catch_unwind`; an error or a panic becomes one log line and `-1`.
 
-use std::ffi::{CStr, c_char, c_int, c_uint};
+use std::ffi::{CStr, OsString, c_char, c_int, c_uint};
+use std::os::unix::ffi::OsStringExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use slurm_headers::sys;
@@ -45,12 +46,13 @@ fn guarded(callback: &'static str, f: impl FnOnce() -> Result<(), PluginError>) 
     -1
 }
 
-/// Copies the plugin's arguments out of Slurm's `argv`.
+/// Copies the plugin's arguments out of Slurm's `argv`, byte for byte (a
+/// path in plugstack.conf need not be UTF-8).
 ///
 /// # Safety
 /// `argv` must point to `argc` valid NUL-terminated strings (or be null with
 /// `argc` 0), as Slurm passes them to every callback.
-unsafe fn args(argc: c_int, argv: *mut *mut c_char) -> Vec<String> {
+unsafe fn args(argc: c_int, argv: *mut *mut c_char) -> Vec<OsString> {
     let count = usize::try_from(argc).unwrap_or(0);
     if argv.is_null() {
         return Vec::new();
@@ -67,11 +69,9 @@ unsafe fn args(argc: c_int, argv: *mut *mut c_char) -> Vec<String> {
             }
             // SAFETY: each non-null entry is a NUL-terminated string owned by
             // Slurm for the duration of the callback.
-            Some(
-                unsafe { CStr::from_ptr(arg) }
-                    .to_string_lossy()
-                    .into_owned(),
-            )
+            Some(OsString::from_vec(
+                unsafe { CStr::from_ptr(arg) }.to_bytes().to_vec(),
+            ))
         })
         .collect()
 }
@@ -149,12 +149,11 @@ extern "C" fn option_callback(val: c_int, optarg: *const c_char, _remote: c_int)
             None
         } else {
             // SAFETY: Slurm passes the option's argument as a NUL-terminated
-            // string valid for the duration of the callback.
-            Some(
-                unsafe { CStr::from_ptr(optarg) }
-                    .to_string_lossy()
-                    .into_owned(),
-            )
+            // string valid for the duration of the callback. Kept byte for
+            // byte: a directory need not be UTF-8.
+            Some(OsString::from_vec(
+                unsafe { CStr::from_ptr(optarg) }.to_bytes().to_vec(),
+            ))
         };
         hooks::option(val, value.as_deref())
     })

@@ -11,8 +11,11 @@
 //! inside it in `_SLURM_SPANK_OPTION_ckpt_*` variables; slurmstepd may run
 //! an option callback twice, so callbacks only overwrite what they record.
 
-use std::ffi::c_int;
-use std::path::PathBuf;
+use std::ffi::{OsStr, OsString, c_int};
+use std::io::Read;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use slurm_headers::sys;
@@ -80,7 +83,7 @@ fn state() -> MutexGuard<'static, State> {
 /// instead of getting "unrecognized option".
 pub fn init(
     spank: &Spank,
-    args: &[String],
+    args: &[OsString],
     option_cb: sys::spank_opt_cb_f,
 ) -> Result<(), PluginError> {
     let context = spank::context();
@@ -92,15 +95,16 @@ pub fn init(
             spank.register_option(spec, option_cb)?;
         }
     }
-    let parsed = PluginConfig::parse(args.iter().map(String::as_str));
+    let parsed = PluginConfig::parse(args);
     let result = parsed.clone().map(drop).map_err(PluginError::Config);
     state().config = Some(parsed);
     result
 }
 
 /// The option callback: refuses a bad value at submission (srun/sbatch
-/// print the message and exit without queueing anything).
-pub fn option(val: c_int, optarg: Option<&str>) -> Result<(), PluginError> {
+/// print the message and exit without queueing anything). The value is
+/// bytes: a directory need not be UTF-8.
+pub fn option(val: c_int, optarg: Option<&OsStr>) -> Result<(), PluginError> {
     let mut state = state();
     let config = match &state.config {
         Some(Ok(config)) => config.clone(),
@@ -115,6 +119,7 @@ pub fn option(val: c_int, optarg: Option<&str>) -> Result<(), PluginError> {
             state.user.dir = Some(value.to_owned());
         }
         VAL_INTERVAL => {
+            let value = options::text(&format!("--{}", options::OPT_INTERVAL), value)?;
             config.user_interval(value)?;
             state.user.interval = Some(value.to_owned());
         }
@@ -165,26 +170,28 @@ fn note_missing_signal(config: &PluginConfig) {
     let Ok(cmdline) = std::fs::read("/proc/self/cmdline") else {
         return;
     };
-    let args: Vec<String> = cmdline
+    // Arguments as bytes: a script path need not be UTF-8.
+    let args: Vec<&OsStr> = cmdline
         .split(|b| *b == 0)
         .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .map(OsStr::from_bytes)
         .collect();
     let Some((argv0, rest)) = args.split_first() else {
         return;
     };
-    if !argv0.ends_with("sbatch") {
+    if !argv0.as_bytes().ends_with(b"sbatch") {
         return;
     }
-    // The script: the first argument naming a readable file that starts
+    // The script: the first argument naming a regular file that starts
     // with "#!" (sbatch reads it from stdin otherwise).
-    let script = rest.iter().find_map(|a| {
-        let text = std::fs::read(a).ok()?;
-        text.starts_with(b"#!")
-            .then(|| String::from_utf8_lossy(&text).into_owned())
-    });
+    let script = rest.iter().find_map(|a| script_head(Path::new(a)));
+    // Only to look for `--signal`: text is enough.
+    let rest: Vec<String> = rest
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let env = std::env::var("SBATCH_SIGNAL").ok();
-    if options::sbatch_has_signal(rest, env.as_deref(), script.as_deref()) {
+    if options::sbatch_has_signal(&rest, env.as_deref(), script.as_deref()) {
         return;
     }
     let sig = &config.signal;
@@ -194,6 +201,43 @@ fn note_missing_signal(config: &PluginConfig) {
          --signal=B:{sig}@120 (or '#SBATCH --signal=B:{sig}@120') to have it checkpointed and \
          requeued 120 s before its time limit and at preemption"
     ));
+}
+
+/// How much of a script is read for its `#SBATCH` lines (sbatch stops at
+/// the first command; they are at the top).
+pub const SCRIPT_HEAD_MAX: u64 = 64 * 1024;
+
+/// The start of `path` (at most [`SCRIPT_HEAD_MAX`] bytes) when it is a
+/// regular file that starts with `#!`. Any argument of sbatch may be given
+/// here: a FIFO, a device (`/dev/zero`), a huge file. So: `stat` first and
+/// only regular files are opened; the open is non-blocking and takes no
+/// controlling terminal, and `fstat` checks that the file opened is still a
+/// regular one; then at most two bytes, and if they are `#!`, at most
+/// [`SCRIPT_HEAD_MAX`] bytes are read. Symlinks are followed (a script may be
+/// one), as sbatch follows them.
+pub fn script_head(path: &Path) -> Option<String> {
+    if !std::fs::metadata(path).ok()?.is_file() {
+        return None;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut head = Vec::new();
+    let mut limited = file.take(SCRIPT_HEAD_MAX);
+    Read::by_ref(&mut limited)
+        .take(2)
+        .read_to_end(&mut head)
+        .ok()?;
+    if head != b"#!" {
+        return None;
+    }
+    limited.read_to_end(&mut head).ok()?;
+    Some(String::from_utf8_lossy(&head).into_owned())
 }
 
 /// The checkpoint settings of one task.
@@ -222,14 +266,14 @@ pub struct TaskCheckpoint {
 /// passed from here, see [`after_task_init`]), then applies `TMPDIR` and
 /// the limits; a node where the SELinux context would apply is refused
 /// here; the rest is in docs/slurm-task-order.md.
-pub fn task_init(spank: &Spank, args: &[String]) -> Result<(), PluginError> {
+pub fn task_init(spank: &Spank, args: &[OsString]) -> Result<(), PluginError> {
     if spank::context() != Context::Remote {
         return Ok(());
     }
     let Some(task) = task_checkpoint(spank, args)? else {
         return Ok(());
     };
-    let original_preload = spank.getenv(task_env::ENV_PRELOAD)?;
+    let original_preload = spank.getenv_os(task_env::ENV_PRELOAD)?;
     set_task_env(spank, &task)?;
     let step = spank.item_u32(sys::spank_item::S_JOB_STEPID, "S_JOB_STEPID")?;
     if step == task_env::EXTERN_STEP || step == task_env::INTERACTIVE_STEP {
@@ -272,8 +316,8 @@ fn preflight(task: &TaskCheckpoint, task_dir: &std::path::Path) -> Result<(), Pl
     let has_images = std::fs::read_dir(task_dir).is_ok_and(|entries| {
         entries.flatten().any(|e| {
             let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("gen-") && !name.ends_with(".tmp")
+            let name = name.as_bytes();
+            name.starts_with(b"gen-") && !name.ends_with(b".tmp")
         })
     });
     if !has_images {
@@ -306,10 +350,17 @@ fn preflight(task: &TaskCheckpoint, task_dir: &std::path::Path) -> Result<(), Pl
 /// The user's options as slurmstepd received them.
 fn user_options(spank: &Spank) -> Result<UserOptions, PluginError> {
     let [enable, dir, interval] = &OPTIONS;
+    let interval = match spank.getopt(interval)?.flatten() {
+        Some(v) => {
+            let what = format!("--{}", options::OPT_INTERVAL);
+            Some(options::text(&what, &v)?.to_owned())
+        }
+        None => None,
+    };
     Ok(UserOptions {
         enable: spank.getopt(enable)?.is_some(),
         dir: spank.getopt(dir)?.flatten(),
-        interval: spank.getopt(interval)?.flatten(),
+        interval,
     })
 }
 
@@ -317,14 +368,13 @@ fn user_options(spank: &Spank) -> Result<UserOptions, PluginError> {
 /// when the job did not ask for checkpointing.
 pub fn task_checkpoint(
     spank: &Spank,
-    args: &[String],
+    args: &[OsString],
 ) -> Result<Option<TaskCheckpoint>, PluginError> {
     let user = user_options(spank)?;
     if !user.any() {
         return Ok(None);
     }
-    let config = PluginConfig::parse(args.iter().map(String::as_str))
-        .map_err(PluginError::SiteMisconfigured)?;
+    let config = PluginConfig::parse(args).map_err(PluginError::SiteMisconfigured)?;
     let Some(resolved) = config.resolve(&user)? else {
         return Ok(None);
     };
@@ -358,21 +408,53 @@ fn job_values(spank: &Spank, uid: u32) -> Result<JobValues, PluginError> {
         let task = spank.item_u32(sys::spank_item::S_JOB_ARRAY_TASK_ID, "S_JOB_ARRAY_TASK_ID")?;
         Some((array_id, task))
     };
-    let user = match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
-        Ok(Some(u)) => Some(u.name),
-        _ => None,
-    };
+    let user = user_name(uid);
     Ok(JobValues {
         job_id,
         user,
-        job_name: spank.getenv("SLURM_JOB_NAME")?,
+        // Byte for byte: a name or a directory need not be UTF-8.
+        job_name: spank.getenv_os("SLURM_JOB_NAME")?,
         array,
-        submit_dir: spank.getenv("SLURM_SUBMIT_DIR")?.map(PathBuf::from),
+        submit_dir: spank.getenv_os("SLURM_SUBMIT_DIR")?.map(PathBuf::from),
     })
 }
 
+/// The name of `uid`, byte for byte (`nix::unistd::User` converts it
+/// lossily, and `%u` names a directory); `None` when it has none.
+fn user_name(uid: u32) -> Option<OsString> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: passwd is plain data (integers and pointers); all-zero is a
+        // valid value, overwritten by getpwuid_r.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: `pwd` and `result` are valid for writes; `buf` holds
+        // `buf.len()` writable bytes; all outlive the call.
+        let rc = unsafe {
+            libc::getpwuid_r(
+                uid,
+                &mut pwd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < (1 << 20) {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
+            return None;
+        }
+        // SAFETY: on success pw_name points at a NUL-terminated string
+        // inside `buf`, which is still alive.
+        let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+        return Some(OsString::from_vec(name.to_bytes().to_vec()));
+    }
+}
+
 fn set_task_env(spank: &Spank, task: &TaskCheckpoint) -> Result<(), PluginError> {
-    let existing = spank.getenv(task_env::ENV_PRELOAD)?;
+    let existing = spank.getenv_os(task_env::ENV_PRELOAD)?;
     let settings = TaskSettings {
         dir: &task.dir,
         interval: task.interval,
@@ -381,7 +463,101 @@ fn set_task_env(spank: &Spank, task: &TaskCheckpoint) -> Result<(), PluginError>
         libckpt: &task.config.libckpt,
     };
     for (name, value) in task_env::vars(&settings, existing.as_deref()) {
-        spank.setenv(name, &value)?;
+        spank.setenv_os(name, &value)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ckpt-hooks-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// `script_head(path)` in a thread: it must answer within seconds.
+    fn head_in_time(path: PathBuf) -> Option<String> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(script_head(&path));
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("script_head hung")
+    }
+
+    #[test]
+    fn the_script_check_never_hangs_or_reads_without_bound() {
+        let d = scratch("head");
+        // A FIFO nobody writes to: opening it for reading would block.
+        let fifo = d.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert_eq!(head_in_time(fifo), None);
+        // An endless device.
+        assert_eq!(head_in_time("/dev/zero".into()), None);
+        // A huge (sparse) script: only the first 64 KiB are read.
+        let big = d.join("big.sh");
+        let mut text = b"#!/bin/bash\n#SBATCH --signal=B:USR1@60\n".to_vec();
+        text.resize(100_000, b'\n');
+        std::fs::write(&big, &text).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&big)
+            .unwrap()
+            .set_len(64 << 30)
+            .unwrap();
+        let head = head_in_time(big).unwrap();
+        assert_eq!(head.len() as u64, SCRIPT_HEAD_MAX);
+        assert!(options::sbatch_has_signal(&[], None, Some(&head)));
+        // A big file that is not a script: two bytes are enough.
+        let data = d.join("data");
+        std::fs::File::create(&data)
+            .unwrap()
+            .set_len(64 << 30)
+            .unwrap();
+        assert_eq!(head_in_time(data), None);
+        // A script reached through a symlink, with a Latin-1 name.
+        let script = d.join(OsString::from_vec(b"job-\xe9.sh".to_vec()));
+        std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+        let link = d.join("link.sh");
+        std::os::unix::fs::symlink(&script, &link).unwrap();
+        assert_eq!(
+            head_in_time(script).as_deref(),
+            Some("#!/bin/sh\necho hi\n")
+        );
+        assert_eq!(head_in_time(link).as_deref(), Some("#!/bin/sh\necho hi\n"));
+        assert_eq!(head_in_time(d.join("missing")), None);
+        assert_eq!(head_in_time(d.clone()), None);
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn user_names_come_from_the_password_database() {
+        let me = nix::unistd::geteuid();
+        let nix_name = nix::unistd::User::from_uid(me).unwrap().map(|u| u.name);
+        assert_eq!(
+            user_name(me.as_raw()).map(|n| n.into_string().unwrap()),
+            nix_name
+        );
+        assert_eq!(user_name(0xfff_fff0), None);
+    }
+
+    #[test]
+    fn a_latin1_checkpoint_dir_option_is_kept_byte_for_byte() {
+        let dir = OsString::from_vec(b"/scratch/caf\xe9/%j".to_vec());
+        option(VAL_DIR, Some(&dir)).unwrap();
+        assert_eq!(state().user.dir.as_ref(), Some(&dir));
+        let bad = OsString::from_vec(b"5\xe9".to_vec());
+        let e = option(VAL_INTERVAL, Some(&bad)).unwrap_err();
+        // (Matched, not displayed: SpankError's Display needs slurm.)
+        assert!(
+            matches!(e, PluginError::Option(OptionError::NotText { .. })),
+            "{e:?}"
+        );
+    }
 }

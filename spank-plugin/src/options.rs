@@ -7,7 +7,9 @@
 //! below, and the option callbacks run exactly this code in srun, sbatch and
 //! salloc, so a bad value is refused before anything is queued.
 
+use std::ffi::{OsStr, OsString};
 use std::fmt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 
 /// Name of the bare opt-in option (no argument).
@@ -100,6 +102,14 @@ pub enum OptionError {
     },
     /// A relative directory and no submit directory to resolve it against.
     NoSubmitDir(String),
+    /// A value that must be text (a number, a name, a program's path) is
+    /// not valid UTF-8: refused rather than silently changed.
+    NotText {
+        /// How the value was given.
+        what: String,
+        /// The value, invalid bytes shown as U+FFFD.
+        value: String,
+    },
 }
 
 const ARG_KEYS: &str = "default_dir=PATTERN, default_interval=SECONDS, min_interval=SECONDS, signal=NAME, libckpt=PATH, ckpt=PATH, keep_images=yes|no, incremental=yes|no";
@@ -149,6 +159,10 @@ impl fmt::Display for OptionError {
                 "checkpoint directory {dir} is relative and the job has no SLURM_SUBMIT_DIR: \
                  give an absolute --{OPT_DIR}"
             ),
+            Self::NotText { what, value } => write!(
+                f,
+                "{what}={value}: not valid UTF-8 (only a directory may hold other bytes)"
+            ),
         }
     }
 }
@@ -193,9 +207,20 @@ pub fn parse_interval(what: &str, value: &str) -> Result<u64, OptionError> {
     Ok(secs)
 }
 
+/// A value that must be text, refused (not mangled) when it is not UTF-8.
+pub fn text<'a>(what: &str, value: &'a OsStr) -> Result<&'a str, OptionError> {
+    value.to_str().ok_or_else(|| OptionError::NotText {
+        what: what.to_owned(),
+        value: value.to_string_lossy().into_owned(),
+    })
+}
+
 /// Checks a directory pattern without expanding it: not empty, no NUL, and
-/// only the known `%` escapes.
-pub fn validate_dir_pattern(what: &str, value: &str) -> Result<(), OptionError> {
+/// only the known `%` escapes. The pattern is bytes (a directory need not be
+/// UTF-8); the escapes are ASCII, so they are checked on its text form.
+pub fn validate_dir_pattern(what: &str, value: impl AsRef<OsStr>) -> Result<(), OptionError> {
+    let value = value.as_ref().to_string_lossy();
+    let value = &*value;
     let bad = |why: String| OptionError::BadDir {
         what: what.to_owned(),
         value: value.to_owned(),
@@ -231,32 +256,77 @@ pub fn validate_dir_pattern(what: &str, value: &str) -> Result<(), OptionError> 
 pub struct JobValues {
     /// Slurm job id (`%j`).
     pub job_id: u32,
-    /// User name of the job's owner (`%u`); `None` when the uid has no name
-    /// on this node.
-    pub user: Option<String>,
-    /// Job name (`%x`), from `SLURM_JOB_NAME`.
-    pub job_name: Option<String>,
+    /// User name of the job's owner (`%u`), byte for byte; `None` when the
+    /// uid has no name on this node.
+    pub user: Option<OsString>,
+    /// Job name (`%x`), from `SLURM_JOB_NAME`, byte for byte.
+    pub job_name: Option<OsString>,
     /// Array job id and task id (`%A`, `%a`) when the job is part of an array.
     pub array: Option<(u32, u32)>,
     /// The directory the job was submitted from (`SLURM_SUBMIT_DIR`).
     pub submit_dir: Option<PathBuf>,
 }
 
+/// An expanded pattern, with which bytes came from a substituted value.
+struct Expansion {
+    bytes: Vec<u8>,
+    from_value: Vec<bool>,
+}
+
+impl Expansion {
+    fn literal(&mut self, b: u8) {
+        self.bytes.push(b);
+        self.from_value.push(false);
+    }
+
+    fn value(&mut self, v: &[u8]) {
+        self.bytes.extend_from_slice(v);
+        self.from_value.extend(v.iter().map(|_| true));
+    }
+
+    /// A component that is exactly `.` or `..` and holds a byte of a
+    /// substituted value (a job named `..`, or `.%x` with a job named `.`)
+    /// gets `_` for each dot: a value must not move the directory up or
+    /// merge levels. A `..` the user wrote in the pattern is kept.
+    fn neutralize_dot_components(&mut self) {
+        let mut start = 0;
+        for end in 0..=self.bytes.len() {
+            if end < self.bytes.len() && self.bytes[end] != b'/' {
+                continue;
+            }
+            let component = &self.bytes[start..end];
+            if (component == b"." || component == b"..")
+                && self.from_value[start..end].iter().any(|&v| v)
+            {
+                self.bytes[start..end].fill(b'_');
+            }
+            start = end + 1;
+        }
+    }
+}
+
 /// Expands `%j %u %x %A %a %%` and makes the result absolute against the
 /// submit directory. For a job that is not part of an array, `%A` is the job
 /// id and `%a` is `0`. The pattern must have passed [`validate_dir_pattern`].
-pub fn expand_dir(pattern: &str, job: &JobValues) -> Result<PathBuf, OptionError> {
-    let mut out = String::with_capacity(pattern.len() + 16);
-    let mut chars = pattern.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
+/// Works on bytes: a directory or job name that is not UTF-8 is kept as it
+/// is. A component that a value turns into `.` or `..` becomes `_` or `__`.
+pub fn expand_dir(pattern: impl AsRef<OsStr>, job: &JobValues) -> Result<PathBuf, OptionError> {
+    let pattern = pattern.as_ref();
+    let shown = || pattern.to_string_lossy().into_owned();
+    let mut out = Expansion {
+        bytes: Vec::with_capacity(pattern.len() + 16),
+        from_value: Vec::with_capacity(pattern.len() + 16),
+    };
+    let mut bytes = pattern.as_bytes().iter().copied();
+    while let Some(b) = bytes.next() {
+        if b != b'%' {
+            out.literal(b);
             continue;
         }
-        match chars.next() {
-            Some('j') => out.push_str(&job.job_id.to_string()),
-            Some('u') => match &job.user {
-                Some(user) => out.push_str(user),
+        match bytes.next() {
+            Some(b'j') => out.value(job.job_id.to_string().as_bytes()),
+            Some(b'u') => match &job.user {
+                Some(user) => out.value(user.as_bytes()),
                 None => {
                     return Err(OptionError::MissingJobValue {
                         escape: 'u',
@@ -264,9 +334,16 @@ pub fn expand_dir(pattern: &str, job: &JobValues) -> Result<PathBuf, OptionError
                     });
                 }
             },
-            Some('x') => match &job.job_name {
+            Some(b'x') => match &job.job_name {
                 // A job name may contain '/', which would add levels.
-                Some(name) => out.push_str(&name.replace('/', "_")),
+                Some(name) => {
+                    let name: Vec<u8> = name
+                        .as_bytes()
+                        .iter()
+                        .map(|&c| if c == b'/' { b'_' } else { c })
+                        .collect();
+                    out.value(&name);
+                }
                 None => {
                     return Err(OptionError::MissingJobValue {
                         escape: 'x',
@@ -274,32 +351,45 @@ pub fn expand_dir(pattern: &str, job: &JobValues) -> Result<PathBuf, OptionError
                     });
                 }
             },
-            Some('A') => out.push_str(&job.array.map_or(job.job_id, |(a, _)| a).to_string()),
-            Some('a') => out.push_str(&job.array.map_or(0, |(_, t)| t).to_string()),
-            Some('%') => out.push('%'),
+            Some(b'A') => out.value(
+                job.array
+                    .map_or(job.job_id, |(a, _)| a)
+                    .to_string()
+                    .as_bytes(),
+            ),
+            Some(b'a') => out.value(job.array.map_or(0, |(_, t)| t).to_string().as_bytes()),
+            Some(b'%') => out.literal(b'%'),
             Some(other) => {
                 return Err(OptionError::BadDir {
                     what: format!("--{OPT_DIR}"),
-                    value: pattern.to_owned(),
-                    why: format!("unknown escape %{other}; accepted: {DIR_ESCAPES}"),
+                    value: shown(),
+                    why: format!(
+                        "unknown escape %{}; accepted: {DIR_ESCAPES}",
+                        char::from(other)
+                    ),
                 });
             }
             None => {
                 return Err(OptionError::BadDir {
                     what: format!("--{OPT_DIR}"),
-                    value: pattern.to_owned(),
+                    value: shown(),
                     why: format!("a lone % at the end; accepted: {DIR_ESCAPES}"),
                 });
             }
         }
     }
-    let path = PathBuf::from(&out);
+    out.neutralize_dot_components();
+    let path = PathBuf::from(OsString::from_vec(out.bytes));
     let absolute = if path.is_absolute() {
         path
     } else {
         match &job.submit_dir {
             Some(base) if base.is_absolute() => base.join(path),
-            _ => return Err(OptionError::NoSubmitDir(out)),
+            _ => {
+                return Err(OptionError::NoSubmitDir(
+                    path.to_string_lossy().into_owned(),
+                ));
+            }
         }
     };
     Ok(normalize(&absolute))
@@ -316,8 +406,9 @@ fn normalize(path: &Path) -> PathBuf {
 /// The site's settings, from the plugin arguments in `plugstack.conf`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginConfig {
-    /// `default_dir=PATTERN`: directory used when the user gives none.
-    pub default_dir: Option<String>,
+    /// `default_dir=PATTERN`: directory used when the user gives none
+    /// (bytes: a directory need not be UTF-8).
+    pub default_dir: Option<OsString>,
     /// `default_interval=`: interval used when the user gives none.
     pub default_interval: u64,
     /// `min_interval=`: smallest non-zero interval a user may ask for.
@@ -367,26 +458,55 @@ fn parse_yes_no(key: &'static str, value: &str) -> Result<bool, OptionError> {
 impl PluginConfig {
     /// Parses the plugin arguments of the `plugstack.conf` line. Any unknown,
     /// repeated or malformed argument is an error: a typo must not silently
-    /// change what users get.
-    pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Self, OptionError> {
+    /// change what users get. The arguments are bytes: `default_dir=` is
+    /// kept as it is; every other value must be UTF-8 (refused otherwise,
+    /// never changed).
+    pub fn parse<I, S>(args: I) -> Result<Self, OptionError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let mut config = Self::default();
-        let mut seen: Vec<&str> = Vec::new();
-        let mut default_interval_raw = None;
+        let mut seen: Vec<String> = Vec::new();
+        let mut default_interval_raw = false;
         for arg in args {
-            let Some((key, value)) = arg.split_once('=') else {
-                return Err(OptionError::MalformedArg(arg.to_owned()));
+            let arg = arg.as_ref();
+            let bytes = arg.as_bytes();
+            let Some(eq) = bytes.iter().position(|&b| b == b'=') else {
+                return Err(OptionError::MalformedArg(
+                    arg.to_string_lossy().into_owned(),
+                ));
             };
-            if seen.contains(&key) {
+            let Ok(key) = std::str::from_utf8(&bytes[..eq]) else {
+                return Err(OptionError::UnknownArg(arg.to_string_lossy().into_owned()));
+            };
+            let raw = OsStr::from_bytes(&bytes[eq + 1..]);
+            if seen.iter().any(|k| k == key) {
                 return Err(OptionError::DuplicateArg(key.to_owned()));
             }
+            if key == "default_dir" {
+                validate_dir_pattern("default_dir", raw)?;
+                config.default_dir = Some(raw.to_owned());
+                seen.push(key.to_owned());
+                continue;
+            }
+            let known = [
+                "default_interval",
+                "min_interval",
+                "signal",
+                "libckpt",
+                "ckpt",
+                "keep_images",
+                "incremental",
+            ];
+            if !known.contains(&key) {
+                return Err(OptionError::UnknownArg(arg.to_string_lossy().into_owned()));
+            }
+            let value = text(key, raw)?;
             match key {
-                "default_dir" => {
-                    validate_dir_pattern("default_dir", value)?;
-                    config.default_dir = Some(value.to_owned());
-                }
                 "default_interval" => {
                     config.default_interval = parse_interval("default_interval", value)?;
-                    default_interval_raw = Some(value);
+                    default_interval_raw = true;
                 }
                 "min_interval" => config.min_interval = parse_interval("min_interval", value)?,
                 "signal" => config.signal = parse_signal(value)?,
@@ -394,11 +514,11 @@ impl PluginConfig {
                 "ckpt" => config.ckpt_bin = parse_path("ckpt", value, false)?,
                 "keep_images" => config.keep_images = parse_yes_no("keep_images", value)?,
                 "incremental" => config.incremental = parse_yes_no("incremental", value)?,
-                _ => return Err(OptionError::UnknownArg(arg.to_owned())),
+                _ => return Err(OptionError::UnknownArg(arg.to_string_lossy().into_owned())),
             }
-            seen.push(key);
+            seen.push(key.to_owned());
         }
-        if default_interval_raw.is_some() {
+        if default_interval_raw {
             config.check_interval("default_interval", config.default_interval)?;
         }
         Ok(config)
@@ -450,8 +570,8 @@ impl PluginConfig {
 pub struct UserOptions {
     /// `--checkpoint` was given.
     pub enable: bool,
-    /// `--checkpoint-dir=` value.
-    pub dir: Option<String>,
+    /// `--checkpoint-dir=` value, byte for byte.
+    pub dir: Option<OsString>,
     /// `--checkpoint-interval=` value.
     pub interval: Option<String>,
 }
@@ -466,8 +586,8 @@ impl UserOptions {
 /// The checkpoint settings of a job, before per-job expansion.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
-    /// Directory pattern (from the user or `default_dir`).
-    pub pattern: String,
+    /// Directory pattern (from the user or `default_dir`), byte for byte.
+    pub pattern: OsString,
     /// Periodic interval in seconds, 0 = none.
     pub interval: u64,
 }
@@ -637,6 +757,77 @@ mod tests {
         assert_eq!(expand_dir("/abs", &j).unwrap(), PathBuf::from("/abs"));
     }
 
+    fn latin1(b: &[u8]) -> OsString {
+        OsString::from_vec(b.to_vec())
+    }
+
+    #[test]
+    fn a_job_name_cannot_leave_or_merge_the_job_directory() {
+        let mut j = job();
+        for (name, pattern, want) in [
+            ("..", "/s/%x/ck", "/s/__/ck"),
+            (".", "/s/%x/ck", "/s/_/ck"),
+            ("..", "/s/%x", "/s/__"),
+            (".", "/s/.%x", "/s/__"),
+            (".", "/s/%x%x/ck", "/s/__/ck"),
+            ("../..", "/s/%x", "/s/.._.."),
+            ("..", "rel/%x", "/home/alice/run/rel/__"),
+            // Names that merely contain dots are kept.
+            ("...", "/s/%x", "/s/..."),
+            ("..x", "/s/%x", "/s/..x"),
+            (".hidden", "/s/%x", "/s/.hidden"),
+            ("x", "/s/..%x", "/s/..x"),
+            // The user's own `..` and `.` in the pattern are theirs.
+            ("job", "/s/../%x", "/s/../job"),
+            ("job", "/s/./%x", "/s/job"),
+        ] {
+            j.job_name = Some(name.into());
+            assert_eq!(
+                expand_dir(pattern, &j).unwrap(),
+                PathBuf::from(want),
+                "{name:?} in {pattern}"
+            );
+        }
+        // A user name cannot either.
+        j.user = Some("..".into());
+        assert_eq!(expand_dir("/s/%u", &j).unwrap(), PathBuf::from("/s/__"));
+    }
+
+    #[test]
+    fn non_utf8_dirs_and_names_keep_their_bytes() {
+        let mut j = job();
+        j.job_name = Some(latin1(b"\xe9t\xe9/a"));
+        j.submit_dir = Some(PathBuf::from(latin1(b"/home/caf\xe9")));
+        let pattern = latin1(b"ck/r\xe9p/%x");
+        validate_dir_pattern("--checkpoint-dir", &pattern).unwrap();
+        assert_eq!(
+            expand_dir(&pattern, &j).unwrap(),
+            PathBuf::from(latin1(b"/home/caf\xe9/ck/r\xe9p/\xe9t\xe9_a"))
+        );
+        let c = PluginConfig::parse([latin1(b"default_dir=/s/\xe9/%j")]).unwrap();
+        assert_eq!(c.default_dir, Some(latin1(b"/s/\xe9/%j")));
+        let user = UserOptions {
+            dir: Some(latin1(b"/u/\xff")),
+            ..UserOptions::default()
+        };
+        assert_eq!(
+            c.resolve(&user).unwrap().map(|r| r.pattern),
+            Some(latin1(b"/u/\xff"))
+        );
+        // Values that are used as text are refused, never changed.
+        for arg in [
+            latin1(b"libckpt=/l/\xe9.so"),
+            latin1(b"ckpt=/b/\xe9"),
+            latin1(b"default_interval=5\xe9"),
+        ] {
+            let e = PluginConfig::parse([arg]).unwrap_err();
+            assert!(matches!(e, OptionError::NotText { .. }), "{e}");
+            assert!(e.to_string().contains("not valid UTF-8"), "{e}");
+        }
+        // A bad escape after a non-UTF-8 byte is still found.
+        assert!(validate_dir_pattern("--checkpoint-dir", latin1(b"/\xe9%q")).is_err());
+    }
+
     #[test]
     fn missing_job_name() {
         let mut j = job();
@@ -663,13 +854,16 @@ mod tests {
         assert!(c.keep_images);
         assert!(!c.incremental);
         assert!(PluginConfig::default().incremental);
-        assert_eq!(c.default_dir.as_deref(), Some("/scratch/%u/%j"));
+        assert_eq!(c.default_dir.as_deref(), Some(OsStr::new("/scratch/%u/%j")));
         assert_eq!(c.default_interval, 3600);
         assert_eq!(c.min_interval, 300);
         assert_eq!(c.signal, "USR2");
         assert_eq!(c.libckpt, "/opt/ckpt/lib/libckpt.so");
         assert_eq!(c.ckpt_bin, "/opt/ckpt/bin/ckpt");
-        assert_eq!(PluginConfig::parse([]).unwrap(), PluginConfig::default());
+        assert_eq!(
+            PluginConfig::parse(Vec::<&str>::new()).unwrap(),
+            PluginConfig::default()
+        );
     }
 
     #[test]

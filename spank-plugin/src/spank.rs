@@ -4,8 +4,9 @@
 //! the plugin (srun, sbatch, salloc, slurmd, slurmstepd export them); nothing
 //! here links libslurm. Every raw call of the plugin is in this file.
 
-use std::ffi::{CStr, CString, c_char, c_int};
+use std::ffi::{CStr, CString, OsStr, OsString, c_char, c_int};
 use std::fmt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use slurm_headers::sys;
 
@@ -83,6 +84,34 @@ fn c_string(s: &str) -> CString {
     CString::new(s.replace('\0', "\\0")).unwrap_or_default()
 }
 
+/// A C string of arbitrary bytes (a path, an environment value): kept byte
+/// for byte; NUL bytes, which no C string can hold, are dropped.
+fn c_bytes(b: &[u8]) -> CString {
+    let kept: Vec<u8> = b.iter().copied().filter(|&c| c != 0).collect();
+    CString::new(kept).unwrap_or_default()
+}
+
+/// A log message made safe for one log line: control characters (newline,
+/// carriage return, the other C0 ones, DEL and C1) are written as escapes
+/// (`\n`, `\r`, `\t`, `\xNN`, `\u{NN}`), so that a user's path or job
+/// name cannot start a new line in slurmd's log or a terminal sequence.
+pub fn escape_controls(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for ch in message.chars() {
+        match ch {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() && u32::from(c) < 0x80 => {
+                out.push_str(&format!("\\x{:02x}", u32::from(c)));
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// An option the plugin registers with `spank_option_register`.
 #[derive(Debug)]
 pub struct OptionSpec {
@@ -149,7 +178,8 @@ impl Spank {
 
     /// Whether the user gave the option and its value: `None` when not given,
     /// `Some(None)` for a given flag, `Some(Some(v))` for a given value.
-    pub fn getopt(&self, spec: &OptionSpec) -> Result<Option<Option<String>>, SpankError> {
+    /// The value is returned byte for byte (a directory need not be UTF-8).
+    pub fn getopt(&self, spec: &OptionSpec) -> Result<Option<Option<OsString>>, SpankError> {
         let mut opt = spec.raw(None);
         let mut value: *mut c_char = std::ptr::null_mut();
         // SAFETY: live handle; `opt` and `value` are valid for the call; Slurm
@@ -168,7 +198,7 @@ impl Spank {
         // SAFETY: on success Slurm points `value` at the option's argument, a
         // NUL-terminated string it owns for the life of the step.
         let text = unsafe { CStr::from_ptr(value) };
-        Ok(Some(Some(text.to_string_lossy().into_owned())))
+        Ok(Some(Some(OsString::from_vec(text.to_bytes().to_vec()))))
     }
 
     /// A `uint32_t` job item (`S_JOB_ID`, `S_JOB_UID`, …).
@@ -217,8 +247,17 @@ impl Spank {
         Ok(unsafe { c_strings(env, None) })
     }
 
-    /// A variable of the job's (task's) environment; `None` when unset.
+    /// A variable of the job's (task's) environment, as text (invalid UTF-8
+    /// replaced): for variables that are not paths; see [`Self::getenv_os`].
     pub fn getenv(&self, name: &str) -> Result<Option<String>, SpankError> {
+        Ok(self
+            .getenv_os(name)?
+            .map(|v| v.to_string_lossy().into_owned()))
+    }
+
+    /// A variable of the job's (task's) environment, byte for byte (paths,
+    /// job names); `None` when unset.
+    pub fn getenv_os(&self, name: &str) -> Result<Option<OsString>, SpankError> {
         let cname = c_string(name);
         let mut len: usize = 4096;
         loop {
@@ -239,14 +278,19 @@ impl Spank {
             check(|| format!("spank_getenv({name})"), rc)?;
             let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
             buf.truncate(end);
-            return Ok(Some(String::from_utf8_lossy(&buf).into_owned()));
+            return Ok(Some(OsString::from_vec(buf)));
         }
     }
 
     /// Sets a variable in the job's (task's) environment, overwriting it.
     pub fn setenv(&self, name: &str, value: &str) -> Result<(), SpankError> {
+        self.setenv_os(name, OsStr::new(value))
+    }
+
+    /// Sets a variable to a value of arbitrary bytes (a path), overwriting it.
+    pub fn setenv_os(&self, name: &str, value: &OsStr) -> Result<(), SpankError> {
         let cname = c_string(name);
-        let cvalue = c_string(value);
+        let cvalue = c_bytes(value.as_bytes());
         // SAFETY: live handle; both strings are NUL-terminated and outlive
         // the call; Slurm copies them.
         let rc = unsafe { sys::spank_setenv(self.raw, cname.as_ptr(), cvalue.as_ptr(), 1) };
@@ -289,10 +333,16 @@ unsafe fn c_strings(array: *mut *mut c_char, count: Option<usize>) -> Vec<CStrin
     out
 }
 
+/// The one place every message leaves the plugin: prefixed, with control
+/// characters escaped ([`escape_controls`]), as a C string.
+fn log_text(message: &str) -> CString {
+    c_string(&escape_controls(&format!("ckpt: {message}")))
+}
+
 /// Logs an error through Slurm: on srun/sbatch/salloc it is printed on their
 /// stderr (`sbatch: error: ckpt: …`), in daemons it goes to their log.
 pub fn log_error(message: &str) {
-    let text = c_string(&format!("ckpt: {message}"));
+    let text = log_text(message);
     // SAFETY: the format is a literal "%s" and its one argument is a valid
     // NUL-terminated string, as slurm_error's printf contract requires.
     unsafe { sys::slurm_error(c"%s".as_ptr(), text.as_ptr()) };
@@ -301,14 +351,39 @@ pub fn log_error(message: &str) {
 /// Prints a note on the stderr of srun/sbatch/salloc, at the level of an
 /// error but without the `error:` prefix (`slurm_spank_log`).
 pub fn log_note(message: &str) {
-    let text = c_string(&format!("ckpt: {message}"));
+    let text = log_text(message);
     // SAFETY: as in log_error.
     unsafe { sys::slurm_spank_log(c"%s".as_ptr(), text.as_ptr()) };
 }
 
 /// Logs an informational line (daemon logs; srun -v).
 pub fn log_info(message: &str) {
-    let text = c_string(&format!("ckpt: {message}"));
+    let text = log_text(message);
     // SAFETY: as in log_error.
     unsafe { sys::slurm_info(c"%s".as_ptr(), text.as_ptr()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_cannot_be_split_or_carry_terminal_sequences() {
+        let name = "job\nslurmd: error: forged\r\u{1b}[2J\u{7f}\u{9b}\0end\tx";
+        let text = log_text(&format!("cannot use /ck/{name}"));
+        let bytes = text.as_bytes();
+        assert!(!bytes.iter().any(|&b| b < 0x20 || b == 0x7f), "{text:?}");
+        assert_eq!(
+            text.to_str().unwrap(),
+            "ckpt: cannot use /ck/job\\nslurmd: error: forged\\r\\x1b[2J\\x7f\\u{9b}\\x00end\\tx"
+        );
+        // Ordinary text, including non-ASCII letters, is unchanged.
+        assert_eq!(escape_controls("café /a b"), "café /a b");
+    }
+
+    #[test]
+    fn values_keep_their_bytes() {
+        assert_eq!(c_bytes(b"/ck/caf\xe9").as_bytes(), b"/ck/caf\xe9");
+        assert_eq!(c_bytes(b"a\0b").as_bytes(), b"ab");
+    }
 }

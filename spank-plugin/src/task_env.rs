@@ -10,7 +10,8 @@
 //!
 //! A job that did not ask for checkpointing gets none of these.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 /// Checkpoint directory of the task.
@@ -24,38 +25,48 @@ pub const ENV_BIN: &str = "CKPT_BIN";
 /// The dynamic loader's preload list.
 pub const ENV_PRELOAD: &str = "LD_PRELOAD";
 
-/// `LD_PRELOAD` with `lib` first, keeping every library already listed.
-/// Idempotent: a step started from a checkpointed batch script inherits
-/// `LD_PRELOAD` with `lib` in it already, and keeps it as is.
-pub fn preload_with(existing: Option<&str>, lib: &str) -> String {
-    let existing = existing.map(str::trim).unwrap_or_default();
-    // ld.so separates entries with ':' or white space.
+/// ld.so separates `LD_PRELOAD` entries with ':' or white space.
+fn preload_separator(c: &u8) -> bool {
+    *c == b':' || c.is_ascii_whitespace()
+}
+
+/// `LD_PRELOAD` with `lib` first, keeping every library already listed
+/// byte for byte (a library path need not be UTF-8). Idempotent: a step
+/// started from a checkpointed batch script inherits `LD_PRELOAD` with `lib`
+/// in it already, and keeps it as is.
+pub fn preload_with(existing: Option<&OsStr>, lib: &str) -> OsString {
+    let existing = existing
+        .map(OsStr::as_bytes)
+        .unwrap_or_default()
+        .trim_ascii();
     if existing
-        .split(|c: char| c == ':' || c.is_whitespace())
-        .any(|entry| entry == lib)
+        .split(preload_separator)
+        .any(|entry| entry == lib.as_bytes())
     {
-        return existing.to_owned();
+        return OsStr::from_bytes(existing).to_owned();
     }
-    if existing.is_empty() {
-        lib.to_owned()
-    } else {
-        format!("{lib}:{existing}")
+    let mut out = lib.as_bytes().to_vec();
+    if !existing.is_empty() {
+        out.push(b':');
+        out.extend_from_slice(existing);
     }
+    OsString::from_vec(out)
 }
 
 /// `LD_PRELOAD` without `lib` (`None` when nothing else is left): what
 /// `ckpt` itself starts with, since `ckpt launch` prepends `lib` for the
 /// program (the program then sees exactly [`preload_with`]).
-pub fn preload_without(existing: Option<&str>, lib: &str) -> Option<String> {
-    let kept: Vec<&str> = existing
+pub fn preload_without(existing: Option<&OsStr>, lib: &str) -> Option<OsString> {
+    let kept: Vec<&[u8]> = existing
+        .map(OsStr::as_bytes)
         .unwrap_or_default()
-        .split(|c: char| c == ':' || c.is_whitespace())
-        .filter(|entry| !entry.is_empty() && *entry != lib)
+        .split(preload_separator)
+        .filter(|entry| !entry.is_empty() && *entry != lib.as_bytes())
         .collect();
     if kept.is_empty() {
         None
     } else {
-        Some(kept.join(":"))
+        Some(OsString::from_vec(kept.join(&b':')))
     }
 }
 
@@ -99,7 +110,13 @@ pub struct TaskExec<'a> {
 }
 
 fn c(s: &str) -> CString {
-    CString::new(s.replace('\0', "")).unwrap_or_default()
+    c_bytes(s.as_bytes())
+}
+
+/// A C string of arbitrary bytes (a path): kept byte for byte, NUL bytes
+/// (impossible in a path) dropped.
+fn c_bytes(b: &[u8]) -> CString {
+    CString::new(b.iter().copied().filter(|&x| x != 0).collect::<Vec<u8>>()).unwrap_or_default()
 }
 
 /// `ckpt slurm-task --dir TASKDIR ... -- ARGV`.
@@ -108,7 +125,7 @@ pub fn exec_argv(e: &TaskExec<'_>, argv: &[CString]) -> Vec<CString> {
         c(e.ckpt_bin),
         c("slurm-task"),
         c("--dir"),
-        c(&e.task_dir.display().to_string()),
+        c_bytes(e.task_dir.as_os_str().as_bytes()),
         c("--interval"),
         c(&e.interval.to_string()),
         c("--signal"),
@@ -133,7 +150,7 @@ pub fn exec_argv(e: &TaskExec<'_>, argv: &[CString]) -> Vec<CString> {
 
 /// The environment `ckpt` starts with: the task's, with `LD_PRELOAD` set to
 /// `preload` (or removed when `None`).
-pub fn exec_env(env: &[CString], preload: Option<&str>) -> Vec<CString> {
+pub fn exec_env(env: &[CString], preload: Option<&OsStr>) -> Vec<CString> {
     let prefix = format!("{ENV_PRELOAD}=");
     let mut out: Vec<CString> = env
         .iter()
@@ -141,7 +158,7 @@ pub fn exec_env(env: &[CString], preload: Option<&str>) -> Vec<CString> {
         .cloned()
         .collect();
     if let Some(p) = preload {
-        out.push(c(&format!("{prefix}{p}")));
+        out.push(c_bytes(&[prefix.as_bytes(), p.as_bytes()].concat()));
     }
     out
 }
@@ -161,20 +178,21 @@ pub struct TaskSettings<'a> {
     pub libckpt: &'a str,
 }
 
-/// The variables to set in the task, given its current `LD_PRELOAD`.
+/// The variables to set in the task, given its current `LD_PRELOAD`; values
+/// byte for byte (the directory need not be UTF-8).
 pub fn vars(
     settings: &TaskSettings<'_>,
-    existing_preload: Option<&str>,
-) -> Vec<(&'static str, String)> {
+    existing_preload: Option<&OsStr>,
+) -> Vec<(&'static str, OsString)> {
     vec![
         (
             ENV_PRELOAD,
             preload_with(existing_preload, settings.libckpt),
         ),
-        (ENV_DIR, settings.dir.display().to_string()),
-        (ENV_INTERVAL, settings.interval.to_string()),
-        (ENV_SIGNAL, settings.signal.to_owned()),
-        (ENV_BIN, settings.ckpt_bin.to_owned()),
+        (ENV_DIR, settings.dir.as_os_str().to_owned()),
+        (ENV_INTERVAL, settings.interval.to_string().into()),
+        (ENV_SIGNAL, settings.signal.into()),
+        (ENV_BIN, settings.ckpt_bin.into()),
     ]
 }
 
@@ -184,28 +202,39 @@ mod tests {
 
     const LIB: &str = "/usr/local/lib/ckpt/libckpt.so";
 
+    fn os(s: &str) -> Option<&OsStr> {
+        Some(OsStr::new(s))
+    }
+
+    fn text(v: OsString) -> String {
+        v.into_string().unwrap()
+    }
+
     #[test]
     fn preload_is_prepended_never_replaced() {
         assert_eq!(preload_with(None, LIB), LIB);
-        assert_eq!(preload_with(Some(""), LIB), LIB);
-        assert_eq!(preload_with(Some("/x/a.so"), LIB), format!("{LIB}:/x/a.so"));
+        assert_eq!(preload_with(os(""), LIB), LIB);
         assert_eq!(
-            preload_with(Some("/x/a.so /y/b.so"), LIB),
+            text(preload_with(os("/x/a.so"), LIB)),
+            format!("{LIB}:/x/a.so")
+        );
+        assert_eq!(
+            text(preload_with(os("/x/a.so /y/b.so"), LIB)),
             format!("{LIB}:/x/a.so /y/b.so")
         );
     }
 
     #[test]
     fn preload_is_idempotent() {
-        let once = preload_with(Some("/x/a.so"), LIB);
+        let once = preload_with(os("/x/a.so"), LIB);
         assert_eq!(preload_with(Some(&once), LIB), once);
         assert_eq!(
-            preload_with(Some("/x/a.so /usr/local/lib/ckpt/libckpt.so"), LIB),
+            preload_with(os("/x/a.so /usr/local/lib/ckpt/libckpt.so"), LIB),
             "/x/a.so /usr/local/lib/ckpt/libckpt.so"
         );
         // A different library whose name merely contains ours is kept and ours added.
         assert_eq!(
-            preload_with(Some("/usr/local/lib/ckpt/libckpt.so.old"), LIB),
+            text(preload_with(os("/usr/local/lib/ckpt/libckpt.so.old"), LIB)),
             format!("{LIB}:/usr/local/lib/ckpt/libckpt.so.old")
         );
     }
@@ -213,13 +242,13 @@ mod tests {
     #[test]
     fn ckpt_starts_without_libckpt_and_the_program_gets_it_once() {
         assert_eq!(preload_without(None, LIB), None);
-        assert_eq!(preload_without(Some(LIB), LIB), None);
-        let with = preload_with(Some("/x/a.so /y/b.so"), LIB);
+        assert_eq!(preload_without(os(LIB), LIB), None);
+        let with = preload_with(os("/x/a.so /y/b.so"), LIB);
         let without = preload_without(Some(&with), LIB);
-        assert_eq!(without.as_deref(), Some("/x/a.so:/y/b.so"));
+        assert_eq!(without.as_deref(), os("/x/a.so:/y/b.so"));
         // What ckpt launch then gives the program.
         assert_eq!(
-            format!("{LIB}:{}", without.unwrap()),
+            format!("{LIB}:{}", text(without.unwrap())),
             format!("{LIB}:/x/a.so:/y/b.so")
         );
     }
@@ -274,7 +303,7 @@ mod tests {
             text.windows(2).any(|w| w == ["--incremental", "off"]),
             "{text:?}"
         );
-        let env = exec_env(&[c("A=1"), c("LD_PRELOAD=x"), c("B=2")], Some("/x/a.so"));
+        let env = exec_env(&[c("A=1"), c("LD_PRELOAD=x"), c("B=2")], os("/x/a.so"));
         assert_eq!(env, vec![c("A=1"), c("B=2"), c("LD_PRELOAD=/x/a.so")]);
         assert_eq!(exec_env(&[c("LD_PRELOAD=x")], None), Vec::<CString>::new());
     }
@@ -288,7 +317,10 @@ mod tests {
             ckpt_bin: "/usr/local/bin/ckpt",
             libckpt: LIB,
         };
-        let v = vars(&s, Some("/x/a.so"));
+        let v: Vec<(&str, String)> = vars(&s, os("/x/a.so"))
+            .into_iter()
+            .map(|(k, v)| (k, text(v)))
+            .collect();
         assert_eq!(
             v,
             vec![
@@ -299,5 +331,47 @@ mod tests {
                 ("CKPT_BIN", "/usr/local/bin/ckpt".to_owned()),
             ]
         );
+    }
+
+    fn latin1(b: &[u8]) -> OsString {
+        OsString::from_vec(b.to_vec())
+    }
+
+    #[test]
+    fn non_utf8_dirs_arguments_and_preloads_keep_their_bytes() {
+        let dir = PathBuf::from(latin1(b"/ck/caf\xe9"));
+        let task = task_dir(&dir, 3, 1);
+        assert_eq!(task, PathBuf::from(latin1(b"/ck/caf\xe9/step3/task1")));
+        let e = TaskExec {
+            ckpt_bin: "/b/ckpt",
+            task_dir: &task,
+            interval: 0,
+            signal: "USR1",
+            batch: false,
+            keep_images: false,
+            incremental: true,
+            libckpt: LIB,
+        };
+        let arg = CString::new(b"caf\xe9".to_vec()).unwrap();
+        let argv = exec_argv(&e, &[c("/bin/echo"), arg.clone()]);
+        assert_eq!(argv[3].as_bytes(), b"/ck/caf\xe9/step3/task1");
+        assert_eq!(argv.last(), Some(&arg));
+        // The user's own preload with a Latin-1 path stays as it was.
+        let theirs = latin1(b"/l/\xe9.so");
+        let with = preload_with(Some(&theirs), LIB);
+        assert_eq!(with.as_bytes(), [LIB.as_bytes(), b":/l/\xe9.so"].concat());
+        let without = preload_without(Some(&with), LIB);
+        assert_eq!(without.as_deref(), Some(theirs.as_os_str()));
+        let env = exec_env(&[], without.as_deref());
+        assert_eq!(env[0].as_bytes(), b"LD_PRELOAD=/l/\xe9.so");
+        let s = TaskSettings {
+            dir: &dir,
+            interval: 0,
+            signal: "USR1",
+            ckpt_bin: "/b/ckpt",
+            libckpt: LIB,
+        };
+        let v = vars(&s, None);
+        assert!(v.contains(&("CKPT_DIR", latin1(b"/ck/caf\xe9"))), "{v:?}");
     }
 }

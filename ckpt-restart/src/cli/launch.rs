@@ -1,6 +1,7 @@
 //! `ckpt launch --dir D [--interval T] -- CMD ARGS...`
 
 use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -129,7 +130,7 @@ pub fn run_with(o: &Opts, on_signal: OnSignal<'_>) -> Result<i32, Failure> {
         .iter()
         .map(|a| {
             CString::new(a.as_bytes()).map_err(|_| Failure {
-                msg: format!("argument {a:?} contains a NUL byte"),
+                msg: format!("argument {:?} contains a NUL byte", a.to_string_lossy()),
                 code: 2,
             })
         })
@@ -169,7 +170,7 @@ pub fn run_with(o: &Opts, on_signal: OnSignal<'_>) -> Result<i32, Failure> {
                 // SAFETY: argv is a NULL-terminated array of valid C strings.
                 unsafe { libc::execvp(ptrs[0], ptrs.as_ptr()) };
                 let e = std::io::Error::last_os_error();
-                eprintln!("ckpt: cannot run {}: {e}", o.command[0]);
+                eprintln!("ckpt: cannot run {}: {e}", o.command[0].to_string_lossy());
                 ckpt::signal_safe::raw::exit_group(if e.kind() == std::io::ErrorKind::NotFound {
                     127
                 } else {
@@ -182,7 +183,12 @@ pub fn run_with(o: &Opts, on_signal: OnSignal<'_>) -> Result<i32, Failure> {
         Some(init) => Ok(run_outer(
             Outer {
                 dir: &dir,
-                command: o.command.clone(),
+                // For display only (`ckpt status`): lossy where not UTF-8.
+                command: o
+                    .command
+                    .iter()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect(),
                 opts: o,
                 socket: &sock_path,
                 listener,

@@ -7,6 +7,8 @@ pub mod slurm;
 pub mod status;
 pub mod task_prolog;
 
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 
 /// A failure of a subcommand: the message for stderr and the exit code.
@@ -40,8 +42,8 @@ pub struct Opts {
     pub no_verify: bool,
     /// `--incremental`.
     pub incremental: Incremental,
-    /// Command after `--`.
-    pub command: Vec<String>,
+    /// Command after `--`, byte for byte (arguments need not be UTF-8).
+    pub command: Vec<OsString>,
 }
 
 /// When to track written pages for incremental checkpoints.
@@ -102,20 +104,36 @@ pub fn parse_interval(s: &str) -> Result<u64, String> {
         .ok_or_else(bad)
 }
 
+/// Splits `--key=value` into the key (for matching and messages) and the
+/// value, byte for byte; any other argument is returned as the key.
+pub fn split_option(a: &OsStr) -> (String, Option<OsString>) {
+    let b = a.as_bytes();
+    if b.starts_with(b"--")
+        && let Some(eq) = b.iter().position(|&c| c == b'=')
+    {
+        let key = String::from_utf8_lossy(&b[..eq]).into_owned();
+        let value = OsString::from_vec(b[eq + 1..].to_vec());
+        return (key, Some(value));
+    }
+    (a.to_string_lossy().into_owned(), None)
+}
+
+/// An option value that must be text (a number, a name).
+pub fn text_value(name: &str, v: OsString) -> Result<String, String> {
+    v.into_string()
+        .map_err(|v| format!("{name}={}: not valid UTF-8", v.to_string_lossy()))
+}
+
 /// Parse the options after the subcommand name.
-pub fn parse(args: &[String], want_command: bool) -> Result<Opts, String> {
+pub fn parse(args: &[OsString], want_command: bool) -> Result<Opts, String> {
     let mut o = Opts {
         keep: ckpt::image::generation::DEFAULT_KEEP,
         ..Opts::default()
     };
     let mut i = 0;
     while i < args.len() {
-        let a = &args[i];
-        let (key, inline) = match a.split_once('=') {
-            Some((k, v)) if k.starts_with("--") => (k.to_string(), Some(v.to_string())),
-            _ => (a.clone(), None),
-        };
-        let mut value = |name: &str| -> Result<String, String> {
+        let (key, inline) = split_option(&args[i]);
+        let mut value = |name: &str| -> Result<OsString, String> {
             if let Some(v) = inline.clone() {
                 return Ok(v);
             }
@@ -126,15 +144,20 @@ pub fn parse(args: &[String], want_command: bool) -> Result<Opts, String> {
         };
         match key.as_str() {
             "--dir" | "-d" => o.dir = Some(PathBuf::from(value("--dir")?)),
-            "--interval" | "-i" => o.interval = parse_interval(&value("--interval")?)?,
+            "--interval" | "-i" => {
+                o.interval = parse_interval(&text_value("--interval", value("--interval")?)?)?
+            }
             "--keep" => {
-                let v = value("--keep")?;
+                let v = text_value("--keep", value("--keep")?)?;
                 o.keep = v.parse().ok().filter(|k| *k >= 1).ok_or(format!(
                     "--keep={v}: expected a number of generations, at least 1"
                 ))?;
             }
             "--no-verify" => o.no_verify = true,
-            "--incremental" => o.incremental = parse_incremental(&value("--incremental")?)?,
+            "--incremental" => {
+                o.incremental =
+                    parse_incremental(&text_value("--incremental", value("--incremental")?)?)?
+            }
             "--" if want_command => {
                 o.command = args[i + 1..].to_vec();
                 break;
@@ -182,14 +205,36 @@ mod tests {
 
     #[test]
     fn options() {
-        let v: Vec<String> = ["--dir", "/x", "--interval=5m", "--", "prog", "--dir"]
+        let v: Vec<OsString> = ["--dir", "/x", "--interval=5m", "--", "prog", "--dir"]
             .iter()
-            .map(|s| s.to_string())
+            .map(OsString::from)
             .collect();
         let o = parse(&v, true).unwrap();
         assert_eq!(o.dir, Some(PathBuf::from("/x")));
         assert_eq!(o.interval, 300);
         assert_eq!(o.command, vec!["prog", "--dir"]);
-        assert!(parse(&["--bogus".to_string()], false).is_err());
+        assert!(parse(&["--bogus".into()], false).is_err());
+    }
+
+    #[test]
+    fn non_utf8_paths_and_arguments_are_kept_byte_for_byte() {
+        let latin1 = |b: &[u8]| OsString::from_vec(b.to_vec());
+        let v = vec![
+            latin1(b"--dir=/ck/caf\xe9"),
+            "--".into(),
+            "/bin/echo".into(),
+            latin1(b"caf\xe9"),
+        ];
+        let o = parse(&v, true).unwrap();
+        assert_eq!(o.dir, Some(PathBuf::from(latin1(b"/ck/caf\xe9"))));
+        assert_eq!(o.command, vec!["/bin/echo".into(), latin1(b"caf\xe9")]);
+        // Separate value, and a command without `--`.
+        let v = vec!["-d".into(), latin1(b"/\xff"), latin1(b"\xfeprog")];
+        let o = parse(&v, true).unwrap();
+        assert_eq!(o.dir, Some(PathBuf::from(latin1(b"/\xff"))));
+        assert_eq!(o.command, vec![latin1(b"\xfeprog")]);
+        // A number that is not text is refused, not mangled.
+        let e = parse(&["--interval".into(), latin1(b"5\xe9")], false).unwrap_err();
+        assert!(e.contains("not valid UTF-8"), "{e}");
     }
 }

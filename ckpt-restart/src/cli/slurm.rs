@@ -45,6 +45,7 @@
 //!
 //! Messages go to the task's stderr, prefixed `ckpt:`.
 
+use std::ffi::OsString;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -77,8 +78,8 @@ pub struct TaskOpts {
     pub lib: Option<PathBuf>,
     /// `--check`: only say whether a generation of TASKDIR can be loaded.
     pub check: bool,
-    /// The task's command.
-    pub command: Vec<String>,
+    /// The task's command, byte for byte (need not be UTF-8).
+    pub command: Vec<OsString>,
 }
 
 /// A signal name (`USR1`, `SIGUSR1`) or number to its number.
@@ -106,7 +107,7 @@ pub fn signal_number(name: &str) -> Option<i32> {
 }
 
 /// Parses the arguments after `slurm-task`.
-pub fn parse(args: &[String]) -> Result<TaskOpts, String> {
+pub fn parse(args: &[OsString]) -> Result<TaskOpts, String> {
     let mut o = TaskOpts {
         signal: libc::SIGUSR1,
         ..TaskOpts::default()
@@ -114,12 +115,8 @@ pub fn parse(args: &[String]) -> Result<TaskOpts, String> {
     let mut dir = None;
     let mut i = 0;
     while i < args.len() {
-        let a = args[i].as_str();
-        let (key, inline) = match a.split_once('=') {
-            Some((k, v)) if k.starts_with("--") => (k, Some(v.to_owned())),
-            _ => (a, None),
-        };
-        let mut value = |name: &str| -> Result<String, String> {
+        let (key, inline) = super::split_option(&args[i]);
+        let mut value = |name: &str| -> Result<OsString, String> {
             if let Some(v) = inline.clone() {
                 return Ok(v);
             }
@@ -128,11 +125,16 @@ pub fn parse(args: &[String]) -> Result<TaskOpts, String> {
                 .cloned()
                 .ok_or_else(|| format!("slurm-task: {name} needs a value"))
         };
-        match key {
+        let text = |name: &str, v: OsString| {
+            super::text_value(name, v).map_err(|e| format!("slurm-task: {e}"))
+        };
+        match key.as_str() {
             "--dir" => dir = Some(PathBuf::from(value("--dir")?)),
-            "--interval" => o.interval = super::parse_interval(&value("--interval")?)?,
+            "--interval" => {
+                o.interval = super::parse_interval(&text("--interval", value("--interval")?)?)?
+            }
             "--signal" => {
-                let v = value("--signal")?;
+                let v = text("--signal", value("--signal")?)?;
                 o.signal = signal_number(&v)
                     .ok_or_else(|| format!("slurm-task: --signal={v}: not a signal name"))?;
             }
@@ -141,7 +143,8 @@ pub fn parse(args: &[String]) -> Result<TaskOpts, String> {
             "--keep-images" => o.keep_images = true,
             "--incremental" => {
                 o.no_incremental =
-                    super::parse_incremental(&value("--incremental")?)? == super::Incremental::Off
+                    super::parse_incremental(&text("--incremental", value("--incremental")?)?)?
+                        == super::Incremental::Off
             }
             "--check" => o.check = true,
             "--" => {
@@ -284,7 +287,7 @@ fn apply_rlimits() {
 }
 
 /// Runs `ckpt slurm-task ARGS`.
-pub fn run(args: &[String]) -> Result<i32, Failure> {
+pub fn run(args: &[OsString]) -> Result<i32, Failure> {
     let o = parse(args).map_err(|msg| Failure { msg, code: 2 })?;
     if o.check {
         return check(&o);
@@ -339,7 +342,11 @@ pub fn run(args: &[String]) -> Result<i32, Failure> {
                 "job requeued (SLURM_RESTART_COUNT={restart_count}) but {} holds no checkpoint: \
                  starting {} from the beginning",
                 dir.path().display(),
-                o.command.join(" ")
+                o.command
+                    .iter()
+                    .map(|a| a.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(" ")
             ));
         }
         super::launch::run_with(&engine, &mut |sig, coord| state.on_signal(sig, coord))
@@ -387,27 +394,27 @@ pub fn run(args: &[String]) -> Result<i32, Failure> {
 /// every process of the step, so the program would die of the signal that
 /// ckpt consumes. An ignored signal stays ignored across exec; a program may
 /// still install its own handler. The batch step gets `--signal=B:...` alone.
-fn program_command(o: &TaskOpts) -> Vec<String> {
+fn program_command(o: &TaskOpts) -> Vec<OsString> {
     let Ok(me) = std::env::current_exe() else {
         return o.command.clone();
     };
-    let mut cmd = vec![me.display().to_string(), "slurm-exec".to_owned()];
+    let mut cmd = vec![me.into_os_string(), "slurm-exec".into()];
     if !o.batch {
-        cmd.extend(["--ignore".to_owned(), o.signal.to_string()]);
+        cmd.extend(["--ignore".into(), o.signal.to_string().into()]);
     }
-    cmd.push("--".to_owned());
+    cmd.push("--".into());
     cmd.extend(o.command.iter().cloned());
     cmd
 }
 
 /// `ckpt slurm-exec [--ignore SIGNUM] -- ARGV...`: exec ARGV with `SIGPIPE`
 /// at its default and SIGNUM ignored.
-pub fn exec_ignoring(args: &[String]) -> Result<i32, Failure> {
+pub fn exec_ignoring(args: &[OsString]) -> Result<i32, Failure> {
     let bad = |msg: String| Failure { msg, code: 2 };
     let usage = || bad("usage: ckpt slurm-exec [--ignore SIGNUM] -- ARGV...".into());
-    let (ignore, rest) = match args.first().map(String::as_str) {
+    let (ignore, rest) = match args.first().and_then(|a| a.to_str()) {
         Some("--ignore") => {
-            let num = args.get(1).ok_or_else(usage)?;
+            let num = args.get(1).ok_or_else(usage)?.to_string_lossy();
             let sig = num
                 .parse::<i32>()
                 .ok()
@@ -417,9 +424,12 @@ pub fn exec_ignoring(args: &[String]) -> Result<i32, Failure> {
         }
         _ => (None, args),
     };
-    let Some(("--", argv)) = rest.split_first().map(|(a, r)| (a.as_str(), r)) else {
+    let Some((dashes, argv)) = rest.split_first() else {
         return Err(usage());
     };
+    if dashes != "--" {
+        return Err(usage());
+    }
     let Some(prog) = argv.first() else {
         return Err(usage());
     };
@@ -434,7 +444,7 @@ pub fn exec_ignoring(args: &[String]) -> Result<i32, Failure> {
         std::process::Command::new(prog).args(argv.get(1..).unwrap_or_default()),
     );
     Err(Failure {
-        msg: format!("cannot run {prog}: {err}"),
+        msg: format!("cannot run {}: {err}", prog.to_string_lossy()),
         code: if err.kind() == std::io::ErrorKind::NotFound {
             127
         } else {
@@ -871,8 +881,43 @@ fn newest_loadable(dir: &CheckpointDir) -> Option<LoadedGeneration> {
 mod tests {
     use super::*;
 
-    fn args(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| (*s).to_owned()).collect()
+    fn args(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    fn latin1(b: &[u8]) -> OsString {
+        use std::os::unix::ffi::OsStringExt;
+        OsString::from_vec(b.to_vec())
+    }
+
+    #[test]
+    fn non_utf8_dirs_and_arguments_reach_the_program_unchanged() {
+        let o = parse(&[
+            latin1(b"--dir=/ck/caf\xe9"),
+            "--lib".into(),
+            latin1(b"/l/\xff.so"),
+            "--".into(),
+            "/bin/echo".into(),
+            latin1(b"caf\xe9"),
+        ])
+        .unwrap();
+        assert_eq!(o.dir, PathBuf::from(latin1(b"/ck/caf\xe9")));
+        assert_eq!(o.lib, Some(PathBuf::from(latin1(b"/l/\xff.so"))));
+        assert_eq!(o.command, vec!["/bin/echo".into(), latin1(b"caf\xe9")]);
+        let cmd = program_command(&o);
+        assert_eq!(cmd.last(), Some(&latin1(b"caf\xe9")));
+        let o = parse(&["--check".into(), "--dir".into(), latin1(b"/\xe9")]).unwrap();
+        assert_eq!(o.dir, PathBuf::from(latin1(b"/\xe9")));
+        let e = parse(&[
+            "--dir".into(),
+            "/d".into(),
+            "--signal".into(),
+            latin1(b"USR\xe9"),
+            "--".into(),
+            "x".into(),
+        ])
+        .unwrap_err();
+        assert!(e.contains("not valid UTF-8"), "{e}");
     }
 
     #[test]
