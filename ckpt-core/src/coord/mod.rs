@@ -2,19 +2,26 @@
 //! preloaded library in each process.
 //!
 //! Transport: a `SOCK_SEQPACKET` unix socket (`DIR/ckpt.sock`), one short
-//! ASCII message per packet, at most [`MAX_MSG`] bytes.
+//! ASCII message per packet, at most [`MAX_MSG`] bytes. Both ends check with
+//! `SO_PEERCRED` that the other runs as the same user (`docs/security.md`).
 //!
 //! | from | message | meaning |
 //! |---|---|---|
-//! | process | `HELLO <pid> <exe>` | a process registers (pid as seen in the job's namespace) |
-//! | coordinator | `CKPT <generation dir>` | stop, write `proc-<pid>.{img,json}` there, resume |
-//! | process | `DONE <pid> <bytes> <pause_us>` | image written and fsynced |
-//! | process | `FAIL <pid> <message>` | the checkpoint failed; the process keeps running |
+//! | leader | `STOPPED <pid>` | every thread of the process is parked |
+//! | leader | `FAIL <pid> <why>` | it could not stop; the checkpoint is abandoned |
+//! | coordinator | `WRITE <generation> <base> <track> <dir>` + the generation directory's descriptor (`SCM_RIGHTS`) | the whole job is stopped: write `proc-<pid>.{img,json}` there |
+//! | coordinator | `ABORT` | resume without writing |
+//! | leader | `DONE <pid> <bytes> <pause_us> [snap=<pid>] [inplace]` / `FAIL <pid> <why>` | the image is written (not yet synced) |
+//! | coordinator | `RELEASE` | the job may run again |
+//! | leader or its snapshot child | `SYNCED <pid> <bytes> <pause_us>` / `FAIL <pid> <why>` | the image is fsynced |
 //! | client | `CHECKPOINT` | `ckpt checkpoint` asks for a blocking checkpoint |
-//! | coordinator | `OK <generation dir> <bytes> <pause_us> <total_us>` / `ERR <message>` | its answer |
+//! | coordinator | `OK <dir> <bytes> <pause_us> <total_us> <processes> <in_place> <base>` / `ERR <message>` | its answer |
 
 /// Largest message.
 pub const MAX_MSG: usize = 4096;
+/// Longest coordinator socket path the job's processes can hold, plus its
+/// NUL (the size of their buffers, also in images).
+pub const MAX_SOCKET_PATH: usize = 256;
 /// Environment variable that carries the coordinator socket path into the program.
 pub const ENV_SOCKET: &str = "CKPT_SOCKET";
 /// Signal used internally to stop threads at a safe point (SIGRTMIN+28 with

@@ -46,7 +46,8 @@ pub fn claim_socket(
         .truncate(false)
         .write(true)
         .mode(0o600)
-        .open(&lock_path)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dir.at(".ckpt.lock"))
         .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
     // SAFETY: flock on a descriptor we own; released when `lock` is dropped.
     if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
@@ -60,7 +61,8 @@ pub fn claim_socket(
         });
     }
     let mut path = dir.socket_path();
-    if sock::is_live(&path) {
+    let mut name = "ckpt.sock".to_owned();
+    if sock::is_live(&dir.at(&name)) {
         if !allow_alternate {
             return Err(Failure {
                 msg: format!(
@@ -73,7 +75,8 @@ pub fn claim_socket(
         }
         // SAFETY: getpid has no preconditions.
         let me = unsafe { libc::getpid() };
-        let alt = dir.path().join(format!("ckpt-{me}.sock"));
+        name = format!("ckpt-{me}.sock");
+        let alt = dir.path().join(&name);
         eprintln!(
             "ckpt: another copy of this job is running under {}; this one listens at {} (`ckpt checkpoint --dir` reaches the first)",
             dir.path().display(),
@@ -81,8 +84,26 @@ pub fn claim_socket(
         );
         path = alt;
     }
-    let _ = std::fs::remove_file(&path);
-    let l = sock::listen(&path).map_err(|e| format!("cannot listen at {}: {e}", path.display()))?;
+    // The job's processes keep the socket's path in a fixed buffer (also
+    // in restored images): longer paths are refused here, before anything
+    // runs, rather than leaving a job that cannot be checkpointed.
+    if path.as_os_str().len() >= ckpt::coord::MAX_SOCKET_PATH {
+        return Err(Failure {
+            msg: format!(
+                "the checkpoint directory's path is too long: {} is {} bytes, at most {} are \
+                 supported; choose a shorter --dir",
+                path.display(),
+                path.as_os_str().len(),
+                ckpt::coord::MAX_SOCKET_PATH - 1
+            ),
+            code: 2,
+        });
+    }
+    let _ = dir.remove(&name);
+    // Bound through the directory's descriptor: the socket lands in the
+    // directory that was checked, and its path length does not matter.
+    let l = sock::listen(&dir.at(&name))
+        .map_err(|e| format!("cannot listen at {}: {e}", path.display()))?;
     drop(lock);
     Ok((path, l))
 }
@@ -123,6 +144,9 @@ pub fn run_with(o: &Opts, on_signal: OnSignal<'_>) -> Result<i32, Failure> {
         });
     }
     let dir = CheckpointDir::open(&need_dir(o)?)?;
+    if let Some(note) = dir.mode_note() {
+        eprintln!("ckpt: note: {note}");
+    }
     let lib = find_lib()?;
     let (sock_path, listener) = claim_socket(&dir, false)?;
     let argv: Vec<CString> = o

@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod launch;
+pub mod outputs;
 pub mod restart;
 pub mod slurm;
 pub mod status;

@@ -30,30 +30,19 @@
 //!   (`SLURM_RLIMIT_*`) and a default `TMPDIR` are applied, as slurmstepd
 //!   would have done after the plugin's `task_init`.
 //!
-//! Output continuity: Slurm opens a batch job's output files with `O_APPEND`
-//! and, on requeue, truncates them unless `--open-mode=append`. After each
-//! checkpoint taken here, the first N bytes of each output file (N = its
-//! size at the checkpoint: the largest offset the image records for it, or
-//! the end of our own last `ckpt:` line before the checkpoint) are copied to
-//! `TASKDIR/output-<fd>-<generation>.saved` (removed with the generation).
-//! Before resuming, each output file is made exactly N bytes long again: a
-//! truncated file gets the saved bytes back (and our lines written after a
-//! signal checkpoint, kept in `.after`), a longer one (append mode: output
-//! written between the checkpoint and the requeue) is cut to N, which the
-//! resumed program then writes again; `ckpt:` lines in that cut part are
-//! kept.
+//! Output continuity (the task's output files as they were at each
+//! checkpoint) is in [`super::outputs`].
 //!
 //! Messages go to the task's stderr, prefixed `ckpt:`.
 
 use std::ffi::OsString;
 use std::fs;
-use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use super::{Failure, Opts};
+use super::{Failure, Opts, outputs};
 use crate::coord::Coordinator;
 use ckpt::image::generation::{CheckpointDir, LoadedGeneration};
 use ckpt::image::manifest::FdKind;
@@ -315,7 +304,7 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
         .into_iter()
         .filter(|g| g.state != "incomplete")
         .collect();
-    let outputs = output_files();
+    let outputs = outputs::output_files();
     let engine = Opts {
         dir: Some(dir.path().to_path_buf()),
         interval: 0,
@@ -353,7 +342,9 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
     } else {
         let newest = newest_loadable(&dir);
         if let Some(g) = &newest {
-            restore_outputs(&dir, g, &outputs);
+            for problem in outputs::restore(&dir, g, &outputs) {
+                say(&problem);
+            }
             say(&format!(
                 "resuming from {} (SLURM_RESTART_COUNT={restart_count})",
                 g.path.display()
@@ -379,7 +370,7 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
         if let Err(e) = dir.remove_all() {
             say(&format!("cannot remove the checkpoints: {e}"));
         }
-        remove_saved_outputs(&dir, true);
+        outputs::remove_saved(&dir, true);
     }
     Ok(code)
 }
@@ -457,7 +448,7 @@ pub fn exec_ignoring(args: &[OsString]) -> Result<i32, Failure> {
 struct HookState<'a> {
     opts: &'a TaskOpts,
     dir: &'a CheckpointDir,
-    outputs: &'a [(i32, PathBuf)],
+    outputs: &'a [outputs::Output],
     requeued: bool,
 }
 
@@ -514,10 +505,10 @@ impl HookState<'_> {
     /// requeue) next to the saved copy of the error file: Slurm truncates
     /// that file on requeue, and the restart puts them back after the copy.
     fn keep_lines_after(&self) {
-        let Some((path, _)) = stderr_end() else {
+        let Some((path, _)) = outputs::stderr_end() else {
             return;
         };
-        let Some((fd, _)) = self.outputs.iter().find(|(_, p)| *p == path) else {
+        let Some(out) = self.outputs.iter().find(|o| o.path == path) else {
             return;
         };
         let Ok(Some(newest)) = self.dir.list().map(|l| {
@@ -528,17 +519,18 @@ impl HookState<'_> {
         }) else {
             return;
         };
+        let generation = newest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let lines = SAID.lock().map(|s| s.join("\n")).unwrap_or_default();
-        if !lines.is_empty() {
-            let after = saved_output(self.dir, *fd, &newest).with_extension("after");
-            let _ = fs::write(after, format!("{lines}\n"));
-        }
+        outputs::keep_lines_after(self.dir, out.fd, &generation, &lines);
     }
 
     fn checkpoint(&self, coord: &Arc<Coordinator>) -> Result<(), String> {
         // Our own lines ("checkpointing") may end the error file; they belong
         // before the checkpoint too.
-        let said = stderr_end();
+        let said = outputs::stderr_end();
         if let Ok(mut lines) = SAID.lock() {
             lines.clear();
         }
@@ -553,7 +545,11 @@ impl HookState<'_> {
             done.total_us as f64 / 1000.0
         ));
         match self.dir.load(&done.path) {
-            Ok(g) => save_outputs(self.dir, &g, self.outputs, said.as_ref()),
+            Ok(g) => {
+                for problem in outputs::save(self.dir, &g, self.outputs, said.as_ref()) {
+                    say(&problem);
+                }
+            }
             Err(e) => say(&format!("cannot read back {}: {e}", done.path.display())),
         }
         Ok(())
@@ -642,234 +638,6 @@ fn start_timer(secs: u64) {
 
 fn stop_timer() {
     set_timer(0);
-}
-
-/// The task's stdout and stderr when they are regular files (batch jobs,
-/// `srun -o FILE`), deduplicated by path.
-fn output_files() -> Vec<(i32, PathBuf)> {
-    let mut out: Vec<(i32, PathBuf)> = Vec::new();
-    for fd in [1, 2] {
-        let Ok(path) = fs::read_link(format!("/proc/self/fd/{fd}")) else {
-            continue;
-        };
-        let Ok(md) = fs::metadata(&path) else {
-            continue;
-        };
-        if !md.is_file() || md.file_type().is_fifo() {
-            continue;
-        }
-        if out.iter().all(|(_, p)| p != &path) {
-            out.push((fd, path));
-        }
-    }
-    out
-}
-
-/// The copy of output `fd` as it was at checkpoint `g`.
-fn saved_output(dir: &CheckpointDir, fd: i32, g: &Path) -> PathBuf {
-    let name = g
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dir.path().join(format!("output-{fd}-{name}.saved"))
-}
-
-/// Removes the saved output copies whose generation is gone (pruned), or
-/// all of them.
-fn remove_saved_outputs(dir: &CheckpointDir, all: bool) {
-    let Ok(entries) = fs::read_dir(dir.path()) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("output-") else {
-            continue;
-        };
-        let Some(rest) = rest
-            .strip_suffix(".saved")
-            .or_else(|| rest.strip_suffix(".after"))
-        else {
-            continue;
-        };
-        let generation = rest.split_once('-').map_or("", |(_, g)| g);
-        if all || generation.is_empty() || !dir.path().join(generation).is_dir() {
-            let _ = fs::remove_file(e.path());
-        }
-    }
-}
-
-/// The file of our stderr and its size now.
-fn stderr_end() -> Option<(PathBuf, u64)> {
-    let path = fs::read_link("/proc/self/fd/2").ok()?;
-    let md = fs::metadata("/proc/self/fd/2").ok()?;
-    md.is_file().then_some((path, md.len()))
-}
-
-/// The size `path` had at the checkpoint: the largest offset of the job's
-/// descriptors on it (Slurm opens output files with `O_APPEND`, so each
-/// offset is the file's end after that descriptor's last write).
-fn size_at_checkpoint(g: &LoadedGeneration, path: &Path) -> Option<u64> {
-    let want = path.to_string_lossy();
-    g.processes
-        .iter()
-        .flat_map(|m| m.fds.iter())
-        .filter(|f| f.kind == FdKind::File && f.path == want)
-        .map(|f| f.pos)
-        .max()
-}
-
-fn save_outputs(
-    dir: &CheckpointDir,
-    g: &LoadedGeneration,
-    outputs: &[(i32, PathBuf)],
-    said: Option<&(PathBuf, u64)>,
-) {
-    for (fd, path) in outputs {
-        let ours = said.filter(|(p, _)| p == path).map(|(_, n)| *n);
-        let Some(n) = size_at_checkpoint(g, path).max(ours) else {
-            continue;
-        };
-        let dest = saved_output(dir, *fd, &g.path);
-        let tmp = dest.with_extension("tmp");
-        let r = (|| -> std::io::Result<()> {
-            let mut src = fs::File::open(path)?.take(n);
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            let copied = std::io::copy(&mut src, &mut f)?;
-            if copied != n {
-                return Err(std::io::Error::other(format!(
-                    "it holds {copied} bytes, the checkpoint recorded {n}"
-                )));
-            }
-            f.sync_all()?;
-            fs::rename(&tmp, &dest)
-        })();
-        remove_saved_outputs(dir, false);
-        if let Err(e) = r {
-            say(&format!(
-                "cannot save a copy of {} for the restart: {e}; use --open-mode=append so that \
-                 Slurm keeps it on requeue",
-                path.display()
-            ));
-        }
-    }
-}
-
-/// Makes each output file exactly as long as it was at the checkpoint of
-/// `g`, before the resumed program writes to it again.
-fn restore_outputs(dir: &CheckpointDir, g: &LoadedGeneration, outputs: &[(i32, PathBuf)]) {
-    for (fd, path) in outputs {
-        // The saved copy is exactly the file at the checkpoint; without
-        // one, the job's own offsets tell its length.
-        let saved = saved_output(dir, *fd, &g.path);
-        let n = match fs::metadata(&saved) {
-            Ok(md) => Some(md.len()),
-            Err(_) => size_at_checkpoint(g, path),
-        };
-        let Some(n) = n else {
-            continue;
-        };
-        if let Err(e) = restore_output(&saved, path, n) {
-            say(&format!(
-                "{} may not continue exactly where it stopped: {e}",
-                path.display()
-            ));
-        }
-    }
-}
-
-fn restore_output(saved: &Path, path: &Path, n: u64) -> Result<(), String> {
-    // Our descriptor `fd` is the one slurmstepd opened for the job
-    // (O_WRONLY|O_APPEND); open the same file again to read and resize it.
-    let mut f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| format!("cannot open it: {e}"))?;
-    let size = f.metadata().map_err(|e| e.to_string())?.size();
-    if size > n {
-        // Output written after the checkpoint: the resumed program writes it
-        // again. Keep our own `ckpt:` lines from that part.
-        use std::io::Seek;
-        let mut tail = Vec::new();
-        f.seek(std::io::SeekFrom::Start(n))
-            .and_then(|_| f.read_to_end(&mut tail))
-            .map_err(|e| e.to_string())?;
-        let at_line_start = n == 0 || {
-            let mut last = [0u8; 1];
-            f.seek(std::io::SeekFrom::Start(n - 1))
-                .and_then(|_| f.read_exact(&mut last))
-                .is_ok_and(|()| last[0] == b'\n')
-        };
-        f.set_len(n)
-            .map_err(|e| format!("cannot truncate it: {e}"))?;
-        if at_line_start {
-            let ours: Vec<u8> = tail
-                .split_inclusive(|b| *b == b'\n')
-                .filter(|l| l.starts_with(b"ckpt: ") && l.ends_with(b"\n"))
-                .flatten()
-                .copied()
-                .collect();
-            let mut a = fs::OpenOptions::new()
-                .append(true)
-                .open(path)
-                .map_err(|e| e.to_string())?;
-            a.write_all(&ours).map_err(|e| e.to_string())?;
-        }
-        return Ok(());
-    }
-    if size == n {
-        return Ok(());
-    }
-    // Shorter: Slurm truncated it on requeue (--open-mode=truncate).
-    let mut copy = fs::File::open(saved).map_err(|e| {
-        format!(
-            "it is shorter ({size} bytes) than at the checkpoint ({n} bytes) and no copy was \
-             saved ({}: {e}); the output written before the checkpoint is lost — submit with \
-             --open-mode=append to keep it",
-            saved.display()
-        )
-    })?;
-    let have = copy.metadata().map_err(|e| e.to_string())?.size();
-    if have < n {
-        return Err(format!(
-            "it is shorter ({size} bytes) than at the checkpoint ({n} bytes) and the saved copy \
-             holds only {have} bytes"
-        ));
-    }
-    let mut prefix = Vec::new();
-    Read::by_ref(&mut copy)
-        .take(n)
-        .read_to_end(&mut prefix)
-        .map_err(|e| e.to_string())?;
-    let mut head = vec![
-        0u8;
-        usize::try_from(size)
-            .unwrap_or(usize::MAX)
-            .min(prefix.len())
-    ];
-    f.read_exact(&mut head).map_err(|e| e.to_string())?;
-    if head != prefix[..head.len()] {
-        // Something else wrote it since; do not guess.
-        return Err(format!(
-            "its first {size} bytes differ from what the job had written; left as it is"
-        ));
-    }
-    f.set_len(0).map_err(|e| e.to_string())?;
-    let mut a = fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .map_err(|e| e.to_string())?;
-    a.write_all(&prefix).map_err(|e| e.to_string())?;
-    // Our own lines written after the checkpoint (Slurm cut them too).
-    if let Ok(after) = fs::read(saved.with_extension("after")) {
-        a.write_all(&after).map_err(|e| e.to_string())?;
-    }
-    Ok(())
 }
 
 /// The newest generation that loads (the one the restart tries first).
@@ -969,57 +737,6 @@ mod tests {
             let e = parse(&args(a)).unwrap_err();
             assert!(e.contains(want), "{a:?}: {e}");
         }
-    }
-
-    fn scratch(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("ckpt-slurm-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    #[test]
-    fn a_truncated_output_gets_the_saved_bytes_back() {
-        let d = scratch("trunc");
-        let (out, saved) = (d.join("job.out"), d.join("saved"));
-        fs::write(&saved, "line 1\nline 2\n").unwrap();
-        fs::write(&out, "").unwrap();
-        restore_output(&saved, &out, 14).unwrap();
-        assert_eq!(fs::read_to_string(&out).unwrap(), "line 1\nline 2\n");
-        // Our lines written after the checkpoint come back after the copy.
-        fs::write(saved.with_extension("after"), "ckpt: requeued\n").unwrap();
-        fs::write(&out, "").unwrap();
-        restore_output(&saved, &out, 14).unwrap();
-        assert_eq!(
-            fs::read_to_string(&out).unwrap(),
-            "line 1\nline 2\nckpt: requeued\n"
-        );
-        fs::remove_file(saved.with_extension("after")).unwrap();
-        // A file someone else rewrote is left alone, with a reason.
-        fs::write(&out, "other").unwrap();
-        let e = restore_output(&saved, &out, 14).unwrap_err();
-        assert!(e.contains("differ"), "{e}");
-        assert_eq!(fs::read_to_string(&out).unwrap(), "other");
-        let _ = fs::remove_dir_all(&d);
-    }
-
-    #[test]
-    fn output_after_the_checkpoint_is_cut_but_our_lines_stay() {
-        let d = scratch("long");
-        let out = d.join("job.err");
-        fs::write(&out, "a\nckpt: checkpointing\nb\nckpt: requeued\n").unwrap();
-        restore_output(&d.join("none"), &out, 2).unwrap();
-        assert_eq!(
-            fs::read_to_string(&out).unwrap(),
-            "a\nckpt: checkpointing\nckpt: requeued\n"
-        );
-        // Same length: untouched; shorter without a copy: an explanation.
-        let len = fs::metadata(&out).unwrap().len();
-        restore_output(&d.join("none"), &out, len).unwrap();
-        assert_eq!(fs::metadata(&out).unwrap().len(), len);
-        let e = restore_output(&d.join("none"), &out, 1000).unwrap_err();
-        assert!(e.contains("--open-mode=append"), "{e}");
-        let _ = fs::remove_dir_all(&d);
     }
 
     #[test]
