@@ -12,6 +12,7 @@
 #   CKPT_SLURM_PLUGSTACK  plugstack.conf to use (default $PREFIX/etc/plugstack.conf,
 #                         created empty when missing)
 #   CKPT_SLURM_USER       unprivileged user to create (default slurmtest; empty: none)
+#   CKPT_SLURM_TASK_PROLOG  TaskProlog= of the generated slurm.conf (default: none)
 #   CKPT_SLURM_INSTALL=0  never apt-get install missing packages (fail instead)
 #   CKPT_SLURM_KEEP_MUNGE=1  `stop` leaves munged running
 #
@@ -126,6 +127,7 @@ SlurmdLogFile=$PREFIX/log/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
 PlugStackConfig=$PLUGSTACK
+${CKPT_SLURM_TASK_PROLOG:+TaskProlog=$CKPT_SLURM_TASK_PROLOG}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none

@@ -4,6 +4,7 @@
 //! | slurmstepd step          | a checkpointed task                                        |
 //! |--------------------------|------------------------------------------------------------|
 //! | SELinux `setexeccon`     | refused on a node where it would apply ([`check_selinux`]) |
+//! | `--container`            | refused ([`check_container`])                              |
 //! | site `TaskProlog`        | run by `ckpt slurm-task`; the path comes in [`ENV_SITE_TASK_PROLOG`], read here from slurmstepd's `slurm_conf` |
 //! | `srun --task-prolog`     | run by `ckpt slurm-task`; srun puts the path in [`ENV_USER_TASK_PROLOG`] ([`pass_user_task_prolog`]) |
 //! | `TMPDIR`, resource limits | applied by `ckpt slurm-task`                              |
@@ -119,6 +120,22 @@ pub fn check_selinux() -> Result<(), PluginError> {
          without --checkpoint, or ask the administrator"
             .to_owned(),
     ))
+}
+
+/// Refuses a checkpointed task of a job or step that asked for an OCI
+/// container (`--container`, which srun, sbatch and salloc also put in
+/// `SLURM_CONTAINER`, `container`): slurmstepd sets the container up around
+/// the task's `execve`, after this callback, so the program would run
+/// outside it.
+pub fn check_container(container: Option<&str>) -> Result<(), PluginError> {
+    match container.filter(|c| !c.is_empty()) {
+        None => Ok(()),
+        Some(c) => Err(PluginError::NotAvailable(format!(
+            "this job runs in the OCI container {c} (--container), which slurmstepd sets up \
+             after the point where ckpt takes over the task: checkpointing cannot be combined \
+             with --container; submit without one of them"
+        ))),
+    }
 }
 
 /// The step's `--task-prolog`, found in srun's command line: the options
@@ -378,6 +395,18 @@ mod tests {
         assert_eq!(
             with_site_prolog(env, None),
             vec![CString::new("A=1").unwrap()]
+        );
+    }
+
+    #[test]
+    fn containers_are_refused() {
+        check_container(None).unwrap();
+        check_container(Some("")).unwrap();
+        // (Not through Display: it links spank_strerror, absent from tests.)
+        let e = check_container(Some("/scratch/u/bundle")).unwrap_err();
+        assert!(
+            matches!(&e, PluginError::NotAvailable(m) if m.contains("--container")),
+            "{e:?}"
         );
     }
 

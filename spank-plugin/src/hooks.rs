@@ -5,6 +5,7 @@
 //! | `init`          | all                    | registers the options (srun, sbatch, salloc, slurmstepd); parses the plugstack.conf arguments |
 //! | option callback | srun, sbatch, salloc, slurmstepd | validates a value, records it      |
 //! | `init_post_opt` | srun, sbatch, salloc   | checks the options together (a directory must come from somewhere) |
+//! | `local_user_init` | srun, once the step exists | passes a checkpointed step's `--task-prolog` on to `ckpt slurm-task` |
 //! | `task_init`     | slurmstepd, as the user, in the forked task just before `execve` | creates the checkpoint directory, sets `LD_PRELOAD` and `CKPT_*`, checks the task's images, execs `ckpt slurm-task` |
 //!
 //! Option values travel from sbatch to the batch step and to every `srun`
@@ -264,8 +265,8 @@ pub struct TaskCheckpoint {
 /// limits (`set_user_limits`) and, with `--container`, run the task in its
 /// OCI container. `ckpt slurm-task` runs the prologs (the site's path is
 /// passed from here, see [`after_task_init`]), then applies `TMPDIR` and
-/// the limits; a node where the SELinux context would apply is refused
-/// here; the rest is in docs/slurm-task-order.md.
+/// the limits; a node where the SELinux context would apply and a job with
+/// `--container` are refused here; the rest is in docs/slurm-task-order.md.
 pub fn task_init(spank: &Spank, args: &[OsString]) -> Result<(), PluginError> {
     if spank::context() != Context::Remote {
         return Ok(());
@@ -282,6 +283,7 @@ pub fn task_init(spank: &Spank, args: &[OsString]) -> Result<(), PluginError> {
     let rank = spank.item_u32(sys::spank_item::S_TASK_GLOBAL_ID, "S_TASK_GLOBAL_ID")?;
     let task_dir = task_env::task_dir(&task.dir, step, rank);
     after_task_init::check_selinux()?;
+    after_task_init::check_container(spank.getenv("SLURM_CONTAINER")?.as_deref())?;
     let site_prolog = after_task_init::site_task_prolog()?;
     preflight(&task, &task_dir)?;
     let exec = task_env::TaskExec {

@@ -7,7 +7,8 @@
 //!   the cargo target directory of the test executable
 //!   (`target/<profile>/deps/slurm-HASH` → `target/<profile>/`), into the
 //!   root-owned prefix [`PREFIX`]`/install` (files replaced by `rename`);
-//! - it writes `plugstack.conf` with [`plugin_args`] and runs
+//! - it writes `plugstack.conf` with [`plugin_args`] and a `TaskProlog`
+//!   that exports [`SITE_PROLOG_VAR`], and runs
 //!   `scripts/slurm-cluster.sh start`, which installs missing packages,
 //!   creates the user [`TEST_USER`], writes `slurm.conf` and (re)starts
 //!   munged, slurmctld and slurmd, waiting with deadlines;
@@ -38,6 +39,9 @@ pub const TEST_USER: &str = "slurmtest";
 pub const JOB_DEADLINE_SECS: u32 = 120;
 /// The `min_interval=` of the test cluster's plugstack line.
 pub const MIN_INTERVAL: u64 = 10;
+/// The variable the test cluster's `TaskProlog` exports to every task, set
+/// to `ran-` and the prolog's `SLURM_SCRIPT_CONTEXT` (`prolog_task`).
+pub const SITE_PROLOG_VAR: &str = "CKPT_TEST_SITE_PROLOG";
 
 /// Inside [`PREFIX`] (created root-owned first): `/run/lock` is missing on
 /// minimal systems without an init.
@@ -192,6 +196,18 @@ fn start() -> Result<Cluster, String> {
         plugin_args(&install, &prefix).join(" ")
     );
     write_file(&plugstack, &line)?;
+    // The site's TaskProlog (slurm.conf): exports only, so that no job's
+    // output changes.
+    let task_prolog = prefix.join("etc/taskprolog.sh");
+    write_file(
+        &task_prolog,
+        &format!(
+            "#!/bin/sh\n# TaskProlog of the ckpt test cluster\n\
+             echo \"export {SITE_PROLOG_VAR}=ran-$SLURM_SCRIPT_CONTEXT\"\n"
+        ),
+    )?;
+    fs::set_permissions(&task_prolog, fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("chmod {}: {e}", task_prolog.display()))?;
 
     let script = repo.join("scripts/slurm-cluster.sh");
     let out = Command::new("bash")
@@ -199,6 +215,7 @@ fn start() -> Result<Cluster, String> {
         .arg("start")
         .env("CKPT_SLURM_PREFIX", &prefix)
         .env("CKPT_SLURM_PLUGSTACK", &plugstack)
+        .env("CKPT_SLURM_TASK_PROLOG", &task_prolog)
         .env("CKPT_SLURM_USER", TEST_USER)
         .output()
         .map_err(|e| format!("cannot run {}: {e}", script.display()))?;

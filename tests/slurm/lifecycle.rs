@@ -766,3 +766,73 @@ fn sbatch_without_a_warning_signal_is_told_how_to_get_one() {
         &with,
     );
 }
+
+/// The site's `TaskProlog` and `srun --task-prolog`, which slurmstepd runs
+/// after the point where the plugin starts ckpt (docs/slurm-task-order.md):
+/// a checkpointed task sees what they export and unset and their print
+/// lines, and fails when one fails, exactly as a task without checkpointing.
+#[test]
+fn task_prologs_apply_to_a_checkpointed_task_as_to_any_other() {
+    let Some(c) = slurm::cluster() else { return };
+    let dir = c.workdir("task-prolog");
+    let site = slurm::SITE_PROLOG_VAR;
+    c.write_script(
+        &dir.join("user-prolog.sh"),
+        &format!(
+            "#!/bin/sh\necho 'print hello from the task prolog'\n\
+             echo \"export FROM_USER_PROLOG=saw-${site}\"\necho 'unset GONE'\n"
+        ),
+    );
+    let show = format!(
+        "echo site=${site} user=$FROM_USER_PROLOG gone=${{GONE-unset}} \
+         ctx=$SLURM_SCRIPT_CONTEXT ours=${{SLURM_CKPT_TASK_PROLOG-none}}/\
+         ${{CKPT_SITE_TASK_PROLOG-none}} tmp=$TMPDIR"
+    );
+    let srun = |prolog: &str, checkpoint: bool| {
+        let prolog = format!("--task-prolog={prolog}");
+        let mut argv = vec!["env", "GONE=1", "srun", "-Q", "-n1", prolog.as_str()];
+        if checkpoint {
+            argv.push("--checkpoint");
+        }
+        argv.extend(["sh", "-c", show.as_str()]);
+        c.run_as_user(&dir, &argv)
+    };
+    let user_prolog = dir.join("user-prolog.sh").display().to_string();
+    let plain = srun(&user_prolog, false);
+    c.check(
+        plain.success,
+        "the step without checkpointing failed",
+        &plain,
+    );
+    let want = "hello from the task prolog\nsite=ran-prolog_task user=saw-ran-prolog_task \
+                gone=unset ctx=prolog_task ours=none/none tmp=/tmp\n";
+    c.check(
+        plain.submit_stdout == want,
+        &format!("Slurm itself gave another output than {want:?}"),
+        &plain,
+    );
+    let checked = srun(&user_prolog, true);
+    c.check(checked.success, "the checkpointed step failed", &checked);
+    c.check(
+        checked.submit_stdout == plain.submit_stdout,
+        "the checkpointed task saw another environment than the same task without \
+         checkpointing",
+        &checked,
+    );
+    // A failing prolog fails the task, with its status.
+    let plain = srun("/bin/false", false);
+    let checked = srun("/bin/false", true);
+    c.check(
+        !plain.success && checked.code == plain.code,
+        &format!(
+            "with --task-prolog=/bin/false: exit code {:?} checkpointed, {:?} without",
+            checked.code, plain.code
+        ),
+        &checked,
+    );
+    c.check(
+        !checked.submit_stdout.contains("site="),
+        "the program ran although its task prolog failed",
+        &checked,
+    );
+}

@@ -26,9 +26,12 @@
 //! - When the program exits with status 0 and the job was not requeued, the
 //!   images are removed unless `--keep-images` (any other status keeps them:
 //!   a failed restore, a crash, or a kill must not lose the checkpoint).
-//! - Before running, the resource limits propagated by Slurm
+//! - Before running (a resume too), the site's `TaskProlog` and the step's
+//!   `--task-prolog` are run and their output applied
+//!   ([`super::task_prolog`]), then the resource limits propagated by Slurm
 //!   (`SLURM_RLIMIT_*`) and a default `TMPDIR` are applied, as slurmstepd
-//!   would have done after the plugin's `task_init`.
+//!   would have done after the plugin's `task_init`
+//!   (docs/slurm-task-order.md).
 //!
 //! Output continuity (the task's output files as they were at each
 //! checkpoint) is in [`super::outputs`].
@@ -67,6 +70,8 @@ pub struct TaskOpts {
     pub lib: Option<PathBuf>,
     /// `--check`: only say whether a generation of TASKDIR can be loaded.
     pub check: bool,
+    /// `--max-file-copy`: the site's `max_file_copy=` (None: the default).
+    pub max_file_copy: Option<u64>,
     /// The task's command, byte for byte (need not be UTF-8).
     pub command: Vec<OsString>,
 }
@@ -128,6 +133,13 @@ pub fn parse(args: &[OsString]) -> Result<TaskOpts, String> {
                     .ok_or_else(|| format!("slurm-task: --signal={v}: not a signal name"))?;
             }
             "--lib" => o.lib = Some(PathBuf::from(value("--lib")?)),
+            "--max-file-copy" => {
+                let v = text("--max-file-copy", value("--max-file-copy")?)?;
+                o.max_file_copy = Some(
+                    super::parse_size("--max-file-copy", &v)
+                        .map_err(|e| format!("slurm-task: {e}"))?,
+                );
+            }
             "--batch" => o.batch = true,
             "--keep-images" => o.keep_images = true,
             "--incremental" => {
@@ -316,6 +328,9 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
         } else {
             super::Incremental::Off
         },
+        max_file_copy: o.max_file_copy,
+        // The output files have their own copy (`outputs`).
+        exclude_files: outputs.iter().map(outputs::Output::id).collect(),
         command: program_command(&o),
     };
     let mut state = HookState {

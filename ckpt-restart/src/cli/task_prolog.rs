@@ -330,8 +330,9 @@ pub fn run(dir: &Path) -> Result<(), Failure> {
     }
     if changed && has_checkpoint(dir) {
         eprintln!(
-            "ckpt: the task prolog's export/unset lines do not reach the resumed program: it \
-             keeps the environment it had when it was checkpointed"
+            "ckpt: the resumed program keeps the environment it was checkpointed with, which \
+             holds what the task prologs exported at its first start; their export/unset lines \
+             of this start do not change it"
         );
     }
     make_tmpdir();
