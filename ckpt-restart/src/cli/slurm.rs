@@ -70,8 +70,6 @@ pub struct TaskOpts {
     pub lib: Option<PathBuf>,
     /// `--check`: only say whether a generation of TASKDIR can be loaded.
     pub check: bool,
-    /// `--max-file-copy`: the site's `max_file_copy=` (None: the default).
-    pub max_file_copy: Option<u64>,
     /// The task's command, byte for byte (need not be UTF-8).
     pub command: Vec<OsString>,
 }
@@ -133,13 +131,6 @@ pub fn parse(args: &[OsString]) -> Result<TaskOpts, String> {
                     .ok_or_else(|| format!("slurm-task: --signal={v}: not a signal name"))?;
             }
             "--lib" => o.lib = Some(PathBuf::from(value("--lib")?)),
-            "--max-file-copy" => {
-                let v = text("--max-file-copy", value("--max-file-copy")?)?;
-                o.max_file_copy = Some(
-                    super::parse_size("--max-file-copy", &v)
-                        .map_err(|e| format!("slurm-task: {e}"))?,
-                );
-            }
             "--batch" => o.batch = true,
             "--keep-images" => o.keep_images = true,
             "--incremental" => {
@@ -328,9 +319,6 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
         } else {
             super::Incremental::Off
         },
-        max_file_copy: o.max_file_copy,
-        // The output files have their own copy (`outputs`).
-        exclude_files: outputs.iter().map(outputs::Output::id).collect(),
         command: program_command(&o),
     };
     let mut state = HookState {
