@@ -31,7 +31,7 @@ use ckpt::image::manifest::{
     FdKind, GENERATION_FORMAT, GenerationRecord, ProcessManifest, ProcessRef, Zombie,
 };
 
-use crate::{sock, tree};
+use crate::{saved_files, sock, tree};
 
 /// Result of a successful checkpoint.
 #[derive(Debug, Clone)]
@@ -64,6 +64,8 @@ pub struct Coordinator {
     snapshots: Mutex<BTreeSet<i32>>,
     /// Track written pages between checkpoints (incremental checkpoints).
     tracking: std::sync::atomic::AtomicBool,
+    /// Which files the job writes are kept, and up to what size.
+    files: Mutex<saved_files::Policy>,
 }
 
 /// Longest chain of incremental generations before a full one.
@@ -77,6 +79,7 @@ pub const MAX_CONNECTIONS: usize = 4096;
 impl Coordinator {
     /// A coordinator for `dir`.
     pub fn new(dir: CheckpointDir, command: Vec<String>, keep: usize) -> Arc<Self> {
+        let dir_path = dir.path().to_path_buf();
         Arc::new(Coordinator {
             dir,
             ckpt_lock: Mutex::new(()),
@@ -86,6 +89,43 @@ impl Coordinator {
             init_pid: AtomicI32::new(0),
             snapshots: Mutex::new(BTreeSet::new()),
             tracking: std::sync::atomic::AtomicBool::new(false),
+            files: Mutex::new(saved_files::Policy {
+                max_copy: saved_files::DEFAULT_MAX_COPY,
+                exclude: Vec::new(),
+                ckpt_dir: dir_path,
+            }),
+        })
+    }
+
+    /// The largest file the job writes that a checkpoint keeps (bytes).
+    pub fn set_max_file_copy(&self, bytes: u64) {
+        if let Ok(mut p) = self.files.lock() {
+            p.max_copy = bytes;
+        }
+    }
+
+    /// Files not to keep (`(device, inode)`: the Slurm task's outputs,
+    /// which have their own copy).
+    pub fn exclude_files(&self, files: Vec<(u64, u64)>) {
+        if let Ok(mut p) = self.files.lock() {
+            p.exclude = files;
+        }
+    }
+
+    /// The newest complete generation (through the held descriptor) and
+    /// the files it keeps.
+    fn previous_files(&self) -> Option<saved_files::Previous> {
+        let (number, r) = self
+            .dir
+            .list()
+            .ok()?
+            .into_iter()
+            .rev()
+            .find_map(|g| g.record.map(|r| (g.number, r)))?;
+        Some(saved_files::Previous {
+            dir: self.dir.at(ckpt::image::generation::gen_name(number)),
+            taken_ns: r.created_unix.saturating_mul(1_000_000_000),
+            files: r.files,
         })
     }
 
@@ -286,6 +326,18 @@ impl Coordinator {
         } else {
             Vec::new()
         };
+        // Still stopped: keep the files the job writes as they are now.
+        let mut files = Vec::new();
+        if failure.is_none() {
+            let policy = self.files.lock().map(|p| p.clone()).unwrap_or_default();
+            let prev = self.previous_files();
+            match saved_files::capture(&run.hosts, &pending, prev.as_ref(), &policy) {
+                Ok(f) => files = f,
+                Err(e) => {
+                    failure = Some(e);
+                }
+            }
+        }
         // Release the job, then wait for the images to be on disk.
         let t_release = t0.elapsed();
         for conn in run.leaders.values() {
@@ -317,6 +369,11 @@ impl Coordinator {
             }
         }
         fault::hit(Point::Synced);
+        if failure.is_none()
+            && let Err(e) = saved_files::finish(&pending, &mut files)
+        {
+            failure = Some(format!("keeping the files the job writes: {e}"));
+        }
         let pids: Vec<i32> = run.leaders.keys().copied().collect();
         run.leaders.clear();
         if failure.is_none() && pids.is_empty() {
@@ -370,6 +427,7 @@ impl Coordinator {
             shared_fds,
             base: incremental.then_some(base),
             chain: if incremental { base_chain + 1 } else { 0 },
+            files,
         };
         let n = record.processes.len();
         let path = pending

@@ -16,6 +16,7 @@ mod cli;
 mod coord;
 mod ns;
 mod restore;
+mod saved_files;
 mod sock;
 mod tree;
 

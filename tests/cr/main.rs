@@ -147,6 +147,8 @@ fn run_case(name: &str, case: &str) {
         "launch" => c.launch_only(),
         "cli" => c.cli(),
         "cycles3" => c.cycles3(),
+        "after" => c.after(),
+        "older" => c.older(),
         "twice" => c.twice(),
         "second" => c.second(),
         "interval" => c.interval(),
@@ -544,6 +546,54 @@ impl Case {
         self.open_all_gates(&self.gates());
         self.wait_success(&mut r);
         self.compare_run("checkpoint, kill -9, restart", &reference, &self.work);
+    }
+
+    /// Checkpoint, then more work (the program passes a gate and works on to the
+    /// next), kill -9, restart: what the program wrote after the checkpoint, in memory
+    /// and in its files, is undone.
+    fn after(&mut self) {
+        let reference = self.reference();
+        self.close_gates();
+        let mut l = self.launch_to_file();
+        self.wait_checkpoint_point(&mut l, 1);
+        self.checkpoint();
+        self.open_gate(&self.gates(), 1);
+        self.wait_checkpoint_point(&mut l, 2);
+        self.kill(&mut l);
+        self.close_gates();
+        let mut r = self.restart("1", None, None);
+        self.open_all_gates(&self.gates());
+        self.wait_success(&mut r);
+        self.compare_run(
+            "checkpoint, more work, kill -9, restart",
+            &reference,
+            &self.work,
+        );
+    }
+
+    /// Two checkpoints with work between them and after, kill -9, then a restart of
+    /// the older generation (`--generation 1`): its files come back as they were then.
+    fn older(&mut self) {
+        let reference = self.reference();
+        self.close_gates();
+        let mut l = self.launch_to_file();
+        self.wait_checkpoint_point(&mut l, 1);
+        self.checkpoint();
+        self.open_gate(&self.gates(), 1);
+        self.wait_checkpoint_point(&mut l, 2);
+        self.checkpoint();
+        self.open_gate(&self.gates(), 2);
+        self.wait_checkpoint_point(&mut l, 3);
+        self.kill(&mut l);
+        self.close_gates();
+        let mut r = self.restart_with("1", None, None, &["--generation", "1"]);
+        self.open_all_gates(&self.gates());
+        self.wait_success(&mut r);
+        self.compare_run(
+            "two checkpoints, more work, kill -9, restart from the older one",
+            &reference,
+            &self.work,
+        );
     }
 
     fn cycles3(&mut self) {

@@ -1050,7 +1050,11 @@ fn images_are_private() {
     // directory must not lose its setgid bit); everything ckpt creates in
     // it is private.
     if mode(&job.dir) != 0o755 {
-        bad.push(format!("{}: {:o}, expected 755 kept", job.dir.display(), mode(&job.dir)));
+        bad.push(format!(
+            "{}: {:o}, expected 755 kept",
+            job.dir.display(),
+            mode(&job.dir)
+        ));
     }
     let mut files = 0;
     for n in gen_numbers(&job.dir, false) {

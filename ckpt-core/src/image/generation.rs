@@ -1018,6 +1018,7 @@ mod tests {
             shared_fds: vec![],
             base,
             chain: 0,
+            files: vec![],
         }
     }
 

@@ -343,6 +343,41 @@ pub struct GenerationRecord {
     /// Number of generations this one depends on through `base`.
     #[serde(default)]
     pub chain: u32,
+    /// Files whose content at the checkpoint is kept in the generation
+    /// (open for writing, mapped shared and writable, or deleted while
+    /// open); a restart puts them back before the program runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<SavedFile>,
+}
+
+/// A file whose content at the checkpoint is kept in the generation
+/// (`ckpt-restart/src/saved_files.rs`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SavedFile {
+    /// Its path when the checkpoint was taken (without ` (deleted)`),
+    /// encoded like other names in images.
+    pub path: String,
+    /// It had been unlinked while still open or mapped.
+    #[serde(default)]
+    pub deleted: bool,
+    /// Device and inode at the checkpoint (how descriptors and mappings of
+    /// the image refer to it).
+    pub dev: u64,
+    /// Inode.
+    pub inode: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits (to recreate a removed file).
+    pub mode: u32,
+    /// Modification and status-change times, ns (to tell whether it changed
+    /// after the checkpoint, and to reuse an unchanged copy).
+    pub mtime_ns: u64,
+    /// Status change time, ns.
+    pub ctime_ns: u64,
+    /// The copy's name in the generation directory.
+    pub data: String,
+    /// CRC-32C of the copy.
+    pub crc: u32,
 }
 
 /// An exited child its parent has not waited for yet.

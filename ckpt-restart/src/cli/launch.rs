@@ -247,6 +247,10 @@ pub fn run_outer(o: Outer<'_>, init: i32, on_signal: OnSignal<'_>) -> i32 {
     let coord = Coordinator::new(o.dir.clone(), o.command, o.opts.keep);
     coord.set_init(init);
     coord.set_tracking(o.opts.incremental.tracking(o.opts.interval));
+    if let Some(max) = o.opts.max_file_copy {
+        coord.set_max_file_copy(max);
+    }
+    coord.exclude_files(o.opts.exclude_files.clone());
     let c2 = coord.clone();
     let listener = o.listener;
     std::thread::spawn(move || c2.serve(listener));

@@ -43,8 +43,45 @@ pub struct Opts {
     pub no_verify: bool,
     /// `--incremental`.
     pub incremental: Incremental,
+    /// `--generation N` (restart): start from generation N (or an older
+    /// one when N cannot be used), not the newest.
+    pub generation: Option<u64>,
+    /// `--max-file-copy`: the largest file the job writes that a
+    /// checkpoint keeps (None: the default).
+    pub max_file_copy: Option<u64>,
+    /// Files the coordinator does not keep (`(device, inode)`), set by
+    /// `slurm-task` for the task's output files.
+    pub exclude_files: Vec<(u64, u64)>,
     /// Command after `--`, byte for byte (arguments need not be UTF-8).
     pub command: Vec<OsString>,
+}
+
+/// Parse a size: `N` bytes, or with `K`, `M`, `G`, `T` (powers of 1024);
+/// `unlimited`.
+pub fn parse_size(name: &str, s: &str) -> Result<u64, String> {
+    if s == "unlimited" {
+        return Ok(u64::MAX);
+    }
+    let bad = || {
+        format!(
+            "{name}={s}: expected a size: bytes, or a number with K, M, G or T (e.g. 512M, 4G), or unlimited"
+        )
+    };
+    let (num, shift) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 30),
+        Some('T' | 't') => (&s[..s.len() - 1], 40),
+        Some(c) if c.is_ascii_digit() => (s, 0),
+        _ => return Err(bad()),
+    };
+    if num.is_empty() || !num.bytes().all(|c| c.is_ascii_digit()) {
+        return Err(bad());
+    }
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .ok_or_else(bad)
 }
 
 /// When to track written pages for incremental checkpoints.
@@ -155,6 +192,16 @@ pub fn parse(args: &[OsString], want_command: bool) -> Result<Opts, String> {
                 ))?;
             }
             "--no-verify" => o.no_verify = true,
+            "--generation" => {
+                let v = text_value("--generation", value("--generation")?)?;
+                o.generation = Some(v.parse().map_err(|_| {
+                    format!("--generation={v}: expected a generation number (see ckpt status)")
+                })?);
+            }
+            "--max-file-copy" => {
+                let v = text_value("--max-file-copy", value("--max-file-copy")?)?;
+                o.max_file_copy = Some(parse_size("--max-file-copy", &v)?);
+            }
             "--incremental" => {
                 o.incremental =
                     parse_incremental(&text_value("--incremental", value("--incremental")?)?)?
@@ -191,6 +238,17 @@ pub fn need_dir(o: &Opts) -> Result<PathBuf, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("x", "4096"), Ok(4096));
+        assert_eq!(parse_size("x", "512M"), Ok(512 << 20));
+        assert_eq!(parse_size("x", "4G"), Ok(4 << 30));
+        assert_eq!(parse_size("x", "unlimited"), Ok(u64::MAX));
+        for bad in ["", "G", "1.5G", "-1", "4X", "99999999999T"] {
+            assert!(parse_size("--max-file-copy", bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn intervals() {

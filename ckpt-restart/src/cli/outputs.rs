@@ -83,6 +83,11 @@ pub fn output_files() -> Vec<Output> {
 }
 
 impl Output {
+    /// `(device, inode)` of the file.
+    pub fn id(&self) -> (u64, u64) {
+        (self.dev, self.ino)
+    }
+
     /// The task's descriptor opened again (read, or read and write), after
     /// checking it is still the same file.
     fn reopen(&self, write: bool) -> Result<fs::File, String> {

@@ -48,10 +48,15 @@ fn current_vdso_crc() -> Option<u32> {
 }
 
 /// Pick the generations to try, newest first; explain the ones skipped.
-fn candidates(dir: &CheckpointDir) -> Result<Vec<LoadedGeneration>, Failure> {
+fn candidates(dir: &CheckpointDir, at_most: Option<u64>) -> Result<Vec<LoadedGeneration>, Failure> {
     let mut ok = Vec::new();
     let mut reasons = Vec::new();
     for (path, r) in dir.candidates()? {
+        if let Ok(g) = &r
+            && at_most.is_some_and(|n| g.record.number > n)
+        {
+            continue;
+        }
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -133,7 +138,7 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
 /// [`super::launch::OnSignal`]).
 pub fn run_with(o: &Opts, on_signal: super::launch::OnSignal<'_>) -> Result<i32, Failure> {
     let dir = CheckpointDir::open(&need_dir(o)?)?;
-    let gens = candidates(&dir)?;
+    let gens = candidates(&dir, o.generation)?;
     let (sock_path, listener): (PathBuf, _) = super::launch::claim_socket(&dir, true)?;
     let command = gens[0].record.command.clone();
     let set = ns::block_signals();

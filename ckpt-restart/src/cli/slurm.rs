@@ -70,6 +70,8 @@ pub struct TaskOpts {
     pub lib: Option<PathBuf>,
     /// `--check`: only say whether a generation of TASKDIR can be loaded.
     pub check: bool,
+    /// `--max-file-copy`: the site's `max_file_copy=` (None: the default).
+    pub max_file_copy: Option<u64>,
     /// The task's command, byte for byte (need not be UTF-8).
     pub command: Vec<OsString>,
 }
@@ -131,6 +133,13 @@ pub fn parse(args: &[OsString]) -> Result<TaskOpts, String> {
                     .ok_or_else(|| format!("slurm-task: --signal={v}: not a signal name"))?;
             }
             "--lib" => o.lib = Some(PathBuf::from(value("--lib")?)),
+            "--max-file-copy" => {
+                let v = text("--max-file-copy", value("--max-file-copy")?)?;
+                o.max_file_copy = Some(
+                    super::parse_size("--max-file-copy", &v)
+                        .map_err(|e| format!("slurm-task: {e}"))?,
+                );
+            }
             "--batch" => o.batch = true,
             "--keep-images" => o.keep_images = true,
             "--incremental" => {
@@ -204,10 +213,12 @@ fn files_unchanged(g: &LoadedGeneration) -> Result<(), String> {
     use ckpt::image::manifest::RegionKind;
     use std::os::unix::ffi::OsStrExt;
     let path_of = |name: &str| PathBuf::from(std::ffi::OsStr::from_bytes(&name_bytes(name)));
+    // Files the generation keeps are put back by the restore itself.
+    let kept = |path: &str| g.record.files.iter().any(|k| k.path == path);
     for m in &g.processes {
         for f in m.fds.iter().filter(|f| f.kind == FdKind::File) {
-            if f.path.ends_with(" (deleted)") {
-                continue; // refused by the restore with its own message
+            if f.path.ends_with(" (deleted)") || kept(&f.path) {
+                continue; // kept in the generation, or refused by the restore
             }
             if let Err(e) = fs::metadata(path_of(&f.path)) {
                 return Err(format!(
@@ -220,6 +231,7 @@ fn files_unchanged(g: &LoadedGeneration) -> Result<(), String> {
             .regions
             .iter()
             .filter(|r| matches!(r.kind, RegionKind::File | RegionKind::SharedFile))
+            .filter(|r| !kept(&r.name))
         {
             let md = fs::metadata(path_of(&r.name))
                 .map_err(|e| format!("mapped file {} is gone: {e}", r.name))?;
@@ -319,6 +331,10 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
         } else {
             super::Incremental::Off
         },
+        generation: None,
+        max_file_copy: o.max_file_copy,
+        // The output files have their own copy (`outputs`).
+        exclude_files: outputs.iter().map(outputs::Output::id).collect(),
         command: program_command(&o),
     };
     let mut state = HookState {
@@ -721,6 +737,7 @@ mod tests {
                 no_incremental: true,
                 lib: Some("/l/libckpt.so".into()),
                 check: false,
+                max_file_copy: None,
                 command: args(&["/bin/prog", "--dir"]),
             }
         );

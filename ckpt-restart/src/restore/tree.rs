@@ -244,6 +244,24 @@ pub enum Attempt {
 /// With `track`, the restored processes track written pages from the
 /// start, so that the next checkpoint can be incremental.
 pub fn restore(g: &LoadedGeneration, socket: &Path, verify: bool, track: bool) -> Attempt {
+    // Files the job was writing get their checkpoint content back first;
+    // deleted ones get temporary names, unlinked when `files` is dropped
+    // (after every process opened them, or after a failure).
+    let (g, files) = match crate::saved_files::restore(g) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ckpt: restore failed: {e}");
+            return Attempt::Failed;
+        }
+    };
+    if !files.changed.is_empty() {
+        eprintln!(
+            "ckpt: put back {} file(s) the job was writing, as they were at the checkpoint: {}",
+            files.changed.len(),
+            files.changed.join(", ")
+        );
+    }
+    let g = &g;
     let lo = g
         .processes
         .iter()

@@ -1,0 +1,704 @@
+//! Files a job rewrites: their content at the checkpoint is kept in the
+//! generation and put back before a restart runs the program (see
+//! `docs/files.md`).
+//!
+//! Which files ([`capture`], while every process of the job is stopped):
+//! - regular files open for writing (`O_WRONLY`/`O_RDWR`, with or without
+//!   `O_APPEND`) by any process of the job: a database, an HDF5 file, a
+//!   log, a scratch file;
+//! - regular files mapped `MAP_SHARED` with write permission (the pages the
+//!   program wrote are in the page cache, so the copy holds them);
+//! - files deleted while open (`tmpfile()`, Fortran `status='scratch'`),
+//!   whatever their mode: nothing outside the image holds their data.
+//!
+//! Not these: files inside the checkpoint directory, and files the caller
+//! excludes (the Slurm task's output files, which have their own copy with
+//! their own rules, `cli/outputs.rs`).
+//!
+//! How: one copy per file (device and inode) in the generation directory,
+//! `file-<dev>-<inode>.data`. A file whose size, modification and
+//! status-change times are those recorded by the previous generation is
+//! not copied again: the previous copy is hard-linked (no bytes written).
+//! Otherwise the copy is a reflink (`FICLONE`, instant on btrfs and XFS)
+//! or an in-kernel copy (`copy_file_range`). A file larger than the
+//! configured limit fails the checkpoint, naming the file, its size and
+//! the option. The CRC-32C of each copy is computed and the copy fsynced
+//! after the job runs again ([`finish`]), before the generation commits.
+//!
+//! [`restore`] (before the processes of a generation are rebuilt): each
+//! kept file is written back at its path (same inode when the file is still
+//! there; created again with its mode when it was removed), exactly its
+//! checkpoint content and size; a deleted file becomes a fresh unnamed
+//! file: created under a temporary name, opened by the restored processes,
+//! and unlinked once they run ([`Restored::unlink`]). The copies are
+//! checked against their CRC-32C first, so a damaged copy never reaches a
+//! user's file.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ckpt::image::checksum::Crc32c;
+use ckpt::image::generation::{LoadedGeneration, PendingGeneration};
+use ckpt::image::manifest::{FdKind, SavedFile};
+
+use crate::restore::names::name_bytes;
+
+/// Default largest file kept this way (`--max-file-copy`).
+pub const DEFAULT_MAX_COPY: u64 = 1 << 30;
+
+/// How much older than the previous checkpoint a file's times must be for
+/// its copy to be reused (timestamps are coarse: one clock tick).
+const REUSE_MARGIN_NS: u64 = 2_000_000_000;
+
+/// The previous complete generation, whose copies may be reused.
+#[derive(Clone, Debug)]
+pub struct Previous {
+    /// Its directory (through the checkpoint directory's descriptor).
+    pub dir: PathBuf,
+    /// When it was taken (ns since the epoch; its record keeps seconds, so
+    /// this is at most that second's start).
+    pub taken_ns: u64,
+    /// The files it keeps.
+    pub files: Vec<SavedFile>,
+}
+
+/// What [`capture`] needs besides the job.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    /// Largest file kept (bytes); a larger one fails the checkpoint.
+    pub max_copy: u64,
+    /// Files not kept: `(device, inode)`.
+    pub exclude: Vec<(u64, u64)>,
+    /// The checkpoint directory (nothing inside it is kept).
+    pub ckpt_dir: PathBuf,
+}
+
+/// Encodes a path like the image writer does (one char per byte).
+fn encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| b as char).collect()
+}
+
+fn ns(sec: i64, nsec: i64) -> u64 {
+    u64::try_from(sec)
+        .unwrap_or(0)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(u64::try_from(nsec).unwrap_or(0))
+}
+
+/// A file found in the job, and how to read it.
+struct Found {
+    path: Vec<u8>,
+    deleted: bool,
+    /// `/proc/<host>/fd/<n>` of a descriptor on it, when there is one.
+    via_fd: Option<PathBuf>,
+    /// Who holds it (for messages).
+    holder: String,
+    /// Mapped shared and writable somewhere in the job: its modification
+    /// time need not change when the mapping is written.
+    mapped: bool,
+}
+
+fn strip_deleted(p: &[u8]) -> (&[u8], bool) {
+    match p.strip_suffix(b" (deleted)") {
+        Some(rest) => (rest, true),
+        None => (p, false),
+    }
+}
+
+/// The flags field of `/proc/<pid>/fdinfo/<fd>` (octal).
+fn fd_flags(host: i32, fd: &str) -> Option<u32> {
+    let text = fs::read_to_string(format!("/proc/{host}/fdinfo/{fd}")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+}
+
+/// Files of the job that must be kept: `(device, inode)` → how to read it.
+fn find(hosts: &BTreeMap<i32, i32>, p: &Policy) -> Result<BTreeMap<(u64, u64), Found>, String> {
+    let ckpt_dir = p.ckpt_dir.as_os_str().as_bytes();
+    let inside = |path: &[u8]| {
+        path.starts_with(ckpt_dir) && path.get(ckpt_dir.len()).is_none_or(|&c| c == b'/')
+    };
+    let mut out: BTreeMap<(u64, u64), Found> = BTreeMap::new();
+    let mut mapped_deleted: Vec<(u64, u64, String)> = Vec::new();
+    for (&pid, &host) in hosts {
+        let exe = fs::read_link(format!("/proc/{host}/exe"))
+            .map(|e| e.display().to_string())
+            .unwrap_or_default();
+        let holder = format!("process {pid} ({exe})");
+        if let Ok(rd) = fs::read_dir(format!("/proc/{host}/fd")) {
+            for e in rd.flatten() {
+                let name = e.file_name();
+                let Some(fd) = name.to_str() else { continue };
+                let Ok(target) = fs::read_link(e.path()) else {
+                    continue;
+                };
+                let Ok(md) = fs::metadata(e.path()) else {
+                    continue;
+                };
+                if !md.is_file() {
+                    continue;
+                }
+                let (path, deleted) = strip_deleted(target.as_os_str().as_bytes());
+                let writable = fd_flags(host, fd).is_some_and(|f| f & libc::O_ACCMODE as u32 != 0);
+                if !(writable || deleted) || inside(path) {
+                    continue;
+                }
+                let key = (md.dev(), md.ino());
+                if p.exclude.contains(&key) {
+                    continue;
+                }
+                let f = out.entry(key).or_insert_with(|| Found {
+                    path: path.to_vec(),
+                    deleted,
+                    via_fd: None,
+                    holder: format!("{holder}, fd {fd}"),
+                    mapped: false,
+                });
+                f.via_fd.get_or_insert(e.path());
+            }
+        }
+        let Ok(maps) = fs::read(format!("/proc/{host}/maps")) else {
+            continue;
+        };
+        for line in maps.split(|&c| c == b'\n') {
+            // start-end perms offset dev inode path
+            let mut f = line.splitn(6, |&c| c == b' ');
+            let (_, Some(perms), _, Some(dev), Some(inode)) =
+                (f.next(), f.next(), f.next(), f.next(), f.next())
+            else {
+                continue;
+            };
+            let path = f.next().map(|p| p.trim_ascii_start()).unwrap_or(b"");
+            if perms.get(1) != Some(&b'w') || perms.get(3) != Some(&b's') || !path.starts_with(b"/")
+            {
+                continue;
+            }
+            let (path, deleted) = strip_deleted(path);
+            if inside(path) || path.starts_with(b"/dev/") && !path.starts_with(b"/dev/shm/") {
+                continue;
+            }
+            let Ok(ino) = std::str::from_utf8(inode)
+                .map(str::trim)
+                .unwrap_or("")
+                .parse()
+            else {
+                continue;
+            };
+            // The maps device is major:minor in hex; find the file's st_dev.
+            let Some(dev) = parse_dev(dev) else { continue };
+            let key = (dev, ino);
+            if p.exclude.contains(&key) {
+                continue;
+            }
+            if let Some(f) = out.get_mut(&key) {
+                f.mapped = true;
+                continue;
+            }
+            if deleted {
+                mapped_deleted.push((
+                    dev,
+                    ino,
+                    format!("{holder}: {}", String::from_utf8_lossy(path)),
+                ));
+                continue;
+            }
+            out.insert(
+                key,
+                Found {
+                    path: path.to_vec(),
+                    deleted,
+                    via_fd: None,
+                    holder: holder.clone(),
+                    mapped: true,
+                },
+            );
+        }
+    }
+    // A deleted file that is mapped shared but open nowhere cannot be read
+    // (its /proc/<pid>/map_files entry needs privilege); its pages are in
+    // the image as shared memory, which is what the program sees.
+    let _ = mapped_deleted;
+    Ok(out)
+}
+
+/// `major:minor` (hex) as `st_dev`.
+fn parse_dev(s: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(s).ok()?;
+    let (ma, mi) = s.split_once(':')?;
+    let (ma, mi) = (
+        u32::from_str_radix(ma, 16).ok()?,
+        u32::from_str_radix(mi, 16).ok()?,
+    );
+    Some(libc::makedev(ma, mi))
+}
+
+/// Names a size for messages.
+fn human(n: u64) -> String {
+    crate::cli::checkpoint::human_bytes(n)
+}
+
+/// Keeps the files of the job that a restart must put back (see the module
+/// documentation), into `pending`. Runs while the job is stopped. `prev`:
+/// the previous complete generation, whose unchanged copies are reused.
+pub fn capture(
+    hosts: &BTreeMap<i32, i32>,
+    pending: &PendingGeneration,
+    prev: Option<&Previous>,
+    p: &Policy,
+) -> Result<Vec<SavedFile>, String> {
+    let found = find(hosts, p)?;
+    let mut saved = Vec::new();
+    for ((dev, ino), f) in found {
+        let shown = String::from_utf8_lossy(&f.path).into_owned();
+        let src = match &f.via_fd {
+            Some(p) => fs::File::open(p),
+            None => fs::File::open(Path::new(std::ffi::OsStr::from_bytes(&f.path))),
+        }
+        .map_err(|e| {
+            format!(
+                "{shown} (written by {}) cannot be read to keep it: {e}",
+                f.holder
+            )
+        })?;
+        let md = src.metadata().map_err(|e| format!("{shown}: {e}"))?;
+        if (md.dev(), md.ino()) != (dev, ino) {
+            return Err(format!(
+                "{shown} (mapped by {}) was replaced while the job was stopped",
+                f.holder
+            ));
+        }
+        if md.len() > p.max_copy {
+            return Err(format!(
+                "{shown} ({}, written by {}) is larger than the {} ckpt keeps of a file the job \
+                 writes (--max-file-copy, plugstack max_file_copy=); raise the limit, or keep \
+                 such files outside what the job rewrites",
+                human(md.len()),
+                f.holder,
+                human(p.max_copy)
+            ));
+        }
+        let data = format!("file-{dev}-{ino}.data");
+        let mut entry = SavedFile {
+            path: encode(&f.path),
+            deleted: f.deleted,
+            dev,
+            inode: ino,
+            size: md.len(),
+            mode: md.mode() & 0o7777,
+            mtime_ns: ns(md.mtime(), md.mtime_nsec()),
+            ctime_ns: ns(md.ctime(), md.ctime_nsec()),
+            data: data.clone(),
+            crc: 0,
+        };
+        // Unchanged since the previous generation: link its copy. Only
+        // when the times prove it: a file written through a shared mapping
+        // may keep its time, and a write in the same clock tick as the
+        // previous checkpoint's look at the file leaves it unchanged, so
+        // its times must be older than that checkpoint by a margin.
+        let same = prev.filter(|_| !f.mapped).and_then(|pv| {
+            pv.files
+                .iter()
+                .find(|o| {
+                    (o.dev, o.inode, o.size, o.mtime_ns, o.ctime_ns)
+                        == (dev, ino, entry.size, entry.mtime_ns, entry.ctime_ns)
+                        && o.ctime_ns.max(o.mtime_ns).saturating_add(REUSE_MARGIN_NS) < pv.taken_ns
+                })
+                .map(|o| (&pv.dir, o))
+        });
+        if let Some((dir, o)) = same
+            && fs::hard_link(dir.join(&o.data), pending.at(&data)).is_ok()
+        {
+            entry.crc = o.crc;
+            saved.push(entry);
+            continue;
+        }
+        let mut dst = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(pending.at(&data))
+            .map_err(|e| format!("cannot keep {shown}: {e}"))?;
+        copy_whole(&src, &mut dst, md.len()).map_err(|e| format!("cannot keep {shown}: {e}"))?;
+        saved.push(entry);
+    }
+    Ok(saved)
+}
+
+/// Copies `len` bytes of `src` into the empty `dst`: a reflink when the
+/// filesystem can, else in the kernel.
+fn copy_whole(src: &fs::File, dst: &mut fs::File, len: u64) -> std::io::Result<()> {
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    // SAFETY: FICLONE takes the source descriptor as its argument.
+    if unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE, src.as_raw_fd()) } == 0 {
+        return Ok(());
+    }
+    let mut off_in: libc::loff_t = 0;
+    let mut left = len;
+    while left > 0 {
+        let chunk = usize::try_from(left.min(1 << 30)).unwrap_or(1 << 30);
+        // SAFETY: both descriptors are open; off_in is a valid pointer; the
+        // destination offset is its file position.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                std::ptr::null_mut(),
+                chunk,
+                0,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS)
+            ) {
+                return copy_plain(src, dst, off_in as u64, left);
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            // The file shrank meanwhile: impossible while the job is stopped,
+            // unless something outside it truncated it.
+            return Err(std::io::Error::other(
+                "the file shrank while it was being copied",
+            ));
+        }
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+fn copy_plain(src: &fs::File, dst: &mut fs::File, from: u64, len: u64) -> std::io::Result<()> {
+    let mut s = src.try_clone()?;
+    s.seek(SeekFrom::Start(from))?;
+    let copied = std::io::copy(&mut s.take(len), dst)?;
+    if copied != len {
+        return Err(std::io::Error::other(
+            "the file shrank while it was being copied",
+        ));
+    }
+    Ok(())
+}
+
+fn crc_of(f: &mut fs::File, len: u64) -> std::io::Result<u32> {
+    let mut crc = Crc32c::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    f.seek(SeekFrom::Start(0))?;
+    while left > 0 {
+        let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+        let got = f.read(&mut buf[..want])?;
+        if got == 0 {
+            return Err(std::io::Error::other("shorter than recorded"));
+        }
+        crc.update(&buf[..got]);
+        left -= got as u64;
+    }
+    Ok(crc.finish())
+}
+
+/// After the job runs again: checksum and fsync the new copies (a linked
+/// copy keeps the checksum recorded with it).
+pub fn finish(pending: &PendingGeneration, files: &mut [SavedFile]) -> Result<(), String> {
+    for f in files.iter_mut() {
+        let p = pending.at(&f.data);
+        let mut c = fs::File::open(&p).map_err(|e| format!("{}: {e}", f.data))?;
+        if f.crc == 0 {
+            f.crc = crc_of(&mut c, f.size).map_err(|e| format!("{}: {e}", f.data))?;
+        }
+        c.sync_all().map_err(|e| format!("{}: {e}", f.data))?;
+    }
+    Ok(())
+}
+
+/// Paths of files a restore put back: their mappings need not match the
+/// inode, size and time recorded for the mapping (read by stage 1).
+static RESTORED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+/// Whether `name` (as an image names it) was put back from the generation.
+pub fn was_restored(name: &str) -> bool {
+    RESTORED
+        .lock()
+        .ok()
+        .and_then(|g| g.as_ref().map(|s| s.contains(name)))
+        .unwrap_or(false)
+}
+
+/// What [`restore`] made.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// Temporary names of deleted files, to unlink once the processes run.
+    temp: Vec<PathBuf>,
+    /// Files that differed from their checkpoint content (for a message).
+    pub changed: Vec<String>,
+}
+
+impl Restored {
+    /// Unlink the temporary names: the files are deleted again, as they
+    /// were at the checkpoint.
+    pub fn unlink(&mut self) {
+        for t in self.temp.drain(..) {
+            let _ = fs::remove_file(t);
+        }
+    }
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        self.unlink();
+    }
+}
+
+fn open_copy(g: &LoadedGeneration, f: &SavedFile) -> Result<fs::File, String> {
+    if f.data.contains('/') || f.data.starts_with('.') {
+        return Err(format!("{}: names a copy outside its generation", f.data));
+    }
+    let p = g.path.join(&f.data);
+    let c = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(&p)
+        .map_err(|e| format!("{}: {e}", p.display()))?;
+    let md = c.metadata().map_err(|e| format!("{}: {e}", p.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !md.is_file() || md.uid() != me || md.len() != f.size {
+        return Err(format!(
+            "{}: not the copy of {} recorded ({} bytes, owner uid {}; expected {} bytes of uid {me})",
+            p.display(),
+            f.path,
+            md.len(),
+            md.uid(),
+            f.size
+        ));
+    }
+    Ok(c)
+}
+
+/// Puts back every file generation `g` keeps, and returns a copy of `g`
+/// whose descriptors and mappings of deleted files refer to their new
+/// temporary names. Fails (naming the file) before changing anything when
+/// a copy is damaged.
+pub fn restore(g: &LoadedGeneration) -> Result<(LoadedGeneration, Restored), String> {
+    let files = &g.record.files;
+    let mut out = Restored::default();
+    let mut g2 = g.clone();
+    if files.is_empty() {
+        return Ok((g2, out));
+    }
+    // Check every copy first: a damaged generation changes no user file.
+    let mut copies = Vec::new();
+    for f in files {
+        let mut c = open_copy(g, f)?;
+        let crc = crc_of(&mut c, f.size).map_err(|e| format!("{}: {e}", f.data))?;
+        if crc != f.crc {
+            return Err(format!(
+                "{}: corrupt copy of {} (checksum {crc:08x}, recorded {:08x})",
+                g.path.join(&f.data).display(),
+                f.path,
+                f.crc
+            ));
+        }
+        copies.push(c);
+    }
+    let mut restored = HashSet::new();
+    let mut renamed: HashMap<(u64, u64), String> = HashMap::new();
+    for (f, mut copy) in files.iter().zip(copies) {
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(&name_bytes(&f.path)));
+        if f.deleted {
+            let temp = temp_for(&path, g)?;
+            let mut dst = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&temp)
+                .map_err(|e| format!("cannot recreate deleted file {}: {e}", f.path))?;
+            copy.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+            copy_whole(&copy, &mut dst, f.size)
+                .map_err(|e| format!("cannot recreate deleted file {}: {e}", f.path))?;
+            let _ = dst.set_permissions(fs::Permissions::from_mode(f.mode & 0o777));
+            let name = encode(temp.as_os_str().as_bytes());
+            renamed.insert((f.dev, f.inode), name.clone());
+            restored.insert(name);
+            out.temp.push(temp);
+            continue;
+        }
+        let changed = put_back(&path, f, &mut copy)?;
+        if changed {
+            out.changed.push(path.display().to_string());
+        }
+        restored.insert(f.path.clone());
+    }
+    // Descriptors and mappings of deleted files now name the temporary file.
+    for m in &mut g2.processes {
+        for fd in m.fds.iter_mut().filter(|d| d.kind == FdKind::File) {
+            if let Some(n) = renamed.get(&(fd.dev, fd.inode)) {
+                fd.path = n.clone();
+            }
+        }
+    }
+    if let Ok(mut s) = RESTORED.lock() {
+        *s = Some(restored);
+    }
+    Ok((g2, out))
+}
+
+/// A new name for a deleted file, next to where it was (or in the
+/// checkpoint directory when that directory is gone or not writable).
+fn temp_for(path: &Path, g: &LoadedGeneration) -> Result<PathBuf, String> {
+    // Random: restarts of one image may run at once (in namespaces where
+    // they all have the same pid), and the name is created with O_EXCL.
+    let mut r = [0u8; 8];
+    // SAFETY: r is valid for writing 8 bytes.
+    if unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) } != 8 {
+        return Err("getrandom failed".into());
+    }
+    let name = format!(".ckpt-restore-{:016x}", u64::from_ne_bytes(r));
+    let dirs = [
+        path.parent().map(Path::to_path_buf),
+        g.path.parent().map(Path::to_path_buf),
+    ];
+    for d in dirs.into_iter().flatten() {
+        let md = fs::metadata(&d);
+        if md.is_ok_and(|m| m.is_dir()) {
+            let c = std::ffi::CString::new(d.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+            // SAFETY: c is a valid C string.
+            if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
+                return Ok(d.join(&name));
+            }
+        }
+    }
+    Err(format!(
+        "no writable directory to recreate the deleted file {}",
+        path.display()
+    ))
+}
+
+/// Writes the copy back at `path`: the same inode when the file is still
+/// there (truncated to its size), a new file with its mode when it was
+/// removed. True when the file differed from the checkpoint.
+fn put_back(path: &Path, f: &SavedFile, copy: &mut fs::File) -> Result<bool, String> {
+    let shown = path.display();
+    let now = fs::symlink_metadata(path);
+    let (mut dst, changed) = match now {
+        Ok(md) if md.file_type().is_symlink() || !md.is_file() => {
+            return Err(format!(
+                "{shown} (which the job was writing) is no longer a regular file; move it away \
+                 to let the restart put back its content at the checkpoint"
+            ));
+        }
+        Ok(md) => {
+            let changed = (md.ino(), md.len(), ns(md.mtime(), md.mtime_nsec()))
+                != (f.inode, f.size, f.mtime_ns);
+            let d = fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(path)
+                .map_err(|e| format!("cannot put back {shown}: {e}"))?;
+            (d, changed)
+        }
+        Err(_) => {
+            let d = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(f.mode & 0o7777)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(path)
+                .map_err(|e| {
+                    format!("cannot recreate {shown} (removed since the checkpoint): {e}")
+                })?;
+            (d, true)
+        }
+    };
+    // Written back even when size and time look unchanged: writes through a
+    // shared mapping need not change the modification time.
+    dst.set_len(0)
+        .map_err(|e| format!("cannot put back {shown}: {e}"))?;
+    copy.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    copy_whole(copy, &mut dst, f.size).map_err(|e| format!("cannot put back {shown}: {e}"))?;
+    dst.flush().map_err(|e| e.to_string())?;
+    dst.sync_all()
+        .map_err(|e| format!("cannot put back {shown}: {e}"))?;
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_round_trips() {
+        let f = SavedFile {
+            path: encode(b"/tmp/caf\xe9.db"),
+            deleted: true,
+            dev: 2049,
+            inode: 77,
+            size: 4096,
+            mode: 0o644,
+            mtime_ns: 1,
+            ctime_ns: 2,
+            data: "file-2049-77.data".into(),
+            crc: 0xdead_beef,
+        };
+        let j = serde_json::to_string(&f).unwrap();
+        let back: SavedFile = serde_json::from_str(&j).unwrap();
+        assert_eq!(back, f);
+        assert_eq!(name_bytes(&back.path), b"/tmp/caf\xe9.db".to_vec());
+    }
+
+    #[test]
+    fn devices_from_maps() {
+        assert_eq!(parse_dev(b"08:01"), Some(libc::makedev(8, 1)));
+        assert_eq!(parse_dev(b"fd:1a"), Some(libc::makedev(0xfd, 0x1a)));
+        assert_eq!(parse_dev(b"x"), None);
+    }
+
+    #[test]
+    fn put_back_restores_content_size_and_inode() {
+        let d = std::env::temp_dir().join(format!("ckpt-saved-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        let (target, copy_p) = (d.join("db"), d.join("copy"));
+        fs::write(&copy_p, b"checkpoint content").unwrap();
+        fs::write(&target, b"checkpoint content, then more rows").unwrap();
+        let ino = fs::metadata(&target).unwrap().ino();
+        let f = SavedFile {
+            path: encode(target.as_os_str().as_bytes()),
+            deleted: false,
+            dev: 0,
+            inode: ino,
+            size: 18,
+            mode: 0o640,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            data: "copy".into(),
+            crc: 0,
+        };
+        let mut c = fs::File::open(&copy_p).unwrap();
+        assert!(put_back(&target, &f, &mut c).unwrap());
+        assert_eq!(fs::read(&target).unwrap(), b"checkpoint content");
+        assert_eq!(fs::metadata(&target).unwrap().ino(), ino, "same inode");
+        // Removed: created again, with its mode.
+        fs::remove_file(&target).unwrap();
+        assert!(put_back(&target, &f, &mut c).unwrap());
+        assert_eq!(fs::read(&target).unwrap(), b"checkpoint content");
+        assert_eq!(fs::metadata(&target).unwrap().mode() & 0o777, 0o640);
+        // A symlink in its place is refused, not followed.
+        fs::remove_file(&target).unwrap();
+        std::os::unix::fs::symlink(&copy_p, &target).unwrap();
+        let e = put_back(&target, &f, &mut c).unwrap_err();
+        assert!(e.contains("no longer a regular file"), "{e}");
+        fs::remove_dir_all(&d).unwrap();
+    }
+}
