@@ -369,10 +369,11 @@ impl Coordinator {
             }
         }
         fault::hit(Point::Synced);
-        if failure.is_none()
-            && let Err(e) = saved_files::finish(&pending, &mut files)
-        {
-            failure = Some(format!("keeping the files the job writes: {e}"));
+        if failure.is_none() {
+            match saved_files::finish(&pending, &mut files) {
+                Ok(b) => bytes += b,
+                Err(e) => failure = Some(format!("keeping the files the job writes: {e}")),
+            }
         }
         let pids: Vec<i32> = run.leaders.keys().copied().collect();
         run.leaders.clear();

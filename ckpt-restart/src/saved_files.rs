@@ -408,17 +408,21 @@ fn crc_of(f: &mut fs::File, len: u64) -> std::io::Result<u32> {
 }
 
 /// After the job runs again: checksum and fsync the new copies (a linked
-/// copy keeps the checksum recorded with it).
-pub fn finish(pending: &PendingGeneration, files: &mut [SavedFile]) -> Result<(), String> {
+/// copy keeps the checksum recorded with it). Returns the bytes copied
+/// (linked copies cost none).
+pub fn finish(pending: &PendingGeneration, files: &mut [SavedFile]) -> Result<u64, String> {
+    let mut bytes = 0;
     for f in files.iter_mut() {
         let p = pending.at(&f.data);
         let mut c = fs::File::open(&p).map_err(|e| format!("{}: {e}", f.data))?;
-        if f.crc == 0 {
+        let linked = c.metadata().is_ok_and(|m| m.nlink() > 1);
+        if !linked {
             f.crc = crc_of(&mut c, f.size).map_err(|e| format!("{}: {e}", f.data))?;
+            bytes += f.size;
         }
         c.sync_all().map_err(|e| format!("{}: {e}", f.data))?;
     }
-    Ok(())
+    Ok(bytes)
 }
 
 /// Paths of files a restore put back: their mappings need not match the

@@ -294,6 +294,7 @@ pub fn task_init(spank: &Spank, args: &[OsString]) -> Result<(), PluginError> {
         batch: step == task_env::BATCH_STEP,
         keep_images: task.config.keep_images,
         incremental: task.config.incremental,
+        max_file_copy: task.config.max_file_copy.as_deref(),
         libckpt: &task.config.libckpt,
     };
     let argv = task_env::exec_argv(&exec, &spank.job_argv()?);

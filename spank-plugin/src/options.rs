@@ -112,7 +112,7 @@ pub enum OptionError {
     },
 }
 
-const ARG_KEYS: &str = "default_dir=PATTERN, default_interval=SECONDS, min_interval=SECONDS, signal=NAME, libckpt=PATH, ckpt=PATH, keep_images=yes|no, incremental=yes|no";
+const ARG_KEYS: &str = "default_dir=PATTERN, default_interval=SECONDS, min_interval=SECONDS, signal=NAME, libckpt=PATH, ckpt=PATH, keep_images=yes|no, incremental=yes|no, max_file_copy=SIZE";
 
 impl fmt::Display for OptionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -425,6 +425,9 @@ pub struct PluginConfig {
     /// `incremental=no`: every checkpoint is full (default: periodic
     /// checkpoints track written pages and write only what changed).
     pub incremental: bool,
+    /// `max_file_copy=SIZE`: the largest file a job writes that a
+    /// checkpoint keeps (passed to `ckpt slurm-task --max-file-copy`).
+    pub max_file_copy: Option<String>,
 }
 
 impl Default for PluginConfig {
@@ -438,7 +441,31 @@ impl Default for PluginConfig {
             ckpt_bin: DEFAULT_CKPT_BIN.to_owned(),
             keep_images: false,
             incremental: true,
+            max_file_copy: None,
         }
+    }
+}
+
+/// A size as `ckpt --max-file-copy` takes it: bytes, a number with `K`,
+/// `M`, `G` or `T`, or `unlimited`.
+fn parse_size(key: &'static str, value: &str) -> Result<String, OptionError> {
+    let digits = value.trim_end_matches(['K', 'M', 'G', 'T', 'k', 'm', 'g', 't']);
+    let suffix = value.len() - digits.len();
+    let ok = value == "unlimited"
+        || (suffix <= 1
+            && !digits.is_empty()
+            && digits.bytes().all(|c| c.is_ascii_digit())
+            && digits
+                .parse::<u64>()
+                .is_ok_and(|n| n.checked_mul(1 << 40).is_some()));
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(OptionError::BadPath {
+            key,
+            value: value.to_owned(),
+            why: "must be a size: bytes, or a number with K, M, G or T (512M, 4G), or unlimited",
+        })
     }
 }
 
@@ -498,6 +525,7 @@ impl PluginConfig {
                 "ckpt",
                 "keep_images",
                 "incremental",
+                "max_file_copy",
             ];
             if !known.contains(&key) {
                 return Err(OptionError::UnknownArg(arg.to_string_lossy().into_owned()));
@@ -514,6 +542,7 @@ impl PluginConfig {
                 "ckpt" => config.ckpt_bin = parse_path("ckpt", value, false)?,
                 "keep_images" => config.keep_images = parse_yes_no("keep_images", value)?,
                 "incremental" => config.incremental = parse_yes_no("incremental", value)?,
+                "max_file_copy" => config.max_file_copy = Some(parse_size("max_file_copy", value)?),
                 _ => return Err(OptionError::UnknownArg(arg.to_string_lossy().into_owned())),
             }
             seen.push(key.to_owned());
@@ -854,6 +883,10 @@ mod tests {
         assert!(c.keep_images);
         assert!(!c.incremental);
         assert!(PluginConfig::default().incremental);
+        let m = PluginConfig::parse(["max_file_copy=8G"]).unwrap();
+        assert_eq!(m.max_file_copy.as_deref(), Some("8G"));
+        let m = PluginConfig::parse(["max_file_copy=unlimited"]).unwrap();
+        assert_eq!(m.max_file_copy.as_deref(), Some("unlimited"));
         assert_eq!(c.default_dir.as_deref(), Some(OsStr::new("/scratch/%u/%j")));
         assert_eq!(c.default_interval, 3600);
         assert_eq!(c.min_interval, 300);
@@ -888,6 +921,8 @@ mod tests {
                 "keep_images=maybe: must be yes or no",
             ),
             (&["incremental=2"], "incremental=2: must be yes or no"),
+            (&["max_file_copy=4X"], "max_file_copy=4X: must be a size"),
+            (&["max_file_copy=G"], "max_file_copy=G: must be a size"),
             (
                 &["default_dir=/x/%z"],
                 "default_dir=/x/%z: unknown escape %z",

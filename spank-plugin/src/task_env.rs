@@ -105,6 +105,8 @@ pub struct TaskExec<'a> {
     pub keep_images: bool,
     /// Periodic checkpoints may be incremental (the site's `incremental=`).
     pub incremental: bool,
+    /// The site's `max_file_copy=`.
+    pub max_file_copy: Option<&'a str>,
     /// The preload library.
     pub libckpt: &'a str,
 }
@@ -142,6 +144,10 @@ pub fn exec_argv(e: &TaskExec<'_>, argv: &[CString]) -> Vec<CString> {
     if !e.incremental {
         out.push(c("--incremental"));
         out.push(c("off"));
+    }
+    if let Some(max) = e.max_file_copy {
+        out.push(c("--max-file-copy"));
+        out.push(c(max));
     }
     out.push(c("--"));
     out.extend(argv.iter().cloned());
@@ -270,6 +276,7 @@ mod tests {
             batch: true,
             keep_images: false,
             incremental: true,
+            max_file_copy: None,
             libckpt: LIB,
         };
         let argv = exec_argv(&e, &[c("/home/u/job.sh"), c("arg")]);
@@ -295,6 +302,7 @@ mod tests {
         );
         let full = TaskExec {
             incremental: false,
+            max_file_copy: None,
             ..e
         };
         let argv = exec_argv(&full, &[c("job")]);
@@ -350,6 +358,7 @@ mod tests {
             batch: false,
             keep_images: false,
             incremental: true,
+            max_file_copy: None,
             libckpt: LIB,
         };
         let arg = CString::new(b"caf\xe9".to_vec()).unwrap();

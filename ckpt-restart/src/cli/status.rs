@@ -49,6 +49,20 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
                 name, "-", "-", "-", g.state
             ),
         }
+        // The files it puts back at a restart (docs/files.md).
+        for f in g.record.iter().flat_map(|r| r.files.iter()) {
+            println!(
+                "{:<12} keeps {} ({}{})",
+                "",
+                String::from_utf8_lossy(&crate::restore::names::name_bytes(&f.path)),
+                super::checkpoint::human_bytes(f.size),
+                if f.deleted {
+                    ", deleted while open"
+                } else {
+                    ""
+                }
+            );
+        }
     }
     Ok(0)
 }
