@@ -95,13 +95,17 @@ impl fmt::Display for SafeDirError {
             } => write!(
                 f,
                 "{} (above the checkpoint directory, mode {mode:04o}, owned by {}) can be \
-                 changed by users other than {} and root, who could move the checkpoint \
-                 directory away and put their own in its place: choose a checkpoint directory \
-                 whose parents belong to you or root and are not group- or world-writable \
-                 (sticky directories such as /tmp are fine)",
+                 changed by users other than {}, who could move the checkpoint directory away \
+                 and put their own in its place: choose a checkpoint directory whose parents \
+                 belong to you or root and are not group- or world-writable (sticky \
+                 directories such as /tmp are fine)",
                 path.display(),
                 user_name(*owner),
-                user_name(*uid)
+                if *uid == 0 {
+                    "root".to_owned()
+                } else {
+                    format!("{} and root", user_name(*uid))
+                }
             ),
             Self::Io {
                 action,

@@ -544,7 +544,10 @@ impl PendingGeneration {
     /// `generation.json`, fsync the directory, rename it into place, fsync the
     /// parent, point `latest` at it, and prune old generations.
     pub fn commit(self, record: &GenerationRecord, keep: usize) -> Result<PathBuf, ImageError> {
-        let final_path = self.dir.path.join(gen_name(self.number));
+        // Where the directory is now (its descriptor), for the caller.
+        let final_path = real_path(self.dir.fd())
+            .unwrap_or_else(|| self.dir.path.clone())
+            .join(gen_name(self.number));
         let made = self.write_record(record).and_then(|()| {
             self.dir
                 .rename(&self.tmp_name(), &gen_name(self.number))

@@ -256,6 +256,9 @@ pub fn run_outer(o: Outer<'_>, init: i32, on_signal: OnSignal<'_>) -> i32 {
     std::thread::spawn(move || c2.serve(listener));
     start_interval(&coord, o.opts.interval);
     let code = ns::supervise(o.set, init, init, |sig| on_signal(sig, &coord));
-    let _ = std::fs::remove_file(o.socket);
+    // Through the directory's descriptor: the socket this job bound.
+    if let Some(name) = o.socket.file_name().and_then(|n| n.to_str()) {
+        let _ = o.dir.remove(name);
+    }
     code
 }

@@ -298,7 +298,7 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
     }
     block_alarm(o.signal);
     // slurmstepd's order after task_init: task prologs, TMPDIR, limits.
-    super::task_prolog::run(&o.dir)?;
+    let prolog_output = super::task_prolog::run(&o.dir)?;
     apply_rlimits();
     if std::env::var_os("TMPDIR").is_none() {
         // SAFETY: single-threaded (no thread started yet).
@@ -344,7 +344,11 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
         requeued: false,
     };
     start_timer(o.interval);
+    let mut prolog_output = Some(prolog_output);
     let result = if complete.is_empty() {
+        if let Some(p) = prolog_output.take() {
+            p.emit();
+        }
         if restart_count > 0 {
             say(&format!(
                 "job requeued (SLURM_RESTART_COUNT={restart_count}) but {} holds no checkpoint: \
@@ -364,10 +368,17 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
             for problem in outputs::restore(&dir, g, &outputs) {
                 say(&problem);
             }
+            // After the output files are back where the program left them.
+            if let Some(p) = prolog_output.take() {
+                p.emit();
+            }
             say(&format!(
                 "resuming from {} (SLURM_RESTART_COUNT={restart_count})",
                 g.path.display()
             ));
+        }
+        if let Some(p) = prolog_output.take() {
+            p.emit();
         }
         super::restart::run_with(&engine, &mut |sig, coord| state.on_signal(sig, coord)).map_err(
             |f| Failure {

@@ -229,18 +229,40 @@ fn run_one(kind: &str, path: &OsStr) -> Result<Vec<Line>, Failure> {
     if code != 0 {
         // slurmstepd applies the output (its print lines appear) and then
         // fails the task.
-        apply(&lines);
+        let mut now = Deferred::default();
+        apply(&lines, &mut now);
+        now.emit();
         return Err(failed(kind, path, "it exited non-zero", code));
     }
     Ok(lines)
 }
 
+/// What the prologs print, held back until the task's output files are
+/// where the program left them (a resume first puts its output files back
+/// as they were at the checkpoint; lines written before that would be in
+/// the way).
+#[derive(Debug, Default)]
+pub struct Deferred {
+    stdout: Vec<u8>,
+    notes: Vec<String>,
+}
+
+impl Deferred {
+    /// Writes the prologs' print lines to stdout and our notes to stderr.
+    pub fn emit(self) {
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(&self.stdout).and_then(|()| stdout.flush());
+        for n in self.notes {
+            eprintln!("ckpt: {n}");
+        }
+    }
+}
+
 /// Applies `lines` to this process's environment (which the program
-/// inherits) and writes the print lines to stdout; true when the
+/// inherits) and keeps the print lines for stdout; true when the
 /// environment was to change.
-fn apply(lines: &[Line]) -> bool {
+fn apply(lines: &[Line], out: &mut Deferred) -> bool {
     let mut changed = false;
-    let mut stdout = std::io::stdout().lock();
     for line in lines {
         match line {
             // SAFETY: single-threaded (before launch/restart); the names
@@ -254,9 +276,7 @@ fn apply(lines: &[Line]) -> bool {
                 std::env::remove_var(name);
                 changed = true;
             },
-            Line::Print(text) => {
-                let _ = stdout.write_all(text).and_then(|()| stdout.flush());
-            }
+            Line::Print(text) => out.stdout.extend_from_slice(text),
             Line::Other => {}
         }
     }
@@ -312,7 +332,7 @@ fn make_tmpdir() {
 /// handles `TMPDIR`; `dir` is the task's checkpoint directory (a resume
 /// when it holds a checkpoint). Called by `ckpt slurm-task` before it starts
 /// or resumes the program, before the resource limits are applied.
-pub fn run(dir: &Path) -> Result<(), Failure> {
+pub fn run(dir: &Path) -> Result<Deferred, Failure> {
     let site = std::env::var_os(ENV_SITE);
     let user = std::env::var_os(ENV_USER);
     // SAFETY: single-threaded (before launch/restart start any thread).
@@ -322,21 +342,23 @@ pub fn run(dir: &Path) -> Result<(), Failure> {
     }
     let prologs = [("TaskProlog", site), ("--task-prolog", user)];
     let mut changed = false;
+    let mut out = Deferred::default();
     for (kind, path) in prologs {
         let Some(path) = path.filter(|p| !p.is_empty()) else {
             continue;
         };
-        changed |= apply(&run_one(kind, &path)?);
+        changed |= apply(&run_one(kind, &path)?, &mut out);
     }
     if changed && has_checkpoint(dir) {
-        eprintln!(
-            "ckpt: the resumed program keeps the environment it was checkpointed with, which \
-             holds what the task prologs exported at its first start; their export/unset lines \
-             of this start do not change it"
+        out.notes.push(
+            "the resumed program keeps the environment it was checkpointed with, which holds \
+             what the task prologs exported at its first start; their export/unset lines of \
+             this start do not change it"
+                .to_owned(),
         );
     }
     make_tmpdir();
-    Ok(())
+    Ok(out)
 }
 
 #[cfg(test)]
