@@ -5,6 +5,7 @@
 //! ckpt checkpoint --dir D
 //! ckpt restart    --dir D [--interval T] [--keep N] [--incremental M] [--no-verify]
 //! ckpt status     --dir D
+//! ckpt check
 //! ckpt slurm-task --dir TASKDIR [...] -- ARGV   (run by the SPANK plugin)
 //! ```
 //! Module map: `cli/` (one file per verb), `coord` (the coordinator),
@@ -28,7 +29,9 @@ const USAGE: &str = "usage:
   ckpt restart    --dir DIR [--interval T] [--keep N] [--incremental M] [--no-verify]
                   resume the newest complete checkpoint in DIR (foreground)
   ckpt status     --dir DIR
-                  list the checkpoints in DIR
+                  list the checkpoints in DIR and the files each keeps
+  ckpt check
+                  can this node run checkpointed jobs? (one line per kernel feature; exit 1 if not)
   ckpt slurm-task --dir TASKDIR [--interval T] [--signal NAME] [--batch] [--keep-images] [--incremental off] -- ARGV...
                   run or resume one Slurm task (the SPANK plugin execs this)
 
@@ -62,6 +65,7 @@ fn main() {
             }
         }
         "slurm-task" => cli::slurm::run(rest),
+        "check" => cli::check::run(rest),
         "slurm-exec" => cli::slurm::exec_ignoring(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");

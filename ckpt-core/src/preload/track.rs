@@ -451,6 +451,40 @@ fn open_uffd() -> Result<i32, Errno> {
     Ok(fd)
 }
 
+/// Whether this kernel can track written pages the way [`before_snapshot`]
+/// does (Linux 6.7: an unprivileged user-mode-only userfaultfd with the
+/// asynchronous write-protect features, and the `PAGEMAP_SCAN` ioctl).
+/// Used by `ckpt check`; safe anywhere (opens and closes descriptors).
+pub fn probe() -> Result<(), &'static str> {
+    let fd = open_uffd().map_err(
+        |_| "no unprivileged userfaultfd with asynchronous write protection (Linux 6.7)",
+    )?;
+    raw::close(fd);
+    let pm = raw::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
+        .map_err(|_| "/proc/self/pagemap cannot be opened")?;
+    // An empty range: the kernel checks the argument and reports nothing.
+    let mut arg = PmScanArg {
+        size: core::mem::size_of::<PmScanArg>() as u64,
+        flags: 0,
+        start: 0,
+        end: 0,
+        walk_end: 0,
+        vec: 0,
+        vec_len: 0,
+        max_pages: 0,
+        category_inverted: 0,
+        category_mask: 0,
+        category_anyof_mask: 0,
+        return_mask: PAGE_IS_WRITTEN,
+    };
+    // SAFETY: PAGEMAP_SCAN reads and writes a struct pm_scan_arg we own;
+    // with an empty range and no vector it writes no page_region.
+    let r = unsafe { raw::ioctl(pm, PAGEMAP_SCAN, &mut arg as *mut PmScanArg as usize) };
+    raw::close(pm);
+    r.map(|_| ())
+        .map_err(|_| "no PAGEMAP_SCAN ioctl (Linux 6.7)")
+}
+
 /// One `PAGEMAP_SCAN` over the whole address space, calling `each` for
 /// every reported range.
 fn scan(

@@ -165,10 +165,7 @@ pub fn run_with(o: &Opts, on_signal: OnSignal<'_>) -> Result<i32, Failure> {
     };
 
     let set = ns::block_signals();
-    match ns::fork_into_namespaces().map_err(|e| Failure {
-        msg: e.to_string(),
-        code: 1,
-    })? {
+    match super::check::namespaces_or_diagnosis()? {
         None => {
             // The init (pid 1 of the job).
             drop(listener);
@@ -246,7 +243,12 @@ pub struct Outer<'a> {
 pub fn run_outer(o: Outer<'_>, init: i32, on_signal: OnSignal<'_>) -> i32 {
     let coord = Coordinator::new(o.dir.clone(), o.command, o.opts.keep);
     coord.set_init(init);
-    coord.set_tracking(o.opts.incremental.tracking(o.opts.interval));
+    let mut track = o.opts.incremental.tracking(o.opts.interval);
+    if track && let Some(why) = super::check::incremental_unavailable() {
+        eprintln!("ckpt: {why}");
+        track = false;
+    }
+    coord.set_tracking(track);
     if let Some(max) = o.opts.max_file_copy {
         coord.set_max_file_copy(max);
     }

@@ -1,5 +1,6 @@
 //! Command-line parsing and the subcommands (one file per verb).
 
+pub mod check;
 pub mod checkpoint;
 pub mod launch;
 pub mod outputs;

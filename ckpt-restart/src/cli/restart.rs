@@ -142,13 +142,11 @@ pub fn run_with(o: &Opts, on_signal: super::launch::OnSignal<'_>) -> Result<i32,
     let (sock_path, listener): (PathBuf, _) = super::launch::claim_socket(&dir, true)?;
     let command = gens[0].record.command.clone();
     let set = ns::block_signals();
-    match ns::fork_into_namespaces().map_err(|e| Failure {
-        msg: e.to_string(),
-        code: 1,
-    })? {
+    match super::check::namespaces_or_diagnosis()? {
         None => {
             drop(listener);
-            let track = o.incremental.tracking(o.interval);
+            let track = o.incremental.tracking(o.interval)
+                && super::check::incremental_unavailable().is_none();
             init_main(&gens, &sock_path, &set, !o.no_verify, track)
         }
         Some(init) => Ok(super::launch::run_outer(
