@@ -297,6 +297,7 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
         return check(&o);
     }
     block_alarm(o.signal);
+    note_slurmstepd();
     // slurmstepd's order after task_init: task prologs, TMPDIR, limits.
     let prolog_output = super::task_prolog::run(&o.dir)?;
     apply_rlimits();
@@ -602,11 +603,23 @@ fn requeue() -> bool {
         say("cannot requeue: SLURM_JOB_ID is not set (not running under Slurm?)");
         return false;
     };
-    let scontrol = ["/usr/bin/scontrol", "/usr/local/bin/scontrol"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or("scontrol");
-    match Command::new(scontrol).args(["requeue", &job]).output() {
+    let tried = scontrol_candidates(
+        SLURMSTEPD.get().cloned().flatten(),
+        std::env::var_os("PATH").as_deref(),
+    );
+    let Some(scontrol) = tried.iter().find(|p| p.is_file()) else {
+        say(&format!(
+            "cannot requeue job {job}: no scontrol found (tried {}); the checkpoint is kept",
+            tried
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        return false;
+    };
+    let scontrol = scontrol.display().to_string();
+    match Command::new(&scontrol).args(["requeue", &job]).output() {
         Ok(out) if out.status.success() => {
             say(&format!(
                 "job {job} requeued: it resumes from this checkpoint when Slurm starts it again"
@@ -630,6 +643,41 @@ fn requeue() -> bool {
             false
         }
     }
+}
+
+/// The `slurmstepd` that started this task (our parent when the plugin
+/// exec'ed us), read once at start: its installation has the `scontrol`
+/// that matches the running Slurm.
+static SLURMSTEPD: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
+fn note_slurmstepd() {
+    let exe = std::fs::read_link(format!("/proc/{}/exe", std::os::unix::process::parent_id()))
+        .ok()
+        .filter(|p| p.file_name().is_some_and(|n| n == "slurmstepd"));
+    let _ = SLURMSTEPD.set(exe);
+}
+
+/// Where to look for `scontrol`, best first: next to the `slurmstepd` that
+/// runs the job (`<prefix>/sbin/slurmstepd` → `<prefix>/bin/scontrol`), then
+/// the task's `PATH`, then the usual places.
+fn scontrol_candidates(stepd: Option<PathBuf>, path: Option<&std::ffi::OsStr>) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Some(prefix) = stepd
+        .as_deref()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+    {
+        v.push(prefix.join("bin/scontrol"));
+    }
+    if let Some(path) = path {
+        v.extend(std::env::split_paths(path).map(|d| d.join("scontrol")));
+    }
+    for p in ["/usr/bin/scontrol", "/usr/local/bin/scontrol"] {
+        v.push(PathBuf::from(p));
+    }
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|p| seen.insert(p.clone()));
+    v
 }
 
 /// Blocks SIGALRM (the interval timer) and the checkpoint signal from the
@@ -790,6 +838,28 @@ mod tests {
         ] {
             assert!(exec_ignoring(&args(bad)).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn scontrol_comes_from_the_running_slurm_first() {
+        let v = scontrol_candidates(
+            Some("/opt/slurm-25.11/sbin/slurmstepd".into()),
+            Some(std::ffi::OsStr::new("/usr/bin:/opt/x/bin")),
+        );
+        assert_eq!(
+            v,
+            [
+                "/opt/slurm-25.11/bin/scontrol",
+                "/usr/bin/scontrol",
+                "/opt/x/bin/scontrol",
+                "/usr/local/bin/scontrol"
+            ]
+            .map(PathBuf::from)
+        );
+        assert_eq!(
+            scontrol_candidates(None, None)[0],
+            PathBuf::from("/usr/bin/scontrol")
+        );
     }
 
     #[test]
