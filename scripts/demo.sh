@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # demo.sh - from a fresh Debian 12 machine to a checkpointed Slurm job:
-# installs the packages, builds and installs ckpt into /usr/local, starts a
-# local single-node Slurm cluster with the ckpt plugin, and runs a job as the
+# installs the packages, builds the ckpt package (scripts/package.sh deb) and
+# installs it with dpkg -i (/usr/bin/ckpt, /usr/lib/ckpt/), starts a local
+# single-node Slurm cluster with the ckpt plugin, and runs a job as the
 # unprivileged user slurmtest. Run as root:   sudo scripts/demo.sh
 # Stop the cluster afterwards with:           sudo scripts/slurm-cluster.sh stop
 set -euo pipefail
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH:$HOME/.cargo/bin
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-PREFIX=/usr/local
+# Where the package puts the files (the plugstack line names them).
+CKPT=/usr/bin/ckpt
+LIBDIR=/usr/lib/ckpt
 DEMO_USER=slurmtest
 CLUSTER_PREFIX=${CKPT_SLURM_PREFIX:-/var/tmp/ckpt-slurm}
 step() { printf '\n==> %s\n' "$*"; }
@@ -17,13 +20,20 @@ step() { printf '\n==> %s\n' "$*"; }
 step "installing packages (Slurm, munge, libclang, ...)"
 "$REPO/scripts/install-deps.sh"
 
-step "building and installing ckpt into $PREFIX"
-"$REPO/scripts/install.sh" "$PREFIX"
+step "building the ckpt package and installing it (dpkg -i)"
+built=$("$REPO/scripts/package.sh" deb)
+echo "$built"
+DEB=${built#built }; DEB=${DEB%% (*}
+dpkg -i "$DEB" || { echo "demo.sh: dpkg -i $DEB failed (missing dependencies: apt-get -f install)" >&2; exit 1; }
+dpkg -L ckpt | grep -E '/(bin|lib/ckpt)/|man[18]/' | sed 's/^/    /'
+
+step "can this node run checkpointed jobs? (ckpt check)"
+"$CKPT" check
 
 step "starting a single-node Slurm cluster with the ckpt plugin"
 mkdir -p "$CLUSTER_PREFIX/etc"
 cat >"$CLUSTER_PREFIX/etc/plugstack.conf" <<CONF
-optional $PREFIX/lib/ckpt/spank_ckpt.so libckpt=$PREFIX/lib/ckpt/libckpt.so ckpt=$PREFIX/bin/ckpt default_interval=0 min_interval=10 signal=USR1
+optional $LIBDIR/spank_ckpt.so libckpt=$LIBDIR/libckpt.so ckpt=$CKPT default_interval=0 min_interval=10 signal=USR1
 CONF
 CKPT_SLURM_PREFIX=$CLUSTER_PREFIX CKPT_SLURM_USER=$DEMO_USER "$REPO/scripts/slurm-cluster.sh" start
 export SLURM_CONF=$CLUSTER_PREFIX/etc/slurm.conf
@@ -89,11 +99,12 @@ as_user env SLURM_CONF="$SLURM_CONF" scancel --signal=USR1 --batch "$JOB_ID"
 wait_for 120 "the requeued job to resume" grep -qs 'resuming from' "$DEMO_DIR/count.err"
 echo "the job was checkpointed, requeued and resumed (its stderr):"
 sed 's/^/    /' "$DEMO_DIR/count.err"
-as_user env SLURM_CONF="$SLURM_CONF" "$PREFIX/bin/ckpt" status --dir "$DEMO_DIR/ckpt/$JOB_ID/batch" | sed 's/^/    /'
+as_user env SLURM_CONF="$SLURM_CONF" "$CKPT" status --dir "$DEMO_DIR/ckpt/$JOB_ID/batch" | sed 's/^/    /'
 wait_for 120 "the job to finish" bash -c "! squeue -h -j $JOB_ID 2>/dev/null | grep -q ."
 echo "its output: every tick once, in order, and the uninterrupted result:"
 sed 's/^/    /' "$DEMO_DIR/count.out"
 
 step "done. The cluster is still running: export SLURM_CONF=$SLURM_CONF"
 echo "    try: runuser -u $DEMO_USER -- srun --checkpoint-dir=/tmp/ck-%j env | grep CKPT_"
+echo "    read: man ckpt; man 8 ckpt_spank"
 echo "    stop it with: sudo CKPT_SLURM_PREFIX=$CLUSTER_PREFIX $REPO/scripts/slurm-cluster.sh stop"
