@@ -4,6 +4,9 @@
 //! - Every `programs/<name>.c` becomes the dynamically linked executable
 //!   `$OUT_DIR/programs/<name>` (gcc through the `cc` crate, `-O2 -pthread`). The directory
 //!   is exported to the tests as `CKPT_TEST_PROGRAMS_BIN`.
+//! - Every `programs/<name>.f90` becomes `$OUT_DIR/programs/<name>` too (`$FC`, default
+//!   gfortran, `-O1`), when the compiler is there; otherwise a warning, and the tests of
+//!   that program skip (they require `{bin}`).
 //! - Every `programs/<name>.desc` (JSON: `modes` and `variants`, see `harness/cr.rs`)
 //!   yields `mod <name> { #[test] fn <mode>() ... }` in `$OUT_DIR/cr_cases.rs`, which
 //!   `cr/main.rs` includes. Only the test names are read here; the runner reads the rest.
@@ -31,6 +34,10 @@ fn main() {
 
     for path in entries.iter().filter(|p| has_ext(p, "c")) {
         build_c(path, &src, &bin);
+    }
+    println!("cargo:rerun-if-env-changed=FC");
+    for path in entries.iter().filter(|p| has_ext(p, "f90")) {
+        build_fortran(path, &out, &bin);
     }
 
     let mut generated =
@@ -110,6 +117,52 @@ fn build_c(path: &Path, include: &Path, bin: &Path) {
         .arg("-o")
         .arg(&target);
     let output = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    if !output.status.success() {
+        panic!(
+            "compiling {} failed ({}):\n{}{}",
+            path.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    for w in String::from_utf8_lossy(&output.stderr).lines() {
+        println!("cargo:warning={w}");
+    }
+}
+
+/// Builds a Fortran program like the C ones (`$FC`, default `gfortran`, `-O1`). Without
+/// the compiler the program is not built (a cargo warning says so): its tests list
+/// `{bin}` in `requires`, so they skip, or fail under `CI=true`.
+fn build_fortran(path: &Path, out: &Path, bin: &Path) {
+    let fc = env::var_os("FC")
+        .filter(|f| !f.is_empty())
+        .unwrap_or_else(|| "gfortran".into());
+    let target = bin.join(stem(path));
+    let _ = fs::remove_file(&target);
+    // Module files (.mod) go to their own directory, not to the build's cwd.
+    let modules = out.join("fortran-modules");
+    fs::create_dir_all(&modules).expect("create OUT_DIR/fortran-modules");
+    let mut cmd = std::process::Command::new(&fc);
+    cmd.arg("-O1")
+        .arg("-Wall")
+        .arg("-J")
+        .arg(&modules)
+        .arg(path)
+        .arg("-o")
+        .arg(&target);
+    let output = match cmd.output() {
+        Ok(o) => o,
+        Err(e) => {
+            println!(
+                "cargo:warning={} not built: cannot run {} ({e}); install gfortran \
+                 (scripts/install-deps.sh): its C/R tests skip, and fail under CI=true",
+                path.display(),
+                fc.to_string_lossy()
+            );
+            return;
+        }
+    };
     if !output.status.success() {
         panic!(
             "compiling {} failed ({}):\n{}{}",

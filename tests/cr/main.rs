@@ -90,7 +90,7 @@ struct Desc {
     /// "running" (default) or "gate": where checkpoints are taken.
     #[serde(default)]
     checkpoint_at: Option<String>,
-    /// Absolute paths that must exist (interpreters, tmux).
+    /// Absolute paths that must exist (interpreters, tmux; `{bin}`: the built program).
     #[serde(default)]
     requires: Vec<String>,
     /// The modes to test (read by build.rs, which generates the tests).
@@ -181,7 +181,17 @@ impl Case {
     /// None when a prerequisite is missing outside CI (the test is skipped).
     fn new(name: &str, case: &str, mode: &str, desc: Desc, run: Vec<String>) -> Option<Case> {
         for r in &desc.requires {
-            if !prerequisite(Path::new(r).exists(), r) {
+            // `{bin}`: a program build.rs builds only when its compiler is there.
+            let bin = Path::new(PROGRAMS_BIN).join(name);
+            let path = r.replace("{bin}", &bin.to_string_lossy());
+            let what = if r.contains("{bin}") {
+                format!(
+                    "{path} (not built: tests/build.rs builds a .f90 program only when gfortran is installed)"
+                )
+            } else {
+                path.clone()
+            };
+            if !prerequisite(Path::new(&path).exists(), &what) {
                 return None;
             }
         }

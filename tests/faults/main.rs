@@ -34,6 +34,9 @@ use ckpt_tests::faults::{
     write_json,
 };
 
+/// Files a job rewrites: refusals and reports (`files.rs`).
+mod files;
+
 /// Every named point of `ckpt-core/src/fault.rs`, in checkpoint order.
 const POINTS: [&str; 15] = [
     "begun",
