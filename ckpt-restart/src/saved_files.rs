@@ -302,13 +302,20 @@ pub fn capture(
         // may keep its time, and a write in the same clock tick as the
         // previous checkpoint's look at the file leaves it unchanged, so
         // its times must be older than that checkpoint by a margin.
+        // The previous generation's record has the time it was committed,
+        // which can be long after the job ran again (a large image takes
+        // seconds to be durable); its copy was made while the job was
+        // stopped (a linked copy earlier still): the earlier of the two.
         let same = prev.filter(|_| !f.mapped).and_then(|pv| {
             pv.files
                 .iter()
                 .find(|o| {
+                    let looked = fs::symlink_metadata(pv.dir.join(&o.data))
+                        .map_or(0, |m| ns(m.mtime(), m.mtime_nsec()))
+                        .min(pv.taken_ns);
                     (o.dev, o.inode, o.size, o.mtime_ns, o.ctime_ns)
                         == (dev, ino, entry.size, entry.mtime_ns, entry.ctime_ns)
-                        && o.ctime_ns.max(o.mtime_ns).saturating_add(REUSE_MARGIN_NS) < pv.taken_ns
+                        && o.ctime_ns.max(o.mtime_ns).saturating_add(REUSE_MARGIN_NS) < looked
                 })
                 .map(|o| (&pv.dir, o))
         });
@@ -622,6 +629,9 @@ fn put_back(path: &Path, f: &SavedFile, copy: &mut fs::File) -> Result<bool, Str
                 .map_err(|e| {
                     format!("cannot recreate {shown} (removed since the checkpoint): {e}")
                 })?;
+            // Its mode, not the one the restart's umask leaves.
+            d.set_permissions(fs::Permissions::from_mode(f.mode & 0o7777))
+                .map_err(|e| format!("cannot set the mode of {shown}: {e}"))?;
             (d, true)
         }
     };
