@@ -18,37 +18,15 @@ usage: files_hdf5.py [STEPS]   (default 12; gates at every 4th step)"""
 import hashlib
 import os
 import sys
-import time
 
 import h5py
 import numpy as np
 
-GATE_DIR = os.environ.get("CR_GATE_DIR", "")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from crtest import fail, gate, line, ready  # noqa: E402
+
 COLS = 64
 ROWS_PER_STEP = 256
-
-
-def line(text):
-    print(text, flush=True)
-
-
-def fail(why):
-    line(f"FAIL: {why}")
-    sys.exit(1)
-
-
-def gate(k):
-    line(f"hold {k}")
-    if GATE_DIR:
-        path = os.path.join(GATE_DIR, f"gate-{k}")
-        while os.path.exists(path):
-            if os.path.exists(path + ".ping"):
-                try:
-                    os.unlink(path + ".ping")
-                except FileNotFoundError:
-                    pass
-            time.sleep(0.005)
-    line(f"go {k}")
 
 
 def digest(a):
@@ -74,11 +52,7 @@ def main():
     x.attrs["steps"] = np.int64(0)
     f.flush()
     kept = digest(x[:, :])
-    starts = os.environ.get("CR_STARTS_LOG", "")
-    if starts:
-        with open(starts, "a") as s:
-            s.write("READY\n")
-    line("READY")
+    ready()
     for step in range(1, steps + 1):
         # Everything comes back from the file; it must be what the program wrote.
         rows = x[:, :]

@@ -14,35 +14,12 @@ Gates like the C programs (see lib/crtest.h).
 usage: files_memmap.py [MIB] [STEPS]   (defaults 32 and 12; gates at every 4th step)"""
 import os
 import sys
-import time
 import zlib
 
 import numpy as np
 
-GATE_DIR = os.environ.get("CR_GATE_DIR", "")
-
-
-def line(text):
-    print(text, flush=True)
-
-
-def fail(why):
-    line(f"FAIL: {why}")
-    sys.exit(1)
-
-
-def gate(k):
-    line(f"hold {k}")
-    if GATE_DIR:
-        path = os.path.join(GATE_DIR, f"gate-{k}")
-        while os.path.exists(path):
-            if os.path.exists(path + ".ping"):
-                try:
-                    os.unlink(path + ".ping")
-                except FileNotFoundError:
-                    pass
-            time.sleep(0.005)
-    line(f"go {k}")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from crtest import fail, gate, line, ready  # noqa: E402
 
 
 def crc(a):
@@ -59,11 +36,7 @@ def main():
     m[:] = np.arange(n, dtype="f8") % 1009.0
     m.flush()
     kept = crc(m)
-    starts = os.environ.get("CR_STARTS_LOG", "")
-    if starts:
-        with open(starts, "a") as s:
-            s.write("READY\n")
-    line("READY")
+    ready()
     q = n // 4
     idx = (np.arange(4096, dtype=np.int64) * 7919) % n
     for step in range(1, steps + 1):

@@ -8,22 +8,9 @@ import hashlib
 import os
 import sqlite3
 import sys
-import time
 
-GATE_DIR = os.environ.get("CR_GATE_DIR", "")
-
-
-def line(text):
-    print(text, flush=True)
-
-
-def gate(k):
-    line(f"hold {k}")
-    if GATE_DIR:
-        path = os.path.join(GATE_DIR, f"gate-{k}")
-        while os.path.exists(path):
-            time.sleep(0.005)
-    line(f"go {k}")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from crtest import fail, gate, line, ready  # noqa: E402
 
 
 def main():
@@ -35,11 +22,7 @@ def main():
     got = db.execute(f"PRAGMA journal_mode={mode}").fetchone()[0]
     line(f"journal {got}")
     db.execute("CREATE TABLE t (step INTEGER, i INTEGER, v INTEGER, s TEXT)")
-    starts = os.environ.get("CR_STARTS_LOG", "")
-    if starts:
-        with open(starts, "a") as f:
-            f.write("READY\n")
-    line("READY")
+    ready()
     for step in range(1, 13):
         db.execute("BEGIN")
         prev = db.execute("SELECT COALESCE(SUM(v), 0) FROM t").fetchone()[0]

@@ -7,20 +7,8 @@ import os
 import sys
 import time
 
-GATE_DIR = os.environ.get("CR_GATE_DIR", "")
-
-
-def line(text):
-    print(text, flush=True)
-
-
-def gate(k):
-    line(f"hold {k}")
-    if GATE_DIR:
-        path = os.path.join(GATE_DIR, f"gate-{k}")
-        while os.path.exists(path):
-            time.sleep(0.005)
-    line(f"go {k}")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from crtest import fail, gate, line, ready  # noqa: E402
 
 
 def main():
@@ -30,11 +18,7 @@ def main():
     ints = {i: (i * i) % 1000003 for i in range(n)}
     strs = {f"k{i}": i for i in range(n)}
     line(f"dicts {len(ints)} {len(strs)}")
-    starts = os.environ.get("CR_STARTS_LOG", "")
-    if starts:
-        with open(starts, "a") as f:
-            f.write("READY\n")
-    line("READY")
+    ready()
     for r in range(1, rounds + 1):
         for i in range(r % 3, n, 3):
             ints[i] = (ints[i] * 31 + r) % 1000003
