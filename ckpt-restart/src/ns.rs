@@ -113,8 +113,96 @@ fn write_id_maps(child: Pid) -> io::Result<()> {
     Ok(())
 }
 
-/// In the init: make mounts private and mount a /proc for the new pid namespace.
+/// In the init: make mounts private, mount a /proc for the new pid
+/// namespace, and hide io_uring from the job ([`deny_io_uring`]; only a
+/// warning when that fails). Both inits (launch and restart) call this
+/// before the program, or any restored process, exists.
 pub fn setup_mounts() -> io::Result<()> {
+    if let Err(e) = deny_io_uring() {
+        eprintln!(
+            "ckpt: warning: cannot hide io_uring from the job ({e}); a program that opens an io_uring instance cannot be checkpointed"
+        );
+    }
+    mount_private_proc()
+}
+
+/// `io_uring_setup` on x86_64, and its x32 number.
+const NR_IO_URING_SETUP: u32 = 425;
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+/// `AUDIT_ARCH_X86_64` (`EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE`).
+const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+
+/// The seccomp program of [`deny_io_uring`]: `io_uring_setup` (native and
+/// x32 numbers of the x86_64 ABI) fails with `ENOSYS`; every other system
+/// call, and every call of another ABI (i386 through `int 0x80`), is allowed.
+fn io_uring_filter() -> [libc::sock_filter; 7] {
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let ld = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let ret = libc::BPF_RET | libc::BPF_K;
+    let refuse = stmt(ret, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
+    let allow = stmt(ret, libc::SECCOMP_RET_ALLOW);
+    // struct seccomp_data: nr at offset 0, arch at offset 4. Jump offsets
+    // count from the next instruction.
+    [
+        stmt(ld, 4),                                    // 0: arch
+        jeq(AUDIT_ARCH_X86_64, 0, 4),                   // 1: another ABI: 6
+        stmt(ld, 0),                                    // 2: nr
+        jeq(NR_IO_URING_SETUP, 1, 0),                   // 3: 5
+        jeq(NR_IO_URING_SETUP | X32_SYSCALL_BIT, 0, 1), // 4: 5, else 6
+        refuse,                                         // 5
+        allow,                                          // 6
+    ]
+}
+
+/// In the init: make `io_uring_setup` fail with `ENOSYS` for the init and
+/// everything it starts, as on a kernel built without io_uring, so that
+/// libuv, liburing users and others fall back to epoll or threads. No
+/// checkpoint tool can save and rebuild a ring (its queues live in kernel
+/// memory shared with the program, with requests in flight), so the job
+/// must never get one. The filter is inherited across fork, clone and exec,
+/// so it covers the program at launch and the restored processes, which the
+/// restart's init forks.
+///
+/// Installing a filter without `PR_SET_NO_NEW_PRIVS` needs `CAP_SYS_ADMIN`
+/// in the caller's user namespace: the init, first process of the job's new
+/// user namespace, holds it until it execs (and it never does); the program
+/// it execs loses those capabilities but keeps the filter. So setuid
+/// programs of the job behave as before (no `no_new_privs`).
+pub fn deny_io_uring() -> io::Result<()> {
+    let filter = io_uring_filter();
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: seccomp(SECCOMP_SET_MODE_FILTER, 0, prog) reads the program
+    // (valid for the call: `filter` lives until we return) and copies it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER as libc::c_ulong,
+            0 as libc::c_ulong,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if r != 0 {
+        let e = errno();
+        return Err(io::Error::new(e.kind(), format!("seccomp filter: {e}")));
+    }
+    Ok(())
+}
+
+fn mount_private_proc() -> io::Result<()> {
     use nix::mount::{MsFlags, mount};
     mount(
         None::<&str>,
@@ -281,5 +369,50 @@ pub fn supervise(
             // SAFETY: kill has no memory-safety contract.
             unsafe { libc::kill(target, sig) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The filter refuses io_uring_setup with ENOSYS and lets other calls
+    /// through (in a child, which sets no_new_privs first: the test may run
+    /// without CAP_SYS_ADMIN).
+    #[test]
+    fn io_uring_filter_refuses_setup_only() {
+        // SAFETY: the child only makes raw system calls and exits; the
+        // parent waits for it.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            let mut params = [0u8; 120];
+            // SAFETY: prctl, seccomp (through deny_io_uring), io_uring_setup
+            // into a 120-byte buffer, getpid and _exit: no shared state.
+            let code = unsafe {
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    libc::_exit(2)
+                }
+                if super::deny_io_uring().is_err() {
+                    libc::_exit(3)
+                }
+                let r = libc::syscall(425, 4, params.as_mut_ptr());
+                let e = *libc::__errno_location();
+                if r != -1 || e != libc::ENOSYS {
+                    4
+                } else if libc::syscall(libc::SYS_getpid) <= 0 {
+                    5
+                } else {
+                    0
+                }
+            };
+            // SAFETY: ends the child without running the test harness.
+            unsafe { libc::_exit(code) };
+        }
+        let mut st = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut st, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+            "child status {st:#x}"
+        );
     }
 }

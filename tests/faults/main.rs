@@ -1210,12 +1210,14 @@ fn checkpoint_in_the_middle_of_things() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-/// A checkpoint requested while the program blocks every signal waits, and
-/// is taken once the program unblocks them.
+/// A checkpoint requested while the program really blocks every signal (a
+/// raw `rt_sigprocmask` system call, which libckpt cannot see) waits, and is
+/// taken once the program unblocks them. (Masks set through libc keep the
+/// stop signal deliverable: see `checkpoint_of_program_blocking_every_signal`.)
 #[test]
 fn checkpoint_waits_for_blocked_signals() {
     let Some(ckpt) = ckpt_bin() else { return };
-    let job = Job::busy("blocked", &ckpt, "blocked");
+    let job = Job::busy("blocked", &ckpt, "rawblocked");
     let mut l = job.launch("run", &[], &[]);
     let r = (|| -> Result<(), String> {
         job.wait_ready(&mut l)?;
@@ -1245,14 +1247,15 @@ fn checkpoint_waits_for_blocked_signals() {
     }
 }
 
-/// A checkpoint of a program that keeps every signal blocked fails clearly
-/// after the coordinator's stop deadline (30 s), the program keeps running,
-/// and the next checkpoint after it unblocks them succeeds (the stale stop
-/// signal it then receives does no harm).
+/// A checkpoint of a program that keeps every signal blocked with a raw
+/// `rt_sigprocmask` system call fails clearly after the coordinator's stop
+/// deadline (30 s), the program keeps running, and the next checkpoint after
+/// it unblocks them succeeds (the stale stop signal it then receives does no
+/// harm).
 #[test]
 fn checkpoint_of_blocked_program_times_out() {
     let Some(ckpt) = ckpt_bin() else { return };
-    let job = Job::busy("blocked-timeout", &ckpt, "blocked");
+    let job = Job::busy("blocked-timeout", &ckpt, "rawblocked");
     let mut l = job.launch("run", &[], &[]);
     let r = (|| -> Result<(), String> {
         job.wait_ready(&mut l)?;
@@ -1273,6 +1276,94 @@ fn checkpoint_of_blocked_program_times_out() {
     })();
     if let Err(e) = r {
         panic!("{e}\nlaunch: {}", job.stderr_of("launch"));
+    }
+}
+
+/// A program that blocks every signal with `pthread_sigmask` (issue 12) is
+/// checkpointed at once (libckpt keeps its stop signal deliverable), keeps
+/// its mask, and restarts into a correct run.
+#[test]
+fn checkpoint_of_program_blocking_every_signal() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let job = Job::busy("masked", &ckpt, "blocked");
+    let mut l = job.launch("run", &[], &[]);
+    let r = (|| -> Result<(), String> {
+        job.wait_ready(&mut l)?;
+        job.checkpoint_ok("masked")?;
+        job_keeps_running(&job, &mut l)?;
+        l.kill_tree()?;
+        fs::write(job.work.join("unblock"), b"").map_err(|e| e.to_string())?;
+        job.restart_and_verify("masked")
+    })();
+    if let Err(e) = r {
+        panic!("{e}\nlaunch: {}", job.stderr_of("launch"));
+    }
+}
+
+/// A thread that blocks every signal with a raw `rt_sigprocmask` (as the Go
+/// runtime or static code may) cannot be stopped: the checkpoint fails after
+/// the stop timeout with a message naming the thread and saying why, the
+/// program keeps running, and once the thread unblocks a checkpoint succeeds.
+#[test]
+fn checkpoint_names_thread_blocking_with_raw_syscall() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let job = Job::busy("rawthread", &ckpt, "rawthread");
+    let mut l = job.launch("run", &[], &[]);
+    let r = (|| -> Result<(), String> {
+        job.wait_ready(&mut l)?;
+        // The thread names itself just after READY.
+        pause(Duration::from_millis(300));
+        let err = must_fail_clearly(&job, "raw", &["did not stop"])?;
+        eprintln!("raw-blocked thread message: {}", err.trim());
+        if !err.contains("rawblocker") || !err.contains("rt_sigprocmask") {
+            return Err(format!(
+                "the message does not name the thread that blocks the stop signal: {err}"
+            ));
+        }
+        job_keeps_running(&job, &mut l)?;
+        fs::write(job.work.join("unblock"), b"").map_err(|e| e.to_string())?;
+        job.checkpoint_ok("after")?;
+        l.kill_tree()?;
+        job.restart_and_verify("rawthread")
+    })();
+    if let Err(e) = r {
+        panic!("{e}\nlaunch: {}", job.stderr_of("launch"));
+    }
+}
+
+/// io_uring (issue 12): inside a job, `io_uring_setup` fails with ENOSYS as on
+/// a kernel without io_uring (a seccomp filter of the job's init), so
+/// programs fall back to epoll; so it does after a checkpoint and a restart
+/// (the restart's init installs the filter too). The program checks both.
+#[test]
+fn io_uring_is_unavailable_in_a_job() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup(4 entries, params) writes at most 120 bytes into params.
+    let fd = unsafe { libc::syscall(425, 4, params.as_mut_ptr()) };
+    if fd >= 0 {
+        // SAFETY: closing the ring we just opened.
+        unsafe { libc::close(fd as i32) };
+    } else {
+        eprintln!(
+            "note: io_uring is unavailable outside ckpt too ({}): the test only checks ENOSYS",
+            std::io::Error::last_os_error()
+        );
+    }
+    let job = Job::busy("uring", &ckpt, "uring");
+    let mut l = job.launch("run", &[], &[]);
+    let r = (|| -> Result<(), String> {
+        job.wait_ready(&mut l)?;
+        job.checkpoint_ok("uring")?;
+        l.kill_tree()?;
+        job.restart_and_verify("uring")
+    })();
+    if let Err(e) = r {
+        panic!(
+            "{e}\nprogram output: {}\nlaunch: {}",
+            fs::read_to_string(job.out()).unwrap_or_default(),
+            job.stderr_of("launch")
+        );
     }
 }
 

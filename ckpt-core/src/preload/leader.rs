@@ -375,6 +375,7 @@ fn write_forked(dir: &[u8], fd: i32, pre: &capture::Pre, t0: u64, buf: &mut [u8;
         write_in_place(dir, fd, pre, t0, buf);
         return;
     }
+    let mappings = count_mappings();
     // SAFETY: clone (56) with no flags and no stack is fork() whose child
     // signals nobody on exit (so the program's wait() never sees it). The
     // child only runs fence code on its private copy of this stack.
@@ -382,6 +383,13 @@ fn write_forked(dir: &[u8], fd: i32, pre: &capture::Pre, t0: u64, buf: &mut [u8;
     match child {
         Ok(0) => {
             raw::close(p[0]);
+            if mappings.is_none() || count_mappings() != mappings {
+                // Regions marked MADV_DONTFORK (V8's heap in Node.js, RDMA
+                // buffers) are missing from this copy: the parent writes
+                // while the job stands still instead.
+                let _ = raw::write(p[1], b"D");
+                raw::exit_group(0);
+            }
             let r = capture::write_image(dir, fd, pre, p[1]);
             let mut m = StackBuf::<1024>::new();
             match r {
@@ -427,6 +435,12 @@ fn write_forked(dir: &[u8], fd: i32, pre: &capture::Pre, t0: u64, buf: &mut [u8;
                 }
             };
             raw::close(p[0]);
+            if n >= 1 && b[0] == b'D' {
+                SNAP_CHILD.store(c as i32, Ordering::Release);
+                reap_previous_snapshot();
+                write_in_place(dir, fd, pre, t0, buf);
+                return;
+            }
             let mut r = StackBuf::<1024>::new();
             let ok = n >= 1 && b[0] == b'S';
             if ok {
@@ -461,6 +475,31 @@ fn write_forked(dir: &[u8], fd: i32, pre: &capture::Pre, t0: u64, buf: &mut [u8;
             write_in_place(dir, fd, pre, t0, buf);
         }
     }
+}
+
+/// Number of mappings of this process (lines of `/proc/self/maps`), to
+/// tell whether a fork child has them all. **Async-signal-safe.**
+fn count_mappings() -> Option<usize> {
+    let fd = raw::open(b"/proc/self/maps\0", libc::O_RDONLY | libc::O_CLOEXEC, 0).ok()?;
+    let mut b = [0u8; 4096];
+    let mut lines = 0usize;
+    let r = loop {
+        match raw::read_into(fd, &mut b) {
+            Ok(0) => break Some(lines),
+            Ok(n) => {
+                lines += b
+                    .get(..n)
+                    .unwrap_or(&[])
+                    .iter()
+                    .filter(|&&c| c == b'\n')
+                    .count()
+            }
+            Err(Errno(libc::EINTR)) => continue,
+            Err(_) => break None,
+        }
+    };
+    raw::close(fd);
+    r
 }
 
 /// Whether the job's memory cgroup has room for copy-on-write copies of
@@ -515,7 +554,8 @@ pub fn lead(uc: u64) {
         return; // a checkpoint is already running in this process
     }
     let t0 = raw::clock_ns(libc::CLOCK_MONOTONIC);
-    let stopped = stop_others();
+    let mut why = Why::new();
+    let stopped = stop_others(&mut why);
     let _ = stop::record_self(uc);
     let path = socket_path();
     let Ok(fd) = connect(&path) else {
@@ -525,14 +565,11 @@ pub fn lead(uc: u64) {
     };
     let pid = raw::getpid();
     let mut m = StackBuf::<1024>::new();
-    match stopped {
-        Ok(()) => {
-            let _ = write!(m, "STOPPED {pid}");
-        }
-        Err(why) => {
-            let _ = write!(m, "FAIL {pid} ");
-            m.push(why.as_bytes());
-        }
+    if stopped {
+        let _ = write!(m, "STOPPED {pid}");
+    } else {
+        let _ = write!(m, "FAIL {pid} ");
+        m.push(why.as_bytes());
     }
     send(fd, m.as_bytes());
     let mut buf = [0u8; MAX_MSG];
@@ -606,8 +643,86 @@ fn release_all() {
     raw::futex_wake_all(&RELEASE);
 }
 
-/// Stop every other thread of the process.
-fn stop_others() -> Result<(), &'static str> {
+/// Why the threads could not be stopped (for `FAIL`).
+type Why = StackBuf<800>;
+
+fn why_text(s: &str) -> Why {
+    let mut w = Why::new();
+    w.push(s.as_bytes());
+    w
+}
+
+/// Whether `tid` is parked (has a slot).
+fn parked(tid: i32) -> bool {
+    let n = (NSLOTS.load(Ordering::Acquire) as usize).min(stop::MAX_THREADS);
+    stop::SLOTS
+        .iter()
+        .take(n)
+        .any(|s| s.tid.load(Ordering::Acquire) == tid)
+}
+
+/// Describe the signalled threads that neither parked nor exited, naming
+/// the first one (its name, state and whether its mask blocks the stop
+/// signal, from `/proc/self/task/TID/status`). **Async-signal-safe.**
+fn describe_unstopped(pid: i32, signaled: &[i32]) -> Why {
+    let mut stuck = signaled
+        .iter()
+        .copied()
+        .filter(|&t| !parked(t) && raw::tgkill(pid, t, 0) != Err(Errno(libc::ESRCH)));
+    let Some(first) = stuck.next() else {
+        return why_text(
+            "a thread did not stop within 10 s; the checkpoint was cancelled and the program keeps running",
+        );
+    };
+    let more = stuck.count();
+    let mut path = StackBuf::<64>::new();
+    let _ = write!(path, "/proc/self/task/{first}/status");
+    let mut buf = [0u8; 4096];
+    let n = match raw::open(path.as_cstr(), libc::O_RDONLY | libc::O_CLOEXEC, 0) {
+        Ok(fd) => {
+            let n = raw::read_into(fd, &mut buf).unwrap_or(0);
+            raw::close(fd);
+            n
+        }
+        Err(_) => 0,
+    };
+    let text = buf.get(..n).unwrap_or(&[]);
+    let name = procfs::status_value(text, b"Name").unwrap_or(b"?");
+    let state = procfs::status_value(text, b"State").unwrap_or(b"?");
+    let blocked = procfs::status_value(text, b"SigBlk").is_some_and(|v| {
+        // Signal n is bit n-1: hex digit (n-1)/4 counted from the right.
+        let at = (STOP_SIGNAL as usize - 1) / 4 + 1;
+        let digit = v.len().checked_sub(at).and_then(|i| v.get(i)).copied();
+        let d = match digit {
+            Some(c @ b'0'..=b'9') => c - b'0',
+            Some(c @ b'a'..=b'f') => c - b'a' + 10,
+            _ => 0,
+        };
+        d & (1 << ((STOP_SIGNAL - 1) % 4)) != 0
+    });
+    let mut w = Why::new();
+    let _ = write!(w, "thread {first} (");
+    w.push(name);
+    w.push(b") did not stop within 10 s: ");
+    if blocked {
+        w.push(b"it blocks the checkpoint signal (62) itself, through a raw rt_sigprocmask system call that libckpt cannot see (the Go runtime, statically linked or hand-written code), or while it waits in system()");
+    } else if state.starts_with(b"D") {
+        w.push(b"it is in uninterruptible sleep (state D) in the kernel");
+    } else {
+        w.push(b"it has not run the checkpoint signal's handler (state ");
+        w.push(state);
+        w.push(b")");
+    }
+    if more > 0 {
+        let _ = write!(w, "; {more} more thread(s) did not stop either");
+    }
+    w.push(b"; the checkpoint was cancelled and the program keeps running");
+    w
+}
+
+/// Stop every other thread of the process; false (with the reason in
+/// `why`) when they cannot all be stopped.
+fn stop_others(why: &mut Why) -> bool {
     let t0 = raw::clock_ns(libc::CLOCK_MONOTONIC);
     stop::reset();
     STOPPING.store(1, Ordering::Release);
@@ -619,7 +734,8 @@ fn stop_others() -> Result<(), &'static str> {
     let mut ntasks = 0usize;
     loop {
         if list_tasks(&mut tasks, &mut ntasks).is_err() {
-            return Err("cannot list /proc/self/task");
+            *why = why_text("cannot list /proc/self/task");
+            return false;
         }
         let mut new = 0;
         for &t in tasks.iter().take(ntasks) {
@@ -627,7 +743,8 @@ fn stop_others() -> Result<(), &'static str> {
                 continue;
             }
             if nsig >= stop::MAX_THREADS {
-                return Err("too many threads (more than 1024) to checkpoint");
+                *why = why_text("too many threads (more than 1024) to checkpoint");
+                return false;
             }
             if raw::tgkill(pid, t, STOP_SIGNAL).is_ok() {
                 if let Some(s) = signaled.get_mut(nsig) {
@@ -654,9 +771,8 @@ fn stop_others() -> Result<(), &'static str> {
                 break;
             }
             if raw::clock_ns(libc::CLOCK_MONOTONIC).saturating_sub(t0) > STOP_TIMEOUT_NS {
-                return Err(
-                    "a thread did not stop within 10 s: it blocks the checkpoint signal (62) or is stuck in uninterruptible sleep; the checkpoint was cancelled and the program keeps running",
-                );
+                *why = describe_unstopped(pid, signaled.get(..nsig).unwrap_or(&[]));
+                return false;
             }
             let _ = raw::futex_wait(&PARKED, parked, Some(10_000_000));
         }
@@ -665,9 +781,10 @@ fn stop_others() -> Result<(), &'static str> {
         }
     }
     if NSLOTS.load(Ordering::Acquire) as usize >= stop::MAX_THREADS {
-        return Err("too many threads (more than 1024) to checkpoint");
+        *why = why_text("too many threads (more than 1024) to checkpoint");
+        return false;
     }
-    Ok(())
+    true
 }
 
 /// Formats an errno as text without allocating.

@@ -9,15 +9,20 @@
 //! - [`capture`]: the image writer.
 //! - [`finish`]: the last stage of restore.
 //! - [`track`]: dirty-page tracking for incremental checkpoints.
+//! - [`exec`]: wrappers of the exec and spawn functions (the job's programs
+//!   stay under checkpoint control).
+//! - [`sigmask`]: wrappers of the functions that set signal masks (the stop
+//!   signal stays deliverable in threads that block every signal).
 //!
-//! Nothing here sits on the program's hot path: no function of the program
-//! is interposed.
+//! Nothing here sits on the program's hot path: the wrapped functions are
+//! system calls anyway, and each wrapper adds a copy of a signal set.
 
 pub mod capture;
 pub mod exec;
 pub mod finish;
 pub mod leader;
 pub mod memlimit;
+pub mod sigmask;
 pub mod stop;
 pub mod track;
 
@@ -33,6 +38,8 @@ extern "C" fn ctor() {
 }
 
 fn init() {
+    // Before anything can call them from a signal handler.
+    sigmask::resolve_all();
     let Some(sock) = std::env::var_os(ENV_SOCKET) else {
         return;
     };
@@ -70,6 +77,7 @@ fn init() {
         leader::SNAPSHOT.store(0, core::sync::atomic::Ordering::Release);
     }
     if stop::install().is_ok() {
+        sigmask::activate();
         // An exec through our wrappers blocked the stop signal (see
         // `exec::block_stop`); the handler is in place now.
         let _ = crate::signal_safe::raw::sigprocmask(libc::SIG_UNBLOCK, exec::STOP_BIT);

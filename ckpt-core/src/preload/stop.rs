@@ -167,6 +167,7 @@ pub fn pending_mask(path: &[u8], key: &[u8]) -> u64 {
 /// Only the kernel calls this, as an `SA_SIGINFO` handler, with valid
 /// `info` and `uc` pointers.
 pub unsafe extern "C" fn handler(_sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    super::sigmask::note_stop(uc);
     // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
     let code = unsafe { (*info).si_code };
     if code != libc::SI_TKILL {

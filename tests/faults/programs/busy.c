@@ -13,7 +13,14 @@
  *   pipe     read a pipe whose writer (a thread) writes every 300 ms
  *   sleep    nanosleep(2 s) over and over
  *   signal   a thread sends SIGUSR1 every millisecond; the handler spins
- *   blocked  all signals blocked (from before READY) until WORKDIR/unblock exists
+ *   blocked  all signals blocked with pthread_sigmask (from before READY) until
+ *            WORKDIR/unblock exists (ckpt keeps its stop signal deliverable)
+ *   rawblocked  the same with a raw rt_sigprocmask system call, which libckpt
+ *            cannot see: the stop signal is really blocked
+ *   rawthread  a thread named "rawblocker" blocks every signal with a raw
+ *            rt_sigprocmask until WORKDIR/unblock exists; main runs on
+ *   uring    io_uring_setup must fail with ENOSYS, before READY and again after
+ *            WORKDIR/go exists (after a restart)
  * Prints READY, works until WORKDIR/go exists, then checks that its own
  * handlers for SIGUSR1, SIGUSR2, SIGTERM and two real-time signals still run,
  * and prints PASS (or FAIL: why).
@@ -26,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -229,6 +237,66 @@ static void run_blocked(void) {
         nap_ms(5);
 }
 
+/* rt_sigprocmask straight to the kernel (as the Go runtime does). */
+static void raw_setmask(const sigset_t *set, sigset_t *old) {
+    if (syscall(SYS_rt_sigprocmask, SIG_SETMASK, set, old, 8) != 0)
+        fail("rt_sigprocmask");
+}
+
+static void raw_block_all(void) {
+    sigset_t all;
+    sigfillset(&all);
+    raw_setmask(&all, &before_block);
+}
+
+static void run_rawblocked(void) {
+    while (access(unblock_path, F_OK) != 0)
+        nap_ms(5);
+    raw_setmask(&before_block, NULL);
+    while (!go())
+        nap_ms(5);
+}
+
+static void *raw_blocker(void *arg) {
+    (void)arg;
+    pthread_setname_np(pthread_self(), "rawblocker");
+    sigset_t all, old;
+    sigfillset(&all);
+    raw_setmask(&all, &old);
+    while (access(unblock_path, F_OK) != 0)
+        nap_ms(5);
+    raw_setmask(&old, NULL);
+    return NULL;
+}
+
+static void run_rawthread(void) {
+    pthread_t t;
+    if (pthread_create(&t, NULL, raw_blocker, NULL) != 0)
+        fail("pthread_create");
+    while (!go())
+        nap_ms(5);
+    pthread_join(t, NULL);
+}
+
+static void check_uring(void) {
+    char params[120]; /* struct io_uring_params */
+    memset(params, 0, sizeof params);
+    errno = 0;
+    long fd = syscall(425 /* io_uring_setup */, 4, params);
+    if (fd >= 0 || errno != ENOSYS) {
+        char b[128];
+        snprintf(b, sizeof b, "io_uring_setup returned %ld, errno %d (%s), want ENOSYS", fd, errno,
+                 strerror(errno));
+        fail(b);
+    }
+}
+
+static void run_uring(void) {
+    while (!go())
+        nap_ms(5);
+    check_uring();
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "exit") == 0)
         return atoi(argv[2]);
@@ -243,6 +311,10 @@ int main(int argc, char **argv) {
     const char *m = argv[1];
     if (!strcmp(m, "blocked"))
         block_all(); /* before READY: the test checkpoints right after it */
+    if (!strcmp(m, "rawblocked"))
+        raw_block_all();
+    if (!strcmp(m, "uring"))
+        check_uring();
     say("READY\n");
     if (!strcmp(m, "fork"))
         run_fork(0);
@@ -262,6 +334,12 @@ int main(int argc, char **argv) {
         run_signal();
     else if (!strcmp(m, "blocked"))
         run_blocked();
+    else if (!strcmp(m, "rawblocked"))
+        run_rawblocked();
+    else if (!strcmp(m, "rawthread"))
+        run_rawthread();
+    else if (!strcmp(m, "uring"))
+        run_uring();
     else
         fail("unknown mode");
     for (int i = 0; i < 5; i++) {
