@@ -245,6 +245,12 @@ impl Coordinator {
             .collect();
         fault::set_victims(&hosts);
         fault::hit(Point::Begun);
+        // While the job still runs: write back what it wrote to the files a
+        // checkpoint keeps, so that the copy made while it is stopped (a
+        // reflink flushes first) finds little left to write.
+        if let Ok(policy) = self.files.lock().map(|p| p.clone()) {
+            saved_files::preflush(&hosts, &policy);
+        }
         let mut run = Run {
             leaders: BTreeMap::new(),
             failure: None,
@@ -648,19 +654,7 @@ fn check_written(
     let m: ProcessManifest = serde_json::from_slice(&data)
         .map_err(|e| format!("{mname} is not a valid manifest: {e}"))?;
     for f in &m.fds {
-        if f.fd > 2 && matches!(f.kind, FdKind::Socket | FdKind::Other) {
-            return Err(format!(
-                "fd {} of {} is {} ({}), which ckpt cannot checkpoint yet",
-                f.fd,
-                m.exe,
-                if f.kind == FdKind::Socket {
-                    "a socket"
-                } else {
-                    "a kernel object such as an eventfd, epoll, inotify or io_uring instance"
-                },
-                f.path
-            ));
-        }
+        check_fd(&m, f)?;
     }
     let size = std::fs::symlink_metadata(gdir.at(&iname))
         .map_err(|e| format!("{iname}: {e}"))?
@@ -677,6 +671,43 @@ fn check_written(
     ))
 }
 
+/// Refuse a descriptor that a restart could not recreate: sockets and
+/// kernel objects ckpt does not save (except at 0..2, which a restart
+/// takes from its own stdio), and saved objects whose state is missing or
+/// not restorable (an epoll registration of a closed descriptor). The
+/// message names the descriptor, the program and the precise kind; the
+/// caller adds the process.
+fn check_fd(m: &ProcessManifest, f: &ckpt::image::manifest::Fd) -> Result<(), String> {
+    match f.kind {
+        FdKind::Socket | FdKind::Other if f.fd > 2 => Err(format!(
+            "fd {} of {} is {} ({}), which ckpt cannot checkpoint yet",
+            f.fd,
+            m.exe,
+            ckpt::objects::unsupported(&f.path),
+            f.path
+        )),
+        FdKind::Object => match &f.object {
+            None => Err(format!(
+                "fd {} of {} is {} ({}), which ckpt cannot checkpoint yet",
+                f.fd,
+                m.exe,
+                ckpt::objects::unsupported(&f.path),
+                f.path
+            )),
+            Some(o) => o.validate().map_err(|why| {
+                format!(
+                    "fd {} of {} is {} ({}) that ckpt cannot checkpoint: {why}",
+                    f.fd,
+                    m.exe,
+                    o.what(),
+                    f.path
+                )
+            }),
+        },
+        _ => Ok(()),
+    }
+}
+
 /// Ask the coordinator at `socket` for a checkpoint (the `ckpt checkpoint` client).
 pub fn request(socket: &Path) -> Result<String, String> {
     let c = sock::connect(socket)
@@ -686,5 +717,75 @@ pub fn request(socket: &Path) -> Result<String, String> {
         Ok(Some(r)) => Ok(r),
         Ok(None) => Err("the job's coordinator (its `ckpt launch` or `ckpt restart`) ended before answering: the job exited or was killed during the checkpoint; the previous checkpoint is kept".into()),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(fds: &str) -> ProcessManifest {
+        let text = format!(
+            r#"{{"format":"ckpt-process","version":[1,2],"pid":7,"ppid":1,"uid":0,
+            "exe":"/bin/x","realtime_ns":0,"monotonic_ns":0,"boottime_ns":0,
+            "cpu":{{"features":[0,0,0,0],"xcr0":0}},"vdso":{{"vvar":0,"vdso":0,"vdso_len":0,"crc":0}},
+            "mm":{{"start_code":0,"end_code":0,"start_data":0,"end_data":0,"start_brk":0,"brk":0,
+                  "start_stack":0,"arg_start":0,"arg_end":0,"env_start":0,"env_end":0,"auxv":[]}},
+            "hooks":{{"restore_info":0,"finish_args":0,"finish":0}},"regions":[],"threads":[],
+            "fds":[{fds}],"sigactions":[],"cwd":"/","umask":18,"rlimits":[],"itimers":[],
+            "image":{{"file":"proc-7.img","size":4096}}}}"#
+        );
+        serde_json::from_str(&text).expect("sample manifest")
+    }
+
+    fn fd(n: i32, kind: &str, path: &str, object: &str) -> String {
+        format!(
+            r#"{{"fd":{n},"kind":"{kind}","path":"{path}","flags":2,"pos":0,"cloexec":false,
+            "termios":[],"dev":15,"inode":1038{object}}}"#
+        )
+    }
+
+    fn check(m: &ProcessManifest) -> Result<(), String> {
+        m.fds.iter().try_for_each(|f| check_fd(m, f))
+    }
+
+    #[test]
+    fn refusals_name_the_fd_and_the_kind() {
+        let eventfd = fd(
+            3,
+            "object",
+            "anon_inode:[eventfd]",
+            r#","object":{"eventfd":{"count":5,"semaphore":true}}"#,
+        );
+        let sock0 = fd(0, "socket", "socket:[12]", "");
+        assert_eq!(check(&manifest(&format!("{sock0},{eventfd}"))), Ok(()));
+        for (f, says) in [
+            (
+                fd(4, "other", "anon_inode:[io_uring]", ""),
+                "an io_uring instance",
+            ),
+            (
+                fd(4, "other", "anon_inode:inotify", ""),
+                "an inotify instance",
+            ),
+            (fd(4, "socket", "socket:[99]", ""), "a socket"),
+            (
+                fd(4, "object", "anon_inode:[timerfd]", ""),
+                "could not be read",
+            ),
+            (
+                fd(
+                    4,
+                    "object",
+                    "anon_inode:[eventpoll]",
+                    r#","object":{"epoll":{"items":[{"tfd":3,"events":25,"data":1,"ino":1038,"sdev":16,"target":"open","ready":false},{"tfd":9,"events":25,"data":2,"ino":1038,"sdev":16,"target":"closed","ready":false}]}}"#,
+                ),
+                "an epoll instance (anon_inode:[eventpoll]) that ckpt cannot checkpoint: the file registered in it as fd 9",
+            ),
+        ] {
+            let e = check(&manifest(&format!("{eventfd},{f}"))).unwrap_err();
+            assert!(e.starts_with("fd 4 of /bin/x is "), "{e}");
+            assert!(e.contains(says), "{e}");
+        }
     }
 }

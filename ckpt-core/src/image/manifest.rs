@@ -248,7 +248,11 @@ pub enum FdKind {
     Tty,
     /// A socket.
     Socket,
-    /// Anything else (`anon_inode:` objects...).
+    /// A kernel object ckpt saves and recreates (eventfd, timerfd,
+    /// signalfd, epoll): its state is in [`Fd::object`].
+    Object,
+    /// Anything else (`anon_inode:` objects ckpt does not save: io_uring,
+    /// inotify...), refused at checkpoint time.
     Other,
 }
 
@@ -280,6 +284,10 @@ pub struct Fd {
     /// added; their pipe data is restored unchecked).
     #[serde(default)]
     pub pipe_crc: Option<u32>,
+    /// The state of a [`FdKind::Object`] (`ckpt-core/src/objects`); absent
+    /// when it could not be read (the checkpoint is then refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<crate::objects::Object>,
 }
 
 /// One signal action (kernel layout).

@@ -1018,6 +1018,9 @@ fn write_fds(
                     "device"
                 }
             }
+            // eventfd, timerfd, signalfd, epoll: saved (crate::objects);
+            // other anonymous inodes (io_uring, inotify...) are refused.
+            _ if crate::objects::known(target) => "object",
             _ => "other",
         };
         let _ = write!(
@@ -1040,6 +1043,18 @@ fn write_fds(
             && let Some((off, len, crc)) = capture_pipe(fd, img, data_off).map_err(at(7))?
         {
             let _ = write!(j, ",\"pipe_data\":[{off},{len}],\"pipe_crc\":{crc}");
+        }
+        if kind == "object" {
+            // The object's state from its fdinfo (already in tmp). When it
+            // cannot be read, the field is left out and the coordinator
+            // refuses the checkpoint naming the descriptor.
+            let (mark, overflow) = (j.len(), j.overflow);
+            let _ = write!(j, ",\"object\":");
+            let mut cx = crate::objects::Capture::new(fd, flags, tmp, j).with_own(&own);
+            if crate::objects::capture(target, &mut cx).is_err() {
+                j.truncate(mark);
+                j.overflow = overflow;
+            }
         }
         let _ = write!(j, "}}");
         first = false;

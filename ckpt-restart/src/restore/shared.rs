@@ -3,7 +3,9 @@
 //! process (which then takes what it needs and closes the rest).
 //!
 //! - open file descriptions shared by several descriptors (same offset),
-//!   as grouped by kcmp at checkpoint time: opened once;
+//!   as grouped by kcmp at checkpoint time: opened once; kernel objects
+//!   (eventfd, timerfd, signalfd, epoll) held by several descriptors:
+//!   created once with their saved state;
 //! - pipes with both ends inside the job: one new pipe per saved pipe, with
 //!   the bytes that were buffered in it written back;
 //! - shared anonymous memory (`MAP_SHARED|MAP_ANONYMOUS`, memfd): one memfd
@@ -15,6 +17,7 @@ use std::path::Path;
 
 use ckpt::image::generation::LoadedGeneration;
 use ckpt::image::manifest::{FdKind, ImageRef, RegionKind};
+use ckpt::objects::Object;
 
 use super::names::name_bytes;
 
@@ -23,6 +26,9 @@ use super::names::name_bytes;
 pub struct Shared {
     /// (pid, fd) -> descriptor of a shared open file description.
     pub files: HashMap<(i32, i32), i32>,
+    /// (pid, fd) -> state of a kernel object held by several descriptors,
+    /// combined from every holder's image (for `Object::connect`).
+    pub objects: HashMap<(i32, i32), Object>,
     /// pipe inode -> (read end, write end).
     pub pipes: HashMap<u64, (i32, i32)>,
     /// shared memory inode -> memfd.
@@ -157,6 +163,38 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
         let Some(f) = m.fds.iter().find(|f| f.fd == fd) else {
             continue;
         };
+        if f.kind == FdKind::Object {
+            // An eventfd, timerfd, signalfd or epoll instance held by several
+            // descriptors: created once, here, with its state. An epoll
+            // instance is created empty; its first holder registers its
+            // targets in stage 1 (`stage1::connect_objects`).
+            let mut state = f.object.clone().ok_or_else(|| {
+                format!(
+                    "corrupt image: fd {fd} of process {pid} ({}) has no saved state",
+                    f.path
+                )
+            })?;
+            for pf in group.iter().skip(1) {
+                let other = g
+                    .processes
+                    .iter()
+                    .find(|m| m.pid == pf[0])
+                    .and_then(|m| m.fds.iter().find(|f| f.fd == pf[1]))
+                    .and_then(|f| f.object.as_ref());
+                if let Some(other) = other {
+                    state.merge(other);
+                }
+            }
+            let o = state
+                .create(f.flags)
+                .map_err(|e| format!("fd {fd} of process {pid} ({}): {e}", f.path))?;
+            let o = next(&mut s, o)?;
+            for pf in group {
+                s.files.insert((pf[0], pf[1]), o);
+                s.objects.insert((pf[0], pf[1]), state.clone());
+            }
+            continue;
+        }
         if !matches!(f.kind, FdKind::File | FdKind::Dir | FdKind::Device) {
             continue;
         }

@@ -217,15 +217,19 @@ fn restore_fds(s: &Stage1<'_>, keep_above: i32) -> Result<(), String> {
                     .map_err(|e| format!("fd {}: cannot open a terminal: {e}", f.fd))?,
                 FdKind::Pipe => open_at(b"/dev/null", libc::O_RDWR | libc::O_CLOEXEC)
                     .map_err(|e| format!("fd {}: {e}", f.fd))?,
+                FdKind::Object => f
+                    .object
+                    .as_ref()
+                    .ok_or_else(|| {
+                        format!("fd {} ({}): corrupt image: no saved state", f.fd, f.path)
+                    })?
+                    .create(f.flags)
+                    .map_err(|e| format!("fd {} ({}): {e}", f.fd, f.path))?,
                 FdKind::Socket | FdKind::Other => {
                     return Err(format!(
                         "fd {} is {} ({}); this kind of file descriptor is not supported yet",
                         f.fd,
-                        if f.kind == FdKind::Socket {
-                            "a socket"
-                        } else {
-                            "a kernel object"
-                        },
+                        ckpt::objects::unsupported(&f.path),
                         f.path
                     ));
                 }
@@ -240,7 +244,14 @@ fn restore_fds(s: &Stage1<'_>, keep_above: i32) -> Result<(), String> {
                 if f.cloexec { libc::FD_CLOEXEC } else { 0 },
             )
         };
+        if f.kind == FdKind::Pipe && s.shared.pipes.contains_key(&f.inode) {
+            // A pipe the restore made: give it back O_NONBLOCK, which event
+            // loops rely on (a read that should fail with EAGAIN would block).
+            set_nonblocking(f.fd, (f.flags as i32) & libc::O_NONBLOCK != 0)
+                .map_err(|e| format!("fd {}: {e}", f.fd))?;
+        }
     }
+    connect_objects(s)?;
     // Terminal settings.
     for f in fds
         .iter()
@@ -253,6 +264,75 @@ fn restore_fds(s: &Stage1<'_>, keep_above: i32) -> Result<(), String> {
                 libc::ioctl(f.fd, libc::TCSETS, words.as_ptr());
             }
         }
+    }
+    Ok(())
+}
+
+fn set_nonblocking(fd: i32, on: bool) -> std::io::Result<()> {
+    // SAFETY: fcntl on our descriptor, no pointers.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if fl < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let want = if on {
+        fl | libc::O_NONBLOCK
+    } else {
+        fl & !libc::O_NONBLOCK
+    };
+    // SAFETY: as above.
+    if want != fl && unsafe { libc::fcntl(fd, libc::F_SETFL, want) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Once every descriptor is in place: link the kernel objects to the
+/// descriptors they refer to (the interest lists of epoll instances, whose
+/// targets may be any other descriptor, epoll instances included: those
+/// are linked first, `Object::depends_on`). An object held by several
+/// descriptors (`shared_fds`, possibly in several processes) is linked
+/// once, by its first holder in (pid, fd) order.
+fn connect_objects(s: &Stage1<'_>) -> Result<(), String> {
+    let pid = s.m.pid;
+    let mut todo: Vec<(&Fd, &ckpt::objects::Object)> = Vec::new();
+    for f in s.m.fds.iter().filter(|f| f.kind == FdKind::Object) {
+        let Some(o) = &f.object else {
+            continue;
+        };
+        let first = s
+            .shared_fds
+            .iter()
+            .find(|g| g.contains(&[pid, f.fd]))
+            .and_then(|g| g.iter().min().copied());
+        if first.is_some_and(|pf| pf != [pid, f.fd]) {
+            continue;
+        }
+        todo.push((f, s.shared.objects.get(&(pid, f.fd)).unwrap_or(o)));
+    }
+    while !todo.is_empty() {
+        // Those that wait for no other object still to do (all of them, if
+        // none is free: a cycle cannot be registered anyway).
+        let waits = |o: &ckpt::objects::Object| {
+            o.depends_on()
+                .iter()
+                .any(|d| todo.iter().any(|(g, _)| g.fd == *d))
+        };
+        let free: Vec<usize> = (0..todo.len()).filter(|&i| !waits(todo[i].1)).collect();
+        let batch = if free.is_empty() {
+            (0..todo.len()).collect()
+        } else {
+            free
+        };
+        for &i in &batch {
+            let (f, o) = todo[i];
+            o.connect(f.fd)
+                .map_err(|e| format!("fd {} ({}): {e}", f.fd, f.path))?;
+        }
+        let mut k = 0;
+        todo.retain(|_| {
+            k += 1;
+            !batch.contains(&(k - 1))
+        });
     }
     Ok(())
 }
