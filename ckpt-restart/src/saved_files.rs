@@ -228,6 +228,25 @@ fn find(hosts: &BTreeMap<i32, i32>, p: &Policy) -> Result<BTreeMap<(u64, u64), F
     Ok(out)
 }
 
+/// Writes back (`fdatasync`) the files [`capture`] would keep, while the
+/// job runs (`hosts`: host pids). Best effort: errors are left to the
+/// capture.
+pub fn preflush(hosts: &[i32], p: &Policy) {
+    let map: BTreeMap<i32, i32> = hosts.iter().map(|&h| (h, h)).collect();
+    let Ok(found) = find(&map, p) else {
+        return;
+    };
+    for f in found.values().filter(|f| !f.deleted) {
+        let file = match &f.via_fd {
+            Some(fd) => fs::File::open(fd),
+            None => fs::File::open(Path::new(std::ffi::OsStr::from_bytes(&f.path))),
+        };
+        if let Ok(file) = file {
+            let _ = file.sync_data();
+        }
+    }
+}
+
 /// `major:minor` (hex) as `st_dev`.
 fn parse_dev(s: &[u8]) -> Option<u64> {
     let s = std::str::from_utf8(s).ok()?;
