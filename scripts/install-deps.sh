@@ -12,7 +12,9 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH:$HOME/.cargo/bin
 PACKAGES=(slurmctld slurmd slurm-client munge libslurm-dev libclang-dev clang gcc libc6-dev
           python3 python3-numpy python3-h5py gfortran r-base-core tmux procps ca-certificates curl)
 # scripts/package.sh and its test: dpkg-shlibdeps, groff (man page checks), rpmspec/rpmbuild.
-PACKAGES+=(dpkg-dev groff-base rpm nodejs)
+PACKAGES+=(dpkg-dev groff-base rpm)
+# The Node.js program of the C/R suite (libuv: epoll, eventfd, a thread pool).
+PACKAGES+=(nodejs)
 
 log() { echo "[install-deps] $*" >&2; }
 die() { log "error: $*"; exit 1; }
