@@ -319,21 +319,7 @@ pub(crate) fn pair<'a>(line: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
 /// Parse a hexadecimal number (no prefix).
 pub(crate) fn hex(s: &[u8]) -> Option<u64> {
     let s = trim(s);
-    let s = s.strip_prefix(b"0x").unwrap_or(s);
-    if s.is_empty() || s.len() > 16 {
-        return None;
-    }
-    let mut v: u64 = 0;
-    for &c in s {
-        let d = match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            b'A'..=b'F' => c - b'A' + 10,
-            _ => return None,
-        };
-        v = (v << 4) | u64::from(d);
-    }
-    Some(v)
+    crate::signal_safe::procfs::hex(s.strip_prefix(b"0x").unwrap_or(s))
 }
 
 /// Parse a decimal number, possibly negative (as i64).

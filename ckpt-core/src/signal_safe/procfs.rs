@@ -26,7 +26,8 @@ pub struct MapsLine<'a> {
     pub path: &'a [u8],
 }
 
-fn hex(s: &[u8]) -> Option<u64> {
+/// Parse a hexadecimal number (no prefix, no spaces). **Async-signal-safe.**
+pub(crate) fn hex(s: &[u8]) -> Option<u64> {
     if s.is_empty() || s.len() > 16 {
         return None;
     }
