@@ -126,12 +126,16 @@ fn find(hosts: &BTreeMap<i32, i32>, p: &Policy) -> Result<BTreeMap<(u64, u64), F
         path.starts_with(ckpt_dir) && path.get(ckpt_dir.len()).is_none_or(|&c| c == b'/')
     };
     let mut out: BTreeMap<(u64, u64), Found> = BTreeMap::new();
-    let mut mapped_deleted: Vec<(u64, u64, String)> = Vec::new();
-    for (&pid, &host) in hosts {
+    let holder_of = |pid: i32, host: i32| {
         let exe = fs::read_link(format!("/proc/{host}/exe"))
             .map(|e| e.display().to_string())
             .unwrap_or_default();
-        let holder = format!("process {pid} ({exe})");
+        format!("process {pid} ({exe})")
+    };
+    // Descriptors of every process first, then mappings: a file mapped by
+    // one process and open in another must be known as mapped.
+    for (&pid, &host) in hosts {
+        let holder = holder_of(pid, host);
         if let Ok(rd) = fs::read_dir(format!("/proc/{host}/fd")) {
             for e in rd.flatten() {
                 let name = e.file_name();
@@ -164,6 +168,8 @@ fn find(hosts: &BTreeMap<i32, i32>, p: &Policy) -> Result<BTreeMap<(u64, u64), F
                 f.via_fd.get_or_insert(e.path());
             }
         }
+    }
+    for (&pid, &host) in hosts {
         let Ok(maps) = fs::read(format!("/proc/{host}/maps")) else {
             continue;
         };
@@ -202,11 +208,10 @@ fn find(hosts: &BTreeMap<i32, i32>, p: &Policy) -> Result<BTreeMap<(u64, u64), F
                 continue;
             }
             if deleted {
-                mapped_deleted.push((
-                    dev,
-                    ino,
-                    format!("{holder}: {}", String::from_utf8_lossy(path)),
-                ));
+                // Mapped shared but open nowhere: it cannot be read (its
+                // /proc/<pid>/map_files entry needs privilege); its pages
+                // are in the image as shared memory, which is what the
+                // program sees (docs/files.md).
                 continue;
             }
             out.insert(
@@ -215,16 +220,12 @@ fn find(hosts: &BTreeMap<i32, i32>, p: &Policy) -> Result<BTreeMap<(u64, u64), F
                     path: path.to_vec(),
                     deleted,
                     via_fd: None,
-                    holder: holder.clone(),
+                    holder: holder_of(pid, host),
                     mapped: true,
                 },
             );
         }
     }
-    // A deleted file that is mapped shared but open nowhere cannot be read
-    // (its /proc/<pid>/map_files entry needs privilege); its pages are in
-    // the image as shared memory, which is what the program sees.
-    let _ = mapped_deleted;
     Ok(out)
 }
 
