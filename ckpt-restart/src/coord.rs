@@ -31,7 +31,7 @@ use ckpt::image::manifest::{
     FdKind, GENERATION_FORMAT, GenerationRecord, ProcessManifest, ProcessRef, Zombie,
 };
 
-use crate::{saved_files, sock, tree};
+use crate::{saved_files, sock, sockets, tree};
 
 /// Result of a successful checkpoint.
 #[derive(Debug, Clone)]
@@ -390,7 +390,7 @@ impl Coordinator {
         let mut incremental = false;
         if failure.is_none() {
             for pid in &pids {
-                match check_written(&pending, *pid) {
+                match check_written(&pending, *pid, &run.hosts) {
                     Ok((_, Some(b))) if b != base => {
                         failure = Some(format!(
                             "process {pid} wrote an image that refers to generation {b}, not {base}"
@@ -644,9 +644,12 @@ impl Run {
 
 /// Check what a process wrote and refuse features restore cannot handle
 /// yet. Returns its entry and the generation it refers to (incremental).
+/// `hosts` (the job's pids to host pids) is where a refused socket is
+/// looked up.
 fn check_written(
     gdir: &ckpt::image::generation::PendingGeneration,
     pid: i32,
+    hosts: &BTreeMap<i32, i32>,
 ) -> Result<(ProcessRef, Option<u64>), String> {
     let mname = format!("proc-{pid}.json");
     let iname = format!("proc-{pid}.img");
@@ -654,7 +657,10 @@ fn check_written(
     let m: ProcessManifest = serde_json::from_slice(&data)
         .map_err(|e| format!("{mname} is not a valid manifest: {e}"))?;
     for f in &m.fds {
-        check_fd(&m, f)?;
+        check_fd(&m, f).map_err(|e| match f.kind {
+            FdKind::Socket => describe_socket(&m, f, pid, hosts).unwrap_or(e),
+            _ => e,
+        })?;
     }
     let size = std::fs::symlink_metadata(gdir.at(&iname))
         .map_err(|e| format!("{iname}: {e}"))?
@@ -706,6 +712,27 @@ fn check_fd(m: &ProcessManifest, f: &ckpt::image::manifest::Fd) -> Result<(), St
         },
         _ => Ok(()),
     }
+}
+
+/// The refusal of a socket, saying what it is and where it goes (see
+/// `sockets`), when the process still holds it. Keeps the words of
+/// [`check_fd`]'s ("which ckpt cannot checkpoint yet").
+fn describe_socket(
+    m: &ProcessManifest,
+    f: &ckpt::image::manifest::Fd,
+    pid: i32,
+    hosts: &BTreeMap<i32, i32>,
+) -> Option<String> {
+    let host = *hosts.get(&pid)?;
+    let inode = sockets::socket_inode(&f.path).unwrap_or(f.inode);
+    let what = sockets::describe(hosts, host, f.fd, inode)?;
+    Some(format!(
+        "fd {} of {} is {what} ({}), which ckpt cannot checkpoint yet: {}",
+        f.fd,
+        m.exe,
+        f.path,
+        sockets::ADVICE
+    ))
 }
 
 /// Ask the coordinator at `socket` for a checkpoint (the `ckpt checkpoint` client).

@@ -10,6 +10,7 @@
 //! ```
 //! Module map: `cli/` (one file per verb), `coord` (the coordinator),
 //! `ns` (namespaces and the job's init), `sock` (seqpacket sockets),
+//! `sockets` (what a socket of the job is, for a refused checkpoint),
 //! `restore/` (stage 1 and the stage 2 argument block), `restorer/`
 //! (stage 2, freestanding C).
 
@@ -19,6 +20,7 @@ mod ns;
 mod restore;
 mod saved_files;
 mod sock;
+mod sockets;
 mod tree;
 
 const USAGE: &str = "usage:

@@ -36,6 +36,8 @@ use ckpt_tests::faults::{
 
 /// Files a job rewrites: refusals and reports (`files.rs`).
 mod files;
+/// Sockets: the refusal says what each is and where it goes (`sockets.rs`).
+mod sockets;
 
 /// Every named point of `ckpt-core/src/fault.rs`, in checkpoint order.
 const POINTS: [&str; 15] = [

@@ -1,0 +1,204 @@
+/* sockprog: a program holding a socket, for the refusal of a checkpoint
+ * that names it (issue 13, tests/faults/sockets.rs).
+ *
+ * usage: sockprog MODE WORKDIR [PORT]
+ *
+ * MODE is one of
+ *   connect   connects to 127.0.0.1:PORT (a server outside the job), sends
+ *             "hello\n" and prints READY. When WORKDIR/close exists it sends
+ *             "bye\n", reads "ok\n" (the connection still works after the
+ *             refused checkpoint), closes it and prints "closed".
+ *   listen    listens on 127.0.0.1 (a port of the kernel's choice) and prints
+ *             READY and "port N". When WORKDIR/close exists it closes the
+ *             socket and prints "closed".
+ *   pair      a TCP connection to itself: listens on 127.0.0.1, connects,
+ *             accepts, closes the listener, and prints READY and
+ *             "fds C S port N" (the connecting and the accepted descriptor,
+ *             the port of the accepted one). When WORKDIR/close exists it
+ *             sends a byte each way, closes both and prints "closed".
+ *   unixpair  the same with socketpair(AF_UNIX, SOCK_STREAM): "fds A B".
+ * Then it waits for WORKDIR/go and prints PASS (or FAIL: why).
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static char work[3800];
+
+static void say(const char *s)
+{
+	size_t n = strlen(s);
+	while (n > 0) {
+		ssize_t w = write(1, s, n);
+		if (w <= 0)
+			_exit(3);
+		s += w;
+		n -= (size_t)w;
+	}
+}
+
+static void fail(const char *why)
+{
+	char b[512];
+	snprintf(b, sizeof b, "FAIL: %s (errno %d)\n", why, errno);
+	say(b);
+	exit(1);
+}
+
+static void wait_for(const char *name)
+{
+	char p[4096];
+	snprintf(p, sizeof p, "%s/%s", work, name);
+	while (access(p, F_OK) != 0) {
+		struct timespec ts = {0, 10 * 1000 * 1000};
+		while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+		}
+	}
+}
+
+static void send_all(int fd, const char *s, size_t n)
+{
+	while (n > 0) {
+		ssize_t w = send(fd, s, n, MSG_NOSIGNAL);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			fail("send");
+		s += w;
+		n -= (size_t)w;
+	}
+}
+
+static void recv_exact(int fd, const char *want)
+{
+	size_t n = strlen(want), got = 0;
+	char b[64];
+	if (n > sizeof b)
+		fail("recv_exact: too long");
+	while (got < n) {
+		ssize_t r = recv(fd, b + got, n - got, 0);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			fail("recv");
+		got += (size_t)r;
+	}
+	if (memcmp(b, want, n) != 0)
+		fail("recv: unexpected bytes");
+}
+
+static int tcp_socket(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		fail("socket");
+	return fd;
+}
+
+static struct sockaddr_in loopback(int port)
+{
+	struct sockaddr_in a;
+	memset(&a, 0, sizeof a);
+	a.sin_family = AF_INET;
+	a.sin_port = htons((unsigned short)port);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	return a;
+}
+
+/* A listening socket on 127.0.0.1; its port in *port. */
+static int listener(int *port)
+{
+	int l = tcp_socket();
+	struct sockaddr_in a = loopback(0);
+	socklen_t len = sizeof a;
+	if (bind(l, (struct sockaddr *)&a, sizeof a) != 0 || listen(l, 4) != 0)
+		fail("bind/listen");
+	if (getsockname(l, (struct sockaddr *)&a, &len) != 0)
+		fail("getsockname");
+	*port = ntohs(a.sin_port);
+	return l;
+}
+
+static int connect_to(int port)
+{
+	int c = tcp_socket();
+	struct sockaddr_in a = loopback(port);
+	while (connect(c, (struct sockaddr *)&a, sizeof a) != 0)
+		if (errno != EINTR)
+			fail("connect");
+	return c;
+}
+
+/* One byte each way over a connected pair. */
+static void exchange(int a, int b)
+{
+	send_all(a, "x", 1);
+	recv_exact(b, "x");
+	send_all(b, "y", 1);
+	recv_exact(a, "y");
+}
+
+int main(int argc, char **argv)
+{
+	char line[256];
+	if (argc < 3)
+		fail("usage: sockprog MODE WORKDIR [PORT]");
+	snprintf(work, sizeof work, "%s", argv[2]);
+	const char *mode = argv[1];
+	if (strcmp(mode, "connect") == 0) {
+		if (argc < 4)
+			fail("connect needs a PORT");
+		int c = connect_to(atoi(argv[3]));
+		send_all(c, "hello\n", 6);
+		say("READY\n");
+		wait_for("close");
+		send_all(c, "bye\n", 4);
+		recv_exact(c, "ok\n");
+		close(c);
+	} else if (strcmp(mode, "listen") == 0) {
+		int port;
+		int l = listener(&port);
+		snprintf(line, sizeof line, "READY\nport %d\n", port);
+		say(line);
+		wait_for("close");
+		close(l);
+	} else if (strcmp(mode, "pair") == 0) {
+		int port;
+		int l = listener(&port);
+		int c = connect_to(port);
+		int s;
+		while ((s = accept4(l, NULL, NULL, SOCK_CLOEXEC)) < 0)
+			if (errno != EINTR)
+				fail("accept");
+		close(l);
+		snprintf(line, sizeof line, "READY\nfds %d %d port %d\n", c, s, port);
+		say(line);
+		wait_for("close");
+		exchange(c, s);
+		close(c);
+		close(s);
+	} else if (strcmp(mode, "unixpair") == 0) {
+		int sv[2];
+		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+			fail("socketpair");
+		snprintf(line, sizeof line, "READY\nfds %d %d\n", sv[0], sv[1]);
+		say(line);
+		wait_for("close");
+		exchange(sv[0], sv[1]);
+		close(sv[0]);
+		close(sv[1]);
+	} else {
+		fail("unknown mode");
+	}
+	say("closed\n");
+	wait_for("go");
+	say("PASS\n");
+	return 0;
+}

@@ -1,0 +1,233 @@
+//! Sockets (issue 13, `ckpt-restart/src/sockets.rs`): ckpt cannot
+//! checkpoint them yet, and the checkpoint of a process holding one fails
+//! with a message saying what the socket is and where it goes, with
+//! `faults/programs/sockprog.c`:
+//! - a TCP connection to a server outside the job (a listener of this test):
+//!   the message names the fd, the program, both addresses, the state and
+//!   "outside the job"; the job keeps running, no partial generation is
+//!   left, the connection still works, and once the program closed it a
+//!   checkpoint succeeds and the program finishes correctly;
+//! - a listening TCP socket: "listening on 127.0.0.1:PORT";
+//! - connections inside the job (a TCP connection of the program to itself,
+//!   a unix socketpair): the message names the descriptor at the other end.
+//!
+//! Run: `cargo test --release -p ckpt-tests --test faults -- sockets::`.
+
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use ckpt_tests::cr::{Running, deadline, describe, wait_until};
+use ckpt_tests::faults::{Job, build_program, wait_exit};
+
+use super::ckpt_bin;
+
+/// `faults/programs/sockprog.c`, built once.
+fn sockprog() -> PathBuf {
+    static T: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match T.get_or_init(|| build_program("sockprog")) {
+        Ok(p) => p.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A job around `sockprog MODE WORK [ARGS]`.
+fn sock_job(label: &str, ckpt: &Path, mode: &str, args: &[String]) -> Job {
+    let mut j = Job::new(label, ckpt, 0);
+    j.program = sockprog();
+    j.args = vec![mode.into(), j.work.clone().into()];
+    j.args.extend(args.iter().map(Into::into));
+    j
+}
+
+/// The program's line starting with `prefix` (after READY), once complete.
+fn line_of(j: &Job, l: &mut Running, prefix: &str) -> Result<String, String> {
+    let out = j.out();
+    wait_until(
+        &format!("{prefix:?} in {}", out.display()),
+        deadline(),
+        || {
+            let text = fs::read_to_string(&out).unwrap_or_default();
+            if let Some(at) = text.find(prefix)
+                && let Some(end) = text[at..].find('\n')
+            {
+                return Ok(Some(text[at..at + end].to_string()));
+            }
+            l.check_running().map(|()| None)
+        },
+    )
+}
+
+fn touch(p: &Path) -> Result<(), String> {
+    fs::write(p, b"").map_err(|e| format!("create {}: {e}", p.display()))
+}
+
+/// A checkpoint that must fail with a message holding every one of
+/// `words`; then the job still runs and no generation, partial or not, is
+/// in the checkpoint directory. Returns the message.
+fn refused(j: &Job, l: &mut Running, tag: &str, words: &[&str]) -> Result<String, String> {
+    let (st, out, err) = j.ckpt_cmd("checkpoint", tag, &[])?;
+    let msg = format!("{out}{err}");
+    if st.success() {
+        return Err(format!(
+            "checkpoint {tag} of a program holding a socket succeeded:\n{msg}"
+        ));
+    }
+    for w in words {
+        if !msg.contains(w) {
+            return Err(format!(
+                "checkpoint {tag}: the message does not say {w:?}:\n{msg}"
+            ));
+        }
+    }
+    l.check_running()
+        .map_err(|e| format!("after the refused checkpoint {tag}: {e}"))?;
+    let (complete, partial) = (j.complete(), j.partial());
+    if !complete.is_empty() || !partial.is_empty() {
+        return Err(format!(
+            "after the refused checkpoint {tag}: complete {complete:?}, partial {partial:?}"
+        ));
+    }
+    Ok(msg)
+}
+
+/// Lets the program close its socket, checkpoints it, lets it finish and
+/// checks its output.
+fn close_checkpoint_finish(j: &Job, l: &mut Running, expected: &str) -> Result<(), String> {
+    touch(&j.work.join("close"))?;
+    line_of(j, l, "closed")?;
+    j.checkpoint_ok("after-close")?;
+    touch(&j.work.join("go"))?;
+    let st = wait_exit(l)?;
+    let out = fs::read_to_string(j.out()).unwrap_or_default();
+    if !st.success() || out != expected {
+        return Err(format!(
+            "the program ended with {} and printed {out:?}, expected exit 0 and {expected:?}",
+            describe(st)
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `f` on a launched job; on failure, panics with the launch's stderr.
+fn with_job(j: &Job, f: impl FnOnce(&mut Running) -> Result<(), String>) {
+    let mut l = j.launch("1", &[], &[]);
+    let r = j.wait_ready(&mut l).and_then(|()| f(&mut l));
+    let _ = l.kill_tree();
+    if let Err(e) = r {
+        panic!("{e}\nlaunch: {}", j.stderr_of("launch"));
+    }
+}
+
+/// A connection to a server outside the job (a database, a license
+/// server): the refusal names the fd, the program, the server's address,
+/// and says the other end is outside the job.
+#[test]
+fn connection_to_outside_named() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let server = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("listen: {e}"));
+    let port = server
+        .local_addr()
+        .unwrap_or_else(|e| panic!("local_addr: {e}"))
+        .port();
+    let j = sock_job("sockets-outside", &ckpt, "connect", &[port.to_string()]);
+    with_job(&j, |l| {
+        let (mut conn, from) = server.accept().map_err(|e| format!("accept: {e}"))?;
+        conn.set_read_timeout(Some(Duration::from_secs(60)))
+            .map_err(|e| e.to_string())?;
+        let mut hello = [0u8; 6];
+        conn.read_exact(&mut hello)
+            .map_err(|e| format!("read hello: {e}"))?;
+        let program = j.program.to_string_lossy().into_owned();
+        let msg = refused(
+            &j,
+            l,
+            "connected",
+            &[
+                &format!(
+                    "fd 3 of {program} is a TCP connection {from} -> 127.0.0.1:{port} (ESTABLISHED) to a process outside the job (socket:["
+                ),
+                "which ckpt cannot checkpoint yet",
+                "close it before the checkpoint",
+                "keeps running",
+            ],
+        )?;
+        if !msg.contains("process 2: ") {
+            return Err(format!("the message does not name the process:\n{msg}"));
+        }
+        // The connection still works after the refusal.
+        touch(&j.work.join("close"))?;
+        let mut bye = [0u8; 4];
+        conn.read_exact(&mut bye)
+            .map_err(|e| format!("read bye: {e}"))?;
+        if &bye != b"bye\n" {
+            return Err(format!("the program sent {bye:?}, not bye"));
+        }
+        conn.write_all(b"ok\n")
+            .map_err(|e| format!("write ok: {e}"))?;
+        close_checkpoint_finish(&j, l, "READY\nclosed\nPASS\n")
+    });
+}
+
+/// A listening socket: "a TCP socket listening on 127.0.0.1:PORT".
+#[test]
+fn listening_socket_named() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let j = sock_job("sockets-listen", &ckpt, "listen", &[]);
+    with_job(&j, |l| {
+        let line = line_of(&j, l, "port ")?;
+        let port = line.trim_start_matches("port ");
+        let program = j.program.to_string_lossy().into_owned();
+        refused(
+            &j,
+            l,
+            "listening",
+            &[
+                &format!(
+                    "fd 3 of {program} is a TCP socket listening on 127.0.0.1:{port} (socket:["
+                ),
+                "which ckpt cannot checkpoint yet",
+            ],
+        )?;
+        close_checkpoint_finish(&j, l, &format!("READY\n{line}\nclosed\nPASS\n"))
+    });
+}
+
+/// Connections between descriptors of the job: the refusal names the first
+/// descriptor and the one at the other end.
+#[test]
+fn connections_inside_the_job_named() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    for mode in ["pair", "unixpair"] {
+        let j = sock_job(&format!("sockets-{mode}"), &ckpt, mode, &[]);
+        with_job(&j, |l| {
+            let line = line_of(&j, l, "fds ")?;
+            let f: Vec<&str> = line.split(' ').collect();
+            let (Some(a), Some(b)) = (f.get(1), f.get(2)) else {
+                return Err(format!("{mode}: bad line {line:?}"));
+            };
+            let program = j.program.to_string_lossy().into_owned();
+            let head = format!("fd {a} of {program} is ");
+            let says: Vec<String> = if mode == "pair" {
+                let port = f.get(4).copied().unwrap_or("?");
+                vec![
+                    format!("{head}a TCP connection 127.0.0.1:"),
+                    format!(
+                        " -> 127.0.0.1:{port} (ESTABLISHED) to fd {b} of process 2 of the job (socket:["
+                    ),
+                ]
+            } else {
+                vec![format!(
+                    "{head}a unix stream socket connected to an unnamed socket, to fd {b} of process 2 of the job (socket:["
+                )]
+            };
+            let mut words: Vec<&str> = says.iter().map(String::as_str).collect();
+            words.push("which ckpt cannot checkpoint yet");
+            refused(&j, l, mode, &words)?;
+            close_checkpoint_finish(&j, l, &format!("READY\n{line}\nclosed\nPASS\n"))
+        });
+    }
+}
