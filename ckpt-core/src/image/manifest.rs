@@ -288,6 +288,12 @@ pub struct Fd {
     /// when it could not be read (the checkpoint is then refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<crate::objects::Object>,
+    /// The state of a unix socket (`ckpt-core/src/objects/unix_socket.rs`);
+    /// absent for other families and when it could not be read (the
+    /// checkpoint is then refused unless the socket is at 0..2 with its
+    /// peer outside the job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<crate::objects::unix_socket::UnixSocket>,
 }
 
 /// One signal action (kernel layout).

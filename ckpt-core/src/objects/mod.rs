@@ -40,6 +40,7 @@ pub mod epoll;
 pub mod eventfd;
 pub mod signalfd;
 pub mod timerfd;
+pub mod unix_socket;
 
 /// What a kind's capture works with. **Async-signal-safe.**
 pub struct Capture<'a> {

@@ -933,6 +933,17 @@ fn capture_pipe(fd: i32, img: i32, data_off: &mut u64) -> Result<Option<(u64, u6
     out
 }
 
+/// A descriptor closed when dropped (-1: none). **Async-signal-safe.**
+struct FdGuard(i32);
+
+impl Drop for FdGuard {
+    fn drop(&mut self) {
+        if self.0 >= 0 {
+            raw::close(self.0);
+        }
+    }
+}
+
 fn write_fds(
     j: &mut MmapBuf,
     tmp: &mut MmapBuf,
@@ -968,6 +979,9 @@ fn write_fds(
         super::leader::GEN_DIR_FD.load(core::sync::atomic::Ordering::Acquire),
     ];
     let mut first = true;
+    // The sock_diag socket, opened at the first unix socket (after the
+    // descriptors were listed, so it is not among them).
+    let mut diag = FdGuard(-1);
     // ascending order
     let list = fds.get_mut(..nfds).unwrap_or(&mut []);
     list.sort_unstable();
@@ -1044,6 +1058,23 @@ fn write_fds(
         {
             let _ = write!(j, ",\"pipe_data\":[{off},{len}],\"pipe_crc\":{crc}");
         }
+        if kind == "socket" && crate::objects::unix_socket::family(fd) == Ok(libc::AF_UNIX) {
+            // A unix socket's state and queued data. When it cannot be read,
+            // the field is left out and the coordinator refuses the checkpoint.
+            if diag.0 < 0 {
+                diag.0 = crate::objects::unix_socket::open_diag().unwrap_or(-1);
+            }
+            let (mark, overflow, off) = (j.len(), j.overflow, *data_off);
+            let _ = write!(j, ",\"socket\":");
+            if diag.0 < 0
+                || crate::objects::unix_socket::capture(fd, st.st_ino, diag.0, img, data_off, j)
+                    .is_err()
+            {
+                j.truncate(mark);
+                j.overflow = overflow;
+                *data_off = off;
+            }
+        }
         if kind == "object" {
             // The object's state from its fdinfo (already in tmp). When it
             // cannot be read, the field is left out and the coordinator
@@ -1060,6 +1091,7 @@ fn write_fds(
         first = false;
     }
     raw::close(dfd);
+    drop(diag);
     let _ = write!(j, "],");
     Ok(())
 }

@@ -1,0 +1,462 @@
+//! Round trips: real sockets of this process → capture → JSON → serde →
+//! restore → the same names, queued data, boundaries and shutdown state.
+
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::FileExt as _;
+
+use super::restore::{Step, plan};
+use super::*;
+
+fn socketpair(ty: i32) -> (i32, i32) {
+    let mut p = [0i32; 2];
+    // SAFETY: p is a valid array.
+    assert_eq!(
+        unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, p.as_mut_ptr()) },
+        0
+    );
+    (p[0], p[1])
+}
+
+fn send(fd: i32, b: &[u8]) {
+    // SAFETY: sending from a local buffer.
+    let n = unsafe { libc::send(fd, b.as_ptr().cast(), b.len(), libc::MSG_DONTWAIT) };
+    assert_eq!(n, b.len() as isize);
+}
+
+fn recv(fd: i32) -> Option<Vec<u8>> {
+    let mut b = vec![0u8; 1 << 20];
+    // SAFETY: receiving into a local buffer.
+    let n = unsafe { libc::recv(fd, b.as_mut_ptr().cast(), b.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return None;
+    }
+    b.truncate(n as usize);
+    Some(b)
+}
+
+fn inode(fd: i32) -> u64 {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat into a local.
+    assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
+    st.st_ino
+}
+
+fn close(fd: i32) {
+    // SAFETY: test descriptors.
+    unsafe { libc::close(fd) };
+}
+
+/// Capture `fd` into a fresh image file; return the state and its data.
+fn take(fd: i32) -> (UnixSocket, Vec<u8>) {
+    let img = tempfile();
+    let nl = open_diag().unwrap();
+    let mut j = MmapBuf::new();
+    let mut off = 4096u64;
+    capture(fd, inode(fd), nl, img.as_raw_fd(), &mut off, &mut j).unwrap();
+    let text = String::from_utf8(j.as_slice().to_vec()).unwrap();
+    j.free();
+    close(nl);
+    let s: UnixSocket = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+    let mut data = Vec::new();
+    if let Some([o, l]) = s.data {
+        assert_eq!(o, 4096);
+        assert!(off >= o + l && off % 4096 == 0);
+        data = vec![0u8; l as usize];
+        img.read_exact_at(&mut data, o).unwrap();
+        assert_eq!(crate::image::checksum::crc32c(&data), s.crc);
+    }
+    (s, data)
+}
+
+fn tempfile() -> std::fs::File {
+    let p = std::env::temp_dir().join(format!(
+        "ckpt-sock-test-{}-{}",
+        std::process::id(),
+        rand_u64()
+    ));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&p)
+        .unwrap();
+    std::fs::remove_file(&p).unwrap();
+    f
+}
+
+fn rand_u64() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+}
+
+fn end<'a>(ino: u64, s: &'a UnixSocket, data: Vec<u8>) -> restore::SavedEnd<'a> {
+    restore::SavedEnd {
+        inode: ino,
+        sock: s,
+        data,
+        cwd: std::env::current_dir()
+            .unwrap()
+            .into_os_string()
+            .into_encoded_bytes(),
+        stdio_only: false,
+        who: format!("socket {ino}"),
+    }
+}
+
+#[test]
+fn stream_pair_with_data_both_ways_and_half_closed() {
+    let (a, b) = socketpair(libc::SOCK_STREAM);
+    send(a, b"hello ");
+    send(a, b"world");
+    send(b, b"back");
+    // SAFETY: shutdown of a test socket.
+    assert_eq!(unsafe { libc::shutdown(b, libc::SHUT_WR) }, 0);
+    let (ia, ib) = (inode(a), inode(b));
+    let (sa, da) = take(a);
+    let (sb, db) = take(b);
+    assert_eq!(sa.state, State::Connected);
+    assert_eq!(sa.peer, ib);
+    assert_eq!(sb.peer, ia);
+    assert_eq!(da, b"back");
+    assert_eq!(db, b"hello world");
+    assert_eq!(sb.shutdown, 2, "b shut down sending");
+    assert_eq!(sa.shutdown, 1, "so a cannot receive more");
+    // Nothing was consumed and the peek offset is off again.
+    assert_eq!(recv(b).unwrap(), b"hello world");
+    assert_eq!(recv(a).unwrap(), b"back");
+    let mut v: i32 = 0;
+    let mut len = 4u32;
+    // SAFETY: getsockopt into a local.
+    unsafe {
+        libc::getsockopt(
+            a,
+            libc::SOL_SOCKET,
+            libc::SO_PEEK_OFF,
+            (&mut v as *mut i32).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(v, -1);
+    close(a);
+    close(b);
+
+    let ends = [end(ia, &sa, da), end(ib, &sb, db)];
+    assert_eq!(
+        plan(&ends).unwrap(),
+        vec![Step::Pair(ia.min(ib), ia.max(ib))]
+    );
+    let r = restore_all(&ends).unwrap();
+    let (na, nb) = (r.fds[&ia], r.fds[&ib]);
+    assert_eq!(recv(na).unwrap(), b"back");
+    assert_eq!(recv(na).unwrap(), b"", "end of file after the queue");
+    assert_eq!(recv(nb).unwrap(), b"hello world");
+    send(na, b"more");
+    assert_eq!(recv(nb).unwrap(), b"more");
+    // b cannot send any more.
+    // SAFETY: send from a local buffer.
+    let n = unsafe { libc::send(nb, b"x".as_ptr().cast(), 1, libc::MSG_NOSIGNAL) };
+    assert_eq!(n, -1);
+    close(na);
+    close(nb);
+}
+
+#[test]
+fn datagram_and_seqpacket_keep_boundaries() {
+    for ty in [libc::SOCK_DGRAM, libc::SOCK_SEQPACKET] {
+        let (a, b) = socketpair(ty);
+        let want: i32 = 400_000;
+        // SAFETY: setsockopt from a local.
+        unsafe {
+            libc::setsockopt(
+                a,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&want as *const i32).cast(),
+                4,
+            )
+        };
+        let big = vec![7u8; 300_000];
+        for m in [&b"one"[..], b"two!", &big[..], b"3"] {
+            if ty == libc::SOCK_DGRAM && m.len() > 200_000 {
+                continue;
+            }
+            send(a, m);
+        }
+        let (ia, ib) = (inode(a), inode(b));
+        let (sa, da) = take(a);
+        let (sb, db) = take(b);
+        assert!(da.is_empty());
+        let lens: Vec<u64> = sb.queue.iter().map(|m| m.len).collect();
+        if ty == libc::SOCK_DGRAM {
+            assert_eq!(lens, vec![3, 4, 1]);
+        } else {
+            assert_eq!(lens, vec![3, 4, 300_000, 1]);
+        }
+        close(a);
+        close(b);
+        let ends = [end(ia, &sa, da), end(ib, &sb, db)];
+        let r = restore_all(&ends).unwrap();
+        let nb = r.fds[&ib];
+        assert_eq!(recv(nb).unwrap(), b"one");
+        assert_eq!(recv(nb).unwrap(), b"two!");
+        if ty == libc::SOCK_SEQPACKET {
+            assert_eq!(recv(nb).unwrap(), big);
+        }
+        assert_eq!(recv(nb).unwrap(), b"3");
+        assert!(recv(nb).is_none());
+        close(r.fds[&ia]);
+        close(nb);
+    }
+}
+
+fn bind_listen(ty: i32, name: &[u8]) -> i32 {
+    // SAFETY: no pointers.
+    let l = unsafe { libc::socket(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0) };
+    let (sa, len) = sockaddr_of(name);
+    // SAFETY: valid address.
+    assert_eq!(
+        unsafe { libc::bind(l, (&sa as *const libc::sockaddr_un).cast(), len) },
+        0
+    );
+    // SAFETY: listen on a test socket.
+    assert_eq!(unsafe { libc::listen(l, 7) }, 0);
+    l
+}
+
+fn sockaddr_of(name: &[u8]) -> (libc::sockaddr_un, u32) {
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sa.sun_family = libc::AF_UNIX as u16;
+    for (d, &c) in sa.sun_path.iter_mut().zip(name) {
+        *d = c as libc::c_char;
+    }
+    (sa, (2 + name.len()) as u32)
+}
+
+fn connect_to(ty: i32, name: &[u8]) -> i32 {
+    // SAFETY: no pointers.
+    let c = unsafe { libc::socket(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0) };
+    let (sa, len) = sockaddr_of(name);
+    // SAFETY: valid address.
+    assert_eq!(
+        unsafe { libc::connect(c, (&sa as *const libc::sockaddr_un).cast(), len) },
+        0
+    );
+    c
+}
+
+fn names(fd: i32) -> (Vec<u8>, Vec<u8>) {
+    let mut a = [0u8; 108];
+    let mut b = [0u8; 108];
+    let n = name_of(51, fd, &mut a).unwrap();
+    let m = name_of(52, fd, &mut b).unwrap_or(0);
+    (a[..n].to_vec(), b[..m].to_vec())
+}
+
+#[test]
+fn listener_with_accepted_and_pending_connections_by_path() {
+    let dir = std::env::temp_dir().join(format!("ckpt-sock-{}-{}", std::process::id(), rand_u64()));
+    std::fs::create_dir(&dir).unwrap();
+    let path = dir.join("srv.sock").into_os_string().into_encoded_bytes();
+    let ty = libc::SOCK_STREAM;
+    let l = bind_listen(ty, &path);
+    let c1 = connect_to(ty, &path);
+    // SAFETY: accept4 without an address.
+    let s1 = unsafe { libc::accept4(l, std::ptr::null_mut(), std::ptr::null_mut(), 0) };
+    assert!(s1 >= 0);
+    send(c1, b"to server");
+    let c2 = connect_to(ty, &path);
+    let fds = [l, c1, s1, c2];
+    let inos: Vec<u64> = fds.iter().map(|&f| inode(f)).collect();
+    let taken: Vec<(UnixSocket, Vec<u8>)> = fds.iter().map(|&f| take(f)).collect();
+    assert_eq!(taken[0].0.state, State::Listening);
+    assert_eq!(taken[0].0.backlog, 7);
+    assert_eq!(taken[0].0.pending.len(), 1);
+    assert_eq!(taken[0].0.pending[0], inos[3]);
+    assert_eq!(taken[3].0.peer, 0);
+    assert_eq!(taken[2].1, b"to server");
+    for f in fds {
+        close(f);
+    }
+    // The killed run leaves its socket file behind: the restore removes it.
+    assert!(
+        std::path::Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&path))
+            .exists()
+    );
+    let ends: Vec<restore::SavedEnd<'_>> = taken
+        .iter()
+        .zip(&inos)
+        .map(|((s, d), &i)| end(i, s, d.clone()))
+        .collect();
+    let steps = plan(&ends).unwrap();
+    assert!(steps.contains(&Step::Listener(inos[0])));
+    assert!(steps.contains(&Step::Pending {
+        client: inos[3],
+        listener: inos[0]
+    }));
+    let r = restore_all(&ends).unwrap();
+    let (nl, nc1, ns1, nc2) = (
+        r.fds[&inos[0]],
+        r.fds[&inos[1]],
+        r.fds[&inos[2]],
+        r.fds[&inos[3]],
+    );
+    assert_eq!(names(ns1), (path.clone(), Vec::new()));
+    assert_eq!(names(nc1), (Vec::new(), path.clone()));
+    assert_eq!(recv(ns1).unwrap(), b"to server");
+    // The pending connection is accepted now, and works.
+    // SAFETY: accept4 without an address.
+    let s2 = unsafe { libc::accept4(nl, std::ptr::null_mut(), std::ptr::null_mut(), 0) };
+    assert!(s2 >= 0);
+    send(nc2, b"late");
+    assert_eq!(recv(s2).unwrap(), b"late");
+    for f in [nl, nc1, ns1, nc2, s2] {
+        close(f);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn abstract_names_and_a_closed_peer() {
+    let name = format!("\0ckpt-test-{}-{}", std::process::id(), rand_u64()).into_bytes();
+    let ty = libc::SOCK_SEQPACKET;
+    let l = bind_listen(ty, &name);
+    let c = connect_to(ty, &name);
+    // SAFETY: accept4 without an address.
+    let s = unsafe { libc::accept4(l, std::ptr::null_mut(), std::ptr::null_mut(), 0) };
+    send(s, b"last words");
+    close(s);
+    close(l);
+    let ic = inode(c);
+    let (sc, dc) = take(c);
+    assert_eq!(sc.peer, 0);
+    assert_eq!(sc.state, State::Connected);
+    assert_eq!(sc.peer_name, name);
+    close(c);
+    let ends = [end(ic, &sc, dc)];
+    assert_eq!(plan(&ends).unwrap(), vec![Step::Lonely(ic)]);
+    let r = restore_all(&ends).unwrap();
+    let nc = r.fds[&ic];
+    assert_eq!(names(nc).1, name);
+    assert_eq!(recv(nc).unwrap(), b"last words");
+    assert_eq!(recv(nc).unwrap(), b"", "then end of file");
+    close(nc);
+}
+
+#[test]
+fn refusals_name_the_socket_and_why() {
+    // A descriptor in flight.
+    let marker_path = std::env::temp_dir().join(format!(
+        "ckpt-sock-marker-{}-{}",
+        std::process::id(),
+        rand_u64()
+    ));
+    let marker = std::fs::File::create(&marker_path).unwrap();
+    let (a, b) = socketpair(libc::SOCK_STREAM);
+    let mut iov = libc::iovec {
+        iov_base: b"x".as_ptr() as *mut _,
+        iov_len: 1,
+    };
+    let mut ctl = [0u64; 4];
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_iov = &mut iov;
+    m.msg_iovlen = 1;
+    m.msg_control = ctl.as_mut_ptr().cast();
+    m.msg_controllen = 24;
+    // SAFETY: building an SCM_RIGHTS message in a local buffer.
+    unsafe {
+        let h = libc::CMSG_FIRSTHDR(&m);
+        (*h).cmsg_level = libc::SOL_SOCKET;
+        (*h).cmsg_type = libc::SCM_RIGHTS;
+        (*h).cmsg_len = libc::CMSG_LEN(4) as usize;
+        *(libc::CMSG_DATA(h) as *mut i32) = marker.as_raw_fd();
+        assert_eq!(libc::sendmsg(a, &m, 0), 1);
+    }
+    // Descriptors of the file sent (other tests open and close their own).
+    let held = || {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|l| *l == marker_path)
+            .count()
+    };
+    let before = held();
+    let (sb, db) = take(b);
+    assert_eq!(held(), before, "peeking installed no descriptor");
+    assert!(sb.fds_in_flight);
+    drop(marker);
+    std::fs::remove_file(&marker_path).unwrap();
+    let e = plan(&[end(inode(b), &sb, db)]).unwrap_err();
+    assert!(e.contains("SCM_RIGHTS"), "{e}");
+    close(a);
+    close(b);
+    // A peer outside the job.
+    let (a, b) = socketpair(libc::SOCK_STREAM);
+    let (sa, da) = take(a);
+    let e = plan(&[end(inode(a), &sa, da)]).unwrap_err();
+    assert!(e.contains("no process of the job holds"), "{e}");
+    // ... unless it is only stdio.
+    let mut x = end(inode(a), &sa, Vec::new());
+    x.stdio_only = true;
+    assert_eq!(plan(&[x]).unwrap(), vec![Step::Stdio(inode(a))]);
+    close(a);
+    close(b);
+}
+
+#[test]
+fn diag_reply_parses() {
+    // nlmsghdr + unix_diag_msg + PEER(42) + SHUTDOWN(3) + ICONS(5, 6).
+    let mut r = Vec::new();
+    let body: Vec<u8> = [
+        &[8u8, 0, 2, 0][..],
+        &42u32.to_ne_bytes(),
+        &[5, 0, 6, 0, 3, 0, 0, 0],
+        &[12, 0, 3, 0],
+        &5u32.to_ne_bytes(),
+        &6u32.to_ne_bytes(),
+    ]
+    .concat();
+    let len = 32 + body.len();
+    r.extend_from_slice(&(len as u32).to_ne_bytes());
+    r.extend_from_slice(&20u16.to_ne_bytes());
+    r.extend_from_slice(&[0u8; 10]);
+    r.extend_from_slice(&[1u8, 1, 1, 0]);
+    r.extend_from_slice(&[0u8; 12]);
+    r.extend_from_slice(&body);
+    let mut icons = [0u64; 4];
+    let (d, n) = parse_diag(&r, &mut icons).unwrap();
+    assert_eq!(d.peer, 42);
+    assert_eq!(d.shutdown, 3);
+    assert_eq!(n, 2);
+    assert_eq!(&icons[..2], &[5, 6]);
+    // An error reply.
+    let mut e = vec![0u8; 36];
+    e[0..4].copy_from_slice(&36u32.to_ne_bytes());
+    e[4..6].copy_from_slice(&2u16.to_ne_bytes());
+    e[16..20].copy_from_slice(&(-libc::ENOENT).to_ne_bytes());
+    assert_eq!(parse_diag(&e, &mut icons), Err(Errno(libc::ENOENT)));
+}
+
+#[test]
+fn json_round_trip() {
+    let s = UnixSocket {
+        ty: 1,
+        state: State::Listening,
+        name: b"/tmp/x".to_vec(),
+        backlog: 5,
+        pending: vec![9, 10],
+        queue: vec![Message {
+            len: 3,
+            from: vec![0, b'a'],
+        }],
+        data: Some([4096, 3]),
+        peek_off: -1,
+        ..Default::default()
+    };
+    let back: UnixSocket = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+    assert_eq!(back, s);
+}
