@@ -388,18 +388,20 @@ impl Coordinator {
         }
         let mut refs = Vec::new();
         let mut incremental = false;
+        let mut manifests = Vec::new();
         if failure.is_none() {
             for pid in &pids {
                 match check_written(&pending, *pid, &run.hosts) {
-                    Ok((_, Some(b))) if b != base => {
+                    Ok((_, Some(b), _)) if b != base => {
                         failure = Some(format!(
                             "process {pid} wrote an image that refers to generation {b}, not {base}"
                         ));
                         break;
                     }
-                    Ok((r, b)) => {
+                    Ok((r, b, m)) => {
                         incremental |= b.is_some();
                         refs.push(r);
+                        manifests.push(m);
                     }
                     Err(e) => {
                         failure = Some(format!("process {pid}: {e}"));
@@ -407,6 +409,11 @@ impl Coordinator {
                     }
                 }
             }
+        }
+        if failure.is_none()
+            && let Err(e) = check_sockets(&manifests, &run.hosts)
+        {
+            failure = Some(e);
         }
         if let Some(f) = failure {
             pending.abort();
@@ -650,7 +657,7 @@ fn check_written(
     gdir: &ckpt::image::generation::PendingGeneration,
     pid: i32,
     hosts: &BTreeMap<i32, i32>,
-) -> Result<(ProcessRef, Option<u64>), String> {
+) -> Result<(ProcessRef, Option<u64>, ProcessManifest), String> {
     let mname = format!("proc-{pid}.json");
     let iname = format!("proc-{pid}.img");
     let data = std::fs::read(gdir.at(&mname)).map_err(|e| format!("{mname}: {e}"))?;
@@ -674,7 +681,54 @@ fn check_written(
             image_size: size,
         },
         m.base,
+        m,
     ))
+}
+
+/// The job's unix sockets, all processes together: would a restart make
+/// every one of them again, connected as it was? (Each end's state was
+/// captured by its holder while the whole job was stopped.) A socket whose
+/// peer is outside the job is refused with what [`describe_socket`] says
+/// about it.
+fn check_sockets(manifests: &[ProcessManifest], hosts: &BTreeMap<i32, i32>) -> Result<(), String> {
+    use ckpt::objects::unix_socket::{SavedEnd, plan};
+    let mut low: BTreeMap<u64, bool> = BTreeMap::new();
+    for m in manifests {
+        for f in m.fds.iter().filter(|f| f.socket.is_some()) {
+            *low.entry(f.inode).or_insert(true) &= f.fd <= 2;
+        }
+    }
+    let mut ends = Vec::new();
+    for m in manifests {
+        for f in &m.fds {
+            if let Some(sock) = &f.socket {
+                ends.push(SavedEnd {
+                    inode: f.inode,
+                    sock,
+                    data: Vec::new(),
+                    cwd: Vec::new(),
+                    stdio_only: low.get(&f.inode).copied().unwrap_or(false),
+                    who: format!("fd {} of {} (process {})", f.fd, m.exe, m.pid),
+                });
+            }
+        }
+    }
+    plan(&ends).map(|_| ()).map_err(|r| {
+        let holder = manifests.iter().find_map(|m| {
+            m.fds
+                .iter()
+                .find(|f| f.inode == r.inode && f.socket.is_some())
+                .map(|f| (m, f))
+        });
+        match holder {
+            Some((m, f)) if r.outside => {
+                let why = describe_socket(m, f, m.pid, hosts).unwrap_or(r.message.clone());
+                format!("process {}: {why}", m.pid)
+            }
+            Some((m, _)) => format!("process {}: {}", m.pid, r.message),
+            None => r.message,
+        }
+    })
 }
 
 /// Refuse a descriptor that a restart could not recreate: sockets and
@@ -685,6 +739,9 @@ fn check_written(
 /// caller adds the process.
 fn check_fd(m: &ProcessManifest, f: &ckpt::image::manifest::Fd) -> Result<(), String> {
     match f.kind {
+        // A unix socket whose state was captured: checked with its peer
+        // (check_sockets).
+        FdKind::Socket if f.socket.is_some() => Ok(()),
         FdKind::Socket | FdKind::Other if f.fd > 2 => Err(format!(
             "fd {} of {} is {} ({}), which ckpt cannot checkpoint yet",
             f.fd,

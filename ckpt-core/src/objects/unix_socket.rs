@@ -640,10 +640,7 @@ fn peek_queue(
     let mut first = true;
     // A stream is read in runs of bytes, merged into one message.
     let mut run = 0u64;
-    loop {
-        let Some((n, flags, flen)) = peek_one(fd, stream, passcred, buf.bytes(), &mut from)? else {
-            break;
-        };
+    while let Some((n, flags, flen)) = peek_one(fd, stream, passcred, buf.bytes(), &mut from)? {
         if flags & libc::MSG_CTRUNC != 0 {
             *fds_in_flight = true;
         }
@@ -764,7 +761,7 @@ pub fn show_name(n: &[u8]) -> String {
 }
 
 mod restore;
-pub use restore::{Restored, SavedEnd, restore_all};
+pub use restore::{Refusal, Restored, SavedEnd, Step, plan, restore_all};
 
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,8 @@
 //!   created once with their saved state;
 //! - pipes with both ends inside the job: one new pipe per saved pipe, with
 //!   the bytes that were buffered in it written back;
+//! - unix sockets, connected as they were, with their queued data
+//!   (`ckpt::objects::unix_socket`);
 //! - shared anonymous memory (`MAP_SHARED|MAP_ANONYMOUS`, memfd): one memfd
 //!   per saved object, filled from the images, mapped by every process.
 
@@ -31,6 +33,8 @@ pub struct Shared {
     pub objects: HashMap<(i32, i32), Object>,
     /// pipe inode -> (read end, write end).
     pub pipes: HashMap<u64, (i32, i32)>,
+    /// unix socket inode (at checkpoint time) -> the socket made for it.
+    pub sockets: HashMap<u64, i32>,
     /// shared memory inode -> memfd.
     pub memfds: HashMap<u64, i32>,
     /// Far ends of pipes whose other end is outside the job, kept open by
@@ -306,6 +310,55 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
                 return Err("cannot refill a pipe with its buffered data".into());
             }
             done += n as usize;
+        }
+    }
+    // Unix sockets: every one the job holds, paired and filled as they were
+    // (ckpt::objects::unix_socket). One end of a pair may be in another
+    // process: all are made here and inherited.
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    let mut low: HashMap<u64, bool> = HashMap::new();
+    let mut holders = Vec::new();
+    for m in &g.processes {
+        for f in &m.fds {
+            let Some(sock) = &f.socket else { continue };
+            *low.entry(f.inode).or_insert(true) &= f.fd <= 2;
+            if seen.contains_key(&f.inode) {
+                continue;
+            }
+            seen.insert(f.inode, holders.len());
+            holders.push((m, f, sock));
+        }
+    }
+    let mut ends = Vec::new();
+    for (m, f, sock) in &holders {
+        let mut data = Vec::new();
+        if let Some([off, len]) = sock.data {
+            let file = open_image(&g.path, &m.image.file, m.image.size)?;
+            let img = g.path.join(&m.image.file);
+            data = vec![0u8; usize::try_from(len).map_err(|_| "corrupt socket data length")?];
+            file.read_exact_at(&mut data, off)
+                .map_err(|e| format!("{}: reading queued socket data: {e}", img.display()))?;
+            if ckpt::image::checksum::crc32c(&data) != sock.crc {
+                return Err(format!(
+                    "{}: corrupt image: the {len} bytes queued in a socket at offset {off} do not match their checksum",
+                    img.display()
+                ));
+            }
+        }
+        ends.push(ckpt::objects::unix_socket::SavedEnd {
+            inode: f.inode,
+            sock,
+            data,
+            cwd: name_bytes(&m.cwd),
+            stdio_only: low.get(&f.inode).copied().unwrap_or(false),
+            who: format!("fd {} of process {} ({})", f.fd, m.pid, m.exe),
+        });
+    }
+    if !ends.is_empty() {
+        let made = ckpt::objects::unix_socket::restore_all(&ends)?;
+        for (ino, fd) in made.fds {
+            let fd = next(&mut s, fd)?;
+            s.sockets.insert(ino, fd);
         }
     }
     // Shared anonymous memory.

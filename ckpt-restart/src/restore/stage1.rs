@@ -143,6 +143,11 @@ fn source(s: &Stage1<'_>, f: &Fd) -> Source {
     if let Some(&fd) = s.shared.files.get(&(s.m.pid, f.fd)) {
         return Source::Dup(fd);
     }
+    if f.kind == FdKind::Socket
+        && let Some(&fd) = s.shared.sockets.get(&f.inode)
+    {
+        return Source::Dup(fd);
+    }
     match f.kind {
         FdKind::Pipe => {
             if let Some(&(r, w)) = s.shared.pipes.get(&f.inode) {
@@ -244,7 +249,9 @@ fn restore_fds(s: &Stage1<'_>, keep_above: i32) -> Result<(), String> {
                 if f.cloexec { libc::FD_CLOEXEC } else { 0 },
             )
         };
-        if f.kind == FdKind::Pipe && s.shared.pipes.contains_key(&f.inode) {
+        if (f.kind == FdKind::Pipe && s.shared.pipes.contains_key(&f.inode))
+            || (f.kind == FdKind::Socket && s.shared.sockets.contains_key(&f.inode))
+        {
             // A pipe the restore made: give it back O_NONBLOCK, which event
             // loops rely on (a read that should fail with EAGAIN would block).
             set_nonblocking(f.fd, (f.flags as i32) & libc::O_NONBLOCK != 0)

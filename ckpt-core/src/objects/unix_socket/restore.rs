@@ -76,6 +76,27 @@ pub enum Step {
     Stdio(u64),
 }
 
+/// Why a socket cannot be restored: the socket (its inode at checkpoint
+/// time) and the reason; `outside` when its peer is held by no process of
+/// the job (the coordinator then says where the peer is).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The socket.
+    pub inode: u64,
+    /// Its peer is outside the job.
+    pub outside: bool,
+    /// The whole message, naming the holder (from [`SavedEnd::who`]).
+    pub message: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
 /// The sockets made, by saved inode.
 #[derive(Debug, Default)]
 pub struct Restored {
@@ -86,17 +107,19 @@ pub struct Restored {
 /// Make the plan: how every socket of `ends` comes back. Fails, naming the
 /// socket and why, when one cannot. Pure: used at checkpoint time to refuse
 /// what a restart could not do.
-pub fn plan(ends: &[SavedEnd<'_>]) -> Result<Vec<Step>, String> {
+pub fn plan(ends: &[SavedEnd<'_>]) -> Result<Vec<Step>, Refusal> {
     let mut by: BTreeMap<u64, &SavedEnd<'_>> = BTreeMap::new();
     for e in ends {
         by.entry(e.inode).or_insert(e);
     }
     for e in by.values() {
-        e.sock.validate().map_err(|why| {
-            format!(
+        e.sock.validate().map_err(|why| Refusal {
+            inode: e.inode,
+            outside: false,
+            message: format!(
                 "{} is a unix socket that ckpt cannot checkpoint: {why}",
                 e.who
-            )
+            ),
         })?;
     }
     // Connecting socket -> the listening socket that has not accepted it.
@@ -115,6 +138,11 @@ pub fn plan(ends: &[SavedEnd<'_>]) -> Result<Vec<Step>, String> {
         if done.contains(&ino) {
             continue;
         }
+        let refuse = |outside: bool, message: String| Refusal {
+            inode: ino,
+            outside,
+            message,
+        };
         let s = e.sock;
         match s.state {
             State::Unconnected => plain.push(Step::Plain(ino)),
@@ -131,37 +159,46 @@ pub fn plan(ends: &[SavedEnd<'_>]) -> Result<Vec<Step>, String> {
                 } else if let Some(b) = by.get(&p) {
                     if b.sock.peer == ino {
                         if b.sock.ty != s.ty {
-                            return Err(format!("{}: its peer has another type", e.who));
+                            return Err(refuse(
+                                false,
+                                format!("{}: its peer has another type", e.who),
+                            ));
                         }
                         first.push(Step::Pair(ino, p));
                         done.insert(p);
                     } else if s.ty == libc::SOCK_DGRAM && !b.sock.name.is_empty() {
-                        if !e.data.is_empty() && s.name.is_empty() {
-                            return Err(format!(
-                                "{} is an unnamed datagram socket connected to {} with datagrams queued from it; ckpt could not send them again",
-                                e.who,
-                                show_name(&b.sock.name)
+                        if !s.queue.is_empty() && s.name.is_empty() {
+                            return Err(refuse(
+                                false,
+                                format!(
+                                    "{} is an unnamed datagram socket connected to {} with datagrams queued from it; ckpt could not send them again",
+                                    e.who,
+                                    show_name(&b.sock.name)
+                                ),
                             ));
                         }
                         last.push(Step::ConnectTo { a: ino, target: p });
                     } else {
-                        return Err(format!(
-                            "{}: its peer ({}) is connected elsewhere",
-                            e.who, b.who
+                        return Err(refuse(
+                            false,
+                            format!("{}: its peer ({}) is connected elsewhere", e.who, b.who),
                         ));
                     }
                 } else if e.stdio_only {
                     first.push(Step::Stdio(ino));
                 } else {
-                    return Err(format!(
-                        "{} is a unix socket connected to {}, which no process of the job holds: \
-                         ckpt cannot restore a connection to a process outside the job",
-                        e.who,
-                        if s.peer_name.is_empty() {
-                            "an unnamed socket".to_string()
-                        } else {
-                            show_name(&s.peer_name)
-                        }
+                    return Err(refuse(
+                        true,
+                        format!(
+                            "{} is a unix socket connected to {}, which no process of the job holds: \
+                             ckpt cannot restore a connection to a process outside the job",
+                            e.who,
+                            if s.peer_name.is_empty() {
+                                "an unnamed socket".to_string()
+                            } else {
+                                show_name(&s.peer_name)
+                            }
+                        ),
                     ));
                 }
             }
@@ -491,7 +528,7 @@ fn send_all(fd: i32, to: Option<&[u8]>, mut b: &[u8], whole: bool) -> Result<(),
 /// with its queued data, given its options and shutdown state. On failure
 /// everything made is closed.
 pub fn restore_all(ends: &[SavedEnd<'_>]) -> Result<Restored, String> {
-    let steps = plan(ends)?;
+    let steps = plan(ends).map_err(|r| r.message)?;
     let mut by: HashMap<u64, &SavedEnd<'_>> = HashMap::new();
     for e in ends {
         by.entry(e.inode).or_insert(e);

@@ -4,16 +4,13 @@
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::FileExt as _;
 
-use super::restore::{Step, plan};
 use super::*;
 
 fn socketpair(ty: i32) -> (i32, i32) {
     let mut p = [0i32; 2];
     // SAFETY: p is a valid array.
-    assert_eq!(
-        unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, p.as_mut_ptr()) },
-        0
-    );
+    let r = unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, p.as_mut_ptr()) };
+    assert_eq!(r, 0);
     (p[0], p[1])
 }
 
@@ -35,9 +32,11 @@ fn recv(fd: i32) -> Option<Vec<u8>> {
 }
 
 fn inode(fd: i32) -> u64 {
+    // SAFETY: stat is plain old data.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fstat into a local.
-    assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
+    let r = unsafe { libc::fstat(fd, &mut st) };
+    assert_eq!(r, 0);
     st.st_ino
 }
 
@@ -60,7 +59,7 @@ fn take(fd: i32) -> (UnixSocket, Vec<u8>) {
     let mut data = Vec::new();
     if let Some([o, l]) = s.data {
         assert_eq!(o, 4096);
-        assert!(off >= o + l && off % 4096 == 0);
+        assert!(off >= o + l && off.is_multiple_of(4096));
         data = vec![0u8; l as usize];
         img.read_exact_at(&mut data, o).unwrap();
         assert_eq!(crate::image::checksum::crc32c(&data), s.crc);
@@ -219,16 +218,15 @@ fn bind_listen(ty: i32, name: &[u8]) -> i32 {
     let l = unsafe { libc::socket(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0) };
     let (sa, len) = sockaddr_of(name);
     // SAFETY: valid address.
-    assert_eq!(
-        unsafe { libc::bind(l, (&sa as *const libc::sockaddr_un).cast(), len) },
-        0
-    );
+    let r = unsafe { libc::bind(l, (&sa as *const libc::sockaddr_un).cast(), len) };
+    assert_eq!(r, 0);
     // SAFETY: listen on a test socket.
     assert_eq!(unsafe { libc::listen(l, 7) }, 0);
     l
 }
 
 fn sockaddr_of(name: &[u8]) -> (libc::sockaddr_un, u32) {
+    // SAFETY: sockaddr_un is plain old data.
     let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     sa.sun_family = libc::AF_UNIX as u16;
     for (d, &c) in sa.sun_path.iter_mut().zip(name) {
@@ -242,10 +240,8 @@ fn connect_to(ty: i32, name: &[u8]) -> i32 {
     let c = unsafe { libc::socket(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0) };
     let (sa, len) = sockaddr_of(name);
     // SAFETY: valid address.
-    assert_eq!(
-        unsafe { libc::connect(c, (&sa as *const libc::sockaddr_un).cast(), len) },
-        0
-    );
+    let r = unsafe { libc::connect(c, (&sa as *const libc::sockaddr_un).cast(), len) };
+    assert_eq!(r, 0);
     c
 }
 
@@ -362,6 +358,7 @@ fn refusals_name_the_socket_and_why() {
         iov_len: 1,
     };
     let mut ctl = [0u64; 4];
+    // SAFETY: msghdr is plain old data.
     let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
     m.msg_iov = &mut iov;
     m.msg_iovlen = 1;
@@ -390,7 +387,7 @@ fn refusals_name_the_socket_and_why() {
     assert!(sb.fds_in_flight);
     drop(marker);
     std::fs::remove_file(&marker_path).unwrap();
-    let e = plan(&[end(inode(b), &sb, db)]).unwrap_err();
+    let e = plan(&[end(inode(b), &sb, db)]).unwrap_err().message;
     assert!(e.contains("SCM_RIGHTS"), "{e}");
     close(a);
     close(b);
@@ -398,7 +395,8 @@ fn refusals_name_the_socket_and_why() {
     let (a, b) = socketpair(libc::SOCK_STREAM);
     let (sa, da) = take(a);
     let e = plan(&[end(inode(a), &sa, da)]).unwrap_err();
-    assert!(e.contains("no process of the job holds"), "{e}");
+    assert!(e.outside && e.inode == inode(a));
+    assert!(e.message.contains("no process of the job holds"), "{e}");
     // ... unless it is only stdio.
     let mut x = end(inode(a), &sa, Vec::new());
     x.stdio_only = true;
