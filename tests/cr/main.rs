@@ -55,6 +55,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use ckpt_tests::cr::{
     Running, Scratch, Spawn, Tmux, alive, ci, copy_tree, corrupt_middle, deadline, descendants,
@@ -932,7 +933,17 @@ impl Case {
                 "no process with pid {inner} in its namespace under ckpt restart (pids not kept?)"
             ));
         };
-        let after = self.check(visible_state(host));
+        // The restored program already answered the ping, but ckpt's
+        // runtime in it may still be finishing its side of the restart (in a
+        // signal handler: every signal blocked, a pipe of its own open) for
+        // a moment: look again until the state matches, for at most 10 s.
+        // A difference that stays fails.
+        let mut after = self.check(visible_state(host));
+        let settle = Instant::now();
+        while after != before && settle.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+            after = self.check(visible_state(host));
+        }
         fs::write(self.s.join("visible-after.txt"), after.lines.join("\n")).ok();
         if after != before {
             self.fail(format!(

@@ -201,7 +201,7 @@ fn listening_socket_named() {
 #[test]
 fn connections_inside_the_job_named() {
     let Some(ckpt) = ckpt_bin() else { return };
-    for mode in ["pair", "unixpair"] {
+    for mode in ["pair"] {
         let j = sock_job(&format!("sockets-{mode}"), &ckpt, mode, &[]);
         with_job(&j, |l| {
             let line = line_of(&j, l, "fds ")?;
@@ -230,4 +230,82 @@ fn connections_inside_the_job_named() {
             close_checkpoint_finish(&j, l, &format!("READY\n{line}\nclosed\nPASS\n"))
         });
     }
+}
+
+/// A unix socket connected to a server outside the job: refused, naming
+/// the path; the connection keeps working.
+#[test]
+fn unix_connection_to_outside_named() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let dir = std::env::temp_dir().join(format!("ckpt-unixout-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let path = dir.join("server.sock");
+    let server = std::os::unix::net::UnixListener::bind(&path)
+        .unwrap_or_else(|e| panic!("bind {}: {e}", path.display()));
+    let j = sock_job(
+        "sockets-unixout",
+        &ckpt,
+        "unixout",
+        &[path.to_string_lossy().into_owned()],
+    );
+    with_job(&j, |l| {
+        let (mut conn, _) = server.accept().map_err(|e| format!("accept: {e}"))?;
+        conn.set_read_timeout(Some(Duration::from_secs(60)))
+            .map_err(|e| e.to_string())?;
+        let mut hello = [0u8; 6];
+        conn.read_exact(&mut hello)
+            .map_err(|e| format!("read hello: {e}"))?;
+        let line = line_of(&j, l, "fds ")?;
+        let fd = line.trim_start_matches("fds ");
+        let program = j.program.to_string_lossy().into_owned();
+        refused(
+            &j,
+            l,
+            "unixout",
+            &[
+                &format!(
+                    "fd {fd} of {program} is a unix stream socket connected to {}, to a process outside the job",
+                    path.display()
+                ),
+                "keeps running",
+            ],
+        )?;
+        touch(&j.work.join("close"))?;
+        let mut bye = [0u8; 4];
+        conn.read_exact(&mut bye)
+            .map_err(|e| format!("read bye: {e}"))?;
+        conn.write_all(b"ok\n")
+            .map_err(|e| format!("write ok: {e}"))?;
+        close_checkpoint_finish(&j, l, &format!("READY\n{line}\nclosed\nPASS\n"))
+    });
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// A descriptor in flight (sent with SCM_RIGHTS, not received): refused at
+/// checkpoint time, naming the socket and saying when to checkpoint
+/// instead; once the program has received it, the checkpoint succeeds.
+#[test]
+fn descriptor_in_flight_refused() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let j = sock_job("sockets-fdflight", &ckpt, "fdflight", &[]);
+    with_job(&j, |l| {
+        let line = line_of(&j, l, "fds ")?;
+        let f: Vec<&str> = line.split(' ').collect();
+        let b = f.get(2).copied().unwrap_or("?");
+        let program = j.program.to_string_lossy().into_owned();
+        refused(
+            &j,
+            l,
+            "fdflight",
+            &[
+                &format!(
+                    "fd {b} of {program} (process 2) is a unix socket that ckpt cannot checkpoint"
+                ),
+                "SCM_RIGHTS",
+                "keeps running",
+            ],
+        )?;
+        close_checkpoint_finish(&j, l, &format!("READY\n{line}\nclosed\nPASS\n"))
+    });
 }

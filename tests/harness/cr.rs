@@ -755,6 +755,10 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
         } else if t.is_symlink() {
             let l = fs::read_link(&src).map_err(|e| e.to_string())?;
             std::os::unix::fs::symlink(l, &dst).map_err(|e| e.to_string())?;
+        } else if std::os::unix::fs::FileTypeExt::is_socket(&t) {
+            // A unix socket's file has no content; a restart binds the name
+            // again.
+            continue;
         } else {
             fs::copy(&src, &dst).map_err(|e| format!("copy {}: {e}", src.display()))?;
         }

@@ -16,7 +16,13 @@
  *             "fds C S port N" (the connecting and the accepted descriptor,
  *             the port of the accepted one). When WORKDIR/close exists it
  *             sends a byte each way, closes both and prints "closed".
- *   unixpair  the same with socketpair(AF_UNIX, SOCK_STREAM): "fds A B".
+ *   unixout   connects a unix stream socket to the path PORT (a server
+ *             outside the job), sends "hello\n" and prints READY and
+ *             "fds C"; then like connect.
+ *   fdflight  a unix socketpair with a descriptor (its own fd 0) sent with
+ *             SCM_RIGHTS and not received yet; prints READY and "fds A B".
+ *             When WORKDIR/close exists it receives the descriptor, closes
+ *             everything and prints "closed".
  * Then it waits for WORKDIR/go and prints PASS (or FAIL: why).
  */
 #define _GNU_SOURCE
@@ -27,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -184,14 +191,64 @@ int main(int argc, char **argv)
 		exchange(c, s);
 		close(c);
 		close(s);
-	} else if (strcmp(mode, "unixpair") == 0) {
+	} else if (strcmp(mode, "unixout") == 0) {
+		if (argc < 4)
+			fail("unixout needs a PATH");
+		struct sockaddr_un a;
+		memset(&a, 0, sizeof a);
+		a.sun_family = AF_UNIX;
+		snprintf(a.sun_path, sizeof a.sun_path, "%s", argv[3]);
+		int c = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (c < 0)
+			fail("socket");
+		while (connect(c, (struct sockaddr *)&a, sizeof a) != 0)
+			if (errno != EINTR)
+				fail("connect");
+		send_all(c, "hello\n", 6);
+		snprintf(line, sizeof line, "READY\nfds %d\n", c);
+		say(line);
+		wait_for("close");
+		send_all(c, "bye\n", 4);
+		recv_exact(c, "ok\n");
+		close(c);
+	} else if (strcmp(mode, "fdflight") == 0) {
 		int sv[2];
 		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
 			fail("socketpair");
+		char byte = 'f';
+		struct iovec iov = {&byte, 1};
+		union {
+			struct cmsghdr h;
+			char b[CMSG_SPACE(sizeof(int))];
+		} ctl;
+		memset(&ctl, 0, sizeof ctl);
+		struct msghdr m;
+		memset(&m, 0, sizeof m);
+		m.msg_iov = &iov;
+		m.msg_iovlen = 1;
+		m.msg_control = ctl.b;
+		m.msg_controllen = sizeof ctl.b;
+		struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+		h->cmsg_level = SOL_SOCKET;
+		h->cmsg_type = SCM_RIGHTS;
+		h->cmsg_len = CMSG_LEN(sizeof(int));
+		int zero = 0;
+		memcpy(CMSG_DATA(h), &zero, sizeof zero);
+		if (sendmsg(sv[0], &m, 0) != 1)
+			fail("sendmsg");
 		snprintf(line, sizeof line, "READY\nfds %d %d\n", sv[0], sv[1]);
 		say(line);
 		wait_for("close");
-		exchange(sv[0], sv[1]);
+		memset(&ctl, 0, sizeof ctl);
+		m.msg_controllen = sizeof ctl.b;
+		if (recvmsg(sv[1], &m, 0) != 1)
+			fail("recvmsg");
+		h = CMSG_FIRSTHDR(&m);
+		if (!h || h->cmsg_type != SCM_RIGHTS)
+			fail("no descriptor received");
+		int got;
+		memcpy(&got, CMSG_DATA(h), sizeof got);
+		close(got);
 		close(sv[0]);
 		close(sv[1]);
 	} else {
