@@ -247,6 +247,20 @@ unsafe fn resume(t: &FinishThread) -> ! {
         // SAFETY: PR_SET_NAME (15) reads a NUL-terminated name of at most 16 bytes.
         let _ = unsafe { raw::syscall3(nr::PRCTL, 15, t.name.as_ptr() as usize, 0) };
     }
+    // No alternate signal stack until rt_sigreturn sets the saved one. The
+    // main thread is the restart helper's task, whose runtime had set one
+    // (in memory that is gone now); and the kernel saves a thread's
+    // "none" as all zeros, which rt_sigreturn does not apply (it only
+    // ignores it). Left alone, the first handler installed with SA_ONSTACK
+    // (Python's, for one) after the restart would be run on that stale
+    // stack: SIGSEGV. See docs/signals.md.
+    let off = libc::stack_t {
+        ss_sp: core::ptr::null_mut(),
+        ss_flags: libc::SS_DISABLE,
+        ss_size: 0,
+    };
+    // SAFETY: sigaltstack reads a stack_t from a local; no old value wanted.
+    let _ = unsafe { raw::syscall3(nr::SIGALTSTACK, &off as *const libc::stack_t as usize, 0, 0) };
     let (pid, tid) = (raw::getpid(), raw::gettid());
     raise_all(t.pending, |sig| {
         let _ = raw::tgkill(pid, tid, sig);
