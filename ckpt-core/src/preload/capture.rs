@@ -723,7 +723,8 @@ fn emit_region(
     (start_stack, hugepage): (u64, bool),
 ) -> Result<(), Fail> {
     let (mut fsize, mut mtime) = (0u64, 0u64);
-    let (mut dev, mut ino) = (((m.dev_major as u64) << 8) | m.dev_minor as u64, m.inode);
+    // The same encoding as `st_dev`, so a region and a file compare.
+    let (mut dev, mut ino) = (libc::makedev(m.dev_major, m.dev_minor), m.inode);
     if kind == "file" || kind == "shared_file" {
         let mut p = StackBuf::<4096>::new();
         p.push(m.path);

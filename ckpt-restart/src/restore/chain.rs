@@ -137,7 +137,7 @@ pub fn pieces(m: &ProcessManifest, bases: &[&ProcessManifest]) -> Result<Vec<Vec
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use ckpt::image::manifest::{Region, RegionKind};
 
@@ -162,7 +162,8 @@ mod tests {
         }
     }
 
-    fn manifest(regions: Vec<Region>) -> ProcessManifest {
+    /// A process manifest with these regions (for tests of restore steps).
+    pub(crate) fn manifest(regions: Vec<Region>) -> ProcessManifest {
         let text = r#"{"format":"ckpt-process","version":[1,1],"pid":7,"ppid":1,"uid":0,
             "exe":"/bin/x","realtime_ns":0,"monotonic_ns":0,"boottime_ns":0,
             "cpu":{"features":[0,0,0,0],"xcr0":0},"vdso":{"vvar":0,"vdso":0,"vdso_len":0,"crc":0},

@@ -35,8 +35,8 @@ pub struct Shared {
     pub pipes: HashMap<u64, (i32, i32)>,
     /// unix socket inode (at checkpoint time) -> the socket made for it.
     pub sockets: HashMap<u64, i32>,
-    /// shared memory inode -> memfd.
-    pub memfds: HashMap<u64, i32>,
+    /// shared memory (device, inode) -> memfd.
+    pub memfds: HashMap<(u64, u64), i32>,
     /// Far ends of pipes whose other end is outside the job, kept open by
     /// the init for the job's lifetime so the program's end behaves as before.
     pub keep: Vec<i32>,
@@ -362,18 +362,18 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
         }
     }
     // Shared anonymous memory.
-    let mut sizes: HashMap<u64, u64> = HashMap::new();
+    let mut sizes: HashMap<(u64, u64), u64> = HashMap::new();
     for m in &g.processes {
         for r in m
             .regions
             .iter()
             .filter(|r| r.kind == RegionKind::SharedAnon)
         {
-            let e = sizes.entry(r.inode).or_insert(0);
+            let e = sizes.entry((r.dev, r.inode)).or_insert(0);
             *e = (*e).max(r.offset + (r.end - r.start));
         }
     }
-    for (ino, size) in &sizes {
+    for (key, size) in &sizes {
         let name = std::ffi::CString::new("ckpt-shm").unwrap_or_default();
         // SAFETY: valid name.
         let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
@@ -388,7 +388,7 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
             ));
         }
         let fd = next(&mut s, fd)?;
-        s.memfds.insert(*ino, fd);
+        s.memfds.insert(*key, fd);
     }
     for m in &g.processes {
         let img = g.path.join(&m.image.file);
@@ -398,7 +398,7 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
             .iter()
             .filter(|r| r.kind == RegionKind::SharedAnon && !r.runs.is_empty())
         {
-            let Some(&fd) = s.memfds.get(&r.inode) else {
+            let Some(&fd) = s.memfds.get(&(r.dev, r.inode)) else {
                 continue;
             };
             let mut off = r.data_offset;

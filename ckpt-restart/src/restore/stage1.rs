@@ -489,14 +489,15 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
     *report_to = (err_fd, status_fd);
     let s = Stage1 { status_fd, ..*s };
     // Shared memory objects this process maps.
-    let mut memfds: HashMap<u64, i32> = HashMap::new();
+    let mut memfds: HashMap<(u64, u64), i32> = HashMap::new();
     for r in m
         .regions
         .iter()
         .filter(|r| r.kind == RegionKind::SharedAnon)
     {
-        if let (Some(&fd), false) = (s.shared.memfds.get(&r.inode), memfds.contains_key(&r.inode)) {
-            memfds.insert(r.inode, dup_above(fd, hi, true).map_err(|e| e.to_string())?);
+        let key = (r.dev, r.inode);
+        if let (Some(&fd), false) = (s.shared.memfds.get(&key), memfds.contains_key(&key)) {
+            memfds.insert(key, dup_above(fd, hi, true).map_err(|e| e.to_string())?);
         }
     }
     restore_fds(&s, hi)?;
@@ -604,7 +605,7 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
     for (i, r) in m.regions.iter().enumerate() {
         if r.kind == RegionKind::SharedAnon {
             let fd = memfds
-                .get(&r.inode)
+                .get(&(r.dev, r.inode))
                 .copied()
                 .ok_or_else(|| format!("no shared memory object for {:#x}", r.start))?;
             files.insert(i, fd);

@@ -247,7 +247,7 @@ pub fn restore(g: &LoadedGeneration, socket: &Path, verify: bool, track: bool) -
     // Files the job was writing get their checkpoint content back first;
     // deleted ones get temporary names, unlinked when `files` is dropped
     // (after every process opened them, or after a failure).
-    let (g, files) = match crate::saved_files::restore(g) {
+    let (mut g, files) = match crate::saved_files::restore(g) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ckpt: restore failed: {e}");
@@ -261,6 +261,8 @@ pub fn restore(g: &LoadedGeneration, socket: &Path, verify: bool, track: bool) -
             files.changed.join(", ")
         );
     }
+    // One shared memory object mapped under two names is mapped again as one.
+    super::aliases::apply(&mut g);
     let g = &g;
     let lo = g
         .processes
