@@ -4,6 +4,7 @@
 # compiler, and the interpreters the C/R tests run (python3, R, tmux).
 # Idempotent; apt-get runs only when something is missing (then it must run
 # as root).
+# Builds Slurm 25.11 from vendor/ into /opt/slurm-25.11 when it is not there.
 # Also checks that a Rust toolchain (cargo >= 1.88: edition 2024, naked functions) is on PATH,
 # and installs one with rustup when there is none.
 set -euo pipefail
@@ -50,4 +51,28 @@ major=${version%%.*}; rest=${version#*.}; minor=${rest%%.*}
 if [ "$major" -lt 1 ] || { [ "$major" = 1 ] && [ "$minor" -lt 88 ]; }; then
   die "cargo $version is too old: ckpt needs Rust >= 1.88 (edition 2024, naked functions); run rustup update"
 fi
-log "ok: packages installed, cargo $version"
+# Slurm 25.11 from vendor/ (the Slurm tests also run against it: the
+# `slurm-25-11` test target). About 3 minutes on 2 cores, once.
+SLURM_25_11_HOME=${CKPT_SLURM_25_11_HOME:-/opt/slurm-25.11}
+SLURM_25_11_TARBALL=$(dirname "$0")/../vendor/slurm-25.11.7.tar.gz
+SLURM_25_11_SHA256=fde046ae991d17cd27f53732b6f3544a2980ff6faadd2fde540c87783ad03bef
+if [ ! -x "$SLURM_25_11_HOME/sbin/slurmctld" ] || [ ! -f "$SLURM_25_11_HOME/include/slurm/spank.h" ]; then
+  [ "$(id -u)" = 0 ] || die "Slurm 25.11 is not installed in $SLURM_25_11_HOME; run as root to build it"
+  for p in libmunge-dev make; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || {
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >/dev/null ||
+        die "apt-get install $p failed"; }
+  done
+  echo "$SLURM_25_11_SHA256  $SLURM_25_11_TARBALL" | sha256sum -c --quiet - ||
+    die "$SLURM_25_11_TARBALL does not have the expected sha256"
+  build=$(mktemp -d /var/tmp/slurm-25.11-build.XXXXXX)
+  log "building Slurm 25.11 into $SLURM_25_11_HOME (log: $build/build.log)"
+  tar -C "$build" -xzf "$SLURM_25_11_TARBALL"
+  ( cd "$build"/slurm-25.11.7 &&
+    ./configure --prefix="$SLURM_25_11_HOME" --sysconfdir="$SLURM_25_11_HOME/etc" --disable-debug &&
+    make -j"$(nproc)" && make install ) >"$build/build.log" 2>&1 ||
+    { tail -n 30 "$build/build.log" >&2; die "building Slurm 25.11 failed (log: $build/build.log)"; }
+  rm -rf "$build"
+fi
+
+log "ok: packages installed, Slurm 25.11 in $SLURM_25_11_HOME, cargo $version"

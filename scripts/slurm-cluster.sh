@@ -15,19 +15,29 @@
 #   CKPT_SLURM_TASK_PROLOG  TaskProlog= of the generated slurm.conf (default: none)
 #   CKPT_SLURM_INSTALL=0  never apt-get install missing packages (fail instead)
 #   CKPT_SLURM_KEEP_MUNGE=1  `stop` leaves munged running
+#   CKPT_SLURM_HOME       a Slurm installed from source (its bin/ and sbin/ are
+#                         used, e.g. /opt/slurm-25.11); default: Debian's packages
 #
 # Fixed ports (6817/6818): one such cluster per machine. The generated
 # slurm.conf also becomes /etc/slurm/slurm.conf when that is missing or a
 # symlink, so that plain `srun`/`sbatch` find it.
 set -euo pipefail
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+SLURM_HOME=${CKPT_SLURM_HOME:-}
+if [ -n "$SLURM_HOME" ]; then
+  SBIN=$SLURM_HOME/sbin
+  [ -x "$SBIN/slurmctld" ] || { echo "[slurm-cluster] error: no $SBIN/slurmctld (CKPT_SLURM_HOME=$SLURM_HOME)" >&2; exit 1; }
+  export PATH=$SBIN:$SLURM_HOME/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+else
+  SBIN=/usr/sbin
+  export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+fi
 
 PREFIX=${CKPT_SLURM_PREFIX:-/var/tmp/ckpt-slurm}
 CONF=$PREFIX/etc/slurm.conf
 PLUGSTACK=${CKPT_SLURM_PLUGSTACK:-$PREFIX/etc/plugstack.conf}
 TEST_USER=${CKPT_SLURM_USER-slurmtest}
 NODE=$(uname -n | cut -d. -f1)
-PACKAGES="slurmctld slurmd slurm-client munge"
+if [ -n "$SLURM_HOME" ]; then PACKAGES="munge"; else PACKAGES="slurmctld slurmd slurm-client munge"; fi
 
 log() { echo "[slurm-cluster] $*" >&2; }
 die() {
@@ -173,8 +183,8 @@ node_ready() {
 stop_cluster() {
   export SLURM_CONF=$CONF
   local ctld sd jobs steps
-  ctld=$(pid_of "$PREFIX/run/slurmctld.pid" /usr/sbin/slurmctld)
-  sd=$(pid_of "$PREFIX/run/slurmd.pid" /usr/sbin/slurmd)
+  ctld=$(pid_of "$PREFIX/run/slurmctld.pid" "$SBIN/slurmctld")
+  sd=$(pid_of "$PREFIX/run/slurmd.pid" "$SBIN/slurmd")
   if [ -n "$ctld" ]; then
     jobs=$(timeout 5 squeue -h -o %i 2>/dev/null || true)
     if [ -n "$jobs" ]; then
@@ -188,7 +198,7 @@ stop_cluster() {
   stop_pids $ctld
   # slurmstepd's outlive slurmd by design: stop those of our slurmd.
   steps=$(for d in /proc/[0-9]*; do
-            if [ "$(readlink "$d/exe" 2>/dev/null)" = /usr/sbin/slurmstepd ]; then echo "${d#/proc/}"; fi
+            if [ "$(readlink "$d/exe" 2>/dev/null)" = "$(readlink -f "$SBIN/slurmstepd")" ]; then echo "${d#/proc/}"; fi
           done)
   stop_pids $steps
   if [ "${CKPT_SLURM_KEEP_MUNGE:-0}" != 1 ]; then
@@ -204,11 +214,12 @@ start_cluster() {
     log "created user $TEST_USER"
   fi
   CKPT_SLURM_KEEP_MUNGE=1 stop_cluster
-  # The ports are fixed: a cluster of another prefix must be stopped first.
+  # The ports are fixed: a cluster of another prefix or release must be
+  # stopped first.
   local d others=""
   for d in /proc/[0-9]*; do
     case "$(readlink "$d/exe" 2>/dev/null)" in
-      /usr/sbin/slurmctld|/usr/sbin/slurmd) others="$others ${d#/proc/}" ;;
+      */slurmctld|*/slurmd) others="$others ${d#/proc/}" ;;
     esac
   done
   [ -z "$others" ] || die "Slurm daemons of another cluster are running (pids:$others): stop them first, e.g. CKPT_SLURM_PREFIX=<its prefix> $0 stop"
@@ -216,12 +227,12 @@ start_cluster() {
   write_conf
   export SLURM_CONF=$CONF
   rm -rf "${PREFIX:?}"/state/* "${PREFIX:?}"/spool/*
-  slurmctld -c -f "$CONF" || die "slurmctld did not start"
+  "$SBIN/slurmctld" -c -f "$CONF" || die "slurmctld did not start"
   wait_for 30 "slurmctld to answer" bash -c 'scontrol ping | grep -q "is UP"'
-  slurmd -f "$CONF" || die "slurmd did not start"
+  "$SBIN/slurmd" -f "$CONF" || die "slurmd did not start"
   wait_for 60 "node $NODE to become idle" node_ready
   timeout 60 srun -Q -J cluster-probe -t 1 true || die "probe 'srun true' failed"
-  log "ready: node $NODE; export SLURM_CONF=$CONF"
+  log "ready: node $NODE, $(sinfo -V); export SLURM_CONF=$CONF${SLURM_HOME:+ PATH=$SLURM_HOME/bin:\$PATH}"
 }
 
 [ "$(id -u)" = 0 ] || die "must run as root"

@@ -332,6 +332,12 @@ impl Coordinator {
         } else {
             Vec::new()
         };
+        // Still stopped: POSIX timers are not restored yet, so refused.
+        if failure.is_none()
+            && let Err(e) = check_posix_timers(&run.hosts)
+        {
+            failure = Some(e);
+        }
         // Still stopped: keep the files the job writes as they are now.
         let mut files = Vec::new();
         if failure.is_none() {
@@ -571,6 +577,25 @@ struct Run {
     failure: Option<String>,
     /// ns pid -> host pid.
     hosts: BTreeMap<i32, i32>,
+}
+
+/// Refuses a job with a POSIX timer in any process (see
+/// `ckpt::objects::posix_timer`). Read while the job is stopped.
+fn check_posix_timers(hosts: &BTreeMap<i32, i32>) -> Result<(), String> {
+    use ckpt::objects::posix_timer;
+    for (&pid, &host) in hosts {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{host}/timers")) else {
+            continue;
+        };
+        let timers = posix_timer::parse(&text);
+        if !timers.is_empty() {
+            let exe = std::fs::read_link(format!("/proc/{host}/exe"))
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            return Err(posix_timer::refusal(pid, &exe, &timers));
+        }
+    }
+    Ok(())
 }
 
 /// Group file descriptors (across and within processes) that refer to one

@@ -301,3 +301,28 @@ fn descriptor_in_flight_refused() {
         close_checkpoint_finish(&j, l, &format!("READY\n{line}\nclosed\nPASS\n"))
     });
 }
+
+/// A POSIX timer (not a socket, the same kind of refusal): the checkpoint
+/// fails naming the process, the timer and the way out, the job keeps
+/// running; once the program deleted it, the checkpoint succeeds.
+#[test]
+fn posix_timer_refused() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let j = sock_job("ptimer", &ckpt, "ptimer", &[]);
+    with_job(&j, |l| {
+        line_of(&j, l, "timer")?;
+        let program = j.program.to_string_lossy().into_owned();
+        refused(
+            &j,
+            l,
+            "ptimer",
+            &[
+                &format!("process 2 ({program}) has 1 POSIX timer (timer_create)"),
+                "CLOCK_MONOTONIC",
+                "setitimer or a timerfd",
+                "keeps running",
+            ],
+        )?;
+        close_checkpoint_finish(&j, l, "READY\ntimer\nclosed\nPASS\n")
+    });
+}

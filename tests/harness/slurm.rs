@@ -1,4 +1,12 @@
-//! A real single-node Slurm cluster for the `slurm` test target.
+//! A real single-node Slurm cluster for the `slurm` test targets.
+//!
+//! One suite (`tests/slurm/`), two test targets, two Slurm releases
+//! ([`Release`]): `slurm` runs it against Debian's packages (22.05, in
+//! `/usr`), `slurm-25-11` against Slurm 25.11 built from source into
+//! `/opt/slurm-25.11` (`scripts/install-deps.sh` builds it from
+//! `vendor/`); the plugin is built again against that release's headers
+//! (`target/slurm-25.11/`), because slurmd loads only a plugin built for its
+//! own major.minor. The engine (`ckpt`, `libckpt.so`) is the same for both.
 //!
 //! [`cluster()`] starts it once per test binary and hands out a guard that
 //! serializes the tests (a process-wide mutex, plus an `flock` so that two
@@ -31,8 +39,62 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use nix::fcntl::{Flock, FlockArg};
 
 /// Root of everything the test cluster writes (conf, state, logs, installed
-/// artifacts, test directories). Distinct from the demo's prefix.
+/// artifacts, test directories) for Debian's Slurm; another release gets
+/// its own (`-25.11` appended). Distinct from the demo's prefix.
 pub const PREFIX: &str = "/var/tmp/ckpt-slurm-test";
+
+/// Where Slurm 25.11 is installed (`CKPT_SLURM_25_11_HOME` overrides).
+pub const SLURM_25_11_HOME: &str = "/opt/slurm-25.11";
+
+/// The Slurm release a test binary runs against.
+#[derive(Debug, Clone)]
+pub struct Release {
+    /// For messages: `22.05 (Debian)`, `25.11`.
+    pub name: &'static str,
+    /// Installation prefix of a release built from source (`bin/`, `sbin/`,
+    /// `include/`); `None`: Debian's packages.
+    pub home: Option<PathBuf>,
+    /// This release's cluster prefix.
+    pub prefix: PathBuf,
+}
+
+impl Release {
+    /// The release of the running test binary, from its name (cargo names
+    /// a test executable after its target: `slurm-HASH`, `slurm_25_11-HASH`).
+    pub fn of_this_binary() -> Release {
+        let exe = std::env::current_exe().ok();
+        let name = exe
+            .as_deref()
+            .and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with("slurm_25_11") {
+            let home = std::env::var_os("CKPT_SLURM_25_11_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(SLURM_25_11_HOME));
+            Release {
+                name: "25.11",
+                home: Some(home),
+                prefix: PathBuf::from(format!("{PREFIX}-25.11")),
+            }
+        } else {
+            Release {
+                name: "22.05 (Debian)",
+                home: None,
+                prefix: PathBuf::from(PREFIX),
+            }
+        }
+    }
+
+    /// `PATH` for commands run against this release.
+    pub fn path_env(&self) -> String {
+        let base = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
+        match &self.home {
+            Some(h) => format!("{}/bin:{}/sbin:{base}", h.display(), h.display()),
+            None => base.to_owned(),
+        }
+    }
+}
 /// The unprivileged user that submits every job.
 pub const TEST_USER: &str = "slurmtest";
 /// Deadline of one `sbatch --wait` or `srun`, seconds.
@@ -66,7 +128,9 @@ pub struct Install {
 /// The running test cluster.
 #[derive(Debug)]
 pub struct Cluster {
-    /// [`PREFIX`].
+    /// The Slurm it runs.
+    pub release: Release,
+    /// [`Release::prefix`].
     pub prefix: PathBuf,
     /// Its `slurm.conf`.
     pub conf: PathBuf,
@@ -115,7 +179,22 @@ pub fn cluster() -> Option<ClusterGuard> {
         );
         return None;
     }
-    match CLUSTER.get_or_init(start) {
+    let release = Release::of_this_binary();
+    if let Some(home) = &release.home
+        && !home.join("sbin/slurmctld").is_file()
+    {
+        let message = format!(
+            "Slurm {} is not installed in {} (scripts/install-deps.sh builds it from vendor/)",
+            release.name,
+            home.display()
+        );
+        if under_ci() {
+            panic!("{message}; CI=true, so this is a failure");
+        }
+        eprintln!("\n*** SKIPPED: {message} ***\n");
+        return None;
+    }
+    match CLUSTER.get_or_init(|| start(release)) {
         Ok(cluster) => Some(ClusterGuard {
             cluster,
             _serial: serial,
@@ -150,27 +229,70 @@ pub fn artifact_dir() -> Result<PathBuf, String> {
         .ok_or_else(|| format!("unexpected test executable path {}", exe.display()))
 }
 
-fn start() -> Result<Cluster, String> {
+/// Builds the plugin against the headers of the release installed in
+/// `home`, in its own target directory next to the workspace's; returns
+/// the built library.
+fn build_plugin_for(home: &Path, repo: &Path, built: &Path) -> Result<PathBuf, String> {
+    let target = built
+        .parent()
+        .ok_or("target directory has no parent")?
+        .join(format!(
+            "slurm-{}",
+            home.file_name()
+                .map(|n| n.to_string_lossy().replace("slurm-", ""))
+                .unwrap_or_default()
+        ));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!(
+        "[slurm harness] building the plugin against {} into {}",
+        home.display(),
+        target.display()
+    );
+    let out = Command::new(&cargo)
+        .current_dir(repo)
+        .args(["build", "--release", "-p", "spank-plugin", "--target-dir"])
+        .arg(&target)
+        .env("SLURM_INCLUDE_DIR", home.join("include"))
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building the plugin against {} failed:\n{}",
+            home.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(target.join("release/libspank_ckpt.so"))
+}
+
+fn start(release: Release) -> Result<Cluster, String> {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .ok_or("CARGO_MANIFEST_DIR has no parent")?
         .to_path_buf();
-    let prefix = PathBuf::from(PREFIX);
-    mkdir_mode(&prefix, 0o755)?;
-    // The installed plugin and libraries must not be replaceable by users.
-    chown(&prefix, Some(0), Some(0))
-        .map_err(|e| format!("chown root {}: {e}", prefix.display()))?;
+    // The lock lives in the first prefix, whatever the release: the ports
+    // are the same for every test cluster.
+    for prefix in [Path::new(PREFIX), &release.prefix] {
+        mkdir_mode(prefix, 0o755)?;
+        // The installed plugin and libraries must not be replaceable by users.
+        chown(prefix, Some(0), Some(0))
+            .map_err(|e| format!("chown root {}: {e}", prefix.display()))?;
+    }
+    let prefix = release.prefix.clone();
     let lock = take_lock()?;
 
     let built = artifact_dir()?;
+    let plugin = match &release.home {
+        Some(home) => build_plugin_for(home, &repo, &built)?,
+        None => built.join("libspank_ckpt.so"),
+    };
     let sources = [
-        ("libspank_ckpt.so", "lib/slurm/spank_ckpt.so"),
-        ("libckpt.so", "lib/ckpt/libckpt.so"),
-        ("ckpt", "bin/ckpt"),
+        (plugin, "lib/slurm/spank_ckpt.so"),
+        (built.join("libckpt.so"), "lib/ckpt/libckpt.so"),
+        (built.join("ckpt"), "bin/ckpt"),
     ];
     let mut installed = Vec::new();
-    for (name, dest) in sources {
-        let src = built.join(name);
+    for (src, dest) in sources {
         if !src.is_file() {
             return Err(format!(
                 "{} not found: build the workspace in the same profile first \
@@ -210,7 +332,12 @@ fn start() -> Result<Cluster, String> {
         .map_err(|e| format!("chmod {}: {e}", task_prolog.display()))?;
 
     let script = repo.join("scripts/slurm-cluster.sh");
-    let out = Command::new("bash")
+    let mut cmd = Command::new("bash");
+    if let Some(home) = &release.home {
+        cmd.env("CKPT_SLURM_HOME", home);
+    }
+    let _ = STOP.set((prefix.clone(), release.home.clone()));
+    let out = cmd
         .arg(&script)
         .arg("start")
         .env("CKPT_SLURM_PREFIX", &prefix)
@@ -246,6 +373,7 @@ fn start() -> Result<Cluster, String> {
     }
     Ok(Cluster {
         conf: prefix.join("etc/slurm.conf"),
+        release,
         prefix,
         install,
         uid: user.uid.as_raw(),
@@ -255,12 +383,22 @@ fn start() -> Result<Cluster, String> {
     })
 }
 
+/// What `stop_at_exit` stops: the cluster prefix and the release's home.
+static STOP: OnceLock<(PathBuf, Option<PathBuf>)> = OnceLock::new();
+
 extern "C" fn stop_at_exit() {
+    let Some((prefix, home)) = STOP.get() else {
+        return;
+    };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/slurm-cluster.sh");
-    let _ = Command::new("bash")
+    let mut cmd = Command::new("bash");
+    if let Some(home) = home {
+        cmd.env("CKPT_SLURM_HOME", home);
+    }
+    let _ = cmd
         .arg(script)
         .arg("stop")
-        .env("CKPT_SLURM_PREFIX", PREFIX)
+        .env("CKPT_SLURM_PREFIX", prefix)
         .output();
 }
 
@@ -391,7 +529,7 @@ impl Cluster {
         cmd.env_clear()
             .current_dir(dir)
             .args(["-u", TEST_USER, "--", "/usr/bin/env"])
-            .arg("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .arg(format!("PATH={}", self.release.path_env()))
             .arg(format!("HOME=/home/{TEST_USER}"))
             .arg(format!("USER={TEST_USER}"))
             .arg("LANG=C.UTF-8")
@@ -453,10 +591,18 @@ impl Cluster {
         run
     }
 
+    /// A Slurm command of this cluster's release, run as root.
+    pub fn tool(&self, prog: &str) -> Command {
+        let mut cmd = Command::new(prog);
+        cmd.env("PATH", self.release.path_env())
+            .env("SLURM_CONF", &self.conf);
+        cmd
+    }
+
     /// Jobs named `name` that slurmctld knows in any state (`squeue -t all`).
     pub fn jobs_named(&self, name: &str) -> String {
-        let out = Command::new("squeue")
-            .env("SLURM_CONF", &self.conf)
+        let out = self
+            .tool("squeue")
             .args(["-h", "-t", "all", "-o", "%i %T", "-n", name])
             .output()
             .unwrap_or_else(|e| panic!("cannot run squeue: {e}"));

@@ -48,9 +48,7 @@ cat(sprintf("RESULT rank 0 pi=%.12f\n", 4 * inside / total))
 const WAIT: Duration = Duration::from_secs(180);
 
 fn root_cmd(c: &Cluster, prog: &str) -> Command {
-    let mut cmd = Command::new(prog);
-    cmd.env("SLURM_CONF", &c.conf);
-    cmd
+    c.tool(prog)
 }
 
 /// Runs a command as the test user, returning its stdout; panics with its

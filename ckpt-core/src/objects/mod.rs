@@ -38,6 +38,7 @@ use crate::signal_safe::raw::Errno;
 
 pub mod epoll;
 pub mod eventfd;
+pub mod posix_timer;
 pub mod signalfd;
 pub mod timerfd;
 pub mod unix_socket;

@@ -23,6 +23,10 @@
  *             SCM_RIGHTS and not received yet; prints READY and "fds A B".
  *             When WORKDIR/close exists it receives the descriptor, closes
  *             everything and prints "closed".
+ *   ptimer    not a socket: a POSIX timer (timer_create, CLOCK_MONOTONIC,
+ *             SIGEV_NONE, armed for an hour), which ckpt refuses too; prints
+ *             READY and "timer". When WORKDIR/close exists it deletes the
+ *             timer and prints "closed".
  * Then it waits for WORKDIR/go and prints PASS (or FAIL: why).
  */
 #define _GNU_SOURCE
@@ -33,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <signal.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -251,6 +256,20 @@ int main(int argc, char **argv)
 		close(got);
 		close(sv[0]);
 		close(sv[1]);
+	} else if (strcmp(mode, "ptimer") == 0) {
+		struct sigevent ev;
+		memset(&ev, 0, sizeof ev);
+		ev.sigev_notify = SIGEV_NONE;
+		timer_t t;
+		if (timer_create(CLOCK_MONOTONIC, &ev, &t) != 0)
+			fail("timer_create");
+		struct itimerspec its = {{0, 0}, {3600, 0}};
+		if (timer_settime(t, 0, &its, NULL) != 0)
+			fail("timer_settime");
+		say("READY\ntimer\n");
+		wait_for("close");
+		if (timer_delete(t) != 0)
+			fail("timer_delete");
 	} else {
 		fail("unknown mode");
 	}
