@@ -16,6 +16,7 @@
 
 mod cli;
 mod coord;
+mod cpu;
 mod ns;
 mod restore;
 mod saved_files;

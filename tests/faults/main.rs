@@ -588,6 +588,11 @@ fn hostile_cases() -> Vec<Hostile> {
             damage: |g| flip(&g.join("proc-2.img"), |_| 20),
         },
         Hostile {
+            name: "XSAVE state this CPU lacks",
+            says: &["XSAVE component 63", "--constraint"],
+            damage: |g| edit_manifest(g, |m| m["cpu"]["xcr0"] = serde_json::json!(1u64 << 63 | 3)),
+        },
+        Hostile {
             name: "CPU features this CPU lacks",
             says: &["lacks features"],
             damage: |g| {

@@ -22,20 +22,7 @@ fn check_host(m: &ProcessManifest) -> Result<(), String> {
     if m.vdso.vdso != 0 && vdso != Some(m.vdso.crc) {
         return Err("the kernel's vDSO differs from the one the program was checkpointed with (the kernel was changed or the image comes from another host); restart on a node running the same kernel build".into());
     }
-    use core::arch::x86_64::{__cpuid, __cpuid_count};
-    let l1 = __cpuid(1);
-    let l7 = __cpuid_count(7, 0);
-    let now = [l1.ecx & !(1 << 27), l1.edx, l7.ebx, l7.ecx];
-    let names = ["CPUID.1:ECX", "CPUID.1:EDX", "CPUID.7:EBX", "CPUID.7:ECX"];
-    for i in 0..4 {
-        let missing = m.cpu.features[i] & !now[i];
-        if missing != 0 {
-            return Err(format!(
-                "this CPU lacks features the program may use ({} bits {missing:#x}); its libraries chose code paths for the CPU it was checkpointed on — restart on a node with the same CPU type",
-                names[i]
-            ));
-        }
-    }
+    crate::cpu::check(&m.cpu)?;
     Ok(())
 }
 

@@ -64,6 +64,29 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
             );
         }
     }
+    // What the newest restorable generation needs of a CPU, for choosing
+    // nodes (docs/kernel.md §11).
+    if let Some(g) = dir.candidates()?.into_iter().find_map(|(_, g)| g.ok()) {
+        let mut need = ckpt::image::manifest::CpuInfo {
+            features: [0; 4],
+            xcr0: 0,
+        };
+        for m in &g.processes {
+            for (n, f) in need.features.iter_mut().zip(m.cpu.features) {
+                *n |= f;
+            }
+            need.xcr0 |= m.cpu.xcr0;
+        }
+        println!(
+            "generation {} needs a CPU with: {}",
+            g.record.number,
+            crate::cpu::named(&need).join(", ")
+        );
+        let lack = crate::cpu::missing(&need, &crate::cpu::current());
+        if !lack.is_empty() {
+            println!("this node lacks: {}", lack.join(", "));
+        }
+    }
     Ok(0)
 }
 
