@@ -179,22 +179,36 @@ fn io_uring_filter() -> [libc::sock_filter; 7] {
 /// user namespace, holds it until it execs (and it never does); the program
 /// it execs loses those capabilities but keeps the filter. So setuid
 /// programs of the job behave as before (no `no_new_privs`).
+///
+/// `SECCOMP_FILTER_FLAG_SPEC_ALLOW`: without it, installing a filter also
+/// turns on the speculative store bypass mitigation (SSBD) for the job, on
+/// CPUs and kernels where it is opt-in (`spec_store_bypass_disable=seccomp`,
+/// the default), which slows the program itself, not only its system calls
+/// (docs/kernel.md §8). The filter is not a sandbox (it only hides
+/// io_uring), so the job keeps the speculation settings it would have
+/// without ckpt. Kernels before 4.17 do not know the flag: the filter is then
+/// installed without it.
 pub fn deny_io_uring() -> io::Result<()> {
     let filter = io_uring_filter();
     let prog = libc::sock_fprog {
         len: filter.len() as u16,
         filter: filter.as_ptr().cast_mut(),
     };
-    // SAFETY: seccomp(SECCOMP_SET_MODE_FILTER, 0, prog) reads the program
-    // (valid for the call: `filter` lives until we return) and copies it.
-    let r = unsafe {
+    // SAFETY: seccomp(SECCOMP_SET_MODE_FILTER, flags, prog) reads the
+    // program (valid for the call: `filter` lives until we return) and
+    // copies it.
+    let install = |flags: libc::c_ulong| unsafe {
         libc::syscall(
             libc::SYS_seccomp,
             libc::SECCOMP_SET_MODE_FILTER as libc::c_ulong,
-            0 as libc::c_ulong,
+            flags,
             &prog as *const libc::sock_fprog,
         )
     };
+    let mut r = install(libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW as libc::c_ulong);
+    if r != 0 && errno().raw_os_error() == Some(libc::EINVAL) {
+        r = install(0);
+    }
     if r != 0 {
         let e = errno();
         return Err(io::Error::new(e.kind(), format!("seccomp filter: {e}")));
