@@ -271,6 +271,48 @@ fn save_one(dir: &CheckpointDir, o: &Output, n: u64, generation: &str) -> Result
     .map_err(|e| e.to_string())
 }
 
+/// The record name of the output files as they were when the program
+/// finished (see [`save_final`]).
+const FINAL: &str = "final";
+
+/// Keeps a copy of each output file as it is now, when the program has
+/// finished: a batch job that Slurm requeues after it completed is not run
+/// again, and its output files are put back ([`restore_final`]).
+pub fn save_final(dir: &CheckpointDir, outputs: &[Output]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for o in outputs {
+        let n = o
+            .reopen(false)
+            .and_then(|f| f.metadata().map(|m| m.size()).map_err(|e| e.to_string()));
+        if let Err(e) = n.and_then(|n| save_one(dir, o, n, FINAL)) {
+            problems.push(format!("cannot keep a copy of {}: {e}", o.path.display()));
+        }
+    }
+    problems
+}
+
+/// Puts back each output file as [`save_final`] kept it.
+pub fn restore_final(dir: &CheckpointDir, outputs: &[Output]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for o in outputs {
+        let Some((copy, n)) = verified_copy(dir, o, FINAL) else {
+            problems.push(format!(
+                "{}: no intact copy of it as the job left it ({})",
+                o.path.display(),
+                saved_name(o.fd)
+            ));
+            continue;
+        };
+        let r = o
+            .reopen(true)
+            .and_then(|mut f| restore_output(&mut f, Some(copy), None, n, &saved_name(o.fd)));
+        if let Err(e) = r {
+            problems.push(format!("{}: {e}", o.path.display()));
+        }
+    }
+    problems
+}
+
 /// Keeps our lines written after generation `generation` (see
 /// [`after_name`]).
 pub fn keep_lines_after(dir: &CheckpointDir, fd: i32, generation: &str, lines: &str) {

@@ -344,6 +344,26 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
         outputs: &outputs,
         requeued: false,
     };
+    // A batch job that already ran to its end is not run again when Slurm
+    // starts it once more (a requeue after it completed: Slurm 25.11 does
+    // this to a job that was requeued during a preemption's grace time).
+    let job_id = std::env::var("SLURM_JOB_ID").unwrap_or_default();
+    if let Some(done) = completed_record(&dir) {
+        if o.batch && restart_count > 0 && complete.is_empty() && done.job == job_id {
+            for problem in outputs::restore_final(&dir, &outputs) {
+                say(&problem);
+            }
+            say(&format!(
+                "job {job_id} already ran to its end (exit status {}) before Slurm started it                  again (SLURM_RESTART_COUNT={restart_count}): not running it a second time;                  remove {}/{COMPLETED} to run it again",
+                done.code,
+                dir.path().display()
+            ));
+            return Ok(done.code);
+        }
+        // Another job's record (the directory is reused): not ours.
+        let _ = dir.remove(COMPLETED);
+        outputs::remove_saved(&dir, true);
+    }
     start_timer(o.interval);
     let mut prolog_output = Some(prolog_output);
     let result = if complete.is_empty() {
@@ -403,7 +423,47 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
         }
         outputs::remove_saved(&dir, true);
     }
+    if o.batch && !state.requeued && !job_id.is_empty() {
+        record_completion(&dir, &outputs, &job_id, code);
+    }
     Ok(code)
+}
+
+/// The record a batch task leaves when its program ran to its end
+/// (`completed`: `job <id> exit <status>`), with a copy of its output files.
+const COMPLETED: &str = "completed";
+
+/// What [`COMPLETED`] says.
+struct Completed {
+    job: String,
+    code: i32,
+}
+
+fn completed_record(dir: &CheckpointDir) -> Option<Completed> {
+    let mut f = dir.open_file(COMPLETED, false).ok()?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(&mut f, 256), &mut text).ok()?;
+    let w: Vec<&str> = text.split_whitespace().collect();
+    match w.as_slice() {
+        ["job", job, "exit", code] => Some(Completed {
+            job: (*job).to_owned(),
+            code: code.parse().ok()?,
+        }),
+        _ => None,
+    }
+}
+
+fn record_completion(dir: &CheckpointDir, outputs: &[outputs::Output], job: &str, code: i32) {
+    for problem in outputs::save_final(dir, outputs) {
+        say(&problem);
+    }
+    let r = dir.create_file(COMPLETED, true).and_then(|mut f| {
+        std::io::Write::write_all(&mut f, format!("job {job} exit {code}\n").as_bytes())
+            .and_then(|()| f.sync_all())
+    });
+    if let Err(e) = r {
+        say(&format!("cannot record that the job ran to its end: {e}"));
+    }
 }
 
 /// The command `ckpt launch` runs: ARGV through `ckpt slurm-exec`, which
