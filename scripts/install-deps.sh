@@ -16,6 +16,8 @@ PACKAGES=(slurmctld slurmd slurm-client munge libslurm-dev libclang-dev clang gc
 PACKAGES+=(dpkg-dev groff-base rpm)
 # The Node.js program of the C/R suite (libuv: epoll, eventfd, a thread pool).
 PACKAGES+=(nodejs)
+# Building Slurm 25.11 from vendor/ (below).
+PACKAGES+=(libmunge-dev make)
 
 log() { echo "[install-deps] $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -58,11 +60,6 @@ SLURM_25_11_TARBALL=$(dirname "$0")/../vendor/slurm-25.11.7.tar.gz
 SLURM_25_11_SHA256=fde046ae991d17cd27f53732b6f3544a2980ff6faadd2fde540c87783ad03bef
 if [ ! -x "$SLURM_25_11_HOME/sbin/slurmctld" ] || [ ! -f "$SLURM_25_11_HOME/include/slurm/spank.h" ]; then
   [ "$(id -u)" = 0 ] || die "Slurm 25.11 is not installed in $SLURM_25_11_HOME; run as root to build it"
-  for p in libmunge-dev make; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || {
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >/dev/null ||
-        die "apt-get install $p failed"; }
-  done
   echo "$SLURM_25_11_SHA256  $SLURM_25_11_TARBALL" | sha256sum -c --quiet - ||
     die "$SLURM_25_11_TARBALL does not have the expected sha256"
   build=$(mktemp -d /var/tmp/slurm-25.11-build.XXXXXX)

@@ -67,25 +67,7 @@ const WORDS: [&str; 4] = ["CPUID.1:ECX", "CPUID.1:EDX", "CPUID.7:EBX", "CPUID.7:
 
 /// The CPU this process runs on, as the capture records it.
 pub fn current() -> CpuInfo {
-    use core::arch::x86_64::{__cpuid, __cpuid_count};
-    let l1 = __cpuid(1);
-    let l7 = __cpuid_count(7, 0);
-    let xcr0 = if l1.ecx & (1 << 27) != 0 {
-        let lo: u32;
-        let hi: u32;
-        // SAFETY: XGETBV with ECX=0 is valid when OSXSAVE is set (checked).
-        unsafe {
-            core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi,
-                options(nomem, nostack))
-        };
-        (u64::from(hi) << 32) | u64::from(lo)
-    } else {
-        0
-    };
-    CpuInfo {
-        features: [l1.ecx & !(1 << 27), l1.edx, l7.ebx, l7.ecx],
-        xcr0,
-    }
+    CpuInfo::current()
 }
 
 /// What `need` has that `have` lacks, by name (unnamed bits as

@@ -84,6 +84,34 @@ pub struct CpuInfo {
     pub xcr0: u64,
 }
 
+impl CpuInfo {
+    /// The CPU this code runs on: CPUID leaf 1 ECX (without bit 27,
+    /// OSXSAVE, which varies per boot) and EDX, leaf 7 EBX and ECX, and XCR0
+    /// (`xgetbv`, read only when OSXSAVE says it may be). No allocation, no
+    /// system call: safe in the stop handler.
+    pub fn current() -> CpuInfo {
+        use core::arch::x86_64::{__cpuid, __cpuid_count};
+        let l1 = __cpuid(1);
+        let l7 = __cpuid_count(7, 0);
+        let xcr0 = if l1.ecx & (1 << 27) != 0 {
+            let lo: u32;
+            let hi: u32;
+            // SAFETY: XGETBV with ECX=0 is valid when OSXSAVE is set (checked).
+            unsafe {
+                core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi,
+                    options(nomem, nostack))
+            };
+            (u64::from(hi) << 32) | u64::from(lo)
+        } else {
+            0
+        };
+        CpuInfo {
+            features: [l1.ecx & !(1 << 27), l1.edx, l7.ebx, l7.ecx],
+            xcr0,
+        }
+    }
+}
+
 /// vDSO placement and identity.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VdsoInfo {

@@ -778,29 +778,11 @@ fn emit_region(
 }
 
 fn write_cpu(j: &mut MmapBuf) {
-    use core::arch::x86_64::{__cpuid, __cpuid_count};
-    let l1 = __cpuid(1);
-    let l7 = __cpuid_count(7, 0);
-    let osxsave = l1.ecx & (1 << 27) != 0;
-    let xcr0 = if osxsave {
-        let lo: u32;
-        let hi: u32;
-        // SAFETY: XGETBV with ECX=0 is valid when OSXSAVE is set (checked).
-        unsafe {
-            core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack))
-        };
-        (u64::from(hi) << 32) | u64::from(lo)
-    } else {
-        0
-    };
-    // Leaf-1 ECX bit 27 (OSXSAVE) and the APIC id bits of EBX vary per boot/CPU; keep features only.
+    let c = crate::image::manifest::CpuInfo::current();
     let _ = write!(
         j,
-        "\"cpu\":{{\"features\":[{},{},{},{}],\"xcr0\":{xcr0}}},",
-        l1.ecx & !(1 << 27),
-        l1.edx,
-        l7.ebx,
-        l7.ecx
+        "\"cpu\":{{\"features\":[{},{},{},{}],\"xcr0\":{}}},",
+        c.features[0], c.features[1], c.features[2], c.features[3], c.xcr0
     );
 }
 
