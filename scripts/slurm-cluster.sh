@@ -227,6 +227,8 @@ start_cluster() {
   write_conf
   export SLURM_CONF=$CONF
   rm -rf "${PREFIX:?}"/state/* "${PREFIX:?}"/spool/*
+  # Fresh logs too: what they say is about this start.
+  : >"$PREFIX/log/slurmctld.log"; : >"$PREFIX/log/slurmd.log"
   "$SBIN/slurmctld" -c -f "$CONF" || die "slurmctld did not start"
   wait_for 30 "slurmctld to answer" bash -c 'scontrol ping | grep -q "is UP"'
   "$SBIN/slurmd" -f "$CONF" || die "slurmd did not start"

@@ -2,7 +2,7 @@
 //!
 //! | callback        | context                | does                                        |
 //! |-----------------|------------------------|---------------------------------------------|
-//! | `init`          | all                    | registers the options (srun, sbatch, salloc, slurmstepd); parses the plugstack.conf arguments |
+//! | `init`          | all                    | registers the options (srun, sbatch, salloc, slurmstepd); parses the plugstack.conf arguments; in slurmd, runs the node check ([`crate::node_check`]) |
 //! | option callback | srun, sbatch, salloc, slurmstepd | validates a value, records it      |
 //! | `init_post_opt` | srun, sbatch, salloc   | checks the options together (a directory must come from somewhere) |
 //! | `local_user_init` | srun, once the step exists | passes a checkpointed step's `--task-prolog` on to `ckpt slurm-task` |
@@ -98,6 +98,17 @@ pub fn init(
     }
     let parsed = PluginConfig::parse(args);
     let result = parsed.clone().map(drop).map_err(PluginError::Config);
+    if context == Context::Slurmd
+        && let Ok(config) = &parsed
+    {
+        for f in crate::node_check::run(&config.ckpt_bin) {
+            if f.error {
+                spank::log_error(&f.text);
+            } else {
+                spank::log_info(&f.text);
+            }
+        }
+    }
     state().config = Some(parsed);
     result
 }

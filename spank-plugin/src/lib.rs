@@ -17,17 +17,21 @@
 //! - [`task_env`]: the task's `LD_PRELOAD` and `CKPT_*` variables.
 //! - [`after_task_init`]: what slurmstepd does after `task_init` (task
 //!   prologs, SELinux context) and how a checkpointed task keeps it.
+//! - [`node_check`]: `ckpt check` once when slurmd loads the plugin, as
+//!   `nobody`, each problem one line of the slurmd log.
 //! - [`error`]: the plugin's error type.
 //!
 //! Nothing in the plugin runs as root on a user-controlled path: the only
 //! file-system work happens in `task_init`, after slurmstepd dropped to the
-//! job's user.
+//! job's user; the node check in slurmd runs the admin's `ckpt=` binary as
+//! `nobody`.
 
 pub mod after_task_init;
 pub mod ckpt_dir;
 pub mod error;
 pub mod export;
 pub mod hooks;
+pub mod node_check;
 pub mod options;
 pub mod spank;
 pub mod task_env;

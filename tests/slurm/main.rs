@@ -203,6 +203,24 @@ fn options_are_listed_in_help() {
     }
 }
 
+/// slurmd runs `ckpt check` (as `nobody`) when it loads the plugin and logs
+/// the verdict, one line per problem before it (`spank-plugin/src/node_check.rs`).
+#[test]
+fn slurmd_logs_the_node_check_when_it_loads_the_plugin() {
+    let Some(c) = slurm::cluster() else { return };
+    let log = c.prefix.join("log/slurmd.log");
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("ckpt: node check: this node can run checkpointed jobs"),
+        "{} has no node check verdict:\n{}",
+        log.display(),
+        text.lines()
+            .filter(|l| l.contains("ckpt"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
 #[test]
 fn bad_values_are_refused_at_submission_and_nothing_is_queued() {
     let Some(c) = slurm::cluster() else { return };
