@@ -25,6 +25,11 @@ fn scratch(name: &str) -> PathBuf {
 /// stdout and stderr appended to `out` and `err`; the program appends a
 /// line to `runs` and prints "work done".
 fn task(base: &Path, job: &str, count: Option<u32>) -> Output {
+    task_exiting(base, job, count, 0)
+}
+
+/// [`task`] whose program exits with `code`.
+fn task_exiting(base: &Path, job: &str, count: Option<u32>, code: i32) -> Output {
     let open = |name: &str| {
         File::options()
             .create(true)
@@ -33,7 +38,7 @@ fn task(base: &Path, job: &str, count: Option<u32>) -> Output {
             .expect("open output")
     };
     let script = format!(
-        "echo run >> {}; echo 'work done'; echo 'to stderr' >&2",
+        "echo run >> {}; echo 'work done'; echo 'to stderr' >&2; exit {code}",
         base.join("runs").display()
     );
     let mut cmd = Command::new(CKPT);
@@ -97,5 +102,31 @@ fn a_completed_batch_job_started_again_is_not_rerun() {
     let other = task(&base, "4343", None);
     assert!(other.status.success(), "another job: {other:?}");
     assert_eq!(read(&base.join("runs")), "run\nrun\n");
+    let _ = fs::remove_dir_all(base);
+}
+
+#[test]
+fn a_failed_batch_job_started_again_runs_again() {
+    if !Path::new(CKPT).with_file_name("libckpt.so").exists() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "no libckpt.so beside {CKPT}: build the workspace first"
+        );
+        return;
+    }
+    let base = scratch("failed");
+    let first = task_exiting(&base, "5000", None, 3);
+    assert_eq!(first.status.code(), Some(3), "first run: {first:?}");
+    assert!(
+        !base.join("ck/completed").exists(),
+        "a failed run was recorded"
+    );
+    let again = task_exiting(&base, "5000", Some(1), 0);
+    assert!(again.status.success(), "second start: {again:?}");
+    assert_eq!(
+        read(&base.join("runs")),
+        "run\nrun\n",
+        "the program did not run again"
+    );
     let _ = fs::remove_dir_all(base);
 }

@@ -343,13 +343,14 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
         dir: &dir,
         outputs: &outputs,
         requeued: false,
+        terminated: false,
     };
     // A batch job that already ran to its end is not run again when Slurm
     // starts it once more (a requeue after it completed: Slurm 25.11 does
     // this to a job that was requeued during a preemption's grace time).
     let job_id = std::env::var("SLURM_JOB_ID").unwrap_or_default();
     if let Some(done) = completed_record(&dir) {
-        if o.batch && restart_count > 0 && complete.is_empty() && done.job == job_id {
+        if o.batch && restart_count > 0 && done.job == job_id {
             for problem in outputs::restore_final(&dir, &outputs) {
                 say(&problem);
             }
@@ -360,9 +361,11 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
             ));
             return Ok(done.code);
         }
-        // Another job's record (the directory is reused): not ours.
+        // Another job's record (the directory is reused), or a new start:
+        // not ours. Its copy of the outputs goes with it (the copies of
+        // existing generations stay).
         let _ = dir.remove(COMPLETED);
-        outputs::remove_saved(&dir, true);
+        outputs::remove_saved(&dir, false);
     }
     start_timer(o.interval);
     let mut prolog_output = Some(prolog_output);
@@ -423,7 +426,9 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
         }
         outputs::remove_saved(&dir, true);
     }
-    if o.batch && !state.requeued && !job_id.is_empty() {
+    // Only a run that ended by itself, successfully: a job Slurm requeued
+    // or cancelled, or one that failed, runs again when started again.
+    if o.batch && code == 0 && !state.requeued && !state.terminated && !job_id.is_empty() {
         record_completion(&dir, &outputs, &job_id, code);
     }
     Ok(code)
@@ -541,10 +546,17 @@ struct HookState<'a> {
     dir: &'a CheckpointDir,
     outputs: &'a [outputs::Output],
     requeued: bool,
+    /// A SIGTERM arrived (Slurm is ending the step).
+    terminated: bool,
 }
 
 impl HookState<'_> {
     fn on_signal(&mut self, sig: i32, coord: &Arc<Coordinator>) -> bool {
+        // Slurm ends a step it cancels or requeues with SIGTERM (then
+        // SIGKILL): an end after it is not the program's own.
+        if sig == libc::SIGTERM {
+            self.terminated = true;
+        }
         if sig == libc::SIGALRM && self.opts.interval > 0 {
             if let Err(e) = self.checkpoint(coord) {
                 say(&format!("periodic checkpoint failed: {e}"));
