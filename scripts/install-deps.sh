@@ -56,7 +56,7 @@ fi
 # Slurm 25.11 from vendor/ (the Slurm tests also run against it: the
 # `slurm-25-11` test target). About 3 minutes on 2 cores, once.
 SLURM_25_11_HOME=${CKPT_SLURM_25_11_HOME:-/opt/slurm-25.11}
-SLURM_25_11_TARBALL=$(dirname "$0")/../vendor/slurm-25.11.7.tar.gz
+SLURM_25_11_TARBALL=$(cd "$(dirname "$0")/.." && pwd)/vendor/slurm-25.11.7.tar.gz
 SLURM_25_11_SHA256=fde046ae991d17cd27f53732b6f3544a2980ff6faadd2fde540c87783ad03bef
 if [ ! -x "$SLURM_25_11_HOME/sbin/slurmctld" ] || [ ! -f "$SLURM_25_11_HOME/include/slurm/spank.h" ]; then
   [ "$(id -u)" = 0 ] || die "Slurm 25.11 is not installed in $SLURM_25_11_HOME; run as root to build it"
