@@ -55,19 +55,27 @@ fn task_exiting(base: &Path, job: &str, count: Option<u32>, code: i32) -> Output
     cmd.output().expect("run ckpt")
 }
 
+/// Whether the preload library is beside the binary (a workspace build);
+/// under CI its absence fails the test.
+fn have_libckpt() -> bool {
+    let there = Path::new(CKPT).with_file_name("libckpt.so").exists();
+    if !there {
+        assert!(
+            std::env::var("CI").is_err(),
+            "no libckpt.so beside {CKPT}: build the workspace first"
+        );
+        eprintln!("skipped: no libckpt.so beside {CKPT} (build the workspace first)");
+    }
+    there
+}
+
 fn read(p: &Path) -> String {
     fs::read_to_string(p).unwrap_or_default()
 }
 
 #[test]
 fn a_completed_batch_job_started_again_is_not_rerun() {
-    // Needs the preload library beside the binary (a workspace build).
-    if !Path::new(CKPT).with_file_name("libckpt.so").exists() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "no libckpt.so beside {CKPT}: build the workspace first"
-        );
-        eprintln!("skipped: no libckpt.so beside {CKPT} (build the workspace first)");
+    if !have_libckpt() {
         return;
     }
     let base = scratch("rerun");
@@ -107,11 +115,7 @@ fn a_completed_batch_job_started_again_is_not_rerun() {
 
 #[test]
 fn a_failed_batch_job_started_again_runs_again() {
-    if !Path::new(CKPT).with_file_name("libckpt.so").exists() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "no libckpt.so beside {CKPT}: build the workspace first"
-        );
+    if !have_libckpt() {
         return;
     }
     let base = scratch("failed");
