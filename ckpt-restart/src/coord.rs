@@ -28,10 +28,11 @@ use ckpt::image::checksum::crc32c;
 use ckpt::image::format;
 use ckpt::image::generation::CheckpointDir;
 use ckpt::image::manifest::{
-    FdKind, GENERATION_FORMAT, GenerationRecord, ProcessManifest, ProcessRef, Zombie,
+    FdKind, GENERATION_FORMAT, GenerationRecord, ProcessManifest, ProcessRef, Relaunch, StepRef,
+    Zombie,
 };
 
-use crate::{saved_files, sock, sockets, tree};
+use crate::{relaunch, saved_files, sock, sockets, tree};
 
 /// Result of a successful checkpoint.
 #[derive(Debug, Clone)]
@@ -66,6 +67,10 @@ pub struct Coordinator {
     tracking: std::sync::atomic::AtomicBool,
     /// Which files the job writes are kept, and up to what size.
     files: Mutex<saved_files::Policy>,
+    /// `srun` processes are started again at restart rather than restored
+    /// (a batch job, [`crate::relaunch`]); with the steps they run, by
+    /// namespace pid. `None`: every process is checkpointed.
+    relaunch: Mutex<Option<BTreeMap<i32, StepRef>>>,
 }
 
 /// Longest chain of incremental generations before a full one.
@@ -94,7 +99,54 @@ impl Coordinator {
                 exclude: Vec::new(),
                 ckpt_dir: dir_path,
             }),
+            relaunch: Mutex::new(None),
         })
+    }
+
+    /// Start `srun` processes again at restart instead of restoring them,
+    /// with the steps they run (namespace pid to step); `None` turns this
+    /// off.
+    pub fn set_relaunch(&self, steps: Option<BTreeMap<i32, StepRef>>) {
+        if let Ok(mut r) = self.relaunch.lock() {
+            *r = steps;
+        }
+    }
+
+    /// The job's processes that are started again at restart: (namespace
+    /// pid, host pid, parent, exe).
+    pub fn relaunched(&self) -> Vec<(i32, i32, i32, String)> {
+        let init = self.init_pid.load(Ordering::Acquire);
+        if init <= 0 || !self.relaunch.lock().is_ok_and(|r| r.is_some()) {
+            return Vec::new();
+        }
+        let members = self.job_members(init);
+        // The top srun of each step: srun's own child (its "shepherd", which
+        // ends the step if srun dies) goes with it.
+        let srun: BTreeSet<i32> = members
+            .iter()
+            .filter(|m| !m.zombie && relaunch::is_relaunched(&m.exe))
+            .map(|m| m.pid)
+            .collect();
+        members
+            .into_iter()
+            .filter(|m| srun.contains(&m.pid) && !srun.contains(&m.ppid))
+            .map(|m| (m.pid, m.host_pid, m.ppid, m.exe))
+            .collect()
+    }
+
+    /// Stop (`SIGSTOP`) or continue (`SIGCONT`) every process of the job:
+    /// how a step's tasks wait, after their part of a job checkpoint, until
+    /// the batch step has taken its own (docs/batch-jobs.md).
+    pub fn hold(&self, on: bool) {
+        let init = self.init_pid.load(Ordering::Acquire);
+        if init <= 0 {
+            return;
+        }
+        let sig = if on { libc::SIGSTOP } else { libc::SIGCONT };
+        for m in self.job_members(init).iter().filter(|m| !m.zombie) {
+            // SAFETY: kill has no memory-safety contract.
+            unsafe { libc::kill(m.host_pid, sig) };
+        }
     }
 
     /// The largest file the job writes that a checkpoint keeps (bytes).
@@ -255,6 +307,7 @@ impl Coordinator {
             leaders: BTreeMap::new(),
             failure: None,
             hosts: BTreeMap::new(),
+            relaunch: BTreeMap::new(),
         };
         let result = self.stop_all(init, &rx, &mut run);
         if let Ok(mut g) = self.incoming.lock() {
@@ -327,8 +380,31 @@ impl Coordinator {
         }
         fault::hit(Point::Written);
         // Still stopped: find descriptors that share one open file description.
+        // The step launchers started again at restart: what they need, and
+        // their descriptors in the groups that share a description.
+        let mut with_relaunched = run.hosts.clone();
+        let mut relaunched: Vec<Relaunch> = Vec::new();
+        if failure.is_none() {
+            let steps = self
+                .relaunch
+                .lock()
+                .ok()
+                .and_then(|r| r.clone())
+                .unwrap_or_default();
+            for (&pid, (host, ppid, exe)) in &run.relaunch {
+                match relaunch::capture(*host, pid, *ppid, exe, steps.get(&pid).cloned()) {
+                    Ok(r) => {
+                        with_relaunched.insert(pid, *host);
+                        relaunched.push(r);
+                    }
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
+                }
+            }
+        }
         let shared_fds = if failure.is_none() {
-            shared_descriptions(&run.hosts)
+            shared_descriptions(&with_relaunched)
         } else {
             Vec::new()
         };
@@ -343,7 +419,7 @@ impl Coordinator {
         if failure.is_none() {
             let policy = self.files.lock().map(|p| p.clone()).unwrap_or_default();
             let prev = self.previous_files();
-            match saved_files::capture(&run.hosts, &pending, prev.as_ref(), &policy) {
+            match saved_files::capture(&with_relaunched, &pending, prev.as_ref(), &policy) {
                 Ok(f) => files = f,
                 Err(e) => {
                     failure = Some(e);
@@ -448,6 +524,7 @@ impl Coordinator {
             base: incremental.then_some(base),
             chain: if incremental { base_chain + 1 } else { 0 },
             files,
+            relaunch: relaunched,
         };
         let n = record.processes.len();
         let path = pending
@@ -486,9 +563,34 @@ impl Coordinator {
             // Processes that exited after being signalled are no longer expected.
             signaled.retain(|pid, _| live.contains(pid) || run.leaders.contains_key(pid));
             let mut waiting_for_new = false;
+            let relaunching = self.relaunch.lock().is_ok_and(|r| r.is_some());
             for m in members.iter().filter(|m| !m.zombie) {
                 if signaled.contains_key(&m.pid) || run.leaders.contains_key(&m.pid) {
                     continue;
+                }
+                if relaunching && relaunch::is_relaunched(&m.exe) {
+                    // srun's own child srun (its shepherd) is not started
+                    // again: the new srun makes its own.
+                    let parent_is_srun = members
+                        .iter()
+                        .any(|p| p.pid == m.ppid && relaunch::is_relaunched(&p.exe));
+                    if !parent_is_srun {
+                        run.relaunch
+                            .insert(m.pid, (m.host_pid, m.ppid, m.exe.clone()));
+                    }
+                    continue;
+                }
+                if relaunching && run.relaunch.contains_key(&m.ppid) {
+                    return Err(format!(
+                        "process {} ({}) is a child of the step launcher {} ({}), which is started again at restart rather than restored",
+                        m.pid,
+                        m.exe,
+                        m.ppid,
+                        run.relaunch
+                            .get(&m.ppid)
+                            .map(|r| r.2.as_str())
+                            .unwrap_or("srun")
+                    ));
                 }
                 // Looked at again right before the kill: the tree walk took a
                 // while, and a process that execs meanwhile has the default
@@ -512,12 +614,17 @@ impl Coordinator {
                     run.hosts.insert(m.pid, m.host_pid);
                 }
             }
+            run.relaunch.retain(|pid, _| live.contains(pid));
             let all_in = signaled.keys().all(|p| run.leaders.contains_key(p));
             if all_in && !waiting_for_new && !signaled.is_empty() {
                 // Stable? Re-walk once more to catch processes created meanwhile.
                 let again = self.job_members(init);
                 let fresh = again.iter().any(|m| {
-                    !m.zombie && !signaled.contains_key(&m.pid) && !run.leaders.contains_key(&m.pid)
+                    let relaunched = relaunching && relaunch::is_relaunched(&m.exe);
+                    !m.zombie
+                        && !signaled.contains_key(&m.pid)
+                        && !run.leaders.contains_key(&m.pid)
+                        && !relaunched
                 });
                 if !fresh {
                     return Ok(again
@@ -577,6 +684,8 @@ struct Run {
     failure: Option<String>,
     /// ns pid -> host pid.
     hosts: BTreeMap<i32, i32>,
+    /// Processes started again at restart: ns pid -> (host pid, parent, exe).
+    relaunch: BTreeMap<i32, (i32, i32, String)>,
 }
 
 /// Refuses a job with a POSIX timer in any process (see

@@ -18,6 +18,7 @@ mod cli;
 mod coord;
 mod cpu;
 mod ns;
+mod relaunch;
 mod restore;
 mod saved_files;
 mod sock;

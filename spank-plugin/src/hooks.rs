@@ -292,7 +292,12 @@ pub fn task_init(spank: &Spank, args: &[OsString]) -> Result<(), PluginError> {
         return Ok(());
     }
     let rank = spank.item_u32(sys::spank_item::S_TASK_GLOBAL_ID, "S_TASK_GLOBAL_ID")?;
-    let task_dir = task_env::task_dir(&task.dir, step, rank);
+    let env_dir = spank.getenv(task_env::ENV_STEP_DIR)?;
+    // Read as the job's user (slurmstepd has dropped to it), in the user's
+    // own directory.
+    let epoch = std::fs::read_to_string(task.dir.join(task_env::EPOCH_FILE)).ok();
+    let step_dir = task_env::step_dir(step, env_dir.as_deref(), epoch.as_deref());
+    let task_dir = task_env::task_dir(&task.dir, step, rank, &step_dir);
     after_task_init::check_selinux()?;
     after_task_init::check_container(spank.getenv("SLURM_CONTAINER")?.as_deref())?;
     let site_prolog = after_task_init::site_task_prolog()?;

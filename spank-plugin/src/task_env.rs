@@ -78,14 +78,46 @@ pub const EXTERN_STEP: u32 = 0xffff_fffc;
 pub const INTERACTIVE_STEP: u32 = 0xffff_fffa;
 
 /// The directory of one task inside the job's checkpoint directory: `batch`
-/// for the batch script, `step<id>/task<rank>` for a task of an srun step,
-/// so that a requeued job or a rerun of the same step finds its images.
-pub fn task_dir(dir: &Path, step: u32, rank: u32) -> PathBuf {
+/// for the batch script, `<step dir>/task<rank>` for a task of an srun step
+/// ([`step_dir`]), so that a requeued job or a rerun of the same step finds
+/// its images.
+pub fn task_dir(dir: &Path, step: u32, rank: u32, step_dir: &str) -> PathBuf {
     if step == BATCH_STEP {
         dir.join("batch")
     } else {
-        dir.join(format!("step{step}")).join(format!("task{rank}"))
+        dir.join(step_dir).join(format!("task{rank}"))
     }
+}
+
+/// Set by the batch step in the environment of an `srun` it started again
+/// after a requeue: the directory of the step it is resuming.
+pub const ENV_STEP_DIR: &str = "CKPT_STEP_DIR";
+/// Written by a batch step that resumed from an image (its
+/// `SLURM_RESTART_COUNT`): see [`step_dir`].
+pub const EPOCH_FILE: &str = "epoch";
+
+/// The directory of step `step` (docs/batch-jobs.md): the one named by
+/// `CKPT_STEP_DIR` when the batch step started this step's srun again;
+/// otherwise `step<id>`, or `r<N>.step<id>` once the batch step has resumed
+/// from an image at its N-th restart (step ids start again from 0 after a
+/// requeue: a new step must not take the images of the run before). The
+/// same rule is in `ckpt-restart/src/cli/job.rs`.
+pub fn step_dir(step: u32, env_dir: Option<&str>, epoch: Option<&str>) -> String {
+    if let Some(d) = env_dir.filter(|d| valid_step_dir(d)) {
+        return d.to_owned();
+    }
+    match epoch.and_then(|e| e.trim().parse::<u32>().ok()) {
+        Some(e) => format!("r{e}.step{step}"),
+        None => format!("step{step}"),
+    }
+}
+
+/// A step directory name as [`step_dir`] makes them: one component.
+fn valid_step_dir(d: &str) -> bool {
+    !d.is_empty()
+        && d.len() < 64
+        && !d.starts_with('.')
+        && d.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.')
 }
 
 /// What the task execs instead of its command.
@@ -262,8 +294,13 @@ mod tests {
     #[test]
     fn task_dirs() {
         let d = Path::new("/ck/42");
-        assert_eq!(task_dir(d, BATCH_STEP, 0), Path::new("/ck/42/batch"));
-        assert_eq!(task_dir(d, 3, 1), Path::new("/ck/42/step3/task1"));
+        assert_eq!(task_dir(d, BATCH_STEP, 0, "x"), Path::new("/ck/42/batch"));
+        assert_eq!(task_dir(d, 3, 1, "step3"), Path::new("/ck/42/step3/task1"));
+        assert_eq!(step_dir(3, None, None), "step3");
+        assert_eq!(step_dir(0, None, Some("2\n")), "r2.step0");
+        assert_eq!(step_dir(0, Some("step4"), Some("2")), "step4");
+        assert_eq!(step_dir(0, Some("../../etc"), None), "step0");
+        assert_eq!(step_dir(0, Some(".."), None), "step0");
     }
 
     #[test]
@@ -348,7 +385,7 @@ mod tests {
     #[test]
     fn non_utf8_dirs_arguments_and_preloads_keep_their_bytes() {
         let dir = PathBuf::from(latin1(b"/ck/caf\xe9"));
-        let task = task_dir(&dir, 3, 1);
+        let task = task_dir(&dir, 3, 1, "step3");
         assert_eq!(task, PathBuf::from(latin1(b"/ck/caf\xe9/step3/task1")));
         let e = TaskExec {
             ckpt_bin: "/b/ckpt",

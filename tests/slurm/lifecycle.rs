@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use ckpt_tests::slurm::{self, Cluster, JobRun};
 
+mod batch_steps;
+
 /// Python: `pi.py STEPS DELAY`; the seed depends on `SLURM_PROCID`.
 const PI_PY: &str = r#"import os, random, sys, time
 steps, delay = int(sys.argv[1]), float(sys.argv[2])

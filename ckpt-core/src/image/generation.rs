@@ -1022,6 +1022,7 @@ mod tests {
             base,
             chain: 0,
             files: vec![],
+            relaunch: vec![],
         }
     }
 

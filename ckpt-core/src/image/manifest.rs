@@ -390,6 +390,52 @@ pub struct GenerationRecord {
     /// open); a restart puts them back before the program runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<SavedFile>,
+    /// Processes that are not restored from memory but started again with
+    /// the same command (`srun` in a batch job: its tasks are checkpointed
+    /// in their own step, docs/batch-jobs.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relaunch: Vec<Relaunch>,
+}
+
+/// A process started again at restart with the command, environment,
+/// working directory and standard descriptors it had, under its saved pid
+/// and parent (`ckpt-restart/src/relaunch.rs`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Relaunch {
+    /// Pid inside the job's namespace.
+    pub pid: i32,
+    /// Parent pid (namespace view).
+    pub ppid: i32,
+    /// Process group (namespace view; 0 when the leader is outside).
+    pub pgid: i32,
+    /// Session (namespace view; 0 when the leader is outside).
+    pub sid: i32,
+    /// The executable, encoded like other names in images.
+    pub exe: String,
+    /// Arguments (each encoded like a name).
+    pub argv: Vec<String>,
+    /// The environment it was started with (`NAME=value`, encoded).
+    pub env: Vec<String>,
+    /// Working directory.
+    pub cwd: String,
+    /// File-creation mask.
+    pub umask: u32,
+    /// Its standard descriptors (0, 1, 2), as for any process.
+    pub fds: Vec<Fd>,
+    /// The Slurm step it was running, whose tasks resume from their images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<StepRef>,
+}
+
+/// A Slurm step of a batch job, checkpointed with the job.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StepRef {
+    /// Its id when it was checkpointed (`JOB.STEP`).
+    pub id: String,
+    /// Its directory in the job's checkpoint directory (`step1`).
+    pub dir: String,
+    /// Generation number of each task's image, by rank.
+    pub tasks: Vec<u64>,
 }
 
 /// A file whose content at the checkpoint is kept in the generation

@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod checkpoint;
+pub mod job;
 pub mod launch;
 pub mod outputs;
 pub mod restart;
@@ -47,6 +48,9 @@ pub struct Opts {
     /// `--generation N` (restart): start from generation N (or an older
     /// one when N cannot be used), not the newest.
     pub generation: Option<u64>,
+    /// With `generation`: that generation and no other (a task resuming
+    /// as part of a job checkpoint, `slurm::run`).
+    pub exact_generation: bool,
     /// `--max-file-copy`: the largest file the job writes that a
     /// checkpoint keeps (None: the default).
     pub max_file_copy: Option<u64>,

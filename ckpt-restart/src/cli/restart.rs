@@ -35,12 +35,16 @@ fn current_vdso_crc() -> Option<u32> {
 }
 
 /// Pick the generations to try, newest first; explain the ones skipped.
-fn candidates(dir: &CheckpointDir, at_most: Option<u64>) -> Result<Vec<LoadedGeneration>, Failure> {
+fn candidates(
+    dir: &CheckpointDir,
+    at_most: Option<u64>,
+    exact: bool,
+) -> Result<Vec<LoadedGeneration>, Failure> {
     let mut ok = Vec::new();
     let mut reasons = Vec::new();
     for (path, r) in dir.candidates()? {
         if let Ok(g) = &r
-            && at_most.is_some_and(|n| g.record.number > n)
+            && at_most.is_some_and(|n| g.record.number > n || (exact && g.record.number != n))
         {
             continue;
         }
@@ -125,7 +129,7 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
 /// [`super::launch::OnSignal`]).
 pub fn run_with(o: &Opts, on_signal: super::launch::OnSignal<'_>) -> Result<i32, Failure> {
     let dir = CheckpointDir::open(&need_dir(o)?)?;
-    let gens = candidates(&dir, o.generation)?;
+    let gens = candidates(&dir, o.generation, o.exact_generation)?;
     let (sock_path, listener): (PathBuf, _) = super::launch::claim_socket(&dir, true)?;
     let command = gens[0].record.command.clone();
     let set = ns::block_signals();

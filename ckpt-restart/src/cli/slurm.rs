@@ -45,7 +45,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use super::{Failure, Opts, outputs};
+use super::{Failure, Opts, job, outputs};
 use crate::coord::Coordinator;
 use ckpt::image::generation::{CheckpointDir, LoadedGeneration};
 use ckpt::image::manifest::FdKind;
@@ -292,9 +292,15 @@ fn apply_rlimits() {
 
 /// Runs `ckpt slurm-task ARGS`.
 pub fn run(args: &[OsString]) -> Result<i32, Failure> {
-    let o = parse(args).map_err(|msg| Failure { msg, code: 2 })?;
+    let mut o = parse(args).map_err(|msg| Failure { msg, code: 2 })?;
     if o.check {
         return check(&o);
+    }
+    // In a batch job checkpointed periodically, its steps' tasks are
+    // checkpointed with it (cli/job.rs), not on timers of their own: each
+    // job checkpoint names the task images it goes with.
+    if !o.batch && std::env::var_os(job::ENV_JOB_PERIODIC).is_some() {
+        o.interval = 0;
     }
     block_alarm(o.signal);
     note_slurmstepd();
@@ -315,11 +321,56 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
+    // The job's directory: the batch step's directory's parent, a task's
+    // directory's grandparent (docs/batch-jobs.md).
+    let job_dir = if o.batch {
+        o.dir.parent().map(Path::to_path_buf)
+    } else {
+        std::env::var_os(job::ENV_JOB_DIR).map(PathBuf::from)
+    };
+    if o.batch
+        && let Some(j) = &job_dir
+    {
+        // SAFETY: single-threaded (no thread started yet).
+        unsafe {
+            std::env::set_var(job::ENV_JOB_DIR, j);
+            if o.interval > 0 {
+                std::env::set_var(job::ENV_JOB_PERIODIC, o.interval.to_string());
+            } else {
+                std::env::remove_var(job::ENV_JOB_PERIODIC);
+            }
+        }
+    }
+    // A task of a step the batch step started again after a requeue
+    // resumes from exactly the generation the job's checkpoint names.
+    let rank: u32 = std::env::var("SLURM_PROCID")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let resume_from = if o.batch {
+        None
+    } else {
+        job::resume_generation(rank)
+    };
     let complete: Vec<_> = dir
         .list()?
         .into_iter()
         .filter(|g| g.state != "incomplete")
         .collect();
+    if let Some(n) = resume_from
+        && !complete.iter().any(|g| g.number == n)
+    {
+        return Err(Failure {
+            msg: format!(
+                "the job's checkpoint resumes this task from generation {n} of {}, which is not \
+                 there (removed?); it is NOT started again from the beginning, to protect its \
+                 outputs: inspect it with `ckpt status --dir {}`",
+                dir.path().display(),
+                dir.path().display()
+            ),
+            code: 1,
+        });
+    }
     let outputs = outputs::output_files();
     let engine = Opts {
         dir: Some(dir.path().to_path_buf()),
@@ -332,7 +383,8 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
         } else {
             super::Incremental::Off
         },
-        generation: None,
+        generation: resume_from,
+        exact_generation: resume_from.is_some(),
         max_file_copy: o.max_file_copy,
         // The output files have their own copy (`outputs`).
         exclude_files: outputs.iter().map(outputs::Output::id).collect(),
@@ -344,6 +396,8 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
         outputs: &outputs,
         requeued: false,
         terminated: false,
+        job_dir: job_dir.as_deref(),
+        held: None,
     };
     // A batch job that already ran to its end is not run again when Slurm
     // starts it once more (a requeue after it completed: Slurm 25.11 does
@@ -366,6 +420,41 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
         // existing generations stay).
         let _ = dir.remove(COMPLETED);
         outputs::remove_saved(&dir, false);
+        // A step's task keeps its images when it ends, for the job's
+        // checkpoints (below); a step that starts in its place afresh (the
+        // batch script started over) does not resume from them.
+        if !o.batch && resume_from.is_none() {
+            if let Err(e) = dir.remove_all() {
+                say(&format!("cannot remove the images of the run before: {e}"));
+            }
+            outputs::remove_saved(&dir, true);
+        }
+    }
+    let complete: Vec<_> = dir
+        .list()?
+        .into_iter()
+        .filter(|g| g.state != "incomplete")
+        .collect();
+    // Steps started from here on take directories of their own when the
+    // batch step resumes (job::EPOCH); not when it starts over.
+    if o.batch
+        && let Some(j) = &job_dir
+    {
+        let epoch = j.join(job::EPOCH);
+        let r = if complete.is_empty() {
+            fs::remove_file(&epoch).or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+        } else {
+            fs::write(&epoch, format!("{restart_count}\n"))
+        };
+        if let Err(e) = r {
+            say(&format!("cannot update {}: {e}", epoch.display()));
+        }
     }
     start_timer(o.interval);
     let mut prolog_output = Some(prolog_output);
@@ -420,11 +509,22 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
     };
     stop_timer();
     let code = result?;
-    if !state.requeued && code == 0 && !o.keep_images {
+    let step_of_job = !o.batch && job_dir.is_some();
+    if step_of_job && !state.requeued && code == 0 && !o.keep_images && !state.terminated {
+        // A task of a step in a batch job: its images may be named by the
+        // job's checkpoint (a requeue without warning resumes the job from
+        // there); the batch step removes them when the job ends.
+        record_completion(&dir, &[], &job_id, code);
+    } else if !state.requeued && code == 0 && !o.keep_images {
         if let Err(e) = dir.remove_all() {
             say(&format!("cannot remove the checkpoints: {e}"));
         }
         outputs::remove_saved(&dir, true);
+        if o.batch
+            && let Some(j) = &job_dir
+        {
+            remove_step_dirs(j);
+        }
     }
     // Only a run that ended by itself, successfully: a job Slurm requeued
     // or cancelled, or one that failed, runs again when started again.
@@ -540,6 +640,40 @@ pub fn exec_ignoring(args: &[OsString]) -> Result<i32, Failure> {
     })
 }
 
+/// When the job ran to its end: the images of its steps' tasks (kept for
+/// the job's checkpoints), and the job's own files.
+fn remove_step_dirs(job_dir: &Path) {
+    let Ok(rd) = fs::read_dir(job_dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let step = name
+            .strip_prefix("step")
+            .or_else(|| name.split_once(".step").map(|(_, n)| n))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()));
+        if step && job::valid_step_dir(&name) {
+            let Ok(tasks) = fs::read_dir(e.path()) else {
+                continue;
+            };
+            for t in tasks.flatten() {
+                if let Ok(d) = CheckpointDir::open(&t.path()) {
+                    let _ = d.remove_all();
+                    let _ = d.remove(COMPLETED);
+                    let _ = d.remove(job::ACK);
+                    let _ = d.remove(".ckpt.lock");
+                }
+                let _ = fs::remove_dir(t.path());
+            }
+            let _ = fs::remove_dir(e.path());
+        }
+    }
+    for f in [job::REQUEST, job::EPOCH] {
+        let _ = fs::remove_file(job_dir.join(f));
+    }
+}
+
 /// What the signal hook needs.
 struct HookState<'a> {
     opts: &'a TaskOpts,
@@ -548,6 +682,10 @@ struct HookState<'a> {
     requeued: bool,
     /// A SIGTERM arrived (Slurm is ending the step).
     terminated: bool,
+    /// The job's directory (batch step, or a task of a step of a batch job).
+    job_dir: Option<&'a Path>,
+    /// The steps' tasks held by a job checkpoint of the batch step.
+    held: Option<job::Held>,
 }
 
 impl HookState<'_> {
@@ -558,9 +696,10 @@ impl HookState<'_> {
             self.terminated = true;
         }
         if sig == libc::SIGALRM && self.opts.interval > 0 {
-            if let Err(e) = self.checkpoint(coord) {
+            if let Err(e) = self.checkpoint(coord, false) {
                 say(&format!("periodic checkpoint failed: {e}"));
             }
+            self.release();
             return true;
         }
         if sig != self.opts.signal {
@@ -571,7 +710,7 @@ impl HookState<'_> {
         }
         let name = signal_name(sig);
         say(&format!("SIG{name} received: checkpointing"));
-        let ok = match self.checkpoint(coord) {
+        let ok = match self.checkpoint(coord, true) {
             Ok(()) => true,
             Err(e) => {
                 say(&format!("checkpoint failed: {e}"));
@@ -582,6 +721,7 @@ impl HookState<'_> {
             return true;
         }
         if !ok {
+            self.release();
             let older = self
                 .dir
                 .list()
@@ -598,10 +738,20 @@ impl HookState<'_> {
             say("requeueing the job anyway: it will resume from its previous checkpoint");
         }
         self.requeued = requeue();
+        if !self.requeued {
+            self.release();
+        }
         if ok {
             self.keep_lines_after();
         }
         true
+    }
+
+    /// Lets the steps' tasks held by a job checkpoint continue.
+    fn release(&mut self) {
+        if let Some(h) = self.held.take() {
+            h.release();
+        }
     }
 
     /// Saves our lines written after the newest checkpoint (its size, the
@@ -630,14 +780,39 @@ impl HookState<'_> {
         outputs::keep_lines_after(self.dir, out.fd, &generation, &lines);
     }
 
-    fn checkpoint(&self, coord: &Arc<Coordinator>) -> Result<(), String> {
+    /// A checkpoint: of the whole job in the batch step (with the steps'
+    /// tasks, [`job`]), else of this task; `on_signal`: taken on the
+    /// checkpoint signal (in a step's task, possibly the batch step's
+    /// request).
+    fn checkpoint(&mut self, coord: &Arc<Coordinator>, on_signal: bool) -> Result<(), String> {
         // Our own lines ("checkpointing") may end the error file; they belong
         // before the checkpoint too.
         let said = outputs::stderr_end();
         if let Ok(mut lines) = SAID.lock() {
             lines.clear();
         }
-        let done = coord.checkpoint()?;
+        let done = if self.opts.batch
+            && let Some(job_dir) = self.job_dir
+        {
+            let outputs: Vec<PathBuf> = self.outputs.iter().map(|o| o.path.clone()).collect();
+            let name = signal_name(self.opts.signal);
+            let (done, held) = job::checkpoint(
+                coord,
+                &job::JobCheckpoint {
+                    job_dir,
+                    signal: &name,
+                    outputs: &outputs,
+                },
+            )?;
+            self.held = held;
+            done
+        } else {
+            let r = coord.checkpoint();
+            if on_signal && self.job_dir.is_some() {
+                job::answer(coord, &self.opts.dir, &r);
+            }
+            r?
+        };
         say(&format!(
             "checkpoint {} written ({} process{}, {}, program paused {:.1} ms, durable after {:.1} ms)",
             done.path.display(),
@@ -727,6 +902,18 @@ fn note_slurmstepd() {
         .ok()
         .filter(|p| p.file_name().is_some_and(|n| n == "slurmstepd"));
     let _ = SLURMSTEPD.set(exe);
+}
+
+/// Where to look for the Slurm command `name` (`scancel`, ...): as for
+/// `scontrol` ([`scontrol_candidates`]).
+pub fn tool_candidates(name: &str) -> Vec<PathBuf> {
+    scontrol_candidates(
+        SLURMSTEPD.get().cloned().flatten(),
+        std::env::var_os("PATH").as_deref(),
+    )
+    .into_iter()
+    .map(|p| p.with_file_name(name))
+    .collect()
 }
 
 /// Where to look for `scontrol`, best first: next to the `slurmstepd` that

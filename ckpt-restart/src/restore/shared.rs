@@ -390,7 +390,8 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
         let fd = next(&mut s, fd)?;
         s.memfds.insert(*key, fd);
     }
-    for m in &g.processes {
+    // (Processes started again rather than restored have no image.)
+    for m in g.processes.iter().filter(|m| !m.image.file.is_empty()) {
         let img = g.path.join(&m.image.file);
         let file = open_image(&g.path, &m.image.file, m.image.size)?;
         for r in m

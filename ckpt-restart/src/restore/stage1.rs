@@ -474,6 +474,40 @@ pub fn run(s: Stage1<'_>) -> ! {
     raw::exit_group(RST_EXIT_FAILED)
 }
 
+/// Stage 1 for a process that is started again rather than restored
+/// ([`crate::relaunch`]): its descriptors, working directory and umask come
+/// back as for any process; returns (stderr, status pipe), both moved above
+/// the program's descriptors and close-on-exec.
+pub fn prepare_relaunch(s: &Stage1<'_>) -> Result<(i32, i32), String> {
+    raw::sigprocmask(libc::SIG_SETMASK, !0u64)
+        .map_err(|e| format!("sigprocmask: errno {}", e.raw()))?;
+    let hi = s.shared.hi;
+    let err_fd = dup_above(2, hi, true).map_err(|e| format!("dup stderr: {e}"))?;
+    let status_fd = dup_above(s.status_fd, hi, true).map_err(|e| format!("dup status: {e}"))?;
+    if s.status_fd < s.shared.lo || s.status_fd >= hi {
+        unsafe_close(s.status_fd);
+    }
+    let s = Stage1 { status_fd, ..*s };
+    restore_fds(&s, hi)?;
+    for fd in open_fds() {
+        if fd >= s.shared.lo && fd < hi {
+            unsafe_close(fd);
+        }
+    }
+    let cwd = cstr(&name_bytes(&s.m.cwd));
+    // SAFETY: valid C string.
+    if unsafe { libc::chdir(cwd.as_ptr()) } != 0 {
+        return Err(format!(
+            "cannot change to the working directory {}: {}",
+            s.m.cwd,
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(s.m.umask as libc::mode_t) };
+    Ok((err_fd, status_fd))
+}
+
 fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
     let m = s.m;
     // Block every signal: the saved masks come back with each thread's frame.

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ckpt::image::generation::LoadedGeneration;
-use ckpt::image::manifest::{ProcessManifest, Zombie};
+use ckpt::image::manifest::{ProcessManifest, Relaunch, Zombie};
 
 use super::shared::{self, Shared};
 use super::stage1::{self, Stage1};
@@ -87,6 +87,8 @@ struct Plan<'a> {
     g: &'a LoadedGeneration,
     children: BTreeMap<i32, Vec<&'a ProcessManifest>>,
     zombies: BTreeMap<i32, Vec<&'a Zombie>>,
+    relaunch: BTreeMap<i32, Vec<&'a Relaunch>>,
+    placeholders: &'a [ProcessManifest],
     shared: &'a Shared,
     socket: &'a Path,
     verify: bool,
@@ -123,6 +125,13 @@ fn become_process(p: &Plan<'_>, m: &ProcessManifest, sync: &Sync) -> ! {
             ),
         }
     }
+    for r in p.relaunch.get(&m.pid).into_iter().flatten() {
+        match fork_with_pid(r.pid) {
+            Ok(0) => become_relaunched(p, r, sync),
+            Ok(_) => {}
+            Err(e) => fail(sync, &format!("cannot recreate process {}: {e}", r.pid)),
+        }
+    }
     for c in p.children.get(&m.pid).into_iter().flatten() {
         match fork_with_pid(c.pid) {
             Ok(0) => become_process(p, c, sync),
@@ -155,6 +164,68 @@ fn become_process(p: &Plan<'_>, m: &ProcessManifest, sync: &Sync) -> ! {
         shared_fds: &p.g.record.shared_fds,
         bases: &p.g.bases,
     })
+}
+
+/// In a freshly created process that is started again rather than
+/// restored (`srun`, [`crate::relaunch`]): wait for the whole tree, take
+/// back the standard descriptors and working directory, report, exec.
+fn become_relaunched(p: &Plan<'_>, r: &Relaunch, sync: &Sync) -> ! {
+    if r.sid == r.pid {
+        // SAFETY: setsid has no preconditions.
+        unsafe { libc::setsid() };
+    }
+    byte(sync.created_w, b'C');
+    let mut b = [0u8; 1];
+    // SAFETY: reading one byte into a local.
+    if unsafe { libc::read(sync.go_r, b.as_mut_ptr().cast(), 1) } != 1 {
+        fail(sync, "the restore was cancelled");
+    }
+    if r.pgid > 0 && r.pgid != r.sid && r.pgid != r.pid {
+        let t = Instant::now();
+        // SAFETY: setpgid on ourselves.
+        while unsafe { libc::setpgid(0, r.pgid) } != 0 && t.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    } else if r.pgid == r.pid {
+        // SAFETY: setpgid on ourselves.
+        unsafe { libc::setpgid(0, 0) };
+    }
+    let Some(m) = p.placeholders.iter().find(|m| m.pid == r.pid) else {
+        fail(sync, &format!("process {}: no placeholder", r.pid));
+    };
+    let s = Stage1 {
+        gen_dir: &p.g.path,
+        m,
+        socket: p.socket,
+        status_fd: sync.status_w,
+        verify: p.verify,
+        track_generation: 0,
+        shared: p.shared,
+        shared_fds: &p.g.record.shared_fds,
+        bases: &p.g.bases,
+    };
+    let (err_fd, status_fd) = match stage1::prepare_relaunch(&s) {
+        Ok(fds) => fds,
+        Err(e) => {
+            let _ = ckpt::signal_safe::raw::write_all(
+                2,
+                format!("ckpt: restore failed: process {}: {e}\n", r.pid).as_bytes(),
+            );
+            stage1::report(sync.status_w, stage1::STAGE1_FAILED, 0, 0);
+            ckpt::signal_safe::raw::exit_group(super::blob::RST_EXIT_FAILED)
+        }
+    };
+    use std::os::unix::ffi::OsStrExt;
+    let now: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect();
+    let env = crate::relaunch::environment(r, p.socket, &now);
+    byte(status_fd, b'K');
+    // SAFETY: our own descriptors; the program must not inherit them.
+    unsafe { libc::close(status_fd) };
+    let why = crate::relaunch::exec(r, &env);
+    let _ = ckpt::signal_safe::raw::write_all(err_fd, format!("ckpt: {why}\n").as_bytes());
+    ckpt::signal_safe::raw::exit_group(127)
 }
 
 fn fail(sync: &Sync, msg: &str) -> ! {
@@ -282,7 +353,24 @@ pub fn restore(g: &LoadedGeneration, socket: &Path, verify: bool, track: bool) -
         r.rlim_cur = r.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &r);
     }
-    let mut sh = match shared::build(g, lo) {
+    // Processes started again rather than restored take part in the
+    // objects shared with the others (their standard descriptors).
+    let placeholders: Vec<ProcessManifest> = g
+        .record
+        .relaunch
+        .iter()
+        .map(crate::relaunch::placeholder)
+        .collect();
+    let with_placeholders;
+    let shared_view = if placeholders.is_empty() {
+        g
+    } else {
+        let mut v = g.clone();
+        v.processes.extend(placeholders.iter().cloned());
+        with_placeholders = v;
+        &with_placeholders
+    };
+    let mut sh = match shared::build(shared_view, lo) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ckpt: restore failed: {e}");
@@ -317,10 +405,21 @@ pub fn restore(g: &LoadedGeneration, socket: &Path, verify: bool, track: bool) -
             zombies.entry(z.ppid).or_default().push(z);
         }
     }
+    let mut relaunch: BTreeMap<i32, Vec<&Relaunch>> = BTreeMap::new();
+    let mut top_relaunch = Vec::new();
+    for r in &g.record.relaunch {
+        if pids.contains(&r.ppid) {
+            relaunch.entry(r.ppid).or_default().push(r);
+        } else {
+            top_relaunch.push(r);
+        }
+    }
     let plan = Plan {
         g,
         children,
         zombies,
+        relaunch,
+        placeholders: &placeholders,
         shared: &sh,
         socket,
         verify,
@@ -353,13 +452,31 @@ pub fn restore(g: &LoadedGeneration, socket: &Path, verify: bool, track: bool) -
             }
         }
     }
+    for r in top_relaunch {
+        match fork_with_pid(r.pid) {
+            Ok(0) => {
+                // SAFETY: the child does not use the init's ends.
+                unsafe {
+                    libc::close(created_r);
+                    libc::close(go_w);
+                    libc::close(status_r);
+                }
+                become_relaunched(&plan, r, &sync)
+            }
+            Ok(c) => top_pids.push(c),
+            Err(e) => {
+                eprintln!("ckpt: cannot recreate pid {}: {e}", r.pid);
+                return kill_all(&sh);
+            }
+        }
+    }
     // SAFETY: the init keeps only its ends.
     unsafe {
         libc::close(created_w);
         libc::close(go_r);
         libc::close(status_w);
     }
-    let n = g.processes.len();
+    let n = g.processes.len() + g.record.relaunch.len();
     let ok = wait_bytes(created_r, n, b'C', Duration::from_secs(120)).is_ok() && {
         for _ in 0..n {
             byte(go_w, b'G');

@@ -1,0 +1,521 @@
+//! One checkpoint of a whole batch job: the batch script's process tree and
+//! every task of every step it is running (docs/batch-jobs.md).
+//!
+//! The batch step's `ckpt slurm-task` drives it:
+//! 1. finds the steps the script's `srun` processes run (`scontrol -o show
+//!    step JOB`: `SrunHost:Pid` is the srun's pid in the job's namespace);
+//! 2. writes `job-request` (`TOKEN hold`) in the job's checkpoint directory
+//!    and sends each step the checkpoint signal (`scancel --signal`);
+//! 3. each task checkpoints, answers in its `job-ack` (`TOKEN GENERATION`
+//!    or `TOKEN ERR why`) and holds its program stopped, so that no output
+//!    and no progress happens after its image;
+//! 4. once every task answered and the output files stopped growing, the
+//!    batch tree is checkpointed, with each `srun` recorded to be started
+//!    again (`crate::relaunch`) together with its step's directory and the
+//!    generation of each task;
+//! 5. `job-request` becomes `TOKEN release` (the tasks continue) unless the
+//!    job is being requeued (then Slurm ends them).
+//!
+//! A job generation is complete when the batch generation is: it names the
+//! task generations it goes with. Any failure releases the tasks, and the
+//! job keeps running.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ckpt::image::manifest::StepRef;
+
+use crate::coord::{Coordinator, Done};
+use crate::relaunch::{ENV_STEP_DIR, ENV_STEP_GENERATIONS};
+
+/// The batch step's request to the tasks (in the job's directory).
+pub const REQUEST: &str = "job-request";
+/// A task's answer (in its own directory).
+pub const ACK: &str = "job-ack";
+/// Written by a batch step that resumed from an image: steps started after
+/// that take directories of their own (`r<N>.step<ID>`), never one of the
+/// run before.
+pub const EPOCH: &str = "epoch";
+/// Set in the batch script's environment: its steps' tasks are part of job
+/// checkpoints (they keep their images when they end; the batch step
+/// removes them with its own).
+pub const ENV_JOB_DIR: &str = "CKPT_JOB_DIR";
+
+/// Set in the batch script's environment when the batch step checkpoints
+/// the job periodically (its interval, seconds): its steps' tasks then run
+/// no timer of their own.
+pub const ENV_JOB_PERIODIC: &str = "CKPT_JOB_PERIODIC";
+
+/// How long the tasks have to checkpoint.
+const TASK_DEADLINE: Duration = Duration::from_secs(180);
+/// How long a task holds its program stopped at most.
+const HOLD_LIMIT: Duration = Duration::from_secs(1800);
+
+/// A running step of the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningStep {
+    /// `JOB.STEP`.
+    pub id: String,
+    /// Step number.
+    pub step: u32,
+    /// Number of tasks.
+    pub tasks: u32,
+    /// The srun's host name and pid as it reported them.
+    pub srun_host: String,
+    /// The srun's pid (its own view: the job's namespace).
+    pub srun_pid: i32,
+}
+
+/// Parses `scontrol -o show step JOB`: one line per step; the batch,
+/// extern and interactive steps are left out.
+pub fn parse_steps(text: &str) -> Vec<RunningStep> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .map(str::to_string)
+        };
+        let Some(id) = field("StepId=") else { continue };
+        let Some(step) = id.rsplit('.').next().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if field("State=").is_some_and(|s| s != "RUNNING") {
+            continue;
+        }
+        let tasks = field("Tasks=").and_then(|t| t.parse().ok()).unwrap_or(0);
+        let (srun_host, srun_pid) = field("SrunHost:Pid=")
+            .and_then(|hp| {
+                let (h, p) = hp.rsplit_once(':')?;
+                Some((h.to_string(), p.parse().ok()?))
+            })
+            .unwrap_or_default();
+        out.push(RunningStep {
+            id,
+            step,
+            tasks,
+            srun_host,
+            srun_pid,
+        });
+    }
+    out
+}
+
+/// The epoch the job's steps are in (see [`EPOCH`]).
+pub fn epoch(job_dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(job_dir.join(EPOCH))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+}
+
+/// The directory name of step `step` started in this epoch (the SPANK
+/// plugin computes the same: `spank-plugin/src/task_env.rs`).
+pub fn step_dir_name(epoch: Option<u32>, step: u32) -> String {
+    match epoch {
+        Some(e) => format!("r{e}.step{step}"),
+        None => format!("step{step}"),
+    }
+}
+
+/// Writes `text` to `path` through a temporary name and a rename.
+fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The value of `name` in a process's initial environment.
+fn environ_value(host: i32, name: &str) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{host}/environ")).ok()?;
+    let key = format!("{name}=");
+    env.split(|&c| c == 0)
+        .find_map(|e| e.strip_prefix(key.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Tasks held stopped for a job checkpoint: released by [`Held::release`]
+/// (not when the job is being requeued: Slurm ends them).
+pub struct Held {
+    request: PathBuf,
+    token: String,
+}
+
+impl Held {
+    /// Lets the tasks continue.
+    pub fn release(&self) {
+        let _ = write_atomic(&self.request, &format!("{} release\n", self.token));
+    }
+}
+
+/// A Slurm command from the installation that runs the job.
+fn tool(name: &str) -> Result<PathBuf, String> {
+    let tried = super::slurm::tool_candidates(name);
+    tried.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
+        format!(
+            "no {name} found (tried {})",
+            tried
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+fn running_steps(scontrol: &Path, job: &str) -> Result<Vec<RunningStep>, String> {
+    let out = Command::new(scontrol)
+        .args(["-o", "show", "step", job])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", scontrol.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`{} -o show step {job}` failed: {}",
+            scontrol.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(parse_steps(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// What the batch step checkpoints with: the job's directory, the
+/// checkpoint signal, the output files whose growth is waited out.
+pub struct JobCheckpoint<'a> {
+    /// The job's checkpoint directory (the batch step's directory's parent).
+    pub job_dir: &'a Path,
+    /// The checkpoint signal's name (`USR1`), sent to the steps.
+    pub signal: &'a str,
+    /// The batch step's output files.
+    pub outputs: &'a [PathBuf],
+}
+
+/// Checkpoints the whole job; on success the tasks are still held (the
+/// caller requeues the job, or releases them).
+pub fn checkpoint(
+    coord: &Arc<Coordinator>,
+    j: &JobCheckpoint<'_>,
+) -> Result<(Done, Option<Held>), String> {
+    coord.set_relaunch(Some(BTreeMap::new()));
+    if coord.relaunched().is_empty() {
+        return coord.checkpoint().map(|d| (d, None));
+    }
+    let job = std::env::var("SLURM_JOB_ID")
+        .map_err(|_| "SLURM_JOB_ID is not set (not running under Slurm?)".to_string())?;
+    let scontrol = tool("scontrol")?;
+    let scancel = tool("scancel")?;
+    // Each srun of the script with the step it runs. An srun without a
+    // running step is creating one or has just seen it end: looked at
+    // again for a while; after that it is started again from its beginning.
+    let start = Instant::now();
+    let (steps, srun) = loop {
+        let steps = running_steps(&scontrol, &job)?;
+        let srun = coord.relaunched();
+        let waiting = srun
+            .iter()
+            .any(|(pid, ..)| !steps.iter().any(|s| s.srun_pid == *pid));
+        if !waiting || start.elapsed() > Duration::from_secs(10) {
+            break (steps, srun);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let ours: Vec<(&RunningStep, i32, i32)> = steps
+        .iter()
+        .filter_map(|s| {
+            srun.iter()
+                .find(|(pid, ..)| *pid == s.srun_pid)
+                .map(|(pid, host, ..)| (s, *pid, *host))
+        })
+        .collect();
+    if let Some(s) = steps
+        .iter()
+        .find(|s| !ours.iter().any(|(o, ..)| o.id == s.id))
+    {
+        return Err(format!(
+            "step {} was not started by the batch script (its srun is pid {} on {}): it cannot be part of the job's checkpoint; end it, or start it from the script",
+            s.id, s.srun_pid, s.srun_host
+        ));
+    }
+    let ep = epoch(j.job_dir);
+    let token = format!(
+        "{}.{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    let held = Held {
+        request: j.job_dir.join(REQUEST),
+        token: token.clone(),
+    };
+    write_atomic(&held.request, &format!("{token} hold\n"))
+        .map_err(|e| format!("cannot write {}: {e}", held.request.display()))?;
+    let result = (|| {
+        let mut refs: BTreeMap<i32, StepRef> = BTreeMap::new();
+        for (s, pid, host) in &ours {
+            let dir = environ_value(*host, ENV_STEP_DIR)
+                .filter(|d| valid_step_dir(d))
+                .unwrap_or_else(|| step_dir_name(ep, s.step));
+            let out = Command::new(&scancel)
+                .arg(format!("--signal={}", j.signal))
+                .arg(&s.id)
+                .output()
+                .map_err(|e| format!("cannot run {}: {e}", scancel.display()))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "`scancel --signal={} {}` failed: {}",
+                    j.signal,
+                    s.id,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            refs.insert(
+                *pid,
+                StepRef {
+                    id: s.id.clone(),
+                    dir,
+                    tasks: Vec::new(),
+                },
+            );
+        }
+        for (s, pid, _) in &ours {
+            let Some(r) = refs.get_mut(pid) else { continue };
+            r.tasks = wait_acks(&j.job_dir.join(&r.dir), &token, s)?;
+        }
+        wait_quiet(j.outputs);
+        coord.set_relaunch(Some(refs));
+        coord.checkpoint()
+    })();
+    match result {
+        Ok(d) => Ok((d, Some(held))),
+        Err(e) => {
+            held.release();
+            Err(e)
+        }
+    }
+}
+
+/// A step directory name as the plugin makes them (`step3`, `r1.step0`).
+pub fn valid_step_dir(d: &str) -> bool {
+    !d.is_empty()
+        && d.len() < 64
+        && !d.starts_with('.')
+        && d.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.')
+}
+
+/// Waits for every task of step `s` to answer `token`; their generations.
+fn wait_acks(step_dir: &Path, token: &str, s: &RunningStep) -> Result<Vec<u64>, String> {
+    let deadline = Instant::now() + TASK_DEADLINE;
+    let mut gens = vec![0u64; s.tasks as usize];
+    for (rank, g) in gens.iter_mut().enumerate() {
+        let ack = step_dir.join(format!("task{rank}")).join(ACK);
+        loop {
+            let text = std::fs::read_to_string(&ack).unwrap_or_default();
+            if let Some(rest) = text
+                .trim()
+                .strip_prefix(token)
+                .and_then(|r| r.strip_prefix(' '))
+            {
+                if let Some(why) = rest.strip_prefix("ERR ") {
+                    return Err(format!("task {rank} of step {}: {why}", s.id));
+                }
+                *g = rest
+                    .parse()
+                    .map_err(|_| format!("{}: unreadable answer {text:?}", ack.display()))?;
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "task {rank} of step {} did not checkpoint within {} s (no answer in {})",
+                    s.id,
+                    TASK_DEADLINE.as_secs(),
+                    ack.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(gens)
+}
+
+/// Waits until the output files stop growing (what the held tasks wrote
+/// before their images is on its way through slurmstepd and srun).
+fn wait_quiet(outputs: &[PathBuf]) {
+    let size = || -> Vec<u64> {
+        outputs
+            .iter()
+            .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .collect()
+    };
+    let start = Instant::now();
+    let mut last = size();
+    let mut stable_since = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = size();
+        if now != last {
+            last = now;
+            stable_since = Instant::now();
+        } else if stable_since.elapsed() >= Duration::from_millis(300) {
+            return;
+        }
+    }
+}
+
+/// In a step's task, after a checkpoint taken on the checkpoint signal:
+/// when the batch step asked for it (`job-request` holds a token this task
+/// has not answered), answer and hold the program stopped until released.
+pub fn answer(coord: &Arc<Coordinator>, task_dir: &Path, result: &Result<Done, String>) {
+    let Some(job_dir) = task_dir.parent().and_then(Path::parent) else {
+        return;
+    };
+    let request = job_dir.join(REQUEST);
+    let Ok(text) = std::fs::read_to_string(&request) else {
+        return;
+    };
+    let Some(token) = text.trim().strip_suffix(" hold").map(str::to_string) else {
+        return;
+    };
+    let ack = task_dir.join(ACK);
+    if std::fs::read_to_string(&ack).is_ok_and(|a| a.starts_with(&format!("{token} "))) {
+        return;
+    }
+    let reply = match result {
+        Ok(d) => {
+            let number = d
+                .path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("gen-"))
+                .and_then(|n| n.parse::<u64>().ok());
+            match number {
+                Some(n) => format!("{token} {n}\n"),
+                None => format!("{token} ERR unexpected generation {}\n", d.path.display()),
+            }
+        }
+        Err(e) => format!("{token} ERR {}\n", e.replace('\n', " ")),
+    };
+    if result.is_ok() {
+        coord.hold(true);
+    }
+    if write_atomic(&ack, &reply).is_err() {
+        coord.hold(false);
+        return;
+    }
+    if result.is_err() {
+        return;
+    }
+    let coord = coord.clone();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let hold_line = format!("{token} hold");
+        while start.elapsed() < HOLD_LIMIT {
+            let now = std::fs::read_to_string(&request).unwrap_or_default();
+            if now.trim() != hold_line {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        coord.hold(false);
+    });
+}
+
+/// In a relaunched step's task: the generation the job checkpoint names
+/// for this rank (`CKPT_STEP_GENERATIONS`).
+pub fn resume_generation(rank: u32) -> Option<u64> {
+    let v = std::env::var(ENV_STEP_GENERATIONS).ok()?;
+    v.split(',').find_map(|e| {
+        let (r, g) = e.split_once(':')?;
+        (r.trim().parse::<u32>().ok()? == rank).then(|| g.trim().parse().ok())?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_of_scontrol() {
+        let text = "StepId=4.batch UserId=1001 State=RUNNING Tasks=1 Name=batch SrunHost:Pid=(null):0\n\
+                    StepId=4.0 UserId=1001 State=RUNNING NodeList=vm Nodes=1 CPUs=1 Tasks=2 Name=sleep SrunHost:Pid=vm:3\n\
+                    StepId=4.extern State=RUNNING Tasks=1 SrunHost:Pid=(null):0\n\
+                    StepId=4.1 State=COMPLETING Tasks=1 SrunHost:Pid=vm:9\n";
+        assert_eq!(
+            parse_steps(text),
+            [RunningStep {
+                id: "4.0".into(),
+                step: 0,
+                tasks: 2,
+                srun_host: "vm".into(),
+                srun_pid: 3
+            }]
+        );
+    }
+
+    #[test]
+    fn step_dirs_and_generations() {
+        assert_eq!(step_dir_name(None, 3), "step3");
+        assert_eq!(step_dir_name(Some(2), 0), "r2.step0");
+        assert!(valid_step_dir("r2.step0"));
+        assert!(!valid_step_dir("../x"));
+        assert!(!valid_step_dir(".."));
+        assert!(!valid_step_dir(""));
+    }
+
+    #[test]
+    fn a_task_answers_once_and_holds_until_released() {
+        let dir = std::env::temp_dir().join(format!("ckpt-job-{}", std::process::id()));
+        let task = dir.join("step1/task0");
+        std::fs::create_dir_all(&task).unwrap();
+        let cd = ckpt::image::generation::CheckpointDir::create(&dir.join("c")).unwrap();
+        let coord = Coordinator::new(cd, vec![], 2);
+        let done = Done {
+            path: task.join("gen-000007"),
+            bytes: 0,
+            pause_us: 0,
+            total_us: 0,
+            processes: 1,
+            in_place: 0,
+            base: 0,
+        };
+        // No request: nothing.
+        answer(&coord, &task, &Ok(done.clone()));
+        assert!(!task.join(ACK).exists());
+        std::fs::write(dir.join(REQUEST), "tok hold\n").unwrap();
+        answer(&coord, &task, &Ok(done.clone()));
+        assert_eq!(std::fs::read_to_string(task.join(ACK)).unwrap(), "tok 7\n");
+        // A second signal with the same request is not a second answer.
+        answer(&coord, &task, &Err("x".into()));
+        assert_eq!(std::fs::read_to_string(task.join(ACK)).unwrap(), "tok 7\n");
+        std::fs::write(dir.join(REQUEST), "tok2 hold\n").unwrap();
+        answer(&coord, &task, &Err("no\nway".into()));
+        assert_eq!(
+            std::fs::read_to_string(task.join(ACK)).unwrap(),
+            "tok2 ERR no way\n"
+        );
+        let s = RunningStep {
+            id: "9.1".into(),
+            step: 1,
+            tasks: 1,
+            srun_host: "vm".into(),
+            srun_pid: 4,
+        };
+        let e = wait_acks(&dir.join("step1"), "tok2", &s).unwrap_err();
+        assert!(e.contains("task 0 of step 9.1: no way"), "{e}");
+        std::fs::write(task.join(ACK), "tok3 12\n").unwrap();
+        assert_eq!(wait_acks(&dir.join("step1"), "tok3", &s).unwrap(), [12]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn generations_by_rank() {
+        // SAFETY: this test alone reads and writes this variable.
+        unsafe { std::env::set_var(ENV_STEP_GENERATIONS, "0:5,1:6") };
+        assert_eq!(resume_generation(1), Some(6));
+        assert_eq!(resume_generation(2), None);
+        // SAFETY: as above.
+        unsafe { std::env::remove_var(ENV_STEP_GENERATIONS) };
+    }
+}

@@ -1,0 +1,176 @@
+//! Whole batch jobs whose script runs `srun` (issue 15): one checkpoint of
+//! the script's process tree and of every task of its running step, on the
+//! warning signal, at preemption and periodically; after the requeue the
+//! script resumes, the running `srun` is started again in its place and
+//! its tasks resume from their images; finished steps are not run again;
+//! the output is that of an uninterrupted run, each line once.
+
+use super::*;
+
+/// The three-part script of the README's walk-through: a short step, a
+/// long step that gets interrupted, a post-processing line.
+fn three_part_script(header: &str, steps: u32) -> String {
+    format!(
+        "#!/bin/bash\n{header}\n\
+         srun -Q python3 -c 'print(\"prepared\", flush=True)'\n\
+         srun -Q python3 pi.py {steps} 0.5\n\
+         echo \"post done\"\n"
+    )
+}
+
+/// Each of `lines` appears exactly once in the job's output.
+fn once_each(c: &Cluster, job: &Job, lines: &[&str]) {
+    let run = job.run();
+    for want in lines {
+        let n = run.stdout.lines().filter(|l| l == want).count();
+        c.check(
+            n == 1,
+            &format!("{want:?} appears {n} times in the output, not once"),
+            &run,
+        );
+    }
+}
+
+/// No image is left in the job's directory after it succeeded.
+fn no_images_left(c: &Cluster, job: &Job) {
+    fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+        for e in fs::read_dir(p).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with("gen-") {
+                out.push(e.path());
+            } else if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&e.path(), out);
+            }
+        }
+    }
+    let mut left = Vec::new();
+    walk(&job.dir.join("ck"), &mut left);
+    c.check(
+        left.is_empty(),
+        &format!("images left after success: {left:?}"),
+        &job.run(),
+    );
+}
+
+#[test]
+fn a_batch_script_running_srun_resumes_whole_after_a_warning_signal_and_a_preemption() {
+    let Some(c) = slurm::cluster() else { return };
+    let dir = setup(&c, "batch-srun");
+    const STEPS: u32 = 30;
+    let want = reference(&c, &dir, &["python3", "pi.py", &STEPS.to_string(), "0"], 0);
+    let script = three_part_script("#SBATCH --checkpoint-dir=ck --signal=B:USR1@10", STEPS);
+    let job = submit(&c, &dir, &["-t", "10"], &script);
+
+    wait_step(&c, &job, 4);
+    user_ok(
+        &c,
+        &dir,
+        &["scancel", "--signal=USR1", "--batch", &job.id.to_string()],
+    );
+    wait_resumed(&c, &job, 1);
+    let resumed_at = last_step(&fs::read_to_string(&job.out).unwrap_or_default());
+    wait_step(&c, &job, resumed_at + 4);
+    preempt(&c, &dir);
+    wait_resumed(&c, &job, 2);
+
+    let end = final_state(&c, &job);
+    let run = job.run();
+    c.check(end == "COMPLETED", &format!("final state {end}"), &run);
+    check_continuous(&c, &job, STEPS, &want);
+    once_each(&c, &job, &["prepared", "post done"]);
+    let resumed = format!(
+        "resuming from {}/gen-",
+        dir.join("ck/step1/task0").display()
+    );
+    c.check(
+        run.stderr.matches(&resumed).count() == 2,
+        &format!("the step's task did not resume twice from its images ({resumed:?})"),
+        &run,
+    );
+    c.check(
+        !run.stderr.contains("from the beginning"),
+        "a step was started again from its beginning",
+        &run,
+    );
+    no_images_left(&c, &job);
+}
+
+#[test]
+fn a_periodically_checkpointed_batch_script_with_srun_resumes_after_a_requeue_without_warning() {
+    let Some(c) = slurm::cluster() else { return };
+    let dir = setup(&c, "batch-srun-periodic");
+    const STEPS: u32 = 40;
+    let want = reference(&c, &dir, &["python3", "pi.py", &STEPS.to_string(), "0"], 0);
+    let script = three_part_script(
+        "#SBATCH --checkpoint-dir=ck --checkpoint-interval=10 --signal=B:USR1@10",
+        STEPS,
+    );
+    let job = submit(&c, &dir, &["-t", "10"], &script);
+    let batch_latest = dir.join("ck/batch/latest");
+    wait_until(&c, Some(&job), "a periodic checkpoint of the job", || {
+        fs::read_to_string(batch_latest.join("generation.json"))
+            .is_ok_and(|g| g.contains("\"relaunch\""))
+    });
+    // Progress after it, then a requeue with no warning (a node failure,
+    // an administrator): the job resumes from the periodic checkpoint,
+    // and what was written since is written again exactly once.
+    let at = last_step(&fs::read_to_string(&job.out).unwrap_or_default());
+    wait_step(&c, &job, at + 3);
+    user_ok(&c, &dir, &["scontrol", "requeue", &job.id.to_string()]);
+    let end = final_state(&c, &job);
+    let run = job.run();
+    c.check(end == "COMPLETED", &format!("final state {end}"), &run);
+    check_continuous(&c, &job, STEPS, &want);
+    once_each(&c, &job, &["prepared", "post done"]);
+    c.check(
+        run.stderr.contains(&format!(
+            "resuming from {}/gen-",
+            dir.join("ck/step1/task0").display()
+        )),
+        "the step's task did not resume from the job's periodic checkpoint",
+        &run,
+    );
+    no_images_left(&c, &job);
+}
+
+#[test]
+fn a_step_that_cannot_be_checkpointed_leaves_the_batch_job_running_to_its_end() {
+    let Some(c) = slurm::cluster() else { return };
+    let dir = setup(&c, "batch-srun-refused");
+    // A connection to a server outside the job (slurmctld's port) that the
+    // program keeps open: its task cannot be checkpointed.
+    c.write_script(
+        &dir.join("held.py"),
+        "import socket, time\n\
+         s = socket.create_connection((\"127.0.0.1\", 6817))\n\
+         for i in range(1, 21):\n\
+         \x20   print(f\"step {i} inside 0\", flush=True)\n\
+         \x20   time.sleep(0.5)\n\
+         print(\"RESULT held\", flush=True)\n",
+    );
+    let script = "#!/bin/bash\n#SBATCH --checkpoint-dir=ck --signal=B:USR1@10\n\
+                  srun -Q python3 held.py\necho \"post done\"\n";
+    let job = submit(&c, &dir, &["-t", "10"], script);
+    wait_step(&c, &job, 3);
+    user_ok(
+        &c,
+        &dir,
+        &["scancel", "--signal=USR1", "--batch", &job.id.to_string()],
+    );
+    let end = final_state(&c, &job);
+    let run = job.run();
+    c.check(end == "COMPLETED", &format!("final state {end}"), &run);
+    check_continuous(&c, &job, 20, "RESULT held");
+    once_each(&c, &job, &["post done"]);
+    for needle in ["task 0 of step", "socket", "the job is NOT requeued"] {
+        c.check(
+            run.stderr.contains(needle),
+            &format!("job stderr lacks {needle:?}"),
+            &run,
+        );
+    }
+    c.check(
+        !run.stderr.contains("SLURM_RESTART_COUNT=1"),
+        "the job was requeued",
+        &run,
+    );
+}
