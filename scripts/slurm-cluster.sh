@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# slurm-cluster.sh - a throw-away single-node Slurm cluster (munged, slurmctld,
-# slurmd) on this machine, without systemd. Used by scripts/demo.sh and by the
-# Slurm tests (tests/harness/slurm.rs). Must run as root.
+# slurm-cluster.sh - a throw-away Slurm cluster (munged, slurmctld, slurmd) on
+# this machine, without systemd. Used by scripts/demo.sh and by the Slurm tests
+# (tests/harness/slurm.rs). Must run as root.
+#
+# Nodes: this machine ($(uname -n), partitions `debug` and `high`), and three
+# virtual nodes n1, n2, n3 in partition `multi`: three more slurmd on this
+# machine, each started with `-N nK` on a port of its own (17001-17003), for
+# multi-node jobs and restarts on other nodes (docs/batch-jobs.md).
 #
 #   slurm-cluster.sh start   (re)start the daemons with a fresh, empty state
 #   slurm-cluster.sh stop    cancel jobs, stop slurmd, slurmctld, munged
@@ -37,6 +42,7 @@ CONF=$PREFIX/etc/slurm.conf
 PLUGSTACK=${CKPT_SLURM_PLUGSTACK:-$PREFIX/etc/plugstack.conf}
 TEST_USER=${CKPT_SLURM_USER-slurmtest}
 NODE=$(uname -n | cut -d. -f1)
+VNODES="n1 n2 n3"
 if [ -n "$SLURM_HOME" ]; then PACKAGES="munge"; else PACKAGES="slurmctld slurmd slurm-client munge"; fi
 
 log() { echo "[slurm-cluster] $*" >&2; }
@@ -129,11 +135,14 @@ CredType=cred/munge
 # cred_expire is also the delay before a requeued job may start again (min 5 s)
 AuthInfo=cred_expire=5
 StateSaveLocation=$PREFIX/state
-SlurmdSpoolDir=$PREFIX/spool
+SlurmdSpoolDir=$PREFIX/spool/%n
 SlurmctldPidFile=$PREFIX/run/slurmctld.pid
-SlurmdPidFile=$PREFIX/run/slurmd.pid
+SlurmdPidFile=$PREFIX/run/slurmd-%n.pid
 SlurmctldLogFile=$PREFIX/log/slurmctld.log
-SlurmdLogFile=$PREFIX/log/slurmd.log
+# this machine's own node logs to slurmd.log (slurmd -L), the virtual ones here
+SlurmdLogFile=$PREFIX/log/slurmd-%n.log
+# the virtual nodes declare CPUs this machine does not have
+SlurmdParameters=config_overrides
 SlurmctldDebug=info
 SlurmdDebug=info
 PlugStackConfig=$PLUGSTACK
@@ -165,8 +174,10 @@ PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 SlurmctldParameters=preempt_send_user_signal
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=1000 State=UNKNOWN
+$(for n in $VNODES; do echo "NodeName=$n NodeHostname=$NODE NodeAddr=127.0.0.1 Port=$((17000 + ${n#n})) CPUs=2 RealMemory=1000 State=UNKNOWN"; done)
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=5
 PartitionName=high  Nodes=$NODE Default=NO  MaxTime=INFINITE State=UP PriorityTier=10
+PartitionName=multi Nodes=$(echo $VNODES | tr ' ' ,) Default=NO MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=5
 CONF
   chmod 0644 "$CONF.new"; mv "$CONF.new" "$CONF"
   mkdir -p /etc/slurm
@@ -176,7 +187,7 @@ CONF
 }
 
 node_ready() {
-  case "$(sinfo -h -n "$NODE" -o %t 2>/dev/null | head -n 1)" in idle|mix|alloc) return 0 ;; esac
+  case "$(sinfo -h -n "$1" -o %t 2>/dev/null | head -n 1)" in idle|mix|alloc) return 0 ;; esac
   return 1
 }
 
@@ -184,7 +195,10 @@ stop_cluster() {
   export SLURM_CONF=$CONF
   local ctld sd jobs steps
   ctld=$(pid_of "$PREFIX/run/slurmctld.pid" "$SBIN/slurmctld")
-  sd=$(pid_of "$PREFIX/run/slurmd.pid" "$SBIN/slurmd")
+  local n; sd=""
+  for n in "$NODE" $VNODES; do sd="$sd $(pid_of "$PREFIX/run/slurmd-$n.pid" "$SBIN/slurmd")"; done
+  # (a cluster started before the virtual nodes existed)
+  sd="$sd $(pid_of "$PREFIX/run/slurmd.pid" "$SBIN/slurmd")"
   if [ -n "$ctld" ]; then
     jobs=$(timeout 5 squeue -h -o %i 2>/dev/null || true)
     if [ -n "$jobs" ]; then
@@ -229,12 +243,19 @@ start_cluster() {
   rm -rf "${PREFIX:?}"/state/* "${PREFIX:?}"/spool/*
   # Fresh logs too: what they say is about this start.
   : >"$PREFIX/log/slurmctld.log"; : >"$PREFIX/log/slurmd.log"
+  local n
+  for n in $VNODES; do : >"$PREFIX/log/slurmd-$n.log"; mkdir -p "$PREFIX/spool/$n"; done
+  mkdir -p "$PREFIX/spool/$NODE"
   "$SBIN/slurmctld" -c -f "$CONF" || die "slurmctld did not start"
   wait_for 30 "slurmctld to answer" bash -c 'scontrol ping | grep -q "is UP"'
-  "$SBIN/slurmd" -f "$CONF" || die "slurmd did not start"
-  wait_for 60 "node $NODE to become idle" node_ready
+  "$SBIN/slurmd" -f "$CONF" -N "$NODE" -L "$PREFIX/log/slurmd.log" || die "slurmd did not start"
+  for n in $VNODES; do
+    "$SBIN/slurmd" -f "$CONF" -N "$n" || die "slurmd -N $n did not start"
+  done
+  wait_for 60 "node $NODE to become idle" node_ready "$NODE"
+  for n in $VNODES; do wait_for 60 "virtual node $n to become idle" node_ready "$n"; done
   timeout 60 srun -Q -J cluster-probe -t 1 true || die "probe 'srun true' failed"
-  log "ready: node $NODE, $(sinfo -V); export SLURM_CONF=$CONF${SLURM_HOME:+ PATH=$SLURM_HOME/bin:\$PATH}"
+  log "ready: node $NODE, virtual nodes $VNODES (partition multi), $(sinfo -V); export SLURM_CONF=$CONF${SLURM_HOME:+ PATH=$SLURM_HOME/bin:\$PATH}"
 }
 
 [ "$(id -u)" = 0 ] || die "must run as root"

@@ -301,7 +301,14 @@ pub fn task_init(spank: &Spank, args: &[OsString]) -> Result<(), PluginError> {
     after_task_init::check_selinux()?;
     after_task_init::check_container(spank.getenv("SLURM_CONTAINER")?.as_deref())?;
     let site_prolog = after_task_init::site_task_prolog()?;
-    preflight(&task, &task_dir)?;
+    let job_argv = spank.job_argv()?;
+    // The batch script is a file of slurmd's spool directory, which may
+    // have another path on the node the job resumes on.
+    let script = (step == task_env::BATCH_STEP)
+        .then(|| job_argv.first())
+        .flatten()
+        .map(|a| std::ffi::OsStr::from_bytes(a.as_bytes()));
+    preflight(&task, &task_dir, script)?;
     let exec = task_env::TaskExec {
         ckpt_bin: &task.config.ckpt_bin,
         task_dir: &task_dir,
@@ -313,7 +320,7 @@ pub fn task_init(spank: &Spank, args: &[OsString]) -> Result<(), PluginError> {
         max_file_copy: task.config.max_file_copy.as_deref(),
         libckpt: &task.config.libckpt,
     };
-    let argv = task_env::exec_argv(&exec, &spank.job_argv()?);
+    let argv = task_env::exec_argv(&exec, &job_argv);
     let preload = task_env::preload_without(original_preload.as_deref(), &task.config.libckpt);
     let env = task_env::exec_env(&spank.job_env()?, preload.as_deref());
     let env = after_task_init::with_site_prolog(env, site_prolog.as_deref());
@@ -331,7 +338,11 @@ pub fn task_init(spank: &Spank, args: &[OsString]) -> Result<(), PluginError> {
 /// incomplete checkpoint is reported here, where the message reaches both
 /// the job's stderr and the slurmd log, and the task fails instead of
 /// starting over.
-fn preflight(task: &TaskCheckpoint, task_dir: &std::path::Path) -> Result<(), PluginError> {
+fn preflight(
+    task: &TaskCheckpoint,
+    task_dir: &std::path::Path,
+    script: Option<&std::ffi::OsStr>,
+) -> Result<(), PluginError> {
     let has_images = std::fs::read_dir(task_dir).is_ok_and(|entries| {
         entries.flatten().any(|e| {
             let name = e.file_name();
@@ -345,6 +356,12 @@ fn preflight(task: &TaskCheckpoint, task_dir: &std::path::Path) -> Result<(), Pl
     let out = std::process::Command::new(&task.config.ckpt_bin)
         .args(["slurm-task", "--check", "--dir"])
         .arg(task_dir)
+        .args(
+            script
+                .map(|s| [std::ffi::OsStr::new("--"), s])
+                .into_iter()
+                .flatten(),
+        )
         .env_clear()
         .output()
         .map_err(|e| PluginError::Exec {

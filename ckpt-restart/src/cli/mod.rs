@@ -51,6 +51,10 @@ pub struct Opts {
     /// With `generation`: that generation and no other (a task resuming
     /// as part of a job checkpoint, `slurm::run`).
     pub exact_generation: bool,
+    /// The batch script as it is now (a batch step's restart): the
+    /// generation's descriptors of the same job's script elsewhere refer
+    /// to it (`restore::names::follow_moved_script`).
+    pub batch_script: Option<PathBuf>,
     /// `--max-file-copy`: the largest file the job writes that a
     /// checkpoint keeps (None: the default).
     pub max_file_copy: Option<u64>,

@@ -39,6 +39,7 @@ fn candidates(
     dir: &CheckpointDir,
     at_most: Option<u64>,
     exact: bool,
+    moved_script: Option<&std::path::Path>,
 ) -> Result<Vec<LoadedGeneration>, Failure> {
     let mut ok = Vec::new();
     let mut reasons = Vec::new();
@@ -48,6 +49,12 @@ fn candidates(
         {
             continue;
         }
+        let r = r.map(|mut g| {
+            if let Some(script) = moved_script {
+                crate::restore::names::follow_moved_script(&mut g, script);
+            }
+            g
+        });
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -129,7 +136,12 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
 /// [`super::launch::OnSignal`]).
 pub fn run_with(o: &Opts, on_signal: super::launch::OnSignal<'_>) -> Result<i32, Failure> {
     let dir = CheckpointDir::open(&need_dir(o)?)?;
-    let gens = candidates(&dir, o.generation, o.exact_generation)?;
+    let gens = candidates(
+        &dir,
+        o.generation,
+        o.exact_generation,
+        o.batch_script.as_deref(),
+    )?;
     let (sock_path, listener): (PathBuf, _) = super::launch::claim_socket(&dir, true)?;
     let command = gens[0].record.command.clone();
     let set = ns::block_signals();

@@ -188,10 +188,13 @@ fn check(o: &TaskOpts) -> Result<i32, Failure> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        match r
-            .map_err(|e| e.to_string())
-            .and_then(|g| files_unchanged(&g))
-        {
+        match r.map_err(|e| e.to_string()).and_then(|mut g| {
+            // The batch step passes its script (see `follow_moved_script`).
+            if let Some(script) = o.command.first() {
+                crate::restore::names::follow_moved_script(&mut g, Path::new(script));
+            }
+            files_unchanged(&g)
+        }) {
             Ok(()) => return Ok(0),
             Err(e) => reasons.push(format!("{name}: {e}")),
         }
@@ -385,6 +388,10 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
         },
         generation: resume_from,
         exact_generation: resume_from.is_some(),
+        batch_script: o
+            .batch
+            .then(|| o.command.first().map(PathBuf::from))
+            .flatten(),
         max_file_copy: o.max_file_copy,
         // The output files have their own copy (`outputs`).
         exclude_files: outputs.iter().map(outputs::Output::id).collect(),

@@ -174,3 +174,128 @@ fn a_step_that_cannot_be_checkpointed_leaves_the_batch_job_running_to_its_end() 
         &run,
     );
 }
+
+/// Puts a drained node back into service when dropped (also when the test
+/// fails half-way: the cluster is shared).
+struct Drained<'a> {
+    c: &'a Cluster,
+    node: String,
+}
+
+impl Drop for Drained<'_> {
+    fn drop(&mut self) {
+        let _ = root_cmd(self.c, "scontrol")
+            .args(["update", &format!("nodename={}", self.node), "state=resume"])
+            .output();
+    }
+}
+
+/// The nodes of a running job, one name each.
+fn job_nodes(c: &Cluster, id: u32) -> Vec<String> {
+    let list = root_cmd(c, "squeue")
+        .args(["-h", "-o", "%N", "-j", &id.to_string()])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let out = root_cmd(c, "scontrol")
+        .args(["show", "hostnames", &list])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.split_whitespace().map(str::to_owned).collect()
+}
+
+#[test]
+fn a_two_node_batch_job_running_srun_resumes_on_another_pair_of_nodes() {
+    let Some(c) = slurm::cluster() else { return };
+    let dir = setup(&c, "batch-srun-nodes");
+    const STEPS: u32 = 30;
+    const RANKS: u32 = 4;
+    let wants: Vec<String> = (0..RANKS)
+        .map(|r| reference(&c, &dir, &["python3", "pi.py", &STEPS.to_string(), "0"], r))
+        .collect();
+    let script = format!(
+        "#!/bin/bash\n\
+         #SBATCH -p multi -N2 --ntasks-per-node=2 --checkpoint-dir=ck --signal=B:USR1@10\n\
+         srun -Q -N1 -n1 python3 -c 'print(\"prepared\", flush=True)'\n\
+         srun -Q -l python3 pi.py {STEPS} 0.5\n\
+         echo \"post done\"\n"
+    );
+    let job = submit(&c, &dir, &["-t", "10"], &script);
+    let rank_step = |rank: u32| {
+        last_step(&rank_lines(&fs::read_to_string(&job.out).unwrap_or_default(), rank).join("\n"))
+    };
+    wait_until(&c, Some(&job), "step 4 of every rank", || {
+        (0..RANKS).all(|r| rank_step(r) >= 4)
+    });
+    let first = job_nodes(&c, job.id);
+    c.check(
+        first.len() == 2,
+        &format!("the job runs on {first:?}"),
+        &job.run(),
+    );
+    // The node the batch script runs on goes out of service: the job must
+    // come back elsewhere.
+    let drained = Drained {
+        c: &c,
+        node: first[0].clone(),
+    };
+    root_cmd(&c, "scontrol")
+        .args([
+            "update",
+            &format!("nodename={}", drained.node),
+            "state=drain",
+            "reason=ckpt-test",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("scontrol update: {e}"));
+    user_ok(
+        &c,
+        &dir,
+        &["scancel", "--signal=USR1", "--batch", &job.id.to_string()],
+    );
+    wait_resumed(&c, &job, 1);
+    let second = job_nodes(&c, job.id);
+    let end = final_state(&c, &job);
+    drop(drained);
+    let run = job.run();
+    c.check(end == "COMPLETED", &format!("final state {end}"), &run);
+    c.check(
+        !second.is_empty() && !second.contains(&first[0]),
+        &format!(
+            "resumed on {second:?}, which includes the drained node {}",
+            first[0]
+        ),
+        &run,
+    );
+    for (rank, want) in (0..RANKS).zip(&wants) {
+        let lines = rank_lines(&run.stdout, rank);
+        let steps: Vec<u32> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("step "))
+            .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+            .collect();
+        c.check(
+            steps == (1..=STEPS).collect::<Vec<_>>(),
+            &format!("rank {rank}: the output is not steps 1..={STEPS} once each: {steps:?}"),
+            &run,
+        );
+        let result = lines.iter().find(|l| l.starts_with("RESULT"));
+        c.check(
+            result == Some(want),
+            &format!("rank {rank}: result {result:?}, uninterrupted run gives {want:?}"),
+            &run,
+        );
+        let resumed = format!(
+            "resuming from {}/gen-",
+            dir.join(format!("ck/step1/task{rank}")).display()
+        );
+        c.check(
+            run.stderr.contains(&resumed),
+            &format!("rank {rank} did not resume from its image ({resumed:?})"),
+            &run,
+        );
+    }
+    once_each(&c, &job, &["prepared", "post done"]);
+    no_images_left(&c, &job);
+}
