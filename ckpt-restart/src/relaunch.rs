@@ -352,6 +352,7 @@ mod tests {
             id: "7.1".into(),
             dir: "step1".into(),
             tasks: vec![3, 4],
+            nodes: vec!["n1".into(), "n2".into()],
         };
         let r = capture(host, 5, 2, "sleep", Some(step)).unwrap();
         child.kill().unwrap();

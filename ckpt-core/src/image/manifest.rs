@@ -436,6 +436,9 @@ pub struct StepRef {
     pub dir: String,
     /// Generation number of each task's image, by rank.
     pub tasks: Vec<u64>,
+    /// The node each task ran on, by rank.
+    #[serde(default)]
+    pub nodes: Vec<String>,
 }
 
 /// A file whose content at the checkpoint is kept in the generation

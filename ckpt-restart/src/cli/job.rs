@@ -197,6 +197,32 @@ pub fn checkpoint(
     coord: &Arc<Coordinator>,
     j: &JobCheckpoint<'_>,
 ) -> Result<(Done, Option<Held>), String> {
+    // A step that ends while it is being checkpointed (its srun exits, the
+    // script goes on) makes the attempt fail: the job is looked at again.
+    let mut attempt = 1;
+    loop {
+        let before = coord.relaunched();
+        match checkpoint_once(coord, j) {
+            Ok(r) => return Ok(r),
+            Err(e) => {
+                // (An srun exits shortly after its step's tasks.)
+                std::thread::sleep(Duration::from_millis(500));
+                let now = coord.relaunched();
+                let gone = before.iter().any(|b| !now.iter().any(|n| n.1 == b.1));
+                if !gone || attempt == 3 {
+                    return Err(e);
+                }
+                eprintln!("ckpt: a step ended during the job's checkpoint ({e}); trying again");
+                attempt += 1;
+            }
+        }
+    }
+}
+
+fn checkpoint_once(
+    coord: &Arc<Coordinator>,
+    j: &JobCheckpoint<'_>,
+) -> Result<(Done, Option<Held>), String> {
     coord.set_relaunch(Some(BTreeMap::new()));
     if coord.relaunched().is_empty() {
         return coord.checkpoint().map(|d| (d, None));
@@ -277,12 +303,24 @@ pub fn checkpoint(
                     id: s.id.clone(),
                     dir,
                     tasks: Vec::new(),
+                    nodes: Vec::new(),
                 },
             );
         }
-        for (s, pid, _) in &ours {
+        for (s, pid, host) in &ours {
             let Some(r) = refs.get_mut(pid) else { continue };
-            r.tasks = wait_acks(&j.job_dir.join(&r.dir), &token, s)?;
+            // (A task that has no answer while its step's srun is gone
+            // will never answer.)
+            let alive = || {
+                std::fs::read_to_string(format!("/proc/{host}/stat")).is_ok_and(|st| {
+                    st.rsplit(')')
+                        .next()
+                        .is_some_and(|r| !r.trim_start().starts_with('Z'))
+                })
+            };
+            (r.tasks, r.nodes) = wait_acks(&j.job_dir.join(&r.dir), &token, s, alive)?
+                .into_iter()
+                .unzip();
         }
         wait_quiet(j.outputs);
         coord.set_relaunch(Some(refs));
@@ -305,10 +343,16 @@ pub fn valid_step_dir(d: &str) -> bool {
         && d.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.')
 }
 
-/// Waits for every task of step `s` to answer `token`; their generations.
-fn wait_acks(step_dir: &Path, token: &str, s: &RunningStep) -> Result<Vec<u64>, String> {
+/// Waits for every task of step `s` to answer `token`; their generations
+/// and nodes.
+fn wait_acks(
+    step_dir: &Path,
+    token: &str,
+    s: &RunningStep,
+    alive: impl Fn() -> bool,
+) -> Result<Vec<(u64, String)>, String> {
     let deadline = Instant::now() + TASK_DEADLINE;
-    let mut gens = vec![0u64; s.tasks as usize];
+    let mut gens = vec![(0u64, String::new()); s.tasks as usize];
     for (rank, g) in gens.iter_mut().enumerate() {
         let ack = step_dir.join(format!("task{rank}")).join(ACK);
         loop {
@@ -321,10 +365,16 @@ fn wait_acks(step_dir: &Path, token: &str, s: &RunningStep) -> Result<Vec<u64>, 
                 if let Some(why) = rest.strip_prefix("ERR ") {
                     return Err(format!("task {rank} of step {}: {why}", s.id));
                 }
-                *g = rest
-                    .parse()
-                    .map_err(|_| format!("{}: unreadable answer {text:?}", ack.display()))?;
+                let mut w = rest.split_whitespace();
+                g.0 = w
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| format!("{}: unreadable answer {text:?}", ack.display()))?;
+                g.1 = w.next().unwrap_or("").to_string();
                 break;
+            }
+            if !alive() {
+                return Err(format!("step {} ended during the checkpoint", s.id));
             }
             if Instant::now() > deadline {
                 return Err(format!(
@@ -390,8 +440,9 @@ pub fn answer(coord: &Arc<Coordinator>, task_dir: &Path, result: &Result<Done, S
                 .and_then(|n| n.to_str())
                 .and_then(|n| n.strip_prefix("gen-"))
                 .and_then(|n| n.parse::<u64>().ok());
+            let node = std::env::var("SLURMD_NODENAME").unwrap_or_default();
             match number {
-                Some(n) => format!("{token} {n}\n"),
+                Some(n) => format!("{token} {n} {node}\n"),
                 None => format!("{token} ERR unexpected generation {}\n", d.path.display()),
             }
         }
@@ -485,10 +536,17 @@ mod tests {
         assert!(!task.join(ACK).exists());
         std::fs::write(dir.join(REQUEST), "tok hold\n").unwrap();
         answer(&coord, &task, &Ok(done.clone()));
-        assert_eq!(std::fs::read_to_string(task.join(ACK)).unwrap(), "tok 7\n");
+        let node = std::env::var("SLURMD_NODENAME").unwrap_or_default();
+        assert_eq!(
+            std::fs::read_to_string(task.join(ACK)).unwrap(),
+            format!("tok 7 {node}\n")
+        );
         // A second signal with the same request is not a second answer.
         answer(&coord, &task, &Err("x".into()));
-        assert_eq!(std::fs::read_to_string(task.join(ACK)).unwrap(), "tok 7\n");
+        assert_eq!(
+            std::fs::read_to_string(task.join(ACK)).unwrap(),
+            format!("tok 7 {node}\n")
+        );
         std::fs::write(dir.join(REQUEST), "tok2 hold\n").unwrap();
         answer(&coord, &task, &Err("no\nway".into()));
         assert_eq!(
@@ -502,10 +560,13 @@ mod tests {
             srun_host: "vm".into(),
             srun_pid: 4,
         };
-        let e = wait_acks(&dir.join("step1"), "tok2", &s).unwrap_err();
+        let e = wait_acks(&dir.join("step1"), "tok2", &s, || true).unwrap_err();
         assert!(e.contains("task 0 of step 9.1: no way"), "{e}");
-        std::fs::write(task.join(ACK), "tok3 12\n").unwrap();
-        assert_eq!(wait_acks(&dir.join("step1"), "tok3", &s).unwrap(), [12]);
+        std::fs::write(task.join(ACK), "tok3 12 n2\n").unwrap();
+        assert_eq!(
+            wait_acks(&dir.join("step1"), "tok3", &s, || true).unwrap(),
+            [(12, "n2".to_string())]
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -5,8 +5,23 @@ use ckpt::image::generation::CheckpointDir;
 
 /// Run the subcommand.
 pub fn run(o: &Opts) -> Result<i32, Failure> {
-    let dir = CheckpointDir::open(&need_dir(o)?)?;
+    let path = need_dir(o)?;
+    let dir = CheckpointDir::open(&path)?;
     let gens = dir.list()?;
+    // A batch job's directory: its generations are the batch step's, each
+    // naming the images of its steps' tasks (docs/batch-jobs.md).
+    if gens.is_empty() && path.join("batch").is_dir() {
+        println!(
+            "{}: a batch job's directory: its checkpoints are those of {}",
+            path.display(),
+            path.join("batch").display()
+        );
+        let batch = Opts {
+            dir: Some(path.join("batch")),
+            ..Opts::default()
+        };
+        return run(&batch);
+    }
     let running = crate::sock::is_live(&dir.socket_path());
     println!(
         "{}: {}",
@@ -48,6 +63,57 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
                 "{:<12} {:<20} {:>10} {:>10}  {}",
                 name, "-", "-", "-", g.state
             ),
+        }
+        // The steps checkpointed with a batch job, their tasks and nodes.
+        for r in g.record.iter().flat_map(|r| r.relaunch.iter()) {
+            let cmd: Vec<String> = r
+                .argv
+                .iter()
+                .map(|a| {
+                    String::from_utf8_lossy(&crate::restore::names::name_bytes(a)).into_owned()
+                })
+                .collect();
+            let Some(step) = &r.step else {
+                println!(
+                    "{:<12} restarts `{}` (pid {}) from its beginning: it had not started its step",
+                    "",
+                    cmd.join(" "),
+                    r.pid
+                );
+                continue;
+            };
+            println!(
+                "{:<12} step {} `{}`: {} task(s) in {}",
+                "",
+                step.id,
+                cmd.join(" "),
+                step.tasks.len(),
+                step.dir
+            );
+            let job_dir = dir.path().parent().unwrap_or(dir.path());
+            for (rank, n) in step.tasks.iter().enumerate() {
+                let gen_dir = job_dir
+                    .join(&step.dir)
+                    .join(format!("task{rank}"))
+                    .join(format!("gen-{n:06}"));
+                let size = std::fs::read_dir(&gen_dir)
+                    .map(|d| {
+                        d.flatten()
+                            .filter_map(|e| e.metadata().ok())
+                            .map(|m| m.len())
+                            .sum::<u64>()
+                    })
+                    .map_or_else(|_| "missing".to_string(), super::checkpoint::human_bytes);
+                println!(
+                    "{:<12}   task {rank}: gen-{n:06} ({size}){}",
+                    "",
+                    step.nodes
+                        .get(rank)
+                        .filter(|n| !n.is_empty())
+                        .map(|n| format!(" on {n}"))
+                        .unwrap_or_default()
+                );
+            }
         }
         // The files it puts back at a restart (docs/files.md).
         for f in g.record.iter().flat_map(|r| r.files.iter()) {

@@ -7,13 +7,15 @@
 
 use super::*;
 
-/// The three-part script of the README's walk-through: a short step, a
-/// long step that gets interrupted, a post-processing line.
+/// The script of the README's walk-through: a short step, a long step that
+/// gets interrupted, a step started after the resume, a post-processing
+/// line.
 fn three_part_script(header: &str, steps: u32) -> String {
     format!(
         "#!/bin/bash\n{header}\n\
          srun -Q python3 -c 'print(\"prepared\", flush=True)'\n\
          srun -Q python3 pi.py {steps} 0.5\n\
+         srun -Q python3 -c 'print(\"finished\", flush=True)'\n\
          echo \"post done\"\n"
     )
 }
@@ -76,7 +78,7 @@ fn a_batch_script_running_srun_resumes_whole_after_a_warning_signal_and_a_preemp
     let run = job.run();
     c.check(end == "COMPLETED", &format!("final state {end}"), &run);
     check_continuous(&c, &job, STEPS, &want);
-    once_each(&c, &job, &["prepared", "post done"]);
+    once_each(&c, &job, &["prepared", "finished", "post done"]);
     let resumed = format!(
         "resuming from {}/gen-",
         dir.join("ck/step1/task0").display()
@@ -120,7 +122,7 @@ fn a_periodically_checkpointed_batch_script_with_srun_resumes_after_a_requeue_wi
     let run = job.run();
     c.check(end == "COMPLETED", &format!("final state {end}"), &run);
     check_continuous(&c, &job, STEPS, &want);
-    once_each(&c, &job, &["prepared", "post done"]);
+    once_each(&c, &job, &["prepared", "finished", "post done"]);
     c.check(
         run.stderr.contains(&format!(
             "resuming from {}/gen-",
@@ -256,6 +258,26 @@ fn a_two_node_batch_job_running_srun_resumes_on_another_pair_of_nodes() {
     );
     wait_resumed(&c, &job, 1);
     let second = job_nodes(&c, job.id);
+    // What the job's checkpoint holds: the step, its four tasks, where
+    // they ran.
+    let ck = dir.join("ck").display().to_string();
+    let bin = c.install.ckpt_bin.display().to_string();
+    let status = user_ok(&c, &dir, &[&bin, "status", "--dir", &ck]);
+    for needle in [
+        "a batch job's directory".to_string(),
+        format!(
+            "{}.1 `srun -Q -l python3 pi.py {STEPS} 0.5`: 4 task(s) in step1",
+            job.id
+        ),
+        "task 3: gen-000001 (".to_string(),
+        format!(" on {}", first[1]),
+    ] {
+        c.check(
+            status.contains(&needle),
+            &format!("`ckpt status --dir {ck}` lacks {needle:?}:\n{status}"),
+            &job.run(),
+        );
+    }
     let end = final_state(&c, &job);
     drop(drained);
     let run = job.run();
@@ -297,5 +319,287 @@ fn a_two_node_batch_job_running_srun_resumes_on_another_pair_of_nodes() {
         );
     }
     once_each(&c, &job, &["prepared", "post done"]);
+    no_images_left(&c, &job);
+}
+
+/// The steps of one rank in srun `-l` output, and its result line.
+fn rank_progress(text: &str, rank: u32) -> (Vec<u32>, Option<String>) {
+    let lines = rank_lines(text, rank);
+    let steps = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("step "))
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .collect();
+    (steps, lines.into_iter().find(|l| l.starts_with("RESULT")))
+}
+
+#[test]
+fn concurrent_steps_and_a_multi_prog_step_resume_together() {
+    let Some(c) = slurm::cluster() else { return };
+    let dir = setup(&c, "batch-srun-concurrent");
+    // Rank 0 and rank 1 of the --multi-prog step run different step counts.
+    c.write_script(
+        &dir.join("mp.conf"),
+        "0 python3 pi.py 30 0.5\n1 python3 pi.py 24 0.5\n",
+    );
+    let want_a = reference(&c, &dir, &["python3", "pi.py", "30", "0"], 0);
+    let want_b0 = reference(&c, &dir, &["python3", "pi.py", "30", "0"], 0);
+    let want_b1 = reference(&c, &dir, &["python3", "pi.py", "24", "0"], 1);
+    // Two steps at once, each writing to a file of its own through srun.
+    let script = "#!/bin/bash\n\
+                  #SBATCH -p multi -N2 -n4 --checkpoint-dir=ck --signal=B:USR1@10\n\
+                  srun -Q -l -N1 -n1 python3 pi.py 30 0.5 > a.out &\n\
+                  srun -Q -l -N1 -n2 --multi-prog mp.conf > b.out &\n\
+                  wait\n\
+                  echo \"post done\"\n";
+    let job = submit(&c, &dir, &["-t", "10"], script);
+    let progress = |file: &str, rank: u32| {
+        rank_progress(
+            &fs::read_to_string(dir.join(file)).unwrap_or_default(),
+            rank,
+        )
+        .0
+        .last()
+        .copied()
+        .unwrap_or(0)
+    };
+    wait_until(&c, Some(&job), "step 4 of both steps", || {
+        progress("a.out", 0) >= 4 && progress("b.out", 0) >= 4 && progress("b.out", 1) >= 4
+    });
+    user_ok(
+        &c,
+        &dir,
+        &["scancel", "--signal=USR1", "--batch", &job.id.to_string()],
+    );
+    wait_resumed(&c, &job, 1);
+    let end = final_state(&c, &job);
+    let run = job.run();
+    c.check(end == "COMPLETED", &format!("final state {end}"), &run);
+    for (file, rank, steps, want) in [
+        ("a.out", 0, 30, &want_a),
+        ("b.out", 0, 30, &want_b0),
+        ("b.out", 1, 24, &want_b1),
+    ] {
+        let text = fs::read_to_string(dir.join(file)).unwrap_or_default();
+        let (got, result) = rank_progress(&text, rank);
+        c.check(
+            got == (1..=steps).collect::<Vec<u32>>(),
+            &format!("{file} rank {rank}: not steps 1..={steps} once each: {got:?}\n{text}"),
+            &run,
+        );
+        c.check(
+            result.as_deref() == Some(want.as_str()),
+            &format!("{file} rank {rank}: result {result:?}, uninterrupted run gives {want:?}"),
+            &run,
+        );
+    }
+    once_each(&c, &job, &["post done"]);
+    c.check(
+        run.stderr.matches("resuming from ").count() == 4,
+        "not every task and the batch step resumed from an image",
+        &run,
+    );
+    no_images_left(&c, &job);
+}
+
+#[test]
+fn every_task_of_a_job_array_running_srun_checkpoints_and_resumes_on_its_own() {
+    let Some(c) = slurm::cluster() else { return };
+    let dir = setup(&c, "batch-srun-array");
+    const STEPS: u32 = 20;
+    let want = reference(&c, &dir, &["python3", "pi.py", &STEPS.to_string(), "0"], 0);
+    let script = format!(
+        "#!/bin/bash\n\
+         #SBATCH -p multi --array=0-2 --checkpoint-dir=ck/%A_%a --signal=B:USR1@10\n\
+         srun -Q python3 pi.py {STEPS} 0.5\n"
+    );
+    c.write_script(&dir.join("job.sh"), &script);
+    let out = user_ok(
+        &c,
+        &dir,
+        &[
+            "sbatch",
+            "--parsable",
+            "-t",
+            "10",
+            "--output=arr_%a.out",
+            "--error=arr_%a.err",
+            "job.sh",
+        ],
+    );
+    let array: u32 = out
+        .trim()
+        .split(';')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("sbatch printed no job id: {out}"));
+    let read = |what: &str, i: u32| {
+        fs::read_to_string(dir.join(format!("arr_{i}.{what}"))).unwrap_or_default()
+    };
+    let all = |what: &str| -> JobRun {
+        JobRun {
+            command: format!("array job {array}"),
+            id: Some(array),
+            success: true,
+            code: None,
+            submit_stdout: String::new(),
+            submit_stderr: String::new(),
+            stdout: (0..3)
+                .map(|i| read("out", i))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            stderr: format!(
+                "{what}\n{}",
+                (0..3)
+                    .map(|i| read("err", i))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
+        }
+    };
+    let deadline = Instant::now() + WAIT;
+    while !(0..3).all(|i| last_step(&read("out", i)) >= 4) {
+        if Instant::now() > deadline {
+            c.fail(
+                "timed out waiting: step 4 in every array task",
+                Some(&all("")),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // One signal to the array: every task's batch step.
+    user_ok(
+        &c,
+        &dir,
+        &["scancel", "--signal=USR1", "--batch", &array.to_string()],
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let resumed = (0..3).all(|i| read("err", i).contains("SLURM_RESTART_COUNT=1)"));
+        let queued = root_cmd(&c, "squeue")
+            .args(["-h", "-o", "%i", "-j", &array.to_string()])
+            .output()
+            .map(|o| !String::from_utf8_lossy(&o.stdout).trim().is_empty())
+            .unwrap_or(true);
+        if resumed && !queued {
+            break;
+        }
+        if Instant::now() > deadline {
+            c.fail(
+                "timed out waiting: every array task resumed and ended",
+                Some(&all("")),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let run = all("");
+    for i in 0..3 {
+        let text = read("out", i);
+        let steps: Vec<u32> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("step "))
+            .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+            .collect();
+        c.check(
+            steps == (1..=STEPS).collect::<Vec<_>>(),
+            &format!("array task {i}: not steps 1..={STEPS} once each: {steps:?}"),
+            &run,
+        );
+        c.check(
+            result_line(&text).as_deref() == Some(want.as_str()),
+            &format!("array task {i}: result differs from {want:?}"),
+            &run,
+        );
+        let own = format!(
+            "resuming from {}",
+            dir.join(format!("ck/{array}_{i}/step0/task0")).display()
+        );
+        c.check(
+            read("err", i).contains(&own),
+            &format!("array task {i} did not resume from its own images ({own:?})"),
+            &run,
+        );
+    }
+}
+
+#[test]
+fn a_node_failure_requeues_a_periodically_checkpointed_two_node_job_which_resumes_on_the_others() {
+    let Some(c) = slurm::cluster() else { return };
+    let dir = setup(&c, "batch-srun-node-failure");
+    const STEPS: u32 = 40;
+    const RANKS: u32 = 4;
+    let wants: Vec<String> = (0..RANKS)
+        .map(|r| reference(&c, &dir, &["python3", "pi.py", &STEPS.to_string(), "0"], r))
+        .collect();
+    let script = format!(
+        "#!/bin/bash\n\
+         #SBATCH -p multi -N2 --ntasks-per-node=2 --requeue\n\
+         #SBATCH --checkpoint-dir=ck --checkpoint-interval=10 --signal=B:USR1@10\n\
+         srun -Q -l python3 pi.py {STEPS} 0.5\n\
+         echo \"post done\"\n"
+    );
+    let job = submit(&c, &dir, &["-t", "10"], &script);
+    let batch_latest = dir.join("ck/batch/latest/generation.json");
+    wait_until(
+        &c,
+        Some(&job),
+        "a periodic checkpoint of the whole job",
+        || fs::read_to_string(&batch_latest).is_ok_and(|g| g.contains("\"relaunch\"")),
+    );
+    let rank_step = |rank: u32| {
+        rank_progress(&fs::read_to_string(&job.out).unwrap_or_default(), rank)
+            .0
+            .last()
+            .copied()
+            .unwrap_or(0)
+    };
+    let at = rank_step(0);
+    wait_until(&c, Some(&job), "progress after the checkpoint", || {
+        (0..RANKS).all(|r| rank_step(r) >= at + 2)
+    });
+    let first = job_nodes(&c, job.id);
+    // The batch node fails: Slurm kills what ran there and, the job being
+    // requeueable, requeues it; it cannot come back to that node.
+    let down = Drained {
+        c: &c,
+        node: first.first().cloned().unwrap_or_default(),
+    };
+    root_cmd(&c, "scontrol")
+        .args([
+            "update",
+            &format!("nodename={}", down.node),
+            "state=down",
+            "reason=ckpt-test-node-failure",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("scontrol update: {e}"));
+    wait_resumed(&c, &job, 1);
+    let second = job_nodes(&c, job.id);
+    let end = final_state(&c, &job);
+    drop(down);
+    let run = job.run();
+    c.check(end == "COMPLETED", &format!("final state {end}"), &run);
+    c.check(
+        !second.is_empty() && !second.contains(&first[0]),
+        &format!(
+            "resumed on {second:?}, which includes the failed node {}",
+            first[0]
+        ),
+        &run,
+    );
+    for (rank, want) in (0..RANKS).zip(&wants) {
+        let (steps, result) = rank_progress(&run.stdout, rank);
+        c.check(
+            steps == (1..=STEPS).collect::<Vec<_>>(),
+            &format!("rank {rank}: the output is not steps 1..={STEPS} once each: {steps:?}"),
+            &run,
+        );
+        c.check(
+            result.as_deref() == Some(want.as_str()),
+            &format!("rank {rank}: result {result:?}, uninterrupted run gives {want:?}"),
+            &run,
+        );
+    }
+    once_each(&c, &job, &["post done"]);
     no_images_left(&c, &job);
 }
