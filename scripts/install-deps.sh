@@ -58,7 +58,14 @@ fi
 SLURM_25_11_HOME=${CKPT_SLURM_25_11_HOME:-/opt/slurm-25.11}
 SLURM_25_11_TARBALL=$(cd "$(dirname "$0")/.." && pwd)/vendor/slurm-25.11.7.tar.gz
 SLURM_25_11_SHA256=fde046ae991d17cd27f53732b6f3544a2980ff6faadd2fde540c87783ad03bef
-if [ ! -x "$SLURM_25_11_HOME/sbin/slurmctld" ] || [ ! -f "$SLURM_25_11_HOME/include/slurm/spank.h" ]; then
+# --enable-multiple-slurmd: the test cluster runs several slurmd on one
+# machine (virtual nodes n1-n3); without it, the second node refuses a job
+# credential the first one already decoded (munge replay protection) and a
+# multi-node step fails to launch. Debian's 22.05 packages have it.
+SLURM_25_11_CONFIGURE="--prefix=$SLURM_25_11_HOME --sysconfdir=$SLURM_25_11_HOME/etc --disable-debug --enable-multiple-slurmd"
+SLURM_25_11_STAMP=$SLURM_25_11_HOME/.ckpt-configure
+if [ ! -x "$SLURM_25_11_HOME/sbin/slurmctld" ] || [ ! -f "$SLURM_25_11_HOME/include/slurm/spank.h" ] ||
+   [ "$(cat "$SLURM_25_11_STAMP" 2>/dev/null)" != "$SLURM_25_11_CONFIGURE" ]; then
   [ "$(id -u)" = 0 ] || die "Slurm 25.11 is not installed in $SLURM_25_11_HOME; run as root to build it"
   echo "$SLURM_25_11_SHA256  $SLURM_25_11_TARBALL" | sha256sum -c --quiet - ||
     die "$SLURM_25_11_TARBALL does not have the expected sha256"
@@ -66,9 +73,11 @@ if [ ! -x "$SLURM_25_11_HOME/sbin/slurmctld" ] || [ ! -f "$SLURM_25_11_HOME/incl
   log "building Slurm 25.11 into $SLURM_25_11_HOME (log: $build/build.log)"
   tar -C "$build" -xzf "$SLURM_25_11_TARBALL"
   ( cd "$build"/slurm-25.11.7 &&
-    ./configure --prefix="$SLURM_25_11_HOME" --sysconfdir="$SLURM_25_11_HOME/etc" --disable-debug &&
+    # shellcheck disable=SC2086 # the flags are words
+    ./configure $SLURM_25_11_CONFIGURE &&
     make -j"$(nproc)" && make install ) >"$build/build.log" 2>&1 ||
     { tail -n 30 "$build/build.log" >&2; die "building Slurm 25.11 failed (log: $build/build.log)"; }
+  echo "$SLURM_25_11_CONFIGURE" >"$SLURM_25_11_STAMP"
   rm -rf "$build"
 fi
 

@@ -174,7 +174,7 @@ PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 SlurmctldParameters=preempt_send_user_signal
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=1000 State=UNKNOWN
-$(for n in $VNODES; do echo "NodeName=$n NodeHostname=$NODE NodeAddr=127.0.0.1 Port=$((17000 + ${n#n})) CPUs=2 RealMemory=1000 State=UNKNOWN"; done)
+$(for n in $VNODES; do echo "NodeName=$n NodeAddr=127.0.0.1 Port=$((17000 + ${n#n})) CPUs=2 RealMemory=1000 State=UNKNOWN"; done)
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=5
 PartitionName=high  Nodes=$NODE Default=NO  MaxTime=INFINITE State=UP PriorityTier=10
 PartitionName=multi Nodes=$(echo $VNODES | tr ' ' ,) Default=NO MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=5

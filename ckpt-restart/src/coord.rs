@@ -273,6 +273,23 @@ impl Coordinator {
 
     /// Take a checkpoint of the whole job. Blocks until the generation is durable.
     pub fn checkpoint(&self) -> Result<Done, String> {
+        self.checkpoint_with(false)
+    }
+
+    /// A checkpoint after which, with `hold`, the job stays stopped
+    /// (`SIGSTOP`, applied while it is still stopped for the checkpoint, so
+    /// that it does not run an instruction after its image) until
+    /// [`Self::hold`]`(false)`: a step's task in a job checkpoint
+    /// (docs/batch-jobs.md). A failed checkpoint never leaves it held.
+    pub fn checkpoint_with(&self, hold: bool) -> Result<Done, String> {
+        let r = self.checkpoint_inner(hold);
+        if hold && r.is_err() {
+            self.hold(false);
+        }
+        r
+    }
+
+    fn checkpoint_inner(&self, hold: bool) -> Result<Done, String> {
         let _g = self
             .ckpt_lock
             .lock()
@@ -331,6 +348,7 @@ impl Coordinator {
         let mut pause = 0u64;
         let mut failure = None;
         let mut in_place = 0usize;
+        let mut in_place_pids = BTreeSet::new();
         for (pid, conn) in &run.leaders {
             // The directory goes along as a descriptor: the process writes
             // relative to it, whatever happens to its name meanwhile.
@@ -366,6 +384,7 @@ impl Coordinator {
                         }
                         if *tok == "inplace" {
                             in_place += 1;
+                            in_place_pids.insert(*pid);
                         }
                     }
                 }
@@ -426,6 +445,13 @@ impl Coordinator {
                 }
             }
         }
+        // Held: every process of the job (not the snapshot children, which
+        // are writing) gets SIGSTOP before it is released, so it goes on
+        // only when the hold ends.
+        let hold = hold && failure.is_none();
+        if hold {
+            self.hold(true);
+        }
         // Release the job, then wait for the images to be on disk.
         let t_release = t0.elapsed();
         for conn in run.leaders.values() {
@@ -433,6 +459,18 @@ impl Coordinator {
         }
         fault::hit(Point::Released);
         for (pid, conn) in &run.leaders {
+            if hold && in_place_pids.contains(pid) {
+                // Written in place by a process that is now held: it cannot
+                // sync its image; done here.
+                for name in [format!("proc-{pid}.img"), format!("proc-{pid}.json")] {
+                    let r =
+                        std::fs::File::open(pending.path.join(&name)).and_then(|f| f.sync_all());
+                    if let Err(e) = r {
+                        failure.get_or_insert(format!("process {pid}: syncing {name}: {e}"));
+                    }
+                }
+                continue;
+            }
             let msg = match early.remove(pid) {
                 Some(r) => Ok(Some(r)),
                 None => sock::recv(conn),

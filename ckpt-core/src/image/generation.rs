@@ -30,6 +30,9 @@ use crate::fault::{self, Point};
 
 /// How many complete generations are kept by default.
 pub const DEFAULT_KEEP: usize = 2;
+/// The file listing the generations [`CheckpointDir::prune`] keeps
+/// whatever their age.
+pub const PINNED: &str = "pinned";
 
 /// A checkpoint directory that exists, is ours, cannot be changed by other
 /// users (see `docs/security.md`), and is held open: everything ckpt
@@ -461,9 +464,11 @@ impl CheckpointDir {
             .collect();
         let newest = complete.last().copied().unwrap_or(0);
         let cut = complete.len().saturating_sub(keep);
-        // Keep the newest `keep`, and every generation they refer to.
+        // Keep the newest `keep`, the pinned ones, and every generation they
+        // refer to.
         let mut kept: std::collections::BTreeSet<u64> =
             complete.iter().skip(cut).copied().collect();
+        kept.extend(self.pinned().into_iter().filter(|n| complete.contains(n)));
         let mut follow: Vec<u64> = kept.iter().copied().collect();
         while let Some(n) = follow.pop() {
             if let Ok(Some(b)) = read_record(&self.at(gen_name(n))).map(|r| r.base)
@@ -495,6 +500,33 @@ impl CheckpointDir {
             }
         }
         Ok(())
+    }
+
+    /// Generations kept whatever their age ([`PINNED`]): a step's task
+    /// images that a batch job's checkpoint names (docs/batch-jobs.md).
+    pub fn pinned(&self) -> Vec<u64> {
+        let Ok(mut f) = self.open_file(PINNED, false) else {
+            return Vec::new();
+        };
+        let mut text = String::new();
+        if std::io::Read::read_to_string(&mut std::io::Read::take(&mut f, 4096), &mut text).is_err()
+        {
+            return Vec::new();
+        }
+        text.split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect()
+    }
+
+    /// Replaces the set of pinned generations (written to a temporary name,
+    /// then renamed).
+    pub fn pin(&self, numbers: &[u64]) -> Result<(), std::io::Error> {
+        let text: Vec<String> = numbers.iter().map(u64::to_string).collect();
+        let tmp = format!("{PINNED}.tmp");
+        let mut f = self.create_file(&tmp, true)?;
+        std::io::Write::write_all(&mut f, format!("{}\n", text.join(" ")).as_bytes())?;
+        f.sync_all()?;
+        self.rename(&tmp, PINNED)
     }
 
     /// Remove every generation (after a job finished normally).
@@ -1079,6 +1111,28 @@ mod tests {
         let l = d.list().unwrap();
         assert!(l[1].state.starts_with("corrupt"), "{}", l[1].state);
         fs::remove_dir_all(&p).unwrap();
+    }
+
+    #[test]
+    fn prune_keeps_pinned_generations() {
+        let p = tmpdir("pinned");
+        let d = CheckpointDir::create(&p).unwrap();
+        for i in 1..=5u64 {
+            if i == 3 {
+                d.pin(&[1, 2]).unwrap();
+            }
+            let g = d.begin().unwrap();
+            let rec = record(g.number, None);
+            g.commit(&rec, 2).unwrap();
+        }
+        let l: Vec<u64> = d.list().unwrap().iter().map(|g| g.number).collect();
+        assert_eq!(l, vec![1, 2, 4, 5]);
+        assert_eq!(d.pinned(), vec![1, 2]);
+        d.pin(&[4]).unwrap();
+        let g = d.begin().unwrap();
+        g.commit(&record(6, None), 2).unwrap();
+        let l: Vec<u64> = d.list().unwrap().iter().map(|g| g.number).collect();
+        assert_eq!(l, vec![4, 5, 6]);
     }
 
     #[test]

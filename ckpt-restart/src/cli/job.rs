@@ -26,6 +26,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ckpt::image::generation::CheckpointDir;
 use ckpt::image::manifest::StepRef;
 
 use crate::coord::{Coordinator, Done};
@@ -51,6 +52,8 @@ pub const ENV_JOB_PERIODIC: &str = "CKPT_JOB_PERIODIC";
 
 /// How long the tasks have to checkpoint.
 const TASK_DEADLINE: Duration = Duration::from_secs(180);
+/// How long the tasks have when `scancel` reported an error.
+const SCANCEL_FAILED_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a task holds its program stopped at most.
 const HOLD_LIMIT: Duration = Duration::from_secs(1800);
 
@@ -280,6 +283,12 @@ fn checkpoint_once(
         .map_err(|e| format!("cannot write {}: {e}", held.request.display()))?;
     let result = (|| {
         let mut refs: BTreeMap<i32, StepRef> = BTreeMap::new();
+        // What scancel said when it failed: Slurm 22.05 reports an error
+        // for a step that does not span every node of the job (the nodes
+        // without it answer "Invalid job id") although the signal reached
+        // the step's tasks. The tasks' answers decide; the deadline is
+        // shorter and the message says what scancel said.
+        let mut scancel_said: BTreeMap<i32, String> = BTreeMap::new();
         for (s, pid, host) in &ours {
             let dir = environ_value(*host, ENV_STEP_DIR)
                 .filter(|d| valid_step_dir(d))
@@ -290,12 +299,15 @@ fn checkpoint_once(
                 .output()
                 .map_err(|e| format!("cannot run {}: {e}", scancel.display()))?;
             if !out.status.success() {
-                return Err(format!(
-                    "`scancel --signal={} {}` failed: {}",
-                    j.signal,
-                    s.id,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
+                scancel_said.insert(
+                    *pid,
+                    format!(
+                        "`scancel --signal={} {}` failed: {}",
+                        j.signal,
+                        s.id,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ),
+                );
             }
             refs.insert(
                 *pid,
@@ -318,7 +330,17 @@ fn checkpoint_once(
                         .is_some_and(|r| !r.trim_start().starts_with('Z'))
                 })
             };
-            (r.tasks, r.nodes) = wait_acks(&j.job_dir.join(&r.dir), &token, s, alive)?
+            let said = scancel_said.get(pid);
+            let limit = if said.is_some() {
+                SCANCEL_FAILED_DEADLINE
+            } else {
+                TASK_DEADLINE
+            };
+            (r.tasks, r.nodes) = wait_acks(&j.job_dir.join(&r.dir), &token, s, limit, alive)
+                .map_err(|e| match said {
+                    Some(m) => format!("{e} ({m})"),
+                    None => e,
+                })?
                 .into_iter()
                 .unzip();
         }
@@ -349,9 +371,10 @@ fn wait_acks(
     step_dir: &Path,
     token: &str,
     s: &RunningStep,
+    limit: Duration,
     alive: impl Fn() -> bool,
 ) -> Result<Vec<(u64, String)>, String> {
-    let deadline = Instant::now() + TASK_DEADLINE;
+    let deadline = Instant::now() + limit;
     let mut gens = vec![(0u64, String::new()); s.tasks as usize];
     for (rank, g) in gens.iter_mut().enumerate() {
         let ack = step_dir.join(format!("task{rank}")).join(ACK);
@@ -380,7 +403,7 @@ fn wait_acks(
                 return Err(format!(
                     "task {rank} of step {} did not checkpoint within {} s (no answer in {})",
                     s.id,
-                    TASK_DEADLINE.as_secs(),
+                    limit.as_secs(),
                     ack.display()
                 ));
             }
@@ -414,24 +437,67 @@ fn wait_quiet(outputs: &[PathBuf]) {
     }
 }
 
-/// In a step's task, after a checkpoint taken on the checkpoint signal:
-/// when the batch step asked for it (`job-request` holds a token this task
-/// has not answered), answer and hold the program stopped until released.
-pub fn answer(coord: &Arc<Coordinator>, task_dir: &Path, result: &Result<Done, String>) {
-    let Some(job_dir) = task_dir.parent().and_then(Path::parent) else {
-        return;
-    };
-    let request = job_dir.join(REQUEST);
-    let Ok(text) = std::fs::read_to_string(&request) else {
-        return;
-    };
-    let Some(token) = text.trim().strip_suffix(" hold").map(str::to_string) else {
-        return;
-    };
+/// After a successful job checkpoint, in the batch step: each task keeps
+/// (pins) exactly the generations that the batch step's complete
+/// generations name, whatever its own `keep`, so that a job generation
+/// stays restorable until a newer one replaces it.
+pub fn repin(job_dir: &Path, batch: &CheckpointDir) {
+    let Ok(gens) = batch.list() else { return };
+    let mut named: BTreeMap<PathBuf, Vec<u64>> = BTreeMap::new();
+    for r in gens.iter().filter_map(|g| g.record.as_ref()) {
+        for step in r.relaunch.iter().filter_map(|x| x.step.as_ref()) {
+            if !valid_step_dir(&step.dir) {
+                continue;
+            }
+            for (rank, n) in step.tasks.iter().enumerate() {
+                let dir = job_dir.join(&step.dir).join(format!("task{rank}"));
+                named.entry(dir).or_default().push(*n);
+            }
+        }
+    }
+    for (dir, gens) in named {
+        if let Ok(d) = CheckpointDir::open(&dir)
+            && let Err(e) = d.pin(&gens)
+        {
+            eprintln!(
+                "ckpt: cannot record which images {} keeps: {e}",
+                dir.display()
+            );
+        }
+    }
+}
+
+/// In a step's task, before a checkpoint taken on the checkpoint signal:
+/// the batch step's request this task has not answered yet (its token), if
+/// any. The checkpoint is then taken holding the program
+/// ([`Coordinator::checkpoint_with`]) and answered with [`answer`].
+pub fn pending_request(task_dir: &Path) -> Option<String> {
+    let job_dir = task_dir.parent().and_then(Path::parent)?;
+    let text = std::fs::read_to_string(job_dir.join(REQUEST)).ok()?;
+    let token = text.trim().strip_suffix(" hold").map(str::to_string)?;
     let ack = task_dir.join(ACK);
     if std::fs::read_to_string(&ack).is_ok_and(|a| a.starts_with(&format!("{token} "))) {
-        return;
+        return None;
     }
+    Some(token)
+}
+
+/// Answers request `token` with the checkpoint's result; on success the
+/// program stays held (stopped since its image) until the batch step
+/// releases it. Returns the generation given in the answer, which the task
+/// then keeps (pins) until the batch step says which it still needs
+/// ([`repin`]).
+pub fn answer(
+    coord: &Arc<Coordinator>,
+    task_dir: &Path,
+    token: &str,
+    result: &Result<Done, String>,
+) -> Option<u64> {
+    let job_dir = task_dir.parent().and_then(Path::parent)?;
+    let request = job_dir.join(REQUEST);
+    let token = token.to_string();
+    let ack = task_dir.join(ACK);
+    let mut answered = None;
     let reply = match result {
         Ok(d) => {
             let number = d
@@ -441,6 +507,7 @@ pub fn answer(coord: &Arc<Coordinator>, task_dir: &Path, result: &Result<Done, S
                 .and_then(|n| n.strip_prefix("gen-"))
                 .and_then(|n| n.parse::<u64>().ok());
             let node = std::env::var("SLURMD_NODENAME").unwrap_or_default();
+            answered = number;
             match number {
                 Some(n) => format!("{token} {n} {node}\n"),
                 None => format!("{token} ERR unexpected generation {}\n", d.path.display()),
@@ -448,15 +515,12 @@ pub fn answer(coord: &Arc<Coordinator>, task_dir: &Path, result: &Result<Done, S
         }
         Err(e) => format!("{token} ERR {}\n", e.replace('\n', " ")),
     };
-    if result.is_ok() {
-        coord.hold(true);
-    }
     if write_atomic(&ack, &reply).is_err() {
         coord.hold(false);
-        return;
+        return None;
     }
     if result.is_err() {
-        return;
+        return None;
     }
     let coord = coord.clone();
     std::thread::spawn(move || {
@@ -471,6 +535,7 @@ pub fn answer(coord: &Arc<Coordinator>, task_dir: &Path, result: &Result<Done, S
         }
         coord.hold(false);
     });
+    answered
 }
 
 /// In a relaunched step's task: the generation the job checkpoint names
@@ -532,23 +597,23 @@ mod tests {
             base: 0,
         };
         // No request: nothing.
-        answer(&coord, &task, &Ok(done.clone()));
-        assert!(!task.join(ACK).exists());
+        assert_eq!(pending_request(&task), None);
         std::fs::write(dir.join(REQUEST), "tok hold\n").unwrap();
-        answer(&coord, &task, &Ok(done.clone()));
+        assert_eq!(pending_request(&task).as_deref(), Some("tok"));
+        assert_eq!(answer(&coord, &task, "tok", &Ok(done.clone())), Some(7));
         let node = std::env::var("SLURMD_NODENAME").unwrap_or_default();
         assert_eq!(
             std::fs::read_to_string(task.join(ACK)).unwrap(),
             format!("tok 7 {node}\n")
         );
         // A second signal with the same request is not a second answer.
-        answer(&coord, &task, &Err("x".into()));
+        assert_eq!(pending_request(&task), None);
         assert_eq!(
             std::fs::read_to_string(task.join(ACK)).unwrap(),
             format!("tok 7 {node}\n")
         );
         std::fs::write(dir.join(REQUEST), "tok2 hold\n").unwrap();
-        answer(&coord, &task, &Err("no\nway".into()));
+        assert_eq!(answer(&coord, &task, "tok2", &Err("no\nway".into())), None);
         assert_eq!(
             std::fs::read_to_string(task.join(ACK)).unwrap(),
             "tok2 ERR no way\n"
@@ -560,11 +625,11 @@ mod tests {
             srun_host: "vm".into(),
             srun_pid: 4,
         };
-        let e = wait_acks(&dir.join("step1"), "tok2", &s, || true).unwrap_err();
+        let e = wait_acks(&dir.join("step1"), "tok2", &s, TASK_DEADLINE, || true).unwrap_err();
         assert!(e.contains("task 0 of step 9.1: no way"), "{e}");
         std::fs::write(task.join(ACK), "tok3 12 n2\n").unwrap();
         assert_eq!(
-            wait_acks(&dir.join("step1"), "tok3", &s, || true).unwrap(),
+            wait_acks(&dir.join("step1"), "tok3", &s, TASK_DEADLINE, || true).unwrap(),
             [(12, "n2".to_string())]
         );
         let _ = std::fs::remove_dir_all(&dir);

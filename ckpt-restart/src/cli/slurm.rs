@@ -305,6 +305,16 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
     if !o.batch && std::env::var_os(job::ENV_JOB_PERIODIC).is_some() {
         o.interval = 0;
     }
+    // `srun --multi-prog`: slurmstepd would pick this task's command after
+    // the plugin's task_init; done here (cli/multi_prog.rs).
+    if !o.batch && super::multi_prog::is_multi_prog(&o.command) {
+        let rank: u32 = std::env::var("SLURM_PROCID")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        o.command = super::multi_prog::task_argv(&o.command, rank)
+            .map_err(|msg| Failure { msg, code: 1 })?;
+    }
     block_alarm(o.signal);
     note_slurmstepd();
     // slurmstepd's order after task_init: task prologs, TMPDIR, limits.
@@ -434,6 +444,7 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
             if let Err(e) = dir.remove_all() {
                 say(&format!("cannot remove the images of the run before: {e}"));
             }
+            let _ = dir.remove(ckpt::image::generation::PINNED);
             outputs::remove_saved(&dir, true);
         }
     }
@@ -670,6 +681,7 @@ fn remove_step_dirs(job_dir: &Path) {
                     let _ = d.remove(COMPLETED);
                     let _ = d.remove(job::ACK);
                     let _ = d.remove(".ckpt.lock");
+                    let _ = d.remove(ckpt::image::generation::PINNED);
                 }
                 let _ = fs::remove_dir(t.path());
             }
@@ -812,11 +824,27 @@ impl HookState<'_> {
                 },
             )?;
             self.held = held;
+            job::repin(job_dir, self.dir);
             done
         } else {
-            let r = coord.checkpoint();
-            if on_signal && self.job_dir.is_some() {
-                job::answer(coord, &self.opts.dir, &r);
+            // The batch step's request: this checkpoint is part of the job's
+            // and the program stays stopped after it until released.
+            let request = if on_signal && self.job_dir.is_some() {
+                job::pending_request(&self.opts.dir)
+            } else {
+                None
+            };
+            let r = coord.checkpoint_with(request.is_some());
+            if let Some(token) = &request
+                && let Some(n) = job::answer(coord, &self.opts.dir, token, &r)
+            {
+                let mut pins = self.dir.pinned();
+                pins.push(n);
+                if let Err(e) = self.dir.pin(&pins) {
+                    say(&format!(
+                        "cannot keep generation {n} for the job's checkpoint: {e}"
+                    ));
+                }
             }
             r?
         };

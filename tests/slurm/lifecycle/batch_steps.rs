@@ -564,15 +564,20 @@ fn a_node_failure_requeues_a_periodically_checkpointed_two_node_job_which_resume
         c: &c,
         node: first.first().cloned().unwrap_or_default(),
     };
-    root_cmd(&c, "scontrol")
-        .args([
-            "update",
-            &format!("nodename={}", down.node),
-            "state=down",
-            "reason=ckpt-test-node-failure",
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("scontrol update: {e}"));
+    // Drained first, so that it stays out of service when its slurmd
+    // registers again (ReturnToService=2 would bring a node that is only
+    // down back at once); then down, which kills the job there.
+    for state in ["drain", "down"] {
+        root_cmd(&c, "scontrol")
+            .args([
+                "update",
+                &format!("nodename={}", down.node),
+                &format!("state={state}"),
+                "reason=ckpt-test-node-failure",
+            ])
+            .output()
+            .unwrap_or_else(|e| panic!("scontrol update: {e}"));
+    }
     wait_resumed(&c, &job, 1);
     let second = job_nodes(&c, job.id);
     let end = final_state(&c, &job);
