@@ -78,8 +78,7 @@ pub fn task_argv(argv: &[OsString], rank: u32) -> Result<Vec<OsString>, String> 
         let mut out: Vec<String> = Vec::new();
         let mut arg: Option<String> = None;
         let mut k = 0;
-        loop {
-            let Some(&c) = chars.get(k) else { break };
+        while let Some(&c) = chars.get(k) {
             match c {
                 '%' => {
                     let a = arg.get_or_insert_with(String::new);
