@@ -20,11 +20,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use ckpt::image::format;
-use ckpt::image::manifest::{
-    CpuInfo, Fd, FdKind, Hooks, ImageRef, MmInfo, PROCESS_FORMAT, ProcessManifest, Relaunch,
-    StepRef, VdsoInfo,
-};
+use ckpt::image::manifest::{Fd, FdKind, ProcessManifest, Relaunch, StepRef};
 
 use crate::restore::names::name_bytes;
 
@@ -161,48 +157,13 @@ pub fn capture(
 /// process: its descriptors and working directory.
 pub fn placeholder(r: &Relaunch) -> ProcessManifest {
     ProcessManifest {
-        format: PROCESS_FORMAT.into(),
-        version: [format::FORMAT_MAJOR, format::FORMAT_MINOR],
-        pid: r.pid,
-        ppid: r.ppid,
         pgid: r.pgid,
         sid: r.sid,
-        // SAFETY: getuid has no preconditions.
-        uid: unsafe { libc::getuid() },
-        exe: r.exe.clone(),
-        realtime_ns: 0,
-        monotonic_ns: 0,
-        boottime_ns: 0,
-        cpu: CpuInfo {
-            features: [0; 4],
-            xcr0: 0,
-        },
-        vdso: VdsoInfo {
-            vvar: 0,
-            vdso: 0,
-            vdso_len: 0,
-            crc: 0,
-        },
-        mm: MmInfo::default(),
-        hooks: Hooks {
-            restore_info: 0,
-            finish_args: 0,
-            finish: 0,
-        },
-        regions: Vec::new(),
-        threads: Vec::new(),
         fds: r.fds.clone(),
-        sigactions: Vec::new(),
-        shared_pending: 0,
         cwd: r.cwd.clone(),
         umask: r.umask,
-        rlimits: Vec::new(),
-        itimers: Vec::new(),
-        image: ImageRef {
-            file: String::new(),
-            size: 0,
-        },
-        base: None,
+        // SAFETY: getuid has no preconditions.
+        ..ProcessManifest::bare(r.pid, r.ppid, unsafe { libc::getuid() }, &r.exe)
     }
 }
 

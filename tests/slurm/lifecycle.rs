@@ -263,6 +263,22 @@ fn preempt(c: &Cluster, dir: &Path) {
     );
 }
 
+/// At step 4 the warning signal (the job resumes), four steps after the
+/// resume a preemption (it resumes again).
+fn signal_then_preempt(c: &Cluster, dir: &Path, job: &Job) {
+    wait_step(c, job, 4);
+    user_ok(
+        c,
+        dir,
+        &["scancel", "--signal=USR1", "--batch", &job.id.to_string()],
+    );
+    wait_resumed(c, job, 1);
+    let resumed_at = last_step(&fs::read_to_string(&job.out).unwrap_or_default());
+    wait_step(c, job, resumed_at + 4);
+    preempt(c, dir);
+    wait_resumed(c, job, 2);
+}
+
 /// The seed workflow for one program: signal, then preemption.
 fn seed_workflow(name: &str, program: &[&str], open_mode: Option<&str>) {
     let Some(c) = slurm::cluster() else { return };
@@ -292,17 +308,7 @@ fn seed_workflow(name: &str, program: &[&str], open_mode: Option<&str>) {
     }
     let job = submit(&c, &dir, &args, &script);
 
-    wait_step(&c, &job, 4);
-    user_ok(
-        &c,
-        &dir,
-        &["scancel", "--signal=USR1", "--batch", &job.id.to_string()],
-    );
-    wait_resumed(&c, &job, 1);
-    let resumed_at = last_step(&fs::read_to_string(&job.out).unwrap_or_default());
-    wait_step(&c, &job, resumed_at + 4);
-    preempt(&c, &dir);
-    wait_resumed(&c, &job, 2);
+    signal_then_preempt(&c, &dir, &job);
 
     let end = final_state(&c, &job);
     let run = job.run();

@@ -1166,9 +1166,7 @@ mod tests {
         fs::remove_dir_all(&p).unwrap();
     }
 
-    use crate::image::manifest::{
-        CpuInfo, Hooks, ImageRef, MmInfo, Region, RegionKind, Thread, VdsoInfo,
-    };
+    use crate::image::manifest::{ImageRef, Region, RegionKind, Thread};
 
     /// A small valid manifest: two regions, one thread, data for 6 pages.
     fn sample() -> (ProcessManifest, u64) {
@@ -1191,34 +1189,8 @@ mod tests {
             hugepage: false,
         };
         let m = ProcessManifest {
-            base: None,
-            format: PROCESS_FORMAT.into(),
-            version: [format::FORMAT_MAJOR, format::FORMAT_MINOR],
-            pid: 2,
-            ppid: 1,
             pgid: 2,
             sid: 2,
-            uid: 0,
-            exe: "/bin/x".into(),
-            realtime_ns: 0,
-            monotonic_ns: 0,
-            boottime_ns: 0,
-            cpu: CpuInfo {
-                features: [0; 4],
-                xcr0: 0,
-            },
-            vdso: VdsoInfo {
-                vvar: 0,
-                vdso: 0,
-                vdso_len: 0,
-                crc: 0,
-            },
-            mm: MmInfo::default(),
-            hooks: Hooks {
-                restore_info: 0,
-                finish_args: 0,
-                finish: 0,
-            },
             regions: vec![
                 region(0x10000, 2, 4096),
                 region(0x7ff0_0000_0000, 4, 4096 * 3),
@@ -1237,17 +1209,11 @@ mod tests {
                 pending: 0,
                 name: String::new(),
             }],
-            fds: vec![],
-            sigactions: vec![],
-            shared_pending: 0,
-            cwd: "/".into(),
-            umask: 0o22,
-            rlimits: vec![],
-            itimers: vec![],
             image: ImageRef {
                 file: "proc-2.img".into(),
                 size: 4096 * 7,
             },
+            ..ProcessManifest::bare(2, 1, 0, "/bin/x")
         };
         (m, 6 * 4096)
     }

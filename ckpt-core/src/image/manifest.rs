@@ -75,6 +75,61 @@ pub struct ProcessManifest {
     pub base: Option<u64>,
 }
 
+impl ProcessManifest {
+    /// A manifest of process `pid` with nothing in it (no memory, no
+    /// thread, no descriptor): what a process started again rather than
+    /// restored is given (`ckpt-restart/src/relaunch.rs`), and a base for
+    /// tests.
+    pub fn bare(pid: i32, ppid: i32, uid: u32, exe: &str) -> ProcessManifest {
+        ProcessManifest {
+            format: PROCESS_FORMAT.into(),
+            version: [
+                crate::image::format::FORMAT_MAJOR,
+                crate::image::format::FORMAT_MINOR,
+            ],
+            pid,
+            ppid,
+            pgid: 0,
+            sid: 0,
+            uid,
+            exe: exe.into(),
+            realtime_ns: 0,
+            monotonic_ns: 0,
+            boottime_ns: 0,
+            cpu: CpuInfo {
+                features: [0; 4],
+                xcr0: 0,
+            },
+            vdso: VdsoInfo {
+                vvar: 0,
+                vdso: 0,
+                vdso_len: 0,
+                crc: 0,
+            },
+            mm: MmInfo::default(),
+            hooks: Hooks {
+                restore_info: 0,
+                finish_args: 0,
+                finish: 0,
+            },
+            regions: Vec::new(),
+            threads: Vec::new(),
+            fds: Vec::new(),
+            sigactions: Vec::new(),
+            shared_pending: 0,
+            cwd: "/".into(),
+            umask: 0o022,
+            rlimits: Vec::new(),
+            itimers: Vec::new(),
+            image: ImageRef {
+                file: String::new(),
+                size: 0,
+            },
+            base: None,
+        }
+    }
+}
+
 /// CPU identity.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CpuInfo {

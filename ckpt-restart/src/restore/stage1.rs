@@ -474,11 +474,11 @@ pub fn run(s: Stage1<'_>) -> ! {
     raw::exit_group(RST_EXIT_FAILED)
 }
 
-/// Stage 1 for a process that is started again rather than restored
-/// ([`crate::relaunch`]): its descriptors, working directory and umask come
-/// back as for any process; returns (stderr, status pipe), both moved above
-/// the program's descriptors and close-on-exec.
-pub fn prepare_relaunch(s: &Stage1<'_>) -> Result<(i32, i32), String> {
+/// Blocks every signal (the saved masks come back with each thread's frame,
+/// or with the exec), and moves our stderr and the status pipe out of the
+/// way of the program's descriptors. Layout: program fds < shared.lo <=
+/// init's shared objects < shared.hi <= ours.
+fn block_and_move_helper_fds(s: &Stage1<'_>) -> Result<(i32, i32), String> {
     raw::sigprocmask(libc::SIG_SETMASK, !0u64)
         .map_err(|e| format!("sigprocmask: errno {}", e.raw()))?;
     let hi = s.shared.hi;
@@ -487,6 +487,16 @@ pub fn prepare_relaunch(s: &Stage1<'_>) -> Result<(i32, i32), String> {
     if s.status_fd < s.shared.lo || s.status_fd >= hi {
         unsafe_close(s.status_fd);
     }
+    Ok((err_fd, status_fd))
+}
+
+/// Stage 1 for a process that is started again rather than restored
+/// ([`crate::relaunch`]): its descriptors, working directory and umask come
+/// back as for any process; returns (stderr, status pipe), both moved above
+/// the program's descriptors and close-on-exec.
+pub fn prepare_relaunch(s: &Stage1<'_>) -> Result<(i32, i32), String> {
+    let (err_fd, status_fd) = block_and_move_helper_fds(s)?;
+    let hi = s.shared.hi;
     let s = Stage1 { status_fd, ..*s };
     restore_fds(&s, hi)?;
     for fd in open_fds() {
@@ -510,16 +520,8 @@ pub fn prepare_relaunch(s: &Stage1<'_>) -> Result<(i32, i32), String> {
 
 fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
     let m = s.m;
-    // Block every signal: the saved masks come back with each thread's frame.
-    raw::sigprocmask(libc::SIG_SETMASK, !0u64)
-        .map_err(|e| format!("sigprocmask: errno {}", e.raw()))?;
-    // Layout: program fds < shared.lo <= init's shared objects < shared.hi <= ours.
+    let (err_fd, status_fd) = block_and_move_helper_fds(s)?;
     let hi = s.shared.hi;
-    let err_fd = dup_above(2, hi, true).map_err(|e| format!("dup stderr: {e}"))?;
-    let status_fd = dup_above(s.status_fd, hi, true).map_err(|e| format!("dup status: {e}"))?;
-    if s.status_fd < s.shared.lo || s.status_fd >= hi {
-        unsafe_close(s.status_fd);
-    }
     *report_to = (err_fd, status_fd);
     let s = Stage1 { status_fd, ..*s };
     // Shared memory objects this process maps.

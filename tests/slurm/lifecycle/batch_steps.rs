@@ -62,17 +62,7 @@ fn a_batch_script_running_srun_resumes_whole_after_a_warning_signal_and_a_preemp
     let script = three_part_script("#SBATCH --checkpoint-dir=ck --signal=B:USR1@10", STEPS);
     let job = submit(&c, &dir, &["-t", "10"], &script);
 
-    wait_step(&c, &job, 4);
-    user_ok(
-        &c,
-        &dir,
-        &["scancel", "--signal=USR1", "--batch", &job.id.to_string()],
-    );
-    wait_resumed(&c, &job, 1);
-    let resumed_at = last_step(&fs::read_to_string(&job.out).unwrap_or_default());
-    wait_step(&c, &job, resumed_at + 4);
-    preempt(&c, &dir);
-    wait_resumed(&c, &job, 2);
+    signal_then_preempt(&c, &dir, &job);
 
     let end = final_state(&c, &job);
     let run = job.run();
@@ -207,6 +197,40 @@ fn job_nodes(c: &Cluster, id: u32) -> Vec<String> {
     out.split_whitespace().map(str::to_owned).collect()
 }
 
+/// The job came back on nodes without the first one it ran on (`first[0]`,
+/// taken out of service), and each rank's output (`srun -l`) is steps
+/// 1..=steps once each, then the uninterrupted run's result.
+fn check_moved_and_continuous(
+    c: &Cluster,
+    run: &JobRun,
+    first: &[String],
+    second: &[String],
+    wants: &[String],
+    steps: u32,
+) {
+    c.check(
+        !second.is_empty() && !second.contains(&first[0]),
+        &format!(
+            "resumed on {second:?}, which includes {}, taken out of service",
+            first[0]
+        ),
+        run,
+    );
+    for (rank, want) in (0u32..).zip(wants) {
+        let (got, result) = rank_progress(&run.stdout, rank);
+        c.check(
+            got == (1..=steps).collect::<Vec<_>>(),
+            &format!("rank {rank}: the output is not steps 1..={steps} once each: {got:?}"),
+            run,
+        );
+        c.check(
+            result.as_deref() == Some(want.as_str()),
+            &format!("rank {rank}: result {result:?}, uninterrupted run gives {want:?}"),
+            run,
+        );
+    }
+}
+
 #[test]
 fn a_two_node_batch_job_running_srun_resumes_on_another_pair_of_nodes() {
     let Some(c) = slurm::cluster() else { return };
@@ -282,32 +306,8 @@ fn a_two_node_batch_job_running_srun_resumes_on_another_pair_of_nodes() {
     drop(drained);
     let run = job.run();
     c.check(end == "COMPLETED", &format!("final state {end}"), &run);
-    c.check(
-        !second.is_empty() && !second.contains(&first[0]),
-        &format!(
-            "resumed on {second:?}, which includes the drained node {}",
-            first[0]
-        ),
-        &run,
-    );
-    for (rank, want) in (0..RANKS).zip(&wants) {
-        let lines = rank_lines(&run.stdout, rank);
-        let steps: Vec<u32> = lines
-            .iter()
-            .filter_map(|l| l.strip_prefix("step "))
-            .filter_map(|r| r.split_whitespace().next()?.parse().ok())
-            .collect();
-        c.check(
-            steps == (1..=STEPS).collect::<Vec<_>>(),
-            &format!("rank {rank}: the output is not steps 1..={STEPS} once each: {steps:?}"),
-            &run,
-        );
-        let result = lines.iter().find(|l| l.starts_with("RESULT"));
-        c.check(
-            result == Some(want),
-            &format!("rank {rank}: result {result:?}, uninterrupted run gives {want:?}"),
-            &run,
-        );
+    check_moved_and_continuous(&c, &run, &first, &second, &wants, STEPS);
+    for rank in 0..RANKS {
         let resumed = format!(
             "resuming from {}/gen-",
             dir.join(format!("ck/step1/task{rank}")).display()
@@ -584,27 +584,7 @@ fn a_node_failure_requeues_a_periodically_checkpointed_two_node_job_which_resume
     drop(down);
     let run = job.run();
     c.check(end == "COMPLETED", &format!("final state {end}"), &run);
-    c.check(
-        !second.is_empty() && !second.contains(&first[0]),
-        &format!(
-            "resumed on {second:?}, which includes the failed node {}",
-            first[0]
-        ),
-        &run,
-    );
-    for (rank, want) in (0..RANKS).zip(&wants) {
-        let (steps, result) = rank_progress(&run.stdout, rank);
-        c.check(
-            steps == (1..=STEPS).collect::<Vec<_>>(),
-            &format!("rank {rank}: the output is not steps 1..={STEPS} once each: {steps:?}"),
-            &run,
-        );
-        c.check(
-            result.as_deref() == Some(want.as_str()),
-            &format!("rank {rank}: result {result:?}, uninterrupted run gives {want:?}"),
-            &run,
-        );
-    }
+    check_moved_and_continuous(&c, &run, &first, &second, &wants, STEPS);
     once_each(&c, &job, &["post done"]);
     no_images_left(&c, &job);
 }
