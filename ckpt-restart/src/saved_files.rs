@@ -104,6 +104,17 @@ struct Found {
     mapped: bool,
 }
 
+/// Another name of file (`dev`, `ino`) in the directory of `deleted`, a
+/// name it had before it was unlinked.
+fn live_link(deleted: &[u8], dev: u64, ino: u64) -> Option<Vec<u8>> {
+    let dir = Path::new(std::ffi::OsStr::from_bytes(deleted)).parent()?;
+    fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let md = e.metadata().ok()?;
+        (md.is_file() && md.dev() == dev && md.ino() == ino)
+            .then(|| e.path().as_os_str().as_bytes().to_vec())
+    })
+}
+
 fn strip_deleted(p: &[u8]) -> (&[u8], bool) {
     match p.strip_suffix(b" (deleted)") {
         Some(rest) => (rest, true),
@@ -208,10 +219,28 @@ fn find(hosts: &BTreeMap<i32, i32>, p: &Policy) -> Result<BTreeMap<(u64, u64), F
                 continue;
             }
             if deleted {
-                // Mapped shared but open nowhere: it cannot be read (its
-                // /proc/<pid>/map_files entry needs privilege); its pages
-                // are in the image as shared memory, which is what the
-                // program sees (docs/files.md).
+                // The same file under a name that still exists (glibc's
+                // sem_open maps `sem.XXXXXX`, then links it to its final
+                // name and unlinks the first): that name is kept, and the
+                // restore maps it (restore/aliases.rs), so that a process
+                // that opens the name later (a pool worker that has not
+                // opened its semaphores yet) finds the same object.
+                if let Some(live) = live_link(path, dev, ino) {
+                    out.insert(
+                        key,
+                        Found {
+                            path: live,
+                            deleted: false,
+                            via_fd: None,
+                            holder: holder_of(pid, host),
+                            mapped: true,
+                        },
+                    );
+                }
+                // Otherwise, mapped shared but open nowhere: it cannot be
+                // read (its /proc/<pid>/map_files entry needs privilege);
+                // its pages are in the image as shared memory, which is
+                // what the program sees (docs/files.md).
                 continue;
             }
             out.insert(

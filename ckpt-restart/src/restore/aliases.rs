@@ -14,31 +14,54 @@
 //!
 //! Before the processes are rebuilt, every shared anonymous region whose
 //! device and inode are those of a named shared file mapping of the same
-//! generation becomes a mapping of that file, so every process maps the
-//! one object again (`docs/objects.md`, "Shared memory").
+//! generation, or of a file the generation keeps under a name that existed
+//! at the checkpoint (found by the capture in the unlinked name's
+//! directory, `saved_files::live_link`: the creator mapped the semaphore
+//! before any other process opened it by name), becomes a mapping of that
+//! file, so every process maps the one object again, and so does a process
+//! that opens the name later (`docs/objects.md`, "Shared memory").
 
 use std::collections::HashMap;
 
 use ckpt::image::generation::LoadedGeneration;
-use ckpt::image::manifest::{ProcessManifest, Region, RegionKind};
+use ckpt::image::manifest::{ProcessManifest, RegionKind, SavedFile};
 
-/// The named mapping each (device, inode) has somewhere in the job.
-fn named_files(processes: &[ProcessManifest]) -> HashMap<(u64, u64), Region> {
+/// A name of a file: its path, size and modification time (ns).
+struct Named {
+    name: String,
+    size: u64,
+    mtime_ns: u64,
+}
+
+/// The name each (device, inode) has somewhere in the job: a named shared
+/// mapping, or a file the generation keeps.
+fn named_files(processes: &[ProcessManifest], kept: &[SavedFile]) -> HashMap<(u64, u64), Named> {
     let mut named = HashMap::new();
     for r in processes
         .iter()
         .flat_map(|m| m.regions.iter())
         .filter(|r| r.kind == RegionKind::SharedFile)
     {
-        named.entry((r.dev, r.inode)).or_insert_with(|| r.clone());
+        named.entry((r.dev, r.inode)).or_insert_with(|| Named {
+            name: r.name.clone(),
+            size: r.file_size,
+            mtime_ns: r.file_mtime_ns,
+        });
+    }
+    for f in kept.iter().filter(|f| !f.deleted) {
+        named.entry((f.dev, f.inode)).or_insert_with(|| Named {
+            name: f.path.clone(),
+            size: f.size,
+            mtime_ns: f.mtime_ns,
+        });
     }
     named
 }
 
 /// Rewrite the unlinked aliases of named shared files in `processes` (see
 /// the module comment); returns how many regions were rewritten.
-pub fn map_aliases_by_name(processes: &mut [ProcessManifest]) -> usize {
-    let named = named_files(processes);
+pub fn map_aliases_by_name(processes: &mut [ProcessManifest], kept: &[SavedFile]) -> usize {
+    let named = named_files(processes, kept);
     let mut n = 0;
     for r in processes.iter_mut().flat_map(|m| m.regions.iter_mut()) {
         if r.kind != RegionKind::SharedAnon {
@@ -49,8 +72,8 @@ pub fn map_aliases_by_name(processes: &mut [ProcessManifest]) -> usize {
         };
         r.kind = RegionKind::SharedFile;
         r.name = file.name.clone();
-        r.file_size = file.file_size;
-        r.file_mtime_ns = file.file_mtime_ns;
+        r.file_size = file.size;
+        r.file_mtime_ns = file.mtime_ns;
         r.runs.clear();
         r.inherited.clear();
         r.crc = 0;
@@ -63,12 +86,13 @@ pub fn map_aliases_by_name(processes: &mut [ProcessManifest]) -> usize {
 /// of the generations it builds on are only read for the pages listed as
 /// inherited, and a rewritten region lists none).
 pub fn apply(g: &mut LoadedGeneration) -> usize {
-    map_aliases_by_name(&mut g.processes)
+    map_aliases_by_name(&mut g.processes, &g.record.files)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ckpt::image::manifest::Region;
 
     fn region(kind: RegionKind, name: &str, dev: u64, inode: u64) -> Region {
         Region {
@@ -127,7 +151,7 @@ mod tests {
                 )],
             ),
         ];
-        assert_eq!(map_aliases_by_name(&mut ps), 1);
+        assert_eq!(map_aliases_by_name(&mut ps, &[]), 1);
         let r = &ps[0].regions[0];
         assert_eq!(r.kind, RegionKind::SharedFile);
         assert_eq!(r.name, "/dev/shm/sem.mp-x1");
@@ -138,6 +162,52 @@ mod tests {
             ps[1].regions[0],
             region(RegionKind::SharedFile, "/dev/shm/sem.mp-x1", 26, 734)
         );
+    }
+
+    #[test]
+    fn unlinked_alias_of_a_kept_file_maps_the_file() {
+        // Nobody maps the name yet: the generation keeps the file under it.
+        let mut ps = vec![process(
+            10,
+            vec![region(
+                RegionKind::SharedAnon,
+                "/dev/shm/sem.Ab12Cd (deleted)",
+                26,
+                734,
+            )],
+        )];
+        let kept = SavedFile {
+            path: "/dev/shm/sem.mp-x1".into(),
+            deleted: false,
+            dev: 26,
+            inode: 734,
+            size: 32,
+            mode: 0o600,
+            mtime_ns: 7,
+            ctime_ns: 7,
+            data: "file-1".into(),
+            crc: 0,
+        };
+        assert_eq!(map_aliases_by_name(&mut ps, &[kept.clone()]), 1);
+        let r = &ps[0].regions[0];
+        assert_eq!(r.kind, RegionKind::SharedFile);
+        assert_eq!(r.name, "/dev/shm/sem.mp-x1");
+        assert_eq!((r.file_size, r.file_mtime_ns), (32, 7));
+        // A file kept as deleted is no name.
+        let mut ps2 = vec![process(
+            10,
+            vec![region(
+                RegionKind::SharedAnon,
+                "/dev/shm/x (deleted)",
+                26,
+                734,
+            )],
+        )];
+        let deleted = SavedFile {
+            deleted: true,
+            ..kept
+        };
+        assert_eq!(map_aliases_by_name(&mut ps2, &[deleted]), 0);
     }
 
     #[test]
@@ -163,7 +233,7 @@ mod tests {
             ),
         ];
         let before = ps.clone();
-        assert_eq!(map_aliases_by_name(&mut ps), 0);
+        assert_eq!(map_aliases_by_name(&mut ps, &[]), 0);
         assert_eq!(ps, before);
     }
 }
