@@ -188,7 +188,7 @@ mod tests {
             data: "file-1".into(),
             crc: 0,
         };
-        assert_eq!(map_aliases_by_name(&mut ps, &[kept.clone()]), 1);
+        assert_eq!(map_aliases_by_name(&mut ps, std::slice::from_ref(&kept)), 1);
         let r = &ps[0].regions[0];
         assert_eq!(r.kind, RegionKind::SharedFile);
         assert_eq!(r.name, "/dev/shm/sem.mp-x1");
