@@ -305,13 +305,13 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
     if !o.batch && std::env::var_os(job::ENV_JOB_PERIODIC).is_some() {
         o.interval = 0;
     }
+    let rank: u32 = std::env::var("SLURM_PROCID")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
     // `srun --multi-prog`: slurmstepd would pick this task's command after
     // the plugin's task_init; done here (cli/multi_prog.rs).
     if !o.batch && super::multi_prog::is_multi_prog(&o.command) {
-        let rank: u32 = std::env::var("SLURM_PROCID")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
         o.command = super::multi_prog::task_argv(&o.command, rank)
             .map_err(|msg| Failure { msg, code: 1 })?;
     }
@@ -355,35 +355,13 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
         }
     }
     // A task of a step the batch step started again after a requeue
-    // resumes from exactly the generation the job's checkpoint names.
-    let rank: u32 = std::env::var("SLURM_PROCID")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    // resumes from exactly the generation the job's checkpoint names
+    // (checked below, once the directory is listed).
     let resume_from = if o.batch {
         None
     } else {
         job::resume_generation(rank)
     };
-    let complete: Vec<_> = dir
-        .list()?
-        .into_iter()
-        .filter(|g| g.state != "incomplete")
-        .collect();
-    if let Some(n) = resume_from
-        && !complete.iter().any(|g| g.number == n)
-    {
-        return Err(Failure {
-            msg: format!(
-                "the job's checkpoint resumes this task from generation {n} of {}, which is not \
-                 there (removed?); it is NOT started again from the beginning, to protect its \
-                 outputs: inspect it with `ckpt status --dir {}`",
-                dir.path().display(),
-                dir.path().display()
-            ),
-            code: 1,
-        });
-    }
     let outputs = outputs::output_files();
     let engine = Opts {
         dir: Some(dir.path().to_path_buf()),
@@ -453,6 +431,20 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
         .into_iter()
         .filter(|g| g.state != "incomplete")
         .collect();
+    if let Some(n) = resume_from
+        && !complete.iter().any(|g| g.number == n)
+    {
+        return Err(Failure {
+            msg: format!(
+                "the job's checkpoint resumes this task from generation {n} of {}, which is not \
+                 there (removed?); it is NOT started again from the beginning, to protect its \
+                 outputs: inspect it with `ckpt status --dir {}`",
+                dir.path().display(),
+                dir.path().display()
+            ),
+            code: 1,
+        });
+    }
     // Steps started from here on take directories of their own when the
     // batch step resumes (job::EPOCH); not when it starts over.
     if o.batch
