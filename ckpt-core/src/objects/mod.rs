@@ -38,6 +38,7 @@ use crate::signal_safe::raw::Errno;
 
 pub mod epoll;
 pub mod eventfd;
+pub mod inet_socket;
 pub mod posix_timer;
 pub mod signalfd;
 pub mod timerfd;

@@ -287,7 +287,7 @@ pub fn open_diag() -> Result<i32, Errno> {
     .map(|fd| fd as i32)
 }
 
-fn getsockopt_int(fd: i32, level: i32, opt: i32) -> Result<i32, Errno> {
+pub(super) fn getsockopt_int(fd: i32, level: i32, opt: i32) -> Result<i32, Errno> {
     let mut v: i32 = 0;
     let mut len: u32 = 4;
     // SAFETY: getsockopt (55) writing an int and its length into locals.
@@ -305,7 +305,7 @@ fn getsockopt_int(fd: i32, level: i32, opt: i32) -> Result<i32, Errno> {
     Ok(v)
 }
 
-fn setsockopt_int(fd: i32, level: i32, opt: i32, v: i32) -> Result<(), Errno> {
+pub(super) fn setsockopt_int(fd: i32, level: i32, opt: i32, v: i32) -> Result<(), Errno> {
     // SAFETY: setsockopt (54) reading an int from a local.
     unsafe {
         raw::syscall6(
@@ -353,7 +353,7 @@ pub fn family(fd: i32) -> Result<i32, Errno> {
     getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)
 }
 
-fn write_bytes(j: &mut MmapBuf, b: &[u8]) {
+pub(super) fn write_bytes(j: &mut MmapBuf, b: &[u8]) {
     let _ = write!(j, "[");
     for (i, c) in b.iter().enumerate() {
         let _ = write!(j, "{}{c}", if i == 0 { "" } else { "," });
@@ -362,20 +362,20 @@ fn write_bytes(j: &mut MmapBuf, b: &[u8]) {
 }
 
 /// A scratch mapping, unmapped when dropped. **Async-signal-safe.**
-struct Scratch {
+pub(super) struct Scratch {
     ptr: *mut u8,
-    len: usize,
+    pub(super) len: usize,
 }
 
 impl Scratch {
-    fn new(len: usize) -> Result<Scratch, Errno> {
+    pub(super) fn new(len: usize) -> Result<Scratch, Errno> {
         Ok(Scratch {
             ptr: raw::mmap_anon(len)?,
             len,
         })
     }
 
-    fn bytes(&mut self) -> &mut [u8] {
+    pub(super) fn bytes(&mut self) -> &mut [u8] {
         // SAFETY: ptr is a private read/write mapping of len bytes that
         // only this value refers to.
         unsafe { core::slice::from_raw_parts_mut(self.ptr, self.len) }
@@ -459,7 +459,7 @@ fn peek_one(
 }
 
 /// Write bytes into the image at `off`, adding them to `crc`.
-fn put(img: i32, mut b: &[u8], mut off: u64, crc: &mut Crc32c) -> Result<(), Errno> {
+pub(super) fn put(img: i32, mut b: &[u8], mut off: u64, crc: &mut Crc32c) -> Result<(), Errno> {
     crc.update(b);
     while !b.is_empty() {
         match raw::pwrite(img, b, off) {

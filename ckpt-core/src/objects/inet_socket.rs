@@ -1,0 +1,809 @@
+//! TCP and UDP sockets (IPv4 and IPv6) whose connections stay inside the
+//! job: listening sockets, connections between two processes of the job
+//! (typically over loopback), with the bytes in flight in both directions;
+//! bound or connected UDP sockets.
+//!
+//! Like a unix socket, a TCP connection is half of a pair: its restore
+//! needs the peer's state, so the pairing and the creation of both ends are
+//! [`restore_all`] (in `inet_socket/restore.rs`), called by the job's init
+//! before it recreates the processes, which inherit the sockets.
+//!
+//! ## Without `TCP_REPAIR`
+//! Putting a TCP connection back exactly as the kernel had it (sequence
+//! numbers, queues) needs `TCP_REPAIR`, that is `CAP_NET_ADMIN` in the user
+//! namespace owning the socket's network namespace; a job runs in the
+//! host's network namespace (it must reach other nodes, slurmctld, file
+//! servers), where it has no capabilities. So ckpt captures what a program
+//! can observe and makes a new connection between the same two addresses:
+//! - the bytes a receiver has not read are peeked (`MSG_PEEK`, nothing is
+//!   consumed, the running job is not disturbed) while every process of the
+//!   job is stopped; on loopback, bytes a sender has sent are in the
+//!   receiver's queue, so the two queues are everything in flight, unless
+//!   the sender still holds bytes it has not sent (`SIOCOUTQNSD`: the
+//!   receiver's window is full, or `TCP_CORK`/Nagle holds a small segment).
+//!   That is refused as a *passing* condition: the coordinator lets the job
+//!   run a moment and stops it again;
+//! - `sock_diag` (allowed to any user for the sockets of its network
+//!   namespace) tells the state and shutdown flags of each end, the listening
+//!   backlog and accept queue, and, looked up by the reversed address pair,
+//!   the peer: its inode (a socket of the job, or of someone else), none
+//!   (it was closed: the connection comes back with a stand-in peer that
+//!   closes after giving back what is queued), or a connection not accepted
+//!   yet (inode 0 while established: it sits in a listening socket's
+//!   queue).
+//!
+//! At restart the two ends are made again with their own addresses and
+//! ports (`bind` with `SO_REUSEADDR`, a temporary listening socket at one
+//! end's address, `connect` from the other's), the queued bytes are written
+//! back by the peer, then options and shutdown state are applied. See
+//! `docs/sockets.md`.
+
+use core::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use super::unix_socket::{Scratch, getsockopt_int, put, setsockopt_int};
+use crate::image::checksum::Crc32c;
+use crate::signal_safe::buf::MmapBuf;
+use crate::signal_safe::raw::{self, Errno};
+
+/// TCP states (kernel `TCP_*` numbers) this module names.
+pub mod tcp_state {
+    /// `TCP_ESTABLISHED`.
+    pub const ESTABLISHED: u8 = 1;
+    /// `TCP_SYN_SENT`.
+    pub const SYN_SENT: u8 = 2;
+    /// `TCP_SYN_RECV`.
+    pub const SYN_RECV: u8 = 3;
+    /// `TCP_CLOSE`.
+    pub const CLOSE: u8 = 7;
+    /// `TCP_CLOSE_WAIT`.
+    pub const CLOSE_WAIT: u8 = 8;
+    /// `TCP_LISTEN`.
+    pub const LISTEN: u8 = 10;
+
+    /// The kernel's name of a state, for messages.
+    pub fn name(s: u8) -> &'static str {
+        match s {
+            1 => "ESTABLISHED",
+            2 => "SYN-SENT",
+            3 => "SYN-RECV",
+            4 => "FIN-WAIT-1",
+            5 => "FIN-WAIT-2",
+            6 => "TIME-WAIT",
+            7 => "CLOSE",
+            8 => "CLOSE-WAIT",
+            9 => "LAST-ACK",
+            10 => "LISTEN",
+            11 => "CLOSING",
+            _ => "unknown",
+        }
+    }
+}
+
+/// An address and port (`getsockname`/`getpeername`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Addr {
+    /// 4 bytes (IPv4) or 16 (IPv6, possibly v4-mapped), network order.
+    pub ip: Vec<u8>,
+    /// Port.
+    pub port: u16,
+}
+
+impl Addr {
+    /// Is it a loopback address (127/8, ::1, ::ffff:127/104)?
+    pub fn is_loopback(&self) -> bool {
+        match self.ip.len() {
+            4 => self.ip[0] == 127,
+            16 => {
+                self.ip[..15].iter().all(|&b| b == 0) && self.ip[15] == 1
+                    || (self.ip[..10].iter().all(|&b| b == 0)
+                        && self.ip[10] == 0xff
+                        && self.ip[11] == 0xff
+                        && self.ip[12] == 127)
+            }
+            _ => false,
+        }
+    }
+
+    /// The unspecified address (a wildcard bind)?
+    pub fn is_any(&self) -> bool {
+        self.ip.iter().all(|&b| b == 0)
+    }
+
+    /// The IPv4 address behind a v4-mapped IPv6 one, or the address itself.
+    pub fn canonical(&self) -> Vec<u8> {
+        if self.ip.len() == 16
+            && self.ip[..10].iter().all(|&b| b == 0)
+            && self.ip[10] == 0xff
+            && self.ip[11] == 0xff
+        {
+            self.ip[12..].to_vec()
+        } else {
+            self.ip.clone()
+        }
+    }
+
+    /// Same address and port, v4-mapped or not.
+    pub fn same(&self, o: &Addr) -> bool {
+        self.port == o.port && self.canonical() == o.canonical()
+    }
+}
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.ip.len() {
+            4 => write!(
+                f,
+                "{}.{}.{}.{}:{}",
+                self.ip[0], self.ip[1], self.ip[2], self.ip[3], self.port
+            ),
+            16 => {
+                let mut b = [0u8; 16];
+                b.copy_from_slice(&self.ip);
+                write!(f, "[{}]:{}", std::net::Ipv6Addr::from(b), self.port)
+            }
+            _ => write!(f, "?:{}", self.port),
+        }
+    }
+}
+
+/// What the other end of a connection is.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Peer {
+    /// Not connected.
+    #[default]
+    None,
+    /// A socket with an inode ([`InetSocket::peer_inode`]): of the job or not.
+    Socket,
+    /// Closed by its holder (an orphan, inode 0, or gone).
+    Closed,
+    /// Not accepted yet: it waits in a listening socket's queue.
+    Pending,
+    /// Not found on this host: a remote peer, or gone entirely.
+    Unknown,
+}
+
+/// Socket options a restore sets again.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Options {
+    /// `SO_REUSEADDR`.
+    pub reuseaddr: bool,
+    /// `SO_REUSEPORT`.
+    pub reuseport: bool,
+    /// `SO_KEEPALIVE`.
+    pub keepalive: bool,
+    /// `SO_BROADCAST` (UDP).
+    pub broadcast: bool,
+    /// `SO_SNDBUF` as `getsockopt` gives it (twice what was set).
+    pub sndbuf: i32,
+    /// `SO_RCVBUF`, likewise.
+    pub rcvbuf: i32,
+    /// `SO_LINGER`: on, seconds.
+    pub linger: [i32; 2],
+    /// `TCP_NODELAY`.
+    pub nodelay: bool,
+    /// `TCP_CORK`.
+    pub cork: bool,
+    /// `TCP_KEEPIDLE`, `TCP_KEEPINTVL`, `TCP_KEEPCNT`.
+    pub keep: [i32; 3],
+    /// `IPV6_V6ONLY` (IPv6 sockets).
+    pub v6only: bool,
+}
+
+/// A TCP or UDP socket's state (the `inet` field of an fd whose kind is
+/// `socket`, when its family is `AF_INET` or `AF_INET6`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InetSocket {
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: i32,
+    /// `SOCK_STREAM` (TCP) or `SOCK_DGRAM` (UDP).
+    pub ty: i32,
+    /// Kernel TCP state (0 for UDP).
+    pub tcp_state: u8,
+    /// Its own address (port 0: not bound).
+    pub local: Addr,
+    /// The peer's address, when connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<Addr>,
+    /// What the peer is.
+    #[serde(default)]
+    pub peer_is: Peer,
+    /// The peer's inode ([`Peer::Socket`]).
+    #[serde(default)]
+    pub peer_inode: u64,
+    /// Bytes queued in the peer's not-yet-accepted socket ([`Peer::Pending`]).
+    #[serde(default)]
+    pub peer_queued: u32,
+    /// `sk_shutdown`: bit 0 receiving is shut down, bit 1 sending is.
+    #[serde(default)]
+    pub shutdown: u8,
+    /// Listening: the backlog.
+    #[serde(default)]
+    pub backlog: u32,
+    /// Listening: connections waiting to be accepted.
+    #[serde(default)]
+    pub accept_queue: u32,
+    /// Bytes written but not sent yet (`SIOCOUTQNSD`).
+    #[serde(default)]
+    pub unsent: u32,
+    /// UDP: datagrams were queued.
+    #[serde(default)]
+    pub datagrams: bool,
+    /// Options.
+    #[serde(default)]
+    pub opts: Options,
+    /// The bytes received and not read yet: `[offset in the image, length]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<[u64; 2]>,
+    /// CRC-32C of those bytes.
+    #[serde(default)]
+    pub crc: u32,
+}
+
+/// `sock_diag` constants (uapi `linux/inet_diag.h`, `linux/sock_diag.h`).
+mod diag {
+    pub const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    pub const NLMSG_ERROR: u16 = 2;
+    pub const ATTR_SHUTDOWN: u16 = 8;
+}
+
+/// What `sock_diag` tells about one TCP socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Diag {
+    /// TCP state.
+    pub state: u8,
+    /// Source and destination ports of the socket found.
+    pub sport: u16,
+    /// (network order decoded).
+    pub dport: u16,
+    /// Receive queue (listening: the accept queue).
+    pub rqueue: u32,
+    /// Send queue (listening: the backlog).
+    pub wqueue: u32,
+    /// Its inode (0: no process holds it).
+    pub inode: u64,
+    /// `sk_shutdown` (absent for time-wait sockets: 0).
+    pub shutdown: u8,
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    let s = b.get(at..at + 4)?;
+    Some(u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    let s = b.get(at..at + 2)?;
+    Some(u16::from_ne_bytes([s[0], s[1]]))
+}
+
+/// Parse a reply to [`query`]: one netlink message with an
+/// `inet_diag_msg` and its attributes. **Async-signal-safe.**
+pub fn parse_diag(reply: &[u8]) -> Result<Diag, Errno> {
+    let len = u32_at(reply, 0).ok_or(Errno(libc::EIO))? as usize;
+    let ty = u16_at(reply, 4).ok_or(Errno(libc::EIO))?;
+    if ty == diag::NLMSG_ERROR {
+        let e = u32_at(reply, 16).map(|v| v as i32).unwrap_or(-libc::EIO);
+        return Err(Errno(if e < 0 { -e } else { libc::EIO }));
+    }
+    let msg = reply.get(..len).ok_or(Errno(libc::EIO))?;
+    // nlmsghdr (16), then family, state, timer, retrans, the socket id
+    // (sport, dport big-endian, src, dst, if, cookie: 48 bytes), expires,
+    // rqueue, wqueue, uid, inode.
+    let b = |at: usize| msg.get(at).copied().ok_or(Errno(libc::EIO));
+    let port = |at: usize| -> Result<u16, Errno> { Ok(u16::from_be_bytes([b(at)?, b(at + 1)?])) };
+    let mut d = Diag {
+        state: b(17)?,
+        sport: port(20)?,
+        dport: port(22)?,
+        rqueue: u32_at(msg, 72).ok_or(Errno(libc::EIO))?,
+        wqueue: u32_at(msg, 76).ok_or(Errno(libc::EIO))?,
+        inode: u64::from(u32_at(msg, 84).ok_or(Errno(libc::EIO))?),
+        shutdown: 0,
+    };
+    let mut at = 88usize;
+    while at + 4 <= msg.len() {
+        let alen = u16_at(msg, at).ok_or(Errno(libc::EIO))? as usize;
+        let aty = u16_at(msg, at + 2).ok_or(Errno(libc::EIO))? & 0x3fff;
+        if alen < 4 {
+            break;
+        }
+        if aty == diag::ATTR_SHUTDOWN {
+            d.shutdown = msg.get(at + 4).copied().unwrap_or(0);
+        }
+        at += (alen + 3) & !3;
+    }
+    Ok(d)
+}
+
+/// An address without allocation: 16 address bytes (4 used for IPv4) and
+/// a port. **Async-signal-safe.**
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddrBuf {
+    /// IPv6 (else IPv4).
+    pub v6: bool,
+    /// The address, network order.
+    pub ip: [u8; 16],
+    /// Port.
+    pub port: u16,
+}
+
+impl AddrBuf {
+    /// `getsockname` (51) or `getpeername` (52) of `fd`.
+    fn get(nr: usize, fd: i32) -> Result<AddrBuf, Errno> {
+        // SAFETY: sockaddr_in6 is plain old data and large enough for either family.
+        let mut sa: libc::sockaddr_in6 = unsafe { core::mem::zeroed() };
+        let mut len = core::mem::size_of::<libc::sockaddr_in6>() as u32;
+        // SAFETY: the kernel writes at most `len` bytes into sa.
+        unsafe {
+            raw::syscall3(
+                nr,
+                fd as usize,
+                &mut sa as *mut libc::sockaddr_in6 as usize,
+                &mut len as *mut u32 as usize,
+            )
+        }?;
+        let mut a = AddrBuf {
+            v6: i32::from(sa.sin6_family) == libc::AF_INET6,
+            ip: [0; 16],
+            port: u16::from_be(sa.sin6_port),
+        };
+        if a.v6 {
+            a.ip = sa.sin6_addr.s6_addr;
+        } else {
+            // A sockaddr_in: family, port, then the 4 address bytes (which
+            // sockaddr_in6 holds as flowinfo).
+            a.ip[..4].copy_from_slice(&sa.sin6_flowinfo.to_ne_bytes());
+        }
+        Ok(a)
+    }
+
+    /// The address bytes in use.
+    pub fn bytes(&self) -> &[u8] {
+        if self.v6 { &self.ip } else { &self.ip[..4] }
+    }
+
+    fn write(&self, j: &mut MmapBuf) {
+        let _ = write!(j, "{{\"ip\":");
+        super::unix_socket::write_bytes(j, self.bytes());
+        let _ = write!(j, ",\"port\":{}}}", self.port);
+    }
+}
+
+/// Build the `sock_diag` request for the TCP socket whose own address is
+/// `src` and whose peer is `dst` (all zero: a listening socket).
+fn request(family: i32, src: &AddrBuf, dst: &AddrBuf, req: &mut [u8; 72]) {
+    req.fill(0);
+    req[0..4].copy_from_slice(&72u32.to_ne_bytes());
+    req[4..6].copy_from_slice(&diag::SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req[6..8].copy_from_slice(&1u16.to_ne_bytes()); // NLM_F_REQUEST
+    req[8..12].copy_from_slice(&u32::from(src.port).to_ne_bytes());
+    // inet_diag_req_v2: family, protocol, ext, pad, states, then the id:
+    // sport, dport (big-endian), src[16], dst[16], if, cookie[2].
+    req[16] = family as u8;
+    req[17] = libc::IPPROTO_TCP as u8;
+    req[20..24].copy_from_slice(&u32::MAX.to_ne_bytes());
+    req[24..26].copy_from_slice(&src.port.to_be_bytes());
+    req[26..28].copy_from_slice(&dst.port.to_be_bytes());
+    req[28..28 + src.bytes().len()].copy_from_slice(src.bytes());
+    req[44..44 + dst.bytes().len()].copy_from_slice(dst.bytes());
+    req[64..72].copy_from_slice(&[0xff; 8]); // INET_DIAG_NOCOOKIE
+}
+
+/// Look up the TCP socket `src` → `dst` with `sock_diag` through the
+/// netlink socket `nl`. **Async-signal-safe.** `Err(ENOENT)` when there is
+/// none (the kernel falls back to a listening socket on `src`'s port, which
+/// is told apart by its destination port).
+pub fn query(nl: i32, family: i32, src: &AddrBuf, dst: &AddrBuf) -> Result<Diag, Errno> {
+    let mut req = [0u8; 72];
+    request(family, src, dst, &mut req);
+    // SAFETY: sendto on our netlink socket from a local buffer, no address.
+    unsafe {
+        raw::syscall6(
+            raw::nr::SENDTO,
+            nl as usize,
+            req.as_ptr() as usize,
+            req.len(),
+            0,
+            0,
+            0,
+        )
+    }?;
+    let mut reply = [0u8; 512];
+    let got = loop {
+        // SAFETY: recvfrom into a local buffer, no address.
+        match unsafe {
+            raw::syscall6(
+                raw::nr::RECVFROM,
+                nl as usize,
+                reply.as_mut_ptr() as usize,
+                reply.len(),
+                0,
+                0,
+                0,
+            )
+        } {
+            Err(Errno(libc::EINTR)) => continue,
+            r => break r?,
+        }
+    };
+    let d = parse_diag(reply.get(..got).unwrap_or(&[]))?;
+    if d.sport != src.port || d.dport != dst.port {
+        return Err(Errno(libc::ENOENT));
+    }
+    Ok(d)
+}
+
+/// `SIOCINQ`: bytes a TCP socket has received and not read.
+const SIOCINQ: u64 = 0x541B;
+/// `SIOCOUTQNSD`: bytes written and not sent yet.
+const SIOCOUTQNSD: u64 = 0x894B;
+
+fn ioctl_int(fd: i32, req: u64) -> Result<i32, Errno> {
+    let mut v: i32 = 0;
+    // SAFETY: both requests write one int into the local.
+    unsafe { raw::ioctl(fd, req, &mut v as *mut i32 as usize) }?;
+    Ok(v)
+}
+
+fn opt(fd: i32, level: i32, o: i32) -> i32 {
+    getsockopt_int(fd, level, o).unwrap_or(0)
+}
+
+/// The largest receive queue captured (a larger one fails the capture, and
+/// the checkpoint with it).
+const MAX_QUEUE: usize = 64 << 20;
+
+/// Capture the TCP or UDP socket `fd` (inode `ino`, family `family`):
+/// write its state as a JSON object into `j`, the bytes it has received and
+/// not read into the image file `img` at `*data_off` (advanced past them,
+/// to a page boundary). `nl` is a `sock_diag` socket
+/// ([`super::unix_socket::open_diag`]). **Async-signal-safe.** Runs while
+/// every process of the job is stopped, so both ends of a connection are
+/// seen at the same moment. Fails for other protocols.
+pub fn capture(
+    fd: i32,
+    ino: u64,
+    family: i32,
+    nl: i32,
+    img: i32,
+    data_off: &mut u64,
+    j: &mut MmapBuf,
+) -> Result<(), Errno> {
+    let ty = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?;
+    let proto = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL)?;
+    let tcp = match (ty, proto) {
+        (libc::SOCK_STREAM, libc::IPPROTO_TCP) => true,
+        (libc::SOCK_DGRAM, libc::IPPROTO_UDP) => false,
+        _ => return Err(Errno(libc::EPROTONOSUPPORT)),
+    };
+    let local = AddrBuf::get(51, fd)?;
+    let peer = match AddrBuf::get(52, fd) {
+        Ok(p) => Some(p),
+        Err(Errno(libc::ENOTCONN)) => None,
+        Err(e) => return Err(e),
+    };
+    let mut o = Options {
+        reuseaddr: opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR) != 0,
+        reuseport: opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT) != 0,
+        keepalive: opt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE) != 0,
+        broadcast: opt(fd, libc::SOL_SOCKET, libc::SO_BROADCAST) != 0,
+        sndbuf: opt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF),
+        rcvbuf: opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF),
+        v6only: family == libc::AF_INET6 && opt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) != 0,
+        ..Options::default()
+    };
+    let mut lg = [0i32; 2];
+    let mut len: u32 = 8;
+    // SAFETY: getsockopt (55) of SO_LINGER writes a struct linger (two ints) into lg.
+    if unsafe {
+        raw::syscall6(
+            55,
+            fd as usize,
+            libc::SOL_SOCKET as usize,
+            libc::SO_LINGER as usize,
+            lg.as_mut_ptr() as usize,
+            &mut len as *mut u32 as usize,
+            0,
+        )
+    }
+    .is_ok()
+    {
+        o.linger = lg;
+    }
+    let mut s = Fields {
+        tcp_state: 0,
+        peer_is: "none",
+        peer_inode: 0,
+        peer_queued: 0,
+        shutdown: 0,
+        backlog: 0,
+        accept_queue: 0,
+        unsent: 0,
+        datagrams: false,
+    };
+    let mut queued = 0usize;
+    if tcp {
+        o.nodelay = opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY) != 0;
+        o.cork = opt(fd, libc::IPPROTO_TCP, libc::TCP_CORK) != 0;
+        o.keep = [
+            opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+            opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+            opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
+        ];
+        // tcp_info's first byte is the state.
+        s.tcp_state = tcp_info_state(fd)?;
+        let none = AddrBuf {
+            v6: local.v6,
+            ..AddrBuf::default()
+        };
+        if s.tcp_state == tcp_state::LISTEN {
+            let d = query(nl, family, &local, &none)?;
+            if d.inode != ino {
+                return Err(Errno(libc::ENOENT));
+            }
+            s.accept_queue = d.rqueue;
+            s.backlog = d.wqueue;
+        } else if let Some(p) = &peer {
+            let me = query(nl, family, &local, p)?;
+            if me.inode != ino {
+                return Err(Errno(libc::ENOENT));
+            }
+            s.shutdown = me.shutdown;
+            s.unsent = ioctl_int(fd, SIOCOUTQNSD).unwrap_or(0).max(0) as u32;
+            queued = ioctl_int(fd, SIOCINQ)?.max(0) as usize;
+            match query(nl, family, p, &local) {
+                Ok(d) if d.inode != 0 => {
+                    s.peer_is = "socket";
+                    s.peer_inode = d.inode;
+                }
+                Ok(d)
+                    if matches!(
+                        d.state,
+                        tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT | tcp_state::SYN_RECV
+                    ) =>
+                {
+                    s.peer_is = "pending";
+                    s.peer_queued = d.rqueue;
+                }
+                Ok(_) => s.peer_is = "closed",
+                Err(Errno(libc::ENOENT)) => s.peer_is = "unknown",
+                Err(e) => return Err(e),
+            }
+        }
+    } else {
+        // A UDP socket's queued datagrams are not saved: refused if any.
+        let mut one = [0u8; 1];
+        // SAFETY: recvfrom (45) peeking at most one byte into a local, no address.
+        s.datagrams = unsafe {
+            raw::syscall6(
+                raw::nr::RECVFROM,
+                fd as usize,
+                one.as_mut_ptr() as usize,
+                1,
+                (libc::MSG_PEEK | libc::MSG_DONTWAIT) as usize,
+                0,
+                0,
+            )
+        }
+        .is_ok();
+    }
+    if queued > MAX_QUEUE {
+        return Err(Errno(libc::EMSGSIZE));
+    }
+    let _ = write!(
+        j,
+        "{{\"family\":{family},\"ty\":{ty},\"tcp_state\":{},\"local\":",
+        s.tcp_state
+    );
+    local.write(j);
+    if let Some(p) = &peer {
+        let _ = write!(j, ",\"peer\":");
+        p.write(j);
+    }
+    let _ = write!(
+        j,
+        ",\"peer_is\":\"{}\",\"peer_inode\":{},\"peer_queued\":{},\"shutdown\":{},\"backlog\":{},\"accept_queue\":{},\"unsent\":{},\"datagrams\":{}",
+        s.peer_is,
+        s.peer_inode,
+        s.peer_queued,
+        s.shutdown,
+        s.backlog,
+        s.accept_queue,
+        s.unsent,
+        s.datagrams
+    );
+    let _ = write!(
+        j,
+        ",\"opts\":{{\"reuseaddr\":{},\"reuseport\":{},\"keepalive\":{},\"broadcast\":{},\"sndbuf\":{},\"rcvbuf\":{},\"linger\":[{},{}],\"nodelay\":{},\"cork\":{},\"keep\":[{},{},{}],\"v6only\":{}}}",
+        o.reuseaddr,
+        o.reuseport,
+        o.keepalive,
+        o.broadcast,
+        o.sndbuf,
+        o.rcvbuf,
+        o.linger[0],
+        o.linger[1],
+        o.nodelay,
+        o.cork,
+        o.keep[0],
+        o.keep[1],
+        o.keep[2],
+        o.v6only
+    );
+    if queued > 0 {
+        let crc = peek_stream(fd, queued, img, *data_off)?;
+        let _ = write!(j, ",\"data\":[{},{queued}],\"crc\":{crc}", *data_off);
+        *data_off += (queued as u64).div_ceil(4096) * 4096;
+    }
+    let _ = write!(j, "}}");
+    if j.overflow {
+        return Err(Errno(libc::ENOMEM));
+    }
+    Ok(())
+}
+
+/// The scalar fields of the JSON, gathered before it is written.
+struct Fields {
+    tcp_state: u8,
+    peer_is: &'static str,
+    peer_inode: u64,
+    peer_queued: u32,
+    shutdown: u8,
+    backlog: u32,
+    accept_queue: u32,
+    unsent: u32,
+    datagrams: bool,
+}
+
+/// The TCP state of `fd` (first byte of `struct tcp_info`).
+fn tcp_info_state(fd: i32) -> Result<u8, Errno> {
+    let mut info = [0u8; 8];
+    let mut len: u32 = 8;
+    // SAFETY: getsockopt (55) of TCP_INFO writes at most `len` bytes into info.
+    unsafe {
+        raw::syscall6(
+            55,
+            fd as usize,
+            libc::IPPROTO_TCP as usize,
+            libc::TCP_INFO as usize,
+            info.as_mut_ptr() as usize,
+            &mut len as *mut u32 as usize,
+            0,
+        )
+    }?;
+    Ok(info[0])
+}
+
+/// Peek the `n` bytes a TCP socket has received into the image at `off`
+/// without consuming them (a program's `SO_PEEK_OFF`, where the kernel has
+/// it for TCP, is set to 0 for the peek and put back). Returns their CRC.
+fn peek_stream(fd: i32, n: usize, img: i32, off: u64) -> Result<u32, Errno> {
+    let mut buf = Scratch::new(n.div_ceil(4096) * 4096)?;
+    let peek_off = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap_or(-1);
+    if peek_off >= 0 {
+        setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
+    }
+    let r = loop {
+        // SAFETY: recvfrom (45) peeking into our scratch mapping of at least n bytes.
+        match unsafe {
+            raw::syscall6(
+                raw::nr::RECVFROM,
+                fd as usize,
+                buf.bytes().as_mut_ptr() as usize,
+                n,
+                (libc::MSG_PEEK | libc::MSG_DONTWAIT) as usize,
+                0,
+                0,
+            )
+        } {
+            Err(Errno(libc::EINTR)) => continue,
+            r => break r,
+        }
+    };
+    if peek_off >= 0 {
+        let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, peek_off);
+    }
+    if r? != n {
+        // Urgent data or a queue that moved: not what SIOCINQ said.
+        return Err(Errno(libc::EIO));
+    }
+    let mut crc = Crc32c::new();
+    put(img, buf.bytes().get(..n).unwrap_or(&[]), off, &mut crc)?;
+    Ok(crc.finish())
+}
+
+/// Why a socket cannot be checkpointed now: the message, and whether the
+/// condition passes by itself (the coordinator then tries again a moment
+/// later).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unfit {
+    /// What is wrong.
+    pub why: String,
+    /// It passes by itself (bytes not sent yet, a connection not accepted yet).
+    pub passing: bool,
+}
+
+impl InetSocket {
+    /// TCP (else UDP).
+    pub fn is_tcp(&self) -> bool {
+        self.ty == libc::SOCK_STREAM
+    }
+
+    /// "a TCP connection 127.0.0.1:5000 -> 127.0.0.1:40000 (ESTABLISHED)",
+    /// "a TCP socket listening on 0.0.0.0:5000", "a UDP socket bound to ...".
+    pub fn describe(&self) -> String {
+        if !self.is_tcp() {
+            return match &self.peer {
+                Some(p) => format!("a UDP socket {} connected to {p}", self.local),
+                None => format!("a UDP socket bound to {}", self.local),
+            };
+        }
+        match (&self.peer, self.tcp_state) {
+            (_, tcp_state::LISTEN) => format!("a TCP socket listening on {}", self.local),
+            (Some(p), s) => format!(
+                "a TCP connection {} -> {p} ({})",
+                self.local,
+                tcp_state::name(s)
+            ),
+            (None, _) if self.local.port != 0 => {
+                format!("a TCP socket bound to {}", self.local)
+            }
+            (None, _) => "an unconnected TCP socket".into(),
+        }
+    }
+
+    /// At checkpoint time: why this socket cannot be restored, if it cannot
+    /// (its peer's whereabouts are the plan's to check).
+    pub fn validate(&self) -> Result<(), Unfit> {
+        let hard = |why: String| Unfit { why, passing: false };
+        let passing = |why: String| Unfit { why, passing: true };
+        if self.family != libc::AF_INET && self.family != libc::AF_INET6 {
+            return Err(hard(format!("its family {} is not IPv4 or IPv6", self.family)));
+        }
+        if !self.is_tcp() {
+            if self.datagrams {
+                return Err(passing(
+                    "datagrams are queued in it, not yet received (ckpt does not save UDP datagrams)"
+                        .into(),
+                ));
+            }
+            return Ok(());
+        }
+        if self.tcp_state == tcp_state::SYN_SENT || self.tcp_state == tcp_state::SYN_RECV {
+            return Err(passing("its connection is still being set up".into()));
+        }
+        if self.unsent > 0 {
+            return Err(passing(format!(
+                "{} bytes written to it are not sent yet (the receiver's window is full, or TCP_CORK holds them)",
+                self.unsent
+            )));
+        }
+        if self.peer_queued > 0 {
+            return Err(passing(format!(
+                "its connection is not accepted yet and {} bytes are queued on the accepting side",
+                self.peer_queued
+            )));
+        }
+        let len = self.data.map_or(0, |[_, l]| l);
+        if len > MAX_RESTORE_QUEUE {
+            return Err(passing(format!(
+                "{len} bytes are queued in it, not yet read; a restart can put back at most {MAX_RESTORE_QUEUE}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The most bytes queued in one direction of a connection that a restart
+/// is sure to put back before any process runs: what a new loopback
+/// connection holds with the default `net.core.rmem_max`/`wmem_max`
+/// (212992) once both buffers are raised to them (measured 851650 bytes).
+pub const MAX_RESTORE_QUEUE: u64 = 512 << 10;
+
+mod restore;
+pub use restore::{Refusal, SavedEnd, Step, plan, restore_all};
+
+#[cfg(test)]
+mod tests;

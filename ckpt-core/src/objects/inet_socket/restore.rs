@@ -1,0 +1,672 @@
+//! Restore of the job's TCP and UDP sockets: a plan made from every
+//! process's images (which end is whose peer, which connection waits in
+//! which listening socket), checked at checkpoint time so that a checkpoint
+//! that succeeds can be restored, and carried out by the job's init at
+//! restart, before it recreates the processes (they inherit the sockets).
+//!
+//! How each state comes back (see `docs/sockets.md`):
+//! - a connection whose two ends the job holds: a temporary listening
+//!   socket at one end's address, the other end bound to its own address
+//!   and connected to it, the accepted socket taken, the listening one
+//!   closed: both ends have the addresses and ports they had;
+//! - a connection whose peer was closed: the same with a stand-in peer that
+//!   writes back what was queued, then closes (reads drain the queue, then
+//!   see end of file);
+//! - a listening socket: bound to its address, listening with its backlog;
+//!   its connections not accepted yet connect to it again from their
+//!   clients' addresses;
+//! - an unconnected TCP socket: created, bound if it was; a UDP socket:
+//!   bound and connected as it was;
+//! - then the queued bytes are written back by the peer, the options set,
+//!   and the shutdown state applied.
+//!
+//! Ports: every bind uses `SO_REUSEADDR` (put back to the program's value
+//! after). A port still held by the killed run's closed connections (a
+//! time-wait entry of a socket that had no `SO_REUSEADDR`) frees itself
+//! within a minute: the bind is retried until then, saying so.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use super::{Addr, InetSocket, Peer, tcp_state};
+
+/// One socket as the images describe it, with the bytes queued in it.
+#[derive(Clone, Debug)]
+pub struct SavedEnd<'a> {
+    /// Its inode at checkpoint time (the key between peers).
+    pub inode: u64,
+    /// Its saved state.
+    pub sock: &'a InetSocket,
+    /// The bytes it had received and not read (checked against the image's
+    /// checksum).
+    pub data: Vec<u8>,
+    /// The job holds it only at descriptors 0, 1 or 2 (a restart gives those
+    /// its own stdio when the peer is outside the job).
+    pub stdio_only: bool,
+    /// Who holds it, for messages ("fd 5 of process 12 (python3)").
+    pub who: String,
+}
+
+/// How one socket, or a connection, is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Both ends in the job, connected to each other.
+    Pair(u64, u64),
+    /// Connected; the peer was closed since.
+    Lonely(u64),
+    /// Listening.
+    Listener(u64),
+    /// A connection not accepted yet by `listener`.
+    Pending {
+        /// The connecting socket.
+        client: u64,
+        /// The listening socket.
+        listener: u64,
+    },
+    /// Neither (possibly bound), or UDP.
+    Plain(u64),
+    /// Its peer is outside the job and the job holds it only at 0..2: the
+    /// restart's own stdio stands in for it.
+    Stdio(u64),
+}
+
+/// Why a socket cannot be restored: the socket (its inode at checkpoint
+/// time) and the reason; `outside` when its peer is not a process of the
+/// job (the coordinator then says where the peer is); `passing` when the
+/// condition passes by itself (the coordinator tries again).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The socket.
+    pub inode: u64,
+    /// Its peer is outside the job.
+    pub outside: bool,
+    /// A moment later the checkpoint may succeed.
+    pub passing: bool,
+    /// The whole message, naming the holder (from [`SavedEnd::who`]).
+    pub message: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// Does the listening address `l` accept connections to `to`?
+fn listens_for(l: &Addr, to: &Addr) -> bool {
+    l.port == to.port && (l.is_any() || l.canonical() == to.canonical())
+}
+
+/// Make the plan: how every socket of `ends` comes back. Fails, naming the
+/// socket and why, when one cannot. Pure: used at checkpoint time to refuse
+/// what a restart could not do.
+pub fn plan(ends: &[SavedEnd<'_>]) -> Result<Vec<Step>, Refusal> {
+    let mut by: BTreeMap<u64, &SavedEnd<'_>> = BTreeMap::new();
+    for e in ends {
+        by.entry(e.inode).or_insert(e);
+    }
+    for e in by.values() {
+        e.sock.validate().map_err(|u| Refusal {
+            inode: e.inode,
+            outside: false,
+            passing: u.passing,
+            message: format!(
+                "{} is {} that ckpt cannot checkpoint now: {}",
+                e.who,
+                e.sock.describe(),
+                u.why
+            ),
+        })?;
+    }
+    let listeners: Vec<&SavedEnd<'_>> = by
+        .values()
+        .copied()
+        .filter(|e| e.sock.is_tcp() && e.sock.tcp_state == tcp_state::LISTEN)
+        .collect();
+    let mut waiting: HashMap<u64, u32> = HashMap::new();
+    let mut first = Vec::new();
+    let mut plain = Vec::new();
+    let mut lst = Vec::new();
+    let mut last = Vec::new();
+    let mut done: std::collections::HashSet<u64> = std::collections::HashSet::new();
+    for (&ino, e) in &by {
+        if done.contains(&ino) {
+            continue;
+        }
+        done.insert(ino);
+        let s = e.sock;
+        let outside = |message: String| Refusal {
+            inode: ino,
+            outside: true,
+            passing: false,
+            message,
+        };
+        if !s.is_tcp() || s.peer.is_none() && s.tcp_state != tcp_state::LISTEN {
+            plain.push(Step::Plain(ino));
+            continue;
+        }
+        if s.tcp_state == tcp_state::LISTEN {
+            lst.push(Step::Listener(ino));
+            continue;
+        }
+        let peer = s.peer.as_ref().cloned().unwrap_or_default();
+        let away = || {
+            format!(
+                "{} is {}, to a process outside the job: ckpt cannot restore a connection that leaves the job",
+                e.who,
+                s.describe()
+            )
+        };
+        match s.peer_is {
+            Peer::Socket => match by.get(&s.peer_inode) {
+                Some(b) if b.sock.peer_inode == ino && b.sock.peer_is == Peer::Socket => {
+                    first.push(Step::Pair(ino, b.inode));
+                    done.insert(b.inode);
+                }
+                Some(b) => {
+                    return Err(Refusal {
+                        inode: ino,
+                        outside: false,
+                        passing: false,
+                        message: format!("{}: its peer ({}) is connected elsewhere", e.who, b.who),
+                    });
+                }
+                None if e.stdio_only => first.push(Step::Stdio(ino)),
+                None => return Err(outside(away())),
+            },
+            Peer::Pending => {
+                let Some(l) = listeners
+                    .iter()
+                    .filter(|l| listens_for(&l.sock.local, &peer))
+                    .min_by_key(|l| !l.sock.local.same(&peer))
+                else {
+                    return Err(outside(format!(
+                        "{} is {}, waiting to be accepted by a listening socket outside the job: ckpt cannot restore a connection that leaves the job",
+                        e.who,
+                        s.describe()
+                    )));
+                };
+                *waiting.entry(l.inode).or_insert(0) += 1;
+                last.push(Step::Pending {
+                    client: ino,
+                    listener: l.inode,
+                });
+            }
+            Peer::Closed => first.push(Step::Lonely(ino)),
+            // Not found on this host: gone entirely (a loopback peer that
+            // finished closing) or on another host.
+            Peer::Unknown if peer.is_loopback() => first.push(Step::Lonely(ino)),
+            Peer::Unknown | Peer::None if e.stdio_only => first.push(Step::Stdio(ino)),
+            Peer::Unknown | Peer::None => return Err(outside(away())),
+        }
+    }
+    for l in &listeners {
+        let ours = waiting.get(&l.inode).copied().unwrap_or(0);
+        if l.sock.accept_queue > ours {
+            return Err(Refusal {
+                inode: l.inode,
+                outside: false,
+                passing: true,
+                message: format!(
+                    "{} is {} with {} connection(s) from outside the job waiting to be accepted, which ckpt cannot restore",
+                    l.who,
+                    l.sock.describe(),
+                    l.sock.accept_queue - ours
+                ),
+            });
+        }
+    }
+    first.extend(plain);
+    first.extend(lst);
+    first.extend(last);
+    Ok(first)
+}
+
+fn err(what: &str) -> String {
+    format!("{what}: {}", std::io::Error::last_os_error())
+}
+
+fn close(fd: i32) {
+    // SAFETY: closing a descriptor this module made.
+    unsafe { libc::close(fd) };
+}
+
+/// A socket address for `a` in `family`.
+fn sockaddr(family: i32, a: &Addr) -> Result<(libc::sockaddr_storage, u32), String> {
+    // SAFETY: sockaddr_storage is plain old data.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    if family == libc::AF_INET {
+        let ip: [u8; 4] = a
+            .canonical()
+            .try_into()
+            .map_err(|_| format!("{a}: not an IPv4 address"))?;
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: a.port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(ip),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: a sockaddr_in fits in a sockaddr_storage.
+        unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
+        Ok((ss, std::mem::size_of::<libc::sockaddr_in>() as u32))
+    } else {
+        let mut ip = [0u8; 16];
+        match a.ip.len() {
+            16 => ip.copy_from_slice(&a.ip),
+            4 => {
+                ip[10] = 0xff;
+                ip[11] = 0xff;
+                ip[12..].copy_from_slice(&a.ip);
+            }
+            _ => return Err(format!("{a}: not an IP address")),
+        }
+        // SAFETY: sockaddr_in6 is plain old data.
+        let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        sin6.sin6_family = libc::AF_INET6 as u16;
+        sin6.sin6_port = a.port.to_be();
+        sin6.sin6_addr.s6_addr = ip;
+        // SAFETY: a sockaddr_in6 fits in a sockaddr_storage.
+        unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
+        Ok((ss, std::mem::size_of::<libc::sockaddr_in6>() as u32))
+    }
+}
+
+fn set(fd: i32, level: i32, opt: i32, v: i32) -> Result<(), String> {
+    // SAFETY: setsockopt reading an int from a local.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&v as *const i32).cast(),
+            std::mem::size_of::<i32>() as u32,
+        )
+    };
+    if r != 0 {
+        return Err(err(&format!("setsockopt({level}, {opt})")));
+    }
+    Ok(())
+}
+
+fn get(fd: i32, level: i32, opt: i32) -> i32 {
+    let mut v: i32 = 0;
+    let mut len = std::mem::size_of::<i32>() as u32;
+    // SAFETY: getsockopt writing an int into a local.
+    unsafe { libc::getsockopt(fd, level, opt, (&mut v as *mut i32).cast(), &mut len) };
+    v
+}
+
+/// A new socket like `s`, with `SO_REUSEADDR` on and `IPV6_V6ONLY` as it
+/// had it (both must be set before `bind`).
+fn new_socket(s: &InetSocket) -> Result<i32, String> {
+    // SAFETY: no pointers.
+    let fd = unsafe { libc::socket(s.family, s.ty | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(err("socket"));
+    }
+    let r = (|| {
+        set(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        if s.family == libc::AF_INET6 {
+            set(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, i32::from(s.opts.v6only))?;
+        }
+        if s.opts.reuseport {
+            set(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = r {
+        close(fd);
+        return Err(e);
+    }
+    Ok(fd)
+}
+
+/// How long a bind waits for a port the killed run's closed connections
+/// still hold (a time-wait entry lasts 60 s).
+const PORT_WAIT: Duration = Duration::from_secs(65);
+
+/// Bind `fd` to `a`, waiting for a port held by time-wait entries.
+fn bind(fd: i32, family: i32, a: &Addr, who: &str) -> Result<(), String> {
+    let (ss, len) = sockaddr(family, a)?;
+    let t0 = Instant::now();
+    let mut said = false;
+    loop {
+        // SAFETY: bind with a valid address of `len` bytes.
+        if unsafe { libc::bind(fd, (&ss as *const libc::sockaddr_storage).cast(), len) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EADDRINUSE) && t0.elapsed() < PORT_WAIT {
+            if !said {
+                eprintln!(
+                    "ckpt: waiting for {a} to be free for {who} (it is in use, possibly by the previous run's closed connections, which the kernel keeps for up to a minute)"
+                );
+                said = true;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+            continue;
+        }
+        return Err(match e.raw_os_error() {
+            Some(libc::EADDRINUSE) => format!(
+                "cannot restore {who}: {a} is in use on this host by a process outside the job (`ss -tanp` shows which); free it and restart"
+            ),
+            Some(libc::EADDRNOTAVAIL) => format!(
+                "cannot restore {who}: the address {a} does not exist on this host (the job was checkpointed on another host and used that host's own address)"
+            ),
+            _ => format!("cannot restore {who}: bind {a}: {e}"),
+        });
+    }
+}
+
+fn connect(fd: i32, family: i32, a: &Addr, who: &str) -> Result<(), String> {
+    let (ss, len) = sockaddr(family, a)?;
+    loop {
+        // SAFETY: connect with a valid address of `len` bytes.
+        if unsafe { libc::connect(fd, (&ss as *const libc::sockaddr_storage).cast(), len) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(format!("cannot restore {who}: connect to {a}: {e}"));
+        }
+    }
+}
+
+/// Buffer sizes a new socket of this kind gets (`SO_SNDBUF`, `SO_RCVBUF`).
+fn default_sizes(s: &InetSocket) -> (i32, i32) {
+    // SAFETY: no pointers.
+    let fd = unsafe { libc::socket(s.family, s.ty | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return (0, 0);
+    }
+    let r = (
+        get(fd, libc::SOL_SOCKET, libc::SO_SNDBUF),
+        get(fd, libc::SOL_SOCKET, libc::SO_RCVBUF),
+    );
+    close(fd);
+    r
+}
+
+/// Give `fd` the buffer sizes of `e` where they differ from a new socket's
+/// (a program's own setting, or what the kernel's automatic sizing had
+/// grown them to), and room for `incoming` bytes. Before `connect`/`listen`,
+/// so the connection's window is made for them.
+fn size_buffers(fd: i32, e: &SavedEnd<'_>, incoming: usize, outgoing: usize) -> Result<(), String> {
+    let (snd0, rcv0) = default_sizes(e.sock);
+    let o = &e.sock.opts;
+    // getsockopt gives twice what setsockopt was given.
+    let room = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    if o.rcvbuf != rcv0 || incoming > (32 << 10) {
+        set(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (o.rcvbuf / 2).max(room(incoming)))?;
+    }
+    if o.sndbuf != snd0 || outgoing > (32 << 10) {
+        set(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, (o.sndbuf / 2).max(room(outgoing)))?;
+    }
+    Ok(())
+}
+
+/// The options of `e` set on `fd` (after it is connected or listening).
+fn set_options(fd: i32, e: &SavedEnd<'_>) -> Result<(), String> {
+    let o = &e.sock.opts;
+    set(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, i32::from(o.reuseaddr))?;
+    set(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, i32::from(o.keepalive))?;
+    if !e.sock.is_tcp() {
+        set(fd, libc::SOL_SOCKET, libc::SO_BROADCAST, i32::from(o.broadcast))?;
+    }
+    if o.linger[0] != 0 {
+        let lg = libc::linger {
+            l_onoff: o.linger[0],
+            l_linger: o.linger[1],
+        };
+        // SAFETY: setsockopt reading a struct linger from a local.
+        if unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&lg as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as u32,
+            )
+        } != 0
+        {
+            return Err(err("setsockopt(SO_LINGER)"));
+        }
+    }
+    if e.sock.is_tcp() {
+        set(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, i32::from(o.nodelay))?;
+        for (opt, v) in [
+            (libc::TCP_KEEPIDLE, o.keep[0]),
+            (libc::TCP_KEEPINTVL, o.keep[1]),
+            (libc::TCP_KEEPCNT, o.keep[2]),
+        ] {
+            if v > 0 {
+                set(fd, libc::IPPROTO_TCP, opt, v)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Write `data` into the connected socket `fd` (nobody reads yet: the
+/// receiver's buffers were sized for it).
+fn refill(fd: i32, data: &[u8], who: &str) -> Result<(), String> {
+    let mut done = 0usize;
+    let t0 = Instant::now();
+    while done < data.len() {
+        // SAFETY: send from our buffer, without blocking.
+        let n = unsafe {
+            libc::send(
+                fd,
+                data[done..].as_ptr().cast(),
+                data.len() - done,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n > 0 {
+            done += n as usize;
+            continue;
+        }
+        let e = std::io::Error::last_os_error();
+        if n < 0 && e.raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        if n < 0 && e.raw_os_error() == Some(libc::EAGAIN) && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        return Err(format!(
+            "cannot restore {who}: only {done} of the {} bytes queued in it fit into the new connection ({e})",
+            data.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Make one connection: `server`'s address gets a temporary listening
+/// socket, `client` connects to it from its own address. Returns
+/// `(server fd, client fd)`. Either side may be a stand-in (`None`) for a
+/// closed peer, with the address and options of the other's saved peer.
+fn connect_pair(
+    server: &SavedEnd<'_>,
+    client: &SavedEnd<'_>,
+    server_addr: &Addr,
+    client_addr: &Addr,
+    server_is_real: bool,
+    client_is_real: bool,
+) -> Result<(i32, i32), String> {
+    let lfd = new_socket(server.sock)?;
+    let r = (|| {
+        if server_is_real {
+            size_buffers(lfd, server, server.data.len(), client.data.len())?;
+        }
+        bind(lfd, server.sock.family, server_addr, &server.who)?;
+        // SAFETY: no pointers.
+        if unsafe { libc::listen(lfd, 1) } != 0 {
+            return Err(err("listen"));
+        }
+        let cfd = new_socket(client.sock)?;
+        let r = (|| {
+            if client_is_real {
+                size_buffers(cfd, client, client.data.len(), server.data.len())?;
+            }
+            bind(cfd, client.sock.family, client_addr, &client.who)?;
+            // The client's peer address in its own family (v4-mapped or not).
+            connect(cfd, client.sock.family, server_addr, &client.who)?;
+            // SAFETY: accept on our listening socket, no address wanted.
+            let sfd = unsafe {
+                libc::accept4(lfd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
+            };
+            if sfd < 0 {
+                return Err(err("accept"));
+            }
+            Ok(sfd)
+        })();
+        match r {
+            Ok(sfd) => Ok((sfd, cfd)),
+            Err(e) => {
+                close(cfd);
+                Err(e)
+            }
+        }
+    })();
+    close(lfd);
+    r
+}
+
+/// Apply the shutdown state after the data is back: an end that had shut
+/// down sending sends its end of file now; one that had shut down only
+/// receiving (its peer did not send an end of file) shuts it down again.
+fn shut(fd: i32, e: &SavedEnd<'_>, peer_sent_fin: bool) {
+    let how = match (e.sock.shutdown & 2 != 0, e.sock.shutdown & 1 != 0 && !peer_sent_fin) {
+        (true, true) => libc::SHUT_RDWR,
+        (true, false) => libc::SHUT_WR,
+        (false, true) => libc::SHUT_RD,
+        (false, false) => return,
+    };
+    // SAFETY: shutdown of our socket.
+    unsafe { libc::shutdown(fd, how) };
+}
+
+/// Carry out [`plan`]: make every socket of `ends`, connected and filled as
+/// it was. Returns saved inode -> close-on-exec descriptor. Run by the job's
+/// init before it recreates the processes.
+pub fn restore_all(ends: &[SavedEnd<'_>]) -> Result<HashMap<u64, i32>, String> {
+    let steps = plan(ends).map_err(|r| r.message)?;
+    let by: HashMap<u64, &SavedEnd<'_>> = ends.iter().map(|e| (e.inode, e)).collect();
+    let mut fds: HashMap<u64, i32> = HashMap::new();
+    let r = (|| {
+        for step in steps {
+            match step {
+                Step::Pair(a, b) => {
+                    let (x, y) = (by[&a], by[&b]);
+                    // The end whose port a listening socket of the job has
+                    // is the accepted one: it takes the temporary listener.
+                    let listening_port = |e: &SavedEnd<'_>| {
+                        ends.iter().any(|l| {
+                            l.sock.tcp_state == tcp_state::LISTEN
+                                && l.sock.local.port == e.sock.local.port
+                        })
+                    };
+                    let (s, c) = if listening_port(y) && !listening_port(x) {
+                        (y, x)
+                    } else {
+                        (x, y)
+                    };
+                    let peer = c.sock.peer.clone().unwrap_or_default();
+                    let (sfd, cfd) = connect_pair(s, c, &peer, &c.sock.local, true, true)?;
+                    fds.insert(s.inode, sfd);
+                    fds.insert(c.inode, cfd);
+                    refill(cfd, &s.data, &s.who)?;
+                    refill(sfd, &c.data, &c.who)?;
+                    for (fd, e, other) in [(sfd, s, c), (cfd, c, s)] {
+                        set_options(fd, e)?;
+                        shut(fd, e, other.sock.shutdown & 2 != 0);
+                        if e.sock.opts.cork {
+                            set(fd, libc::IPPROTO_TCP, libc::TCP_CORK, 1)?;
+                        }
+                    }
+                }
+                Step::Lonely(a) => {
+                    let x = by[&a];
+                    let peer = x.sock.peer.clone().unwrap_or_default();
+                    // The stand-in takes the peer's address; it sends
+                    // nothing but the end of file after x's queued bytes.
+                    let stand_in = SavedEnd {
+                        inode: 0,
+                        sock: x.sock,
+                        data: Vec::new(),
+                        stdio_only: false,
+                        who: format!("the closed peer of {}", x.who),
+                    };
+                    let (sfd, xfd) = connect_pair(&stand_in, x, &peer, &x.sock.local, false, true)?;
+                    fds.insert(x.inode, xfd);
+                    let r = refill(sfd, &x.data, &x.who);
+                    // SAFETY: shutdown and close of the stand-in we made.
+                    unsafe { libc::shutdown(sfd, libc::SHUT_WR) };
+                    close(sfd);
+                    r?;
+                    set_options(xfd, x)?;
+                    shut(xfd, x, true);
+                }
+                Step::Listener(a) => {
+                    let x = by[&a];
+                    let fd = new_socket(x.sock)?;
+                    fds.insert(a, fd);
+                    size_buffers(fd, x, 0, 0)?;
+                    bind(fd, x.sock.family, &x.sock.local, &x.who)?;
+                    let backlog = i32::try_from(x.sock.backlog).unwrap_or(i32::MAX).max(1);
+                    // SAFETY: no pointers.
+                    if unsafe { libc::listen(fd, backlog) } != 0 {
+                        return Err(err(&format!("cannot restore {}: listen", x.who)));
+                    }
+                    set_options(fd, x)?;
+                }
+                Step::Pending { client, .. } => {
+                    let x = by[&client];
+                    let fd = new_socket(x.sock)?;
+                    fds.insert(client, fd);
+                    size_buffers(fd, x, x.data.len(), 0)?;
+                    bind(fd, x.sock.family, &x.sock.local, &x.who)?;
+                    let peer = x.sock.peer.clone().unwrap_or_default();
+                    connect(fd, x.sock.family, &peer, &x.who)?;
+                    set_options(fd, x)?;
+                    shut(fd, x, false);
+                }
+                Step::Plain(a) => {
+                    let x = by[&a];
+                    let fd = new_socket(x.sock)?;
+                    fds.insert(a, fd);
+                    size_buffers(fd, x, 0, 0)?;
+                    if x.sock.local.port != 0 {
+                        bind(fd, x.sock.family, &x.sock.local, &x.who)?;
+                    }
+                    if let Some(p) = &x.sock.peer
+                        && !x.sock.is_tcp()
+                    {
+                        connect(fd, x.sock.family, p, &x.who)?;
+                    }
+                    set_options(fd, x)?;
+                }
+                Step::Stdio(_) => {}
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = r {
+        for fd in fds.values() {
+            close(*fd);
+        }
+        return Err(e);
+    }
+    Ok(fds)
+}
+
+/// The restore's socket address, for the tests' own sockets.
+#[cfg(test)]
+pub(super) fn test_sockaddr(family: i32, a: &Addr) -> (libc::sockaddr_storage, u32) {
+    sockaddr(family, a).unwrap_or_else(|e| panic!("{e}"))
+}

@@ -1,0 +1,379 @@
+//! Round trips: real TCP and UDP sockets of this process → capture → JSON →
+//! serde → restore → the same addresses, queued bytes, options and shutdown
+//! state; and the plan's refusals.
+
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::FileExt as _;
+
+use super::*;
+
+fn inode(fd: i32) -> u64 {
+    // SAFETY: stat is plain old data.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat into a local.
+    assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
+    st.st_ino
+}
+
+fn close(fd: i32) {
+    // SAFETY: test descriptors.
+    unsafe { libc::close(fd) };
+}
+
+fn send(fd: i32, b: &[u8]) {
+    let mut done = 0;
+    while done < b.len() {
+        // SAFETY: sending from a local buffer.
+        let n = unsafe { libc::send(fd, b[done..].as_ptr().cast(), b.len() - done, 0) };
+        assert!(n > 0, "send: {}", std::io::Error::last_os_error());
+        done += n as usize;
+    }
+}
+
+/// Read until `n` bytes arrived or end of file (then fewer).
+fn recv_n(fd: i32, n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut b = vec![0u8; 1 << 16];
+    while out.len() < n {
+        // SAFETY: receiving into a local buffer.
+        let r = unsafe { libc::recv(fd, b.as_mut_ptr().cast(), b.len().min(n - out.len()), 0) };
+        assert!(r >= 0, "recv: {}", std::io::Error::last_os_error());
+        if r == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[..r as usize]);
+    }
+    out
+}
+
+/// Equal bytes, or a short message saying where they differ.
+fn same(got: &[u8], want: &[u8], what: &str) {
+    if got != want {
+        let at = got.iter().zip(want).position(|(a, b)| a != b);
+        panic!("{what}: {} bytes, wanted {}; first difference at {at:?}", got.len(), want.len());
+    }
+}
+
+fn set(fd: i32, level: i32, opt: i32, v: i32) {
+    // SAFETY: setsockopt reading an int from a local.
+    let r = unsafe { libc::setsockopt(fd, level, opt, (&v as *const i32).cast(), 4) };
+    assert_eq!(r, 0);
+}
+
+fn get(fd: i32, level: i32, opt: i32) -> i32 {
+    getsockopt_int(fd, level, opt).unwrap()
+}
+
+fn name(fd: i32, peer: bool) -> AddrBuf {
+    AddrBuf::get(if peer { 52 } else { 51 }, fd).unwrap()
+}
+
+fn tempfile() -> std::fs::File {
+    let p = std::env::temp_dir().join(format!(
+        "ckpt-inet-test-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    std::fs::remove_file(&p).unwrap();
+    f
+}
+
+/// Capture `fd`; return the state and its queued bytes.
+fn take(fd: i32, family: i32) -> (InetSocket, Vec<u8>) {
+    let img = tempfile();
+    let nl = super::super::unix_socket::open_diag().unwrap();
+    let mut j = MmapBuf::new();
+    let mut off = 4096u64;
+    capture(fd, inode(fd), family, nl, img.as_raw_fd(), &mut off, &mut j).unwrap();
+    let text = String::from_utf8(j.as_slice().to_vec()).unwrap();
+    j.free();
+    close(nl);
+    let s: InetSocket = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+    let mut data = Vec::new();
+    if let Some([o, l]) = s.data {
+        assert_eq!(o, 4096);
+        assert!(off >= o + l && off.is_multiple_of(4096));
+        data = vec![0u8; l as usize];
+        img.read_exact_at(&mut data, o).unwrap();
+        assert_eq!(crate::image::checksum::crc32c(&data), s.crc);
+    }
+    (s, data)
+}
+
+fn tcp(family: i32) -> i32 {
+    // SAFETY: no pointers.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    set(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+    fd
+}
+
+fn loopback(family: i32, port: u16) -> Addr {
+    Addr {
+        ip: if family == libc::AF_INET {
+            vec![127, 0, 0, 1]
+        } else {
+            let mut v = vec![0u8; 16];
+            v[15] = 1;
+            v
+        },
+        port,
+    }
+}
+
+fn bind_listen(fd: i32, family: i32) {
+    let (ss, len) = restore_sockaddr(family, &loopback(family, 0));
+    // SAFETY: bind with a valid address.
+    assert_eq!(unsafe { libc::bind(fd, (&ss as *const libc::sockaddr_storage).cast(), len) }, 0);
+    // SAFETY: no pointers.
+    assert_eq!(unsafe { libc::listen(fd, 7) }, 0);
+}
+
+fn restore_sockaddr(family: i32, a: &Addr) -> (libc::sockaddr_storage, u32) {
+    // The restore's own conversion, through a bind-free path: build it the
+    // same way the restore does.
+    restore::test_sockaddr(family, a)
+}
+
+fn connect_to(fd: i32, family: i32, port: u16) {
+    let (ss, len) = restore_sockaddr(family, &loopback(family, port));
+    // SAFETY: connect with a valid address.
+    assert_eq!(unsafe { libc::connect(fd, (&ss as *const libc::sockaddr_storage).cast(), len) }, 0);
+}
+
+fn accept(fd: i32) -> i32 {
+    // SAFETY: accept, no address.
+    let a = unsafe { libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+    assert!(a >= 0);
+    a
+}
+
+fn end(ino: u64, s: &InetSocket, data: Vec<u8>) -> SavedEnd<'_> {
+    SavedEnd {
+        inode: ino,
+        sock: s,
+        data,
+        stdio_only: false,
+        who: format!("socket {ino}"),
+    }
+}
+
+fn round_trip(family: i32) {
+    let l = tcp(family);
+    bind_listen(l, family);
+    let port = name(l, false).port;
+    let c = tcp(family);
+    set(c, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
+    set(c, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set(c, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 77);
+    connect_to(c, family, port);
+    let s = accept(l);
+    // A second connection, half-closed by the server after its last bytes,
+    // and a third not accepted yet.
+    let c2 = tcp(family);
+    connect_to(c2, family, port);
+    let s2 = accept(l);
+    let c3 = tcp(family);
+    connect_to(c3, family, port);
+    let to_server: Vec<u8> = (0..100_000u32).map(|i| (i * 7 + 3) as u8).collect();
+    let to_client: Vec<u8> = (0..1000u32).map(|i| (i * 13) as u8).collect();
+    send(c, &to_server);
+    send(s, &to_client);
+    send(s2, b"last words");
+    // SAFETY: shutdown of a test socket.
+    unsafe { libc::shutdown(s2, libc::SHUT_WR) };
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let fds = [l, c, s, c2, s2, c3];
+    let inodes: Vec<u64> = fds.iter().map(|&f| inode(f)).collect();
+    let names: Vec<(AddrBuf, Option<AddrBuf>)> = fds
+        .iter()
+        .map(|&f| (name(f, false), AddrBuf::get(52, f).ok()))
+        .collect();
+    let taken: Vec<(InetSocket, Vec<u8>)> = fds.iter().map(|&f| take(f, family)).collect();
+    assert_eq!(taken[0].0.tcp_state, tcp_state::LISTEN);
+    assert_eq!(taken[0].0.backlog, 7);
+    assert_eq!(taken[0].0.accept_queue, 1);
+    assert_eq!(taken[1].0.peer_is, Peer::Socket);
+    assert_eq!(taken[1].0.peer_inode, inodes[2]);
+    same(&taken[2].1, &to_server, "queued at the server");
+    same(&taken[1].1, &to_client, "queued at the client");
+    same(&taken[3].1, b"last words", "queued before the end of file");
+    assert_eq!(taken[4].0.shutdown & 2, 2);
+    assert_eq!(taken[5].0.peer_is, Peer::Pending);
+    assert!(taken.iter().all(|(t, _)| t.validate().is_ok()));
+    assert!(taken[1].0.opts.nodelay && taken[1].0.opts.keepalive);
+    assert_eq!(taken[1].0.opts.keep[0], 77);
+    // The capture consumed nothing: the originals still read it all.
+    same(&recv_n(s, to_server.len()), &to_server, "the original still reads");
+    for f in fds {
+        close(f);
+    }
+    let ends: Vec<SavedEnd<'_>> = taken
+        .iter()
+        .zip(&inodes)
+        .map(|((s, d), &ino)| end(ino, s, d.clone()))
+        .collect();
+    let made = restore_all(&ends).unwrap_or_else(|e| panic!("{e}"));
+    let fd = |k: usize| made[&inodes[k]];
+    for (k, (own, peer)) in names.iter().enumerate() {
+        assert_eq!(name(fd(k), false), *own, "socket {k}");
+        assert_eq!(AddrBuf::get(52, fd(k)).ok(), *peer, "socket {k}");
+    }
+    same(&recv_n(fd(2), to_server.len()), &to_server, "restored server reads");
+    same(&recv_n(fd(1), to_client.len()), &to_client, "restored client reads");
+    same(&recv_n(fd(3), 100), b"last words", "then end of file");
+    assert!(get(fd(1), libc::IPPROTO_TCP, libc::TCP_NODELAY) != 0);
+    assert_eq!(get(fd(1), libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 77);
+    // The pending connection is accepted now, and new ones too.
+    let s3 = accept(fd(0));
+    assert_eq!(name(s3, true), names[5].0);
+    send(fd(5), b"hello");
+    assert_eq!(recv_n(s3, 5), b"hello");
+    close(s3);
+    for f in made.values() {
+        close(*f);
+    }
+}
+
+#[test]
+fn tcp_ipv4_round_trip() {
+    round_trip(libc::AF_INET);
+}
+
+#[test]
+fn tcp_ipv6_round_trip() {
+    round_trip(libc::AF_INET6);
+}
+
+#[test]
+fn bytes_not_sent_yet_are_seen() {
+    let l = tcp(libc::AF_INET);
+    bind_listen(l, libc::AF_INET);
+    let c = tcp(libc::AF_INET);
+    connect_to(c, libc::AF_INET, name(l, false).port);
+    let s = accept(l);
+    // More than the receiver's window: the rest waits at the sender.
+    let big = vec![7u8; 8 << 20];
+    let mut done = 0usize;
+    while done < big.len() {
+        // SAFETY: sending from a local buffer without blocking.
+        let n = unsafe { libc::send(c, big[done..].as_ptr().cast(), big.len() - done, libc::MSG_DONTWAIT) };
+        if n <= 0 {
+            break;
+        }
+        done += n as usize;
+    }
+    let (t, _) = take(c, libc::AF_INET);
+    assert!(t.unsent > 0, "{t:?}");
+    let u = t.validate().unwrap_err();
+    assert!(u.passing && u.why.contains("not sent yet"), "{u:?}");
+    for f in [l, c, s] {
+        close(f);
+    }
+}
+
+#[test]
+fn udp_round_trip() {
+    // SAFETY: no pointers.
+    let u = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    let (ss, len) = restore_sockaddr(libc::AF_INET, &loopback(libc::AF_INET, 0));
+    // SAFETY: bind with a valid address.
+    assert_eq!(unsafe { libc::bind(u, (&ss as *const libc::sockaddr_storage).cast(), len) }, 0);
+    let own = name(u, false);
+    let (s, _) = take(u, libc::AF_INET);
+    assert!(!s.datagrams && s.peer.is_none());
+    close(u);
+    let made = restore_all(&[end(1, &s, Vec::new())]).unwrap();
+    assert_eq!(name(made[&1], false), own);
+    close(made[&1]);
+}
+
+fn sample(tcp_state: u8, peer_is: Peer, peer_inode: u64) -> InetSocket {
+    InetSocket {
+        family: libc::AF_INET,
+        ty: libc::SOCK_STREAM,
+        tcp_state,
+        local: loopback(libc::AF_INET, 40000),
+        peer: (peer_is != Peer::None).then(|| loopback(libc::AF_INET, 5000)),
+        peer_is,
+        peer_inode,
+        ..InetSocket::default()
+    }
+}
+
+#[test]
+fn plan_refuses_what_leaves_the_job_and_waits_for_what_passes() {
+    // A connection to a socket no process of the job holds.
+    let a = sample(tcp_state::ESTABLISHED, Peer::Socket, 99);
+    let r = plan(&[end(1, &a, Vec::new())]).unwrap_err();
+    assert!(r.outside && !r.passing, "{r}");
+    assert!(r.message.contains("127.0.0.1:40000 -> 127.0.0.1:5000"), "{r}");
+    // ... unless only at 0..2.
+    let mut e = end(1, &a, Vec::new());
+    e.stdio_only = true;
+    assert_eq!(plan(&[e]).unwrap(), vec![Step::Stdio(1)]);
+    // A remote peer not found on this host.
+    let mut r = sample(tcp_state::ESTABLISHED, Peer::Unknown, 0);
+    r.peer = Some(Addr {
+        ip: vec![10, 1, 2, 3],
+        port: 5432,
+    });
+    assert!(plan(&[end(1, &r, Vec::new())]).unwrap_err().outside);
+    // Bytes not sent yet pass by themselves.
+    let mut u = sample(tcp_state::ESTABLISHED, Peer::Socket, 2);
+    u.unsent = 10;
+    let b = sample(tcp_state::ESTABLISHED, Peer::Socket, 1);
+    let r = plan(&[end(1, &u, Vec::new()), end(2, &b, Vec::new())]).unwrap_err();
+    assert!(r.passing && r.message.contains("not sent yet"), "{r}");
+    // A pair, a listener with one connection of the job waiting, and one
+    // from outside.
+    let mut l = sample(tcp_state::LISTEN, Peer::None, 0);
+    l.local = loopback(libc::AF_INET, 5000);
+    l.local.ip = vec![0, 0, 0, 0];
+    l.accept_queue = 1;
+    let p = sample(tcp_state::ESTABLISHED, Peer::Pending, 0);
+    let a = sample(tcp_state::ESTABLISHED, Peer::Socket, 2);
+    let steps = plan(&[
+        end(1, &a, Vec::new()),
+        end(2, &b, Vec::new()),
+        end(3, &l, Vec::new()),
+        end(4, &p, Vec::new()),
+    ])
+    .unwrap();
+    assert_eq!(
+        steps,
+        vec![
+            Step::Pair(1, 2),
+            Step::Listener(3),
+            Step::Pending {
+                client: 4,
+                listener: 3
+            }
+        ]
+    );
+    l.accept_queue = 2;
+    let r = plan(&[end(3, &l, Vec::new()), end(4, &p, Vec::new())]).unwrap_err();
+    assert!(r.passing && r.message.contains("outside the job waiting"), "{r}");
+}
+
+#[test]
+fn json_round_trip() {
+    let mut s = sample(tcp_state::CLOSE_WAIT, Peer::Closed, 0);
+    s.opts.linger = [1, 5];
+    s.data = Some([4096, 10]);
+    s.crc = 7;
+    let text = serde_json::to_string(&s).unwrap();
+    let back: InetSocket = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, s);
+    assert_eq!(
+        back.describe(),
+        "a TCP connection 127.0.0.1:40000 -> 127.0.0.1:5000 (CLOSE-WAIT)"
+    );
+}
