@@ -77,6 +77,9 @@ pub struct Coordinator {
 pub const MAX_CHAIN: u32 = 8;
 
 const STOP_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a checkpoint refused for a reason that passes by itself is
+/// tried again (docs/sockets.md).
+const PASSING_RETRY: Duration = Duration::from_secs(5);
 
 /// Connections served at once (a checkpoint holds one per process).
 pub const MAX_CONNECTIONS: usize = 4096;
@@ -282,14 +285,33 @@ impl Coordinator {
     /// [`Self::hold`]`(false)`: a step's task in a job checkpoint
     /// (docs/batch-jobs.md). A failed checkpoint never leaves it held.
     pub fn checkpoint_with(&self, hold: bool) -> Result<Done, String> {
-        let r = self.checkpoint_inner(hold);
+        // A refusal that passes by itself (bytes a TCP sender has not sent
+        // yet, a connection not accepted yet: docs/sockets.md) is retried
+        // after letting the job run a moment.
+        let t0 = Instant::now();
+        let mut tries = 1u32;
+        let r = loop {
+            let mut passing = false;
+            let r = self.checkpoint_inner(hold, &mut passing);
+            if r.is_ok() || !passing || t0.elapsed() >= PASSING_RETRY {
+                break match r {
+                    Err(e) if passing => Err(format!(
+                        "{e} (still so after {tries} tries over {} ms)",
+                        t0.elapsed().as_millis()
+                    )),
+                    r => r,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(25 << tries.min(4)));
+            tries += 1;
+        };
         if hold && r.is_err() {
             self.hold(false);
         }
         r
     }
 
-    fn checkpoint_inner(&self, hold: bool) -> Result<Done, String> {
+    fn checkpoint_inner(&self, hold: bool, passing: &mut bool) -> Result<Done, String> {
         let _g = self
             .ckpt_lock
             .lock()
@@ -531,8 +553,9 @@ impl Coordinator {
             }
         }
         if failure.is_none()
-            && let Err(e) = check_sockets(&manifests, &run.hosts)
+            && let Err((e, p)) = check_sockets(&manifests, &run.hosts)
         {
+            *passing = p;
             failure = Some(e);
         }
         if let Some(f) = failure {
@@ -862,14 +885,18 @@ fn check_written(
 /// captured by its holder while the whole job was stopped.) A socket whose
 /// peer is outside the job is refused with what [`describe_socket`] says
 /// about it.
-fn check_sockets(manifests: &[ProcessManifest], hosts: &BTreeMap<i32, i32>) -> Result<(), String> {
+fn check_sockets(
+    manifests: &[ProcessManifest],
+    hosts: &BTreeMap<i32, i32>,
+) -> Result<(), (String, bool)> {
     use ckpt::objects::unix_socket::{SavedEnd, plan};
     let mut low: BTreeMap<u64, bool> = BTreeMap::new();
     for m in manifests {
-        for f in m.fds.iter().filter(|f| f.socket.is_some()) {
+        for f in m.fds.iter().filter(|f| f.socket.is_some() || f.inet.is_some()) {
             *low.entry(f.inode).or_insert(true) &= f.fd <= 2;
         }
     }
+    check_inet(manifests, hosts, &low)?;
     let mut ends = Vec::new();
     for m in manifests {
         for f in &m.fds {
@@ -886,21 +913,66 @@ fn check_sockets(manifests: &[ProcessManifest], hosts: &BTreeMap<i32, i32>) -> R
         }
     }
     plan(&ends).map(|_| ()).map_err(|r| {
-        let holder = manifests.iter().find_map(|m| {
-            m.fds
-                .iter()
-                .find(|f| f.inode == r.inode && f.socket.is_some())
-                .map(|f| (m, f))
-        });
-        match holder {
-            Some((m, f)) if r.outside => {
-                let why = describe_socket(m, f, m.pid, hosts).unwrap_or(r.message.clone());
-                format!("process {}: {why}", m.pid)
-            }
-            Some((m, _)) => format!("process {}: {}", m.pid, r.message),
-            None => r.message,
-        }
+        (
+            refusal(manifests, hosts, r.inode, r.outside, &r.message),
+            false,
+        )
     })
+}
+
+/// The job's TCP and UDP sockets, all processes together, like
+/// [`check_sockets`]; the flag says the refusal passes by itself.
+fn check_inet(
+    manifests: &[ProcessManifest],
+    hosts: &BTreeMap<i32, i32>,
+    low: &BTreeMap<u64, bool>,
+) -> Result<(), (String, bool)> {
+    use ckpt::objects::inet_socket::{SavedEnd, plan};
+    let mut ends = Vec::new();
+    for m in manifests {
+        for f in &m.fds {
+            if let Some(sock) = &f.inet {
+                ends.push(SavedEnd {
+                    inode: f.inode,
+                    sock,
+                    data: Vec::new(),
+                    stdio_only: low.get(&f.inode).copied().unwrap_or(false),
+                    who: format!("fd {} of {} (process {})", f.fd, m.exe, m.pid),
+                });
+            }
+        }
+    }
+    plan(&ends).map(|_| ()).map_err(|r| {
+        (
+            refusal(manifests, hosts, r.inode, r.outside, &r.message),
+            r.passing,
+        )
+    })
+}
+
+/// A socket's refusal, naming the process; for a peer outside the job, in
+/// [`describe_socket`]'s words.
+fn refusal(
+    manifests: &[ProcessManifest],
+    hosts: &BTreeMap<i32, i32>,
+    inode: u64,
+    outside: bool,
+    message: &str,
+) -> String {
+    let holder = manifests.iter().find_map(|m| {
+        m.fds
+            .iter()
+            .find(|f| f.inode == inode && (f.socket.is_some() || f.inet.is_some()))
+            .map(|f| (m, f))
+    });
+    match holder {
+        Some((m, f)) if outside => {
+            let why = describe_socket(m, f, m.pid, hosts).unwrap_or(message.to_string());
+            format!("process {}: {why}", m.pid)
+        }
+        Some((m, _)) => format!("process {}: {message}", m.pid),
+        None => message.to_string(),
+    }
 }
 
 /// Refuse a descriptor that a restart could not recreate: sockets and
@@ -913,7 +985,7 @@ fn check_fd(m: &ProcessManifest, f: &ckpt::image::manifest::Fd) -> Result<(), St
     match f.kind {
         // A unix socket whose state was captured: checked with its peer
         // (check_sockets).
-        FdKind::Socket if f.socket.is_some() => Ok(()),
+        FdKind::Socket if f.socket.is_some() || f.inet.is_some() => Ok(()),
         FdKind::Socket | FdKind::Other if f.fd > 2 => Err(format!(
             "fd {} of {} is {} ({}), which ckpt cannot checkpoint yet",
             f.fd,

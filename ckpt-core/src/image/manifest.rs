@@ -377,6 +377,12 @@ pub struct Fd {
     /// peer outside the job).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<crate::objects::unix_socket::UnixSocket>,
+    /// The state of a TCP or UDP socket
+    /// (`ckpt-core/src/objects/inet_socket.rs`); absent for other families
+    /// and when it could not be read (the checkpoint is then refused unless
+    /// the socket is at 0..2 with its peer outside the job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inet: Option<crate::objects::inet_socket::InetSocket>,
 }
 
 /// One signal action (kernel layout).

@@ -1058,6 +1058,29 @@ fn write_fds(
                 *data_off = off;
             }
         }
+        if kind == "socket"
+            && let Ok(family @ (libc::AF_INET | libc::AF_INET6)) =
+                crate::objects::unix_socket::family(fd)
+        {
+            // A TCP or UDP socket's state and the bytes it has received;
+            // left out when it cannot be read (the coordinator then refuses
+            // the checkpoint saying what the socket is).
+            if diag.0 < 0 {
+                diag.0 = crate::objects::unix_socket::open_diag().unwrap_or(-1);
+            }
+            let (mark, overflow, off) = (j.len(), j.overflow, *data_off);
+            let _ = write!(j, ",\"inet\":");
+            if diag.0 < 0
+                || crate::objects::inet_socket::capture(
+                    fd, st.st_ino, family, diag.0, img, data_off, j,
+                )
+                .is_err()
+            {
+                j.truncate(mark);
+                j.overflow = overflow;
+                *data_off = off;
+            }
+        }
         if kind == "object" {
             // The object's state from its fdinfo (already in tmp). When it
             // cannot be read, the field is left out and the coordinator

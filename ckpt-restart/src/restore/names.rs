@@ -98,6 +98,7 @@ mod tests {
             pipe_crc: None,
             object: None,
             socket: None,
+            inet: None,
         };
         let r = Relaunch {
             pid: 2,

@@ -331,20 +331,10 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
     }
     let mut ends = Vec::new();
     for (m, f, sock) in &holders {
-        let mut data = Vec::new();
-        if let Some([off, len]) = sock.data {
-            let file = open_image(&g.path, &m.image.file, m.image.size)?;
-            let img = g.path.join(&m.image.file);
-            data = vec![0u8; usize::try_from(len).map_err(|_| "corrupt socket data length")?];
-            file.read_exact_at(&mut data, off)
-                .map_err(|e| format!("{}: reading queued socket data: {e}", img.display()))?;
-            if ckpt::image::checksum::crc32c(&data) != sock.crc {
-                return Err(format!(
-                    "{}: corrupt image: the {len} bytes queued in a socket at offset {off} do not match their checksum",
-                    img.display()
-                ));
-            }
-        }
+        let data = match sock.data {
+            Some([off, len]) => read_checked(&g.path, m, off, len, sock.crc)?,
+            None => Vec::new(),
+        };
         ends.push(ckpt::objects::unix_socket::SavedEnd {
             inode: f.inode,
             sock,
@@ -357,6 +347,39 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
     if !ends.is_empty() {
         let made = ckpt::objects::unix_socket::restore_all(&ends)?;
         for (ino, fd) in made.fds {
+            let fd = next(&mut s, fd)?;
+            s.sockets.insert(ino, fd);
+        }
+    }
+    // TCP and UDP sockets likewise (ckpt::objects::inet_socket): both ends
+    // of a connection made here, with the bytes each had received.
+    let mut ends = Vec::new();
+    let mut seen: HashMap<u64, ()> = HashMap::new();
+    for m in &g.processes {
+        for f in &m.fds {
+            let Some(sock) = &f.inet else { continue };
+            if seen.insert(f.inode, ()).is_some() {
+                continue;
+            }
+            let data = match sock.data {
+                Some([off, len]) => read_checked(&g.path, m, off, len, sock.crc)?,
+                None => Vec::new(),
+            };
+            ends.push(ckpt::objects::inet_socket::SavedEnd {
+                inode: f.inode,
+                sock,
+                data,
+                stdio_only: g.processes.iter().all(|p| {
+                    p.fds
+                        .iter()
+                        .all(|q| q.inode != f.inode || q.inet.is_none() || q.fd <= 2)
+                }),
+                who: format!("fd {} of process {} ({})", f.fd, m.pid, m.exe),
+            });
+        }
+    }
+    if !ends.is_empty() {
+        for (ino, fd) in ckpt::objects::inet_socket::restore_all(&ends)? {
             let fd = next(&mut s, fd)?;
             s.sockets.insert(ino, fd);
         }
@@ -436,6 +459,29 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
     Ok(s)
 }
 
+/// The bytes queued in a socket, read from `m`'s image at `off` and checked
+/// against their CRC-32C.
+fn read_checked(
+    dir: &Path,
+    m: &ckpt::image::manifest::ProcessManifest,
+    off: u64,
+    len: u64,
+    crc: u32,
+) -> Result<Vec<u8>, String> {
+    let file = open_image(dir, &m.image.file, m.image.size)?;
+    let img = dir.join(&m.image.file);
+    let mut data = vec![0u8; usize::try_from(len).map_err(|_| "corrupt socket data length")?];
+    file.read_exact_at(&mut data, off)
+        .map_err(|e| format!("{}: reading queued socket data: {e}", img.display()))?;
+    if ckpt::image::checksum::crc32c(&data) != crc {
+        return Err(format!(
+            "{}: corrupt image: the {len} bytes queued in a socket at offset {off} do not match their checksum",
+            img.display()
+        ));
+    }
+    Ok(data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,3 +515,4 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
