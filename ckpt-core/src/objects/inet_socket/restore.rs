@@ -486,6 +486,122 @@ fn refill(fd: i32, data: &[u8], who: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `IP_LOCAL_PORT_RANGE` (Linux 6.3) and `IP_BIND_ADDRESS_NO_PORT`.
+const IP_LOCAL_PORT_RANGE: i32 = 51;
+const IP_BIND_ADDRESS_NO_PORT: i32 = 24;
+
+/// The system's range of ports `connect` picks from.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            let mut w = t.split_whitespace().map(|v| v.parse::<u16>().ok());
+            Some((w.next()??, w.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// A socket like `e`'s, connected from `from` to `to`, its buffers sized
+/// for `room` (bytes it will receive, bytes it will send).
+///
+/// A port the client had from `connect` is taken again the way `connect`
+/// took it, with the socket's port range narrowed to that one port
+/// (`IP_LOCAL_PORT_RANGE`): `connect` may reuse the port of a time-wait
+/// entry of the same connection (the killed run's, on this host) after a
+/// second (`net.ipv4.tcp_tw_reuse`, on for loopback by default), where
+/// `bind` would be refused for a minute. Elsewhere (older kernels, ports
+/// outside the ephemeral range, or when the kernel gives another port) the
+/// port is bound, waiting as [`bind`] does.
+fn connect_from(e: &SavedEnd<'_>, from: &Addr, to: &Addr, room: (usize, usize)) -> Result<i32, String> {
+    let (lo, hi) = ephemeral_range();
+    let t0 = Instant::now();
+    let mut said = false;
+    if from.port >= lo && from.port <= hi {
+        loop {
+            let fd = new_socket(e.sock)?;
+            let r = (|| {
+                size_buffers(fd, e, room.0, room.1)?;
+                let range = u32::from(from.port) | (u32::from(from.port) << 16);
+                if set(fd, libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE, range as i32).is_err() {
+                    return Ok(None);
+                }
+                set(fd, libc::IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)?;
+                bind(fd, e.sock.family, &Addr { ip: from.ip.clone(), port: 0 }, &e.who)?;
+                let (ss, len) = sockaddr(e.sock.family, to)?;
+                // SAFETY: connect with a valid address of `len` bytes.
+                if unsafe { libc::connect(fd, (&ss as *const libc::sockaddr_storage).cast(), len) } != 0 {
+                    let er = std::io::Error::last_os_error();
+                    return if er.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+                        Ok(Some(false))
+                    } else {
+                        Err(format!("cannot restore {}: connect to {to}: {er}", e.who))
+                    };
+                }
+                set(fd, libc::IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 0)?;
+                set(fd, libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE, 0)?;
+                Ok(Some(port_of(fd) == from.port))
+            })();
+            match r {
+                Ok(Some(true)) => return Ok(fd),
+                Ok(Some(false)) if t0.elapsed() < PORT_WAIT => {
+                    close(fd);
+                    if !said {
+                        eprintln!(
+                            "ckpt: waiting for port {} to be free for {} (in use, possibly by the previous run's closed connection, which the kernel keeps for up to a minute)",
+                            from.port, e.who
+                        );
+                        said = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Ok(Some(false)) => {
+                    close(fd);
+                    return Err(format!(
+                        "cannot restore {}: port {} of {} is in use on this host by a process outside the job (`ss -tanp` shows which); free it and restart",
+                        e.who, from.port, from
+                    ));
+                }
+                Ok(None) => {
+                    close(fd);
+                    break;
+                }
+                Err(er) => {
+                    close(fd);
+                    return Err(er);
+                }
+            }
+        }
+    }
+    let fd = new_socket(e.sock)?;
+    let r = (|| {
+        size_buffers(fd, e, room.0, room.1)?;
+        bind(fd, e.sock.family, from, &e.who)?;
+        connect(fd, e.sock.family, to, &e.who)
+    })();
+    match r {
+        Ok(()) => Ok(fd),
+        Err(er) => {
+            close(fd);
+            Err(er)
+        }
+    }
+}
+
+/// The local port of `fd`.
+fn port_of(fd: i32) -> u16 {
+    // SAFETY: sockaddr_storage is plain old data.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+    // SAFETY: getsockname writes at most `len` bytes into ss.
+    if unsafe { libc::getsockname(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) } != 0 {
+        return 0;
+    }
+    // Both sockaddr_in and sockaddr_in6 have the port right after the family.
+    // SAFETY: reading the port field of the sockaddr_in the kernel wrote.
+    let sin: libc::sockaddr_in = unsafe { std::ptr::read((&ss as *const libc::sockaddr_storage).cast()) };
+    u16::from_be(sin.sin_port)
+}
+
 /// Make one connection: `server`'s address gets a temporary listening
 /// socket, `client` connects to it from its own address. Returns
 /// `(server fd, client fd)`. Either side may be a stand-in (`None`) for a
@@ -508,30 +624,22 @@ fn connect_pair(
         if unsafe { libc::listen(lfd, 1) } != 0 {
             return Err(err("listen"));
         }
-        let cfd = new_socket(client.sock)?;
-        let r = (|| {
-            if client_is_real {
-                size_buffers(cfd, client, client.data.len(), server.data.len())?;
-            }
-            bind(cfd, client.sock.family, client_addr, &client.who)?;
-            // The client's peer address in its own family (v4-mapped or not).
-            connect(cfd, client.sock.family, server_addr, &client.who)?;
-            // SAFETY: accept on our listening socket, no address wanted.
-            let sfd = unsafe {
-                libc::accept4(lfd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
-            };
-            if sfd < 0 {
-                return Err(err("accept"));
-            }
-            Ok(sfd)
-        })();
-        match r {
-            Ok(sfd) => Ok((sfd, cfd)),
-            Err(e) => {
-                close(cfd);
-                Err(e)
-            }
+        let room = if client_is_real {
+            (client.data.len(), server.data.len())
+        } else {
+            (0, 0)
+        };
+        let cfd = connect_from(client, client_addr, server_addr, room)?;
+        // SAFETY: accept on our listening socket, no address wanted.
+        let sfd = unsafe {
+            libc::accept4(lfd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
+        };
+        if sfd < 0 {
+            let e = err("accept");
+            close(cfd);
+            return Err(e);
         }
+        Ok((sfd, cfd))
     })();
     close(lfd);
     r
@@ -558,6 +666,22 @@ pub fn restore_all(ends: &[SavedEnd<'_>]) -> Result<HashMap<u64, i32>, String> {
     let steps = plan(ends).map_err(|r| r.message)?;
     let by: HashMap<u64, &SavedEnd<'_>> = ends.iter().map(|e| (e.inode, e)).collect();
     let mut fds: HashMap<u64, i32> = HashMap::new();
+    let listening_port = |e: &SavedEnd<'_>| {
+        ends.iter().any(|l| {
+            l.sock.tcp_state == tcp_state::LISTEN && l.sock.local.port == e.sock.local.port
+        })
+    };
+    let (lo, hi) = ephemeral_range();
+    let ephemeral = |port: u16| port >= lo && port <= hi;
+    // Which end of a connection takes the temporary listening socket: the
+    // one a listening socket of the job accepted (its port is the
+    // listener's), else the one whose port `connect` did not pick (the
+    // other's is taken again the way `connect` took it: see connect_from).
+    let accepting = |a: &SavedEnd<'_>, b: &SavedEnd<'_>| match (listening_port(a), listening_port(b)) {
+        (true, false) => true,
+        (false, true) => false,
+        _ => !ephemeral(a.sock.local.port) && ephemeral(b.sock.local.port),
+    };
     let r = (|| {
         for step in steps {
             match step {
@@ -565,17 +689,7 @@ pub fn restore_all(ends: &[SavedEnd<'_>]) -> Result<HashMap<u64, i32>, String> {
                     let (x, y) = (by[&a], by[&b]);
                     // The end whose port a listening socket of the job has
                     // is the accepted one: it takes the temporary listener.
-                    let listening_port = |e: &SavedEnd<'_>| {
-                        ends.iter().any(|l| {
-                            l.sock.tcp_state == tcp_state::LISTEN
-                                && l.sock.local.port == e.sock.local.port
-                        })
-                    };
-                    let (s, c) = if listening_port(y) && !listening_port(x) {
-                        (y, x)
-                    } else {
-                        (x, y)
-                    };
+                    let (s, c) = if accepting(y, x) { (y, x) } else { (x, y) };
                     let peer = c.sock.peer.clone().unwrap_or_default();
                     let (sfd, cfd) = connect_pair(s, c, &peer, &c.sock.local, true, true)?;
                     fds.insert(s.inode, sfd);
@@ -602,7 +716,16 @@ pub fn restore_all(ends: &[SavedEnd<'_>]) -> Result<HashMap<u64, i32>, String> {
                         stdio_only: false,
                         who: format!("the closed peer of {}", x.who),
                     };
-                    let (sfd, xfd) = connect_pair(&stand_in, x, &peer, &x.sock.local, false, true)?;
+                    // An end accepted from a listening socket keeps the
+                    // accepting side; the stand-in then connects from the
+                    // closed client's port.
+                    let (sfd, xfd) = if listening_port(x) || !ephemeral(x.sock.local.port) {
+                        let (xfd, sfd) =
+                            connect_pair(x, &stand_in, &x.sock.local, &peer, true, false)?;
+                        (sfd, xfd)
+                    } else {
+                        connect_pair(&stand_in, x, &peer, &x.sock.local, false, true)?
+                    };
                     fds.insert(x.inode, xfd);
                     let r = refill(sfd, &x.data, &x.who);
                     // SAFETY: shutdown and close of the stand-in we made.
@@ -627,12 +750,9 @@ pub fn restore_all(ends: &[SavedEnd<'_>]) -> Result<HashMap<u64, i32>, String> {
                 }
                 Step::Pending { client, .. } => {
                     let x = by[&client];
-                    let fd = new_socket(x.sock)?;
-                    fds.insert(client, fd);
-                    size_buffers(fd, x, x.data.len(), 0)?;
-                    bind(fd, x.sock.family, &x.sock.local, &x.who)?;
                     let peer = x.sock.peer.clone().unwrap_or_default();
-                    connect(fd, x.sock.family, &peer, &x.who)?;
+                    let fd = connect_from(x, &x.sock.local, &peer, (x.data.len(), 0))?;
+                    fds.insert(client, fd);
                     set_options(fd, x)?;
                     shut(fd, x, false);
                 }
