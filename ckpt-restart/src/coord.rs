@@ -892,7 +892,11 @@ fn check_sockets(
     use ckpt::objects::unix_socket::{SavedEnd, plan};
     let mut low: BTreeMap<u64, bool> = BTreeMap::new();
     for m in manifests {
-        for f in m.fds.iter().filter(|f| f.socket.is_some() || f.inet.is_some()) {
+        for f in m
+            .fds
+            .iter()
+            .filter(|f| f.socket.is_some() || f.inet.is_some())
+        {
             *low.entry(f.inode).or_insert(true) &= f.fd <= 2;
         }
     }

@@ -107,7 +107,7 @@ fn capture_fd(host: i32, pid: i32, exe: &str, fd: i32) -> Result<Option<Fd>, Str
         pipe_crc: None,
         object: None,
         socket: None,
-            inet: None,
+        inet: None,
     }))
 }
 

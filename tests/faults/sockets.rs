@@ -7,9 +7,9 @@
 //!   "outside the job"; the job keeps running, no partial generation is
 //!   left, the connection still works, and once the program closed it a
 //!   checkpoint succeeds and the program finishes correctly;
-//! - a listening TCP socket: "listening on 127.0.0.1:PORT";
-//! - connections inside the job (a TCP connection of the program to itself,
-//!   a unix socketpair): the message names the descriptor at the other end.
+//! - a listening TCP socket and a loopback TCP connection inside the job are
+//!   checkpointed and restored; a port taken by another process at restart
+//!   fails the restart at once, naming the address.
 //!
 //! Run: `cargo test --release -p ckpt-tests --test faults -- sockets::`.
 
@@ -172,55 +172,134 @@ fn connection_to_outside_named() {
     });
 }
 
-/// A listening socket: "a TCP socket listening on 127.0.0.1:PORT".
+/// Restart the job (`ckpt restart`, in the background): stdout and stderr
+/// to `restart-<tag>.out`/`.err` in the job's scratch directory.
+fn restart_bg(j: &Job, tag: &str) -> Result<std::process::Child, String> {
+    let dir = j.out().parent().map(Path::to_path_buf).unwrap_or_default();
+    let file = |ext: &str| {
+        fs::File::create(dir.join(format!("restart-{tag}.{ext}")))
+            .map_err(|e| format!("restart-{tag}.{ext}: {e}"))
+    };
+    std::process::Command::new(&j.ckpt)
+        .arg("restart")
+        .arg("--dir")
+        .arg(&j.dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(file("out")?)
+        .stderr(file("err")?)
+        .spawn()
+        .map_err(|e| format!("ckpt restart: {e}"))
+}
+
+/// Waits for `child` to end; its status and stderr.
+fn finish(j: &Job, tag: &str, mut child: std::process::Child) -> Result<(bool, String), String> {
+    let dir = j.out().parent().map(Path::to_path_buf).unwrap_or_default();
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+            let err =
+                fs::read_to_string(dir.join(format!("restart-{tag}.err"))).unwrap_or_default();
+            return Ok((st.success(), err));
+        }
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            return Err(format!("ckpt restart ({tag}) did not end within 120 s"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Checkpoints the running job, kills it, restarts it; `during` runs while
+/// the restored program waits for `close`; then the program closes its
+/// sockets, prints "closed" and finishes with `expected`.
+fn checkpoint_kill_restart(
+    j: &Job,
+    l: &mut Running,
+    before_restart: impl FnOnce() -> Result<(), String>,
+    during: impl FnOnce() -> Result<(), String>,
+    expected: &str,
+) -> Result<(), String> {
+    j.checkpoint_ok("sockets")?;
+    let _ = l.kill_tree();
+    before_restart()?;
+    let mut r = restart_bg(j, "1")?;
+    let r1 = (|| {
+        during()?;
+        touch(&j.work.join("close"))?;
+        touch(&j.work.join("go"))?;
+        Ok(())
+    })();
+    if let Err(e) = r1 {
+        let _ = r.kill();
+        return Err(e);
+    }
+    let (ok, err) = finish(j, "1", r)?;
+    let out = fs::read_to_string(j.out()).unwrap_or_default();
+    if !ok || out != expected {
+        return Err(format!(
+            "the restarted program printed {out:?} (ok: {ok}), expected {expected:?}\nrestart: {err}"
+        ));
+    }
+    Ok(())
+}
+
+/// A listening TCP socket is checkpointed and listens again after a
+/// restart on its address and port; when a process outside the job holds
+/// that port at restart, the restart fails at once naming the address.
 #[test]
-fn listening_socket_named() {
+fn listening_socket_restored_taken_port_named() {
     let Some(ckpt) = ckpt_bin() else { return };
     let j = sock_job("sockets-listen", &ckpt, "listen", &[]);
     with_job(&j, |l| {
         let line = line_of(&j, l, "port ")?;
-        let port = line.trim_start_matches("port ");
-        let program = j.program.to_string_lossy().into_owned();
-        refused(
+        let port = line.trim_start_matches("port ").to_string();
+        let addr = format!("127.0.0.1:{port}");
+        checkpoint_kill_restart(
             &j,
             l,
-            "listening",
-            &[
-                &format!(
-                    "fd 3 of {program} is a TCP socket listening on 127.0.0.1:{port} (socket:["
-                ),
-                "which ckpt cannot checkpoint yet",
-            ],
-        )?;
-        close_checkpoint_finish(&j, l, &format!("READY\n{line}\nclosed\nPASS\n"))
+            || {
+                // Someone else listens there now: refused at once.
+                let s = TcpListener::bind(&addr).map_err(|e| format!("bind {addr}: {e}"))?;
+                let t0 = std::time::Instant::now();
+                let (ok, err) = finish(&j, "taken", restart_bg(&j, "taken")?)?;
+                if ok || !err.contains(&addr) || !err.contains("in use") {
+                    return Err(format!(
+                        "a restart with {addr} taken: ok {ok}, stderr:\n{err}"
+                    ));
+                }
+                if t0.elapsed() > Duration::from_secs(30) {
+                    return Err(format!("the refusal took {:?}", t0.elapsed()));
+                }
+                drop(s);
+                Ok(())
+            },
+            || {
+                // The restored program listens again at the same port.
+                wait_until(&format!("a connection to {addr}"), deadline(), || {
+                    Ok(std::net::TcpStream::connect(&addr).ok().map(|_| ()))
+                })
+            },
+            &format!("READY\n{line}\nclosed\nPASS\n"),
+        )
     });
 }
 
-/// A TCP connection between descriptors of the job (loopback TCP is not
-/// restored yet): the refusal names the first descriptor and the one at
-/// the other end.
+/// A TCP connection between descriptors of the job (loopback) is
+/// checkpointed and comes back connected: after the restart a byte goes
+/// each way over it.
 #[test]
-fn connections_inside_the_job_named() {
+fn connections_inside_the_job_restored() {
     let Some(ckpt) = ckpt_bin() else { return };
     let j = sock_job("sockets-pair", &ckpt, "pair", &[]);
     with_job(&j, |l| {
         let line = line_of(&j, l, "fds ")?;
-        let f: Vec<&str> = line.split(' ').collect();
-        let (Some(a), Some(b)) = (f.get(1), f.get(2)) else {
-            return Err(format!("bad line {line:?}"));
-        };
-        let program = j.program.to_string_lossy().into_owned();
-        let port = f.get(4).copied().unwrap_or("?");
-        let says = [
-            format!("fd {a} of {program} is a TCP connection 127.0.0.1:"),
-            format!(
-                " -> 127.0.0.1:{port} (ESTABLISHED) to fd {b} of process 2 of the job (socket:["
-            ),
-            "which ckpt cannot checkpoint yet".to_string(),
-        ];
-        let words: Vec<&str> = says.iter().map(String::as_str).collect();
-        refused(&j, l, "pair", &words)?;
-        close_checkpoint_finish(&j, l, &format!("READY\n{line}\nclosed\nPASS\n"))
+        checkpoint_kill_restart(
+            &j,
+            l,
+            || Ok(()),
+            || Ok(()),
+            &format!("READY\n{line}\nclosed\nPASS\n"),
+        )
     });
 }
 

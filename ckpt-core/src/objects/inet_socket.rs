@@ -757,10 +757,16 @@ impl InetSocket {
     /// At checkpoint time: why this socket cannot be restored, if it cannot
     /// (its peer's whereabouts are the plan's to check).
     pub fn validate(&self) -> Result<(), Unfit> {
-        let hard = |why: String| Unfit { why, passing: false };
+        let hard = |why: String| Unfit {
+            why,
+            passing: false,
+        };
         let passing = |why: String| Unfit { why, passing: true };
         if self.family != libc::AF_INET && self.family != libc::AF_INET6 {
-            return Err(hard(format!("its family {} is not IPv4 or IPv6", self.family)));
+            return Err(hard(format!(
+                "its family {} is not IPv4 or IPv6",
+                self.family
+            )));
         }
         if !self.is_tcp() {
             if self.datagrams {

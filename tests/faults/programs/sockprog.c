@@ -124,10 +124,14 @@ static struct sockaddr_in loopback(int port)
 	return a;
 }
 
-/* A listening socket on 127.0.0.1; its port in *port. */
+/* A listening socket on 127.0.0.1, with SO_REUSEADDR as servers set it (without
+ * it, a port of a connection closed by the killed run stays taken for a minute,
+ * for a restart as for the program itself: docs/sockets.md); its port in *port. */
 static int listener(int *port)
 {
 	int l = tcp_socket();
+	int one = 1;
+	setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
 	struct sockaddr_in a = loopback(0);
 	socklen_t len = sizeof a;
 	if (bind(l, (struct sockaddr *)&a, sizeof a) != 0 || listen(l, 4) != 0)

@@ -311,7 +311,12 @@ fn new_socket(s: &InetSocket) -> Result<i32, String> {
     let r = (|| {
         set(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
         if s.family == libc::AF_INET6 {
-            set(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, i32::from(s.opts.v6only))?;
+            set(
+                fd,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_V6ONLY,
+                i32::from(s.opts.v6only),
+            )?;
         }
         if s.opts.reuseport {
             set(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
@@ -340,6 +345,17 @@ fn bind(fd: i32, family: i32, a: &Addr, who: &str) -> Result<(), String> {
             return Ok(());
         }
         let e = std::io::Error::last_os_error();
+        // UDP has no time-wait entries; a TCP port some process listens on
+        // does not free itself either.
+        let udp = get(fd, libc::SOL_SOCKET, libc::SO_TYPE) == libc::SOCK_DGRAM;
+        if e.raw_os_error() == Some(libc::EADDRINUSE)
+            && !said
+            && (udp || someone_listens(family, a))
+        {
+            return Err(format!(
+                "cannot restore {who}: {a} is in use on this host by a process outside the job (`ss -tulnp` shows which); free it and restart"
+            ));
+        }
         if e.raw_os_error() == Some(libc::EADDRINUSE) && t0.elapsed() < PORT_WAIT {
             if !said {
                 eprintln!(
@@ -360,6 +376,44 @@ fn bind(fd: i32, family: i32, a: &Addr, who: &str) -> Result<(), String> {
             _ => format!("cannot restore {who}: bind {a}: {e}"),
         });
     }
+}
+
+/// Can a socket like `s` be bound to `a` now (with `SO_REUSEADDR`)?
+fn bindable(s: &InetSocket, a: &Addr) -> bool {
+    let Ok(fd) = new_socket(s) else { return false };
+    let ok = sockaddr(s.family, a).is_ok_and(|(ss, len)| {
+        // SAFETY: bind with a valid address of `len` bytes.
+        unsafe { libc::bind(fd, (&ss as *const libc::sockaddr_storage).cast(), len) == 0 }
+    });
+    close(fd);
+    ok
+}
+
+/// Does a listening socket accept connections at `a` (a wildcard address:
+/// at loopback)? Time-wait entries, which free themselves, do not.
+fn someone_listens(family: i32, a: &Addr) -> bool {
+    let mut to = a.clone();
+    if to.is_any() {
+        to.ip = if to.ip.len() == 4 {
+            vec![127, 0, 0, 1]
+        } else {
+            let mut v = vec![0u8; 16];
+            v[15] = 1;
+            v
+        };
+    }
+    let Ok((ss, len)) = sockaddr(family, &to) else {
+        return false;
+    };
+    // SAFETY: no pointers.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: connect with a valid address of `len` bytes.
+    let r = unsafe { libc::connect(fd, (&ss as *const libc::sockaddr_storage).cast(), len) };
+    close(fd);
+    r == 0
 }
 
 fn connect(fd: i32, family: i32, a: &Addr, who: &str) -> Result<(), String> {
@@ -401,10 +455,20 @@ fn size_buffers(fd: i32, e: &SavedEnd<'_>, incoming: usize, outgoing: usize) -> 
     // getsockopt gives twice what setsockopt was given.
     let room = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
     if o.rcvbuf != rcv0 || incoming > (32 << 10) {
-        set(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (o.rcvbuf / 2).max(room(incoming)))?;
+        set(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (o.rcvbuf / 2).max(room(incoming)),
+        )?;
     }
     if o.sndbuf != snd0 || outgoing > (32 << 10) {
-        set(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, (o.sndbuf / 2).max(room(outgoing)))?;
+        set(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (o.sndbuf / 2).max(room(outgoing)),
+        )?;
     }
     Ok(())
 }
@@ -412,10 +476,25 @@ fn size_buffers(fd: i32, e: &SavedEnd<'_>, incoming: usize, outgoing: usize) -> 
 /// The options of `e` set on `fd` (after it is connected or listening).
 fn set_options(fd: i32, e: &SavedEnd<'_>) -> Result<(), String> {
     let o = &e.sock.opts;
-    set(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, i32::from(o.reuseaddr))?;
-    set(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, i32::from(o.keepalive))?;
+    set(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_REUSEADDR,
+        i32::from(o.reuseaddr),
+    )?;
+    set(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_KEEPALIVE,
+        i32::from(o.keepalive),
+    )?;
     if !e.sock.is_tcp() {
-        set(fd, libc::SOL_SOCKET, libc::SO_BROADCAST, i32::from(o.broadcast))?;
+        set(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_BROADCAST,
+            i32::from(o.broadcast),
+        )?;
     }
     if o.linger[0] != 0 {
         let lg = libc::linger {
@@ -437,7 +516,12 @@ fn set_options(fd: i32, e: &SavedEnd<'_>) -> Result<(), String> {
         }
     }
     if e.sock.is_tcp() {
-        set(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, i32::from(o.nodelay))?;
+        set(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            i32::from(o.nodelay),
+        )?;
         for (opt, v) in [
             (libc::TCP_KEEPIDLE, o.keep[0]),
             (libc::TCP_KEEPINTVL, o.keep[1]),
@@ -474,7 +558,8 @@ fn refill(fd: i32, data: &[u8], who: &str) -> Result<(), String> {
         if n < 0 && e.raw_os_error() == Some(libc::EINTR) {
             continue;
         }
-        if n < 0 && e.raw_os_error() == Some(libc::EAGAIN) && t0.elapsed() < Duration::from_secs(5) {
+        if n < 0 && e.raw_os_error() == Some(libc::EAGAIN) && t0.elapsed() < Duration::from_secs(5)
+        {
             std::thread::sleep(Duration::from_millis(2));
             continue;
         }
@@ -512,7 +597,12 @@ fn ephemeral_range() -> (u16, u16) {
 /// `bind` would be refused for a minute. Elsewhere (older kernels, ports
 /// outside the ephemeral range, or when the kernel gives another port) the
 /// port is bound, waiting as [`bind`] does.
-fn connect_from(e: &SavedEnd<'_>, from: &Addr, to: &Addr, room: (usize, usize)) -> Result<i32, String> {
+fn connect_from(
+    e: &SavedEnd<'_>,
+    from: &Addr,
+    to: &Addr,
+    room: (usize, usize),
+) -> Result<i32, String> {
     let (lo, hi) = ephemeral_range();
     let t0 = Instant::now();
     let mut said = false;
@@ -526,10 +616,20 @@ fn connect_from(e: &SavedEnd<'_>, from: &Addr, to: &Addr, room: (usize, usize)) 
                     return Ok(None);
                 }
                 set(fd, libc::IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)?;
-                bind(fd, e.sock.family, &Addr { ip: from.ip.clone(), port: 0 }, &e.who)?;
+                bind(
+                    fd,
+                    e.sock.family,
+                    &Addr {
+                        ip: from.ip.clone(),
+                        port: 0,
+                    },
+                    &e.who,
+                )?;
                 let (ss, len) = sockaddr(e.sock.family, to)?;
                 // SAFETY: connect with a valid address of `len` bytes.
-                if unsafe { libc::connect(fd, (&ss as *const libc::sockaddr_storage).cast(), len) } != 0 {
+                if unsafe { libc::connect(fd, (&ss as *const libc::sockaddr_storage).cast(), len) }
+                    != 0
+                {
                     let er = std::io::Error::last_os_error();
                     return if er.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
                         Ok(Some(false))
@@ -543,6 +643,12 @@ fn connect_from(e: &SavedEnd<'_>, from: &Addr, to: &Addr, room: (usize, usize)) 
             })();
             match r {
                 Ok(Some(true)) => return Ok(fd),
+                // A port first taken by `bind` (an accepted end's) is never
+                // picked by `connect`: bind it, if it can be.
+                Ok(Some(false)) if bindable(e.sock, from) => {
+                    close(fd);
+                    break;
+                }
                 Ok(Some(false)) if t0.elapsed() < PORT_WAIT => {
                     close(fd);
                     if !said {
@@ -593,12 +699,20 @@ fn port_of(fd: i32) -> u16 {
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as u32;
     // SAFETY: getsockname writes at most `len` bytes into ss.
-    if unsafe { libc::getsockname(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) } != 0 {
+    if unsafe {
+        libc::getsockname(
+            fd,
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    } != 0
+    {
         return 0;
     }
     // Both sockaddr_in and sockaddr_in6 have the port right after the family.
     // SAFETY: reading the port field of the sockaddr_in the kernel wrote.
-    let sin: libc::sockaddr_in = unsafe { std::ptr::read((&ss as *const libc::sockaddr_storage).cast()) };
+    let sin: libc::sockaddr_in =
+        unsafe { std::ptr::read((&ss as *const libc::sockaddr_storage).cast()) };
     u16::from_be(sin.sin_port)
 }
 
@@ -632,7 +746,12 @@ fn connect_pair(
         let cfd = connect_from(client, client_addr, server_addr, room)?;
         // SAFETY: accept on our listening socket, no address wanted.
         let sfd = unsafe {
-            libc::accept4(lfd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
+            libc::accept4(
+                lfd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
         };
         if sfd < 0 {
             let e = err("accept");
@@ -649,7 +768,10 @@ fn connect_pair(
 /// down sending sends its end of file now; one that had shut down only
 /// receiving (its peer did not send an end of file) shuts it down again.
 fn shut(fd: i32, e: &SavedEnd<'_>, peer_sent_fin: bool) {
-    let how = match (e.sock.shutdown & 2 != 0, e.sock.shutdown & 1 != 0 && !peer_sent_fin) {
+    let how = match (
+        e.sock.shutdown & 2 != 0,
+        e.sock.shutdown & 1 != 0 && !peer_sent_fin,
+    ) {
         (true, true) => libc::SHUT_RDWR,
         (true, false) => libc::SHUT_WR,
         (false, true) => libc::SHUT_RD,
@@ -677,11 +799,12 @@ pub fn restore_all(ends: &[SavedEnd<'_>]) -> Result<HashMap<u64, i32>, String> {
     // one a listening socket of the job accepted (its port is the
     // listener's), else the one whose port `connect` did not pick (the
     // other's is taken again the way `connect` took it: see connect_from).
-    let accepting = |a: &SavedEnd<'_>, b: &SavedEnd<'_>| match (listening_port(a), listening_port(b)) {
-        (true, false) => true,
-        (false, true) => false,
-        _ => !ephemeral(a.sock.local.port) && ephemeral(b.sock.local.port),
-    };
+    let accepting =
+        |a: &SavedEnd<'_>, b: &SavedEnd<'_>| match (listening_port(a), listening_port(b)) {
+            (true, false) => true,
+            (false, true) => false,
+            _ => !ephemeral(a.sock.local.port) && ephemeral(b.sock.local.port),
+        };
     let r = (|| {
         for step in steps {
             match step {
@@ -689,7 +812,12 @@ pub fn restore_all(ends: &[SavedEnd<'_>]) -> Result<HashMap<u64, i32>, String> {
                     let (x, y) = (by[&a], by[&b]);
                     // The end whose port a listening socket of the job has
                     // is the accepted one: it takes the temporary listener.
-                    let (s, c) = if accepting(y, x) { (y, x) } else { (x, y) };
+                    let (mut s, mut c) = if accepting(y, x) { (y, x) } else { (x, y) };
+                    // A time-wait entry of the killed run may hold the
+                    // chosen end's port for a minute: then the other way round.
+                    if !bindable(s.sock, &s.sock.local) && bindable(c.sock, &c.sock.local) {
+                        (s, c) = (c, s);
+                    }
                     let peer = c.sock.peer.clone().unwrap_or_default();
                     let (sfd, cfd) = connect_pair(s, c, &peer, &c.sock.local, true, true)?;
                     fds.insert(s.inode, sfd);
@@ -719,7 +847,13 @@ pub fn restore_all(ends: &[SavedEnd<'_>]) -> Result<HashMap<u64, i32>, String> {
                     // An end accepted from a listening socket keeps the
                     // accepting side; the stand-in then connects from the
                     // closed client's port.
-                    let (sfd, xfd) = if listening_port(x) || !ephemeral(x.sock.local.port) {
+                    let x_accepts = listening_port(x) || !ephemeral(x.sock.local.port);
+                    let x_accepts = if x_accepts {
+                        bindable(x.sock, &x.sock.local) || !bindable(x.sock, &peer)
+                    } else {
+                        !bindable(x.sock, &peer) && bindable(x.sock, &x.sock.local)
+                    };
+                    let (sfd, xfd) = if x_accepts {
                         let (xfd, sfd) =
                             connect_pair(x, &stand_in, &x.sock.local, &peer, true, false)?;
                         (sfd, xfd)

@@ -50,7 +50,11 @@ fn recv_n(fd: i32, n: usize) -> Vec<u8> {
 fn same(got: &[u8], want: &[u8], what: &str) {
     if got != want {
         let at = got.iter().zip(want).position(|(a, b)| a != b);
-        panic!("{what}: {} bytes, wanted {}; first difference at {at:?}", got.len(), want.len());
+        panic!(
+            "{what}: {} bytes, wanted {}; first difference at {at:?}",
+            got.len(),
+            want.len()
+        );
     }
 }
 
@@ -131,7 +135,8 @@ fn loopback(family: i32, port: u16) -> Addr {
 fn bind_listen(fd: i32, family: i32) {
     let (ss, len) = restore_sockaddr(family, &loopback(family, 0));
     // SAFETY: bind with a valid address.
-    assert_eq!(unsafe { libc::bind(fd, (&ss as *const libc::sockaddr_storage).cast(), len) }, 0);
+    let r = unsafe { libc::bind(fd, (&ss as *const libc::sockaddr_storage).cast(), len) };
+    assert_eq!(r, 0);
     // SAFETY: no pointers.
     assert_eq!(unsafe { libc::listen(fd, 7) }, 0);
 }
@@ -145,12 +150,20 @@ fn restore_sockaddr(family: i32, a: &Addr) -> (libc::sockaddr_storage, u32) {
 fn connect_to(fd: i32, family: i32, port: u16) {
     let (ss, len) = restore_sockaddr(family, &loopback(family, port));
     // SAFETY: connect with a valid address.
-    assert_eq!(unsafe { libc::connect(fd, (&ss as *const libc::sockaddr_storage).cast(), len) }, 0);
+    let r = unsafe { libc::connect(fd, (&ss as *const libc::sockaddr_storage).cast(), len) };
+    assert_eq!(r, 0);
 }
 
 fn accept(fd: i32) -> i32 {
     // SAFETY: accept, no address.
-    let a = unsafe { libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+    let a = unsafe {
+        libc::accept4(
+            fd,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
     assert!(a >= 0);
     a
 }
@@ -211,7 +224,11 @@ fn round_trip(family: i32) {
     assert!(taken[1].0.opts.nodelay && taken[1].0.opts.keepalive);
     assert_eq!(taken[1].0.opts.keep[0], 77);
     // The capture consumed nothing: the originals still read it all.
-    same(&recv_n(s, to_server.len()), &to_server, "the original still reads");
+    same(
+        &recv_n(s, to_server.len()),
+        &to_server,
+        "the original still reads",
+    );
     for f in fds {
         close(f);
     }
@@ -226,8 +243,16 @@ fn round_trip(family: i32) {
         assert_eq!(name(fd(k), false), *own, "socket {k}");
         assert_eq!(AddrBuf::get(52, fd(k)).ok(), *peer, "socket {k}");
     }
-    same(&recv_n(fd(2), to_server.len()), &to_server, "restored server reads");
-    same(&recv_n(fd(1), to_client.len()), &to_client, "restored client reads");
+    same(
+        &recv_n(fd(2), to_server.len()),
+        &to_server,
+        "restored server reads",
+    );
+    same(
+        &recv_n(fd(1), to_client.len()),
+        &to_client,
+        "restored client reads",
+    );
     same(&recv_n(fd(3), 100), b"last words", "then end of file");
     assert!(get(fd(1), libc::IPPROTO_TCP, libc::TCP_NODELAY) != 0);
     assert_eq!(get(fd(1), libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 77);
@@ -264,7 +289,14 @@ fn bytes_not_sent_yet_are_seen() {
     let mut done = 0usize;
     while done < big.len() {
         // SAFETY: sending from a local buffer without blocking.
-        let n = unsafe { libc::send(c, big[done..].as_ptr().cast(), big.len() - done, libc::MSG_DONTWAIT) };
+        let n = unsafe {
+            libc::send(
+                c,
+                big[done..].as_ptr().cast(),
+                big.len() - done,
+                libc::MSG_DONTWAIT,
+            )
+        };
         if n <= 0 {
             break;
         }
@@ -285,7 +317,8 @@ fn udp_round_trip() {
     let u = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     let (ss, len) = restore_sockaddr(libc::AF_INET, &loopback(libc::AF_INET, 0));
     // SAFETY: bind with a valid address.
-    assert_eq!(unsafe { libc::bind(u, (&ss as *const libc::sockaddr_storage).cast(), len) }, 0);
+    let r = unsafe { libc::bind(u, (&ss as *const libc::sockaddr_storage).cast(), len) };
+    assert_eq!(r, 0);
     let own = name(u, false);
     let (s, _) = take(u, libc::AF_INET);
     assert!(!s.datagrams && s.peer.is_none());
@@ -314,7 +347,10 @@ fn plan_refuses_what_leaves_the_job_and_waits_for_what_passes() {
     let a = sample(tcp_state::ESTABLISHED, Peer::Socket, 99);
     let r = plan(&[end(1, &a, Vec::new())]).unwrap_err();
     assert!(r.outside && !r.passing, "{r}");
-    assert!(r.message.contains("127.0.0.1:40000 -> 127.0.0.1:5000"), "{r}");
+    assert!(
+        r.message.contains("127.0.0.1:40000 -> 127.0.0.1:5000"),
+        "{r}"
+    );
     // ... unless only at 0..2.
     let mut e = end(1, &a, Vec::new());
     e.stdio_only = true;
@@ -360,7 +396,10 @@ fn plan_refuses_what_leaves_the_job_and_waits_for_what_passes() {
     );
     l.accept_queue = 2;
     let r = plan(&[end(3, &l, Vec::new()), end(4, &p, Vec::new())]).unwrap_err();
-    assert!(r.passing && r.message.contains("outside the job waiting"), "{r}");
+    assert!(
+        r.passing && r.message.contains("outside the job waiting"),
+        "{r}"
+    );
 }
 
 #[test]
