@@ -17,12 +17,14 @@
 //! can observe and makes a new connection between the same two addresses:
 //! - the bytes a receiver has not read are peeked (`MSG_PEEK`, nothing is
 //!   consumed, the running job is not disturbed) while every process of the
-//!   job is stopped; on loopback, bytes a sender has sent are in the
-//!   receiver's queue, so the two queues are everything in flight, unless
-//!   the sender still holds bytes it has not sent (`SIOCOUTQNSD`: the
-//!   receiver's window is full, or `TCP_CORK`/Nagle holds a small segment).
-//!   That is refused as a *passing* condition: the coordinator lets the job
-//!   run a moment and stops it again;
+//!   job is stopped. Bytes the receiver has acknowledged are in its queue;
+//!   bytes it has not (`SIOCOUTQ` at the sender) may still be on their way,
+//!   even on loopback (a segment waits in the per-CPU input queue until the
+//!   kernel's network softirq runs, which under load can take a while), or
+//!   not sent at all (the receiver's window is full, `TCP_CORK`/Nagle holds
+//!   a small segment). So a connection with unacknowledged bytes is refused
+//!   as a *passing* condition: the coordinator lets the job run a moment and
+//!   stops it again;
 //! - `sock_diag` (allowed to any user for the sockets of its network
 //!   namespace) tells the state and shutdown flags of each end, the listening
 //!   backlog and accept queue, and, looked up by the reversed address pair,
@@ -225,7 +227,8 @@ pub struct InetSocket {
     /// Listening: connections waiting to be accepted.
     #[serde(default)]
     pub accept_queue: u32,
-    /// Bytes written but not sent yet (`SIOCOUTQNSD`).
+    /// Bytes written and not acknowledged by the receiver yet (`SIOCOUTQ`:
+    /// not sent, or on their way).
     #[serde(default)]
     pub unsent: u32,
     /// UDP: datagrams were queued.
@@ -437,8 +440,8 @@ pub fn query(nl: i32, family: i32, src: &AddrBuf, dst: &AddrBuf) -> Result<Diag,
 
 /// `SIOCINQ`: bytes a TCP socket has received and not read.
 const SIOCINQ: u64 = 0x541B;
-/// `SIOCOUTQNSD`: bytes written and not sent yet.
-const SIOCOUTQNSD: u64 = 0x894B;
+/// `SIOCOUTQ`: bytes written and not acknowledged yet.
+const SIOCOUTQ: u64 = 0x5411;
 
 fn ioctl_int(fd: i32, req: u64) -> Result<i32, Errno> {
     let mut v: i32 = 0;
@@ -551,7 +554,7 @@ pub fn capture(
                 return Err(Errno(libc::ENOENT));
             }
             s.shutdown = me.shutdown;
-            s.unsent = ioctl_int(fd, SIOCOUTQNSD).unwrap_or(0).max(0) as u32;
+            s.unsent = ioctl_int(fd, SIOCOUTQ).unwrap_or(0).max(0) as u32;
             queued = ioctl_int(fd, SIOCINQ)?.max(0) as usize;
             match query(nl, family, p, &local) {
                 Ok(d) if d.inode != 0 => {
@@ -721,7 +724,7 @@ fn peek_stream(fd: i32, n: usize, img: i32, off: u64) -> Result<u32, Errno> {
 pub struct Unfit {
     /// What is wrong.
     pub why: String,
-    /// It passes by itself (bytes not sent yet, a connection not accepted yet).
+    /// It passes by itself (bytes not acknowledged yet, a connection not accepted yet).
     pub passing: bool,
 }
 
@@ -782,7 +785,7 @@ impl InetSocket {
         }
         if self.unsent > 0 {
             return Err(passing(format!(
-                "{} bytes written to it are not sent yet (the receiver's window is full, or TCP_CORK holds them)",
+                "{} bytes written to it have not reached the other end yet (the receiver's window is full, TCP_CORK holds them, or they are on their way)",
                 self.unsent
             )));
         }

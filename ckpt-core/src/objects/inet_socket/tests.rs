@@ -305,7 +305,10 @@ fn bytes_not_sent_yet_are_seen() {
     let (t, _) = take(c, libc::AF_INET);
     assert!(t.unsent > 0, "{t:?}");
     let u = t.validate().unwrap_err();
-    assert!(u.passing && u.why.contains("not sent yet"), "{u:?}");
+    assert!(
+        u.passing && u.why.contains("have not reached the other end"),
+        "{u:?}"
+    );
     for f in [l, c, s] {
         close(f);
     }
@@ -362,12 +365,15 @@ fn plan_refuses_what_leaves_the_job_and_waits_for_what_passes() {
         port: 5432,
     });
     assert!(plan(&[end(1, &r, Vec::new())]).unwrap_err().outside);
-    // Bytes not sent yet pass by themselves.
+    // Bytes not acknowledged yet pass by themselves.
     let mut u = sample(tcp_state::ESTABLISHED, Peer::Socket, 2);
     u.unsent = 10;
     let b = sample(tcp_state::ESTABLISHED, Peer::Socket, 1);
     let r = plan(&[end(1, &u, Vec::new()), end(2, &b, Vec::new())]).unwrap_err();
-    assert!(r.passing && r.message.contains("not sent yet"), "{r}");
+    assert!(
+        r.passing && r.message.contains("have not reached the other end"),
+        "{r}"
+    );
     // A pair, a listener with one connection of the job waiting, and one
     // from outside.
     let mut l = sample(tcp_state::LISTEN, Peer::None, 0);
