@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use ckpt_tests::slurm::{self, Cluster, JobRun};
 
 mod batch_steps;
+mod sockets;
 
 /// Python: `pi.py STEPS DELAY`; the seed depends on `SLURM_PROCID`.
 const PI_PY: &str = r#"import os, random, sys, time
@@ -841,4 +842,34 @@ fn task_prologs_apply_to_a_checkpointed_task_as_to_any_other() {
         "the program ran although its task prolog failed",
         &checked,
     );
+}
+
+/// Puts a drained node back into service when dropped (also when the test
+/// fails half-way: the cluster is shared).
+struct Drained<'a> {
+    c: &'a Cluster,
+    node: String,
+}
+
+impl Drop for Drained<'_> {
+    fn drop(&mut self) {
+        let _ = root_cmd(self.c, "scontrol")
+            .args(["update", &format!("nodename={}", self.node), "state=resume"])
+            .output();
+    }
+}
+
+/// The nodes of a running job, one name each.
+fn job_nodes(c: &Cluster, id: u32) -> Vec<String> {
+    let list = root_cmd(c, "squeue")
+        .args(["-h", "-o", "%N", "-j", &id.to_string()])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let out = root_cmd(c, "scontrol")
+        .args(["show", "hostnames", &list])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.split_whitespace().map(str::to_owned).collect()
 }

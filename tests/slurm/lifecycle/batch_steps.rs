@@ -167,36 +167,6 @@ fn a_step_that_cannot_be_checkpointed_leaves_the_batch_job_running_to_its_end() 
     );
 }
 
-/// Puts a drained node back into service when dropped (also when the test
-/// fails half-way: the cluster is shared).
-struct Drained<'a> {
-    c: &'a Cluster,
-    node: String,
-}
-
-impl Drop for Drained<'_> {
-    fn drop(&mut self) {
-        let _ = root_cmd(self.c, "scontrol")
-            .args(["update", &format!("nodename={}", self.node), "state=resume"])
-            .output();
-    }
-}
-
-/// The nodes of a running job, one name each.
-fn job_nodes(c: &Cluster, id: u32) -> Vec<String> {
-    let list = root_cmd(c, "squeue")
-        .args(["-h", "-o", "%N", "-j", &id.to_string()])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    let out = root_cmd(c, "scontrol")
-        .args(["show", "hostnames", &list])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    out.split_whitespace().map(str::to_owned).collect()
-}
-
 /// The job came back on nodes without the first one it ran on (`first[0]`,
 /// taken out of service), and each rank's output (`srun -l`) is steps
 /// 1..=steps once each, then the uninterrupted run's result.
