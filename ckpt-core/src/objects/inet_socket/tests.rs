@@ -277,6 +277,73 @@ fn tcp_ipv6_round_trip() {
     round_trip(libc::AF_INET6);
 }
 
+/// A dual-stack listener (`::`, not v6-only, as Node.js listens by
+/// default) accepts an IPv4 client: the accepted end is an IPv6 socket with
+/// v4-mapped addresses, the client an IPv4 one.
+#[test]
+fn dual_stack_round_trip() {
+    let l = tcp(libc::AF_INET6);
+    set(l, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0);
+    let any = Addr {
+        ip: vec![0u8; 16],
+        port: 0,
+    };
+    let (ss, len) = restore_sockaddr(libc::AF_INET6, &any);
+    // SAFETY: bind with a valid address.
+    let r = unsafe { libc::bind(l, (&ss as *const libc::sockaddr_storage).cast(), len) };
+    assert_eq!(r, 0);
+    // SAFETY: no pointers.
+    assert_eq!(unsafe { libc::listen(l, 4) }, 0);
+    let port = name(l, false).port;
+    let c = tcp(libc::AF_INET);
+    connect_to(c, libc::AF_INET, port);
+    let a = accept(l);
+    send(c, b"to the server");
+    send(a, b"to the client");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let fds = [(l, libc::AF_INET6), (c, libc::AF_INET), (a, libc::AF_INET6)];
+    let inodes: Vec<u64> = fds.iter().map(|&(f, _)| inode(f)).collect();
+    let names: Vec<(AddrBuf, Option<AddrBuf>)> = fds
+        .iter()
+        .map(|&(f, _)| (name(f, false), AddrBuf::get(52, f).ok()))
+        .collect();
+    let taken: Vec<(InetSocket, Vec<u8>)> = fds.iter().map(|&(f, fam)| take(f, fam)).collect();
+    assert_eq!(taken[1].0.peer_is, Peer::Socket, "{:?}", taken[1].0);
+    assert_eq!(taken[1].0.peer_inode, inodes[2]);
+    assert_eq!(taken[2].0.peer_inode, inodes[1]);
+    for (f, _) in fds {
+        close(f);
+    }
+    let ends: Vec<SavedEnd<'_>> = taken
+        .iter()
+        .zip(&inodes)
+        .map(|((s, d), &ino)| end(ino, s, d.clone()))
+        .collect();
+    let made = restore_all(&ends).unwrap_or_else(|e| panic!("{e}"));
+    for (k, (own, peer)) in names.iter().enumerate() {
+        let fd = made[&inodes[k]];
+        assert_eq!(name(fd, false), *own, "socket {k}");
+        assert_eq!(AddrBuf::get(52, fd).ok(), *peer, "socket {k}");
+    }
+    same(
+        &recv_n(made[&inodes[2]], 13),
+        b"to the server",
+        "accepted end",
+    );
+    same(
+        &recv_n(made[&inodes[1]], 13),
+        b"to the client",
+        "client end",
+    );
+    assert_eq!(
+        get(made[&inodes[0]], libc::IPPROTO_IPV6, libc::IPV6_V6ONLY),
+        0
+    );
+    for f in made.values() {
+        close(*f);
+    }
+}
+
 #[test]
 fn bytes_not_sent_yet_are_seen() {
     let l = tcp(libc::AF_INET);
