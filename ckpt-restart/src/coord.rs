@@ -302,6 +302,11 @@ impl Coordinator {
                     r => r,
                 };
             }
+            // A held job (a task in a job checkpoint) must run for the
+            // condition to pass.
+            if hold {
+                self.hold(false);
+            }
             std::thread::sleep(Duration::from_millis(25 << tries.min(4)));
             tries += 1;
         };

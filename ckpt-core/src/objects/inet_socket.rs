@@ -215,7 +215,8 @@ pub struct InetSocket {
     /// The peer's inode ([`Peer::Socket`]).
     #[serde(default)]
     pub peer_inode: u64,
-    /// Bytes queued in the peer's not-yet-accepted socket ([`Peer::Pending`]).
+    /// Bytes queued in the peer's not-yet-accepted socket ([`Peer::Pending`]),
+    /// or not yet delivered by a closed peer ([`Peer::Closed`]).
     #[serde(default)]
     pub peer_queued: u32,
     /// `sk_shutdown`: bit 0 receiving is shut down, bit 1 sending is.
@@ -234,6 +235,10 @@ pub struct InetSocket {
     /// UDP: datagrams were queued.
     #[serde(default)]
     pub datagrams: bool,
+    /// TCP: closed after carrying a connection (both ends closed it, or it
+    /// was reset): refused.
+    #[serde(default)]
+    pub ended: bool,
     /// Options.
     #[serde(default)]
     pub opts: Options,
@@ -525,6 +530,7 @@ pub fn capture(
         accept_queue: 0,
         unsent: 0,
         datagrams: false,
+        ended: false,
     };
     let mut queued = 0usize;
     if tcp {
@@ -535,8 +541,11 @@ pub fn capture(
             opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
             opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
         ];
-        // tcp_info's first byte is the state.
-        s.tcp_state = tcp_info_state(fd)?;
+        let (state, traffic) = tcp_info_state(fd)?;
+        s.tcp_state = state;
+        // Closed, but it carried a connection: ended (both ends closed it,
+        // or it was reset), unlike a socket never connected.
+        s.ended = state == tcp_state::CLOSE && traffic;
         let none = AddrBuf {
             v6: local.v6,
             ..AddrBuf::default()
@@ -570,7 +579,12 @@ pub fn capture(
                     s.peer_is = "pending";
                     s.peer_queued = d.rqueue;
                 }
-                Ok(_) => s.peer_is = "closed",
+                Ok(d) => {
+                    // Closed by its holder; bytes it had not delivered yet
+                    // would be lost (refused as passing).
+                    s.peer_is = "closed";
+                    s.peer_queued = d.wqueue;
+                }
                 Err(Errno(libc::ENOENT)) => s.peer_is = "unknown",
                 Err(e) => return Err(e),
             }
@@ -607,7 +621,7 @@ pub fn capture(
     }
     let _ = write!(
         j,
-        ",\"peer_is\":\"{}\",\"peer_inode\":{},\"peer_queued\":{},\"shutdown\":{},\"backlog\":{},\"accept_queue\":{},\"unsent\":{},\"datagrams\":{}",
+        ",\"peer_is\":\"{}\",\"peer_inode\":{},\"peer_queued\":{},\"shutdown\":{},\"backlog\":{},\"accept_queue\":{},\"unsent\":{},\"datagrams\":{},\"ended\":{}",
         s.peer_is,
         s.peer_inode,
         s.peer_queued,
@@ -615,7 +629,8 @@ pub fn capture(
         s.backlog,
         s.accept_queue,
         s.unsent,
-        s.datagrams
+        s.datagrams,
+        s.ended
     );
     let _ = write!(
         j,
@@ -658,12 +673,15 @@ struct Fields {
     accept_queue: u32,
     unsent: u32,
     datagrams: bool,
+    ended: bool,
 }
 
 /// The TCP state of `fd` (first byte of `struct tcp_info`).
-fn tcp_info_state(fd: i32) -> Result<u8, Errno> {
-    let mut info = [0u8; 8];
-    let mut len: u32 = 8;
+fn tcp_info_state(fd: i32) -> Result<(u8, bool), Errno> {
+    // struct tcp_info: the state is its first byte, tcpi_segs_out and
+    // tcpi_segs_in are the u32s at 136 and 140 (uapi linux/tcp.h).
+    let mut info = [0u8; 144];
+    let mut len: u32 = 144;
     // SAFETY: getsockopt (55) of TCP_INFO writes at most `len` bytes into info.
     unsafe {
         raw::syscall6(
@@ -676,7 +694,9 @@ fn tcp_info_state(fd: i32) -> Result<u8, Errno> {
             0,
         )
     }?;
-    Ok(info[0])
+    let segs = |at: usize| u32_at(&info, at).filter(|_| len as usize >= at + 4);
+    let traffic = segs(136).unwrap_or(0) > 0 || segs(140).unwrap_or(0) > 0;
+    Ok((info[0], traffic))
 }
 
 /// Peek the `n` bytes a TCP socket has received into the image at `off`
@@ -787,6 +807,19 @@ impl InetSocket {
             return Err(passing(format!(
                 "{} bytes written to it have not reached the other end yet (the receiver's window is full, TCP_CORK holds them, or they are on their way)",
                 self.unsent
+            )));
+        }
+        if self.ended {
+            return Err(hard(
+                "its connection has ended (closed by both ends, or reset) and the program still holds it; \
+                 ckpt does not restore an ended connection: the checkpoint succeeds once the program closed it"
+                    .into(),
+            ));
+        }
+        if self.peer_queued > 0 && self.peer_is == Peer::Closed {
+            return Err(passing(format!(
+                "its peer was closed with {} bytes not yet delivered to it",
+                self.peer_queued
             )));
         }
         if self.peer_queued > 0 {

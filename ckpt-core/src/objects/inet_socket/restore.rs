@@ -639,7 +639,16 @@ fn connect_from(
                 }
                 set(fd, libc::IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 0)?;
                 set(fd, libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE, 0)?;
-                Ok(Some(port_of(fd) == from.port))
+                // Connected: another port would leave a connection in the
+                // listening socket's queue, so it is an error, not a retry.
+                let got = port_of(fd);
+                if got != from.port {
+                    return Err(format!(
+                        "cannot restore {}: the kernel connected it from port {got}, not {}",
+                        e.who, from.port
+                    ));
+                }
+                Ok(Some(true))
             })();
             match r {
                 Ok(Some(true)) => return Ok(fd),

@@ -344,6 +344,35 @@ fn dual_stack_round_trip() {
     }
 }
 
+/// A connection both ends shut down, still held by the program: ended,
+/// refused (a restored socket would answer reads differently); a socket
+/// never connected is not.
+#[test]
+fn ended_connections_are_refused() {
+    let l = tcp(libc::AF_INET);
+    bind_listen(l, libc::AF_INET);
+    let c = tcp(libc::AF_INET);
+    connect_to(c, libc::AF_INET, name(l, false).port);
+    let a = accept(l);
+    for f in [c, a] {
+        // SAFETY: shutdown of a test socket.
+        unsafe { libc::shutdown(f, libc::SHUT_WR) };
+    }
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    for f in [c, a] {
+        let (t, _) = take(f, libc::AF_INET);
+        assert!(t.ended, "{t:?}");
+        let u = t.validate().unwrap_err();
+        assert!(!u.passing && u.why.contains("has ended"), "{u:?}");
+    }
+    let fresh = tcp(libc::AF_INET);
+    let (t, _) = take(fresh, libc::AF_INET);
+    assert!(!t.ended && t.validate().is_ok(), "{t:?}");
+    for f in [l, c, a, fresh] {
+        close(f);
+    }
+}
+
 #[test]
 fn bytes_not_sent_yet_are_seen() {
     let l = tcp(libc::AF_INET);
