@@ -851,6 +851,26 @@ struct Drained<'a> {
     node: String,
 }
 
+impl<'a> Drained<'a> {
+    /// Takes `node` out of service (`state=drain`) until dropped.
+    fn drain(c: &'a Cluster, node: &str) -> Drained<'a> {
+        let d = Drained {
+            c,
+            node: node.to_owned(),
+        };
+        root_cmd(c, "scontrol")
+            .args([
+                "update",
+                &format!("nodename={node}"),
+                "state=drain",
+                "reason=ckpt-test",
+            ])
+            .output()
+            .unwrap_or_else(|e| panic!("scontrol update: {e}"));
+        d
+    }
+}
+
 impl Drop for Drained<'_> {
     fn drop(&mut self) {
         let _ = root_cmd(self.c, "scontrol")

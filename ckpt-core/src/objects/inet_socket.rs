@@ -44,7 +44,7 @@ use core::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use super::unix_socket::{Scratch, getsockopt_int, put, setsockopt_int};
+use super::unix_socket::{Scratch, exchange, getsockopt_int, put, setsockopt_int, u16_at, u32_at};
 use crate::image::checksum::Crc32c;
 use crate::signal_safe::buf::MmapBuf;
 use crate::signal_safe::raw::{self, Errno};
@@ -276,16 +276,6 @@ pub struct Diag {
     pub shutdown: u8,
 }
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    let s = b.get(at..at + 4)?;
-    Some(u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    let s = b.get(at..at + 2)?;
-    Some(u16::from_ne_bytes([s[0], s[1]]))
-}
-
 /// Parse a reply to [`query`]: one netlink message with an
 /// `inet_diag_msg` and its attributes. **Async-signal-safe.**
 pub fn parse_diag(reply: &[u8]) -> Result<Diag, Errno> {
@@ -406,36 +396,8 @@ fn request(family: i32, src: &AddrBuf, dst: &AddrBuf, req: &mut [u8; 72]) {
 pub fn query(nl: i32, family: i32, src: &AddrBuf, dst: &AddrBuf) -> Result<Diag, Errno> {
     let mut req = [0u8; 72];
     request(family, src, dst, &mut req);
-    // SAFETY: sendto on our netlink socket from a local buffer, no address.
-    unsafe {
-        raw::syscall6(
-            raw::nr::SENDTO,
-            nl as usize,
-            req.as_ptr() as usize,
-            req.len(),
-            0,
-            0,
-            0,
-        )
-    }?;
     let mut reply = [0u8; 512];
-    let got = loop {
-        // SAFETY: recvfrom into a local buffer, no address.
-        match unsafe {
-            raw::syscall6(
-                raw::nr::RECVFROM,
-                nl as usize,
-                reply.as_mut_ptr() as usize,
-                reply.len(),
-                0,
-                0,
-                0,
-            )
-        } {
-            Err(Errno(libc::EINTR)) => continue,
-            r => break r?,
-        }
-    };
+    let got = exchange(nl, &req, &mut reply)?;
     let d = parse_diag(reply.get(..got).unwrap_or(&[]))?;
     if d.sport != src.port || d.dport != dst.port {
         return Err(Errno(libc::ENOENT));

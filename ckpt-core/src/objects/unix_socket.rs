@@ -165,12 +165,12 @@ pub struct Diag {
     pub wqueue: u32,
 }
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+pub(super) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     let s = b.get(at..at + 4)?;
     Some(u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+pub(super) fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     let s = b.get(at..at + 2)?;
     Some(u16::from_ne_bytes([s[0], s[1]]))
 }
@@ -241,8 +241,14 @@ pub fn query(nl: i32, ino: u64, reply: &mut [u8]) -> Result<usize, Errno> {
     let show = diag::SHOW_VFS | diag::SHOW_PEER | diag::SHOW_ICONS | diag::SHOW_RQLEN;
     req[28..32].copy_from_slice(&show.to_ne_bytes());
     req[32..40].copy_from_slice(&[0xff; 8]); // INET_DIAG_NOCOOKIE
-    // SAFETY: sendto on our netlink socket from a local buffer, no address
-    // (the socket's default destination is the kernel).
+    exchange(nl, &req, reply)
+}
+
+/// Send the `sock_diag` request `req` through the netlink socket `nl` and
+/// receive the kernel's one-message reply into `reply`. **Async-signal-safe.**
+pub(super) fn exchange(nl: i32, req: &[u8], reply: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: sendto on our netlink socket from the caller's buffer, no
+    // address (the socket's default destination is the kernel).
     unsafe {
         raw::syscall6(
             raw::nr::SENDTO,

@@ -232,19 +232,7 @@ fn a_two_node_batch_job_running_srun_resumes_on_another_pair_of_nodes() {
     );
     // The node the batch script runs on goes out of service: the job must
     // come back elsewhere.
-    let drained = Drained {
-        c: &c,
-        node: first[0].clone(),
-    };
-    root_cmd(&c, "scontrol")
-        .args([
-            "update",
-            &format!("nodename={}", drained.node),
-            "state=drain",
-            "reason=ckpt-test",
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("scontrol update: {e}"));
+    let drained = Drained::drain(&c, &first[0]);
     user_ok(
         &c,
         &dir,

@@ -81,19 +81,7 @@ fn a_batch_job_whose_processes_talk_over_loopback_tcp_resumes_on_another_node() 
         &job.run(),
     );
     // Its node goes out of service: the job must come back elsewhere.
-    let drained = Drained {
-        c: &c,
-        node: first[0].clone(),
-    };
-    root_cmd(&c, "scontrol")
-        .args([
-            "update",
-            &format!("nodename={}", drained.node),
-            "state=drain",
-            "reason=ckpt-test",
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("scontrol update: {e}"));
+    let drained = Drained::drain(&c, &first[0]);
     user_ok(
         &c,
         &dir,
