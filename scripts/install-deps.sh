@@ -16,6 +16,8 @@ PACKAGES=(slurmctld slurmd slurm-client munge libslurm-dev libclang-dev clang gc
 PACKAGES+=(dpkg-dev groff-base rpm)
 # The Node.js program of the C/R suite (libuv: epoll, eventfd, a thread pool).
 PACKAGES+=(nodejs)
+# The Java program of the C/R suite (a java.nio Selector; OpenJDK uses signal 62 itself).
+PACKAGES+=(default-jdk-headless)
 # Building Slurm 25.11 from vendor/ (below).
 PACKAGES+=(libmunge-dev make)
 

@@ -775,6 +775,16 @@ pub unsafe extern "C" fn sigaction(
         set_errno(libc::ENOSYS);
         return -1;
     };
+    if sig == STOP_SIGNAL
+        // SAFETY: the caller passes a readable action, or null.
+        && (act.is_null() || unsafe { (*act).sa_sigaction } != super::stop::handler as *const () as usize)
+    {
+        // The program's own use of the stop signal (OpenJDK's libnet wakes
+        // blocked threads with it): kept aside and called by the stop
+        // handler for the program's signals (docs/signals.md).
+        // SAFETY: the caller's pointers, as sigaction's contract.
+        return unsafe { super::stop::program_action(act, oact) };
+    }
     let slot = usize::try_from(sig).ok().and_then(|i| SA_MASK_STOP.get(i));
     let (Some(slot), Some(_)) = (slot.filter(|_| sig != STOP_SIGNAL), view()) else {
         // SAFETY: forwarding the caller's arguments.

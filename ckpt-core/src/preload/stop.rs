@@ -176,7 +176,11 @@ pub unsafe extern "C" fn handler(_sig: i32, info: *mut libc::siginfo_t, uc: *mut
         return;
     }
     if STOPPING.load(Ordering::Acquire) == 0 {
-        return; // stray or late signal: nothing to do
+        // Not ours: the program's own use of the signal (a thread woken by
+        // another, as OpenJDK's libnet does), or a stray one.
+        // SAFETY: the kernel's arguments, passed on.
+        unsafe { call_program(_sig, info, uc) };
+        return;
     }
     let release_gen = RELEASE.load(Ordering::Acquire);
     if record_self(uc as u64).is_none() {
@@ -192,6 +196,89 @@ pub unsafe extern "C" fn handler(_sig: i32, info: *mut libc::siginfo_t, uc: *mut
     }
 }
 
+/// The program's action for the stop signal, which it set with
+/// `sigaction` (interposed: the stop handler stays installed): handler,
+/// flags, mask. Zero: the default (the signal is ignored when the program
+/// sends it, as before it set an action).
+static PROGRAM_HANDLER: AtomicU64 = AtomicU64::new(0);
+static PROGRAM_FLAGS: AtomicU64 = AtomicU64::new(0);
+static PROGRAM_MASK: AtomicU64 = AtomicU64::new(0);
+
+/// Record the program's action for the stop signal (`act`, when not null)
+/// and report the one it had (`oact`), as `sigaction` would; our handler
+/// is installed again with the program's `SA_RESTART` choice, so that a
+/// system call the program's signal interrupts returns `EINTR` when the
+/// program asked for it. Returns 0, or -1 with `errno` set.
+///
+/// # Safety
+/// `act` is null or readable, `oact` null or writable (`sigaction`'s
+/// contract).
+pub unsafe fn program_action(act: *const libc::sigaction, oact: *mut libc::sigaction) -> i32 {
+    if !oact.is_null() {
+        // SAFETY: the caller's writable action; zeroed is valid.
+        unsafe {
+            let mut o: libc::sigaction = core::mem::zeroed();
+            o.sa_sigaction = PROGRAM_HANDLER.load(Ordering::Acquire) as usize;
+            o.sa_flags = PROGRAM_FLAGS.load(Ordering::Acquire) as i32;
+            let m = PROGRAM_MASK.load(Ordering::Acquire);
+            core::ptr::copy_nonoverlapping(
+                (&m as *const u64).cast::<u8>(),
+                (&mut o.sa_mask as *mut libc::sigset_t).cast::<u8>(),
+                8,
+            );
+            oact.write(o);
+        }
+    }
+    if act.is_null() {
+        return 0;
+    }
+    // SAFETY: the caller's readable action.
+    let a = unsafe { act.read() };
+    let mut m = 0u64;
+    // SAFETY: the first 8 bytes of a sigset_t are signals 1..64.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            (&a.sa_mask as *const libc::sigset_t).cast::<u8>(),
+            (&mut m as *mut u64).cast::<u8>(),
+            8,
+        );
+    }
+    PROGRAM_MASK.store(m, Ordering::Release);
+    PROGRAM_FLAGS.store(a.sa_flags as u32 as u64, Ordering::Release);
+    PROGRAM_HANDLER.store(a.sa_sigaction as u64, Ordering::Release);
+    match install_with(a.sa_flags & libc::SA_RESTART) {
+        Ok(()) => 0,
+        Err(_) => -1,
+    }
+}
+
+/// Run the program's handler for a stop signal the program sent itself,
+/// as its action says (`SA_SIGINFO` or not, `SA_RESETHAND`), with every
+/// signal blocked (the stop handler's mask). Ignored by default.
+///
+/// # Safety
+/// The kernel's handler arguments.
+unsafe fn call_program(sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    let h = PROGRAM_HANDLER.load(Ordering::Acquire) as usize;
+    if h == libc::SIG_DFL || h == libc::SIG_IGN {
+        return;
+    }
+    let flags = PROGRAM_FLAGS.load(Ordering::Acquire) as i32;
+    if flags & libc::SA_RESETHAND != 0 {
+        PROGRAM_HANDLER.store(0, Ordering::Release);
+    }
+    if flags & libc::SA_SIGINFO != 0 {
+        // SAFETY: the program installed this address as an SA_SIGINFO handler.
+        let f: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) =
+            unsafe { core::mem::transmute(h) };
+        f(sig, info, uc);
+    } else {
+        // SAFETY: the program installed this address as a plain handler.
+        let f: extern "C" fn(i32) = unsafe { core::mem::transmute(h) };
+        f(sig);
+    }
+}
+
 /// Install the stop handler (normal context, from the constructor).
 ///
 /// Installed through glibc's `sigaction`, which supplies its signal-return
@@ -199,12 +286,17 @@ pub unsafe extern "C" fn handler(_sig: i32, info: *mut libc::siginfo_t, uc: *mut
 /// through `SIG_IGN`, which would discard a stop signal already pending
 /// (one sent while the program was being exec'd with it blocked).
 pub fn install() -> Result<(), raw::Errno> {
+    install_with(libc::SA_RESTART)
+}
+
+/// [`install`] with `restart` (`SA_RESTART` or 0).
+fn install_with(restart: i32) -> Result<(), raw::Errno> {
     // SAFETY: a zeroed sigaction is valid; we fill in a handler with the
     // SA_SIGINFO signature, a full mask and valid flags before installing it.
     let r = unsafe {
         let mut sa: libc::sigaction = core::mem::zeroed();
         sa.sa_sigaction = handler as *const () as usize;
-        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        sa.sa_flags = libc::SA_SIGINFO | restart;
         libc::sigfillset(&mut sa.sa_mask);
         libc::sigaction(STOP_SIGNAL, &sa, core::ptr::null_mut())
     };
