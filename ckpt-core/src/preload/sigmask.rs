@@ -775,7 +775,10 @@ pub unsafe extern "C" fn sigaction(
         set_errno(libc::ENOSYS);
         return -1;
     };
+    // Only where libckpt runs (the wrappers are active): the ckpt binary
+    // links this code too and must set its own actions.
     if sig == STOP_SIGNAL
+        && ACTIVE.load(Ordering::Acquire) != 0
         // SAFETY: the caller passes a readable action, or null.
         && (act.is_null() || unsafe { (*act).sa_sigaction } != super::stop::handler as *const () as usize)
     {

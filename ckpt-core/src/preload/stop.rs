@@ -166,7 +166,7 @@ pub fn pending_mask(path: &[u8], key: &[u8]) -> u64 {
 /// # Safety
 /// Only the kernel calls this, as an `SA_SIGINFO` handler, with valid
 /// `info` and `uc` pointers.
-pub unsafe extern "C" fn handler(_sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+pub unsafe extern "C" fn handler(sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     super::sigmask::note_stop(uc);
     // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
     let code = unsafe { (*info).si_code };
@@ -179,7 +179,7 @@ pub unsafe extern "C" fn handler(_sig: i32, info: *mut libc::siginfo_t, uc: *mut
         // Not ours: the program's own use of the signal (a thread woken by
         // another, as OpenJDK's libnet does), or a stray one.
         // SAFETY: the kernel's arguments, passed on.
-        unsafe { call_program(_sig, info, uc) };
+        unsafe { call_program(sig, info, uc) };
         return;
     }
     let release_gen = RELEASE.load(Ordering::Acquire);
