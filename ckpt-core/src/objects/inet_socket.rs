@@ -44,7 +44,9 @@ use core::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use super::unix_socket::{Scratch, exchange, getsockopt_int, put, setsockopt_int, u16_at, u32_at};
+use super::unix_socket::{
+    Scratch, exchange, getsockopt_int, put, reply_message, setsockopt_int, u16_at, u32_at,
+};
 use crate::image::checksum::Crc32c;
 use crate::signal_safe::buf::MmapBuf;
 use crate::signal_safe::raw::{self, Errno};
@@ -253,7 +255,6 @@ pub struct InetSocket {
 /// `sock_diag` constants (uapi `linux/inet_diag.h`, `linux/sock_diag.h`).
 mod diag {
     pub const SOCK_DIAG_BY_FAMILY: u16 = 20;
-    pub const NLMSG_ERROR: u16 = 2;
     pub const ATTR_SHUTDOWN: u16 = 8;
 }
 
@@ -279,13 +280,7 @@ pub struct Diag {
 /// Parse a reply to [`query`]: one netlink message with an
 /// `inet_diag_msg` and its attributes. **Async-signal-safe.**
 pub fn parse_diag(reply: &[u8]) -> Result<Diag, Errno> {
-    let len = u32_at(reply, 0).ok_or(Errno(libc::EIO))? as usize;
-    let ty = u16_at(reply, 4).ok_or(Errno(libc::EIO))?;
-    if ty == diag::NLMSG_ERROR {
-        let e = u32_at(reply, 16).map(|v| v as i32).unwrap_or(-libc::EIO);
-        return Err(Errno(if e < 0 { -e } else { libc::EIO }));
-    }
-    let msg = reply.get(..len).ok_or(Errno(libc::EIO))?;
+    let msg = reply_message(reply)?;
     // nlmsghdr (16), then family, state, timer, retrans, the socket id
     // (sport, dport big-endian, src, dst, if, cookie: 48 bytes), expires,
     // rqueue, wqueue, uid, inode.

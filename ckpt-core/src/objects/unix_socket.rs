@@ -175,17 +175,23 @@ pub(super) fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes([s[0], s[1]]))
 }
 
-/// Parse a reply to [`query`]: one netlink message holding a
-/// `unix_diag_msg` and its attributes. Pending connection inodes go to
-/// `icons` (as many as fit; the count is returned). **Async-signal-safe.**
-pub fn parse_diag(reply: &[u8], icons: &mut [u64]) -> Result<(Diag, usize), Errno> {
+/// The one netlink message of a `sock_diag` reply, or the error the kernel
+/// answered with. **Async-signal-safe.**
+pub(super) fn reply_message(reply: &[u8]) -> Result<&[u8], Errno> {
     let len = u32_at(reply, 0).ok_or(Errno(libc::EIO))? as usize;
     let ty = u16_at(reply, 4).ok_or(Errno(libc::EIO))?;
     if ty == diag::NLMSG_ERROR {
         let e = u32_at(reply, 16).map(|v| v as i32).unwrap_or(-libc::EIO);
         return Err(Errno(if e < 0 { -e } else { libc::EIO }));
     }
-    let msg = reply.get(..len).ok_or(Errno(libc::EIO))?;
+    reply.get(..len).ok_or(Errno(libc::EIO))
+}
+
+/// Parse a reply to [`query`]: one netlink message holding a
+/// `unix_diag_msg` and its attributes. Pending connection inodes go to
+/// `icons` (as many as fit; the count is returned). **Async-signal-safe.**
+pub fn parse_diag(reply: &[u8], icons: &mut [u64]) -> Result<(Diag, usize), Errno> {
+    let msg = reply_message(reply)?;
     // nlmsghdr (16) + unix_diag_msg (16).
     let mut at = 32usize;
     let mut d = Diag::default();

@@ -316,12 +316,17 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
     // (ckpt::objects::unix_socket). One end of a pair may be in another
     // process: all are made here and inherited.
     let mut seen: HashMap<u64, usize> = HashMap::new();
+    // Sockets (unix, TCP, UDP) the job holds only at descriptors 0..2.
     let mut low: HashMap<u64, bool> = HashMap::new();
+    for f in g.processes.iter().flat_map(|m| &m.fds) {
+        if f.socket.is_some() || f.inet.is_some() {
+            *low.entry(f.inode).or_insert(true) &= f.fd <= 2;
+        }
+    }
     let mut holders = Vec::new();
     for m in &g.processes {
         for f in &m.fds {
             let Some(sock) = &f.socket else { continue };
-            *low.entry(f.inode).or_insert(true) &= f.fd <= 2;
             if seen.contains_key(&f.inode) {
                 continue;
             }
@@ -369,11 +374,7 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
                 inode: f.inode,
                 sock,
                 data,
-                stdio_only: g.processes.iter().all(|p| {
-                    p.fds
-                        .iter()
-                        .all(|q| q.inode != f.inode || q.inet.is_none() || q.fd <= 2)
-                }),
+                stdio_only: low.get(&f.inode).copied().unwrap_or(false),
                 who: format!("fd {} of process {} ({})", f.fd, m.pid, m.exe),
             });
         }
