@@ -230,8 +230,7 @@ fn checkpoint_once(
     if coord.relaunched().is_empty() {
         return coord.checkpoint().map(|d| (d, None));
     }
-    let job = std::env::var("SLURM_JOB_ID")
-        .map_err(|_| "SLURM_JOB_ID is not set (not running under Slurm?)".to_string())?;
+    let job = super::slurm::job_ref()?;
     let scontrol = tool("scontrol")?;
     let scancel = tool("scancel")?;
     // Each srun of the script with the step it runs. An srun without a

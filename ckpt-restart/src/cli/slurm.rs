@@ -16,7 +16,7 @@
 //!   ([`program_command`]).
 //! - The "checkpoint now" signal (`--signal`, the site's `signal=`) takes a
 //!   blocking checkpoint; in the batch step (`--batch`) the job is then
-//!   requeued with `scontrol requeue $SLURM_JOB_ID`, and Slurm starts it
+//!   requeued with `scontrol requeue` (of `$SLURM_JOB_ID`, or `<array>_<task>`), and Slurm starts it
 //!   again, which resumes it here. If that checkpoint fails, the job is
 //!   requeued only when an older checkpoint exists (it resumes from there);
 //!   without any checkpoint it is left running, so that a job that cannot be
@@ -871,11 +871,34 @@ fn signal_name(sig: i32) -> String {
     .map_or_else(|| sig.to_string(), |n| (*n).to_owned())
 }
 
-/// `scontrol requeue $SLURM_JOB_ID`; true when Slurm accepted it.
+/// How this job is named to `scontrol` and `scancel`: `$SLURM_JOB_ID`, or
+/// `<array job id>_<task id>` for a task of a job array. The job id of an
+/// array's task can be the array's own id (the task that holds the array's
+/// record), and Slurm takes that id for the whole array: `scontrol requeue`
+/// would requeue every task, before they have checkpointed, and `scontrol
+/// show step` would list every task's steps (docs/batch-jobs.md).
+pub fn job_ref() -> Result<String, String> {
+    job_ref_from(|k| std::env::var(k).ok())
+}
+
+fn job_ref_from(var: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let number =
+        |k: &str| var(k).filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+    match (number("SLURM_ARRAY_JOB_ID"), number("SLURM_ARRAY_TASK_ID")) {
+        (Some(array), Some(task)) => Ok(format!("{array}_{task}")),
+        _ => number("SLURM_JOB_ID")
+            .ok_or_else(|| "SLURM_JOB_ID is not set (not running under Slurm?)".to_string()),
+    }
+}
+
+/// `scontrol requeue` of this job ([`job_ref`]); true when Slurm accepted it.
 fn requeue() -> bool {
-    let Ok(job) = std::env::var("SLURM_JOB_ID") else {
-        say("cannot requeue: SLURM_JOB_ID is not set (not running under Slurm?)");
-        return false;
+    let job = match job_ref() {
+        Ok(j) => j,
+        Err(e) => {
+            say(&format!("cannot requeue: {e}"));
+            return false;
+        }
     };
     let tried = scontrol_candidates(
         SLURMSTEPD.get().cloned().flatten(),
@@ -1012,6 +1035,45 @@ fn newest_loadable(dir: &CheckpointDir) -> Option<LoadedGeneration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn array_tasks_are_named_by_array_and_task() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_string())
+            }
+        };
+        assert_eq!(
+            job_ref_from(env(&[("SLURM_JOB_ID", "41")])),
+            Ok("41".into())
+        );
+        assert_eq!(
+            job_ref_from(env(&[
+                ("SLURM_JOB_ID", "27"),
+                ("SLURM_ARRAY_JOB_ID", "27"),
+                ("SLURM_ARRAY_TASK_ID", "2")
+            ])),
+            Ok("27_2".into())
+        );
+        // Half an array pair, or a value that is not a number, is not used.
+        assert_eq!(
+            job_ref_from(env(&[("SLURM_JOB_ID", "29"), ("SLURM_ARRAY_JOB_ID", "27")])),
+            Ok("29".into())
+        );
+        assert_eq!(
+            job_ref_from(env(&[
+                ("SLURM_JOB_ID", "29"),
+                ("SLURM_ARRAY_JOB_ID", "27"),
+                ("SLURM_ARRAY_TASK_ID", "1 2")
+            ])),
+            Ok("29".into())
+        );
+        assert!(job_ref_from(env(&[])).is_err());
+        assert!(job_ref_from(env(&[("SLURM_JOB_ID", "27;rm")])).is_err());
+    }
 
     fn args(v: &[&str]) -> Vec<OsString> {
         v.iter().map(OsString::from).collect()

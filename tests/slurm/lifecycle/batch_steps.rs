@@ -477,6 +477,13 @@ fn every_task_of_a_job_array_running_srun_checkpoints_and_resumes_on_its_own() {
             &format!("array task {i} did not resume from its own images ({own:?})"),
             &run,
         );
+        // Each task requeues itself alone: the job id of one task is the
+        // array's, which names every task to `scontrol requeue`.
+        c.check(
+            read("err", i).contains(&format!("job {array}_{i} requeued")),
+            &format!("array task {i} did not requeue itself as {array}_{i}"),
+            &run,
+        );
     }
 }
 
