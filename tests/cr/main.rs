@@ -16,6 +16,9 @@
 //! - `cli`: checkpoint, kill -9 of the whole tree, `ckpt restart`; identical output.
 //! - `cycles3`: three checkpoint/kill/restart cycles, each after the previous restart
 //!   made progress past a gate; identical output.
+//! - `last_pid`: `cycles3` with every restart forced to choose ids through
+//!   `/proc/sys/kernel/ns_last_pid` (`CKPT_SIMULATE_MISSING=set_tid`), the way
+//!   kernels before 5.5 restart.
 //! - `twice`: the same image restarted twice at once, each copy in a private mount
 //!   namespace with its own copy of the work directory bind-mounted over it (so each
 //!   copy has its own stdout and files); both copies identical to the reference.
@@ -148,6 +151,7 @@ fn run_case(name: &str, case: &str) {
         "launch" => c.launch_only(),
         "cli" => c.cli(),
         "cycles3" => c.cycles3(),
+        "last_pid" => c.last_pid(),
         "after" => c.after(),
         "older" => c.older(),
         "twice" => c.twice(),
@@ -621,6 +625,51 @@ impl Case {
         self.wait_success(&mut p);
         self.compare_run(
             "three checkpoint/kill/restart cycles",
+            &reference,
+            &self.work,
+        );
+    }
+
+    /// `cycles3` with every restart choosing ids through
+    /// `/proc/sys/kernel/ns_last_pid`, as on a kernel without `clone3`'s
+    /// `set_tid` (forced with `CKPT_SIMULATE_MISSING=set_tid`): each
+    /// restart says so, and processes and threads get their ids back.
+    fn last_pid(&mut self) {
+        let reference = self.reference();
+        self.close_gates();
+        let mut p = self.launch_to_file();
+        for k in 1..=GATES {
+            self.wait_checkpoint_point(&mut p, k);
+            self.checkpoint();
+            self.kill(&mut p);
+            let tag = format!("last-pid-{k}");
+            let mut sp = Spawn::new(&self.ckpt, &self.s.path)
+                .arg("restart")
+                .arg("--dir")
+                .arg(&self.dir);
+            sp.env
+                .push(("CKPT_SIMULATE_MISSING".into(), OsString::from("set_tid")));
+            sp.stdout = out_file(&self.s.join(format!("restart-{tag}.out"))).into();
+            sp.stderr = out_file(&self.s.join(format!("restart-{tag}.err"))).into();
+            p = sp.spawn(&format!("ckpt restart ({tag}, ids through ns_last_pid)"));
+            self.open_gate(&self.gates(), k);
+            let said = || {
+                fs::read_to_string(self.s.join(format!("restart-{tag}.err"))).unwrap_or_default()
+            };
+            wait_until(
+                "the restart saying it sets ids through ns_last_pid",
+                Duration::from_secs(30),
+                || {
+                    Ok(said()
+                        .contains("/proc/sys/kernel/ns_last_pid")
+                        .then_some(()))
+                },
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}\n{}", self.label, self.s.tails(4000)));
+        }
+        self.wait_success(&mut p);
+        self.compare_run(
+            "three checkpoint/kill/restart cycles, ids through ns_last_pid",
             &reference,
             &self.work,
         );

@@ -6,7 +6,8 @@
 //! [`ckpt_restore_finish`]. From here on only program memory is mapped, so
 //! this code can remove the restorer's own mapping (which the restorer
 //! cannot do to itself), recreate every thread with its saved tid
-//! (`clone3` with `set_tid`), re-register each thread's rseq area, robust
+//! (`clone3` with `set_tid`, or `clone` after choosing the id through
+//! `ns_last_pid` on older kernels), re-register each thread's rseq area, robust
 //! list and clear-child-tid address, drop the capabilities the restorer
 //! needed, and `rt_sigreturn` each thread from the signal frame the stop
 //! handler left on its stack.
@@ -68,6 +69,10 @@ pub struct FinishArgs {
     /// The generation being restored when the next checkpoints are to be
     /// incremental (tracking is armed before any thread runs), else 0.
     pub track_generation: u64,
+    /// This process's descriptor of `/proc/sys/kernel/ns_last_pid` when
+    /// thread ids are chosen through it (kernels without `clone3`'s
+    /// `set_tid`; docs/kernel.md), else -1. Closed once the threads exist.
+    pub last_pid_fd: i64,
 }
 
 /// Storage for [`FinishArgs`], inside libckpt so that it survives the
@@ -94,6 +99,7 @@ pub static mut CKPT_FINISH_ARGS: FinishArgs = FinishArgs {
         name: [0; 16],
     }; MAX_FINISH_THREADS],
     track_generation: 0,
+    last_pid_fd: -1,
 };
 
 static GO: AtomicU32 = AtomicU32::new(0);
@@ -128,9 +134,17 @@ pub unsafe extern "C" fn ckpt_restore_finish(args: *const FinishArgs) -> ! {
     }
     GO.store(0, Ordering::Release);
     for t in a.threads.iter().take(n).skip(1) {
-        if spawn(t).is_err() {
+        let made = if a.last_pid_fd >= 0 {
+            spawn_through_last_pid(t, a.last_pid_fd as i32)
+        } else {
+            spawn(t)
+        };
+        if made.is_err() {
             raw::exit_group(88);
         }
+    }
+    if a.last_pid_fd >= 0 {
+        raw::close(a.last_pid_fd as i32);
     }
     // Signals that were pending at the checkpoint: queue them again; every
     // thread still blocks all signals, and its saved mask comes back with
@@ -212,9 +226,68 @@ fn spawn(t: &FinishThread) -> Result<(), raw::Errno> {
     }
 }
 
+/// [`spawn`] for kernels without `set_tid`: the thread id is claimed
+/// through `ns_last_pid` (under the lock every process of the restore
+/// takes) and the thread made with the older `clone`.
+fn spawn_through_last_pid(t: &FinishThread, fd: i32) -> Result<(), raw::Errno> {
+    let tid = t.tid as i32;
+    crate::signal_safe::last_pid::claim(fd, tid)?;
+    let flags = libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM
+        | libc::CLONE_SETTLS;
+    let stack_top = t.scratch_sp & !0xf;
+    let ret: isize;
+    // SAFETY: clone (flags, new stack, parent tid, child tid, tls) creates a
+    // thread sharing our memory; the child starts with rsp = stack_top (the
+    // thread's free scratch area) and rax = 0 and only calls `resume_entry`
+    // (which never returns) with the thread record kept in r12; the parent
+    // continues with the new tid in rax.
+    unsafe {
+        asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "mov rdi, r12",
+            "and rsp, -16",
+            "call {entry}",
+            "ud2",
+            "2:",
+            entry = sym resume_entry,
+            inlateout("rax") nr::CLONE as isize => ret,
+            in("rdi") flags as usize,
+            in("rsi") stack_top as usize,
+            in("rdx") 0usize,
+            in("r10") 0usize,
+            in("r8") t.fs_base as usize,
+            in("r12") t as *const FinishThread,
+            lateout("rcx") _, lateout("r11") _,
+        );
+    }
+    crate::signal_safe::last_pid::release(fd);
+    if ret < 0 {
+        Err(raw::Errno((-ret) as i32))
+    } else if ret != t.tid as isize {
+        // That thread stops itself in resume_entry.
+        Err(raw::Errno(libc::EEXIST))
+    } else {
+        Ok(())
+    }
+}
+
 extern "C" fn resume_entry(t: *const FinishThread) -> ! {
     // SAFETY: t points into CKPT_FINISH_ARGS, which stays valid.
-    unsafe { resume(&*t) }
+    let t = unsafe { &*t };
+    // A thread that did not get its saved id (ns_last_pid raced) must not
+    // run the program: the restore fails instead.
+    if i64::from(raw::gettid()) != t.tid {
+        raw::exit_group(88);
+    }
+    // SAFETY: as above.
+    unsafe { resume(t) }
 }
 
 /// Re-register per-thread kernel state, drop capabilities, and return into

@@ -9,5 +9,6 @@
 //! alone); memory from [`buf::MmapBuf`] (mmap, never malloc).
 
 pub mod buf;
+pub mod last_pid;
 pub mod procfs;
 pub mod raw;

@@ -123,6 +123,8 @@ pub mod nr {
         GETCPU = 309,
         RSEQ = 334,
         CLONE3 = 435,
+        CLONE = 56,
+        FLOCK = 73,
         RT_SIGRETURN = 15,
         GETITIMER = 36,
         SETITIMER = 38,

@@ -184,30 +184,7 @@ pub fn findings() -> Vec<Finding> {
         },
         |e| format!("cannot create pid and mount namespaces in a user namespace ({e})"),
     ));
-    v.push(probe(
-        "set_tid",
-        Need::Required,
-        "clone3 with set_tid (processes and threads get their ids back; Linux 5.5)",
-        || {
-            // SAFETY: clone3 with a null argument only validates it: EINVAL
-            // when the call exists, ENOSYS when it does not.
-            let r = unsafe { libc::syscall(libc::SYS_clone3, 0usize, 0usize) };
-            let e = std::io::Error::last_os_error().raw_os_error();
-            if r == -1 && e == Some(libc::ENOSYS) {
-                return Err("no clone3 system call".into());
-            }
-            let (major, minor) = kernel_version();
-            if (major, minor) < (5, 5) {
-                return Err(format!("Linux {major}.{minor} has clone3 without set_tid"));
-            }
-            Ok(())
-        },
-        |e| {
-            format!(
-                "{e}: restarts need clone3 with set_tid (Linux 5.5 or later); upgrade the kernel"
-            )
-        },
-    ));
+    v.push(set_tid_probe());
     v.push(probe(
         "checkpoint_restore",
         Need::Required,
@@ -352,7 +329,47 @@ fn findings_named(name: &str) -> Option<Finding> {
             incremental_fix,
         ));
     }
+    if name == "set_tid" {
+        return Some(set_tid_probe());
+    }
     findings().into_iter().find(|f| f.name == name)
+}
+
+/// clone3 with set_tid: optional, ns_last_pid replaces it.
+fn set_tid_probe() -> Finding {
+    probe(
+        "set_tid",
+        Need::Optional,
+        "clone3 with set_tid (processes and threads get their ids back; Linux 5.5)",
+        || {
+            // SAFETY: clone3 with a null argument only validates it: EINVAL
+            // when the call exists, ENOSYS when it does not.
+            let r = unsafe { libc::syscall(libc::SYS_clone3, 0usize, 0usize) };
+            let e = std::io::Error::last_os_error().raw_os_error();
+            if r == -1 && e == Some(libc::ENOSYS) {
+                return Err("no clone3 system call".into());
+            }
+            let (major, minor) = kernel_version();
+            if (major, minor) < (5, 5) {
+                return Err(format!("Linux {major}.{minor} has clone3 without set_tid"));
+            }
+            Ok(())
+        },
+        set_tid_fix,
+    )
+}
+
+fn set_tid_fix(e: &str) -> String {
+    format!(
+        "{e}: a restart sets process and thread ids through /proc/sys/kernel/ns_last_pid \
+         instead, one at a time under a lock (Linux 5.5 has clone3 with set_tid)"
+    )
+}
+
+/// Why a restart chooses ids through `ns_last_pid`, when it does
+/// ([`crate::restore::pids`]).
+pub fn set_tid_unavailable() -> Option<String> {
+    findings_named("set_tid").filter(|f| !f.ok).map(|f| f.fix)
 }
 
 fn incremental_fix(e: &str) -> String {

@@ -145,6 +145,10 @@ pub fn run_with(o: &Opts, on_signal: super::launch::OnSignal<'_>) -> Result<i32,
     let (sock_path, listener): (PathBuf, _) = super::launch::claim_socket(&dir, true)?;
     let command = gens[0].record.command.clone();
     let set = ns::block_signals();
+    if let Some(why) = super::check::set_tid_unavailable() {
+        eprintln!("ckpt: {why}");
+        crate::restore::pids::use_last_pid();
+    }
     match super::check::namespaces_or_diagnosis()? {
         None => {
             drop(listener);

@@ -5,6 +5,7 @@ pub mod aliases;
 pub mod blob;
 pub mod chain;
 pub mod names;
+pub mod pids;
 pub mod shared;
 pub mod stage1;
 pub mod tree;

@@ -715,6 +715,7 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
     fin.done_fd = status_fd as i64;
     fin.shared_pending = m.shared_pending;
     fin.track_generation = s.track_generation;
+    fin.last_pid_fd = super::pids::last_pid_fd_for_threads(hi)?;
     fin.nthreads = m.threads.len().min(fin.threads.len()) as u64;
     for (slot, t) in fin.threads.iter_mut().zip(m.threads.iter()) {
         *slot = FinishThread {

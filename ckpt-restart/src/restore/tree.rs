@@ -19,40 +19,7 @@ use ckpt::image::manifest::{ProcessManifest, Relaunch, Zombie};
 use super::shared::{self, Shared};
 use super::stage1::{self, Stage1};
 
-use ckpt::signal_safe::raw::CloneArgs;
-
-/// fork() with a chosen pid (needs CAP_SYS_ADMIN over the pid namespace,
-/// which the job's processes have until the restore drops it).
-pub fn fork_with_pid(pid: i32) -> std::io::Result<i32> {
-    let tid = [pid];
-    let a = CloneArgs {
-        flags: 0,
-        pidfd: 0,
-        child_tid: 0,
-        parent_tid: 0,
-        exit_signal: libc::SIGCHLD as u64,
-        stack: 0,
-        stack_size: 0,
-        tls: 0,
-        set_tid: tid.as_ptr() as u64,
-        set_tid_size: 1,
-        cgroup: 0,
-    };
-    // SAFETY: clone3 without CLONE_VM and without a stack behaves like fork;
-    // every caller here is single-threaded.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &a as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r as i32)
-    }
-}
+use super::pids::fork_with_pid;
 
 /// Pipes used to coordinate one restore attempt.
 struct Sync {
