@@ -63,7 +63,7 @@ fn a_missing_required_feature_fails_the_check_and_the_launch() {
         .arg(d.join("ck"))
         .args(["--", "/bin/touch"])
         .arg(&marker)
-        .env("CKPT_SIMULATE_MISSING", "set_tid")
+        .env("CKPT_SIMULATE_MISSING", "pidns")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -72,7 +72,10 @@ fn a_missing_required_feature_fails_the_check_and_the_launch() {
         err.contains("this node cannot run checkpointed jobs"),
         "{err}"
     );
-    assert!(err.contains("set_tid (Linux 5.5 or later)"), "{err}");
+    assert!(
+        err.contains("cannot create pid and mount namespaces"),
+        "{err}"
+    );
     assert!(!marker.exists(), "the program must not run");
     let _ = std::fs::remove_dir_all(&d);
 }
@@ -108,4 +111,18 @@ fn a_missing_optional_feature_is_one_line_and_the_job_runs() {
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn without_set_tid_the_node_is_degraded_and_restarts_use_ns_last_pid() {
+    let o = ckpt()
+        .arg("check")
+        .env("CKPT_SIMULATE_MISSING", "set_tid")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("degraded  set_tid"), "{out}");
+    assert!(out.contains("/proc/sys/kernel/ns_last_pid"), "{out}");
+    assert!(out.contains("this node can run checkpointed jobs"), "{out}");
 }
