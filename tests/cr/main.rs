@@ -19,6 +19,9 @@
 //! - `last_pid`: `cycles3` with every restart forced to choose ids through
 //!   `/proc/sys/kernel/ns_last_pid` (`CKPT_SIMULATE_MISSING=set_tid`), the way
 //!   kernels before 5.5 restart.
+//! - `vdso_moved`: `cycles3` whose first restart maps the kernel's vDSO elsewhere and
+//!   fills the old address with a jump table (`CKPT_VDSO_REDIRECT=1`), as a restart on
+//!   another kernel build does; the old address must hold it in every restored process.
 //! - `twice`: the same image restarted twice at once, each copy in a private mount
 //!   namespace with its own copy of the work directory bind-mounted over it (so each
 //!   copy has its own stdout and files); both copies identical to the reference.
@@ -152,6 +155,7 @@ fn run_case(name: &str, case: &str) {
         "cli" => c.cli(),
         "cycles3" => c.cycles3(),
         "last_pid" => c.last_pid(),
+        "vdso_moved" => c.vdso_moved(),
         "after" => c.after(),
         "older" => c.older(),
         "twice" => c.twice(),
@@ -635,6 +639,87 @@ impl Case {
     /// `set_tid` (forced with `CKPT_SIMULATE_MISSING=set_tid`): each
     /// restart says so, and processes and threads get their ids back.
     fn last_pid(&mut self) {
+        self.cycles_with(
+            "ids through ns_last_pid",
+            |_| {
+                Some((
+                    "CKPT_SIMULATE_MISSING",
+                    "set_tid",
+                    "/proc/sys/kernel/ns_last_pid",
+                ))
+            },
+            |_, _| Ok(()),
+        );
+    }
+
+    /// `cycles3` whose first restart sends the program's vDSO calls to a
+    /// vDSO mapped elsewhere, through a jump table at the old address, as a
+    /// restart on another kernel build does (forced with
+    /// `CKPT_VDSO_REDIRECT=1`); the next checkpoint saves the table with the
+    /// program's memory and the later restarts are ordinary.
+    fn vdso_moved(&mut self) {
+        self.cycles_with(
+            "the vDSO moved at the first restart",
+            |k| {
+                (k == 1).then_some((
+                    "CKPT_VDSO_REDIRECT",
+                    "1",
+                    "calls into the vDSO are sent to this kernel's vDSO",
+                ))
+            },
+            |c, restart| {
+                // Every restored process: [vdso] is no longer where the
+                // image had it, and the old place holds the jump table.
+                let g = c.dir.join("latest");
+                let mut seen = 0;
+                for entry in fs::read_dir(&g).map_err(|e| format!("{}: {e}", g.display()))? {
+                    let path = entry.map_err(|e| e.to_string())?.path();
+                    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    let Some(inner) = name
+                        .strip_prefix("proc-")
+                        .and_then(|n| n.strip_suffix(".json"))
+                        .and_then(|n| n.parse::<i32>().ok())
+                    else {
+                        continue;
+                    };
+                    let m: serde_json::Value =
+                        serde_json::from_slice(&fs::read(&path).map_err(|e| e.to_string())?)
+                            .map_err(|e| e.to_string())?;
+                    let old = m["vdso"]["vdso"].as_u64().unwrap_or(0);
+                    let Some(pid) = find_by_inner_pid(restart, inner) else {
+                        continue;
+                    };
+                    let maps = fs::read_to_string(format!("/proc/{pid}/maps"))
+                        .map_err(|e| e.to_string())?;
+                    let at = maps.lines().find(|l| l.starts_with(&format!("{old:x}-")));
+                    match at {
+                        Some(l) if !l.contains("[vdso]") && l.contains("r-xp") => seen += 1,
+                        _ => {
+                            return Err(format!(
+                                "process {inner}: the old vDSO address {old:#x} does not hold the \
+                                 jump table: {at:?}\n{maps}"
+                            ));
+                        }
+                    }
+                }
+                if seen == 0 {
+                    return Err("no restored process found to look at".into());
+                }
+                Ok(())
+            },
+        );
+    }
+
+    /// Three checkpoint/kill/restart cycles; restart `k` runs with the
+    /// environment variable `env(k)` = (name, value, what its stderr must
+    /// then say), and `after(case, restart pid)` looks at the restarted job
+    /// once it has said it.
+    fn cycles_with(
+        &mut self,
+        what: &str,
+        env: impl Fn(usize) -> Option<(&'static str, &'static str, &'static str)>,
+        after: impl Fn(&Case, i32) -> Result<(), String>,
+    ) {
         let reference = self.reference();
         self.close_gates();
         let mut p = self.launch_to_file();
@@ -642,34 +727,40 @@ impl Case {
             self.wait_checkpoint_point(&mut p, k);
             self.checkpoint();
             self.kill(&mut p);
-            let tag = format!("last-pid-{k}");
+            let tag = format!("env-{k}");
             let mut sp = Spawn::new(&self.ckpt, &self.s.path)
                 .arg("restart")
                 .arg("--dir")
                 .arg(&self.dir);
-            sp.env
-                .push(("CKPT_SIMULATE_MISSING".into(), OsString::from("set_tid")));
+            let e = env(k);
+            if let Some((name, value, _)) = e {
+                sp.env.push((name.into(), OsString::from(value)));
+            }
             sp.stdout = out_file(&self.s.join(format!("restart-{tag}.out"))).into();
             sp.stderr = out_file(&self.s.join(format!("restart-{tag}.err"))).into();
-            p = sp.spawn(&format!("ckpt restart ({tag}, ids through ns_last_pid)"));
+            p = sp.spawn(&format!("ckpt restart ({tag}: {what})"));
+            if let Some((name, _, said)) = e {
+                let err = || {
+                    fs::read_to_string(self.s.join(format!("restart-{tag}.err")))
+                        .unwrap_or_default()
+                };
+                wait_until(
+                    &format!("the restart with {name} saying {said:?}"),
+                    Duration::from_secs(30),
+                    || Ok(err().contains(said).then_some(())),
+                )
+                .and_then(|()| {
+                    // The program is restored once it runs past the gate's wait.
+                    std::thread::sleep(Duration::from_millis(300));
+                    after(self, p.pid())
+                })
+                .unwrap_or_else(|e| panic!("{}: {e}\n{}", self.label, self.s.tails(4000)));
+            }
             self.open_gate(&self.gates(), k);
-            let said = || {
-                fs::read_to_string(self.s.join(format!("restart-{tag}.err"))).unwrap_or_default()
-            };
-            wait_until(
-                "the restart saying it sets ids through ns_last_pid",
-                Duration::from_secs(30),
-                || {
-                    Ok(said()
-                        .contains("/proc/sys/kernel/ns_last_pid")
-                        .then_some(()))
-                },
-            )
-            .unwrap_or_else(|e| panic!("{}: {e}\n{}", self.label, self.s.tails(4000)));
         }
         self.wait_success(&mut p);
         self.compare_run(
-            "three checkpoint/kill/restart cycles, ids through ns_last_pid",
+            &format!("three checkpoint/kill/restart cycles, {what}"),
             &reference,
             &self.work,
         );

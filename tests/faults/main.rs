@@ -602,13 +602,41 @@ fn hostile_cases() -> Vec<Hostile> {
                 })
             },
         },
+        // Another kernel's vDSO is redirected to this one's (cr mode
+        // vdso_moved) unless it cannot stand in for it.
         Hostile {
-            name: "another kernel's vDSO",
-            says: &["vDSO"],
+            name: "another kernel's vDSO with a function this one lacks",
+            says: &["vDSO", "__vdso_frobnicate", "kernel it was checkpointed on"],
             damage: |g| {
                 edit_manifest(g, |m| {
                     let c = m["vdso"]["crc"].as_u64().unwrap_or(0);
                     m["vdso"]["crc"] = serde_json::json!(c ^ 1);
+                    if let Some(v) = m["vdso"]["symbols"].as_array_mut() {
+                        v.push(serde_json::json!(["__vdso_frobnicate", 8]));
+                    }
+                })
+            },
+        },
+        Hostile {
+            name: "a thread stopped inside another kernel's vDSO",
+            says: &["vDSO", "stopped inside the vDSO's code"],
+            damage: |g| {
+                edit_manifest(g, |m| {
+                    let c = m["vdso"]["crc"].as_u64().unwrap_or(0);
+                    m["vdso"]["crc"] = serde_json::json!(c ^ 1);
+                    let v = m["vdso"]["vdso"].as_u64().unwrap_or(0);
+                    m["threads"][0]["rip"] = serde_json::json!(v + 1);
+                })
+            },
+        },
+        Hostile {
+            name: "another kernel's vDSO, from an image that does not list its functions",
+            says: &["vDSO", "older ckpt"],
+            damage: |g| {
+                edit_manifest(g, |m| {
+                    let c = m["vdso"]["crc"].as_u64().unwrap_or(0);
+                    m["vdso"]["crc"] = serde_json::json!(c ^ 1);
+                    m["vdso"]["symbols"] = serde_json::json!([]);
                 })
             },
         },

@@ -1207,6 +1207,7 @@ mod tests {
                 clear_tid: 0,
                 scratch_sp: 0,
                 pending: 0,
+                rip: 0,
                 name: String::new(),
             }],
             image: ImageRef {

@@ -105,6 +105,7 @@ impl ProcessManifest {
                 vdso: 0,
                 vdso_len: 0,
                 crc: 0,
+                symbols: Vec::new(),
             },
             mm: MmInfo::default(),
             hooks: Hooks {
@@ -176,8 +177,13 @@ pub struct VdsoInfo {
     pub vdso: u64,
     /// Length of `[vdso]`.
     pub vdso_len: u64,
-    /// CRC-32C of the vDSO text (the kernel build must be the same).
+    /// CRC-32C of the vDSO text (the same kernel build maps it back as it
+    /// was; another build is redirected, `objects::vdso`).
     pub crc: u32,
+    /// The functions the vDSO exports, with their offsets (1.4; absent in
+    /// older images, which only restart on the same kernel build).
+    #[serde(default)]
+    pub symbols: Vec<(String, u64)>,
 }
 
 /// Memory descriptor fields.
@@ -310,6 +316,10 @@ pub struct Thread {
     /// Signals pending for this thread (bit n-1 = signal n).
     #[serde(default)]
     pub pending: u64,
+    /// The instruction pointer the thread resumes at (1.4; 0 in older
+    /// images).
+    #[serde(default)]
+    pub rip: u64,
     /// The thread's name (`/proc/.../comm`).
     #[serde(default)]
     pub name: String,

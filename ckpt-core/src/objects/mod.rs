@@ -43,6 +43,7 @@ pub mod posix_timer;
 pub mod signalfd;
 pub mod timerfd;
 pub mod unix_socket;
+pub mod vdso;
 
 /// What a kind's capture works with. **Async-signal-safe.**
 pub struct Capture<'a> {

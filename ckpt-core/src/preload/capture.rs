@@ -468,8 +468,24 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
     };
     let _ = write!(
         j,
-        "\"vdso\":{{\"vvar\":{vvar},\"vdso\":{vdso},\"vdso_len\":{vdso_len},\"crc\":{vcrc}}},"
+        "\"vdso\":{{\"vvar\":{vvar},\"vdso\":{vdso},\"vdso_len\":{vdso_len},\"crc\":{vcrc},\"symbols\":["
     );
+    if vdso != 0 {
+        // SAFETY: the vdso is mapped readable for the whole life of the process.
+        let elf = unsafe { core::slice::from_raw_parts(vdso as *const u8, vdso_len as usize) };
+        let mut n = 0usize;
+        let _ = crate::objects::vdso::for_each_function(elf, |name, off| {
+            // Names are plain identifiers (checked by the parser).
+            if let (Ok(name), true) = (
+                core::str::from_utf8(name),
+                n < crate::objects::vdso::MAX_SYMBOLS,
+            ) {
+                let _ = write!(j, "{}[\"{name}\",{off}]", if n == 0 { "" } else { "," });
+                n += 1;
+            }
+        });
+    }
+    let _ = write!(j, "]}},");
 
     // mm
     let _ = write!(
@@ -515,7 +531,7 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
             }
             let _ = write!(
                 j,
-                "{}{{\"tid\":{tid},\"ucontext\":{},\"fs_base\":{},\"gs_base\":{},\"rseq\":{},\"rseq_sig\":{},\"robust_head\":{},\"robust_len\":{},\"clear_tid\":{},\"scratch_sp\":{},\"pending\":{},\"name\":",
+                "{}{{\"tid\":{tid},\"ucontext\":{},\"fs_base\":{},\"gs_base\":{},\"rseq\":{},\"rseq_sig\":{},\"robust_head\":{},\"robust_len\":{},\"clear_tid\":{},\"scratch_sp\":{},\"pending\":{},",
                 if firstt { "" } else { "," },
                 sl.uc.load(Ordering::Relaxed),
                 sl.fs.load(Ordering::Relaxed),
@@ -528,6 +544,17 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
                 sl.sp.load(Ordering::Relaxed),
                 sl.pending.load(Ordering::Relaxed),
             );
+            let uc = sl.uc.load(Ordering::Relaxed);
+            if uc != 0 {
+                let at = uc as usize
+                    + core::mem::offset_of!(libc::ucontext_t, uc_mcontext.gregs)
+                    + libc::REG_RIP as usize * 8;
+                // SAFETY: uc is the signal frame the kernel wrote on the
+                // stopped thread's stack (mapped, 8-byte aligned).
+                let rip = unsafe { core::ptr::read(at as *const u64) };
+                let _ = write!(j, "\"rip\":{rip},");
+            }
+            let _ = write!(j, "\"name\":");
             let mut name = [0u8; 16];
             name[..8].copy_from_slice(&sl.name[0].load(Ordering::Relaxed).to_ne_bytes());
             name[8..].copy_from_slice(&sl.name[1].load(Ordering::Relaxed).to_ne_bytes());

@@ -18,20 +18,9 @@ fn check_host(m: &ProcessManifest) -> Result<(), String> {
             m.uid
         ));
     }
-    let vdso = current_vdso_crc();
-    if m.vdso.vdso != 0 && vdso != Some(m.vdso.crc) {
-        return Err("the kernel's vDSO differs from the one the program was checkpointed with (the kernel was changed or the image comes from another host); restart on a node running the same kernel build".into());
-    }
+    crate::restore::vdso::check(m)?;
     crate::cpu::check(&m.cpu)?;
     Ok(())
-}
-
-fn current_vdso_crc() -> Option<u32> {
-    let maps = crate::restore::blob::own_maps().ok()?;
-    let (s, e, _) = maps.iter().find(|(_, _, n)| n == b"[vdso]")?;
-    // SAFETY: the vDSO is mapped readable for the life of the process.
-    let bytes = unsafe { std::slice::from_raw_parts(*s as *const u8, (*e - *s) as usize) };
-    Some(ckpt::image::checksum::crc32c(bytes))
 }
 
 /// Pick the generations to try, newest first; explain the ones skipped.

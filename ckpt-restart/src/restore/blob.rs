@@ -94,6 +94,9 @@ pub struct RstArgs {
     pub finish_args_len: u64,
     pub socket_dst: u64,
     pub socket: [u8; 256],
+    pub stub_addr: u64,
+    pub stub_len: u64,
+    pub stub_src: u64,
 }
 
 /// Stage 2 exit status on failure.
@@ -156,4 +159,22 @@ pub fn choose_address(
     (1u64..120)
         .map(|i| i << 40)
         .find(|&a| !busy.iter().any(|&b| overlaps((a, a + len), b)))
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    unsafe extern "C" {
+        /// `sizeof(struct rst_args)` as restorer.c sees it.
+        static ckpt_rst_args_size: u64;
+    }
+
+    /// restorer.h and this file describe one block.
+    #[test]
+    fn rst_args_has_one_layout() {
+        // SAFETY: a constant defined by restorer.c.
+        let c = unsafe { ckpt_rst_args_size };
+        assert_eq!(c, std::mem::size_of::<RstArgs>() as u64);
+    }
 }

@@ -9,3 +9,4 @@ pub mod pids;
 pub mod shared;
 pub mod stage1;
 pub mod tree;
+pub mod vdso;

@@ -607,8 +607,15 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
     let runs_sz = up(nruns * 32 + 32);
     let auxv_sz = up(m.mm.auxv.len() * 8 + 16);
     let fin_sz = up(std::mem::size_of::<FinishArgs>());
+    // Another kernel build's vDSO: the jump table for the old range.
+    let redirecting = super::vdso::wanted(m);
+    let stub_sz = if redirecting {
+        up(m.vdso.vdso_len as usize)
+    } else {
+        0
+    };
     let stack_sz = 256 * 1024;
-    let total = code_sz + args_sz + regs_sz + runs_sz + auxv_sz + fin_sz + stack_sz;
+    let total = code_sz + args_sz + regs_sz + runs_sz + auxv_sz + fin_sz + stub_sz + stack_sz;
 
     let current = blob::own_maps().map_err(|e| format!("read /proc/self/maps: {e}"))?;
     let addr = blob::choose_address(m, &current, total as u64)
@@ -635,7 +642,22 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
     let runs_at = regs_at + regs_sz;
     let auxv_at = runs_at + runs_sz;
     let fin_at = auxv_at + auxv_sz;
-    let stack_top = fin_at + fin_sz + stack_sz - 64;
+    let stub_at = fin_at + fin_sz;
+    let stack_top = stub_at + stub_sz + stack_sz - 64;
+    let redirect = if redirecting {
+        super::vdso::plan(m, &[(addr, addr + total as u64)])?
+    } else {
+        None
+    };
+    if let Some(r) = &redirect {
+        if r.table.len() > stub_sz {
+            return Err("the vDSO jump table does not fit its area".into());
+        }
+        // SAFETY: stub_at has room for stub_sz bytes inside our mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping(r.table.as_ptr(), stub_at as *mut u8, r.table.len())
+        };
+    }
 
     // Shared anonymous memory is mapped from the init's memfd, already filled.
     for (i, r) in m.regions.iter().enumerate() {
@@ -703,8 +725,14 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
         }
     }
     for (i, w) in m.mm.auxv.iter().enumerate() {
+        // The kernel's copy of the auxiliary vector names the vDSO mapped
+        // now (the program's own copy, in its memory, keeps the old one).
+        let w = match &redirect {
+            Some(r) if i % 2 == 1 && m.mm.auxv[i - 1] == libc::AT_SYSINFO_EHDR => r.vdso,
+            _ => *w,
+        };
         // SAFETY: auxv area sized for every word.
-        unsafe { std::ptr::write((auxv_at as *mut u64).add(i), *w) };
+        unsafe { std::ptr::write((auxv_at as *mut u64).add(i), w) };
     }
 
     // Finish args.
@@ -761,7 +789,12 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
     let fs = raw::get_fs_base();
     a.helper_rseq = ckpt::preload::stop::rseq_area(fs);
     a.helper_rseq_sig = u64::from(ckpt::preload::stop::RSEQ_SIG);
-    a.vvar = m.vdso.vvar;
+    a.vvar = redirect.as_ref().map_or(m.vdso.vvar, |r| r.vvar);
+    if let Some(r) = &redirect {
+        a.stub_addr = m.vdso.vdso;
+        a.stub_len = r.table.len() as u64;
+        a.stub_src = stub_at as u64;
+    }
     a.n_img = img_fds.len() as u64;
     for (slot, fd) in a.img_fds.iter_mut().zip(&img_fds) {
         *slot = i64::from(*fd);

@@ -143,6 +143,9 @@ SEC static void read_full(struct rst_args *a, long fd, uint64_t addr, uint64_t l
 	}
 }
 
+/* Checked against the Rust mirror by a unit test (restore/blob.rs). */
+__attribute__((used)) const uint64_t ckpt_rst_args_size = sizeof(struct rst_args);
+
 SEC void ckpt_rst_main(struct rst_args *a) {
 	long r;
 	/* 1. The helper's rseq area is about to be unmapped: unregister it. */
@@ -161,6 +164,22 @@ SEC void ckpt_rst_main(struct rst_args *a) {
 		r = sys3(NR_arch_prctl, 0x2003 /* ARCH_MAP_VDSO_64 */, a->vvar, 0);
 		if (r < 0)
 			die(a, 2, a->vvar, r);
+	}
+
+	/* 3b. Another kernel build's vDSO: the old one's address range gets
+	 * the jump table to the new one. */
+	if (a->stub_len) {
+		r = sys6(NR_mmap, (long)a->stub_addr, (long)a->stub_len, 0x1 | 0x2,
+			 0x10 | 0x02 | 0x20 /* FIXED|PRIVATE|ANONYMOUS */, -1, 0);
+		if (r != (long)a->stub_addr)
+			die(a, 2, a->stub_addr, r);
+		uint8_t *sd = (uint8_t *)a->stub_addr;
+		const uint8_t *ss = (const uint8_t *)a->stub_src;
+		for (uint64_t i = 0; i < a->stub_len; i++)
+			sd[i] = ss[i];
+		r = sys3(NR_mprotect, a->stub_addr, a->stub_len, 0x1 | 0x4 /* READ|EXEC */);
+		if (r < 0)
+			die(a, 2, a->stub_addr, r);
 	}
 
 	/* 4. Regions. */

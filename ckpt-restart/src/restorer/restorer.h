@@ -68,5 +68,11 @@ struct rst_args {
 	uint64_t finish_args_len;
 	uint64_t socket_dst;
 	uint8_t socket[256];
+	/* The vDSO of another kernel build (restore/vdso.rs): a jump table of
+	 * stub_len bytes, copied from stub_src to stub_addr (the old vDSO's
+	 * address) and made executable; stub_len 0: none. */
+	uint64_t stub_addr;
+	uint64_t stub_len;
+	uint64_t stub_src;
 };
 #endif
