@@ -136,6 +136,11 @@ pub fn sync_image(dir: &[u8], pid: i32) -> Result<(), Fail> {
         let mut p = path_in(dir, name);
         let fd = raw::open(p.as_cstr(), libc::O_RDONLY | libc::O_CLOEXEC, 0).map_err(at(5))?;
         let r = raw::fsync(fd).map_err(at(5));
+        if r.is_ok() {
+            // Durable, so clean: the image leaves the page cache instead of
+            // pushing out the job's own cached files.
+            raw::drop_cached(fd);
+        }
         raw::close(fd);
         r?;
     }

@@ -174,17 +174,20 @@ fn raise_all(mask: u64, mut f: impl FnMut(i32)) {
     }
 }
 
+/// What a restored thread shares with its process (as `pthread_create`).
+const THREAD_FLAGS: i32 = libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM
+    | libc::CLONE_SETTLS;
+
 fn spawn(t: &FinishThread) -> Result<(), raw::Errno> {
     let tid = t.tid;
     let stack_top = t.scratch_sp & !0xf;
     let ca = CloneArgs {
-        flags: (libc::CLONE_VM
-            | libc::CLONE_FS
-            | libc::CLONE_FILES
-            | libc::CLONE_SIGHAND
-            | libc::CLONE_THREAD
-            | libc::CLONE_SYSVSEM
-            | libc::CLONE_SETTLS) as u64,
+        flags: THREAD_FLAGS as u64,
         pidfd: 0,
         child_tid: 0,
         parent_tid: 0,
@@ -232,13 +235,6 @@ fn spawn(t: &FinishThread) -> Result<(), raw::Errno> {
 fn spawn_through_last_pid(t: &FinishThread, fd: i32) -> Result<(), raw::Errno> {
     let tid = t.tid as i32;
     crate::signal_safe::last_pid::claim(fd, tid)?;
-    let flags = libc::CLONE_VM
-        | libc::CLONE_FS
-        | libc::CLONE_FILES
-        | libc::CLONE_SIGHAND
-        | libc::CLONE_THREAD
-        | libc::CLONE_SYSVSEM
-        | libc::CLONE_SETTLS;
     let stack_top = t.scratch_sp & !0xf;
     let ret: isize;
     // SAFETY: clone (flags, new stack, parent tid, child tid, tls) creates a
@@ -258,7 +254,7 @@ fn spawn_through_last_pid(t: &FinishThread, fd: i32) -> Result<(), raw::Errno> {
             "2:",
             entry = sym resume_entry,
             inlateout("rax") nr::CLONE as isize => ret,
-            in("rdi") flags as usize,
+            in("rdi") THREAD_FLAGS as usize,
             in("rsi") stack_top as usize,
             in("rdx") 0usize,
             in("r10") 0usize,

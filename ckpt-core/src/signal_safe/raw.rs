@@ -125,6 +125,7 @@ pub mod nr {
         CLONE3 = 435,
         CLONE = 56,
         FLOCK = 73,
+        FADVISE64 = 221,
         RT_SIGRETURN = 15,
         GETITIMER = 36,
         SETITIMER = 38,
@@ -216,6 +217,14 @@ pub fn open(path: &[u8], flags: i32, mode: u32) -> Result<i32, Errno> {
         )
     }
     .map(|fd| fd as i32)
+}
+
+/// `posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)`: drop the file's clean
+/// pages from the page cache (an image, once durable, is not read again by
+/// the job; docs/image-format.md, "Page cache").
+pub fn drop_cached(fd: i32) {
+    // SAFETY: fadvise64 takes no pointers.
+    let _ = unsafe { syscall6(nr::FADVISE64, fd as usize, 0, 0, 4, 0, 0) };
 }
 
 /// `close(2)`.

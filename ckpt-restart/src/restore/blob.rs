@@ -97,6 +97,7 @@ pub struct RstArgs {
     pub stub_addr: u64,
     pub stub_len: u64,
     pub stub_src: u64,
+    pub img_drop: [u64; MAX_IMAGES],
 }
 
 /// Stage 2 exit status on failure.

@@ -66,6 +66,40 @@ fn dup_at_least(fd: i32, min: i32) -> Result<i32, String> {
 /// regular file of ours, of the size the generation record lists), so that
 /// what is read is what was checked, never another user's file.
 /// Non-blocking: a FIFO planted under the name is refused, not waited on.
+/// Whether at least half of the file behind `fd` is in the page cache
+/// (`mincore` of a read-only mapping). A restart drops what it read of an
+/// image that was not (docs/image-format.md, "Page cache").
+pub fn mostly_cached(fd: i32) -> bool {
+    // SAFETY: fstat into a zeroed stat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is ours, st is valid.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_size <= 0 {
+        return false;
+    }
+    let len = st.st_size as usize;
+    // SAFETY: a fresh read-only shared mapping of our descriptor.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return false;
+    }
+    let pages = len.div_ceil(4096);
+    let mut v = vec![0u8; pages];
+    // SAFETY: v has one byte per page of the mapping.
+    let ok = unsafe { libc::mincore(p, len, v.as_mut_ptr()) } == 0;
+    // SAFETY: unmapping what we mapped.
+    unsafe { libc::munmap(p, len) };
+    ok && v.iter().filter(|&&b| b & 1 != 0).count() * 2 >= pages
+}
+
 pub fn open_image(dir: &Path, name: &str, size: u64) -> Result<std::fs::File, String> {
     let path = dir.join(name);
     if name.is_empty() || name.contains('/') || name.starts_with('.') {

@@ -796,8 +796,9 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
         a.stub_src = stub_at as u64;
     }
     a.n_img = img_fds.len() as u64;
-    for (slot, fd) in a.img_fds.iter_mut().zip(&img_fds) {
-        *slot = i64::from(*fd);
+    for (i, fd) in img_fds.iter().enumerate().take(a.img_fds.len()) {
+        a.img_fds[i] = i64::from(*fd);
+        a.img_drop[i] = u64::from(!super::shared::mostly_cached(*fd));
     }
     a.exe_fd = exe_fd as i64;
     a.err_fd = err_fd as i64;

@@ -48,6 +48,7 @@ SECI long sys6(long n, long a, long b, long c, long d, long e, long f) {
 #define NR_madvise 28
 #define NR_prctl 157
 #define NR_arch_prctl 158
+#define NR_fadvise64 221
 #define NR_exit_group 231
 #define NR_rseq 334
 
@@ -220,6 +221,9 @@ SEC void ckpt_rst_main(struct rst_args *a) {
 				read_full(a, a->img_fds[run[2]], addr + done, n, run[3] + done);
 				if (a->verify)
 					crc = crc32c_update(crc, (const uint8_t *)(addr + done), n, shifts);
+				if (a->img_drop[run[2]])
+					sys6(NR_fadvise64, a->img_fds[run[2]], (long)(run[3] + done), (long)n,
+					     4 /* POSIX_FADV_DONTNEED */, 0, 0);
 			}
 		}
 		if (a->verify && g->nruns && (~crc) != g->crc)
@@ -245,8 +249,13 @@ SEC void ckpt_rst_main(struct rst_args *a) {
 	}
 	if (a->exe_fd >= 0)
 		sys3(NR_close, a->exe_fd, 0, 0);
-	for (uint64_t i = 0; i < a->n_img && i < RST_MAX_IMAGES; i++)
+	for (uint64_t i = 0; i < a->n_img && i < RST_MAX_IMAGES; i++) {
+		/* Again for the whole file: pages still being read ahead while
+		 * their chunk was dropped stayed. */
+		if (a->img_drop[i])
+			sys6(NR_fadvise64, a->img_fds[i], 0, 0, 4 /* POSIX_FADV_DONTNEED */, 0, 0);
 		sys3(NR_close, a->img_fds[i], 0, 0);
+	}
 	sys3(NR_close, a->err_fd, 0, 0);
 
 	/* 6. Hand over to the restored libckpt. */

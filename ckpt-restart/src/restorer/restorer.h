@@ -74,5 +74,8 @@ struct rst_args {
 	uint64_t stub_addr;
 	uint64_t stub_len;
 	uint64_t stub_src;
+	/* Per image: 1 = drop what was read from the page cache (the image was
+	 * not cached when the restart began: it leaves the cache as it found it). */
+	uint64_t img_drop[RST_MAX_IMAGES];
 };
 #endif
