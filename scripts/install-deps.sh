@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # install-deps.sh - install everything ckpt needs to build and test on Debian 12:
 # Slurm (slurmctld, slurmd, client, headers), munge, libclang for bindgen, a C
-# compiler, and the interpreters the C/R tests run (python3, R, tmux).
+# compiler, the interpreters the C/R tests run (python3, R, tmux), and QEMU, Debian's
+# 6.1 kernel and virtme-ng for the C/R tests in a 6.1 guest.
 # Idempotent; apt-get runs only when something is missing (then it must run
 # as root).
 # Builds Slurm 25.11 from vendor/ into /opt/slurm-25.11 when it is not there.
@@ -20,6 +21,10 @@ PACKAGES+=(nodejs)
 PACKAGES+=(default-jdk-headless)
 # Building Slurm 25.11 from vendor/ (below).
 PACKAGES+=(libmunge-dev make)
+# The C/R tests on Debian 12's own kernel, Linux 6.1, booted under QEMU by virtme-ng
+# (tests/kernel-6-1): QEMU, the kernel (the generic flavour: -cloud-amd64 has no 9p),
+# busybox for virtme-ng's initramfs, and venv for virtme-ng itself (below).
+PACKAGES+=(qemu-system-x86 linux-image-amd64 busybox-static python3-venv)
 
 log() { echo "[install-deps] $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -83,4 +88,23 @@ if [ ! -x "$SLURM_25_11_HOME/sbin/slurmctld" ] || [ ! -f "$SLURM_25_11_HOME/incl
   rm -rf "$build"
 fi
 
-log "ok: packages installed, Slurm 25.11 in $SLURM_25_11_HOME, cargo $version"
+# virtme-ng (only on PyPI) in its own venv of Debian's python3 (Debian's pip refuses
+# to install into the system), its commands linked into /usr/local/bin.
+VNG_VENV=/opt/virtme-ng
+VNG_VERSION=1.42
+if [ "$("$VNG_VENV/bin/vng" --version 2>/dev/null)" != "virtme-ng $VNG_VERSION" ]; then
+  [ "$(id -u)" = 0 ] || die "virtme-ng $VNG_VERSION is not installed in $VNG_VENV; run as root to install it"
+  log "installing virtme-ng $VNG_VERSION into $VNG_VENV"
+  rm -rf "$VNG_VENV"
+  { /usr/bin/python3 -m venv "$VNG_VENV" &&
+    "$VNG_VENV/bin/pip" install -q --disable-pip-version-check "virtme-ng==$VNG_VERSION"; } ||
+    die "installing virtme-ng $VNG_VERSION from PyPI into $VNG_VENV failed"
+fi
+for cmd in vng virtme-ng virtme-run; do
+  if [ "$(readlink "/usr/local/bin/$cmd" 2>/dev/null)" != "$VNG_VENV/bin/$cmd" ]; then
+    [ "$(id -u)" = 0 ] || die "/usr/local/bin/$cmd does not point into $VNG_VENV; run as root to link it"
+    ln -sf "$VNG_VENV/bin/$cmd" "/usr/local/bin/$cmd"
+  fi
+done
+
+log "ok: packages installed, Slurm 25.11 in $SLURM_25_11_HOME, virtme-ng $VNG_VERSION, cargo $version"

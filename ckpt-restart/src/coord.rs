@@ -376,10 +376,17 @@ impl Coordinator {
         let mut failure = None;
         let mut in_place = 0usize;
         let mut in_place_pids = BTreeSet::new();
+        // Snapshot children write private memory once released, except when
+        // the job is to be held (its processes could not tell them).
+        let flags = if track != 0 {
+            ckpt::coord::WRITE_TRACK
+        } else {
+            0
+        } | if hold { 0 } else { ckpt::coord::WRITE_DEFER };
         for (pid, conn) in &run.leaders {
             // The directory goes along as a descriptor: the process writes
             // relative to it, whatever happens to its name meanwhile.
-            let msg = format!("WRITE {} {base} {track} {target}", pending.number);
+            let msg = format!("WRITE {} {base} {flags} {target}", pending.number);
             if sock::send_with_fd(conn, msg.as_bytes(), pending.fd()).is_err() {
                 failure.get_or_insert(format!("process {pid} went away during the checkpoint"));
             }

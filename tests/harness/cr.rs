@@ -93,8 +93,17 @@ pub fn locate_ckpt() -> Result<PathBuf, String> {
     ))
 }
 
-/// A scratch directory under /tmp, unique per test; removed when the test passes,
-/// kept (and its path printed) when it fails.
+/// Where scratch directories are made: `$CKPT_TEST_SCRATCH` when set (the 6.1 guest of
+/// `tests/kernel-6-1` points it to a tmpfs: its root file system is the host's, shared
+/// read-only over 9p, where unix sockets cannot be created), else /tmp.
+pub fn scratch_base() -> PathBuf {
+    std::env::var_os("CKPT_TEST_SCRATCH")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from)
+}
+
+/// A scratch directory under `scratch_base()` (/tmp by default), unique per test;
+/// removed when the test passes, kept (and its path printed) when it fails.
 pub struct Scratch {
     pub path: PathBuf,
 }
@@ -103,7 +112,7 @@ impl Scratch {
     pub fn new(label: &str) -> Scratch {
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let path = PathBuf::from(format!("/tmp/ckpt-cr-{label}-{}-{n}", std::process::id()));
+        let path = scratch_base().join(format!("ckpt-cr-{label}-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
         fs::DirBuilder::new()
             .mode(0o700)

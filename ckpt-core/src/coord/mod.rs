@@ -9,13 +9,20 @@
 //! |---|---|---|
 //! | leader | `STOPPED <pid>` | every thread of the process is parked |
 //! | leader | `FAIL <pid> <why>` | it could not stop; the checkpoint is abandoned |
-//! | coordinator | `WRITE <generation> <base> <track> <dir>` + the generation directory's descriptor (`SCM_RIGHTS`) | the whole job is stopped: write `proc-<pid>.{img,json}` there |
+//! | coordinator | `WRITE <generation> <base> <flags> <dir>` + the generation directory's descriptor (`SCM_RIGHTS`) | the whole job is stopped: write `proc-<pid>.{img,json}` there ([`WRITE_TRACK`], [`WRITE_DEFER`]) |
 //! | coordinator | `ABORT` | resume without writing |
 //! | leader | `DONE <pid> <bytes> <pause_us> [snap=<pid>] [inplace]` / `FAIL <pid> <why>` | the image is written (not yet synced) |
 //! | coordinator | `RELEASE` | the job may run again |
 //! | leader or its snapshot child | `SYNCED <pid> <bytes> <pause_us>` / `FAIL <pid> <why>` | the image is fsynced |
 //! | client | `CHECKPOINT` | `ckpt checkpoint` asks for a blocking checkpoint |
 //! | coordinator | `OK <dir> <bytes> <pause_us> <total_us> <processes> <in_place> <base>` / `ERR <message>` | its answer |
+
+/// `WRITE` flag: track written pages from now on (incremental checkpoints).
+pub const WRITE_TRACK: u64 = 1;
+/// `WRITE` flag: a snapshot child writes private memory only after its
+/// process is released (not when the job is held after the checkpoint: a
+/// held process could never tell its child).
+pub const WRITE_DEFER: u64 = 2;
 
 /// Largest message.
 pub const MAX_MSG: usize = 4096;

@@ -162,10 +162,21 @@ impl std::error::Error for RedirectError {}
 enum Target {
     /// The same function in the new vDSO.
     Jump(u64),
+    /// Nothing: the entry traps (`int3`).
+    Trap,
     /// The system call that does what the function does, with the same
     /// arguments in the same registers and the same return convention
     /// (negative errno), for a function the new vDSO lacks.
     Syscall(u32),
+}
+
+/// A function only SGX enclave runtimes call (6.1's vDSO has
+/// `__vdso_sgx_enter_enclave`, later builds without SGX support do not): an
+/// enclave is bound to the CPU it was built on and never moves with a
+/// checkpoint, so its entry is left to trap rather than refuse every
+/// program the restart could carry.
+fn only_for_enclaves(name: &str) -> bool {
+    name.starts_with("__vdso_sgx_")
 }
 
 /// The x86-64 system call a vDSO function stands for.
@@ -224,6 +235,11 @@ pub fn jump_table(
             .find_map(|name| new.iter().find(|(n, _)| n == name))
             .map(|(_, o)| Target::Jump(new_vdso + o))
             .or_else(|| names().find_map(|n| syscall_of(n)).map(Target::Syscall))
+            .or_else(|| {
+                names()
+                    .any(|n| only_for_enclaves(n))
+                    .then_some(Target::Trap)
+            })
             .ok_or_else(|| RedirectError::Missing(names().next().cloned().unwrap_or_default()))?;
         entries.push((*off, target));
     }
@@ -233,6 +249,7 @@ pub fn jump_table(
     for (i, &(off, target)) in entries.iter().enumerate() {
         let code = match target {
             Target::Jump(to) => jump(old.vdso + off, to),
+            Target::Trap => Vec::new(),
             Target::Syscall(nr) => {
                 // mov eax, nr; syscall; ret
                 let mut v = vec![0xb8];
@@ -408,6 +425,10 @@ mod tests {
             jump_table(&old, 0x7100_0000, &new, &[]),
             Err(RedirectError::Missing("__vdso_frobnicate".into()))
         );
+        // The enclave entry of 6.1's vDSO traps.
+        let old = info(0x7000_0000, 0x1000, &[("__vdso_sgx_enter_enclave", 0x10)]);
+        let t = jump_table(&old, 0x7100_0000, &new, &[]).expect("a table");
+        assert!(t.iter().all(|&b| b == 0xcc));
         // A function with a system call of its own is emulated.
         let old = info(
             0x7000_0000,

@@ -81,6 +81,10 @@ fn path_in(dir: &[u8], name: core::fmt::Arguments<'_>) -> StackBuf<4096> {
 /// Set (in a snapshot child) once the shared part of the image is written.
 pub static PHASE_SENT: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
 
+/// In a snapshot child that defers its private memory: the pipe whose
+/// byte (or end of file) says the job was released; -1 otherwise.
+pub static GO_FD: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(-1);
+
 /// What must be read in the process itself before a snapshot child is
 /// forked (a child has its own pid, no interval timers and no pending
 /// signals). **Async-signal-safe.**
@@ -313,6 +317,12 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
         if !shared_pass && fds.phase >= 0 {
             PHASE_SENT.store(1, Ordering::Release);
             let _ = raw::write(fds.phase, b"S");
+            let go = GO_FD.swap(-1, Ordering::AcqRel);
+            if go >= 0 {
+                let mut b = [0u8; 1];
+                while let Err(Errno(libc::EINTR)) = raw::read_into(go, &mut b) {}
+                raw::close(go);
+            }
         }
         if !shared_pass && huge.is_none() {
             huge = Some(HugeSet::read(&mut s.tmp));
@@ -990,6 +1000,7 @@ fn write_fds(
         img,
         pagemap,
         own.phase,
+        GO_FD.load(Ordering::Acquire),
         super::track::own_fd(),
         super::leader::GEN_DIR_FD.load(core::sync::atomic::Ordering::Acquire),
     ];

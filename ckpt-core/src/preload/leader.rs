@@ -365,7 +365,20 @@ fn write_in_place(dir: &[u8], fd: i32, pre: &capture::Pre, t0: u64, buf: &mut [u
 /// the image while the job runs on. The job is released as soon as the
 /// child has saved what other processes can change (pipes, shared memory):
 /// the pause is the fork, not the write.
-fn write_forked(dir: &[u8], fd: i32, pre: &capture::Pre, t0: u64, buf: &mut [u8; MAX_MSG]) {
+///
+/// With `defer`, the child writes the private memory only once the parent
+/// has been released (a byte on a second pipe, or its end of file): while
+/// the job stands still, the children of processes that are done do not take
+/// the CPUs from the processes still being stopped (many processes on few
+/// cores; `bench/results.md`, "Scale").
+fn write_forked(
+    dir: &[u8],
+    fd: i32,
+    pre: &capture::Pre,
+    t0: u64,
+    buf: &mut [u8; MAX_MSG],
+    defer: bool,
+) {
     let pid = pre.pid;
     reap_previous_snapshot();
     let mut p = [0i32; 2];
@@ -375,6 +388,21 @@ fn write_forked(dir: &[u8], fd: i32, pre: &capture::Pre, t0: u64, buf: &mut [u8;
         write_in_place(dir, fd, pre, t0, buf);
         return;
     }
+    let mut go = [-1i32; 2];
+    if defer {
+        // SAFETY: pipe2 (293) into a valid array; without it the child does
+        // not wait.
+        let made =
+            unsafe { raw::syscall3(293, go.as_mut_ptr() as usize, libc::O_CLOEXEC as usize, 0) };
+        if made.is_err() {
+            go = [-1, -1];
+        }
+    }
+    let close_go = |end: i32| {
+        if end >= 0 {
+            raw::close(end);
+        }
+    };
     let mappings = count_mappings();
     // SAFETY: clone (56) with no flags and no stack is fork() whose child
     // signals nobody on exit (so the program's wait() never sees it). The
@@ -383,6 +411,8 @@ fn write_forked(dir: &[u8], fd: i32, pre: &capture::Pre, t0: u64, buf: &mut [u8;
     match child {
         Ok(0) => {
             raw::close(p[0]);
+            close_go(go[1]);
+            capture::GO_FD.store(go[0], Ordering::Release);
             if mappings.is_none() || count_mappings() != mappings {
                 // Regions marked MADV_DONTFORK (V8's heap in Node.js, RDMA
                 // buffers) are missing from this copy: the parent writes
@@ -427,6 +457,7 @@ fn write_forked(dir: &[u8], fd: i32, pre: &capture::Pre, t0: u64, buf: &mut [u8;
         }
         Ok(c) => {
             raw::close(p[1]);
+            close_go(go[0]);
             let mut b = [0u8; 8];
             let n = loop {
                 match raw::read_into(p[0], &mut b) {
@@ -436,6 +467,7 @@ fn write_forked(dir: &[u8], fd: i32, pre: &capture::Pre, t0: u64, buf: &mut [u8;
             };
             raw::close(p[0]);
             if n >= 1 && b[0] == b'D' {
+                close_go(go[1]);
                 SNAP_CHILD.store(c as i32, Ordering::Release);
                 reap_previous_snapshot();
                 write_in_place(dir, fd, pre, t0, buf);
@@ -462,6 +494,10 @@ fn write_forked(dir: &[u8], fd: i32, pre: &capture::Pre, t0: u64, buf: &mut [u8;
             send(fd, r.as_bytes());
             let _ = recv(fd, buf);
             release_all();
+            if go[1] >= 0 {
+                let _ = raw::write(go[1], b"G");
+                raw::close(go[1]);
+            }
             if ok {
                 SNAP_CHILD.store(c as i32, Ordering::Release);
             } else {
@@ -472,6 +508,8 @@ fn write_forked(dir: &[u8], fd: i32, pre: &capture::Pre, t0: u64, buf: &mut [u8;
         Err(_) => {
             raw::close(p[0]);
             raw::close(p[1]);
+            close_go(go[0]);
+            close_go(go[1]);
             write_in_place(dir, fd, pre, t0, buf);
         }
     }
@@ -526,13 +564,15 @@ fn memory_allows_snapshot() -> bool {
     }
 }
 
-/// Parse `WRITE <generation> <base> <track> <dir>`.
-fn parse_write(msg: &[u8]) -> Option<(super::track::Request, &[u8])> {
+/// Parse `WRITE <generation> <base> <flags> <dir>`: flags bit 0 = track
+/// written pages, bit 1 = a snapshot child writes private memory only once
+/// the job is released ([`crate::coord::WRITE_DEFER`]).
+fn parse_write(msg: &[u8]) -> Option<(super::track::Request, bool, &[u8])> {
     let rest = msg.strip_prefix(b"WRITE ")?;
     let mut parts = rest.splitn(4, |&c| c == b' ');
     let generation = procfs::dec(parts.next()?)?;
     let base = procfs::dec(parts.next()?)?;
-    let track = procfs::dec(parts.next()?)? == 1;
+    let flags = procfs::dec(parts.next()?)?;
     let dir = parts.next()?;
     if dir.is_empty() {
         return None;
@@ -541,8 +581,9 @@ fn parse_write(msg: &[u8]) -> Option<(super::track::Request, &[u8])> {
         super::track::Request {
             generation,
             base,
-            track,
+            track: flags & crate::coord::WRITE_TRACK == crate::coord::WRITE_TRACK,
         },
+        flags & crate::coord::WRITE_DEFER == crate::coord::WRITE_DEFER,
         dir,
     ))
 }
@@ -577,7 +618,7 @@ pub fn lead(uc: u64) {
     let passed = received.map_or(-1, |(_, d)| d);
     GEN_DIR_FD.store(passed, Ordering::Release);
     if let Some((msg, _)) = received
-        && let Some((req, dir)) = parse_write(msg)
+        && let Some((req, defer, dir)) = parse_write(msg)
     {
         // Write through the descriptor the coordinator opened and checked
         // (the name is only a fall-back for a coordinator that sends none).
@@ -601,7 +642,7 @@ pub fn lead(uc: u64) {
         let own_uc = capture::own_ucontext(pre.tid);
         let _ = super::track::before_snapshot(&req, own_uc);
         if snapshot {
-            write_forked(dir, fd, &pre, t0, &mut buf);
+            write_forked(dir, fd, &pre, t0, &mut buf, defer);
         } else {
             write_in_place(dir, fd, &pre, t0, &mut buf);
         }

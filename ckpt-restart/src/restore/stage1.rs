@@ -435,8 +435,16 @@ fn open_region_files(m: &ProcessManifest, hi: i32) -> Result<BTreeMap<usize, i32
             .wrapping_mul(1_000_000_000)
             .wrapping_add(md.mtime_nsec() as u64);
         let put_back = crate::saved_files::was_restored(&r.name);
+        // On the filesystem it was mapped from, the same file has the same
+        // inode. Elsewhere (another node's own copy of a library, a network
+        // filesystem mounted under another device number) inode numbers
+        // differ: the size and the modification time (to the nanosecond,
+        // as the package or build left it) must still be the same.
+        let same_fs = md.dev() == r.dev;
         if !put_back
-            && (md.ino() != r.inode || md.size() != r.file_size || mtime != r.file_mtime_ns)
+            && ((same_fs && md.ino() != r.inode)
+                || md.size() != r.file_size
+                || mtime != r.file_mtime_ns)
         {
             return Err(format!(
                 "{} changed since the checkpoint (it was replaced, rewritten or upgraded); restoring would run a mix of old and new code or data",
