@@ -620,22 +620,7 @@ impl Case {
     }
 
     fn cycles3(&mut self) {
-        let reference = self.reference();
-        self.close_gates();
-        let mut p = self.launch_to_file();
-        for k in 1..=GATES {
-            self.wait_checkpoint_point(&mut p, k);
-            self.checkpoint();
-            self.kill(&mut p);
-            p = self.restart(&k.to_string(), None, None);
-            self.open_gate(&self.gates(), k);
-        }
-        self.wait_success(&mut p);
-        self.compare_run(
-            "three checkpoint/kill/restart cycles",
-            &reference,
-            &self.work,
-        );
+        self.cycles_with("", |_| None, |_, _| Ok(()));
     }
 
     /// `cycles3` with every restart choosing ids through
@@ -731,7 +716,7 @@ impl Case {
             self.wait_checkpoint_point(&mut p, k);
             self.checkpoint();
             self.kill(&mut p);
-            let tag = format!("env-{k}");
+            let tag = k.to_string();
             let mut sp = Spawn::new(&self.ckpt, &self.s.path)
                 .arg("restart")
                 .arg("--dir")
@@ -742,7 +727,10 @@ impl Case {
             }
             sp.stdout = out_file(&self.s.join(format!("restart-{tag}.out"))).into();
             sp.stderr = out_file(&self.s.join(format!("restart-{tag}.err"))).into();
-            p = sp.spawn(&format!("ckpt restart ({tag}: {what})"));
+            p = sp.spawn(&format!(
+                "ckpt restart ({tag}{}{what})",
+                if what.is_empty() { "" } else { ": " }
+            ));
             if let Some((name, _, said)) = e {
                 let err = || {
                     fs::read_to_string(self.s.join(format!("restart-{tag}.err")))
@@ -763,11 +751,12 @@ impl Case {
             self.open_gate(&self.gates(), k);
         }
         self.wait_success(&mut p);
-        self.compare_run(
-            &format!("three checkpoint/kill/restart cycles, {what}"),
-            &reference,
-            &self.work,
-        );
+        let label = if what.is_empty() {
+            "three checkpoint/kill/restart cycles".to_string()
+        } else {
+            format!("three checkpoint/kill/restart cycles, {what}")
+        };
+        self.compare_run(&label, &reference, &self.work);
     }
 
     fn twice(&mut self) {
