@@ -71,8 +71,8 @@ use ckpt_tests::cr::{
     Running, Scratch, Spawn, Tmux, alive, ci, copy_tree, corrupt_middle, deadline, descendants,
     describe, diff_lines, find_by_inner_pid, first_difference, freeze_and_kill, has_line,
     image_data_files, latest_generation, list_dir, locate_ckpt, ns_pids, out_file, prerequisite,
-    run_logged, send_signal, shell_quote, stat, status_field, tail, truncate_half, visible_state,
-    wait_gone, wait_until,
+    required, run_logged, send_signal, shell_quote, stat, status_field, tail, truncate_half,
+    visible_state, wait_gone, wait_until,
 };
 use serde::Deserialize;
 
@@ -211,13 +211,7 @@ impl Case {
         let ckpt = if mode == "standalone" {
             PathBuf::new()
         } else {
-            match locate_ckpt() {
-                Ok(p) => p,
-                Err(e) => {
-                    prerequisite(false, &e);
-                    return None;
-                }
-            }
+            required(locate_ckpt())?
         };
         let label = format!("{name}-{case}");
         let s = Scratch::new(&label);

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use ckpt_tests::cr::{
     Running, Scratch, alive, ci, copy_tree, deadline, describe, locate_ckpt, prerequisite,
-    send_signal, tail, wait_until,
+    required, send_signal, tail, wait_until,
 };
 use ckpt_tests::faults::{
     Job, durable_ms, gen_numbers, patch_header, pause, read_json, rewrite_manifest, wait_exit,
@@ -62,13 +62,7 @@ const POINTS: [&str; 15] = [
 const RENAMED: usize = 10;
 
 fn ckpt_bin() -> Option<PathBuf> {
-    match locate_ckpt() {
-        Ok(p) => Some(p),
-        Err(e) => {
-            prerequisite(false, &e);
-            None
-        }
-    }
+    required(locate_ckpt())
 }
 
 fn is_root() -> bool {

@@ -56,6 +56,18 @@ pub fn prerequisite(ok: bool, what: &str) -> bool {
     false
 }
 
+/// [`prerequisite`] for one found by a lookup that says why it failed: the
+/// value, or `None` after the SKIP line (a panic under CI).
+pub fn required<T>(found: Result<T, String>) -> Option<T> {
+    match found {
+        Ok(v) => Some(v),
+        Err(e) => {
+            prerequisite(false, &e);
+            None
+        }
+    }
+}
+
 /// Finds the `ckpt` binary: `$CKPT_BIN`, else beside the test executable's profile
 /// directory (`target/<profile>/deps/cr-* -> target/<profile>/ckpt`), then
 /// `target/release/ckpt` and `target/debug/ckpt`. Without `$CKPT_BIN`, `libckpt.so`

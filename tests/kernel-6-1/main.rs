@@ -43,7 +43,9 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use ckpt_tests::cr::{Scratch, Spawn, describe, locate_ckpt, out_file, prerequisite, shell_quote};
+use ckpt_tests::cr::{
+    Scratch, Spawn, describe, locate_ckpt, out_file, prerequisite, required, shell_quote,
+};
 
 /// The `cr` tests run in the guest, in this order.
 const SUBSET: &[&str] = &[
@@ -371,20 +373,8 @@ impl Guest {
         ) {
             return None;
         }
-        let kernel = match debian_6_1_kernel() {
-            Ok(k) => k,
-            Err(e) => {
-                prerequisite(false, &e);
-                return None;
-            }
-        };
-        let ckpt = match locate_ckpt() {
-            Ok(p) => p,
-            Err(e) => {
-                prerequisite(false, &e);
-                return None;
-            }
-        };
+        let kernel = required(debian_6_1_kernel())?;
+        let ckpt = required(locate_ckpt())?;
         let cr = cr_test_binary().unwrap_or_else(|e| panic!("{e}"));
         let mut dirs = vec![vng.parent().map(Path::to_path_buf).unwrap_or_default()];
         dirs.extend(std::env::split_paths(

@@ -44,7 +44,7 @@ use std::sync::OnceLock;
 
 use ckpt_tests::cr::{
     Running, Scratch, Spawn, alive, deadline, describe, find_by_inner_pid, locate_ckpt,
-    prerequisite, tail, wait_until,
+    prerequisite, required, tail, wait_until,
 };
 use ckpt_tests::faults::{expected_output, gen_numbers, ticker};
 
@@ -211,13 +211,7 @@ fn setup(label: &str) -> Option<Env> {
     ) {
         return None;
     }
-    let ckpt = match locate_ckpt() {
-        Ok(p) => p,
-        Err(e) => {
-            prerequisite(false, &e);
-            return None;
-        }
-    };
+    let ckpt = required(locate_ckpt())?;
     let Some(setpriv) = first_file(&["/usr/bin/setpriv", "/bin/setpriv"]) else {
         prerequisite(
             false,

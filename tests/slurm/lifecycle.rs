@@ -879,6 +879,33 @@ impl Drop for Drained<'_> {
     }
 }
 
+/// A job running on `nodes` nodes is made to move: its first node (where
+/// the batch script runs) goes out of service, the batch step gets the
+/// warning signal, and the job resumes elsewhere. Returns the nodes before
+/// and after, and the drained node (back in service when dropped).
+fn move_by_warning<'a>(
+    c: &'a Cluster,
+    dir: &Path,
+    job: &Job,
+    nodes: usize,
+) -> (Vec<String>, Vec<String>, Drained<'a>) {
+    let first = job_nodes(c, job.id);
+    c.check(
+        first.len() == nodes,
+        &format!("the job runs on {first:?}"),
+        &job.run(),
+    );
+    let drained = Drained::drain(c, &first[0]);
+    user_ok(
+        c,
+        dir,
+        &["scancel", "--signal=USR1", "--batch", &job.id.to_string()],
+    );
+    wait_resumed(c, job, 1);
+    let second = job_nodes(c, job.id);
+    (first, second, drained)
+}
+
 /// The nodes of a running job, one name each.
 fn job_nodes(c: &Cluster, id: u32) -> Vec<String> {
     let list = root_cmd(c, "squeue")

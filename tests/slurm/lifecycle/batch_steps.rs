@@ -224,22 +224,9 @@ fn a_two_node_batch_job_running_srun_resumes_on_another_pair_of_nodes() {
     wait_until(&c, Some(&job), "step 4 of every rank", || {
         (0..RANKS).all(|r| rank_step(r) >= 4)
     });
-    let first = job_nodes(&c, job.id);
-    c.check(
-        first.len() == 2,
-        &format!("the job runs on {first:?}"),
-        &job.run(),
-    );
     // The node the batch script runs on goes out of service: the job must
     // come back elsewhere.
-    let drained = Drained::drain(&c, &first[0]);
-    user_ok(
-        &c,
-        &dir,
-        &["scancel", "--signal=USR1", "--batch", &job.id.to_string()],
-    );
-    wait_resumed(&c, &job, 1);
-    let second = job_nodes(&c, job.id);
+    let (first, second, drained) = move_by_warning(&c, &dir, &job, 2);
     // What the job's checkpoint holds: the step, its four tasks, where
     // they ran.
     let ck = dir.join("ck").display().to_string();

@@ -74,21 +74,8 @@ fn a_batch_job_whose_processes_talk_over_loopback_tcp_resumes_on_another_node() 
     );
     let job = submit(&c, &dir, &["-t", "10"], &script);
     wait_step(&c, &job, 4);
-    let first = job_nodes(&c, job.id);
-    c.check(
-        first.len() == 1,
-        &format!("the job runs on {first:?}"),
-        &job.run(),
-    );
     // Its node goes out of service: the job must come back elsewhere.
-    let drained = Drained::drain(&c, &first[0]);
-    user_ok(
-        &c,
-        &dir,
-        &["scancel", "--signal=USR1", "--batch", &job.id.to_string()],
-    );
-    wait_resumed(&c, &job, 1);
-    let second = job_nodes(&c, job.id);
+    let (first, second, drained) = move_by_warning(&c, &dir, &job, 1);
     let end = final_state(&c, &job);
     drop(drained);
     let run = job.run();

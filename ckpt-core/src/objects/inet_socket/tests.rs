@@ -168,6 +168,28 @@ fn accept(fd: i32) -> i32 {
     a
 }
 
+/// Restores the saved sockets (`taken`, one per inode of `inodes`) and
+/// checks that each has its own and its peer's address of `names` again;
+/// the new descriptors by inode.
+fn restore_named(
+    taken: &[(InetSocket, Vec<u8>)],
+    inodes: &[u64],
+    names: &[(AddrBuf, Option<AddrBuf>)],
+) -> std::collections::HashMap<u64, i32> {
+    let ends: Vec<SavedEnd<'_>> = taken
+        .iter()
+        .zip(inodes)
+        .map(|((s, d), &ino)| end(ino, s, d.clone()))
+        .collect();
+    let made = restore_all(&ends).unwrap_or_else(|e| panic!("{e}"));
+    for (k, (own, peer)) in names.iter().enumerate() {
+        let fd = made[&inodes[k]];
+        assert_eq!(name(fd, false), *own, "socket {k}");
+        assert_eq!(AddrBuf::get(52, fd).ok(), *peer, "socket {k}");
+    }
+    made
+}
+
 fn end(ino: u64, s: &InetSocket, data: Vec<u8>) -> SavedEnd<'_> {
     SavedEnd {
         inode: ino,
@@ -232,17 +254,8 @@ fn round_trip(family: i32) {
     for f in fds {
         close(f);
     }
-    let ends: Vec<SavedEnd<'_>> = taken
-        .iter()
-        .zip(&inodes)
-        .map(|((s, d), &ino)| end(ino, s, d.clone()))
-        .collect();
-    let made = restore_all(&ends).unwrap_or_else(|e| panic!("{e}"));
+    let made = restore_named(&taken, &inodes, &names);
     let fd = |k: usize| made[&inodes[k]];
-    for (k, (own, peer)) in names.iter().enumerate() {
-        assert_eq!(name(fd(k), false), *own, "socket {k}");
-        assert_eq!(AddrBuf::get(52, fd(k)).ok(), *peer, "socket {k}");
-    }
     same(
         &recv_n(fd(2), to_server.len()),
         &to_server,
@@ -314,17 +327,7 @@ fn dual_stack_round_trip() {
     for (f, _) in fds {
         close(f);
     }
-    let ends: Vec<SavedEnd<'_>> = taken
-        .iter()
-        .zip(&inodes)
-        .map(|((s, d), &ino)| end(ino, s, d.clone()))
-        .collect();
-    let made = restore_all(&ends).unwrap_or_else(|e| panic!("{e}"));
-    for (k, (own, peer)) in names.iter().enumerate() {
-        let fd = made[&inodes[k]];
-        assert_eq!(name(fd, false), *own, "socket {k}");
-        assert_eq!(AddrBuf::get(52, fd).ok(), *peer, "socket {k}");
-    }
+    let made = restore_named(&taken, &inodes, &names);
     same(
         &recv_n(made[&inodes[2]], 13),
         b"to the server",
