@@ -461,7 +461,7 @@ impl Coordinator {
         } else {
             Vec::new()
         };
-        // Still stopped: POSIX timers are not restored yet, so refused.
+        // Still stopped: POSIX timers a restart could not create again.
         if failure.is_none()
             && let Err(e) = check_posix_timers(&run.hosts)
         {
@@ -761,7 +761,7 @@ struct Run {
     relaunch: BTreeMap<i32, (i32, i32, String)>,
 }
 
-/// Refuses a job with a POSIX timer in any process (see
+/// Refuses a job with a POSIX timer a restart could not create again (see
 /// `ckpt::objects::posix_timer`). Read while the job is stopped.
 fn check_posix_timers(hosts: &BTreeMap<i32, i32>) -> Result<(), String> {
     use ckpt::objects::posix_timer;
@@ -770,11 +770,13 @@ fn check_posix_timers(hosts: &BTreeMap<i32, i32>) -> Result<(), String> {
             continue;
         };
         let timers = posix_timer::parse(&text);
-        if !timers.is_empty() {
-            let exe = std::fs::read_link(format!("/proc/{host}/exe"))
+        let exe = || {
+            std::fs::read_link(format!("/proc/{host}/exe"))
                 .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| "?".into());
-            return Err(posix_timer::refusal(pid, &exe, &timers));
+                .unwrap_or_else(|_| "?".into())
+        };
+        if let Some(why) = posix_timer::refusal(pid, &exe(), &timers) {
+            return Err(why);
         }
     }
     Ok(())

@@ -67,6 +67,9 @@ pub struct ProcessManifest {
     pub rlimits: Vec<[u64; 3]>,
     /// `[which, interval_us, value_us]` of armed interval timers.
     pub itimers: Vec<[u64; 3]>,
+    /// POSIX timers (`timer_create`), by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub posix_timers: Vec<crate::objects::posix_timer::PosixTimer>,
     /// Name of the data file and its total size.
     pub image: ImageRef,
     /// Incremental image: the generation whose image of this process holds
@@ -122,6 +125,7 @@ impl ProcessManifest {
             umask: 0o022,
             rlimits: Vec::new(),
             itimers: Vec::new(),
+            posix_timers: Vec::new(),
             image: ImageRef {
                 file: String::new(),
                 size: 0,

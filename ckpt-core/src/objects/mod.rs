@@ -1,5 +1,6 @@
 //! Kernel objects behind anonymous-inode descriptors that event loops use:
-//! eventfd, timerfd, signalfd and epoll.
+//! eventfd, timerfd, signalfd, epoll and inotify (and, in their own
+//! modules, sockets, POSIX timers and the vDSO).
 //!
 //! Each kind lives in one file of this module, which holds everything about
 //! it:
@@ -39,6 +40,7 @@ use crate::signal_safe::raw::Errno;
 pub mod epoll;
 pub mod eventfd;
 pub mod inet_socket;
+pub mod inotify;
 pub mod posix_timer;
 pub mod signalfd;
 pub mod timerfd;
@@ -118,6 +120,13 @@ pub trait Kind: Sized {
         Ok(())
     }
 
+    /// Whether the refusal of [`Kind::validate`] passes by itself once the
+    /// program runs a moment (events it has not read yet): the checkpoint
+    /// is then tried again.
+    fn passes(&self) -> bool {
+        false
+    }
+
     /// Stage 1 of a restart: create the object with its saved state and
     /// return a close-on-exec descriptor of it. `flags` are the saved file
     /// status flags.
@@ -194,6 +203,13 @@ macro_rules! kinds {
                 }
             }
 
+            /// See [`Kind::passes`].
+            pub fn passes(&self) -> bool {
+                match self {
+                    $(Object::$variant(o) => o.passes(),)*
+                }
+            }
+
             /// See [`Kind::create`].
             pub fn create(&self, flags: u32) -> Result<i32, String> {
                 match self {
@@ -236,6 +252,8 @@ kinds! {
     Signalfd(signalfd::Signalfd),
     /// An epoll instance: its interest list.
     Epoll(epoll::Epoll),
+    /// An inotify instance: its watches, by path.
+    Inotify(inotify::Inotify),
 }
 
 /// What a descriptor ckpt cannot save is, named from its `/proc/self/fd`
@@ -246,8 +264,7 @@ pub fn unsupported(link: &str) -> String {
     } else if link == "anon_inode:[io_uring]" {
         "an io_uring instance"
     } else if link == "anon_inode:inotify" {
-        "an inotify instance (its watches are known to /proc only by device, inode and file handle, \
-         and opening a file handle needs CAP_DAC_READ_SEARCH, so they cannot be set up again)"
+        "an inotify instance whose watches could not be read"
     } else if link == "anon_inode:[fanotify]" {
         "a fanotify instance"
     } else if link == "anon_inode:[userfaultfd]" {

@@ -20,6 +20,7 @@ use core::fmt::Write as _;
 
 use crate::image::checksum::Crc32c;
 use crate::image::format;
+use crate::objects::posix_timer;
 use crate::preload::stop::{self, NSLOTS, SLOTS};
 use crate::preload::track::PageClass;
 use crate::signal_safe::buf::{MmapBuf, StackBuf};
@@ -33,7 +34,7 @@ const PM_SWAP: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
 
 /// Steps, for error messages.
-const STEPS: [&str; 9] = [
+const STEPS: [&str; 10] = [
     "",
     "creating the image file",
     "reading /proc/self",
@@ -43,6 +44,7 @@ const STEPS: [&str; 9] = [
     "reading pagemap",
     "describing files",
     "allocating scratch memory",
+    "reading the POSIX timers (/proc/self/timers)",
 ];
 
 /// Human name of a failing step.
@@ -123,9 +125,27 @@ impl Pre {
             ppid,
             pgid,
             sid,
-            shared_pending: stop::pending_mask(b"/proc/self/status\0", b"ShdPnd"),
+            shared_pending: 0,
             itimers: [raw::getitimer(0), raw::getitimer(1), raw::getitimer(2)],
         }
+        .with_pending()
+    }
+
+    /// The pending signals, read between two readings of the POSIX
+    /// timers (`objects::posix_timer::capture_self`): the process's, and
+    /// again those of each thread a timer signals (its own record was
+    /// taken when it stopped; a timer may have fired since).
+    fn with_pending(mut self) -> Self {
+        posix_timer::capture_self(|timers| {
+            self.shared_pending = stop::pending_mask(b"/proc/self/status\0", b"ShdPnd");
+            for t in timers
+                .iter()
+                .filter(|t| t.notify & posix_timer::SIGEV_THREAD_ID != 0)
+            {
+                stop::reread_pending(t.target);
+            }
+        });
+        self
     }
 }
 
@@ -610,6 +630,14 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
             let _ = write!(j, "{}[{which},{iv},{val}]", if firsti { "" } else { "," });
             firsti = false;
         }
+    }
+    let _ = write!(j, "],\"posix_timers\":[");
+    if posix_timer::SAVED.failed.load(Ordering::Acquire) {
+        return Err((9, Errno(libc::E2BIG)));
+    }
+    for (i, t) in posix_timer::SAVED.timers().iter().enumerate() {
+        let _ = write!(j, "{}", if i == 0 { "" } else { "," });
+        let _ = t.write_json(j);
     }
     let size = data_off;
     let _ = writeln!(

@@ -18,6 +18,7 @@
 use core::arch::asm;
 use core::sync::atomic::{AtomicU32, Ordering};
 
+use crate::objects::posix_timer::{self, MAX_TIMERS, PosixTimer};
 use crate::signal_safe::raw::{self, nr};
 
 /// One thread to recreate.
@@ -73,7 +74,16 @@ pub struct FinishArgs {
     /// thread ids are chosen through it (kernels without `clone3`'s
     /// `set_tid`; docs/kernel.md), else -1. Closed once the threads exist.
     pub last_pid_fd: i64,
+    /// Number of valid entries in `timers`.
+    pub ntimers: u64,
+    /// POSIX timers to create again, sorted by id, with the ones whose
+    /// signal was pending marked (`objects::posix_timer`).
+    pub timers: [PosixTimer; MAX_TIMERS],
 }
+
+/// Failure code of a POSIX timer that could not be created again (the
+/// restart's `restore::tree::describe_failure` names it).
+pub const FAIL_POSIX_TIMER: u32 = 8;
 
 /// Storage for [`FinishArgs`], inside libckpt so that it survives the
 /// removal of the restorer mapping. Its address is found through the symbol
@@ -100,6 +110,18 @@ pub static mut CKPT_FINISH_ARGS: FinishArgs = FinishArgs {
     }; MAX_FINISH_THREADS],
     track_generation: 0,
     last_pid_fd: -1,
+    ntimers: 0,
+    timers: [PosixTimer {
+        id: 0,
+        clock: 0,
+        signal: 0,
+        notify: 0,
+        target: 0,
+        queued: 0,
+        sigev_value: 0,
+        value_ns: 0,
+        interval_ns: 0,
+    }; MAX_TIMERS],
 };
 
 static GO: AtomicU32 = AtomicU32::new(0);
@@ -146,6 +168,12 @@ pub unsafe extern "C" fn ckpt_restore_finish(args: *const FinishArgs) -> ! {
     if a.last_pid_fd >= 0 {
         raw::close(a.last_pid_fd as i32);
     }
+    // POSIX timers, once every thread a timer may signal exists; their
+    // pending signals are queued as theirs.
+    let nt = (a.ntimers as usize).min(MAX_TIMERS);
+    if let Err(e) = posix_timer::restore_all(a.timers.get(..nt).unwrap_or(&[])) {
+        fail(a.done_fd, FAIL_POSIX_TIMER, e);
+    }
     // Signals that were pending at the checkpoint: queue them again; every
     // thread still blocks all signals, and its saved mask comes back with
     // rt_sigreturn, so they are delivered exactly when they would have been.
@@ -164,6 +192,19 @@ pub unsafe extern "C" fn ckpt_restore_finish(args: *const FinishArgs) -> ! {
     raw::futex_wake_all(&GO);
     // SAFETY: main describes this thread; resume never returns.
     unsafe { resume(main) }
+}
+
+/// Report a failure record (the layout of the restart's `RstFailure`:
+/// code, pid, address, errno) on the status pipe and end the process.
+fn fail(done_fd: i64, code: u32, e: raw::Errno) -> ! {
+    let mut rec = [0u8; 24];
+    rec[..4].copy_from_slice(&code.to_ne_bytes());
+    rec[4..8].copy_from_slice(&raw::getpid().to_ne_bytes());
+    rec[16..24].copy_from_slice(&i64::from(e.0).to_ne_bytes());
+    if done_fd >= 0 {
+        let _ = raw::write(done_fd as i32, &rec);
+    }
+    raw::exit_group(89)
 }
 
 fn raise_all(mask: u64, mut f: impl FnMut(i32)) {

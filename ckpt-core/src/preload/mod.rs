@@ -13,15 +13,22 @@
 //!   stay under checkpoint control).
 //! - [`sigmask`]: wrappers of the functions that set signal masks (the stop
 //!   signal stays deliverable in threads that block every signal).
+//! - [`inotify`]: wrappers of the inotify functions (the path of each
+//!   watch, which the kernel does not tell).
+//! - [`sigev_thread`]: `timer_create` with `SIGEV_THREAD`, whose helper
+//!   thread must be stoppable too.
 //!
 //! Nothing here sits on the program's hot path: the wrapped functions are
-//! system calls anyway, and each wrapper adds a copy of a signal set.
+//! system calls anyway, and each wrapper adds a copy of a signal set (or,
+//! for `timer_create`, a small allocation).
 
 pub mod capture;
 pub mod exec;
 pub mod finish;
+pub mod inotify;
 pub mod leader;
 pub mod memlimit;
+pub mod sigev_thread;
 pub mod sigmask;
 pub mod stop;
 pub mod track;
@@ -78,6 +85,7 @@ fn init() {
     }
     if stop::install().is_ok() {
         sigmask::activate();
+        sigev_thread::activate();
         // An exec through our wrappers blocked the stop signal (see
         // `exec::block_stop`); the handler is in place now.
         let _ = crate::signal_safe::raw::sigprocmask(libc::SIG_UNBLOCK, exec::STOP_BIT);

@@ -138,6 +138,23 @@ pub fn record_self(uc: u64) -> Option<usize> {
     Some(i)
 }
 
+/// Reads again the signals pending for parked thread `tid` (one a POSIX
+/// timer signals may have received one since it stopped). **Async-signal-safe.**
+pub fn reread_pending(tid: i32) {
+    let n = (NSLOTS.load(Ordering::Acquire) as usize).min(MAX_THREADS);
+    let Some(s) = SLOTS
+        .iter()
+        .take(n)
+        .find(|s| s.tid.load(Ordering::Acquire) == tid)
+    else {
+        return;
+    };
+    let mut p = crate::signal_safe::buf::StackBuf::<48>::new();
+    let _ = core::fmt::Write::write_fmt(&mut p, format_args!("/proc/self/task/{tid}/status"));
+    s.pending
+        .store(pending_mask(p.as_cstr(), b"SigPnd"), Ordering::Relaxed);
+}
+
 /// A pending-signal mask from a /proc status file (`SigPnd` or `ShdPnd`),
 /// without our own stop signal. **Async-signal-safe.**
 pub fn pending_mask(path: &[u8], key: &[u8]) -> u64 {

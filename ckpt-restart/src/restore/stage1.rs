@@ -18,6 +18,7 @@ use std::path::Path;
 
 use ckpt::image::generation::LoadedGeneration;
 use ckpt::image::manifest::{Fd, FdKind, ProcessManifest, RegionKind};
+use ckpt::objects::posix_timer::{self, PosixTimer};
 use ckpt::preload::finish::{FinishArgs, FinishThread};
 use ckpt::signal_safe::raw;
 
@@ -415,6 +416,43 @@ fn restore_misc(m: &ProcessManifest) -> Result<(), String> {
     Ok(())
 }
 
+/// The process's POSIX timers, sorted by id, checked against what this
+/// kernel can create again.
+fn posix_timers(m: &ProcessManifest) -> Result<Vec<PosixTimer>, String> {
+    let mut timers = m.posix_timers.clone();
+    timers.sort_by_key(|t| t.id);
+    if timers.len() > posix_timer::MAX_TIMERS {
+        return Err(format!(
+            "process {} has {} POSIX timers; ckpt restores at most {}",
+            m.pid,
+            timers.len(),
+            posix_timer::MAX_TIMERS
+        ));
+    }
+    if let Some(t) = timers.iter().find(|t| t.unrestorable().is_some()) {
+        return Err(format!(
+            "process {}: POSIX timer {} on clock {} cannot be restored: {}",
+            m.pid,
+            t.id,
+            t.clock,
+            t.unrestorable().unwrap_or_default()
+        ));
+    }
+    if let Some(t) = timers.last()
+        && t.id > posix_timer::MAX_WALKED_ID
+        && !posix_timer::kernel_restores_ids()
+    {
+        return Err(format!(
+            "process {}: POSIX timer {} has an id this kernel cannot give back (it needs \
+             PR_TIMER_CREATE_RESTORE_IDS, Linux 6.17+, above {}); restart on a newer kernel",
+            m.pid,
+            t.id,
+            posix_timer::MAX_WALKED_ID
+        ));
+    }
+    Ok(timers)
+}
+
 fn open_region_files(m: &ProcessManifest, hi: i32) -> Result<BTreeMap<usize, i32>, String> {
     use std::os::unix::fs::MetadataExt;
     let mut by_path: HashMap<String, i32> = HashMap::new();
@@ -753,6 +791,11 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
     fin.track_generation = s.track_generation;
     fin.last_pid_fd = super::pids::last_pid_fd_for_threads(hi)?;
     fin.nthreads = m.threads.len().min(fin.threads.len()) as u64;
+    let timers = posix_timers(m)?;
+    fin.ntimers = timers.len() as u64;
+    for (slot, t) in fin.timers.iter_mut().zip(timers) {
+        *slot = t;
+    }
     for (slot, t) in fin.threads.iter_mut().zip(m.threads.iter()) {
         *slot = FinishThread {
             tid: i64::from(t.tid),
@@ -773,6 +816,28 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
                 n
             },
         };
+    }
+
+    // A timer's signal pending at the checkpoint is queued as the timer's
+    // (objects::posix_timer), not raised as a plain signal.
+    {
+        let nt = (fin.ntimers as usize).min(fin.timers.len());
+        let nth = (fin.nthreads as usize).min(fin.threads.len());
+        let threads = &mut fin.threads[..nth];
+        posix_timer::claim_pending(
+            &mut fin.timers[..nt],
+            &mut fin.shared_pending,
+            |tid, bit| {
+                threads
+                    .iter_mut()
+                    .find(|t| t.tid == i64::from(tid))
+                    .is_some_and(|t| {
+                        let was = t.pending & bit != 0;
+                        t.pending &= !bit;
+                        was
+                    })
+            },
+        );
     }
 
     // The unmap list: everything of ours except the restorer and [vsyscall].

@@ -266,6 +266,10 @@ fn describe_failure(g: &LoadedGeneration, f: &super::blob::RstFailure) -> Option
             "process {}: cannot restore the memory layout (brk, arguments, auxv): {err}",
             f.pid
         ),
+        ckpt::preload::finish::FAIL_POSIX_TIMER => format!(
+            "process {}: cannot create its POSIX timers again with their ids: {err}",
+            f.pid
+        ),
         c => format!("process {}: restore step {c} failed: {err}", f.pid),
     })
 }

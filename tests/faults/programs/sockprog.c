@@ -23,7 +23,8 @@
  *             SCM_RIGHTS and not received yet; prints READY and "fds A B".
  *             When WORKDIR/close exists it receives the descriptor, closes
  *             everything and prints "closed".
- *   ptimer    not a socket: a POSIX timer (timer_create, CLOCK_MONOTONIC,
+ *   ptimer    not a socket: a POSIX timer on a CPU-time clock (timer_create,
+ *             CLOCK_PROCESS_CPUTIME_ID,
  *             SIGEV_NONE, armed for an hour), which ckpt refuses too; prints
  *             READY and "timer". When WORKDIR/close exists it deletes the
  *             timer and prints "closed".
@@ -265,7 +266,7 @@ int main(int argc, char **argv)
 		memset(&ev, 0, sizeof ev);
 		ev.sigev_notify = SIGEV_NONE;
 		timer_t t;
-		if (timer_create(CLOCK_MONOTONIC, &ev, &t) != 0)
+		if (timer_create(CLOCK_PROCESS_CPUTIME_ID, &ev, &t) != 0)
 			fail("timer_create");
 		struct itimerspec its = {{0, 0}, {3600, 0}};
 		if (timer_settime(t, 0, &its, NULL) != 0)
