@@ -557,7 +557,8 @@ impl Coordinator {
                         refs.push(r);
                         manifests.push(m);
                     }
-                    Err(e) => {
+                    Err((e, p)) => {
+                        *passing = p;
                         failure = Some(format!("process {pid}: {e}"));
                         break;
                     }
@@ -862,24 +863,26 @@ impl Run {
 /// yet. Returns its entry and the generation it refers to (incremental).
 /// `hosts` (the job's pids to host pids) is where a refused socket is
 /// looked up.
+/// The error's flag says the refusal passes by itself (inotify events not
+/// read yet): the checkpoint is tried again.
 fn check_written(
     gdir: &ckpt::image::generation::PendingGeneration,
     pid: i32,
     hosts: &BTreeMap<i32, i32>,
-) -> Result<(ProcessRef, Option<u64>, ProcessManifest), String> {
+) -> Result<(ProcessRef, Option<u64>, ProcessManifest), (String, bool)> {
     let mname = format!("proc-{pid}.json");
     let iname = format!("proc-{pid}.img");
-    let data = std::fs::read(gdir.at(&mname)).map_err(|e| format!("{mname}: {e}"))?;
+    let data = std::fs::read(gdir.at(&mname)).map_err(|e| (format!("{mname}: {e}"), false))?;
     let m: ProcessManifest = serde_json::from_slice(&data)
-        .map_err(|e| format!("{mname} is not a valid manifest: {e}"))?;
+        .map_err(|e| (format!("{mname} is not a valid manifest: {e}"), false))?;
     for f in &m.fds {
         check_fd(&m, f).map_err(|e| match f.kind {
-            FdKind::Socket => describe_socket(&m, f, pid, hosts).unwrap_or(e),
-            _ => e,
+            FdKind::Socket => (describe_socket(&m, f, pid, hosts).unwrap_or(e), false),
+            _ => (e, f.object.as_ref().is_some_and(|o| o.passes())),
         })?;
     }
     let size = std::fs::symlink_metadata(gdir.at(&iname))
-        .map_err(|e| format!("{iname}: {e}"))?
+        .map_err(|e| (format!("{iname}: {e}"), false))?
         .len();
     Ok((
         ProcessRef {

@@ -409,3 +409,54 @@ fn posix_timer_refused() {
         close_checkpoint_finish(&j, l, "READY\ntimer\nclosed\nPASS\n")
     });
 }
+
+/// An inotify watch added by a raw system call (libckpt never saw its
+/// path): refused naming the watch and its inode, the job keeps running;
+/// once the program removed it, the checkpoint succeeds.
+#[test]
+fn inotify_unknown_watch_refused() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let j = sock_job("inotify-raw", &ckpt, "inotify_raw", &[]);
+    with_job(&j, |l| {
+        line_of(&j, l, "watch")?;
+        let program = j.program.to_string_lossy().into_owned();
+        refused(
+            &j,
+            l,
+            "inotify-raw",
+            &[
+                &format!(
+                    "of {program} is an inotify instance (anon_inode:inotify) that ckpt cannot checkpoint"
+                ),
+                "its watch 1 (inode ",
+                "was not added through inotify_add_watch",
+                "keeps running",
+            ],
+        )?;
+        close_checkpoint_finish(&j, l, "READY\nwatch\nclosed\nPASS\n")
+    });
+}
+
+/// Events queued in an inotify instance and never read: the checkpoint is
+/// tried again for a while (the program may read them), then refused
+/// saying so; once they are read, it succeeds.
+#[test]
+fn inotify_unread_events_refused() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let j = sock_job("inotify-unread", &ckpt, "inotify_unread", &[]);
+    with_job(&j, |l| {
+        line_of(&j, l, "events")?;
+        refused(
+            &j,
+            l,
+            "inotify-unread",
+            &[
+                "is an inotify instance",
+                "bytes of events are queued in it, not read yet",
+                "still so after",
+                "keeps running",
+            ],
+        )?;
+        close_checkpoint_finish(&j, l, "READY\nevents\nclosed\nPASS\n")
+    });
+}

@@ -136,7 +136,10 @@ pub fn record(fd: i32, wd: i32, mask: u32, path: &[u8]) {
         // Adding a watch on an inode already watched gives its descriptor
         // again: the newest path and flags replace the old record.
         unlink_where(|r| r.fd == fd && r.wd == wd);
-        match RECORDED.iter().find(|s| s.load(Ordering::Acquire).is_null()) {
+        match RECORDED
+            .iter()
+            .find(|s| s.load(Ordering::Acquire).is_null())
+        {
             Some(slot) => slot.store(rec, Ordering::Release),
             // SAFETY: never linked; the capture refuses the unrecorded watch.
             None => drop(unsafe { Box::from_raw(rec) }),
@@ -224,10 +227,7 @@ impl Inotify {
                 moved: false,
             })
             .collect();
-        Inotify {
-            watches,
-            queued: 0,
-        }
+        Inotify { watches, queued: 0 }
     }
 }
 

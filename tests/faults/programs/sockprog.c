@@ -28,6 +28,12 @@
  *             SIGEV_NONE, armed for an hour), which ckpt refuses too; prints
  *             READY and "timer". When WORKDIR/close exists it deletes the
  *             timer and prints "closed".
+ *   inotify_raw    not a socket: an inotify watch added by a raw system call, whose
+ *             path libckpt never saw; prints READY and "watch". When WORKDIR/close
+ *             exists it removes the watch and prints "closed".
+ *   inotify_unread an inotify watch on WORKDIR with an event queued and not read;
+ *             prints READY and "events". When WORKDIR/close exists it reads them
+ *             and prints "closed".
  * Then it waits for WORKDIR/go and prints PASS (or FAIL: why).
  */
 #define _GNU_SOURCE
@@ -37,7 +43,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <signal.h>
 #include <sys/un.h>
 #include <time.h>
@@ -275,6 +283,37 @@ int main(int argc, char **argv)
 		wait_for("close");
 		if (timer_delete(t) != 0)
 			fail("timer_delete");
+	} else if (strcmp(mode, "inotify_raw") == 0) {
+		int in = inotify_init1(0);
+		if (in < 0)
+			fail("inotify_init1");
+		int wd = (int)syscall(SYS_inotify_add_watch, in, work, IN_CREATE);
+		if (wd < 0)
+			fail("inotify_add_watch");
+		say("READY\nwatch\n");
+		wait_for("close");
+		if (inotify_rm_watch(in, wd) != 0)
+			fail("inotify_rm_watch");
+		char b[4096];
+		if (read(in, b, sizeof b) <= 0)
+			fail("read IN_IGNORED");
+	} else if (strcmp(mode, "inotify_unread") == 0) {
+		int in = inotify_init1(IN_NONBLOCK);
+		if (in < 0)
+			fail("inotify_init1");
+		if (inotify_add_watch(in, work, IN_CREATE) < 0)
+			fail("inotify_add_watch");
+		char p[4096];
+		snprintf(p, sizeof p, "%s/created", work);
+		FILE *f = fopen(p, "w");
+		if (!f)
+			fail("create");
+		fclose(f);
+		say("READY\nevents\n");
+		wait_for("close");
+		char b[4096];
+		while (read(in, b, sizeof b) > 0) {
+		}
 	} else {
 		fail("unknown mode");
 	}
