@@ -353,9 +353,9 @@ fn unix_connection_to_outside_named() {
     let _ = fs::remove_dir_all(&dir);
 }
 
-/// A descriptor in flight (sent with SCM_RIGHTS, not received): refused at
-/// checkpoint time, naming the socket and saying when to checkpoint
-/// instead; once the program has received it, the checkpoint succeeds.
+/// A descriptor in flight (sent with SCM_RIGHTS, not received): tried
+/// again for a while (a program receives it soon), then refused, naming the
+/// socket; once the program has received it, the checkpoint succeeds.
 #[test]
 fn descriptor_in_flight_refused() {
     let Some(ckpt) = ckpt_bin() else { return };
@@ -374,6 +374,7 @@ fn descriptor_in_flight_refused() {
                     "fd {b} of {program} (process 2) is a unix socket that ckpt cannot checkpoint"
                 ),
                 "SCM_RIGHTS",
+                "still so after",
                 "keeps running",
             ],
         )?;

@@ -725,8 +725,8 @@ impl UnixSocket {
         if self.fds_in_flight {
             return Err(
                 "file descriptors sent with SCM_RIGHTS are queued in it, not yet received; \
-                 ckpt cannot save descriptors in flight: take the checkpoint when the program \
-                 has received them"
+                 ckpt cannot save descriptors in flight (it tries again while the program \
+                 runs: a program that receives them soon is checkpointed then)"
                     .into(),
             );
         }
@@ -755,6 +755,18 @@ impl UnixSocket {
             return Err("corrupt state: queued lengths do not add up".into());
         }
         Ok(())
+    }
+
+    /// Whether [`Self::validate`]'s refusal passes by itself once the
+    /// program runs a moment: descriptors or out-of-band data not received
+    /// yet, a connection not accepted yet, a datagram not read yet.
+    pub fn passes(&self) -> bool {
+        let kind_ok = matches!(
+            self.ty,
+            libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET
+        );
+        let sum: u64 = self.queue.iter().map(|m| m.len).sum();
+        kind_ok && sum == self.data.map_or(0, |[_, l]| l) && self.validate().is_err()
     }
 
     /// A path name (not abstract, not empty).

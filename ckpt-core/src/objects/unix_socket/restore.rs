@@ -85,6 +85,9 @@ pub struct Refusal {
     pub inode: u64,
     /// Its peer is outside the job.
     pub outside: bool,
+    /// The refusal passes by itself once the program runs a moment (what
+    /// is queued gets received): the checkpoint is tried again.
+    pub passing: bool,
     /// The whole message, naming the holder (from [`SavedEnd::who`]).
     pub message: String,
 }
@@ -116,6 +119,7 @@ pub fn plan(ends: &[SavedEnd<'_>]) -> Result<Vec<Step>, Refusal> {
         e.sock.validate().map_err(|why| Refusal {
             inode: e.inode,
             outside: false,
+            passing: e.sock.passes(),
             message: format!(
                 "{} is a unix socket that ckpt cannot checkpoint: {why}",
                 e.who
@@ -141,6 +145,7 @@ pub fn plan(ends: &[SavedEnd<'_>]) -> Result<Vec<Step>, Refusal> {
         let refuse = |outside: bool, message: String| Refusal {
             inode: ino,
             outside,
+            passing: false,
             message,
         };
         let s = e.sock;
