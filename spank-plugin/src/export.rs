@@ -97,13 +97,30 @@ pub unsafe extern "C" fn slurm_spank_init(
 }
 
 /// Called after all options are processed.
+///
+/// # Safety
+/// As for [`slurm_spank_init`].
 #[unsafe(no_mangle)]
-pub extern "C" fn slurm_spank_init_post_opt(
+pub unsafe extern "C" fn slurm_spank_init_post_opt(
+    sp: sys::spank_t,
+    _argc: c_int,
+    _argv: *mut *mut c_char,
+) -> c_int {
+    guarded("slurm_spank_init_post_opt", || {
+        // SAFETY: `sp` is this callback's handle and `spank` does not escape it.
+        let spank = unsafe { Spank::from_raw(sp) };
+        hooks::init_post_opt(&spank)
+    })
+}
+
+/// Called when the step ends (and in every other context as it exits).
+#[unsafe(no_mangle)]
+pub extern "C" fn slurm_spank_exit(
     _sp: sys::spank_t,
     _argc: c_int,
     _argv: *mut *mut c_char,
 ) -> c_int {
-    guarded("slurm_spank_init_post_opt", hooks::init_post_opt)
+    guarded("slurm_spank_exit", hooks::exit)
 }
 
 /// Called in srun once the step exists, before its tasks are launched.

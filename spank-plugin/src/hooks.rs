@@ -6,7 +6,9 @@
 //! | option callback | srun, sbatch, salloc, slurmstepd | validates a value, records it      |
 //! | `init_post_opt` | srun, sbatch, salloc   | checks the options together (a directory must come from somewhere) |
 //! | `local_user_init` | srun, once the step exists | passes a checkpointed step's `--task-prolog` on to `ckpt slurm-task` |
-//! | `task_init`     | slurmstepd, as the user, in the forked task just before `execve` | creates the checkpoint directory, sets `LD_PRELOAD` and `CKPT_*`, checks the task's images, execs `ckpt slurm-task` |
+//! | `init_post_opt` | slurmstepd             | for a checkpointed step, starts the relay of `ckpt slurm-task`'s messages to the slurmd log ([`crate::log_relay`]) |
+//! | `task_init`     | slurmstepd, as the user, in the forked task just before `execve` | creates the checkpoint directory, sets `LD_PRELOAD` and `CKPT_*` (and the relay's descriptor), checks the task's images, execs `ckpt slurm-task` |
+//! | `exit`          | slurmstepd             | logs what is left in the relay and stops it |
 //!
 //! Option values travel from sbatch to the batch step and to every `srun`
 //! inside it in `_SLURM_SPANK_OPTION_ckpt_*` variables; slurmstepd may run
@@ -141,8 +143,27 @@ pub fn option(val: c_int, optarg: Option<&OsStr>) -> Result<(), PluginError> {
 }
 
 /// `slurm_spank_init_post_opt`: in srun, sbatch and salloc, checks that the
-/// options make sense together with the site's defaults.
-pub fn init_post_opt() -> Result<(), PluginError> {
+/// options make sense together with the site's defaults; in slurmstepd,
+/// for a checkpointed step, starts the relay of `ckpt slurm-task`'s
+/// messages to the slurmd log ([`crate::log_relay`]).
+pub fn init_post_opt(spank: &Spank) -> Result<(), PluginError> {
+    if spank::context() == Context::Remote {
+        if !state().user.any() {
+            return Ok(());
+        }
+        let job = spank.item_u32(sys::spank_item::S_JOB_ID, "S_JOB_ID")?;
+        let step = spank.item_u32(sys::spank_item::S_JOB_STEPID, "S_JOB_STEPID")?;
+        if step == task_env::EXTERN_STEP || step == task_env::INTERACTIVE_STEP {
+            return Ok(());
+        }
+        // Without it the messages still reach the job's stderr.
+        if let Err(e) = crate::log_relay::start(job, step) {
+            spank::log_error(&format!(
+                "job {job} step {step}: cannot relay ckpt's messages to this log: {e}"
+            ));
+        }
+        return Ok(());
+    }
     if !matches!(spank::context(), Context::Local | Context::Allocator) {
         return Ok(());
     }
@@ -161,6 +182,15 @@ pub fn init_post_opt() -> Result<(), PluginError> {
         Some(Err(e)) => Err(PluginError::SiteMisconfigured(e.clone())),
         None => Ok(()),
     }
+}
+
+/// `slurm_spank_exit`: in slurmstepd, logs what is left of the relay's
+/// pipe and stops it.
+pub fn exit() -> Result<(), PluginError> {
+    if spank::context() == Context::Remote {
+        crate::log_relay::stop();
+    }
+    Ok(())
 }
 
 /// `slurm_spank_local_user_init` (srun, once the step exists, before it is
@@ -322,7 +352,12 @@ pub fn task_init(spank: &Spank, args: &[OsString]) -> Result<(), PluginError> {
     };
     let argv = task_env::exec_argv(&exec, &job_argv);
     let preload = task_env::preload_without(original_preload.as_deref(), &task.config.libckpt);
-    let env = task_env::exec_env(&spank.job_env()?, preload.as_deref());
+    let mut env = task_env::exec_env(&spank.job_env()?, preload.as_deref());
+    if let Some(fd) = crate::log_relay::task_fd()
+        && let Ok(v) = std::ffi::CString::new(format!("{}={fd}", crate::log_relay::ENV_FD))
+    {
+        env.push(v);
+    }
     let env = after_task_init::with_site_prolog(env, site_prolog.as_deref());
     let path = std::ffi::CString::new(task.config.ckpt_bin.as_str()).unwrap_or_default();
     // Only returns on failure.

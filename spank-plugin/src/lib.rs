@@ -17,6 +17,8 @@
 //! - [`task_env`]: the task's `LD_PRELOAD` and `CKPT_*` variables.
 //! - [`after_task_init`]: what slurmstepd does after `task_init` (task
 //!   prologs, SELinux context) and how a checkpointed task keeps it.
+//! - [`log_relay`]: `ckpt slurm-task`'s messages into the slurmd log,
+//!   through a pipe slurmstepd reads.
 //! - [`node_check`]: `ckpt check` once when slurmd loads the plugin, as
 //!   `nobody`, each problem one line of the slurmd log.
 //! - [`error`]: the plugin's error type.
@@ -31,6 +33,7 @@ pub mod ckpt_dir;
 pub mod error;
 pub mod export;
 pub mod hooks;
+pub mod log_relay;
 pub mod node_check;
 pub mod options;
 pub mod spank;

@@ -8,6 +8,7 @@ pub mod multi_prog;
 pub mod outputs;
 pub mod restart;
 pub mod slurm;
+pub mod slurmd_log;
 pub mod status;
 pub mod task_prolog;
 

@@ -168,8 +168,18 @@ pub fn parse(args: &[OsString]) -> Result<TaskOpts, String> {
 static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 fn say(msg: &str) {
+    say_as(false, msg);
+}
+
+/// [`say`] for a problem: an error line in the slurmd log too.
+fn say_problem(msg: &str) {
+    say_as(true, msg);
+}
+
+fn say_as(problem: bool, msg: &str) {
     let line = format!("ckpt: {msg}");
     eprintln!("{line}");
+    super::slurmd_log::line(problem, msg);
     if let Ok(mut said) = SAID.lock() {
         said.push(line);
     }
@@ -309,6 +319,8 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
+    // Before any thread: takes the plugin's pipe out of the environment.
+    super::slurmd_log::init(rank);
     // `srun --multi-prog`: slurmstepd would pick this task's command after
     // the plugin's task_init; done here (cli/multi_prog.rs).
     if !o.batch && super::multi_prog::is_multi_prog(&o.command) {
@@ -401,7 +413,7 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
     if let Some(done) = completed_record(&dir) {
         if o.batch && restart_count > 0 && done.job == job_id {
             for problem in outputs::restore_final(&dir, &outputs) {
-                say(&problem);
+                say_problem(&problem);
             }
             say(&format!(
                 "job {job_id} already ran to its end (exit status {}) before Slurm started it                  again (SLURM_RESTART_COUNT={restart_count}): not running it a second time;                  remove {}/{COMPLETED} to run it again",
@@ -489,7 +501,7 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
         let newest = newest_loadable(&dir);
         if let Some(g) = &newest {
             for problem in outputs::restore(&dir, g, &outputs) {
-                say(&problem);
+                say_problem(&problem);
             }
             // After the output files are back where the program left them.
             if let Some(p) = prolog_output.take() {
@@ -570,7 +582,7 @@ fn completed_record(dir: &CheckpointDir) -> Option<Completed> {
 
 fn record_completion(dir: &CheckpointDir, outputs: &[outputs::Output], job: &str, code: i32) {
     for problem in outputs::save_final(dir, outputs) {
-        say(&problem);
+        say_problem(&problem);
     }
     let r = dir.create_file(COMPLETED, true).and_then(|mut f| {
         std::io::Write::write_all(&mut f, format!("job {job} exit {code}\n").as_bytes())
@@ -708,7 +720,7 @@ impl HookState<'_> {
         }
         if sig == libc::SIGALRM && self.opts.interval > 0 {
             if let Err(e) = self.checkpoint(coord, false) {
-                say(&format!("periodic checkpoint failed: {e}"));
+                say_problem(&format!("periodic checkpoint failed: {e}"));
             }
             self.release();
             return true;
@@ -724,7 +736,7 @@ impl HookState<'_> {
         let ok = match self.checkpoint(coord, true) {
             Ok(()) => true,
             Err(e) => {
-                say(&format!("checkpoint failed: {e}"));
+                say_problem(&format!("checkpoint failed: {e}"));
                 false
             }
         };
@@ -739,7 +751,7 @@ impl HookState<'_> {
                 .map(|l| l.iter().any(|g| g.state == "complete"))
                 .unwrap_or(false);
             if !older {
-                say(
+                say_problem(
                     "the job is NOT requeued: it has no checkpoint to resume from, so a requeue would \
                      start it again from the beginning; it keeps running until it ends or reaches its \
                      time limit",
@@ -833,7 +845,7 @@ impl HookState<'_> {
                 let mut pins = self.dir.pinned();
                 pins.push(n);
                 if let Err(e) = self.dir.pin(&pins) {
-                    say(&format!(
+                    say_problem(&format!(
                         "cannot keep generation {n} for the job's checkpoint: {e}"
                     ));
                 }
@@ -852,7 +864,7 @@ impl HookState<'_> {
         match self.dir.load(&done.path) {
             Ok(g) => {
                 for problem in outputs::save(self.dir, &g, self.outputs, said.as_ref()) {
-                    say(&problem);
+                    say_problem(&problem);
                 }
             }
             Err(e) => say(&format!("cannot read back {}: {e}", done.path.display())),
@@ -896,7 +908,7 @@ fn requeue() -> bool {
     let job = match job_ref() {
         Ok(j) => j,
         Err(e) => {
-            say(&format!("cannot requeue: {e}"));
+            say_problem(&format!("cannot requeue: {e}"));
             return false;
         }
     };
@@ -905,7 +917,7 @@ fn requeue() -> bool {
         std::env::var_os("PATH").as_deref(),
     );
     let Some(scontrol) = tried.iter().find(|p| p.is_file()) else {
-        say(&format!(
+        say_problem(&format!(
             "cannot requeue job {job}: no scontrol found (tried {}); the checkpoint is kept",
             tried
                 .iter()
@@ -924,7 +936,7 @@ fn requeue() -> bool {
             true
         }
         Ok(out) => {
-            say(&format!(
+            say_problem(&format!(
                 "`scontrol requeue {job}` failed ({}): {}; the checkpoint is kept: the job ends at \
                  its time limit, then `scontrol requeue {job}` or resubmitting with the same \
                  --checkpoint-dir resumes it",
@@ -934,7 +946,7 @@ fn requeue() -> bool {
             false
         }
         Err(e) => {
-            say(&format!(
+            say_problem(&format!(
                 "cannot run {scontrol} to requeue job {job}: {e}; the checkpoint is kept"
             ));
             false

@@ -160,6 +160,29 @@ fn a_step_that_cannot_be_checkpointed_leaves_the_batch_job_running_to_its_end() 
             &run,
         );
     }
+    // The same, as errors, in the log of the node that ran the batch step
+    // (slurmstepd relays ckpt's lines: spank-plugin's log_relay).
+    let logs: String = fs::read_dir(c.prefix.join("log"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("slurmd"))
+                .map(|e| fs::read_to_string(e.path()).unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default();
+    let prefix = format!("ckpt: job {} batch step: task 0: ", job.id);
+    for needle in ["checkpoint failed: ", "the job is NOT requeued"] {
+        c.check(
+            logs.lines().any(|l| {
+                l.contains("error:")
+                    && l.contains(&prefix)
+                    && l.contains(needle)
+                    && (needle != "checkpoint failed: " || l.contains("socket"))
+            }),
+            &format!("no slurmd log has an error line {prefix}{needle}..."),
+            &run,
+        );
+    }
     c.check(
         !run.stderr.contains("SLURM_RESTART_COUNT=1"),
         "the job was requeued",
