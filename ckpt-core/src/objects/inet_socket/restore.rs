@@ -20,8 +20,10 @@
 //! - then the queued bytes are written back by the peer, the options set,
 //!   and the shutdown state applied.
 //!
-//! Ports: every bind uses `SO_REUSEADDR` (put back to the program's value
-//! after). A port still held by the killed run's closed connections (a
+//! Ports: every bind uses `SO_REUSEADDR`, put back to the program's value
+//! once every socket is made (the accepted ends of a listening socket share
+//! its port, and each bind to it needs the sockets already there to allow
+//! reuse). A port still held by the killed run's closed connections (a
 //! time-wait entry of a socket that had no `SO_REUSEADDR`) frees itself
 //! within a minute: the bind is retried until then, saying so.
 
@@ -474,14 +476,12 @@ fn size_buffers(fd: i32, e: &SavedEnd<'_>, incoming: usize, outgoing: usize) -> 
 }
 
 /// The options of `e` set on `fd` (after it is connected or listening).
+/// The options the program set, but `SO_REUSEADDR`, which stays on until
+/// every socket is made ([`restore_all`] puts it back last): an accepted
+/// end shares its listener's port, and each further bind to that port
+/// needs every socket already on it to allow the reuse.
 fn set_options(fd: i32, e: &SavedEnd<'_>) -> Result<(), String> {
     let o = &e.sock.opts;
-    set(
-        fd,
-        libc::SOL_SOCKET,
-        libc::SO_REUSEADDR,
-        i32::from(o.reuseaddr),
-    )?;
     set(
         fd,
         libc::SOL_SOCKET,
@@ -916,6 +916,10 @@ pub fn restore_all(ends: &[SavedEnd<'_>]) -> Result<HashMap<u64, i32>, String> {
                 }
                 Step::Stdio(_) => {}
             }
+        }
+        for (ino, fd) in &fds {
+            let reuse = by.get(ino).is_some_and(|e| e.sock.opts.reuseaddr);
+            set(*fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, i32::from(reuse))?;
         }
         Ok(())
     })();
