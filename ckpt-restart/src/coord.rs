@@ -881,6 +881,12 @@ fn check_written(
             _ => (e, f.object.as_ref().is_some_and(|o| o.passes())),
         })?;
     }
+    let threads: Vec<(i32, u64)> = m.threads.iter().map(|t| (t.tid, t.pending)).collect();
+    if let Some(why) =
+        ckpt::objects::posix_timer::pending_conflict(&m.posix_timers, m.shared_pending, &threads)
+    {
+        return Err((format!("{}: {why}", m.exe), true));
+    }
     let size = std::fs::symlink_metadata(gdir.at(&iname))
         .map_err(|e| (format!("{iname}: {e}"), false))?
         .len();

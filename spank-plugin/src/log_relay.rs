@@ -99,13 +99,23 @@ fn log_line(error: bool, text: &str) {
     }
 }
 
+/// What is read from the pipe once the step ends, at most: a writer that
+/// keeps writing cannot hold slurmstepd.
+const DRAIN_MAX: usize = 64 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Reads lines from `read` until `stop` is readable (then what is left in
-/// the pipe) or every writer is gone, and logs them through `log`.
+/// the pipe, up to [`DRAIN_MAX`] bytes and [`DRAIN_TIME`]) or every writer
+/// is gone, and logs them through `log`.
 fn run(read: &OwnedFd, stop: &OwnedFd, prefix: &str, log: &mut dyn FnMut(bool, &str)) {
     let mut lines = Lines::new(prefix);
     let mut buf = [0u8; 4096];
-    let mut stopping = false;
+    let mut stopping: Option<std::time::Instant> = None;
+    let mut drained = 0usize;
     loop {
+        if stopping.is_some_and(|t0| drained >= DRAIN_MAX || t0.elapsed() >= DRAIN_TIME) {
+            break;
+        }
         let mut fds = [
             libc::pollfd {
                 fd: read.as_raw_fd(),
@@ -118,7 +128,7 @@ fn run(read: &OwnedFd, stop: &OwnedFd, prefix: &str, log: &mut dyn FnMut(bool, &
                 revents: 0,
             },
         ];
-        let timeout = if stopping { 0 } else { -1 };
+        let timeout = if stopping.is_some() { 0 } else { -1 };
         // SAFETY: poll on a local array of two pollfds.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
         if n < 0 {
@@ -127,11 +137,11 @@ fn run(read: &OwnedFd, stop: &OwnedFd, prefix: &str, log: &mut dyn FnMut(bool, &
             }
             break;
         }
-        if fds[1].revents != 0 {
-            stopping = true;
+        if fds[1].revents != 0 && stopping.is_none() {
+            stopping = Some(std::time::Instant::now());
         }
         if fds[0].revents & (libc::POLLIN | libc::POLLHUP) == 0 {
-            if stopping {
+            if stopping.is_some() {
                 break;
             }
             continue;
@@ -140,6 +150,9 @@ fn run(read: &OwnedFd, stop: &OwnedFd, prefix: &str, log: &mut dyn FnMut(bool, &
         let got = unsafe { libc::read(read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         if got <= 0 {
             break;
+        }
+        if stopping.is_some() {
+            drained += got as usize;
         }
         lines.feed(buf.get(..got as usize).unwrap_or(&[]), log);
     }
@@ -250,6 +263,26 @@ mod tests {
             got.last().map(|g| g.1.as_str()),
             Some("job 5 step 0: 5 more lines of ckpt not logged (at most 200 per step)")
         );
+    }
+
+    #[test]
+    fn a_writer_that_never_stops_cannot_hold_the_step_end() {
+        let (read, write) = pipe().expect("pipe");
+        let (stop_read, stop) = pipe().expect("pipe");
+        let writer = std::thread::spawn(move || {
+            let line = b"I spam\n";
+            // SAFETY: writing a local buffer into our pipe, until its reader is gone.
+            while unsafe { libc::write(write.as_raw_fd(), line.as_ptr().cast(), line.len()) } > 0 {}
+        });
+        // SAFETY: one byte into our own pipe.
+        unsafe { libc::write(stop.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+        let t0 = std::time::Instant::now();
+        let mut n = 0usize;
+        run(&read, &stop_read, "job 1 step 0", &mut |_, _| n += 1);
+        assert!(t0.elapsed() < std::time::Duration::from_secs(3));
+        assert!(n <= MAX_LINES + 1, "{n}");
+        drop(read);
+        let _ = writer.join();
     }
 
     #[test]

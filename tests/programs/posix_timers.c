@@ -13,7 +13,9 @@
  * - F: the same for the process (SIGRTMIN+2, blocked in the program's threads; glibc runs
  *   SIGEV_THREAD callbacks with no signal blocked, so one of B's callback threads may take
  *   it first: a handler then records it, and it counts the same);
- * - a timer created and deleted first, so that the ids have a hole.
+ * - a timer created and deleted first, so that the ids have a hole;
+ * - setuid/setgid each round: glibc makes every thread (the SIGEV_THREAD helper included)
+ *   take SIGSETXID and waits for them.
  * Only what is deterministic is printed: each timer still answers timer_gettime, C and
  * D have the expected time left (within minutes: time passes while the job is down), E
  * and F deliver exactly one expiration each round, A and B keep firing and never count
@@ -241,6 +243,9 @@ int main(void)
 		left(te, NULL);
 		left(tf, NULL);
 		cr_line("every timer answers timer_gettime");
+		/* glibc signals every thread (SIGSETXID) and waits: the SIGEV_THREAD helper too. */
+		cr_line("setuid and setgid with a SIGEV_THREAD timer: %s",
+			setgid(getgid()) == 0 && setuid(getuid()) == 0 ? "ok" : "FAILED");
 		cr_line("C left: %s, fired: %ld", (left(tc, &iv) > 6600 * NS && iv == 0) ? "ok" : "WRONG",
 			atomic_load(&c_count));
 		cr_line("C wall time within the run: %s",

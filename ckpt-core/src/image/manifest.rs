@@ -115,6 +115,7 @@ impl ProcessManifest {
                 restore_info: 0,
                 finish_args: 0,
                 finish: 0,
+                finish_args_size: 0,
             },
             regions: Vec::new(),
             threads: Vec::new(),
@@ -228,6 +229,10 @@ pub struct Hooks {
     pub finish_args: u64,
     /// Address of `ckpt_restore_finish`.
     pub finish: u64,
+    /// Size of that libckpt's `FinishArgs` (format 1.5; 0 before): the
+    /// restart copies its own `FinishArgs` there, so the two must agree.
+    #[serde(default)]
+    pub finish_args_size: u64,
 }
 
 /// How a region is rebuilt.

@@ -43,6 +43,11 @@ use crate::signal_safe::raw::{self, Errno};
 const IN_DONT_FOLLOW: u32 = 0x0200_0000;
 const IN_ONLYDIR: u32 = 0x0100_0000;
 const IN_MASK_ADD: u32 = 0x2000_0000;
+const IN_ONESHOT: u32 = 0x8000_0000;
+const IN_EXCL_UNLINK: u32 = 0x0400_0000;
+/// The highest watch descriptor a restart walks an instance's counter up
+/// to (two system calls per step); a higher one is refused.
+pub const MAX_WD: i32 = 1 << 16;
 const KCMP_FILE: usize = 0;
 const NR_KCMP: usize = 312;
 const NR_NEWFSTATAT: usize = 262;
@@ -76,6 +81,10 @@ pub struct Inotify {
     /// Bytes of events not read yet.
     #[serde(default)]
     pub queued: u64,
+    /// libckpt's record of watches was full when the program added one
+    /// (so a watch without a path may be one of those).
+    #[serde(default)]
+    pub table_full: bool,
 }
 
 // ---- the record of the program's watches (written by the wrappers) ----
@@ -98,6 +107,8 @@ static RECORDED: [AtomicPtr<Recorded>; MAX_RECORDED] = [NONE; MAX_RECORDED];
 /// every thread is stopped then, and a slot only ever holds a live record
 /// or null (a record is unlinked before it is freed).
 static WRITING: AtomicBool = AtomicBool::new(false);
+/// A watch could not be recorded: the table was full.
+static FULL: AtomicBool = AtomicBool::new(false);
 
 fn with_lock<T>(f: impl FnOnce() -> T) -> T {
     while WRITING
@@ -141,8 +152,11 @@ pub fn record(fd: i32, wd: i32, mask: u32, path: &[u8]) {
             .find(|s| s.load(Ordering::Acquire).is_null())
         {
             Some(slot) => slot.store(rec, Ordering::Release),
-            // SAFETY: never linked; the capture refuses the unrecorded watch.
-            None => drop(unsafe { Box::from_raw(rec) }),
+            None => {
+                FULL.store(true, Ordering::Release);
+                // SAFETY: never linked; the capture refuses the unrecorded watch.
+                drop(unsafe { Box::from_raw(rec) });
+            }
         }
     });
 }
@@ -183,6 +197,9 @@ fn lookup(fd: i32, wd: i32) -> Option<&'static Recorded> {
 /// (device as `major:minor`, inode) of `path`. **Async-signal-safe.**
 fn identity(path: &[u8], follow: bool) -> Option<(u32, u32, u64)> {
     let mut p = [0u8; 4097];
+    if path.len() >= p.len() {
+        return None;
+    }
     p.get_mut(..path.len())?.copy_from_slice(path);
     // SAFETY: a zeroed stat is a valid output buffer.
     let mut st: libc::stat = unsafe { core::mem::zeroed() };
@@ -227,7 +244,11 @@ impl Inotify {
                 moved: false,
             })
             .collect();
-        Inotify { watches, queued: 0 }
+        Inotify {
+            watches,
+            queued: 0,
+            table_full: false,
+        }
     }
 }
 
@@ -242,13 +263,22 @@ impl Kind for Inotify {
         // SAFETY: FIONREAD writes an int.
         unsafe { raw::ioctl(fd, FIONREAD, &mut queued as *mut i32 as usize) }?;
         let (info, j) = cx.split();
-        let _ = write!(j, "{{\"queued\":{},\"watches\":[", queued.max(0));
+        let _ = write!(
+            j,
+            "{{\"queued\":{},\"table_full\":{},\"watches\":[",
+            queued.max(0),
+            FULL.load(Ordering::Acquire)
+        );
         let mut first = true;
         for (wd, ino, ma, mi, mask) in procfs::lines(info).filter_map(parse_line) {
             let rec = lookup(fd, wd);
             let follow = rec.is_none_or(|r| r.mask & IN_DONT_FOLLOW == 0);
             let moved = rec.is_some_and(|r| identity(&r.path, follow) != Some((ma, mi, ino)));
-            let flags = rec.map_or(0, |r| r.mask & (IN_DONT_FOLLOW | IN_ONLYDIR));
+            // Older kernels show only the events in fdinfo: the flags the
+            // program gave come from its record.
+            let flags = rec.map_or(0, |r| {
+                r.mask & (IN_DONT_FOLLOW | IN_ONLYDIR | IN_ONESHOT | IN_EXCL_UNLINK)
+            });
             let _ = write!(
                 j,
                 "{}{{\"wd\":{wd},\"mask\":{},\"ino\":{ino},\"dev\":\"{ma}:{mi}\",\"moved\":{moved},\"path\":",
@@ -265,6 +295,19 @@ impl Kind for Inotify {
 
     fn validate(&self) -> Result<(), String> {
         for w in &self.watches {
+            if w.path.is_empty() && self.table_full {
+                return Err(format!(
+                    "its watch {} (inode {} on device {}) has no recorded path: libckpt records at most {MAX_RECORDED} \
+                     watches of a process, and this one added more",
+                    w.wd, w.ino, w.dev
+                ));
+            }
+            if w.wd > MAX_WD {
+                return Err(format!(
+                    "its watch descriptor {} is too high to be given back (a restart reaches at most {MAX_WD})",
+                    w.wd
+                ));
+            }
             if w.path.is_empty() {
                 return Err(format!(
                     "its watch {} (inode {} on device {}) was not added through inotify_add_watch, so ckpt does not know its path \

@@ -26,9 +26,17 @@
 //!   the timer's own (`SI_TIMER`, the timer id and its value), not as a
 //!   plain `kill`: glibc's `SIGEV_THREAD` helper thread only runs the
 //!   callback for such a signal ([`queue_expiration`]).
-//! - `SIGEV_THREAD` as glibc implements it is one kernel timer sending
-//!   `SIGTIMER` (32) to a helper thread: restored like any timer, the
-//!   helper thread and glibc's bookkeeping being restored memory.
+//! - `SIGEV_THREAD` timers are made by libckpt (`preload::sigev_thread`,
+//!   as glibc does it but with a helper thread that can be stopped): one
+//!   kernel timer sending signal 32 to that helper, restored like any
+//!   timer, the helper thread and libckpt's records being restored memory.
+//! - A timer whose target thread has exited signals no one; it comes back
+//!   without notification (the kernel would refuse the old thread id).
+//! - Not kept: a re-queued expiration is an ordinary queued signal, so a
+//!   `timer_delete` or re-arming after the restart does not withdraw it as
+//!   the kernel would withdraw its own; the overrun count starts from 0;
+//!   several queued instances of one real-time signal come back as one
+//!   (pending signals are saved as masks).
 //!
 //! Refused at checkpoint time ([`refusal`]): timers on CPU-time clocks
 //! (the restarted process's CPU time starts from zero, so the timer would
@@ -123,6 +131,9 @@ impl PosixTimer {
 
     /// Why it cannot be restored, if it cannot.
     pub fn unrestorable(&self) -> Option<&'static str> {
+        if self.id < 0 {
+            return Some("its line in /proc/PID/timers could not be read");
+        }
         match self.clock {
             0 | 1 | 7 => None,
             2 | 3 => Some(
@@ -144,7 +155,8 @@ impl PosixTimer {
 
 /// Calls `f` with each timer of a `/proc/PID/timers` text (blocks of `ID:`,
 /// `signal: N/VALUE`, `notify: KIND/pid.N` or `KIND/tid.N`, `ClockID:`),
-/// times left at zero. **Async-signal-safe.**
+/// times left at zero; a block with a field that cannot be read has id -1.
+/// **Async-signal-safe.**
 pub fn for_each(text: &[u8], mut f: impl FnMut(PosixTimer)) {
     let mut cur: Option<PosixTimer> = None;
     for line in procfs::lines(text) {
@@ -169,10 +181,15 @@ pub fn for_each(text: &[u8], mut f: impl FnMut(PosixTimer)) {
         match key {
             b"signal" => {
                 let (sig, val) = split_at_byte(value, b'/');
-                t.signal = procfs::dec(sig)
-                    .and_then(|v| i32::try_from(v).ok())
-                    .unwrap_or(0);
-                t.sigev_value = procfs::hex(val).unwrap_or(0);
+                match (
+                    procfs::dec(sig).and_then(|v| i32::try_from(v).ok()),
+                    procfs::hex(val),
+                ) {
+                    (Some(sig), Some(val)) => (t.signal, t.sigev_value) = (sig, val),
+                    // Unreadable: marked, never guessed (a wrong value
+                    // would send another callback's argument).
+                    _ => t.id = -1,
+                }
             }
             b"notify" => {
                 let (kind, whom) = split_at_byte(value, b'/');
@@ -185,9 +202,10 @@ pub fn for_each(text: &[u8], mut f: impl FnMut(PosixTimer)) {
                 if scope == b"tid" {
                     t.notify |= SIGEV_THREAD_ID;
                 }
-                t.target = procfs::dec(id)
-                    .and_then(|v| i32::try_from(v).ok())
-                    .unwrap_or(0);
+                match procfs::dec(id).and_then(|v| i32::try_from(v).ok()) {
+                    Some(target) => t.target = target,
+                    None => t.id = -1,
+                }
             }
             b"ClockID" => {
                 t.clock = signed(value).unwrap_or(-1);
@@ -388,7 +406,7 @@ pub fn capture_self(mut read_pending: impl FnMut(&[PosixTimer])) -> usize {
         }
         None => overflow = true,
     });
-    if overflow || len >= text.len() {
+    if overflow || len >= text.len() || table.iter().take(n).any(|t| t.id < 0) {
         SAVED.failed.store(true, Ordering::Release);
     }
     let timers = table.get_mut(..n).unwrap_or(&mut []);
@@ -629,6 +647,53 @@ pub fn claim_pending(
             t.queued = 1;
         }
     }
+}
+
+/// At checkpoint time: a pending signal that more than one timer sends to
+/// the same process or thread cannot be told apart (the kernel shows
+/// pending signals as a mask), so it could come back as the wrong timer's.
+/// The refusal passes by itself once the program takes the signal.
+/// `threads` are (tid, pending mask).
+pub fn pending_conflict(
+    timers: &[PosixTimer],
+    shared: u64,
+    threads: &[(i32, u64)],
+) -> Option<String> {
+    for t in timers.iter().filter(|t| t.signals()) {
+        let Some(bit) = 1u64.checked_shl(t.signal as u32 - 1) else {
+            continue;
+        };
+        let to_thread = t.notify & SIGEV_THREAD_ID != 0;
+        let pending = if to_thread {
+            threads
+                .iter()
+                .any(|&(tid, p)| tid == t.target && p & bit != 0)
+        } else {
+            shared & bit != 0
+        };
+        let same = timers
+            .iter()
+            .filter(|u| {
+                u.signals()
+                    && u.signal == t.signal
+                    && (u.notify & SIGEV_THREAD_ID != 0) == to_thread
+                    && (!to_thread || u.target == t.target)
+            })
+            .count();
+        if pending && same > 1 {
+            return Some(format!(
+                "signal {} is pending and {same} of its POSIX timers send it{}: which one it came from is not \
+                 visible, so ckpt waits for the program to take it",
+                t.signal,
+                if to_thread {
+                    format!(" to thread {}", t.target)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -548,10 +548,11 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
     // hooks
     let _ = write!(
         j,
-        "\"hooks\":{{\"restore_info\":{},\"finish_args\":{},\"finish\":{}}},",
+        "\"hooks\":{{\"restore_info\":{},\"finish_args\":{},\"finish\":{},\"finish_args_size\":{}}},",
         core::ptr::addr_of!(super::leader::CKPT_RESTORE_INFO) as u64,
         core::ptr::addr_of!(super::finish::CKPT_FINISH_ARGS) as u64,
-        super::finish::ckpt_restore_finish as *const () as usize as u64
+        super::finish::ckpt_restore_finish as *const () as usize as u64,
+        core::mem::size_of::<super::finish::FinishArgs>()
     );
 
     // threads, leader first

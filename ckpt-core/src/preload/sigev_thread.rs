@@ -10,7 +10,8 @@
 //! timer failed after 10 s. See `docs/signals.md`.
 //!
 //! The wrapper does the same thing with a helper of its own, which blocks
-//! every signal but the stop signal: the kernel timer sends signal 32 (a
+//! every signal but the stop signal and glibc's `SIGSETXID` (33, which
+//! `setuid` and its kin need every thread to take): the kernel timer sends signal 32 (a
 //! signal glibc reserves, so never the program's) to that thread
 //! (`SIGEV_THREAD_ID`), carrying the address of a record with the callback
 //! and its value; for each expiration the helper starts a detached thread
@@ -37,6 +38,8 @@ use crate::signal_safe::raw;
 /// glibc's `SIGTIMER` (= `SIGCANCEL`): reserved by glibc, never the
 /// program's; only the helper thread receives it.
 const SIGTIMER: i32 = 32;
+/// glibc's `SIGSETXID`, which every thread must be able to take.
+const SIGSETXID: i32 = 33;
 const SI_TIMER: i32 = -2;
 const SIGEV_THREAD_ID: i32 = 4;
 const NR_TIMER_CREATE: usize = 222;
@@ -186,8 +189,13 @@ fn helper() -> Option<i32> {
 
 extern "C" fn helper_main(_: *mut c_void) -> *mut c_void {
     // Every signal blocked but the stop signal (so the program's signals
-    // go to its own threads); 32 is taken with sigtimedwait below.
-    let _ = raw::sigprocmask(libc::SIG_SETMASK, !(1u64 << (STOP_SIGNAL - 1)));
+    // go to its own threads) and glibc's SIGSETXID (33: `setuid` and its
+    // kin signal every thread with it and wait for each to handle it, as
+    // glibc's own helper does); 32 is taken with sigtimedwait below.
+    let _ = raw::sigprocmask(
+        libc::SIG_SETMASK,
+        !((1u64 << (STOP_SIGNAL - 1)) | (1u64 << (SIGSETXID - 1))),
+    );
     HELPER_TID.store(raw::gettid(), Ordering::Release);
     let set: u64 = 1 << (SIGTIMER - 1);
     loop {
@@ -212,15 +220,19 @@ extern "C" fn helper_main(_: *mut c_void) -> *mut c_void {
         if code != SI_TIMER {
             continue;
         }
-        expire(si[3] as usize);
+        // siginfo: si_timerid at 16 (low half of word 2), si_value at 24.
+        expire(si[2] as u32 as i32, si[3] as usize);
     }
 }
 
-/// One expiration of the timer whose record is at `rec`: start its
-/// callback in a new detached thread.
-fn expire(rec: usize) {
+/// One expiration of timer `id`, whose record is at `rec`: start its
+/// callback in a new detached thread. An expiration queued again by a
+/// restart (`objects::posix_timer::queue_expiration`) is not the kernel's
+/// own signal and survives a `timer_delete`: it runs only while that id
+/// still names that record.
+fn expire(id: i32, rec: usize) {
     let Some((func, value, attr)) = TIMERS.lock().ok().and_then(|t| {
-        t.values().any(|&r| r == rec).then(|| {
+        (t.get(&id) == Some(&rec)).then(|| {
             // SAFETY: a live record (still registered, under the lock).
             let r = unsafe { &*(rec as *const Record) };
             (r.func, r.value, r.attr)
@@ -345,7 +357,8 @@ pub unsafe extern "C" fn timer_delete(timerid: libc::timer_t) -> c_int {
     let r = unsafe { real(timerid) };
     let id = timerid as usize as isize;
     if r == 0 && (0..=i32::MAX as isize).contains(&id) {
-        // Deleting the kernel timer dropped any signal of it still queued.
+        // Deleting the kernel timer drops any signal of it still queued
+        // (but one a restart queued again: `expire` checks the id).
         let rec = TIMERS.lock().ok().and_then(|mut t| t.remove(&(id as i32)));
         if let Some(rec) = rec {
             // SAFETY: registered by timer_create above and now unreachable.

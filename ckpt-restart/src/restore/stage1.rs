@@ -421,6 +421,16 @@ fn restore_misc(m: &ProcessManifest) -> Result<(), String> {
 fn posix_timers(m: &ProcessManifest) -> Result<Vec<PosixTimer>, String> {
     let mut timers = m.posix_timers.clone();
     timers.sort_by_key(|t| t.id);
+    for t in &mut timers {
+        // Its thread exited: it signalled no one, and the kernel would
+        // refuse the old thread id.
+        if t.notify & posix_timer::SIGEV_THREAD_ID != 0
+            && !m.threads.iter().any(|th| th.tid == t.target)
+        {
+            t.notify = posix_timer::SIGEV_NONE;
+            t.signal = 0;
+        }
+    }
     if timers.len() > posix_timer::MAX_TIMERS {
         return Err(format!(
             "process {} has {} POSIX timers; ckpt restores at most {}",
@@ -781,7 +791,21 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
         unsafe { std::ptr::write((auxv_at as *mut u64).add(i), w) };
     }
 
-    // Finish args.
+    // Finish args, copied into the image's own libckpt: its block must be
+    // ours (an image written by another build of ckpt has another layout).
+    if m.hooks.finish_args_size != std::mem::size_of::<FinishArgs>() as u64 {
+        return Err(format!(
+            "process {}: this image was written by another version of ckpt (its libckpt's restore hand-over is {} bytes, this ckpt's {}{}): restart it with the ckpt that wrote it",
+            m.pid,
+            m.hooks.finish_args_size,
+            std::mem::size_of::<FinishArgs>(),
+            if m.hooks.finish_args_size == 0 {
+                ", unrecorded before image format 1.5"
+            } else {
+                ""
+            }
+        ));
+    }
     // SAFETY: fin_at is zeroed memory of at least size_of::<FinishArgs>() inside our mapping.
     let fin = unsafe { &mut *(fin_at as *mut FinishArgs) };
     fin.blob_start = addr;

@@ -42,6 +42,7 @@ fn json_round_trip_and_refusals() {
     let i = Inotify {
         watches: vec![w.clone()],
         queued: 0,
+        table_full: false,
     };
     let text = serde_json::to_string(&Object::Inotify(i.clone())).expect("json");
     let back: Object = serde_json::from_str(&text).expect("parse");
@@ -54,6 +55,7 @@ fn json_round_trip_and_refusals() {
             ..w.clone()
         }],
         queued: 0,
+        table_full: false,
     };
     let e = unknown.validate().expect_err("refused");
     assert!(
@@ -66,16 +68,37 @@ fn json_round_trip_and_refusals() {
             ..w.clone()
         }],
         queued: 0,
+        table_full: false,
     };
     let e = moved.validate().expect_err("refused");
     assert!(e.contains("names another file now"), "{e}");
     assert!(!moved.passes());
     let busy = Inotify {
-        watches: vec![w],
+        watches: vec![w.clone()],
         queued: 32,
+        table_full: false,
     };
     let e = busy.validate().expect_err("refused");
     assert!(e.contains("32 bytes of events") && busy.passes(), "{e}");
+    let full = Inotify {
+        watches: vec![Watch {
+            path: String::new(),
+            ..w.clone()
+        }],
+        queued: 0,
+        table_full: true,
+    };
+    let e = full.validate().expect_err("refused");
+    assert!(e.contains("at most 1024") && !full.passes(), "{e}");
+    let high = Inotify {
+        watches: vec![Watch {
+            wd: MAX_WD + 1,
+            ..w
+        }],
+        queued: 0,
+        table_full: false,
+    };
+    assert!(high.validate().is_err_and(|e| e.contains("too high")));
 }
 
 fn path_c(p: &std::path::Path) -> std::ffi::CString {

@@ -33,6 +33,47 @@ fn parses_every_block() {
 }
 
 #[test]
+fn unreadable_fields_are_marked_not_guessed() {
+    let t = parse("ID: 4\nsignal: 14/zz\nnotify: signal/pid.12\nClockID: 1\n");
+    assert_eq!(t[0].id, -1);
+    assert!(refusal(2, "x", &t).is_some_and(|m| m.contains("could not be read")));
+    let t = parse("ID: 4\nsignal: 14/0\nnotify: signal/tid.x\nClockID: 1\n");
+    assert_eq!(t[0].id, -1);
+}
+
+#[test]
+fn a_pending_signal_two_timers_send_is_refused() {
+    let one = |id, target, notify| PosixTimer {
+        id,
+        clock: 1,
+        signal: 34,
+        notify,
+        target,
+        ..PosixTimer::default()
+    };
+    let bit = 1u64 << 33;
+    let two = [one(0, 5, SIGEV_SIGNAL), one(1, 5, SIGEV_SIGNAL)];
+    let m = pending_conflict(&two, bit, &[]).expect("refused");
+    assert!(
+        m.contains("signal 34 is pending and 2 of its POSIX timers"),
+        "{m}"
+    );
+    assert_eq!(pending_conflict(&two, 0, &[]), None);
+    assert_eq!(pending_conflict(&two[..1], bit, &[]), None);
+    // To different threads: each pending mask is its own.
+    let threads = [
+        one(0, 7, SIGEV_SIGNAL | SIGEV_THREAD_ID),
+        one(1, 8, SIGEV_SIGNAL | SIGEV_THREAD_ID),
+    ];
+    assert_eq!(pending_conflict(&threads, 0, &[(7, bit), (8, 0)]), None);
+    let same = [
+        one(0, 7, SIGEV_SIGNAL | SIGEV_THREAD_ID),
+        one(1, 7, SIGEV_SIGNAL | SIGEV_THREAD_ID),
+    ];
+    assert!(pending_conflict(&same, 0, &[(7, bit)]).is_some_and(|m| m.contains("to thread 7")));
+}
+
+#[test]
 fn json_round_trip() {
     for mut t in parse(TEXT) {
         t.value_ns = 1_500_000_000;
