@@ -71,6 +71,24 @@ pub struct Coordinator {
     /// (a batch job, [`crate::relaunch`]); with the steps they run, by
     /// namespace pid. `None`: every process is checkpointed.
     relaunch: Mutex<Option<BTreeMap<i32, StepRef>>>,
+    /// Connections to processes outside the job come back closed by their
+    /// peer instead of being refused (`CKPT_EXTERNAL_SOCKETS=closed`).
+    reset_outside: bool,
+}
+
+/// The variable that says what becomes of connections to processes
+/// outside the job: `refuse` (the default) or `closed` (docs/sockets.md).
+pub const ENV_EXTERNAL_SOCKETS: &str = "CKPT_EXTERNAL_SOCKETS";
+
+/// The policy the environment asks for: `Ok(true)` for `closed`.
+pub fn external_sockets_policy(value: Option<&str>) -> Result<bool, String> {
+    match value.map(str::trim) {
+        None | Some("" | "refuse") => Ok(false),
+        Some("closed") => Ok(true),
+        Some(other) => Err(format!(
+            "{ENV_EXTERNAL_SOCKETS}={other} is neither 'refuse' nor 'closed'"
+        )),
+    }
 }
 
 /// Longest chain of incremental generations before a full one.
@@ -103,6 +121,15 @@ impl Coordinator {
                 ckpt_dir: dir_path,
             }),
             relaunch: Mutex::new(None),
+            reset_outside: match external_sockets_policy(
+                std::env::var(ENV_EXTERNAL_SOCKETS).ok().as_deref(),
+            ) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("ckpt: {e}: connections to processes outside the job are refused");
+                    false
+                }
+            },
         })
     }
 
@@ -566,7 +593,7 @@ impl Coordinator {
             }
         }
         if failure.is_none()
-            && let Err((e, p)) = check_sockets(&manifests, &run.hosts)
+            && let Err((e, p)) = check_sockets(&manifests, &run.hosts, self.reset_outside)
         {
             *passing = p;
             failure = Some(e);
@@ -599,6 +626,7 @@ impl Coordinator {
             chain: if incremental { base_chain + 1 } else { 0 },
             files,
             relaunch: relaunched,
+            reset_outside: self.reset_outside,
         };
         let n = record.processes.len();
         let path = pending
@@ -911,6 +939,7 @@ fn check_written(
 fn check_sockets(
     manifests: &[ProcessManifest],
     hosts: &BTreeMap<i32, i32>,
+    reset_outside: bool,
 ) -> Result<(), (String, bool)> {
     use ckpt::objects::unix_socket::{SavedEnd, plan};
     let mut low: BTreeMap<u64, bool> = BTreeMap::new();
@@ -923,7 +952,7 @@ fn check_sockets(
             *low.entry(f.inode).or_insert(true) &= f.fd <= 2;
         }
     }
-    check_inet(manifests, hosts, &low)?;
+    check_inet(manifests, hosts, &low, reset_outside)?;
     let mut ends = Vec::new();
     for m in manifests {
         for f in &m.fds {
@@ -934,17 +963,47 @@ fn check_sockets(
                     data: Vec::new(),
                     cwd: Vec::new(),
                     stdio_only: low.get(&f.inode).copied().unwrap_or(false),
+                    reset_outside,
                     who: format!("fd {} of {} (process {})", f.fd, m.exe, m.pid),
                 });
             }
         }
     }
-    plan(&ends).map(|_| ()).map_err(|r| {
+    let steps = plan(&ends).map_err(|r| {
         (
             refusal(manifests, hosts, r.inode, r.outside, &r.message),
             r.passing,
         )
-    })
+    })?;
+    note_reset(
+        manifests,
+        hosts,
+        steps.iter().filter_map(|s| match s {
+            ckpt::objects::unix_socket::Step::Reset(i) => Some(*i),
+            _ => None,
+        }),
+    );
+    Ok(())
+}
+
+/// Says which connections to processes outside the job a restart will give
+/// back closed (`CKPT_EXTERNAL_SOCKETS=closed`), in the words of a refusal.
+fn note_reset(
+    manifests: &[ProcessManifest],
+    hosts: &BTreeMap<i32, i32>,
+    inodes: impl Iterator<Item = u64>,
+) {
+    for ino in inodes {
+        let what = refusal(manifests, hosts, ino, true, "a socket");
+        let what = what
+            .split(", which ckpt cannot checkpoint yet")
+            .next()
+            .unwrap_or(&what)
+            .to_owned();
+        eprintln!(
+            "ckpt: note: {what}; a restart gives it back closed by its peer ({ENV_EXTERNAL_SOCKETS}=closed)"
+        );
+    }
 }
 
 /// The job's TCP and UDP sockets, all processes together, like
@@ -953,8 +1012,9 @@ fn check_inet(
     manifests: &[ProcessManifest],
     hosts: &BTreeMap<i32, i32>,
     low: &BTreeMap<u64, bool>,
+    reset_outside: bool,
 ) -> Result<(), (String, bool)> {
-    use ckpt::objects::inet_socket::{SavedEnd, plan};
+    use ckpt::objects::inet_socket::{SavedEnd, Step, plan};
     let mut ends = Vec::new();
     for m in manifests {
         for f in &m.fds {
@@ -964,17 +1024,27 @@ fn check_inet(
                     sock,
                     data: Vec::new(),
                     stdio_only: low.get(&f.inode).copied().unwrap_or(false),
+                    reset_outside,
                     who: format!("fd {} of {} (process {})", f.fd, m.exe, m.pid),
                 });
             }
         }
     }
-    plan(&ends).map(|_| ()).map_err(|r| {
+    let steps = plan(&ends).map_err(|r| {
         (
             refusal(manifests, hosts, r.inode, r.outside, &r.message),
             r.passing,
         )
-    })
+    })?;
+    note_reset(
+        manifests,
+        hosts,
+        steps.iter().filter_map(|s| match s {
+            Step::Reset(i) => Some(*i),
+            _ => None,
+        }),
+    );
+    Ok(())
 }
 
 /// A socket's refusal, naming the process; for a peer outside the job, in
@@ -1077,6 +1147,16 @@ pub fn request(socket: &Path) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn external_sockets_policy_values() {
+        use super::external_sockets_policy as p;
+        assert_eq!(p(None), Ok(false));
+        assert_eq!(p(Some("")), Ok(false));
+        assert_eq!(p(Some("refuse")), Ok(false));
+        assert_eq!(p(Some(" closed ")), Ok(true));
+        assert!(p(Some("reset")).is_err_and(|e| e.contains("neither 'refuse' nor 'closed'")));
+    }
+
     use super::*;
 
     fn manifest(fds: &str) -> ProcessManifest {

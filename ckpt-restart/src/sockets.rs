@@ -27,7 +27,9 @@ use std::os::fd::AsRawFd as _;
 
 /// What the user can do (the end of the refusal).
 pub const ADVICE: &str = "close it before the checkpoint and open it again after, \
-     or take checkpoints only while the program holds no socket";
+     or take checkpoints only while the program holds no socket, or, if the program \
+     reconnects by itself, set CKPT_EXTERNAL_SOCKETS=closed: a restart then gives it back \
+     closed by its peer";
 
 /// A descriptor of the job: `fd` of the process `pid` (its pid in the job).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

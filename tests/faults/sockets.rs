@@ -461,3 +461,74 @@ fn inotify_unread_events_refused() {
         close_checkpoint_finish(&j, l, "READY\nevents\nclosed\nPASS\n")
     });
 }
+
+/// With `CKPT_EXTERNAL_SOCKETS=closed`, connections to servers outside the
+/// job (TCP and unix) do not stop the checkpoint (a note names them) and
+/// come back after a restart as closed by their peer: the bytes the server
+/// had sent and the program not read yet, then end of file.
+#[test]
+fn connections_outside_come_back_closed_when_asked() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let server = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("listen: {e}"));
+    let port = server
+        .local_addr()
+        .unwrap_or_else(|e| panic!("local_addr: {e}"))
+        .port();
+    let j = sock_job(
+        "sockets-outside-closed",
+        &ckpt,
+        "outsider",
+        &[port.to_string()],
+    );
+    let userver = std::os::unix::net::UnixListener::bind(j.work.join("outside.sock"))
+        .unwrap_or_else(|e| panic!("unix listen: {e}"));
+    let mut l = j.launch("1", &[], &[("CKPT_EXTERNAL_SOCKETS", "closed")]);
+    let r = (|| -> Result<(), String> {
+        j.wait_ready(&mut l)?;
+        let (mut conn, _) = server.accept().map_err(|e| format!("accept: {e}"))?;
+        let (mut uconn, _) = userver.accept().map_err(|e| format!("accept unix: {e}"))?;
+        let mut hello = [0u8; 6];
+        conn.read_exact(&mut hello)
+            .map_err(|e| format!("read hello: {e}"))?;
+        uconn
+            .read_exact(&mut hello)
+            .map_err(|e| format!("read hello: {e}"))?;
+        // Queued in the program's sockets, not read yet.
+        conn.write_all(b"data\n").map_err(|e| e.to_string())?;
+        uconn.write_all(b"udata\n").map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_millis(100));
+        j.checkpoint_ok("outside-closed")?;
+        let launch_err = j.stderr_of("launch");
+        for want in [
+            format!("-> 127.0.0.1:{port} (ESTABLISHED) to a process outside the job"),
+            "outside.sock".to_string(),
+            "a restart gives it back closed by its peer (CKPT_EXTERNAL_SOCKETS=closed)".to_string(),
+        ] {
+            if !launch_err.contains(&want) {
+                return Err(format!(
+                    "the checkpoint's note lacks {want:?}:\n{launch_err}"
+                ));
+            }
+        }
+        let _ = l.kill_tree();
+        let r = restart_bg(&j, "1")?;
+        touch(&j.work.join("close"))?;
+        touch(&j.work.join("go"))?;
+        let (ok, err) = finish(&j, "1", r)?;
+        let out = fs::read_to_string(j.out()).unwrap_or_default();
+        let expected =
+            "READY\ntcp: data, then end of file\nunix: udata, then end of file\nclosed\nPASS\n";
+        if !ok || out != expected {
+            return Err(format!(
+                "the restarted program printed {out:?} (ok: {ok}), expected {expected:?}\nrestart: {err}"
+            ));
+        }
+        drop(conn);
+        drop(uconn);
+        Ok(())
+    })();
+    let _ = l.kill_tree();
+    if let Err(e) = r {
+        panic!("{e}\nlaunch: {}", j.stderr_of("launch"));
+    }
+}

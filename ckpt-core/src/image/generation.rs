@@ -1055,6 +1055,7 @@ mod tests {
             chain: 0,
             files: vec![],
             relaunch: vec![],
+            reset_outside: false,
         }
     }
 

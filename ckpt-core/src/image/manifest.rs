@@ -475,6 +475,11 @@ pub struct GenerationRecord {
     /// in their own step, docs/batch-jobs.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub relaunch: Vec<Relaunch>,
+    /// The job asked for connections to processes outside it to come back
+    /// closed, as reset by the peer (`CKPT_EXTERNAL_SOCKETS=reset`,
+    /// docs/sockets.md) rather than be refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reset_outside: bool,
 }
 
 /// A process started again at restart with the command, environment,

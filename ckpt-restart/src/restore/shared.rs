@@ -380,6 +380,7 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
             data,
             cwd: name_bytes(&m.cwd),
             stdio_only: low.get(&f.inode).copied().unwrap_or(false),
+            reset_outside: g.record.reset_outside,
             who: format!("fd {} of process {} ({})", f.fd, m.pid, m.exe),
         });
     }
@@ -409,6 +410,7 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
                 sock,
                 data,
                 stdio_only: low.get(&f.inode).copied().unwrap_or(false),
+                reset_outside: g.record.reset_outside,
                 who: format!("fd {} of process {} ({})", f.fd, m.pid, m.exe),
             });
         }

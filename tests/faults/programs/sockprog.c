@@ -34,6 +34,11 @@
  *   inotify_unread an inotify watch on WORKDIR with an event queued and not read;
  *             prints READY and "events". When WORKDIR/close exists it reads them
  *             and prints "closed".
+ *   outsider  connects to 127.0.0.1:PORT and to the unix socket WORKDIR/outside.sock
+ *             (servers outside the job), sends "hello\n" on each and prints READY.
+ *             When WORKDIR/close exists it reads each until end of file and prints
+ *             "tcp: <what it read>, then end of file" and the same for "unix", then
+ *             "closed".
  * Then it waits for WORKDIR/go and prints PASS (or FAIL: why).
  */
 #define _GNU_SOURCE
@@ -283,6 +288,47 @@ int main(int argc, char **argv)
 		wait_for("close");
 		if (timer_delete(t) != 0)
 			fail("timer_delete");
+	} else if (strcmp(mode, "outsider") == 0) {
+		if (argc < 4)
+			fail("outsider needs a PORT");
+		int c = connect_to(atoi(argv[3]));
+		struct sockaddr_un ua;
+		memset(&ua, 0, sizeof ua);
+		ua.sun_family = AF_UNIX;
+		snprintf(ua.sun_path, sizeof ua.sun_path, "%s/outside.sock", work);
+		int u = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (u < 0 || connect(u, (struct sockaddr *)&ua, sizeof ua) != 0)
+			fail("connect unix");
+		send_all(c, "hello\n", 6);
+		send_all(u, "hello\n", 6);
+		say("READY\n");
+		wait_for("close");
+		int fds[2] = {c, u};
+		const char *names[2] = {"tcp", "unix"};
+		for (int i = 0; i < 2; i++) {
+			char got[256];
+			size_t n = 0;
+			for (;;) {
+				ssize_t r = read(fds[i], got + n, sizeof got - 1 - n);
+				if (r < 0 && errno == EINTR)
+					continue;
+				if (r < 0) {
+					snprintf(line, sizeof line, "%s: read error %d\n", names[i], errno);
+					say(line);
+					break;
+				}
+				if (r == 0) {
+					got[n] = '\0';
+					if (n > 0 && got[n - 1] == '\n')
+						got[n - 1] = '\0';
+					snprintf(line, sizeof line, "%s: %s, then end of file\n", names[i], got);
+					say(line);
+					break;
+				}
+				n += (size_t)r;
+			}
+			close(fds[i]);
+		}
 	} else if (strcmp(mode, "inotify_raw") == 0) {
 		int in = inotify_init1(0);
 		if (in < 0)

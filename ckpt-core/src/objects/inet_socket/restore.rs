@@ -45,6 +45,9 @@ pub struct SavedEnd<'a> {
     /// The job holds it only at descriptors 0, 1 or 2 (a restart gives those
     /// its own stdio when the peer is outside the job).
     pub stdio_only: bool,
+    /// A peer outside the job is not refused: the connection comes back
+    /// closed by its peer (`CKPT_EXTERNAL_SOCKETS=closed`).
+    pub reset_outside: bool,
     /// Who holds it, for messages ("fd 5 of process 12 (python3)").
     pub who: String,
 }
@@ -70,6 +73,10 @@ pub enum Step {
     /// Its peer is outside the job and the job holds it only at 0..2: the
     /// restart's own stdio stands in for it.
     Stdio(u64),
+    /// Its peer is outside the job, and the job asked for such connections
+    /// to come back closed by their peer: a new loopback connection whose
+    /// other end writes back what was queued, then closes.
+    Reset(u64),
 }
 
 /// Why a socket cannot be restored: the socket (its inode at checkpoint
@@ -176,6 +183,7 @@ pub fn plan(ends: &[SavedEnd<'_>]) -> Result<Vec<Step>, Refusal> {
                     });
                 }
                 None if e.stdio_only => first.push(Step::Stdio(ino)),
+                None if e.reset_outside => first.push(Step::Reset(ino)),
                 None => return Err(outside(away())),
             },
             Peer::Pending => {
@@ -184,6 +192,10 @@ pub fn plan(ends: &[SavedEnd<'_>]) -> Result<Vec<Step>, Refusal> {
                     .filter(|l| listens_for(&l.sock.local, &peer))
                     .min_by_key(|l| !l.sock.local.same(&peer))
                 else {
+                    if e.reset_outside {
+                        first.push(Step::Reset(ino));
+                        continue;
+                    }
                     return Err(outside(format!(
                         "{} is {}, waiting to be accepted by a listening socket outside the job: ckpt cannot restore a connection that leaves the job",
                         e.who,
@@ -201,6 +213,7 @@ pub fn plan(ends: &[SavedEnd<'_>]) -> Result<Vec<Step>, Refusal> {
             // finished closing) or on another host.
             Peer::Unknown if peer.is_loopback() => first.push(Step::Lonely(ino)),
             Peer::Unknown | Peer::None if e.stdio_only => first.push(Step::Stdio(ino)),
+            Peer::Unknown | Peer::None if e.reset_outside => first.push(Step::Reset(ino)),
             Peer::Unknown | Peer::None => return Err(outside(away())),
         }
     }
@@ -790,6 +803,70 @@ fn shut(fd: i32, e: &SavedEnd<'_>, peer_sent_fin: bool) {
     unsafe { libc::shutdown(fd, how) };
 }
 
+/// A TCP connection of `x`'s family over loopback whose other end wrote
+/// `x`'s queued bytes and closed: reads drain them, then see end of file
+/// (what a peer that closed the connection leaves).
+fn closed_by_peer(x: &SavedEnd<'_>) -> Result<i32, String> {
+    let family = x.sock.family;
+    let lo = Addr {
+        ip: if family == libc::AF_INET6 {
+            let mut v = vec![0u8; 16];
+            v[15] = 1;
+            v
+        } else {
+            vec![127, 0, 0, 1]
+        },
+        port: 0,
+    };
+    let who = &x.who;
+    let new = || {
+        // SAFETY: socket takes no pointers.
+        let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 { Err(err("socket")) } else { Ok(fd) }
+    };
+    let l = new()?;
+    let mut fds = vec![l];
+    let r = (|| {
+        bind(l, family, &lo, who)?;
+        // SAFETY: no pointers.
+        if unsafe { libc::listen(l, 1) } != 0 {
+            return Err(err("listen"));
+        }
+        let at = Addr {
+            ip: lo.ip.clone(),
+            port: port_of(l),
+        };
+        let c = new()?;
+        fds.push(c);
+        size_buffers(c, x, x.data.len(), 0)?;
+        connect(c, family, &at, who)?;
+        // SAFETY: accept without the peer's address.
+        let a = unsafe {
+            libc::accept4(
+                l,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if a < 0 {
+            return Err(err("accept"));
+        }
+        fds.push(a);
+        // The queued bytes, written by the stand-in peer.
+        refill(a, &x.data, who)?;
+        // SAFETY: no pointers; the closing end sends its end of file.
+        unsafe { libc::shutdown(a, libc::SHUT_WR) };
+        Ok(c)
+    })();
+    for &fd in &fds {
+        if r.as_ref().ok() != Some(&fd) {
+            close(fd);
+        }
+    }
+    r
+}
+
 /// Carry out [`plan`]: make every socket of `ends`, connected and filled as
 /// it was. Returns saved inode -> close-on-exec descriptor. Run by the job's
 /// init before it recreates the processes.
@@ -851,6 +928,7 @@ pub fn restore_all(ends: &[SavedEnd<'_>]) -> Result<HashMap<u64, i32>, String> {
                         sock: x.sock,
                         data: Vec::new(),
                         stdio_only: false,
+                        reset_outside: false,
                         who: format!("the closed peer of {}", x.who),
                     };
                     // An end accepted from a listening socket keeps the
@@ -915,6 +993,11 @@ pub fn restore_all(ends: &[SavedEnd<'_>]) -> Result<HashMap<u64, i32>, String> {
                     set_options(fd, x)?;
                 }
                 Step::Stdio(_) => {}
+                Step::Reset(a) => {
+                    let x = by[&a];
+                    let fd = closed_by_peer(x)?;
+                    fds.insert(a, fd);
+                }
             }
         }
         for (ino, fd) in &fds {

@@ -196,6 +196,7 @@ fn end(ino: u64, s: &InetSocket, data: Vec<u8>) -> SavedEnd<'_> {
         sock: s,
         data,
         stdio_only: false,
+        reset_outside: false,
         who: format!("socket {ino}"),
     }
 }
@@ -457,6 +458,10 @@ fn plan_refuses_what_leaves_the_job_and_waits_for_what_passes() {
     let mut e = end(1, &a, Vec::new());
     e.stdio_only = true;
     assert_eq!(plan(&[e]).unwrap(), vec![Step::Stdio(1)]);
+    // ... or the job asked for such connections to come back closed.
+    let mut e = end(1, &a, Vec::new());
+    e.reset_outside = true;
+    assert_eq!(plan(&[e]).unwrap(), vec![Step::Reset(1)]);
     // A remote peer not found on this host.
     let mut r = sample(tcp_state::ESTABLISHED, Peer::Unknown, 0);
     r.peer = Some(Addr {
@@ -464,6 +469,9 @@ fn plan_refuses_what_leaves_the_job_and_waits_for_what_passes() {
         port: 5432,
     });
     assert!(plan(&[end(1, &r, Vec::new())]).unwrap_err().outside);
+    let mut e = end(1, &r, Vec::new());
+    e.reset_outside = true;
+    assert_eq!(plan(&[e]).unwrap(), vec![Step::Reset(1)]);
     // Bytes not acknowledged yet pass by themselves.
     let mut u = sample(tcp_state::ESTABLISHED, Peer::Socket, 2);
     u.unsent = 10;

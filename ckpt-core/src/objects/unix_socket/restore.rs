@@ -42,6 +42,9 @@ pub struct SavedEnd<'a> {
     /// The job holds it only at descriptors 0, 1 or 2 (a restart gives those
     /// its own stdio when the peer is outside the job).
     pub stdio_only: bool,
+    /// A peer outside the job is not refused: the socket comes back
+    /// closed by its peer (`CKPT_EXTERNAL_SOCKETS=reset`).
+    pub reset_outside: bool,
     /// Who holds it, for messages ("fd 5 of process 12 (python3)").
     pub who: String,
 }
@@ -74,6 +77,9 @@ pub enum Step {
     /// Its peer is outside the job and the job holds it only at 0..2: the
     /// restart's own stdio stands in for it.
     Stdio(u64),
+    /// Its peer is outside the job and the job asked for such sockets to
+    /// come back closed by their peer.
+    Reset(u64),
 }
 
 /// Why a socket cannot be restored: the socket (its inode at checkpoint
@@ -191,6 +197,8 @@ pub fn plan(ends: &[SavedEnd<'_>]) -> Result<Vec<Step>, Refusal> {
                     }
                 } else if e.stdio_only {
                     first.push(Step::Stdio(ino));
+                } else if e.reset_outside {
+                    first.push(Step::Reset(ino));
                 } else {
                     return Err(refuse(
                         true,
@@ -573,6 +581,26 @@ fn carry_out(
                 out.fds.insert(a, fa);
                 phantoms.insert(a, fx);
             }
+            Step::Reset(a) => {
+                // A new pair whose other end writes back what was queued and
+                // closes: never a socket at the outside peer's name.
+                let e = get(a)?;
+                let mut p = [0i32; 2];
+                // SAFETY: p is a valid 2-int array.
+                if unsafe {
+                    libc::socketpair(
+                        libc::AF_UNIX,
+                        e.sock.ty | libc::SOCK_CLOEXEC,
+                        0,
+                        p.as_mut_ptr(),
+                    )
+                } != 0
+                {
+                    return Err(err("socketpair"));
+                }
+                out.fds.insert(a, p[0]);
+                phantoms.insert(a, p[1]);
+            }
             Step::Plain(a) => {
                 let e = get(a)?;
                 let fd = new_socket(e.sock.ty)?;
@@ -643,7 +671,7 @@ fn carry_out(
                 refill(get(a)?, fd_of(b))?;
                 refill(get(b)?, fd_of(a))?;
             }
-            Step::Lonely(a) => refill(get(a)?, phantoms.get(&a).copied())?,
+            Step::Lonely(a) | Step::Reset(a) => refill(get(a)?, phantoms.get(&a).copied())?,
             Step::Plain(a) => refill_to(get(a)?, None)?,
             Step::ConnectTo { a, target } => refill_to(get(a)?, fd_of(target))?,
             _ => {}
@@ -656,7 +684,7 @@ fn carry_out(
             Step::Lonely(a) | Step::Plain(a) | Step::Listener(a) => std::slice::from_ref(a),
             Step::Pending { client, .. } => std::slice::from_ref(client),
             Step::ConnectTo { a, .. } => std::slice::from_ref(a),
-            Step::Stdio(_) => &[],
+            Step::Stdio(_) | Step::Reset(_) => &[],
         };
         for &ino in inos {
             let (e, Some(&fd)) = (get(ino)?, out.fds.get(&ino)) else {

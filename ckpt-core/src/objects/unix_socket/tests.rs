@@ -103,6 +103,7 @@ fn end<'a>(ino: u64, s: &'a UnixSocket, data: Vec<u8>) -> restore::SavedEnd<'a> 
             .into_os_string()
             .into_encoded_bytes(),
         stdio_only: false,
+        reset_outside: false,
         who: format!("socket {ino}"),
     }
 }
@@ -401,6 +402,10 @@ fn refusals_name_the_socket_and_why() {
     let mut x = end(inode(a), &sa, Vec::new());
     x.stdio_only = true;
     assert_eq!(plan(&[x]).unwrap(), vec![Step::Stdio(inode(a))]);
+    // ... or the job asked for it to come back closed by its peer.
+    let mut x = end(inode(a), &sa, Vec::new());
+    x.reset_outside = true;
+    assert_eq!(plan(&[x]).unwrap(), vec![Step::Reset(inode(a))]);
     close(a);
     close(b);
 }
