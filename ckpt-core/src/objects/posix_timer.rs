@@ -108,6 +108,19 @@ pub struct PosixTimer {
 }
 
 impl PosixTimer {
+    /// No timer (for static tables).
+    pub const NONE: PosixTimer = PosixTimer {
+        id: 0,
+        clock: 0,
+        signal: 0,
+        notify: 0,
+        target: 0,
+        queued: 0,
+        sigev_value: 0,
+        value_ns: 0,
+        interval_ns: 0,
+    };
+
     /// Whether it sends a signal at all.
     pub fn signals(&self) -> bool {
         self.notify & !SIGEV_THREAD_ID != SIGEV_NONE && self.signal > 0
@@ -332,19 +345,7 @@ unsafe impl Sync for Saved {}
 
 /// The timers of the checkpoint being taken.
 pub static SAVED: Saved = Saved {
-    timers: UnsafeCell::new(
-        [PosixTimer {
-            id: 0,
-            clock: 0,
-            signal: 0,
-            notify: 0,
-            target: 0,
-            queued: 0,
-            sigev_value: 0,
-            value_ns: 0,
-            interval_ns: 0,
-        }; MAX_TIMERS],
-    ),
+    timers: UnsafeCell::new([PosixTimer::NONE; MAX_TIMERS]),
     text: UnsafeCell::new([0; 8192]),
     n: AtomicUsize::new(0),
     failed: core::sync::atomic::AtomicBool::new(false),

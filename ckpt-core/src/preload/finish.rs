@@ -111,17 +111,7 @@ pub static mut CKPT_FINISH_ARGS: FinishArgs = FinishArgs {
     track_generation: 0,
     last_pid_fd: -1,
     ntimers: 0,
-    timers: [PosixTimer {
-        id: 0,
-        clock: 0,
-        signal: 0,
-        notify: 0,
-        target: 0,
-        queued: 0,
-        sigev_value: 0,
-        value_ns: 0,
-        interval_ns: 0,
-    }; MAX_TIMERS],
+    timers: [PosixTimer::NONE; MAX_TIMERS],
 };
 
 static GO: AtomicU32 = AtomicU32::new(0);

@@ -35,6 +35,23 @@ pub mod track;
 
 use crate::coord::ENV_SOCKET;
 
+/// The next definition of the libc function `name` (NUL-terminated) after
+/// libckpt's own wrapper (`dlsym(RTLD_NEXT)`), as `T`, a function pointer
+/// type matching its C prototype. Normal context only (`dlsym` allocates).
+pub(crate) fn next_fn<T: Copy>(name: &'static [u8]) -> Option<T> {
+    if core::mem::size_of::<T>() != core::mem::size_of::<usize>() {
+        return None;
+    }
+    // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name.
+    let a = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr().cast()) } as usize;
+    if a == 0 {
+        return None;
+    }
+    // SAFETY: T is a function pointer type of pointer size (checked above)
+    // matching the C prototype of `name` (each caller's contract).
+    Some(unsafe { core::mem::transmute_copy::<usize, T>(&a) })
+}
+
 #[used]
 #[unsafe(link_section = ".init_array")]
 static INIT: extern "C" fn() = ctor;

@@ -87,19 +87,7 @@ type CreateFn =
     unsafe extern "C" fn(libc::clockid_t, *mut libc::sigevent, *mut libc::timer_t) -> c_int;
 type DeleteFn = unsafe extern "C" fn(libc::timer_t) -> c_int;
 
-fn next<T: Copy>(name: &'static [u8]) -> Option<T> {
-    if core::mem::size_of::<T>() != core::mem::size_of::<usize>() {
-        return None;
-    }
-    // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name.
-    let a = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr().cast()) } as usize;
-    if a == 0 {
-        return None;
-    }
-    // SAFETY: T is a function pointer type of pointer size matching the C
-    // prototype of `name` (each caller's contract).
-    Some(unsafe { core::mem::transmute_copy::<usize, T>(&a) })
-}
+use super::next_fn as next;
 
 fn set_errno(e: c_int) {
     // SAFETY: glibc's errno location for this thread is always valid.
