@@ -487,6 +487,11 @@ fn connections_outside_come_back_closed_when_asked() {
         j.wait_ready(&mut l)?;
         let (mut conn, _) = server.accept().map_err(|e| format!("accept: {e}"))?;
         let (mut uconn, _) = userver.accept().map_err(|e| format!("accept unix: {e}"))?;
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        uconn
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
         let mut hello = [0u8; 6];
         conn.read_exact(&mut hello)
             .map_err(|e| format!("read hello: {e}"))?;
@@ -523,12 +528,32 @@ fn connections_outside_come_back_closed_when_asked() {
                 "the restarted program printed {out:?} (ok: {ok}), expected {expected:?}\nrestart: {err}"
             ));
         }
-        drop(conn);
-        drop(uconn);
+        // Nothing reached the real servers after the checkpoint: the killed
+        // run's ends closed, the restored program's are new.
+        for (what, got) in [
+            ("TCP", read_rest(&mut conn)),
+            ("unix", read_rest(&mut uconn)),
+        ] {
+            if !got.is_empty() {
+                return Err(format!(
+                    "the {what} server received {got:?} after the checkpoint"
+                ));
+            }
+        }
         Ok(())
     })();
     let _ = l.kill_tree();
     if let Err(e) = r {
         panic!("{e}\nlaunch: {}", j.stderr_of("launch"));
     }
+}
+
+/// What a server end still receives until end of file or a reset.
+fn read_rest(r: &mut impl std::io::Read) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut b = [0u8; 256];
+    while let Ok(n @ 1..) = r.read(&mut b) {
+        got.extend_from_slice(&b[..n]);
+    }
+    got
 }

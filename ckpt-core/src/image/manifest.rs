@@ -476,7 +476,7 @@ pub struct GenerationRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub relaunch: Vec<Relaunch>,
     /// The job asked for connections to processes outside it to come back
-    /// closed, as reset by the peer (`CKPT_EXTERNAL_SOCKETS=reset`,
+    /// closed, as reset by the peer (`CKPT_EXTERNAL_SOCKETS=closed`,
     /// docs/sockets.md) rather than be refused.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reset_outside: bool,

@@ -46,7 +46,8 @@ pub struct SavedEnd<'a> {
     /// its own stdio when the peer is outside the job).
     pub stdio_only: bool,
     /// A peer outside the job is not refused: the connection comes back
-    /// closed by its peer (`CKPT_EXTERNAL_SOCKETS=closed`).
+    /// closed by its peer (`CKPT_EXTERNAL_SOCKETS=closed`); what it had in
+    /// flight is not checked (a real close loses it too).
     pub reset_outside: bool,
     /// Who holds it, for messages ("fd 5 of process 12 (python3)").
     pub who: String,
@@ -115,19 +116,6 @@ pub fn plan(ends: &[SavedEnd<'_>]) -> Result<Vec<Step>, Refusal> {
     let mut by: BTreeMap<u64, &SavedEnd<'_>> = BTreeMap::new();
     for e in ends {
         by.entry(e.inode).or_insert(e);
-    }
-    for e in by.values() {
-        e.sock.validate().map_err(|u| Refusal {
-            inode: e.inode,
-            outside: false,
-            passing: u.passing,
-            message: format!(
-                "{} is {} that ckpt cannot checkpoint now: {}",
-                e.who,
-                e.sock.describe(),
-                u.why
-            ),
-        })?;
     }
     let listeners: Vec<&SavedEnd<'_>> = by
         .values()
@@ -233,9 +221,37 @@ pub fn plan(ends: &[SavedEnd<'_>]) -> Result<Vec<Step>, Refusal> {
             });
         }
     }
+    // A socket given back closed (its peer outside the job) loses what it
+    // had in flight anyway, as on a real close: only the others must be
+    // restorable as they are.
+    let reset: Vec<Step> = first
+        .iter()
+        .filter(|s| matches!(s, Step::Reset(_)))
+        .copied()
+        .collect();
+    for e in by.values() {
+        if reset.contains(&Step::Reset(e.inode)) {
+            continue;
+        }
+        e.sock.validate().map_err(|u| Refusal {
+            inode: e.inode,
+            outside: false,
+            passing: u.passing,
+            message: format!(
+                "{} is {} that ckpt cannot checkpoint now: {}",
+                e.who,
+                e.sock.describe(),
+                u.why
+            ),
+        })?;
+    }
+    first.retain(|s| !matches!(s, Step::Reset(_)));
     first.extend(plain);
     first.extend(lst);
     first.extend(last);
+    // Last: their stand-in connections take ports of their own, which must
+    // not be ones the others are about to bind again.
+    first.extend(reset);
     Ok(first)
 }
 
@@ -803,6 +819,22 @@ fn shut(fd: i32, e: &SavedEnd<'_>, peer_sent_fin: bool) {
     unsafe { libc::shutdown(fd, how) };
 }
 
+/// Whether a TCP socket of `family` can be bound to `a` (tried on a
+/// throw-away socket).
+fn can_bind(family: i32, a: &Addr) -> bool {
+    // SAFETY: socket takes no pointers.
+    let t = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if t < 0 {
+        return false;
+    }
+    let ok = sockaddr(family, a).is_ok_and(|(ss, len)| {
+        // SAFETY: bind with a valid address of `len` bytes.
+        unsafe { libc::bind(t, (&ss as *const libc::sockaddr_storage).cast(), len) == 0 }
+    });
+    close(t);
+    ok
+}
+
 /// A TCP connection of `x`'s family over loopback whose other end wrote
 /// `x`'s queued bytes and closed: reads drain them, then see end of file
 /// (what a peer that closed the connection leaves).
@@ -827,6 +859,16 @@ fn closed_by_peer(x: &SavedEnd<'_>) -> Result<i32, String> {
     let l = new()?;
     let mut fds = vec![l];
     let r = (|| {
+        // IPv6 switched off on loopback (containers): a dual-stack socket
+        // takes the IPv4 loopback, mapped.
+        let lo = if family == libc::AF_INET6 && !can_bind(family, &lo) {
+            Addr {
+                ip: vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1],
+                port: 0,
+            }
+        } else {
+            lo
+        };
         bind(l, family, &lo, who)?;
         // SAFETY: no pointers.
         if unsafe { libc::listen(l, 1) } != 0 {
@@ -853,6 +895,7 @@ fn closed_by_peer(x: &SavedEnd<'_>) -> Result<i32, String> {
             return Err(err("accept"));
         }
         fds.push(a);
+        size_buffers(a, x, 0, x.data.len())?;
         // The queued bytes, written by the stand-in peer.
         refill(a, &x.data, who)?;
         // SAFETY: no pointers; the closing end sends its end of file.
@@ -997,6 +1040,7 @@ pub fn restore_all(ends: &[SavedEnd<'_>]) -> Result<HashMap<u64, i32>, String> {
                     let x = by[&a];
                     let fd = closed_by_peer(x)?;
                     fds.insert(a, fd);
+                    set_options(fd, x)?;
                 }
             }
         }

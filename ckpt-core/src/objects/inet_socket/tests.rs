@@ -472,6 +472,17 @@ fn plan_refuses_what_leaves_the_job_and_waits_for_what_passes() {
     let mut e = end(1, &r, Vec::new());
     e.reset_outside = true;
     assert_eq!(plan(&[e]).unwrap(), vec![Step::Reset(1)]);
+    // Bytes still on their way to an outside server do not hold a socket
+    // given back closed (a real close loses them too), and it comes last.
+    let mut busy = sample(tcp_state::ESTABLISHED, Peer::Socket, 99);
+    busy.unsent = 10;
+    let lonely = sample(tcp_state::ESTABLISHED, Peer::Closed, 0);
+    let mut e = end(1, &busy, Vec::new());
+    e.reset_outside = true;
+    assert_eq!(
+        plan(&[e, end(2, &lonely, Vec::new())]).unwrap(),
+        vec![Step::Lonely(2), Step::Reset(1)]
+    );
     // Bytes not acknowledged yet pass by themselves.
     let mut u = sample(tcp_state::ESTABLISHED, Peer::Socket, 2);
     u.unsent = 10;

@@ -43,7 +43,7 @@ pub struct SavedEnd<'a> {
     /// its own stdio when the peer is outside the job).
     pub stdio_only: bool,
     /// A peer outside the job is not refused: the socket comes back
-    /// closed by its peer (`CKPT_EXTERNAL_SOCKETS=reset`).
+    /// closed by its peer (`CKPT_EXTERNAL_SOCKETS=closed`).
     pub reset_outside: bool,
     /// Who holds it, for messages ("fd 5 of process 12 (python3)").
     pub who: String,
