@@ -557,3 +557,68 @@ fn read_rest(r: &mut impl std::io::Read) -> Vec<u8> {
     }
     got
 }
+
+/// A descriptor the restart command inherited (a slurmstepd pipe given to
+/// `ckpt slurm-task`, or anything its parent left open) must not reach the
+/// restored program: it never had it, and the next checkpoint would have
+/// to capture it (a root-owned pipe made that checkpoint fail).
+#[test]
+fn descriptors_of_the_restart_command_do_not_leak_into_the_program() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let mut j = Job::new("strayfd", &ckpt, 0);
+    j.program = PathBuf::from("/usr/bin/python3");
+    j.args = vec![
+        "-c".into(),
+        "import os, sys, time\n\
+         print('READY', flush=True)\n\
+         go = os.path.join(sys.argv[1], 'go')\n\
+         while not os.path.exists(go):\n\
+         \x20   time.sleep(0.05)\n\
+         print('fds', sorted(int(f) for f in os.listdir('/proc/self/fd')), flush=True)\n"
+            .into(),
+        j.work.clone().into(),
+    ];
+    let mut l = j.launch("1", &[], &[]);
+    let r = (|| -> Result<(), String> {
+        j.wait_ready(&mut l)?;
+        j.checkpoint_ok("stray")?;
+        let _ = l.kill_tree();
+        let dir = j.out().parent().map(Path::to_path_buf).unwrap_or_default();
+        let err = fs::File::create(dir.join("restart-stray.err")).map_err(|e| e.to_string())?;
+        let null = fs::File::open("/dev/null").map_err(|e| e.to_string())?;
+        let mut cmd = std::process::Command::new(&j.ckpt);
+        cmd.arg("restart")
+            .arg("--dir")
+            .arg(&j.dir)
+            .stdin(std::process::Stdio::null());
+        cmd.stdout(std::process::Stdio::null()).stderr(err);
+        use std::os::fd::AsRawFd as _;
+        use std::os::unix::process::CommandExt as _;
+        let nfd = null.as_raw_fd();
+        // SAFETY: dup2 is async-signal-safe; it gives the child an
+        // inheritable descriptor 900, above any of the program's (a stray, as slurmstepd's pipe was).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(nfd, 900) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| format!("ckpt restart: {e}"))?;
+        touch(&j.work.join("go"))?;
+        let (ok, err) = finish(&j, "stray", child)?;
+        let out = fs::read_to_string(j.out()).unwrap_or_default();
+        let fds = out.lines().find(|l| l.starts_with("fds ")).unwrap_or("");
+        if !ok || fds.is_empty() || fds.contains(" 900") {
+            return Err(format!(
+                "the restored program's descriptors: {fds:?} (ok: {ok}); 900 must not be there\nrestart: {err}"
+            ));
+        }
+        Ok(())
+    })();
+    let _ = l.kill_tree();
+    if let Err(e) = r {
+        panic!("{e}\nlaunch: {}", j.stderr_of("launch"));
+    }
+}

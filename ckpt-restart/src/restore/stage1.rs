@@ -546,6 +546,19 @@ fn block_and_move_helper_fds(s: &Stage1<'_>) -> Result<(i32, i32), String> {
     Ok((err_fd, status_fd))
 }
 
+/// Close what the restart inherited above the shared objects (`hi`) and
+/// is not in `keep`: descriptors of the process that ran the restart (the
+/// slurmd log pipe slurmstepd gave `ckpt slurm-task`, any descriptor its
+/// own parent left open), which the program never had. The program's own
+/// descriptors are all below the shared objects.
+fn close_strays(hi: i32, keep: &[i32]) {
+    for fd in open_fds() {
+        if fd >= hi && !keep.contains(&fd) {
+            unsafe_close(fd);
+        }
+    }
+}
+
 /// Stage 1 for a process that is started again rather than restored
 /// ([`crate::relaunch`]): its descriptors, working directory and umask come
 /// back as for any process; returns (stderr, status pipe), both moved above
@@ -560,6 +573,7 @@ pub fn prepare_relaunch(s: &Stage1<'_>) -> Result<(i32, i32), String> {
             unsafe_close(fd);
         }
     }
+    close_strays(hi, &[err_fd, status_fd]);
     let cwd = cstr(&name_bytes(&s.m.cwd));
     // SAFETY: valid C string.
     if unsafe { libc::chdir(cwd.as_ptr()) } != 0 {
@@ -599,6 +613,11 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
             unsafe_close(fd);
         }
     }
+    let keep: Vec<i32> = [err_fd, status_fd]
+        .into_iter()
+        .chain(memfds.values().copied())
+        .collect();
+    close_strays(hi, &keep);
     restore_misc(m)?;
     let mut files = open_region_files(m, hi)?;
     // Where every saved page is: this image, or (incremental) an older one.
