@@ -44,11 +44,10 @@ use core::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use super::unix_socket::{
-    Scratch, exchange, getsockopt_int, put, reply_message, setsockopt_int, u16_at, u32_at,
-};
+use super::unix_socket::{exchange, getsockopt_int, reply_message, setsockopt_int, u16_at, u32_at};
 use crate::image::checksum::Crc32c;
 use crate::signal_safe::buf::MmapBuf;
+use crate::signal_safe::deferred::DeferredWrites;
 use crate::signal_safe::raw::{self, Errno};
 
 /// TCP states (kernel `TCP_*` numbers) this module names.
@@ -422,7 +421,7 @@ const MAX_QUEUE: usize = 64 << 20;
 
 /// Capture the TCP or UDP socket `fd` (inode `ino`, family `family`):
 /// write its state as a JSON object into `j`, the bytes it has received and
-/// not read into the image file `img` at `*data_off` (advanced past them,
+/// not read into `out`, bound for the image at `*data_off` (advanced past them,
 /// to a page boundary). `nl` is a `sock_diag` socket
 /// ([`super::unix_socket::open_diag`]). **Async-signal-safe.** Runs while
 /// every process of the job is stopped, so both ends of a connection are
@@ -432,7 +431,7 @@ pub fn capture(
     ino: u64,
     family: i32,
     nl: i32,
-    img: i32,
+    out: &mut DeferredWrites,
     data_off: &mut u64,
     j: &mut MmapBuf,
 ) -> Result<(), Errno> {
@@ -608,7 +607,7 @@ pub fn capture(
         o.v6only
     );
     if queued > 0 {
-        let crc = peek_stream(fd, queued, img, *data_off)?;
+        let crc = peek_stream(fd, queued, out, *data_off)?;
         let _ = write!(j, ",\"data\":[{},{queued}],\"crc\":{crc}", *data_off);
         *data_off += (queued as u64).div_ceil(4096) * 4096;
     }
@@ -659,29 +658,31 @@ fn tcp_info_state(fd: i32) -> Result<(u8, bool), Errno> {
 /// Peek the `n` bytes a TCP socket has received into the image at `off`
 /// without consuming them (a program's `SO_PEEK_OFF`, where the kernel has
 /// it for TCP, is set to 0 for the peek and put back). Returns their CRC.
-fn peek_stream(fd: i32, n: usize, img: i32, off: u64) -> Result<u32, Errno> {
-    let mut buf = Scratch::new(n.div_ceil(4096) * 4096)?;
+fn peek_stream(fd: i32, n: usize, out: &mut DeferredWrites, off: u64) -> Result<u32, Errno> {
     let peek_off = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap_or(-1);
     if peek_off >= 0 {
         setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
     }
-    let r = loop {
-        // SAFETY: recvfrom (45) peeking into our scratch mapping of at least n bytes.
-        match unsafe {
-            raw::syscall6(
-                raw::nr::RECVFROM,
-                fd as usize,
-                buf.bytes().as_mut_ptr() as usize,
-                n,
-                (libc::MSG_PEEK | libc::MSG_DONTWAIT) as usize,
-                0,
-                0,
-            )
-        } {
-            Err(Errno(libc::EINTR)) => continue,
-            r => break r,
+    let buf = out.spare(n);
+    let r = buf.and_then(|buf| {
+        loop {
+            // SAFETY: recvfrom (45) peeking into the n writable bytes of buf.
+            match unsafe {
+                raw::syscall6(
+                    raw::nr::RECVFROM,
+                    fd as usize,
+                    buf.as_mut_ptr() as usize,
+                    n,
+                    (libc::MSG_PEEK | libc::MSG_DONTWAIT) as usize,
+                    0,
+                    0,
+                )
+            } {
+                Err(Errno(libc::EINTR)) => continue,
+                r => break r,
+            }
         }
-    };
+    });
     if peek_off >= 0 {
         let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, peek_off);
     }
@@ -690,7 +691,8 @@ fn peek_stream(fd: i32, n: usize, img: i32, off: u64) -> Result<u32, Errno> {
         return Err(Errno(libc::EIO));
     }
     let mut crc = Crc32c::new();
-    put(img, buf.bytes().get(..n).unwrap_or(&[]), off, &mut crc)?;
+    crc.update(out.spare(n)?);
+    out.commit(n, off)?;
     Ok(crc.finish())
 }
 

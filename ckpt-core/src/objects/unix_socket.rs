@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::image::checksum::Crc32c;
 use crate::signal_safe::buf::MmapBuf;
+use crate::signal_safe::deferred::DeferredWrites;
 use crate::signal_safe::raw::{self, Errno};
 
 /// The socket's connection state, as far as a restore needs it.
@@ -470,25 +471,8 @@ fn peek_one(
     }
 }
 
-/// Write bytes into the image at `off`, adding them to `crc`.
-pub(super) fn put(img: i32, mut b: &[u8], mut off: u64, crc: &mut Crc32c) -> Result<(), Errno> {
-    crc.update(b);
-    while !b.is_empty() {
-        match raw::pwrite(img, b, off) {
-            Ok(0) => return Err(Errno(libc::EIO)),
-            Ok(n) => {
-                b = b.get(n..).unwrap_or(&[]);
-                off += n as u64;
-            }
-            Err(Errno(libc::EINTR)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 /// Capture the unix socket `fd` (inode `ino`): write its state as a JSON
-/// object into `j`, its queued data into the image file `img` at
+/// object into `j`, its queued data into `out`, bound for the image at
 /// `*data_off` (advanced past it, to a page boundary). `nl` is a
 /// `sock_diag` socket ([`open_diag`]). **Async-signal-safe.** Runs while
 /// every process of the job is stopped, so both ends of a pair are seen at
@@ -497,7 +481,7 @@ pub fn capture(
     fd: i32,
     ino: u64,
     nl: i32,
-    img: i32,
+    out: &mut DeferredWrites,
     data_off: &mut u64,
     j: &mut MmapBuf,
 ) -> Result<(), Errno> {
@@ -605,7 +589,7 @@ pub fn capture(
             ty,
             passcred,
             d.shutdown & 1 != 0,
-            img,
+            out,
             *data_off,
             j,
             &mut total,
@@ -638,7 +622,7 @@ fn peek_queue(
     ty: i32,
     passcred: bool,
     rcv_shut: bool,
-    img: i32,
+    out: &mut DeferredWrites,
     off: u64,
     j: &mut MmapBuf,
     total: &mut u64,
@@ -646,13 +630,13 @@ fn peek_queue(
     oob: &mut bool,
 ) -> Result<u32, Errno> {
     let stream = ty == libc::SOCK_STREAM;
-    let mut buf = Scratch::new(256 << 10)?;
     let mut crc = Crc32c::new();
     let mut from = [0u8; 108];
     let mut first = true;
     // A stream is read in runs of bytes, merged into one message.
     let mut run = 0u64;
-    while let Some((n, flags, flen)) = peek_one(fd, stream, passcred, buf.bytes(), &mut from)? {
+    const RUN: usize = 256 << 10;
+    while let Some((n, flags, flen)) = peek_one(fd, stream, passcred, out.spare(RUN)?, &mut from)? {
         if flags & libc::MSG_CTRUNC != 0 {
             *fds_in_flight = true;
         }
@@ -660,7 +644,7 @@ fn peek_queue(
             *oob = true;
         }
         let mut len = n;
-        if !stream && flags & libc::MSG_TRUNC != 0 && n > buf.len {
+        if !stream && flags & libc::MSG_TRUNC != 0 && n > RUN {
             // A datagram bigger than the buffer: the peek moved the offset
             // by what it copied. Go back and read it whole.
             if n > MAX_MESSAGE {
@@ -668,8 +652,7 @@ fn peek_queue(
             }
             let back = i32::try_from(*total).map_err(|_| Errno(libc::EOVERFLOW))?;
             setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, back)?;
-            buf = Scratch::new(n.div_ceil(4096) * 4096)?;
-            match peek_one(fd, stream, passcred, buf.bytes(), &mut from)? {
+            match peek_one(fd, stream, passcred, out.spare(n)?, &mut from)? {
                 Some((m, _, _)) if m == n => len = m,
                 _ => return Err(Errno(libc::EIO)),
             }
@@ -684,12 +667,8 @@ fn peek_queue(
             // the queue cannot be reached without consuming it.
             return Err(Errno(libc::ENOMSG));
         }
-        put(
-            img,
-            buf.bytes().get(..len).unwrap_or(&[]),
-            off + *total,
-            &mut crc,
-        )?;
+        crc.update(out.spare(len)?);
+        out.commit(len, off + *total)?;
         *total += len as u64;
         if stream {
             run += len as u64;

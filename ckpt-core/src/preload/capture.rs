@@ -24,6 +24,7 @@ use crate::objects::posix_timer;
 use crate::preload::stop::{self, NSLOTS, SLOTS};
 use crate::preload::track::PageClass;
 use crate::signal_safe::buf::{MmapBuf, StackBuf};
+use crate::signal_safe::deferred::DeferredWrites;
 use crate::signal_safe::procfs::{self, MapsLine};
 use crate::signal_safe::raw::{self, Errno};
 use core::sync::atomic::Ordering;
@@ -323,7 +324,10 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
     let mut huge: Option<HugeSet> = None;
 
     // Descriptors first: pipe contents can change as soon as the job runs again.
-    write_fds(j, &mut s.tmp, fds, &mut data_off)?;
+    // Bytes queued in sockets are peeked now and, in a snapshot child, written
+    // once the job runs again.
+    let mut queued = DeferredWrites::new(img, fds.phase >= 0);
+    write_fds(j, &mut s.tmp, fds, &mut queued, &mut data_off)?;
     // Pipe data went in with explicit offsets: continue after it.
     raw::lseek(img, data_off as i64, libc::SEEK_SET).map_err(at(3))?;
 
@@ -343,6 +347,7 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
                 while let Err(Errno(libc::EINTR)) = raw::read_into(go, &mut b) {}
                 raw::close(go);
             }
+            queued.flush().map_err(at(3))?;
         }
         if !shared_pass && huge.is_none() {
             huge = Some(HugeSet::read(&mut s.tmp));
@@ -640,6 +645,7 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
         let _ = write!(j, "{}", if i == 0 { "" } else { "," });
         let _ = t.write_json(j);
     }
+    queued.flush().map_err(at(3))?;
     let size = data_off;
     let _ = writeln!(
         j,
@@ -1002,6 +1008,7 @@ fn write_fds(
     j: &mut MmapBuf,
     tmp: &mut MmapBuf,
     own: &Fds,
+    queued: &mut DeferredWrites,
     data_off: &mut u64,
 ) -> Result<(), Fail> {
     let (conn_fd, img, pagemap) = (own.conn, own.img, own.pagemap);
@@ -1046,30 +1053,46 @@ fn write_fds(
         }
         let mut p = StackBuf::<64>::new();
         let _ = write!(p, "/proc/self/fd/{fd}");
-        let mut target = [0u8; 4096];
-        let Ok(tn) = raw::readlink(p.as_cstr(), &mut target) else {
-            continue;
-        };
-        let target = target.get(..tn).unwrap_or(&[]);
         // SAFETY: stat is plain old data; zeroed is valid.
         let mut st: libc::stat = unsafe { core::mem::zeroed() };
         if raw::fstat(fd, &mut st).is_err() {
             continue;
         }
-        let mut fi = StackBuf::<64>::new();
-        let _ = write!(fi, "/proc/self/fdinfo/{fd}");
-        let (mut pos, mut flags) = (0u64, 0u64);
-        if tmp.read_file(fi.as_cstr()).is_ok() {
-            pos = procfs::status_value(tmp.as_slice(), b"pos")
-                .and_then(procfs::dec)
-                .unwrap_or(0);
-            flags = procfs::status_value(tmp.as_slice(), b"flags")
-                .and_then(procfs::oct)
-                .unwrap_or(0);
-        }
         let cloexec = raw::fcntl_get(fd, libc::F_GETFD)
             .map(|v| v & libc::FD_CLOEXEC as usize != 0)
             .unwrap_or(false);
+        let mut target = [0u8; 4096];
+        let (mut pos, mut flags) = (0u64, 0u64);
+        let tn = if st.st_mode & libc::S_IFMT == libc::S_IFSOCK {
+            // A socket (a job may hold hundreds): what /proc would say,
+            // without its two path lookups. Its link reads
+            // `socket:[<inode>]`; its fdinfo flags are the status flags
+            // with O_CLOEXEC for a close-on-exec descriptor; no position.
+            let mut t = StackBuf::<64>::new();
+            let _ = write!(t, "socket:[{}]", st.st_ino);
+            let t = t.as_bytes();
+            let n = t.len().min(target.len());
+            target[..n].copy_from_slice(&t[..n]);
+            flags = raw::fcntl_get(fd, libc::F_GETFL).unwrap_or(0) as u64
+                | if cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+            n
+        } else {
+            let Ok(tn) = raw::readlink(p.as_cstr(), &mut target) else {
+                continue;
+            };
+            let mut fi = StackBuf::<64>::new();
+            let _ = write!(fi, "/proc/self/fdinfo/{fd}");
+            if tmp.read_file(fi.as_cstr()).is_ok() {
+                pos = procfs::status_value(tmp.as_slice(), b"pos")
+                    .and_then(procfs::dec)
+                    .unwrap_or(0);
+                flags = procfs::status_value(tmp.as_slice(), b"flags")
+                    .and_then(procfs::oct)
+                    .unwrap_or(0);
+            }
+            tn
+        };
+        let target = target.get(..tn).unwrap_or(&[]);
         let fmt = st.st_mode & libc::S_IFMT;
         let mut termios = [0u32; 15];
         let mut is_tty = false;
@@ -1119,15 +1142,16 @@ fn write_fds(
             if diag.0 < 0 {
                 diag.0 = crate::objects::unix_socket::open_diag().unwrap_or(-1);
             }
-            let (mark, overflow, off) = (j.len(), j.overflow, *data_off);
+            let (mark, overflow, off, held) = (j.len(), j.overflow, *data_off, queued.mark());
             let _ = write!(j, ",\"socket\":");
             if diag.0 < 0
-                || crate::objects::unix_socket::capture(fd, st.st_ino, diag.0, img, data_off, j)
+                || crate::objects::unix_socket::capture(fd, st.st_ino, diag.0, queued, data_off, j)
                     .is_err()
             {
                 j.truncate(mark);
                 j.overflow = overflow;
                 *data_off = off;
+                queued.rollback(held);
             }
         }
         if kind == "socket"
@@ -1140,17 +1164,18 @@ fn write_fds(
             if diag.0 < 0 {
                 diag.0 = crate::objects::unix_socket::open_diag().unwrap_or(-1);
             }
-            let (mark, overflow, off) = (j.len(), j.overflow, *data_off);
+            let (mark, overflow, off, held) = (j.len(), j.overflow, *data_off, queued.mark());
             let _ = write!(j, ",\"inet\":");
             if diag.0 < 0
                 || crate::objects::inet_socket::capture(
-                    fd, st.st_ino, family, diag.0, img, data_off, j,
+                    fd, st.st_ino, family, diag.0, queued, data_off, j,
                 )
                 .is_err()
             {
                 j.truncate(mark);
                 j.overflow = overflow;
                 *data_off = off;
+                queued.rollback(held);
             }
         }
         if kind == "object" {

@@ -112,6 +112,20 @@ impl MmapBuf {
         Ok(())
     }
 
+    /// `n` writable bytes after the content, to be filled in place and
+    /// taken in with [`MmapBuf::commit`].
+    pub fn spare(&mut self, n: usize) -> Result<&mut [u8], Errno> {
+        self.reserve(n)?;
+        // SAFETY: reserve made [len, len+n) writable inside our mapping; the
+        // returned borrow of self keeps every other view away while it lives.
+        Ok(unsafe { core::slice::from_raw_parts_mut(self.ptr.add(self.len), n) })
+    }
+
+    /// Take in the first `n` bytes of what [`MmapBuf::spare`] handed out.
+    pub fn commit(&mut self, n: usize) {
+        self.len = self.len.saturating_add(n).min(self.cap);
+    }
+
     /// Keep only the first `len` bytes.
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);

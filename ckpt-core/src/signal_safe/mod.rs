@@ -9,6 +9,7 @@
 //! alone); memory from [`buf::MmapBuf`] (mmap, never malloc).
 
 pub mod buf;
+pub mod deferred;
 pub mod last_pid;
 pub mod procfs;
 pub mod raw;

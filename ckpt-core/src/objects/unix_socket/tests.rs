@@ -51,7 +51,10 @@ fn take(fd: i32) -> (UnixSocket, Vec<u8>) {
     let nl = open_diag().unwrap();
     let mut j = MmapBuf::new();
     let mut off = 4096u64;
-    capture(fd, inode(fd), nl, img.as_raw_fd(), &mut off, &mut j).unwrap();
+    // Held back and written after, as in a snapshot child.
+    let mut out = crate::signal_safe::deferred::DeferredWrites::new(img.as_raw_fd(), true);
+    capture(fd, inode(fd), nl, &mut out, &mut off, &mut j).unwrap();
+    out.flush().unwrap();
     let text = String::from_utf8(j.as_slice().to_vec()).unwrap();
     j.free();
     close(nl);
