@@ -30,8 +30,9 @@ pub const FORMAT_MAJOR: u16 = 1;
 /// 1.1 added incremental images (`base`, `inherited`); 1.2 saved files
 /// (`files` in `generation.json`); 1.3 unix sockets (`socket` of an fd);
 /// 1.4 the vDSO's functions (`vdso.symbols`) and each thread's `rip`, for
-/// restarts on another kernel build; 1.5 POSIX timers (`posix_timers`).
-pub const FORMAT_MINOR: u16 = 5;
+/// restarts on another kernel build; 1.5 POSIX timers (`posix_timers`);
+/// 1.6 UDP datagrams queued in a socket (`messages` of an `inet` state).
+pub const FORMAT_MINOR: u16 = 6;
 /// Header length; data starts here.
 pub const HEADER_LEN: u64 = 4096;
 /// ELF machine number of x86_64.

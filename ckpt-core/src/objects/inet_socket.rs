@@ -233,9 +233,14 @@ pub struct InetSocket {
     /// not sent, or on their way).
     #[serde(default)]
     pub unsent: u32,
-    /// UDP: datagrams were queued.
+    /// UDP: datagrams were queued that could not be saved (an empty one
+    /// hides those behind it from a peek): refused, passing.
     #[serde(default)]
     pub datagrams: bool,
+    /// UDP: the datagrams queued in it, in order (their bytes back to back
+    /// in `data`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<Datagram>,
     /// TCP: closed after carrying a connection (both ends closed it, or it
     /// was reset): refused.
     #[serde(default)]
@@ -249,6 +254,15 @@ pub struct InetSocket {
     /// CRC-32C of those bytes.
     #[serde(default)]
     pub crc: u32,
+}
+
+/// One UDP datagram queued in a socket.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Datagram {
+    /// Its length in bytes.
+    pub len: u64,
+    /// The address it came from.
+    pub from: Addr,
 }
 
 /// `sock_diag` constants (uapi `linux/inet_diag.h`, `linux/sock_diag.h`).
@@ -336,6 +350,11 @@ impl AddrBuf {
                 &mut len as *mut u32 as usize,
             )
         }?;
+        Ok(AddrBuf::from_sockaddr(&sa))
+    }
+
+    /// The address in a `sockaddr_in` or `sockaddr_in6` (read as the latter).
+    fn from_sockaddr(sa: &libc::sockaddr_in6) -> AddrBuf {
         let mut a = AddrBuf {
             v6: i32::from(sa.sin6_family) == libc::AF_INET6,
             ip: [0; 16],
@@ -348,7 +367,7 @@ impl AddrBuf {
             // sockaddr_in6 holds as flowinfo).
             a.ip[..4].copy_from_slice(&sa.sin6_flowinfo.to_ne_bytes());
         }
-        Ok(a)
+        a
     }
 
     /// The address bytes in use.
@@ -489,6 +508,8 @@ pub fn capture(
         ended: false,
     };
     let mut queued = 0usize;
+    // UDP: (bytes, their CRC, the JSON of each datagram).
+    let mut udp: Option<(u64, u32, MmapBuf)> = None;
     if tcp {
         o.nodelay = opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY) != 0;
         o.cork = opt(fd, libc::IPPROTO_TCP, libc::TCP_CORK) != 0;
@@ -546,21 +567,20 @@ pub fn capture(
             }
         }
     } else {
-        // A UDP socket's queued datagrams are not saved: refused if any.
-        let mut one = [0u8; 1];
-        // SAFETY: recvfrom (45) peeking at most one byte into a local, no address.
-        s.datagrams = unsafe {
-            raw::syscall6(
-                raw::nr::RECVFROM,
-                fd as usize,
-                one.as_mut_ptr() as usize,
-                1,
-                (libc::MSG_PEEK | libc::MSG_DONTWAIT) as usize,
-                0,
-                0,
-            )
+        // A UDP socket's queued datagrams, each with its sender; when they
+        // cannot all be read (an empty one stops the peek), none is kept
+        // and the checkpoint is refused (passing).
+        let held = out.mark();
+        let mut msgs = MmapBuf::new();
+        match peek_datagrams(fd, out, *data_off, &mut msgs) {
+            Ok((0, _)) => {}
+            Ok((total, crc)) => udp = Some((total, crc, msgs)),
+            Err(_) => {
+                out.rollback(held);
+                msgs.free();
+                s.datagrams = true;
+            }
         }
-        .is_ok();
     }
     if queued > MAX_QUEUE {
         return Err(Errno(libc::EMSGSIZE));
@@ -611,6 +631,14 @@ pub fn capture(
         let _ = write!(j, ",\"data\":[{},{queued}],\"crc\":{crc}", *data_off);
         *data_off += (queued as u64).div_ceil(4096) * 4096;
     }
+    if let Some((total, crc, mut msgs)) = udp {
+        let _ = write!(j, ",\"messages\":[");
+        let r = j.push(msgs.as_slice());
+        msgs.free();
+        r?;
+        let _ = write!(j, "],\"data\":[{},{total}],\"crc\":{crc}", *data_off);
+        *data_off += total.div_ceil(4096) * 4096;
+    }
     let _ = write!(j, "}}");
     if j.overflow {
         return Err(Errno(libc::ENOMEM));
@@ -653,6 +681,80 @@ fn tcp_info_state(fd: i32) -> Result<(u8, bool), Errno> {
     let segs = |at: usize| u32_at(&info, at).filter(|_| len as usize >= at + 4);
     let traffic = segs(136).unwrap_or(0) > 0 || segs(140).unwrap_or(0) > 0;
     Ok((info[0], traffic))
+}
+
+/// The largest UDP datagram (IPv6 without jumbograms: 65535 - 8).
+const MAX_DATAGRAM: usize = 65527;
+
+/// Peek every datagram queued in the UDP socket `fd` into `out`, bound for
+/// the image from `off`, without consuming them: the socket's peek offset
+/// (`SO_PEEK_OFF`) is set to 0 and each peek moves it past the datagram it
+/// returned (the program's own offset is put back after). Writes
+/// `{"len":..,"from":..}` for each into `msgs`. Returns the bytes and their
+/// CRC. Fails on an empty datagram (it does not move the offset: what is
+/// behind it cannot be reached without consuming it).
+fn peek_datagrams(
+    fd: i32,
+    out: &mut DeferredWrites,
+    off: u64,
+    msgs: &mut MmapBuf,
+) -> Result<(u64, u32), Errno> {
+    let program_off = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
+    let mut crc = Crc32c::new();
+    let mut total = 0u64;
+    let r = (|| loop {
+        // SAFETY: sockaddr_in6 is plain old data, room for either family.
+        let mut sa: libc::sockaddr_in6 = unsafe { core::mem::zeroed() };
+        let buf = out.spare(MAX_DATAGRAM + 1)?;
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain old data.
+        let mut m: libc::msghdr = unsafe { core::mem::zeroed() };
+        m.msg_name = (&mut sa as *mut libc::sockaddr_in6).cast();
+        m.msg_namelen = core::mem::size_of::<libc::sockaddr_in6>() as u32;
+        m.msg_iov = &mut iov;
+        m.msg_iovlen = 1;
+        let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_TRUNC;
+        // SAFETY: recvmsg (47) with a msghdr pointing to locals and to the
+        // writable bytes of `buf`, sized as declared.
+        let n = match unsafe {
+            raw::syscall3(
+                47,
+                fd as usize,
+                &mut m as *mut libc::msghdr as usize,
+                flags as usize,
+            )
+        } {
+            Err(Errno(libc::EINTR)) => continue,
+            Err(Errno(libc::EAGAIN)) => return Ok(()),
+            Err(e) => return Err(e),
+            Ok(n) => n,
+        };
+        if n == 0 {
+            return Err(Errno(libc::ENOMSG));
+        }
+        if n > MAX_DATAGRAM || total + n as u64 > MAX_QUEUE as u64 {
+            return Err(Errno(libc::EMSGSIZE));
+        }
+        crc.update(out.spare(n)?);
+        out.commit(n, off + total)?;
+        total += n as u64;
+        let _ = write!(
+            msgs,
+            "{}{{\"len\":{n},\"from\":",
+            if total == n as u64 { "" } else { "," }
+        );
+        AddrBuf::from_sockaddr(&sa).write(msgs);
+        let _ = write!(msgs, "}}");
+        if msgs.overflow {
+            return Err(Errno(libc::ENOMEM));
+        }
+    })();
+    let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, program_off);
+    r.map(|()| (total, crc.finish()))
 }
 
 /// Peek the `n` bytes a TCP socket has received into the image at `off`
@@ -753,9 +855,19 @@ impl InetSocket {
         if !self.is_tcp() {
             if self.datagrams {
                 return Err(passing(
-                    "datagrams are queued in it, not yet received (ckpt does not save UDP datagrams)"
+                    "datagrams are queued in it that ckpt could not read without taking them (an empty datagram hides \
+                     those behind it), not yet received"
                         .into(),
                 ));
+            }
+            if let Some(p) = &self.peer
+                && let Some(d) = self.messages.iter().find(|d| !same_addr(&d.from, p))
+            {
+                return Err(passing(format!(
+                    "a datagram from {} is queued in it, received before it was connected to {p} (a restart could not \
+                     deliver it to a connected socket)",
+                    d.from
+                )));
             }
             return Ok(());
         }
@@ -795,6 +907,11 @@ impl InetSocket {
         }
         Ok(())
     }
+}
+
+/// The same address and port (an IPv4 address and its v4-mapped form alike).
+pub fn same_addr(a: &Addr, b: &Addr) -> bool {
+    a.port == b.port && a.canonical() == b.canonical()
 }
 
 /// The most bytes queued in one direction of a connection that a restart

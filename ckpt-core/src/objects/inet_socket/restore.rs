@@ -245,6 +245,29 @@ pub fn plan(ends: &[SavedEnd<'_>]) -> Result<Vec<Step>, Refusal> {
             ),
         })?;
     }
+    // Queued UDP datagrams are sent again by their senders: each must be a
+    // UDP socket of the job.
+    for e in by.values() {
+        if let Some(d) = e
+            .sock
+            .messages
+            .iter()
+            .find(|d| sender_of(ends, &d.from).is_none())
+        {
+            return Err(Refusal {
+                inode: e.inode,
+                outside: false,
+                passing: true,
+                message: format!(
+                    "{} is {} with a datagram from {} queued in it, not yet received; that address is not a UDP \
+                     socket of the job, and ckpt puts back only datagrams sent inside the job",
+                    e.who,
+                    e.sock.describe(),
+                    d.from
+                ),
+            });
+        }
+    }
     first.retain(|s| !matches!(s, Step::Reset(_)));
     first.extend(plain);
     first.extend(lst);
@@ -253,6 +276,137 @@ pub fn plan(ends: &[SavedEnd<'_>]) -> Result<Vec<Step>, Refusal> {
     // not be ones the others are about to bind again.
     first.extend(reset);
     Ok(first)
+}
+
+/// The UDP socket of the job that can send a datagram from `from`: bound
+/// to that port, at that address or the wildcard, in a family that has it.
+fn sender_of(ends: &[SavedEnd<'_>], from: &Addr) -> Option<u64> {
+    let v4 = from.canonical().len() == 4;
+    ends.iter()
+        .find(|e| {
+            let l = &e.sock.local;
+            !e.sock.is_tcp()
+                && l.port == from.port
+                && (l.is_any() || l.canonical() == from.canonical())
+                && if e.sock.family == libc::AF_INET {
+                    v4
+                } else {
+                    !(v4 && e.sock.opts.v6only)
+                }
+        })
+        .map(|e| e.inode)
+}
+
+/// Where a datagram for `to` (bound there, possibly at the wildcard) is sent
+/// from a socket of `family` whose datagram came from `from`.
+fn datagram_target(to: &Addr, from: &Addr) -> Addr {
+    if !to.is_any() {
+        return to.clone();
+    }
+    let ip = if from.canonical().len() == 4 {
+        vec![127, 0, 0, 1]
+    } else {
+        let mut ip = vec![0u8; 16];
+        ip[15] = 1;
+        ip
+    };
+    Addr { ip, port: to.port }
+}
+
+/// Send the datagrams queued in `e` (made as `fd`) again, each from the
+/// socket of the job it came from (`fds`), then check they all arrived.
+fn resend(
+    e: &SavedEnd<'_>,
+    fd: i32,
+    ends: &[SavedEnd<'_>],
+    fds: &HashMap<u64, i32>,
+) -> Result<(), String> {
+    let by: HashMap<u64, &SavedEnd<'_>> = ends.iter().map(|e| (e.inode, e)).collect();
+    let mut at = 0usize;
+    for d in &e.sock.messages {
+        let len = usize::try_from(d.len).unwrap_or(usize::MAX);
+        let bytes = e.data.get(at..at.saturating_add(len)).ok_or_else(|| {
+            format!(
+                "cannot restore {}: its saved datagrams are shorter than listed",
+                e.who
+            )
+        })?;
+        at += len;
+        let sender = sender_of(ends, &d.from)
+            .and_then(|i| Some((by.get(&i)?, *fds.get(&i)?)))
+            .ok_or_else(|| {
+                format!(
+                    "cannot restore {}: no socket to send its datagram from {}",
+                    e.who, d.from
+                )
+            })?;
+        let to = datagram_target(&e.sock.local, &d.from);
+        let (ss, sl) = sockaddr(sender.0.sock.family, &to)?;
+        // SAFETY: sendto from a local buffer to a valid address.
+        let n = unsafe {
+            libc::sendto(
+                sender.1,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT,
+                (&ss as *const libc::sockaddr_storage).cast(),
+                sl,
+            )
+        };
+        if n != bytes.len() as isize {
+            return Err(err(&format!(
+                "cannot restore {}: sending its queued datagram from {} to {to} again",
+                e.who, d.from
+            )));
+        }
+    }
+    // Loopback delivers in the sender's system call, or a moment later from
+    // the network softirq under load: count what arrived (peeking), and
+    // wait a little for the rest. A receive buffer too small for them on
+    // this kernel drops them: the restart then fails, saying so.
+    let want = e.sock.messages.len();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let got = count_datagrams(fd, want)?;
+        if got == want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "cannot restore {}: {got} of its {want} queued datagrams arrived again (its receive buffer, {} bytes, is \
+                 too small for them here)",
+                e.who,
+                get(fd, libc::SOL_SOCKET, libc::SO_RCVBUF)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// How many datagrams (up to `most`) are queued in `fd`, by peeking with a
+/// peek offset, put back to none after.
+fn count_datagrams(fd: i32, most: usize) -> Result<usize, String> {
+    set(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
+    let mut b = [0u8; 1];
+    let mut n = 0;
+    while n < most {
+        // SAFETY: peeking at most one byte into a local; MSG_TRUNC moves
+        // the peek offset past the whole datagram.
+        let r = unsafe {
+            libc::recv(
+                fd,
+                b.as_mut_ptr().cast(),
+                b.len(),
+                libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            )
+        };
+        if r <= 0 {
+            break;
+        }
+        n += 1;
+    }
+    set(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, -1)?;
+    Ok(n)
 }
 
 fn err(what: &str) -> String {
@@ -1042,6 +1196,14 @@ pub fn restore_all(ends: &[SavedEnd<'_>]) -> Result<HashMap<u64, i32>, String> {
                     fds.insert(a, fd);
                     set_options(fd, x)?;
                 }
+            }
+        }
+        // Every socket exists: the queued datagrams are sent again.
+        for e in ends {
+            if !e.sock.messages.is_empty()
+                && let Some(&fd) = fds.get(&e.inode)
+            {
+                resend(e, fd, ends, &fds)?;
             }
         }
         for (ino, fd) in &fds {

@@ -535,6 +535,10 @@ fn json_round_trip() {
     s.opts.linger = [1, 5];
     s.data = Some([4096, 10]);
     s.crc = 7;
+    s.messages = vec![Datagram {
+        len: 10,
+        from: loopback(libc::AF_INET6, 9),
+    }];
     let text = serde_json::to_string(&s).unwrap();
     let back: InetSocket = serde_json::from_str(&text).unwrap();
     assert_eq!(back, s);
@@ -542,4 +546,147 @@ fn json_round_trip() {
         back.describe(),
         "a TCP connection 127.0.0.1:40000 -> 127.0.0.1:5000 (CLOSE-WAIT)"
     );
+}
+
+fn udp_bound(family: i32, at: &Addr) -> i32 {
+    // SAFETY: no pointers.
+    let u = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(u >= 0);
+    let (ss, len) = restore_sockaddr(family, at);
+    // SAFETY: bind with a valid address.
+    let r = unsafe { libc::bind(u, (&ss as *const libc::sockaddr_storage).cast(), len) };
+    assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
+    u
+}
+
+fn send_to(fd: i32, family: i32, to: &Addr, b: &[u8]) {
+    let (ss, len) = restore_sockaddr(family, to);
+    // SAFETY: sendto from a local buffer to a valid address.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            b.as_ptr().cast(),
+            b.len(),
+            0,
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    assert_eq!(
+        n,
+        b.len() as isize,
+        "sendto: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// The next datagram of `fd` and the port it came from (nothing: None).
+fn recv_from(fd: i32) -> Option<(Vec<u8>, u16)> {
+    let mut b = vec![0u8; 1 << 16];
+    // SAFETY: sockaddr_in6 is plain old data.
+    let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    let mut sl = std::mem::size_of::<libc::sockaddr_in6>() as u32;
+    // SAFETY: receiving into a local buffer and address.
+    let n = unsafe {
+        libc::recvfrom(
+            fd,
+            b.as_mut_ptr().cast(),
+            b.len(),
+            libc::MSG_DONTWAIT,
+            (&mut sa as *mut libc::sockaddr_in6).cast(),
+            &mut sl,
+        )
+    };
+    (n >= 0).then(|| (b[..n as usize].to_vec(), AddrBuf::from_sockaddr(&sa).port))
+}
+
+#[test]
+fn udp_datagrams_come_back_in_order_from_their_senders() {
+    // A dual-stack receiver at the IPv6 wildcard, an IPv4 sender and an IPv6
+    // one; datagrams of several sizes, in an order mixing the senders.
+    let any6 = Addr {
+        ip: vec![0; 16],
+        port: 0,
+    };
+    let r = udp_bound(libc::AF_INET6, &any6);
+    let rport = name(r, false).port;
+    let a = udp_bound(libc::AF_INET, &loopback(libc::AF_INET, 0));
+    let b = udp_bound(libc::AF_INET6, &loopback(libc::AF_INET6, 0));
+    let (aport, bport) = (name(a, false).port, name(b, false).port);
+    let big: Vec<u8> = (0..40000u32).map(|i| (i * 7) as u8).collect();
+    let sent: Vec<(Vec<u8>, u16)> = vec![
+        (b"one".to_vec(), aport),
+        (big.clone(), bport),
+        (b"three".to_vec(), aport),
+        (vec![9u8; 1], bport),
+    ];
+    for (bytes, from) in &sent {
+        if *from == aport {
+            send_to(a, libc::AF_INET, &loopback(libc::AF_INET, rport), bytes);
+        } else {
+            send_to(b, libc::AF_INET6, &loopback(libc::AF_INET6, rport), bytes);
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let (sr, dr) = take(r, libc::AF_INET6);
+    let (sa, _) = take(a, libc::AF_INET);
+    let (sb, _) = take(b, libc::AF_INET6);
+    assert!(!sr.datagrams);
+    let lens: Vec<u64> = sr.messages.iter().map(|d| d.len).collect();
+    assert_eq!(lens, vec![3, 40000, 5, 1]);
+    assert_eq!(sr.messages[0].from.port, aport);
+    assert_eq!(sr.messages[1].from.port, bport);
+    // Nothing was taken from the program.
+    assert_eq!(recv_from(r).map(|(d, p)| (d.len(), p)), Some((3, aport)));
+    for f in [r, a, b] {
+        close(f);
+    }
+    let ends = [
+        end(1, &sr, dr),
+        end(2, &sa, Vec::new()),
+        end(3, &sb, Vec::new()),
+    ];
+    let made = restore_all(&ends).unwrap();
+    for (bytes, from) in &sent {
+        let (got, port) = recv_from(made[&1]).expect("a datagram put back");
+        same(&got, bytes, "datagram");
+        assert_eq!(port, *from, "sender of a {}-byte datagram", bytes.len());
+    }
+    assert!(recv_from(made[&1]).is_none(), "no more than were queued");
+    // The peek offset the restore used is gone: a plain peek reads from the head.
+    for f in made.values() {
+        close(*f);
+    }
+}
+
+#[test]
+fn udp_datagrams_from_outside_the_job_wait_and_empty_ones_are_not_saved() {
+    let r = udp_bound(libc::AF_INET, &loopback(libc::AF_INET, 0));
+    let rport = name(r, false).port;
+    let a = udp_bound(libc::AF_INET, &loopback(libc::AF_INET, 0));
+    send_to(a, libc::AF_INET, &loopback(libc::AF_INET, rport), b"hello");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let (sr, dr) = take(r, libc::AF_INET);
+    assert_eq!(sr.messages.len(), 1);
+    // Its sender is not among the job's sockets: passing refusal naming it.
+    let e = plan(&[end(1, &sr, dr)]).unwrap_err();
+    assert!(e.passing && !e.outside, "{e}");
+    assert!(
+        e.message
+            .contains(&format!("127.0.0.1:{}", name(a, false).port)),
+        "{e}"
+    );
+    // An empty datagram first: nothing behind it can be peeked.
+    assert!(recv_from(r).is_some());
+    send_to(a, libc::AF_INET, &loopback(libc::AF_INET, rport), b"");
+    send_to(a, libc::AF_INET, &loopback(libc::AF_INET, rport), b"behind");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let (sr, _) = take(r, libc::AF_INET);
+    assert!(sr.datagrams && sr.messages.is_empty() && sr.data.is_none());
+    assert!(sr.validate().is_err_and(|u| u.passing));
+    // Still all there for the program.
+    assert_eq!(recv_from(r).map(|(d, _)| d.len()), Some(0));
+    assert_eq!(recv_from(r).map(|(d, _)| d), Some(b"behind".to_vec()));
+    close(r);
+    close(a);
 }
