@@ -965,6 +965,7 @@ fn check_sockets(
                     stdio_only: low.get(&f.inode).copied().unwrap_or(false),
                     reset_outside,
                     who: format!("fd {} of {} (process {})", f.fd, m.exe, m.pid),
+                    pid: m.pid,
                 });
             }
         }
@@ -975,6 +976,27 @@ fn check_sockets(
             r.passing,
         )
     })?;
+    // Descriptors in flight (SCM_RIGHTS): each must be one a restart can
+    // make again; the others pass once the program receives them.
+    for m in manifests {
+        for f in &m.fds {
+            let Some(sock) = &f.socket else { continue };
+            for x in sock.queue.iter().flat_map(|q| &q.fds) {
+                if let Err(why) = ckpt::objects::unix_socket::rights::check(x, m.pid, manifests) {
+                    return Err((
+                        format!(
+                            "process {}: fd {} of {} (process {}) is a unix socket that ckpt cannot checkpoint \
+                             now: a descriptor sent with SCM_RIGHTS is queued in it, not yet received, that a \
+                             restart could not make again: {why} (it tries again while the program runs: a program \
+                             that receives it soon is checkpointed then)",
+                            m.pid, f.fd, m.exe, m.pid
+                        ),
+                        true,
+                    ));
+                }
+            }
+        }
+    }
     note_reset(
         manifests,
         hosts,
@@ -1036,6 +1058,27 @@ fn check_inet(
             r.passing,
         )
     })?;
+    // Descriptors in flight (SCM_RIGHTS): each must be one a restart can
+    // make again; the others pass once the program receives them.
+    for m in manifests {
+        for f in &m.fds {
+            let Some(sock) = &f.socket else { continue };
+            for x in sock.queue.iter().flat_map(|q| &q.fds) {
+                if let Err(why) = ckpt::objects::unix_socket::rights::check(x, m.pid, manifests) {
+                    return Err((
+                        format!(
+                            "process {}: fd {} of {} (process {}) is a unix socket that ckpt cannot checkpoint \
+                             now: a descriptor sent with SCM_RIGHTS is queued in it, not yet received, that a \
+                             restart could not make again: {why} (it tries again while the program runs: a program \
+                             that receives it soon is checkpointed then)",
+                            m.pid, f.fd, m.exe, m.pid
+                        ),
+                        true,
+                    ));
+                }
+            }
+        }
+    }
     note_reset(
         manifests,
         hosts,

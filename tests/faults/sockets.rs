@@ -353,9 +353,12 @@ fn unix_connection_to_outside_named() {
     let _ = fs::remove_dir_all(&dir);
 }
 
-/// A descriptor in flight (sent with SCM_RIGHTS, not received): tried
+/// A descriptor in flight (sent with SCM_RIGHTS, not received) that a
+/// restart could not make again (the program's stdin, a device): tried
 /// again for a while (a program receives it soon), then refused, naming the
-/// socket; once the program has received it, the checkpoint succeeds.
+/// socket and why; once the program has received it, the checkpoint
+/// succeeds. (Pipes, unix sockets, files and directories in flight are
+/// saved: the C/R program `sock_rights`.)
 #[test]
 fn descriptor_in_flight_refused() {
     let Some(ckpt) = ckpt_bin() else { return };
@@ -374,6 +377,7 @@ fn descriptor_in_flight_refused() {
                     "fd {b} of {program} (process 2) is a unix socket that ckpt cannot checkpoint"
                 ),
                 "SCM_RIGHTS",
+                "not a pipe, unix socket, file or directory",
                 "still so after",
                 "keeps running",
             ],

@@ -25,7 +25,9 @@
 //!
 //! ## What is refused at checkpoint time (by [`UnixSocket::validate`] and the
 //! coordinator), so that a checkpoint that succeeds restores exactly
-//! - descriptors passed with `SCM_RIGHTS` still queued (`fds_in_flight`);
+//! - descriptors passed with `SCM_RIGHTS` still queued that cannot be made
+//!   again (`rights.rs`: what a restart sends again, and why the others
+//!   are refused), or more than the process could take (`fds_in_flight`);
 //! - data queued on a connection that the listening socket has not accepted;
 //! - a datagram queued on an unconnected socket from a sender that had a name
 //!   (the restore could not send it from that name);
@@ -63,6 +65,9 @@ pub struct Message {
     /// the sender had none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub from: Vec<u8>,
+    /// Descriptors sent with it (`SCM_RIGHTS`), not received yet (1.6).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fds: Vec<rights::InFlight>,
 }
 
 /// A unix socket's state (the `socket` field of an fd whose `kind` is
@@ -122,7 +127,9 @@ pub struct UnixSocket {
     /// CRC-32C of those bytes.
     #[serde(default)]
     pub crc: u32,
-    /// Descriptors (`SCM_RIGHTS`) were queued with the data.
+    /// Descriptors (`SCM_RIGHTS`) were queued with the data that could not
+    /// be read (more than the process may open): refused. Those read are
+    /// in `queue`.
     #[serde(default)]
     pub fds_in_flight: bool,
     /// Out-of-band data was queued.
@@ -407,40 +414,43 @@ impl Drop for Scratch {
 /// capture fail, and the checkpoint with it.
 const MAX_MESSAGE: usize = 8 << 20;
 
+/// Room for the control messages of a peek: credentials (32 bytes) and
+/// the most descriptors one message carries (16 + 4 x 253, aligned).
+#[repr(C, align(8))]
+struct Control([u8; 1088]);
+
 /// Peek at one message (or, for a stream, the next run of bytes) at the
 /// socket's current peek offset, which the kernel then moves past it.
-/// Returns `(length, flags, sender name length)`; `None` when the queue has
-/// nothing more.
+/// Descriptors sent with it are installed in this process (close-on-exec)
+/// and listed in `rights`. Returns `(length, flags, sender name length,
+/// descriptors)`; `None` when the queue has nothing more.
 fn peek_one(
     fd: i32,
     stream: bool,
-    passcred: bool,
     buf: &mut [u8],
     from: &mut [u8; 108],
-) -> Result<Option<(usize, i32, usize)>, Errno> {
+    rights: &mut [i32; rights::MAX_RIGHTS],
+) -> Result<Option<(usize, i32, usize, usize)>, Errno> {
     // SAFETY: sockaddr_un is plain old data.
     let mut sa: libc::sockaddr_un = unsafe { core::mem::zeroed() };
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    // Room for credentials only (when SO_PASSCRED is on, the kernel puts
-    // them first): descriptors in flight never fit, so the kernel installs
-    // none in this process and sets MSG_CTRUNC instead.
-    let mut ctl = [0u64; 4];
+    let mut ctl = Control([0; 1088]);
     // SAFETY: msghdr is plain old data.
     let mut m: libc::msghdr = unsafe { core::mem::zeroed() };
     m.msg_name = (&mut sa as *mut libc::sockaddr_un).cast();
     m.msg_namelen = core::mem::size_of::<libc::sockaddr_un>() as u32;
     m.msg_iov = &mut iov;
     m.msg_iovlen = 1;
-    if passcred {
-        m.msg_control = ctl.as_mut_ptr().cast();
-        // CMSG_SPACE(sizeof(struct ucred)) = 16 + 16.
-        m.msg_controllen = 32;
-    }
+    m.msg_control = ctl.0.as_mut_ptr().cast();
+    m.msg_controllen = ctl.0.len();
     // For a datagram, MSG_TRUNC makes the call return its whole length.
-    let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT | if stream { 0 } else { libc::MSG_TRUNC };
+    let flags = libc::MSG_PEEK
+        | libc::MSG_DONTWAIT
+        | libc::MSG_CMSG_CLOEXEC
+        | if stream { 0 } else { libc::MSG_TRUNC };
     loop {
         // SAFETY: recvmsg (47) with a msghdr whose pointers are all to
         // locals and the caller's buffer, sized as declared.
@@ -465,7 +475,8 @@ fn peek_one(
                 if nlen > 0 && from[0] != 0 {
                     nlen = from.iter().take(nlen).position(|&c| c == 0).unwrap_or(nlen);
                 }
-                return Ok(Some((n, m.msg_flags, nlen)));
+                let nr = rights::parse_rights(&ctl.0, m.msg_controllen, rights);
+                return Ok(Some((n, m.msg_flags, nlen, nr)));
             }
         }
     }
@@ -484,6 +495,7 @@ pub fn capture(
     out: &mut DeferredWrites,
     data_off: &mut u64,
     j: &mut MmapBuf,
+    program: &[i32],
 ) -> Result<(), Errno> {
     let ty = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?;
     let listening = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 0;
@@ -587,7 +599,6 @@ pub fn capture(
         let r = peek_queue(
             fd,
             ty,
-            passcred,
             d.shutdown & 1 != 0,
             out,
             *data_off,
@@ -595,6 +606,7 @@ pub fn capture(
             &mut total,
             &mut fds_in_flight,
             &mut oob,
+            program,
         );
         // Put the program's peek offset back whatever happened.
         let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, peek_off);
@@ -615,12 +627,13 @@ pub fn capture(
 }
 
 /// Peek every queued message of `fd` into the image at `off`; list them in
-/// `j`. Returns the CRC-32C of the bytes; `total` is their length.
+/// `j`, with the descriptors sent with them (described against `program`,
+/// the process's descriptors). Returns the CRC-32C of the bytes; `total`
+/// is their length.
 #[allow(clippy::too_many_arguments)]
 fn peek_queue(
     fd: i32,
     ty: i32,
-    passcred: bool,
     rcv_shut: bool,
     out: &mut DeferredWrites,
     off: u64,
@@ -628,67 +641,126 @@ fn peek_queue(
     total: &mut u64,
     fds_in_flight: &mut bool,
     oob: &mut bool,
+    program: &[i32],
 ) -> Result<u32, Errno> {
     let stream = ty == libc::SOCK_STREAM;
     let mut crc = Crc32c::new();
     let mut from = [0u8; 108];
+    let mut rights = [0i32; rights::MAX_RIGHTS];
+    // The JSON of the descriptors of the current message.
+    let mut fdj = MmapBuf::new();
     let mut first = true;
     // A stream is read in runs of bytes, merged into one message.
     let mut run = 0u64;
+    // The last run of a stream carried descriptors.
+    let mut after_rights = false;
     const RUN: usize = 256 << 10;
-    while let Some((n, flags, flen)) = peek_one(fd, stream, passcred, out.spare(RUN)?, &mut from)? {
-        if flags & libc::MSG_CTRUNC != 0 {
-            *fds_in_flight = true;
-        }
-        if flags & libc::MSG_OOB != 0 {
-            *oob = true;
-        }
-        let mut len = n;
-        if !stream && flags & libc::MSG_TRUNC != 0 && n > RUN {
-            // A datagram bigger than the buffer: the peek moved the offset
-            // by what it copied. Go back and read it whole.
-            if n > MAX_MESSAGE {
-                return Err(Errno(libc::EMSGSIZE));
+    let r = (|| {
+        while let Some((n, flags, flen, mut nr)) =
+            peek_one(fd, stream, out.spare(RUN)?, &mut from, &mut rights)?
+        {
+            if flags & libc::MSG_CTRUNC != 0 {
+                // More descriptors than this process could take.
+                *fds_in_flight = true;
             }
-            let back = i32::try_from(*total).map_err(|_| Errno(libc::EOVERFLOW))?;
-            setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, back)?;
-            match peek_one(fd, stream, passcred, out.spare(n)?, &mut from)? {
-                Some((m, _, _)) if m == n => len = m,
-                _ => return Err(Errno(libc::EIO)),
+            if flags & libc::MSG_OOB != 0 {
+                *oob = true;
+            }
+            let mut len = n;
+            if !stream && flags & libc::MSG_TRUNC != 0 && n > RUN {
+                // A datagram bigger than the buffer: the peek moved the offset
+                // by what it copied. Go back and read it whole.
+                rights::close_all(rights.get(..nr).unwrap_or(&[]));
+                if n > MAX_MESSAGE {
+                    return Err(Errno(libc::EMSGSIZE));
+                }
+                let back = i32::try_from(*total).map_err(|_| Errno(libc::EOVERFLOW))?;
+                setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, back)?;
+                match peek_one(fd, stream, out.spare(n)?, &mut from, &mut rights)? {
+                    Some((m, _, _, k)) if m == n => {
+                        len = m;
+                        nr = k;
+                    }
+                    _ => return Err(Errno(libc::EIO)),
+                }
+            }
+            if nr > 0 {
+                // Described and closed at once.
+                fdj.clear();
+                rights::describe(rights.get(..nr).unwrap_or(&[]), program, &mut fdj);
+                if fdj.overflow {
+                    return Err(Errno(libc::ENOMEM));
+                }
+            }
+            if len == 0 {
+                // End of file (the peer is gone, or receiving shut down), or
+                // an empty datagram.
+                if stream || rcv_shut {
+                    break;
+                }
+                // An empty datagram does not move the peek offset: the rest of
+                // the queue cannot be reached without consuming it.
+                return Err(Errno(libc::ENOMSG));
+            }
+            crc.update(out.spare(len)?);
+            out.commit(len, off + *total)?;
+            *total += len as u64;
+            if stream {
+                // A stream's peek runs over the queued pieces (one per
+                // send) and stops after the first that carries descriptors;
+                // once the buffer is full it still walks on, without
+                // copying, to the next such piece and takes its
+                // descriptors. So descriptors belong to this run only when
+                // it did not fill the buffer; then to its last piece, whose
+                // start no peek shows. It is known in one case: a run of
+                // one byte that begins the queue or follows a run that
+                // carried descriptors (a piece has at least one byte), the
+                // way programs pass descriptors (Python's
+                // multiprocessing.reduction.sendfds sends one byte).
+                let carried = nr > 0 && len < RUN;
+                let placed = carried && len == 1 && (after_rights || *total == 1);
+                after_rights = carried;
+                if carried && !placed {
+                    // Not saved: the checkpoint is refused (passing).
+                    *fds_in_flight = true;
+                }
+                if !placed {
+                    run += len as u64;
+                    continue;
+                }
+                if run > 0 {
+                    let _ = write!(j, "{}{{\"len\":{run}}}", if first { "" } else { "," });
+                    first = false;
+                    run = 0;
+                }
+                let _ = write!(j, "{}{{\"len\":1,\"fds\":", if first { "" } else { "," });
+                j.push(fdj.as_slice())?;
+                let _ = write!(j, "}}");
+                first = false;
+                continue;
+            }
+            let _ = write!(j, "{}{{\"len\":{len}", if first { "" } else { "," });
+            if flen > 0 {
+                let _ = write!(j, ",\"from\":");
+                write_bytes(j, from.get(..flen).unwrap_or(&[]));
+            }
+            if nr > 0 {
+                let _ = write!(j, ",\"fds\":");
+                j.push(fdj.as_slice())?;
+            }
+            let _ = write!(j, "}}");
+            first = false;
+            if *total > i32::MAX as u64 / 2 {
+                return Err(Errno(libc::EOVERFLOW));
             }
         }
-        if len == 0 {
-            // End of file (the peer is gone, or receiving shut down), or
-            // an empty datagram.
-            if stream || rcv_shut {
-                break;
-            }
-            // An empty datagram does not move the peek offset: the rest of
-            // the queue cannot be reached without consuming it.
-            return Err(Errno(libc::ENOMSG));
+        if stream && run > 0 {
+            let _ = write!(j, "{}{{\"len\":{run}}}", if first { "" } else { "," });
         }
-        crc.update(out.spare(len)?);
-        out.commit(len, off + *total)?;
-        *total += len as u64;
-        if stream {
-            run += len as u64;
-            continue;
-        }
-        let _ = write!(j, "{}{{\"len\":{len}", if first { "" } else { "," });
-        if flen > 0 {
-            let _ = write!(j, ",\"from\":");
-            write_bytes(j, from.get(..flen).unwrap_or(&[]));
-        }
-        let _ = write!(j, "}}");
-        first = false;
-        if *total > i32::MAX as u64 / 2 {
-            return Err(Errno(libc::EOVERFLOW));
-        }
-    }
-    if stream && run > 0 {
-        let _ = write!(j, "{{\"len\":{run}}}");
-    }
-    Ok(crc.finish())
+        Ok(crc.finish())
+    })();
+    fdj.free();
+    r
 }
 
 impl UnixSocket {
@@ -703,9 +775,11 @@ impl UnixSocket {
         }
         if self.fds_in_flight {
             return Err(
-                "file descriptors sent with SCM_RIGHTS are queued in it, not yet received; \
-                 ckpt cannot save descriptors in flight (it tries again while the program \
-                 runs: a program that receives them soon is checkpointed then)"
+                "file descriptors sent with SCM_RIGHTS are queued in it, not yet received, that ckpt cannot \
+                 save: more than the process could take to look at, or sent on a stream with more than one \
+                 byte or right after other bytes (a peek does not show which bytes they came with) \
+                 (it tries again while the program runs: a program that receives them soon is \
+                 checkpointed then)"
                     .into(),
             );
         }
@@ -764,6 +838,7 @@ pub fn show_name(n: &[u8]) -> String {
 }
 
 mod restore;
+pub mod rights;
 pub use restore::{Refusal, Restored, SavedEnd, Step, plan, restore_all};
 
 #[cfg(test)]

@@ -1145,8 +1145,10 @@ fn write_fds(
             let (mark, overflow, off, held) = (j.len(), j.overflow, *data_off, queued.mark());
             let _ = write!(j, ",\"socket\":");
             if diag.0 < 0
-                || crate::objects::unix_socket::capture(fd, st.st_ino, diag.0, queued, data_off, j)
-                    .is_err()
+                || crate::objects::unix_socket::capture(
+                    fd, st.st_ino, diag.0, queued, data_off, j, list,
+                )
+                .is_err()
             {
                 j.truncate(mark);
                 j.overflow = overflow;

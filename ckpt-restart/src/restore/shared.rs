@@ -20,6 +20,7 @@ use std::path::Path;
 use ckpt::image::generation::LoadedGeneration;
 use ckpt::image::manifest::{FdKind, ImageRef, RegionKind};
 use ckpt::objects::Object;
+use ckpt::objects::unix_socket::rights::{self, Lent};
 
 use super::names::name_bytes;
 
@@ -178,6 +179,35 @@ pub fn reopen_flags(saved: u32) -> i32 {
     (saved as i32) & keep
 }
 
+/// The descriptors in flight in the job's unix sockets (SCM_RIGHTS), with
+/// the pid of the process whose socket holds each.
+fn in_flight(g: &LoadedGeneration) -> impl Iterator<Item = (i32, &rights::InFlight)> {
+    g.processes.iter().flat_map(|m| {
+        m.fds
+            .iter()
+            .filter_map(|f| f.socket.as_ref())
+            .flat_map(|s| &s.queue)
+            .flat_map(|q| &q.fds)
+            .map(move |x| (m.pid, x))
+    })
+}
+
+/// Open a file or directory that was in flight (or shares its description
+/// with one) again: by path, with its flags and offset.
+fn open_in_flight(path: &str, dir: bool, flags: u32, pos: u64) -> Result<i32, String> {
+    let flags = if dir {
+        libc::O_RDONLY | libc::O_DIRECTORY
+    } else {
+        reopen_flags(flags)
+    };
+    let o = open_path(&name_bytes(path), flags | libc::O_CLOEXEC)?;
+    if !dir {
+        // SAFETY: lseek on our descriptor.
+        unsafe { libc::lseek(o, pos as i64, libc::SEEK_SET) };
+    }
+    Ok(o)
+}
+
 /// Create every shared object of generation `g`, at descriptors >= `lo`.
 pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
     let mut s = Shared {
@@ -284,6 +314,15 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
             e.data |= f.pipe_data.is_some_and(|[_, len]| len > 0);
         }
     }
+    // An end in flight in a unix socket (SCM_RIGHTS) is the job's too.
+    for x in in_flight(g).filter(|(_, x)| x.kind == rights::Kind::Pipe) {
+        let e = ends.entry(x.1.inode).or_default();
+        if (x.1.flags as i32) & libc::O_ACCMODE == libc::O_WRONLY {
+            e.write = true;
+        } else {
+            e.read = true;
+        }
+    }
     let external = |ino: u64| {
         ends.get(&ino)
             .is_some_and(|e| e.stdio && e.read != e.write && !(e.read && e.data))
@@ -368,6 +407,27 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
             holders.push((m, f, sock));
         }
     }
+    // Descriptors in flight in them (SCM_RIGHTS) that share an open file
+    // description with a descriptor of the receiving process: that
+    // description is made here, for both.
+    for (pid, x) in in_flight(g) {
+        let Some(n) = x.same_as else { continue };
+        if !matches!(x.kind, rights::Kind::File | rights::Kind::Dir)
+            || s.files.contains_key(&(pid, n))
+        {
+            continue;
+        }
+        let f = g
+            .processes
+            .iter()
+            .find(|m| m.pid == pid)
+            .and_then(|m| m.fds.iter().find(|f| f.fd == n))
+            .ok_or_else(|| format!("corrupt image: fd {n} of process {pid} is not saved"))?;
+        let o = open_in_flight(&f.path, f.kind == FdKind::Dir, f.flags, f.pos)
+            .map_err(|e| format!("cannot reopen {} (fd {n} of process {pid}): {e}", f.path))?;
+        let o = next(&mut s, o)?;
+        s.files.insert((pid, n), o);
+    }
     let mut ends = Vec::new();
     for (m, f, sock) in &holders {
         let data = match sock.data {
@@ -382,10 +442,35 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
             stdio_only: low.get(&f.inode).copied().unwrap_or(false),
             reset_outside: g.record.reset_outside,
             who: format!("fd {} of process {} ({})", f.fd, m.pid, m.exe),
+            pid: m.pid,
         });
     }
     if !ends.is_empty() {
-        let made = ckpt::objects::unix_socket::restore_all(&ends)?;
+        // What goes with a message besides the unix sockets made there.
+        let lend = |pid: i32, x: &rights::InFlight| -> Result<Lent, String> {
+            match x.kind {
+                rights::Kind::Pipe => {
+                    let &(r, w) = s
+                        .pipes
+                        .get(&x.inode)
+                        .ok_or_else(|| format!("the pipe {} was not made", x.path))?;
+                    let write = (x.flags as i32) & libc::O_ACCMODE == libc::O_WRONLY;
+                    Ok(Lent::Borrowed(if write { w } else { r }))
+                }
+                rights::Kind::File | rights::Kind::Dir => match x.same_as {
+                    Some(n) => s
+                        .files
+                        .get(&(pid, n))
+                        .map(|&fd| Lent::Borrowed(fd))
+                        .ok_or_else(|| format!("{} was not reopened", x.path)),
+                    None => open_in_flight(&x.path, x.kind == rights::Kind::Dir, x.flags, x.pos)
+                        .map(Lent::Owned)
+                        .map_err(|e| format!("cannot reopen {}: {e}", x.path)),
+                },
+                _ => Err(format!("{} cannot be sent again", x.path)),
+            }
+        };
+        let made = ckpt::objects::unix_socket::restore_all(&ends, &lend)?;
         for (ino, fd) in made.fds {
             let fd = next(&mut s, fd)?;
             s.sockets.insert(ino, fd);

@@ -22,10 +22,19 @@
 //!   for datagram and seqpacket sockets, so boundaries are kept), the
 //!   options are set, and the shutdown state is applied;
 //! - a path name that had been unlinked is unlinked again at the end.
+//!
+//! Descriptors in flight (`SCM_RIGHTS`, `rights.rs`) go with their message:
+//! a unix socket of the job is the one made here; anything else (a pipe
+//! end, a file) is lent by the caller.
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::rights::{InFlight, Kind, Lent};
 use super::{State, UnixSocket, show_name};
+
+/// What the caller lends for a descriptor in flight in a socket of process
+/// `pid` (anything but a unix socket, which `restore_all` makes itself).
+pub type Lend<'a> = &'a dyn Fn(i32, &InFlight) -> Result<Lent, String>;
 
 /// One socket as the images describe it, with the data queued in it.
 #[derive(Clone, Debug)]
@@ -47,6 +56,9 @@ pub struct SavedEnd<'a> {
     pub reset_outside: bool,
     /// Who holds it, for messages ("fd 5 of process 12 (python3)").
     pub who: String,
+    /// The process holding it that saved it (descriptors in flight name
+    /// descriptors of that process).
+    pub pid: i32,
 }
 
 /// How one socket, or a pair, is made.
@@ -487,12 +499,41 @@ fn via_listener(
     })
 }
 
-fn send_all(fd: i32, to: Option<&[u8]>, mut b: &[u8], whole: bool) -> Result<(), String> {
+/// Send `b` through `fd` (to the name `to`, or its peer), with the
+/// descriptors `rights` attached to its first byte. `whole`: one message
+/// (a datagram or record, or a piece of a stream that carries descriptors
+/// and must stay one piece).
+fn send_all(
+    fd: i32,
+    to: Option<&[u8]>,
+    mut b: &[u8],
+    whole: bool,
+    rights: &[i32],
+) -> Result<(), String> {
     let addr = match to {
         Some(name) => Some(sockaddr(name)?),
         None => None,
     };
+    // SCM_RIGHTS: a cmsghdr (16 bytes) and the descriptors, 8-aligned.
+    let mut ctl = vec![0u64; (16 + 4 * rights.len()).div_ceil(8)];
+    if !rights.is_empty() {
+        let bytes: Vec<u8> = [
+            ((16 + 4 * rights.len()) as u64).to_ne_bytes().as_slice(),
+            libc::SOL_SOCKET.to_ne_bytes().as_slice(),
+            libc::SCM_RIGHTS.to_ne_bytes().as_slice(),
+        ]
+        .concat()
+        .into_iter()
+        .chain(rights.iter().flat_map(|r| r.to_ne_bytes()))
+        .collect();
+        for (w, c) in ctl.iter_mut().zip(bytes.chunks(8)) {
+            let mut a = [0u8; 8];
+            a[..c.len()].copy_from_slice(c);
+            *w = u64::from_ne_bytes(a);
+        }
+    }
     let mut raised = false;
+    let mut with_rights = !rights.is_empty();
     loop {
         let (ptr, len) = match &addr {
             Some((sa, l)) => (
@@ -501,17 +542,23 @@ fn send_all(fd: i32, to: Option<&[u8]>, mut b: &[u8], whole: bool) -> Result<(),
             ),
             None => (std::ptr::null(), 0),
         };
-        // SAFETY: sendto from our buffer, with a valid address or none.
-        let n = unsafe {
-            libc::sendto(
-                fd,
-                b.as_ptr().cast(),
-                b.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                ptr,
-                len,
-            )
+        let mut iov = libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
         };
+        // SAFETY: msghdr is plain old data.
+        let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+        m.msg_name = ptr as *mut libc::c_void;
+        m.msg_namelen = len;
+        m.msg_iov = &mut iov;
+        m.msg_iovlen = 1;
+        if with_rights {
+            m.msg_control = ctl.as_mut_ptr().cast();
+            m.msg_controllen = 16 + 4 * rights.len();
+        }
+        // SAFETY: sendmsg from our buffer, with a valid address or none, and
+        // a control message built above.
+        let n = unsafe { libc::sendmsg(fd, &m, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EINTR) {
@@ -528,8 +575,10 @@ fn send_all(fd: i32, to: Option<&[u8]>, mut b: &[u8], whole: bool) -> Result<(),
         }
         let n = n as usize;
         if whole && n != b.len() {
-            return Err("a saved datagram was cut short".into());
+            return Err("a saved message was cut short".into());
         }
+        // The descriptors went with the first bytes.
+        with_rights = false;
         b = &b[n..];
         if b.is_empty() {
             return Ok(());
@@ -540,7 +589,7 @@ fn send_all(fd: i32, to: Option<&[u8]>, mut b: &[u8], whole: bool) -> Result<(),
 /// Carry out the plan for `ends`: every socket is made, connected, filled
 /// with its queued data, given its options and shutdown state. On failure
 /// everything made is closed.
-pub fn restore_all(ends: &[SavedEnd<'_>]) -> Result<Restored, String> {
+pub fn restore_all(ends: &[SavedEnd<'_>], lend: Lend<'_>) -> Result<Restored, String> {
     let steps = plan(ends).map_err(|r| r.message)?;
     let mut by: HashMap<u64, &SavedEnd<'_>> = HashMap::new();
     for e in ends {
@@ -549,7 +598,7 @@ pub fn restore_all(ends: &[SavedEnd<'_>]) -> Result<Restored, String> {
     let mut out = Restored::default();
     // Ends made only to stand for a closed peer, closed after the refill.
     let mut phantoms: HashMap<u64, i32> = HashMap::new();
-    let r = carry_out(&steps, &by, &mut out, &mut phantoms);
+    let r = carry_out(&steps, &by, &mut out, &mut phantoms, lend);
     for &fd in phantoms.values() {
         close(fd);
     }
@@ -567,6 +616,7 @@ fn carry_out(
     by: &HashMap<u64, &SavedEnd<'_>>,
     out: &mut Restored,
     phantoms: &mut HashMap<u64, i32>,
+    lend: Lend<'_>,
 ) -> Result<(), String> {
     let get = |ino: u64| by.get(&ino).copied().ok_or("corrupt plan".to_string());
     for step in steps {
@@ -663,17 +713,31 @@ fn carry_out(
         let e = get(*ino)?;
         buffers(fd, e.sock).map_err(|m| format!("{}: {m}", e.who))?;
     }
-    // The queued data, written by whoever sent it.
+    // The queued data, written by whoever sent it, with the descriptors in
+    // flight: unix sockets are those made here, the rest is lent.
     let fd_of = |ino: u64| out.fds.get(&ino).copied();
+    let rights = |e: &SavedEnd<'_>, f: &InFlight| -> Result<Lent, String> {
+        if f.kind == Kind::Socket {
+            return fd_of(f.inode).map(Lent::Borrowed).ok_or_else(|| {
+                format!(
+                    "{}: the socket in flight in it ({}) was not made",
+                    e.who, f.path
+                )
+            });
+        }
+        lend(e.pid, f).map_err(|m| format!("{}: a descriptor in flight in it: {m}", e.who))
+    };
     for step in steps {
         match *step {
             Step::Pair(a, b) => {
-                refill(get(a)?, fd_of(b))?;
-                refill(get(b)?, fd_of(a))?;
+                refill(get(a)?, fd_of(b), &rights)?;
+                refill(get(b)?, fd_of(a), &rights)?;
             }
-            Step::Lonely(a) | Step::Reset(a) => refill(get(a)?, phantoms.get(&a).copied())?,
-            Step::Plain(a) => refill_to(get(a)?, None)?,
-            Step::ConnectTo { a, target } => refill_to(get(a)?, fd_of(target))?,
+            Step::Lonely(a) | Step::Reset(a) => {
+                refill(get(a)?, phantoms.get(&a).copied(), &rights)?
+            }
+            Step::Plain(a) => refill_to(get(a)?, None, &rights)?,
+            Step::ConnectTo { a, target } => refill_to(get(a)?, fd_of(target), &rights)?,
             _ => {}
         }
     }
@@ -714,14 +778,49 @@ fn carry_out(
     Ok(())
 }
 
+/// The descriptors to send with `m`, made or lent by `rights`.
+type Rights<'r> = dyn Fn(&SavedEnd<'_>, &InFlight) -> Result<Lent, String> + 'r;
+
+/// Send `b`, one message of `e`'s queue, through `w` (to `to`), with the
+/// descriptors in flight it carried; the descriptors made for it are
+/// closed after.
+fn send_message(
+    e: &SavedEnd<'_>,
+    w: i32,
+    to: Option<&[u8]>,
+    b: &[u8],
+    m: &super::Message,
+    rights: &Rights<'_>,
+) -> Result<(), String> {
+    let mut lent = Vec::with_capacity(m.fds.len());
+    let r = (|| {
+        for f in &m.fds {
+            lent.push(rights(e, f)?);
+        }
+        let fds: Vec<i32> = lent.iter().map(|l| l.fd()).collect();
+        if !fds.is_empty() {
+            // A piece that carries descriptors stays one piece: room for it
+            // at once (the saved size is set again after the refill).
+            set_int(w, libc::SO_SNDBUF, i32::MAX)?;
+        }
+        let whole = e.sock.ty != libc::SOCK_STREAM || !fds.is_empty();
+        send_all(w, to, b, whole, &fds).map_err(|m| format!("{}: {m}", e.who))
+    })();
+    for l in lent {
+        if let Lent::Owned(fd) = l {
+            close(fd);
+        }
+    }
+    r
+}
+
 /// Write `e`'s queued messages into it through its peer `writer`.
-fn refill(e: &SavedEnd<'_>, writer: Option<i32>) -> Result<(), String> {
+fn refill(e: &SavedEnd<'_>, writer: Option<i32>, rights: &Rights<'_>) -> Result<(), String> {
     if e.data.is_empty() {
         return Ok(());
     }
     let w = writer.ok_or_else(|| format!("{}: no peer to write its queued data", e.who))?;
     let mut at = 0usize;
-    let whole = e.sock.ty != libc::SOCK_STREAM;
     let saved = get_int(w, libc::SO_SNDBUF);
     for m in &e.sock.queue {
         let len = usize::try_from(m.len).map_err(|_| "corrupt queue length")?;
@@ -729,7 +828,7 @@ fn refill(e: &SavedEnd<'_>, writer: Option<i32>) -> Result<(), String> {
             .data
             .get(at..at + len)
             .ok_or_else(|| format!("{}: corrupt image: queued data is short", e.who))?;
-        send_all(w, None, b, whole).map_err(|m| format!("{}: {m}", e.who))?;
+        send_message(e, w, None, b, m, rights)?;
         at += len;
     }
     if get_int(w, libc::SO_SNDBUF) != saved {
@@ -740,7 +839,7 @@ fn refill(e: &SavedEnd<'_>, writer: Option<i32>) -> Result<(), String> {
 
 /// Send `e`'s queued datagrams to its name, from `writer` or from a
 /// temporary unnamed socket.
-fn refill_to(e: &SavedEnd<'_>, writer: Option<i32>) -> Result<(), String> {
+fn refill_to(e: &SavedEnd<'_>, writer: Option<i32>, rights: &Rights<'_>) -> Result<(), String> {
     if e.data.is_empty() {
         return Ok(());
     }
@@ -756,7 +855,7 @@ fn refill_to(e: &SavedEnd<'_>, writer: Option<i32>) -> Result<(), String> {
                 .data
                 .get(at..at + len)
                 .ok_or_else(|| format!("{}: corrupt image: queued data is short", e.who))?;
-            send_all(w, Some(&e.sock.name), b, true).map_err(|m| format!("{}: {m}", e.who))?;
+            send_message(e, w, Some(&e.sock.name), b, m, rights)?;
             at += len;
         }
         Ok(())
