@@ -74,6 +74,11 @@ pub struct Coordinator {
     /// Connections to processes outside the job come back closed by their
     /// peer instead of being refused (`CKPT_EXTERNAL_SOCKETS=closed`).
     reset_outside: bool,
+    /// After a refusal for bytes TCP senders of the job have not delivered
+    /// yet: those senders (host pids), stopped first at the next try ...
+    senders: Mutex<Vec<i32>>,
+    /// ... this long before the others.
+    drain: Mutex<Duration>,
 }
 
 /// The variable that says what becomes of connections to processes
@@ -121,6 +126,8 @@ impl Coordinator {
                 ckpt_dir: dir_path,
             }),
             relaunch: Mutex::new(None),
+            senders: Mutex::new(Vec::new()),
+            drain: Mutex::new(Duration::ZERO),
             reset_outside: match external_sockets_policy(
                 std::env::var(ENV_EXTERNAL_SOCKETS).ok().as_deref(),
             ) {
@@ -336,6 +343,13 @@ impl Coordinator {
             }
             std::thread::sleep(Duration::from_millis(25 << tries.min(4)));
             tries += 1;
+            // Bytes a TCP sender of the job had not delivered (its receiver
+            // lags): the next try stops those senders first and lets the
+            // others run a while longer, so that the receivers read what is
+            // queued for them while nothing new is sent (stop_all).
+            if let Ok(mut d) = self.drain.lock() {
+                *d = Duration::from_millis(25 << tries.min(4));
+            }
         };
         if hold && r.is_err() {
             self.hold(false);
@@ -597,6 +611,9 @@ impl Coordinator {
         {
             *passing = p;
             failure = Some(e);
+            if p && let Ok(mut v) = self.senders.lock() {
+                *v = unsent_senders(&manifests, &run.hosts);
+            }
         }
         if let Some(f) = failure {
             pending.abort();
@@ -655,6 +672,35 @@ impl Coordinator {
         let start = Instant::now();
         let mut signaled: BTreeMap<i32, (i32, Instant, String)> = BTreeMap::new(); // ns pid -> (host pid, when, exe)
         let mut not_ready: BTreeMap<i32, Instant> = BTreeMap::new();
+        // Senders ahead of their receivers (the last try was refused for
+        // their undelivered bytes) stop first; the others run on a moment
+        // and read what is queued for them (docs/sockets.md).
+        let senders = self
+            .senders
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default();
+        let drain = self
+            .drain
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default();
+        if !senders.is_empty() && !drain.is_zero() {
+            for m in self
+                .job_members(init)
+                .iter()
+                .filter(|m| !m.zombie && senders.contains(&m.host_pid))
+            {
+                if m.catches && catches_stop_signal(m.host_pid)
+                    // SAFETY: kill has no memory-safety contract.
+                    && unsafe { libc::kill(m.host_pid, STOP_SIGNAL) } == 0
+                {
+                    signaled.insert(m.pid, (m.host_pid, Instant::now(), m.exe.clone()));
+                    run.hosts.insert(m.pid, m.host_pid);
+                }
+            }
+            std::thread::sleep(drain);
+        }
         loop {
             let members = self.job_members(init);
             let live: BTreeSet<i32> = members
@@ -1058,27 +1104,6 @@ fn check_inet(
             r.passing,
         )
     })?;
-    // Descriptors in flight (SCM_RIGHTS): each must be one a restart can
-    // make again; the others pass once the program receives them.
-    for m in manifests {
-        for f in &m.fds {
-            let Some(sock) = &f.socket else { continue };
-            for x in sock.queue.iter().flat_map(|q| &q.fds) {
-                if let Err(why) = ckpt::objects::unix_socket::rights::check(x, m.pid, manifests) {
-                    return Err((
-                        format!(
-                            "process {}: fd {} of {} (process {}) is a unix socket that ckpt cannot checkpoint \
-                             now: a descriptor sent with SCM_RIGHTS is queued in it, not yet received, that a \
-                             restart could not make again: {why} (it tries again while the program runs: a program \
-                             that receives it soon is checkpointed then)",
-                            m.pid, f.fd, m.exe, m.pid
-                        ),
-                        true,
-                    ));
-                }
-            }
-        }
-    }
     note_reset(
         manifests,
         hosts,
@@ -1088,6 +1113,33 @@ fn check_inet(
         }),
     );
     Ok(())
+}
+
+/// The processes (host pids) sending on a TCP connection of the job ahead
+/// of its receiver: holding an end with bytes written and not yet
+/// acknowledged, or the peer of an end with more queued than a restart puts
+/// back.
+fn unsent_senders(manifests: &[ProcessManifest], hosts: &BTreeMap<i32, i32>) -> Vec<i32> {
+    use ckpt::objects::inet_socket::{MAX_RESTORE_QUEUE, Peer};
+    let ends = || {
+        manifests.iter().flat_map(|m| {
+            m.fds
+                .iter()
+                .filter_map(move |f| Some((m, f.inode, f.inet.as_ref()?)))
+                .filter(|(_, _, s)| s.is_tcp() && s.peer_is == Peer::Socket)
+        })
+    };
+    let flooded: Vec<u64> = ends()
+        .filter(|(_, _, s)| s.data.is_some_and(|[_, len]| len > MAX_RESTORE_QUEUE))
+        .map(|(_, _, s)| s.peer_inode)
+        .collect();
+    let mut v: Vec<i32> = ends()
+        .filter(|(_, ino, s)| s.unsent > 0 || flooded.contains(ino))
+        .filter_map(|(m, _, _)| hosts.get(&m.pid).copied())
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// A socket's refusal, naming the process; for a peer outside the job, in

@@ -165,6 +165,7 @@ fn run_case(name: &str, case: &str) {
         "twice" => c.twice(),
         "second" => c.second(),
         "interval" => c.interval(),
+        "busy_interval" => c.busy_interval(),
         "incremental" => c.incremental(),
         "pipe" => c.pipe(),
         "visible" => c.visible(),
@@ -996,6 +997,37 @@ impl Case {
         self.wait_success(&mut r);
         self.compare_run(
             "periodic checkpoints, kill -9, restart",
+            &reference,
+            &self.work,
+        );
+    }
+
+    /// Periodic checkpoints (`--interval 1`) while the program works, no
+    /// gate held: kill -9 once two were taken after it started, restart
+    /// the newest.
+    fn busy_interval(&mut self) {
+        let reference = self.reference();
+        let mut l = self.launch_with(out_file(&self.stdout_path()).into(), &["--interval", "1"]);
+        self.wait_checkpoint_point(&mut l, 1);
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            let g = self.check(wait_until(
+                "a periodic checkpoint while the program works",
+                deadline(),
+                || {
+                    l.check_running()?;
+                    Ok(latest_generation(&self.dir)
+                        .ok()
+                        .filter(|g| !seen.contains(g)))
+                },
+            ));
+            seen.push(g);
+        }
+        self.kill(&mut l);
+        let mut r = self.restart("1", None, None);
+        self.wait_success(&mut r);
+        self.compare_run(
+            "periodic checkpoints while it works, kill -9, restart",
             &reference,
             &self.work,
         );
