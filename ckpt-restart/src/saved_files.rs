@@ -154,6 +154,11 @@ fn find(hosts: &BTreeMap<i32, i32>, p: &Policy) -> Result<BTreeMap<(u64, u64), F
                 let Ok(target) = fs::read_link(e.path()) else {
                     continue;
                 };
+                // Sockets, pipes and anonymous inodes are no files, and a
+                // job may hold hundreds: no second lookup for them.
+                if !target.as_os_str().as_bytes().starts_with(b"/") {
+                    continue;
+                }
                 let Ok(md) = fs::metadata(e.path()) else {
                     continue;
                 };
