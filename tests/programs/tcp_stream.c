@@ -5,7 +5,7 @@
  *
  * The child writes the bytes of a deterministic sequence in 64 KiB writes as
  * fast as it can; the parent lags behind it: it reads in reads of varying
- * size, checks every byte against the sequence, sleeps 50 ms after each MiB
+ * size, checks every byte against the sequence, sleeps 100 ms after each MiB (about 10 s in all)
  * and prints a line every 25 MiB. So at any moment the receiver's buffer is
  * full and the sender has bytes it could not send yet: the case where ckpt
  * stops the sender first and lets the receiver read (docs/sockets.md).
@@ -84,7 +84,7 @@ int main(void)
 		uint64_t before = got;
 		got += (uint64_t)r;
 		if (before / (1u << 20) != got / (1u << 20))
-			cr_sleep_us(50000);
+			cr_sleep_us(100000);
 		if (before / (25u << 20) != got / (25u << 20))
 			cr_line("%llu MiB received and checked", (unsigned long long)(got / (25u << 20) * 25));
 		want = want * 7 % sizeof(buf) + 1;

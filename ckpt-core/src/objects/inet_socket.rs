@@ -765,26 +765,9 @@ fn peek_stream(fd: i32, n: usize, out: &mut DeferredWrites, off: u64) -> Result<
     if peek_off >= 0 {
         setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
     }
-    let buf = out.spare(n);
-    let r = buf.and_then(|buf| {
-        loop {
-            // SAFETY: recvfrom (45) peeking into the n writable bytes of buf.
-            match unsafe {
-                raw::syscall6(
-                    raw::nr::RECVFROM,
-                    fd as usize,
-                    buf.as_mut_ptr() as usize,
-                    n,
-                    (libc::MSG_PEEK | libc::MSG_DONTWAIT) as usize,
-                    0,
-                    0,
-                )
-            } {
-                Err(Errno(libc::EINTR)) => continue,
-                r => break r,
-            }
-        }
-    });
+    let r = out
+        .spare(n)
+        .and_then(|buf| raw::recv(fd, buf, libc::MSG_PEEK | libc::MSG_DONTWAIT));
     if peek_off >= 0 {
         let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, peek_off);
     }

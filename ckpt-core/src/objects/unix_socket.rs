@@ -274,23 +274,7 @@ pub(super) fn exchange(nl: i32, req: &[u8], reply: &mut [u8]) -> Result<usize, E
             0,
         )
     }?;
-    loop {
-        // SAFETY: recvfrom into the caller's buffer, no address.
-        match unsafe {
-            raw::syscall6(
-                raw::nr::RECVFROM,
-                nl as usize,
-                reply.as_mut_ptr() as usize,
-                reply.len(),
-                0,
-                0,
-                0,
-            )
-        } {
-            Err(Errno(libc::EINTR)) => continue,
-            r => return r,
-        }
-    }
+    raw::recv(nl, reply, 0)
 }
 
 /// Open a `sock_diag` netlink socket. **Async-signal-safe.**

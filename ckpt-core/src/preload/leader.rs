@@ -206,24 +206,9 @@ fn send(fd: i32, msg: &[u8]) {
 }
 
 fn recv(fd: i32, buf: &mut [u8; MAX_MSG]) -> Option<&[u8]> {
-    loop {
-        // SAFETY: buf is valid for its length.
-        match unsafe {
-            raw::syscall6(
-                raw::nr::RECVFROM,
-                fd as usize,
-                buf.as_mut_ptr() as usize,
-                buf.len(),
-                0,
-                0,
-                0,
-            )
-        } {
-            Ok(0) => return None,
-            Ok(n) => return buf.get(..n),
-            Err(Errno(libc::EINTR)) => continue,
-            Err(_) => return None,
-        }
+    match raw::recv(fd, buf, 0) {
+        Ok(0) | Err(_) => None,
+        Ok(n) => buf.get(..n),
     }
 }
 

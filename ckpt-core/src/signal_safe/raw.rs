@@ -151,6 +151,28 @@ pub fn read_into(fd: i32, buf: &mut [u8]) -> SysResult {
     unsafe { read(fd, buf.as_mut_ptr(), buf.len()) }
 }
 
+/// `recv(2)` into a slice (`recvfrom` without an address), retried when a
+/// signal interrupts it.
+pub fn recv(fd: i32, buf: &mut [u8], flags: i32) -> SysResult {
+    loop {
+        // SAFETY: the slice is valid for writes of its length; no address.
+        match unsafe {
+            syscall6(
+                nr::RECVFROM,
+                fd as usize,
+                buf.as_mut_ptr() as usize,
+                buf.len(),
+                flags as usize,
+                0,
+                0,
+            )
+        } {
+            Err(Errno(libc::EINTR)) => continue,
+            r => return r,
+        }
+    }
+}
+
 /// `write(2)` of a slice.
 #[inline]
 pub fn write(fd: i32, buf: &[u8]) -> SysResult {

@@ -847,6 +847,9 @@ fn refill_to(e: &SavedEnd<'_>, writer: Option<i32>, rights: &Rights<'_>) -> Resu
         Some(w) => (w, false),
         None => (new_socket(e.sock.ty)?, true),
     };
+    // A writer of the job gets its send buffer size back after (a refill
+    // may raise it).
+    let saved = get_int(w, libc::SO_SNDBUF);
     let r = in_dir(&e.cwd, &e.sock.name, || {
         let mut at = 0usize;
         for m in &e.sock.queue {
@@ -862,6 +865,8 @@ fn refill_to(e: &SavedEnd<'_>, writer: Option<i32>, rights: &Rights<'_>) -> Resu
     });
     if temp {
         close(w);
+    } else if get_int(w, libc::SO_SNDBUF) != saved {
+        set_int(w, libc::SO_SNDBUF, saved / 2)?;
     }
     r
 }
