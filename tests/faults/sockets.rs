@@ -466,6 +466,41 @@ fn inotify_unread_events_refused() {
     });
 }
 
+/// A UDP datagram from a sender outside the job, queued and not read: a
+/// restart could not send it again from that address, so the checkpoint
+/// is tried again for a while (the program may read it), then refused,
+/// naming the socket and the sender; once read, it succeeds.
+#[test]
+fn udp_datagram_from_outside_refused() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let j = sock_job("udp-outside", &ckpt, "udpin", &[]);
+    with_job(&j, |l| {
+        let line = line_of(&j, l, "port ")?;
+        let port: u16 = line
+            .trim_start_matches("port ")
+            .parse()
+            .map_err(|e| format!("{line}: {e}"))?;
+        let outside = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let from = outside.local_addr().map_err(|e| e.to_string())?;
+        outside
+            .send_to(b"from outside", ("127.0.0.1", port))
+            .map_err(|e| e.to_string())?;
+        refused(
+            &j,
+            l,
+            "udp-outside",
+            &[
+                &format!("is a UDP socket bound to 127.0.0.1:{port}"),
+                &format!("a datagram from {from} queued in it"),
+                "not a UDP socket of the job",
+                "still so after",
+                "keeps running",
+            ],
+        )?;
+        close_checkpoint_finish(&j, l, &format!("READY\n{line}\nclosed\nPASS\n"))
+    });
+}
+
 /// With `CKPT_EXTERNAL_SOCKETS=closed`, connections to servers outside the
 /// job (TCP and unix) do not stop the checkpoint (a note names them) and
 /// come back after a restart as closed by their peer: the bytes the server

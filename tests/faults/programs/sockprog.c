@@ -34,6 +34,9 @@
  *   inotify_unread an inotify watch on WORKDIR with an event queued and not read;
  *             prints READY and "events". When WORKDIR/close exists it reads them
  *             and prints "closed".
+ *   udpin     a UDP socket bound to 127.0.0.1; prints READY and "port N". When
+ *             WORKDIR/close exists it reads the datagram "from outside" (sent by
+ *             the test, from outside the job) and prints "closed".
  *   outsider  connects to 127.0.0.1:PORT and to the unix socket WORKDIR/outside.sock
  *             (servers outside the job), sends "hello\n" on each and prints READY.
  *             When WORKDIR/close exists it reads each until end of file and prints
@@ -360,6 +363,18 @@ int main(int argc, char **argv)
 		char b[4096];
 		while (read(in, b, sizeof b) > 0) {
 		}
+	} else if (strcmp(mode, "udpin") == 0) {
+		int u = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+		struct sockaddr_in a = loopback(0);
+		socklen_t al = sizeof a;
+		if (u < 0 || bind(u, (struct sockaddr *)&a, sizeof a) != 0 ||
+		    getsockname(u, (struct sockaddr *)&a, &al) != 0)
+			fail("udp bind");
+		snprintf(line, sizeof line, "READY\nport %d\n", ntohs(a.sin_port));
+		say(line);
+		wait_for("close");
+		recv_exact(u, "from outside");
+		close(u);
 	} else {
 		fail("unknown mode");
 	}
