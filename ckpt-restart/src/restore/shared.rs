@@ -192,16 +192,16 @@ fn in_flight(g: &LoadedGeneration) -> impl Iterator<Item = (i32, &rights::InFlig
     })
 }
 
-/// Open a file or directory that was in flight (or shares its description
-/// with one) again: by path, with its flags and offset.
-fn open_in_flight(path: &str, dir: bool, flags: u32, pos: u64) -> Result<i32, String> {
+/// Open a saved file, directory or device again by path, with its flags,
+/// at offset `seek` when given.
+fn reopen(path: &str, dir: bool, flags: u32, seek: Option<u64>) -> Result<i32, String> {
     let flags = if dir {
         libc::O_RDONLY | libc::O_DIRECTORY
     } else {
         reopen_flags(flags)
     };
     let o = open_path(&name_bytes(path), flags | libc::O_CLOEXEC)?;
-    if !dir {
+    if let Some(pos) = seek {
         // SAFETY: lseek on our descriptor.
         unsafe { libc::lseek(o, pos as i64, libc::SEEK_SET) };
     }
@@ -266,18 +266,9 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
         if !matches!(f.kind, FdKind::File | FdKind::Dir | FdKind::Device) {
             continue;
         }
-        let path = name_bytes(&f.path);
-        let flags = if f.kind == FdKind::Dir {
-            libc::O_RDONLY | libc::O_DIRECTORY
-        } else {
-            reopen_flags(f.flags)
-        };
-        let o = open_path(&path, flags)
+        let seek = (f.kind == FdKind::File).then_some(f.pos);
+        let o = reopen(&f.path, f.kind == FdKind::Dir, f.flags, seek)
             .map_err(|e| format!("cannot reopen {} (fd {fd} of process {pid}): {e}", f.path))?;
-        if f.kind == FdKind::File {
-            // SAFETY: lseek on our descriptor.
-            unsafe { libc::lseek(o, f.pos as i64, libc::SEEK_SET) };
-        }
         let o = next(&mut s, o)?;
         for pf in group {
             s.files.insert((pf[0], pf[1]), o);
@@ -423,7 +414,8 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
             .find(|m| m.pid == pid)
             .and_then(|m| m.fds.iter().find(|f| f.fd == n))
             .ok_or_else(|| format!("corrupt image: fd {n} of process {pid} is not saved"))?;
-        let o = open_in_flight(&f.path, f.kind == FdKind::Dir, f.flags, f.pos)
+        let dir = f.kind == FdKind::Dir;
+        let o = reopen(&f.path, dir, f.flags, (!dir).then_some(f.pos))
             .map_err(|e| format!("cannot reopen {} (fd {n} of process {pid}): {e}", f.path))?;
         let o = next(&mut s, o)?;
         s.files.insert((pid, n), o);
@@ -463,9 +455,11 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
                         .get(&(pid, n))
                         .map(|&fd| Lent::Borrowed(fd))
                         .ok_or_else(|| format!("{} was not reopened", x.path)),
-                    None => open_in_flight(&x.path, x.kind == rights::Kind::Dir, x.flags, x.pos)
-                        .map(Lent::Owned)
-                        .map_err(|e| format!("cannot reopen {}: {e}", x.path)),
+                    None => {
+                        let dir = x.kind == rights::Kind::Dir;
+                        reopen(&x.path, dir, x.flags, (!dir).then_some(x.pos)).map(Lent::Owned)
+                    }
+                    .map_err(|e| format!("cannot reopen {}: {e}", x.path)),
                 },
                 _ => Err(format!("{} cannot be sent again", x.path)),
             }
