@@ -15,7 +15,7 @@
 //! releases the job, which keeps running.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -31,6 +31,7 @@ use ckpt::image::manifest::{
     FdKind, GENERATION_FORMAT, GenerationRecord, ProcessManifest, ProcessRef, Relaunch, StepRef,
     Zombie,
 };
+use ckpt::objects::inet_socket::InetSocket;
 
 use crate::{relaunch, saved_files, sock, sockets, tree};
 
@@ -75,10 +76,21 @@ pub struct Coordinator {
     /// peer instead of being refused (`CKPT_EXTERNAL_SOCKETS=closed`).
     reset_outside: bool,
     /// After a refusal for bytes TCP senders of the job have not delivered
-    /// yet: those senders (host pids), stopped first at the next try ...
-    senders: Mutex<Vec<i32>>,
-    /// ... this long before the others.
-    drain: Mutex<Duration>,
+    /// yet: the senders stopped first at the next try.
+    drain: Mutex<Drain>,
+}
+
+/// TCP senders of the job ahead of their receivers (docs/sockets.md):
+/// at the next try they are stopped first, and the others run until
+/// every receiver has read what was queued for it (or `limit` passed).
+#[derive(Default)]
+struct Drain {
+    /// The senders' host pids.
+    pids: Vec<i32>,
+    /// Each sending socket and its receiving peer, as last captured.
+    flows: Vec<(InetSocket, InetSocket)>,
+    /// The longest the others run before they are stopped too.
+    limit: Duration,
 }
 
 /// The variable that says what becomes of connections to processes
@@ -126,8 +138,7 @@ impl Coordinator {
                 ckpt_dir: dir_path,
             }),
             relaunch: Mutex::new(None),
-            senders: Mutex::new(Vec::new()),
-            drain: Mutex::new(Duration::ZERO),
+            drain: Mutex::new(Drain::default()),
             reset_outside: match external_sockets_policy(
                 std::env::var(ENV_EXTERNAL_SOCKETS).ok().as_deref(),
             ) {
@@ -345,10 +356,11 @@ impl Coordinator {
             tries += 1;
             // Bytes a TCP sender of the job had not delivered (its receiver
             // lags): the next try stops those senders first and lets the
-            // others run a while longer, so that the receivers read what is
-            // queued for them while nothing new is sent (stop_all).
+            // others run until the receivers have read what is queued for
+            // them (watched with sock_diag), at most 1 s, then 2 s
+            // (stop_all, wait_drained).
             if let Ok(mut d) = self.drain.lock() {
-                *d = Duration::from_millis(25 << tries.min(4));
+                d.limit = Duration::from_millis(250 << tries.min(3));
             }
         };
         if hold && r.is_err() {
@@ -611,8 +623,10 @@ impl Coordinator {
         {
             *passing = p;
             failure = Some(e);
-            if p && let Ok(mut v) = self.senders.lock() {
-                *v = unsent_senders(&manifests, &run.hosts);
+            if p && let Ok(mut d) = self.drain.lock() {
+                let limit = d.limit;
+                *d = unsent_senders(&manifests, &run.hosts);
+                d.limit = limit;
             }
         }
         if let Some(f) = failure {
@@ -675,21 +689,16 @@ impl Coordinator {
         // Senders ahead of their receivers (the last try was refused for
         // their undelivered bytes) stop first; the others run on a moment
         // and read what is queued for them (docs/sockets.md).
-        let senders = self
-            .senders
-            .lock()
-            .map(|mut v| std::mem::take(&mut *v))
-            .unwrap_or_default();
         let drain = self
             .drain
             .lock()
             .map(|mut d| std::mem::take(&mut *d))
             .unwrap_or_default();
-        if !senders.is_empty() && !drain.is_zero() {
+        if !drain.pids.is_empty() && !drain.limit.is_zero() {
             for m in self
                 .job_members(init)
                 .iter()
-                .filter(|m| !m.zombie && senders.contains(&m.host_pid))
+                .filter(|m| !m.zombie && drain.pids.contains(&m.host_pid))
             {
                 if m.catches && catches_stop_signal(m.host_pid)
                     // SAFETY: kill has no memory-safety contract.
@@ -699,7 +708,7 @@ impl Coordinator {
                     run.hosts.insert(m.pid, m.host_pid);
                 }
             }
-            std::thread::sleep(drain);
+            wait_drained(&drain);
         }
         loop {
             let members = self.job_members(init);
@@ -1119,7 +1128,7 @@ fn check_inet(
 /// of its receiver: holding an end with bytes written and not yet
 /// acknowledged, or the peer of an end with more queued than a restart puts
 /// back.
-fn unsent_senders(manifests: &[ProcessManifest], hosts: &BTreeMap<i32, i32>) -> Vec<i32> {
+fn unsent_senders(manifests: &[ProcessManifest], hosts: &BTreeMap<i32, i32>) -> Drain {
     use ckpt::objects::inet_socket::{MAX_RESTORE_QUEUE, Peer};
     let ends = || {
         manifests.iter().flat_map(|m| {
@@ -1133,13 +1142,43 @@ fn unsent_senders(manifests: &[ProcessManifest], hosts: &BTreeMap<i32, i32>) -> 
         .filter(|(_, _, s)| s.data.is_some_and(|[_, len]| len > MAX_RESTORE_QUEUE))
         .map(|(_, _, s)| s.peer_inode)
         .collect();
-    let mut v: Vec<i32> = ends()
-        .filter(|(_, ino, s)| s.unsent > 0 || flooded.contains(ino))
-        .filter_map(|(m, _, _)| hosts.get(&m.pid).copied())
-        .collect();
-    v.sort_unstable();
-    v.dedup();
-    v
+    let mut d = Drain::default();
+    for (m, _, s) in ends().filter(|(_, ino, s)| s.unsent > 0 || flooded.contains(ino)) {
+        if let Some(&host) = hosts.get(&m.pid) {
+            d.pids.push(host);
+        }
+        if let Some((_, _, peer)) = ends().find(|(_, i, _)| *i == s.peer_inode) {
+            d.flows.push((s.clone(), peer.clone()));
+        }
+    }
+    d.pids.sort_unstable();
+    d.pids.dedup();
+    d
+}
+
+/// Let the receivers of stopped senders read until every flow of `d` is
+/// settled ([`ckpt::objects::inet_socket::settled`]) or `d.limit` passed.
+fn wait_drained(d: &Drain) {
+    use ckpt::objects::inet_socket::settled;
+    let t0 = Instant::now();
+    let nl = match ckpt::objects::unix_socket::open_diag() {
+        // SAFETY: open_diag returned a new descriptor that nothing else owns.
+        Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+        Err(_) => {
+            std::thread::sleep(d.limit);
+            return;
+        }
+    };
+    while t0.elapsed() < d.limit {
+        let done = d
+            .flows
+            .iter()
+            .all(|(s, r)| settled(nl.as_raw_fd(), s, r).unwrap_or(false));
+        if done {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// A socket's refusal, naming the process; for a peer outside the job, in

@@ -418,6 +418,41 @@ pub fn query(nl: i32, family: i32, src: &AddrBuf, dst: &AddrBuf) -> Result<Diag,
     Ok(d)
 }
 
+impl AddrBuf {
+    /// The address of a saved socket, for a [`query`].
+    pub fn of(a: &Addr) -> AddrBuf {
+        let mut b = AddrBuf {
+            v6: a.ip.len() == 16,
+            ip: [0; 16],
+            port: a.port,
+        };
+        let n = a.ip.len().min(16);
+        b.ip[..n].copy_from_slice(&a.ip[..n]);
+        b
+    }
+}
+
+/// Has `sender` (a connected TCP socket of the job, its holder stopped)
+/// delivered everything it holds to `receiver` (its peer), and does the
+/// receiver hold no more than a restart puts back? Asked through the
+/// `sock_diag` socket `nl` while the receiver's holder runs and reads
+/// (docs/sockets.md, "Senders ahead of their receivers"). A connection
+/// that is gone counts as settled: the next capture sees what became of it.
+pub fn settled(nl: i32, sender: &InetSocket, receiver: &InetSocket) -> Result<bool, Errno> {
+    let look = |s: &InetSocket| -> Result<Option<Diag>, Errno> {
+        let Some(peer) = &s.peer else { return Ok(None) };
+        match query(nl, s.family, &AddrBuf::of(&s.local), &AddrBuf::of(peer)) {
+            Ok(d) => Ok(Some(d)),
+            Err(Errno(libc::ENOENT)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    let (Some(out), Some(inq)) = (look(sender)?, look(receiver)?) else {
+        return Ok(true);
+    };
+    Ok(out.wqueue == 0 && u64::from(inq.rqueue) <= MAX_RESTORE_QUEUE)
+}
+
 /// `SIOCINQ`: bytes a TCP socket has received and not read.
 const SIOCINQ: u64 = 0x541B;
 /// `SIOCOUTQ`: bytes written and not acknowledged yet.
