@@ -444,94 +444,64 @@ impl Coordinator {
                 failure.get_or_insert(format!("process {pid} went away during the checkpoint"));
             }
         }
-        fault::hit(Point::WriteSent);
+        // While the processes write their state: what the coordinator reads
+        // of the stopped job from /proc (step launchers, shared descriptions,
+        // POSIX timers, the files the job writes), in parallel, so that it
+        // adds nothing to the pause when it takes less time than theirs.
         // A snapshot child writes on its parent's connection and may be done
         // (SYNCED) before the parent says DONE: keep that for the next stage.
         let mut early: BTreeMap<i32, String> = BTreeMap::new();
-        for (pid, conn) in &run.leaders {
-            let mut msg = sock::recv(conn);
-            if let Ok(Some(r)) = &msg
-                && r.starts_with("SYNCED")
-            {
-                early.insert(*pid, r.clone());
-                msg = sock::recv(conn);
-            }
-            match msg {
-                Ok(Some(r)) if r.starts_with("DONE ") => {
-                    let f: Vec<&str> = r.split(' ').collect();
-                    bytes += f.get(2).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-                    pause = pause.max(f.get(3).and_then(|x| x.parse().ok()).unwrap_or(0));
-                    for tok in f.iter().skip(4) {
-                        if let Some(snap) = tok
-                            .strip_prefix("snap=")
-                            .and_then(|x| x.parse::<i32>().ok())
-                            && let Ok(mut set) = self.snapshots.lock()
-                        {
-                            set.insert(snap);
-                        }
-                        if *tok == "inplace" {
-                            in_place += 1;
-                            in_place_pids.insert(*pid);
+        let side = std::thread::scope(|sc| {
+            let side = sc.spawn(|| self.while_stopped(&run, &pending));
+            fault::hit(Point::WriteSent);
+            for (pid, conn) in &run.leaders {
+                let mut msg = sock::recv(conn);
+                if let Ok(Some(r)) = &msg
+                    && r.starts_with("SYNCED")
+                {
+                    early.insert(*pid, r.clone());
+                    msg = sock::recv(conn);
+                }
+                match msg {
+                    Ok(Some(r)) if r.starts_with("DONE ") => {
+                        let f: Vec<&str> = r.split(' ').collect();
+                        bytes += f.get(2).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+                        pause = pause.max(f.get(3).and_then(|x| x.parse().ok()).unwrap_or(0));
+                        for tok in f.iter().skip(4) {
+                            if let Some(snap) = tok
+                                .strip_prefix("snap=")
+                                .and_then(|x| x.parse::<i32>().ok())
+                                && let Ok(mut set) = self.snapshots.lock()
+                            {
+                                set.insert(snap);
+                            }
+                            if *tok == "inplace" {
+                                in_place += 1;
+                                in_place_pids.insert(*pid);
+                            }
                         }
                     }
-                }
-                Ok(Some(r)) => {
-                    let why = r.splitn(3, ' ').nth(2).unwrap_or(&r).to_string();
-                    failure.get_or_insert(format!("process {pid}: {why}"));
-                }
-                _ => {
-                    failure.get_or_insert(format!("process {pid} died during the checkpoint"));
+                    Ok(Some(r)) => {
+                        let why = r.splitn(3, ' ').nth(2).unwrap_or(&r).to_string();
+                        failure.get_or_insert(format!("process {pid}: {why}"));
+                    }
+                    _ => {
+                        failure.get_or_insert(format!("process {pid} died during the checkpoint"));
+                    }
                 }
             }
-        }
+            side.join()
+        });
+        let side =
+            side.unwrap_or_else(|_| Err("internal error: a coordinator thread panicked".into()));
         fault::hit(Point::Written);
-        // Still stopped: find descriptors that share one open file description.
-        // The step launchers started again at restart: what they need, and
-        // their descriptors in the groups that share a description.
-        let mut with_relaunched = run.hosts.clone();
-        let mut relaunched: Vec<Relaunch> = Vec::new();
-        if failure.is_none() {
-            let steps = self
-                .relaunch
-                .lock()
-                .ok()
-                .and_then(|r| r.clone())
-                .unwrap_or_default();
-            for (&pid, (host, ppid, exe)) in &run.relaunch {
-                match relaunch::capture(*host, pid, *ppid, exe, steps.get(&pid).cloned()) {
-                    Ok(r) => {
-                        with_relaunched.insert(pid, *host);
-                        relaunched.push(r);
-                    }
-                    Err(e) => {
-                        failure.get_or_insert(e);
-                    }
-                }
+        let (relaunched, shared_fds, mut files) = match side {
+            Ok(s) => s,
+            Err(e) => {
+                failure.get_or_insert(e);
+                Default::default()
             }
-        }
-        let shared_fds = if failure.is_none() {
-            shared_descriptions(&with_relaunched)
-        } else {
-            Vec::new()
         };
-        // Still stopped: POSIX timers a restart could not create again.
-        if failure.is_none()
-            && let Err(e) = check_posix_timers(&run.hosts)
-        {
-            failure = Some(e);
-        }
-        // Still stopped: keep the files the job writes as they are now.
-        let mut files = Vec::new();
-        if failure.is_none() {
-            let policy = self.files.lock().map(|p| p.clone()).unwrap_or_default();
-            let prev = self.previous_files();
-            match saved_files::capture(&with_relaunched, &pending, prev.as_ref(), &policy) {
-                Ok(f) => files = f,
-                Err(e) => {
-                    failure = Some(e);
-                }
-            }
-        }
         // Held: every process of the job (not the snapshot children, which
         // are writing) gets SIGSTOP before it is released, so it goes on
         // only when the hold ends.
@@ -673,6 +643,46 @@ impl Coordinator {
             in_place,
             base: if incremental { base } else { 0 },
         })
+    }
+
+    /// What the coordinator reads of the stopped job itself, while its
+    /// processes write their state: the step launchers started again at
+    /// restart (what they need), the groups of
+    /// descriptors sharing one open file description, and the files the
+    /// job writes, kept as they are now; fails for a POSIX timer a restart
+    /// could not create again. Reads /proc only by pid: the processes'
+    /// own short-lived descriptors (their image, pagemap, a sock_diag
+    /// socket) share nothing and are in the checkpoint directory or not
+    /// files the job writes.
+    fn while_stopped(
+        &self,
+        run: &Run,
+        pending: &ckpt::image::generation::PendingGeneration,
+    ) -> Result<WhileStopped, String> {
+        let mut with_relaunched = run.hosts.clone();
+        let mut relaunched: Vec<Relaunch> = Vec::new();
+        let steps = self
+            .relaunch
+            .lock()
+            .ok()
+            .and_then(|r| r.clone())
+            .unwrap_or_default();
+        for (&pid, (host, ppid, exe)) in &run.relaunch {
+            relaunched.push(relaunch::capture(
+                *host,
+                pid,
+                *ppid,
+                exe,
+                steps.get(&pid).cloned(),
+            )?);
+            with_relaunched.insert(pid, *host);
+        }
+        let shared_fds = shared_descriptions(&with_relaunched);
+        check_posix_timers(&run.hosts)?;
+        let policy = self.files.lock().map(|p| p.clone()).unwrap_or_default();
+        let prev = self.previous_files();
+        let files = saved_files::capture(&with_relaunched, pending, prev.as_ref(), &policy)?;
+        Ok((relaunched, shared_fds, files))
     }
 
     /// Signal every process of the job and wait until all are stopped.
@@ -835,6 +845,13 @@ fn catches_stop_signal(host_pid: i32) -> bool {
         .and_then(|t| tree::parse_status(&t))
         .is_some_and(|(_, _, zombie, catches)| catches && !zombie)
 }
+
+/// What [`Coordinator::while_stopped`] found.
+type WhileStopped = (
+    Vec<Relaunch>,
+    Vec<Vec<[i32; 2]>>,
+    Vec<ckpt::image::manifest::SavedFile>,
+);
 
 struct Run {
     leaders: BTreeMap<i32, OwnedFd>,
