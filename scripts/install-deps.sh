@@ -17,6 +17,8 @@ PACKAGES=(slurmctld slurmd slurm-client munge libslurm-dev libclang-dev clang gc
 PACKAGES+=(dpkg-dev groff-base rpm)
 # The Node.js program of the C/R suite (libuv: epoll, eventfd, a thread pool).
 PACKAGES+=(nodejs)
+# The MPI program of the C/R suite and the MPI Slurm tests (Open MPI 4.1, with PMIx).
+PACKAGES+=(openmpi-bin libopenmpi-dev)
 # The Java program of the C/R suite (a java.nio Selector; OpenJDK uses signal 62 itself).
 PACKAGES+=(default-jdk-headless)
 # Building Slurm 25.11 from vendor/ (below).

@@ -7,6 +7,9 @@
 //! - Every `programs/<name>.f90` becomes `$OUT_DIR/programs/<name>` too (`$FC`, default
 //!   gfortran, `-O1`), when the compiler is there; otherwise a warning, and the tests of
 //!   that program skip (they require `{bin}`).
+//! - Every `programs/mpi/<name>.c` becomes `$OUT_DIR/programs/mpi_<name>` (`$MPICC`,
+//!   default Open MPI's `mpicc`, `-O2`), when the compiler is there; otherwise a warning,
+//!   and the tests of that program skip (they require `{bin}`).
 //! - Every `programs/<name>.desc` (JSON: `modes` and `variants`, see `harness/cr.rs`)
 //!   yields `mod <name> { #[test] fn <mode>() ... }` in `$OUT_DIR/cr_cases.rs`, which
 //!   `cr/main.rs` includes. Only the test names are read here; the runner reads the rest.
@@ -38,6 +41,15 @@ fn main() {
     println!("cargo:rerun-if-env-changed=FC");
     for path in entries.iter().filter(|p| has_ext(p, "f90")) {
         build_fortran(path, &out, &bin);
+    }
+
+    println!("cargo:rerun-if-env-changed=MPICC");
+    if let Ok(rd) = fs::read_dir(src.join("mpi")) {
+        let mut mpi: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        mpi.sort();
+        for path in mpi.iter().filter(|p| has_ext(p, "c")) {
+            build_mpi(path, &src, &bin);
+        }
     }
 
     let mut generated =
@@ -128,6 +140,47 @@ fn build_c(path: &Path, include: &Path, bin: &Path) {
     }
     for w in String::from_utf8_lossy(&output.stderr).lines() {
         println!("cargo:warning={w}");
+    }
+}
+
+/// Builds an MPI program (`$MPICC`, default `mpicc`, `-O2`) as `mpi_<name>`. Without
+/// the compiler the program is not built (a cargo warning says so): its tests list
+/// `{bin}` in `requires`, so they skip, or fail under `CI=true`.
+fn build_mpi(path: &Path, include: &Path, bin: &Path) {
+    let mpicc = env::var_os("MPICC")
+        .filter(|f| !f.is_empty())
+        .unwrap_or_else(|| "mpicc".into());
+    let target = bin.join(format!("mpi_{}", stem(path)));
+    let _ = fs::remove_file(&target);
+    let mut cmd = std::process::Command::new(&mpicc);
+    cmd.arg("-O2")
+        .arg("-Wall")
+        .arg("-Wextra")
+        .arg("-I")
+        .arg(include)
+        .arg(path)
+        .arg("-o")
+        .arg(&target);
+    let output = match cmd.output() {
+        Ok(o) => o,
+        Err(e) => {
+            println!(
+                "cargo:warning={} not built: cannot run {} ({e}); install openmpi-bin and \
+                 libopenmpi-dev (scripts/install-deps.sh): its C/R tests skip, and fail under CI=true",
+                path.display(),
+                mpicc.to_string_lossy()
+            );
+            return;
+        }
+    };
+    if !output.status.success() {
+        panic!(
+            "compiling {} failed ({}):\n{}{}",
+            path.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 }
 

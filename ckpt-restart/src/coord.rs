@@ -599,6 +599,12 @@ impl Coordinator {
                 d.limit = limit;
             }
         }
+        if failure.is_none()
+            && let Err((e, p)) = check_ptys(&manifests)
+        {
+            *passing = p;
+            failure = Some(e);
+        }
         if let Some(f) = failure {
             pending.abort();
             return Err(format!(
@@ -1198,6 +1204,58 @@ fn wait_drained(d: &Drain) {
     }
 }
 
+/// Refuses pseudo-terminals the job made (a process holds the master,
+/// `ckpt::objects::pty`) that a restart could not give back as they are:
+/// bytes waiting in one (passing: its reader takes them within moments),
+/// or one that is a process's controlling terminal. `Err((message,
+/// passing))`.
+fn check_ptys(manifests: &[ProcessManifest]) -> Result<(), (String, bool)> {
+    let ends = || {
+        manifests
+            .iter()
+            .flat_map(|m| m.fds.iter().filter_map(move |f| Some((m, f, f.pty?))))
+    };
+    let made: BTreeSet<(u64, u32)> = ends()
+        .filter(|(_, _, p)| p.master)
+        .map(|(_, _, p)| p.pair())
+        .collect();
+    if let Some((m, f, p)) = ends().find(|(_, _, p)| made.contains(&p.pair()) && p.queued > 0) {
+        return Err((
+            format!(
+                "process {} ({}): fd {} ({}, the {} of /dev/pts/{}, a pseudo-terminal of the job) has {} byte(s) not read yet",
+                m.pid,
+                m.exe,
+                f.fd,
+                f.path,
+                if p.master { "master" } else { "slave" },
+                p.index,
+                p.queued
+            ),
+            true,
+        ));
+    }
+    for m in manifests.iter().filter(|m| m.ctty != 0) {
+        let major = ((m.ctty >> 8) & 0xfff) as u32;
+        let minor = ((m.ctty & 0xff) | ((m.ctty >> 12) & 0xfff00)) as u32;
+        if !(136..=143).contains(&major) {
+            continue;
+        }
+        let index = (major - 136) * 256 + minor;
+        if made.iter().any(|&(_, i)| i == index) {
+            return Err((
+                format!(
+                    "process {} ({}) has /dev/pts/{index}, a pseudo-terminal the job made, as its \
+                     controlling terminal, which ckpt does not restore yet; start it without one \
+                     (setsid, or a pipe instead of a pseudo-terminal)",
+                    m.pid, m.exe
+                ),
+                false,
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A socket's refusal, naming the process; for a peer outside the job, in
 /// [`describe_socket`]'s words.
 fn refusal(
@@ -1259,9 +1317,27 @@ fn check_fd(m: &ProcessManifest, f: &ckpt::image::manifest::Fd) -> Result<(), St
                 )
             }),
         },
+        // A device is opened again by its name at restart: right for the
+        // ones without state of their own, wrong for one whose state lives
+        // in its driver (an InfiniBand verbs context, a GPU, /dev/fuse).
+        FdKind::Device if !REOPENED_DEVICES.contains(&f.path.as_str()) => Err(format!(
+            "fd {} of {} is the device {}, whose state lives in its driver (an InfiniBand or \
+             GPU context, a hardware queue), which ckpt cannot checkpoint; an MPI program must \
+             use the TCP or shared-memory transports (docs/mpi.md)",
+            f.fd, m.exe, f.path
+        )),
         _ => Ok(()),
     }
 }
+
+/// Devices a restart opens again by name, as they hold no state of their own.
+const REOPENED_DEVICES: [&str; 5] = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+];
 
 /// The refusal of a socket, saying what it is and where it goes (see
 /// `sockets`), when the process still holds it. Keeps the words of
@@ -1345,6 +1421,9 @@ mod tests {
         );
         let sock0 = fd(0, "socket", "socket:[12]", "");
         assert_eq!(check(&manifest(&format!("{sock0},{eventfd}"))), Ok(()));
+        let null = fd(5, "device", "/dev/null", "");
+        let random = fd(6, "device", "/dev/urandom", "");
+        assert_eq!(check(&manifest(&format!("{null},{random}"))), Ok(()));
         for (f, says) in [
             (
                 fd(4, "other", "anon_inode:[io_uring]", ""),
@@ -1367,6 +1446,10 @@ mod tests {
                     r#","object":{"epoll":{"items":[{"tfd":3,"events":25,"data":1,"ino":1038,"sdev":16,"target":"open","ready":false},{"tfd":9,"events":25,"data":2,"ino":1038,"sdev":16,"target":"closed","ready":false}]}}"#,
                 ),
                 "an epoll instance (anon_inode:[eventpoll]) that ckpt cannot checkpoint: the file registered in it as fd 9",
+            ),
+            (
+                fd(4, "device", "/dev/infiniband/uverbs0", ""),
+                "the device /dev/infiniband/uverbs0, whose state lives in its driver",
             ),
         ] {
             let e = check(&manifest(&format!("{eventfd},{f}"))).unwrap_err();

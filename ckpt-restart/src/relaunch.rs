@@ -108,6 +108,7 @@ fn capture_fd(host: i32, pid: i32, exe: &str, fd: i32) -> Result<Option<Fd>, Str
         object: None,
         socket: None,
         inet: None,
+        pty: None,
     }))
 }
 

@@ -39,7 +39,7 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -506,6 +506,8 @@ pub struct Restored {
     temp: Vec<PathBuf>,
     /// Files that differed from their checkpoint content (for a message).
     pub changed: Vec<String>,
+    /// Directories made again for them (for a message).
+    pub made_dirs: Vec<String>,
 }
 
 impl Restored {
@@ -599,6 +601,7 @@ pub fn restore(g: &LoadedGeneration) -> Result<(LoadedGeneration, Restored), Str
             out.temp.push(temp);
             continue;
         }
+        out.made_dirs.extend(make_parents(&path)?);
         let changed = put_back(&path, f, &mut copy)?;
         if changed {
             out.changed.push(path.display().to_string());
@@ -648,6 +651,51 @@ fn temp_for(path: &Path, g: &LoadedGeneration) -> Result<PathBuf, String> {
         "no writable directory to recreate the deleted file {}",
         path.display()
     ))
+}
+
+/// Makes the directories above `path` that do not exist (mode 0700, the
+/// restart's own), returning them. A restart on another node does not find
+/// the node-local directories a job's files were in (`/tmp/ompi.*` of an
+/// MPI launcher, a program's scratch directory in `/tmp`): they existed at
+/// the checkpoint, so they are made again (docs/files.md). One made by
+/// someone else meanwhile is used only when it is a directory the restart's
+/// user owns.
+fn make_parents(path: &Path) -> Result<Vec<String>, String> {
+    let mut missing = Vec::new();
+    let mut at = path.parent();
+    while let Some(d) = at {
+        if d.as_os_str().is_empty() || fs::symlink_metadata(d).is_ok() {
+            break;
+        }
+        missing.push(d.to_path_buf());
+        at = d.parent();
+    }
+    let mut made = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    for d in missing.iter().rev() {
+        match fs::DirBuilder::new().mode(0o700).create(d) {
+            Ok(()) => made.push(d.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let md = fs::symlink_metadata(d).map_err(|e| format!("{}: {e}", d.display()))?;
+                if !md.is_dir() || md.uid() != me {
+                    return Err(format!(
+                        "cannot recreate {}: its directory {} was made meanwhile by another user                          (or is not a directory)",
+                        path.display(),
+                        d.display()
+                    ));
+                }
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot recreate {} (its directory {} is gone): {e}",
+                    path.display(),
+                    d.display()
+                ));
+            }
+        }
+    }
+    Ok(made)
 }
 
 /// Writes the copy back at `path`: the same inode when the file is still
@@ -704,6 +752,34 @@ fn put_back(path: &Path, f: &SavedFile, copy: &mut fs::File) -> Result<bool, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_directories_above_a_kept_file_are_made_again_private() {
+        let base = std::env::temp_dir().join(format!("ckpt-parents-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir(&base).expect("mkdir");
+        let file = base.join("ompi.n1.1000/pid.2/dstore/seg");
+        let made = make_parents(&file).expect("made");
+        let want: Vec<String> = [
+            "ompi.n1.1000",
+            "ompi.n1.1000/pid.2",
+            "ompi.n1.1000/pid.2/dstore",
+        ]
+        .iter()
+        .map(|d| base.join(d).display().to_string())
+        .collect();
+        assert_eq!(made, want);
+        for d in &want {
+            let md = fs::symlink_metadata(d).expect("made dir");
+            assert!(md.is_dir());
+            assert_eq!(md.mode() & 0o777, 0o700, "{d}");
+        }
+        assert!(
+            make_parents(&file).expect("again").is_empty(),
+            "nothing left to make"
+        );
+        let _ = fs::remove_dir_all(&base);
+    }
 
     #[test]
     fn the_record_round_trips() {

@@ -14,6 +14,8 @@
 //! - `standalone`: the program alone, twice; it passes and its output is deterministic.
 //! - `launch`: under `ckpt launch` without a checkpoint; same output and exit 0.
 //! - `cli`: checkpoint, kill -9 of the whole tree, `ckpt restart`; identical output.
+//! - `moved`: `cli` with the `node_local` directories of the `.desc` removed after the
+//!   kill, as a restart on another node finds them; identical output.
 //! - `cycles3`: three checkpoint/kill/restart cycles, each after the previous restart
 //!   made progress past a gate; identical output.
 //! - `last_pid`: `cycles3` with every restart forced to choose ids through
@@ -104,6 +106,10 @@ struct Desc {
     /// Absolute paths that must exist (interpreters, tmux; `{bin}`: the built program).
     #[serde(default)]
     requires: Vec<String>,
+    /// Directories (same placeholders) that stand for a node's own storage
+    /// (`/tmp`, `/dev/shm`): mode `moved` removes them before the restart.
+    #[serde(default)]
+    node_local: Vec<String>,
     /// The modes to test (read by build.rs, which generates the tests).
     #[allow(dead_code)]
     modes: Vec<String>,
@@ -157,6 +163,7 @@ fn run_case(name: &str, case: &str) {
         "standalone" => c.standalone(),
         "launch" => c.launch_only(),
         "cli" => c.cli(),
+        "moved" => c.moved(),
         "cycles3" => c.cycles3(),
         "last_pid" => c.last_pid(),
         "vdso_moved" => c.vdso_moved(),
@@ -564,6 +571,46 @@ impl Case {
         self.open_all_gates(&self.gates());
         self.wait_success(&mut r);
         self.compare_run("checkpoint, kill -9, restart", &reference, &self.work);
+    }
+
+    /// `cli` as on another node: the directories the `.desc` lists as
+    /// node-local (with what the program keeps there) are removed after the
+    /// kill; the restart makes them again with the files the job was writing
+    /// in them, and says so.
+    fn moved(&mut self) {
+        let reference = self.reference();
+        self.close_gates();
+        let mut l = self.launch_to_file();
+        self.wait_checkpoint_point(&mut l, 1);
+        self.checkpoint();
+        self.kill(&mut l);
+        let local = self.expand(&self.desc.node_local, &self.work);
+        if local.is_empty() {
+            self.fail("mode moved needs node_local directories in the .desc");
+        }
+        for d in &local {
+            let held = fs::read_dir(d).map(|r| r.count()).unwrap_or(0);
+            if held == 0 {
+                self.fail(format!(
+                    "{d} (node-local) is empty or missing before the move"
+                ));
+            }
+            if let Err(e) = fs::remove_dir_all(d) {
+                self.fail(format!("cannot remove {d}: {e}"));
+            }
+        }
+        let mut r = self.restart("1", None, None);
+        self.open_all_gates(&self.gates());
+        self.wait_success(&mut r);
+        let err = fs::read_to_string(self.s.join("restart-1.err")).unwrap_or_default();
+        if !err.contains("made again") {
+            self.fail("the restart did not say it made the node-local directories again");
+        }
+        self.compare_run(
+            "checkpoint, kill -9, node-local directories gone, restart",
+            &reference,
+            &self.work,
+        );
     }
 
     /// Checkpoint, then more work (the program passes a gate and works on to the

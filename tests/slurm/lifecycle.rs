@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use ckpt_tests::slurm::{self, Cluster, JobRun};
 
 mod batch_steps;
+mod mpi;
 mod sockets;
 
 /// Python: `pi.py STEPS DELAY`; the seed depends on `SLURM_PROCID`.

@@ -32,7 +32,7 @@ pub const FORMAT_MAJOR: u16 = 1;
 /// 1.4 the vDSO's functions (`vdso.symbols`) and each thread's `rip`, for
 /// restarts on another kernel build; 1.5 POSIX timers (`posix_timers`);
 /// 1.6 UDP datagrams queued in a socket (`messages` of an `inet` state).
-pub const FORMAT_MINOR: u16 = 6;
+pub const FORMAT_MINOR: u16 = 7;
 /// Header length; data starts here.
 pub const HEADER_LEN: u64 = 4096;
 /// ELF machine number of x86_64.

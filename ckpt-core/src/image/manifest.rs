@@ -30,6 +30,9 @@ pub struct ProcessManifest {
     /// Session (namespace view; 0 when the session leader is outside).
     #[serde(default)]
     pub sid: i32,
+    /// Its controlling terminal's device number (0: none).
+    #[serde(default)]
+    pub ctty: u64,
     /// Real uid of the process (the restorer refuses another user).
     pub uid: u32,
     /// Path of the executable.
@@ -94,6 +97,7 @@ impl ProcessManifest {
             ppid,
             pgid: 0,
             sid: 0,
+            ctty: 0,
             uid,
             exe: exe.into(),
             realtime_ns: 0,
@@ -402,6 +406,9 @@ pub struct Fd {
     /// the socket is at 0..2 with its peer outside the job).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inet: Option<crate::objects::inet_socket::InetSocket>,
+    /// A pseudo-terminal end (`ckpt-core/src/objects/pty.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty: Option<crate::objects::pty::Pty>,
 }
 
 /// One signal action (kernel layout).

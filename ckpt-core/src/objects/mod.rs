@@ -42,6 +42,7 @@ pub mod eventfd;
 pub mod inet_socket;
 pub mod inotify;
 pub mod posix_timer;
+pub mod pty;
 pub mod signalfd;
 pub mod timerfd;
 pub mod unix_socket;

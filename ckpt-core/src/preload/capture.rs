@@ -302,6 +302,8 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
     s.tmp.read_file(b"/proc/self/stat\0").map_err(at(2))?;
     let st = s.tmp.as_slice();
     let f = |n| procfs::stat_field(st, n).unwrap_or(0);
+    // The controlling terminal (tty_nr, a device number; 0: none).
+    let _ = write!(j, "\"ctty\":{},", f(7));
     let (start_code, end_code, start_stack) = (f(26), f(27), f(28));
     let (start_data, end_data, start_brk, arg_start, arg_end, env_start, env_end) =
         (f(45), f(46), f(47), f(48), f(49), f(50), f(51));
@@ -1131,6 +1133,10 @@ fn write_fds(
             }
         }
         let _ = write!(j, "],\"dev\":{},\"inode\":{}", st.st_dev, st.st_ino);
+        if is_tty && let Some(p) = crate::objects::pty::Pty::capture(fd, &st, target) {
+            let _ = write!(j, ",\"pty\":");
+            p.write(j);
+        }
         if kind == "pipe"
             && let Some((off, len, crc)) = capture_pipe(fd, img, data_off).map_err(at(7))?
         {

@@ -99,6 +99,7 @@ mod tests {
             object: None,
             socket: None,
             inet: None,
+            pty: None,
         };
         let r = Relaunch {
             pid: 2,

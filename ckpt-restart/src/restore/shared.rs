@@ -20,6 +20,7 @@ use std::path::Path;
 use ckpt::image::generation::LoadedGeneration;
 use ckpt::image::manifest::{FdKind, ImageRef, RegionKind};
 use ckpt::objects::Object;
+use ckpt::objects::pty;
 use ckpt::objects::unix_socket::rights::{self, Lent};
 
 use super::names::name_bytes;
@@ -272,6 +273,68 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
         let o = next(&mut s, o)?;
         for pf in group {
             s.files.insert((pf[0], pf[1]), o);
+        }
+    }
+    // Pseudo-terminals the job made (ckpt::objects::pty): a new pair for
+    // each whose master a process holds; masters take it, slaves a new
+    // slave of it, one per open file description. A slave whose master is
+    // outside the job is the user's terminal: stage 1 gives the restart's.
+    let mut masters: HashMap<(u64, u32), i32> = HashMap::new();
+    for m in &g.processes {
+        for f in &m.fds {
+            let Some(p) = f.pty.filter(|p| p.master) else {
+                continue;
+            };
+            if let Some(&o) = masters.get(&p.pair()) {
+                s.files.insert((m.pid, f.fd), o);
+                continue;
+            }
+            let o = pty::open_pair(f.flags as i32, &f.termios, p.winsize).map_err(|e| {
+                format!(
+                    "cannot make a pseudo-terminal again for fd {} of process {} (the master of /dev/pts/{}): {}",
+                    f.fd,
+                    m.pid,
+                    p.index,
+                    std::io::Error::from_raw_os_error(e.raw())
+                )
+            })?;
+            let o = next(&mut s, o)?;
+            masters.insert(p.pair(), o);
+            s.files.insert((m.pid, f.fd), o);
+        }
+    }
+    let mut slaves: HashMap<usize, i32> = HashMap::new();
+    for m in &g.processes {
+        for f in &m.fds {
+            let Some(p) = f.pty.filter(|p| !p.master) else {
+                continue;
+            };
+            let Some(&master) = masters.get(&p.pair()) else {
+                continue;
+            };
+            let group = g
+                .record
+                .shared_fds
+                .iter()
+                .position(|grp| grp.iter().any(|pf| pf[0] == m.pid && pf[1] == f.fd));
+            if let Some(&o) = group.and_then(|i| slaves.get(&i)) {
+                s.files.insert((m.pid, f.fd), o);
+                continue;
+            }
+            let o = pty::open_peer(master, f.flags as i32).map_err(|e| {
+                format!(
+                    "cannot open the new slave of /dev/pts/{} for fd {} of process {}: {}",
+                    p.index,
+                    f.fd,
+                    m.pid,
+                    std::io::Error::from_raw_os_error(e.raw())
+                )
+            })?;
+            let o = next(&mut s, o)?;
+            if let Some(i) = group {
+                slaves.insert(i, o);
+            }
+            s.files.insert((m.pid, f.fd), o);
         }
     }
     // Pipes: one per saved pipe inode that the job holds.

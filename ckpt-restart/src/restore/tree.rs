@@ -296,6 +296,13 @@ pub fn restore(g: &LoadedGeneration, socket: &Path, verify: bool, track: bool) -
             return Attempt::Failed;
         }
     };
+    if !files.made_dirs.is_empty() {
+        eprintln!(
+            "ckpt: made again {} directory(ies) that held files the job was writing: {}",
+            files.made_dirs.len(),
+            files.made_dirs.join(", ")
+        );
+    }
     if !files.changed.is_empty() {
         eprintln!(
             "ckpt: put back {} file(s) the job was writing, as they were at the checkpoint: {}",

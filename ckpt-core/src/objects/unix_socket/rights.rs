@@ -279,6 +279,7 @@ mod tests {
             object: None,
             socket: None,
             inet: None,
+            pty: None,
         }
     }
 

@@ -1,0 +1,66 @@
+//! An MPI job (issue 16): an unmodified Open MPI program, compiled here
+//! with `mpicc`, started by `mpirun` in a batch script on one node. Its two
+//! ranks exchange a token around a ring and join an allreduce at every
+//! step over shared memory, with mpirun's PMIx server, its pseudo-terminals
+//! and its session directory behind them. On the warning signal the whole
+//! job (mpirun and the ranks) is checkpointed, requeued, and resumes on
+//! another node; the output is that of an uninterrupted run, each step
+//! once. (`docs/mpi.md`; the ranks check every value they receive.)
+
+use super::*;
+
+/// The C/R suite's MPI program and the header it includes.
+const RING_C: &str = include_str!("../../programs/mpi/ring.c");
+const CRTEST_H: &str = include_str!("../../programs/lib/crtest.h");
+
+#[test]
+fn an_mpi_job_run_by_mpirun_on_one_node_resumes_on_another_node() {
+    let Some(c) = slurm::cluster() else { return };
+    if !ckpt_tests::cr::prerequisite(
+        Path::new("/usr/bin/mpicc").exists(),
+        "/usr/bin/mpicc (openmpi-bin, libopenmpi-dev: scripts/install-deps.sh)",
+    ) {
+        return;
+    }
+    let dir = setup(&c, "mpi-mpirun");
+    fs::create_dir(dir.join("lib")).expect("mkdir lib");
+    c.give_to_user(&dir.join("lib"));
+    c.write_script(&dir.join("lib/crtest.h"), CRTEST_H);
+    c.write_script(&dir.join("ring.c"), RING_C);
+    user_ok(
+        &c,
+        &dir,
+        &["mpicc", "-O2", "-I", ".", "-o", "ring", "ring.c"],
+    );
+    const STEPS: u32 = 40;
+    let steps = STEPS.to_string();
+    let want = user_ok(&c, &dir, &["mpirun", "-np", "2", "./ring", &steps, "0"]);
+    let want = result_line(&want).unwrap_or_else(|| panic!("no RESULT: {want}"));
+    let script = format!(
+        "#!/bin/bash\n\
+         #SBATCH -p multi -N1 -n2 --checkpoint-dir=ck --signal=B:USR1@10\n\
+         mpirun -np 2 ./ring {STEPS} 400\n"
+    );
+    let job = submit(&c, &dir, &["-t", "10"], &script);
+    wait_step(&c, &job, 4);
+    // Its node goes out of service: the job must come back elsewhere.
+    let (first, second, drained) = move_by_warning(&c, &dir, &job, 1);
+    let end = final_state(&c, &job);
+    drop(drained);
+    let run = job.run();
+    c.check(end == "COMPLETED", &format!("final state {end}"), &run);
+    c.check(
+        !second.is_empty() && !second.contains(&first[0]),
+        &format!(
+            "resumed on {second:?}, which includes {}, taken out of service",
+            first[0]
+        ),
+        &run,
+    );
+    check_continuous(&c, &job, STEPS, &want);
+    c.check(
+        run.stdout.lines().any(|l| l == "PASS"),
+        "the ranks did not pass their own checks (no PASS line)",
+        &run,
+    );
+}
