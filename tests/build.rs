@@ -161,27 +161,7 @@ fn build_mpi(path: &Path, include: &Path, bin: &Path) {
         .arg(path)
         .arg("-o")
         .arg(&target);
-    let output = match cmd.output() {
-        Ok(o) => o,
-        Err(e) => {
-            println!(
-                "cargo:warning={} not built: cannot run {} ({e}); install openmpi-bin and \
-                 libopenmpi-dev (scripts/install-deps.sh): its C/R tests skip, and fail under CI=true",
-                path.display(),
-                mpicc.to_string_lossy()
-            );
-            return;
-        }
-    };
-    if !output.status.success() {
-        panic!(
-            "compiling {} failed ({}):\n{}{}",
-            path.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    compile_optional(cmd, path, "openmpi-bin and libopenmpi-dev");
 }
 
 /// Builds a Fortran program like the C ones (`$FC`, default `gfortran`, `-O1`). Without
@@ -204,14 +184,22 @@ fn build_fortran(path: &Path, out: &Path, bin: &Path) {
         .arg(path)
         .arg("-o")
         .arg(&target);
+    compile_optional(cmd, path, "gfortran");
+}
+
+/// Runs the compiler of a program whose compiler may be missing: without it,
+/// a cargo warning naming the packages to install (the program's tests
+/// require `{bin}`, so they skip, or fail under `CI=true`); a failed
+/// compilation stops the build; the compiler's warnings become cargo's.
+fn compile_optional(mut cmd: std::process::Command, path: &Path, packages: &str) {
     let output = match cmd.output() {
         Ok(o) => o,
         Err(e) => {
             println!(
-                "cargo:warning={} not built: cannot run {} ({e}); install gfortran \
+                "cargo:warning={} not built: cannot run {} ({e}); install {packages} \
                  (scripts/install-deps.sh): its C/R tests skip, and fail under CI=true",
                 path.display(),
-                fc.to_string_lossy()
+                cmd.get_program().to_string_lossy()
             );
             return;
         }

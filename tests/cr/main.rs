@@ -561,16 +561,22 @@ impl Case {
     }
 
     fn cli(&mut self) {
+        self.cli_with("checkpoint, kill -9, restart", |_| {});
+    }
+
+    /// Checkpoint, kill -9, `between`, restart, compare.
+    fn cli_with(&mut self, what: &str, between: impl FnOnce(&Case)) {
         let reference = self.reference();
         self.close_gates();
         let mut l = self.launch_to_file();
         self.wait_checkpoint_point(&mut l, 1);
         self.checkpoint();
         self.kill(&mut l);
+        between(self);
         let mut r = self.restart("1", None, None);
         self.open_all_gates(&self.gates());
         self.wait_success(&mut r);
-        self.compare_run("checkpoint, kill -9, restart", &reference, &self.work);
+        self.compare_run(what, &reference, &self.work);
     }
 
     /// `cli` as on another node: the directories the `.desc` lists as
@@ -578,39 +584,30 @@ impl Case {
     /// kill; the restart makes them again with the files the job was writing
     /// in them, and says so.
     fn moved(&mut self) {
-        let reference = self.reference();
-        self.close_gates();
-        let mut l = self.launch_to_file();
-        self.wait_checkpoint_point(&mut l, 1);
-        self.checkpoint();
-        self.kill(&mut l);
-        let local = self.expand(&self.desc.node_local, &self.work);
-        if local.is_empty() {
-            self.fail("mode moved needs node_local directories in the .desc");
-        }
-        for d in &local {
-            let held = fs::read_dir(d).map(|r| r.count()).unwrap_or(0);
-            if held == 0 {
-                self.fail(format!(
-                    "{d} (node-local) is empty or missing before the move"
-                ));
-            }
-            if let Err(e) = fs::remove_dir_all(d) {
-                self.fail(format!("cannot remove {d}: {e}"));
-            }
-        }
-        let mut r = self.restart("1", None, None);
-        self.open_all_gates(&self.gates());
-        self.wait_success(&mut r);
+        self.cli_with(
+            "checkpoint, kill -9, node-local directories gone, restart",
+            |c| {
+                let local = c.expand(&c.desc.node_local, &c.work);
+                if local.is_empty() {
+                    c.fail("mode moved needs node_local directories in the .desc");
+                }
+                for d in &local {
+                    let held = fs::read_dir(d).map(|r| r.count()).unwrap_or(0);
+                    if held == 0 {
+                        c.fail(format!(
+                            "{d} (node-local) is empty or missing before the move"
+                        ));
+                    }
+                    if let Err(e) = fs::remove_dir_all(d) {
+                        c.fail(format!("cannot remove {d}: {e}"));
+                    }
+                }
+            },
+        );
         let err = fs::read_to_string(self.s.join("restart-1.err")).unwrap_or_default();
         if !err.contains("made again") {
             self.fail("the restart did not say it made the node-local directories again");
         }
-        self.compare_run(
-            "checkpoint, kill -9, node-local directories gone, restart",
-            &reference,
-            &self.work,
-        );
     }
 
     /// Checkpoint, then more work (the program passes a gate and works on to the

@@ -907,6 +907,42 @@ fn move_by_warning<'a>(
     (first, second, drained)
 }
 
+/// A one-node batch job that prints `step N` lines: submitted, its node
+/// taken out of service at step 4 and the warning signal sent; it must
+/// complete on another node with steps 1..=`steps` once each and the
+/// uninterrupted run's `want` result.
+fn moved_to_another_node(c: &Cluster, dir: &Path, script: &str, steps: u32, want: &str) -> Job {
+    let job = submit(c, dir, &["-t", "10"], script);
+    wait_step(c, &job, 4);
+    let (first, second, drained) = move_by_warning(c, dir, &job, 1);
+    let end = final_state(c, &job);
+    drop(drained);
+    check_completed_elsewhere(c, &job, &end, &first, &second);
+    check_continuous(c, &job, steps, want);
+    job
+}
+
+/// A job moved by [`move_by_warning`] ended well: it completed, and it
+/// resumed on nodes without the one taken out of service.
+fn check_completed_elsewhere(
+    c: &Cluster,
+    job: &Job,
+    end: &str,
+    first: &[String],
+    second: &[String],
+) {
+    let run = job.run();
+    c.check(end == "COMPLETED", &format!("final state {end}"), &run);
+    c.check(
+        !second.is_empty() && !second.contains(&first[0]),
+        &format!(
+            "resumed on {second:?}, which includes {}, taken out of service",
+            first[0]
+        ),
+        &run,
+    );
+}
+
 /// The nodes of a running job, one name each.
 fn job_nodes(c: &Cluster, id: u32) -> Vec<String> {
     let list = root_cmd(c, "squeue")

@@ -46,23 +46,8 @@ fn an_mpi_job_run_by_mpirun_on_one_node_resumes_on_another_node() {
          #SBATCH -p multi -N1 -n2 --checkpoint-dir=ck --signal=B:USR1@10\n\
          mpirun --mca ras ^slurm --mca plm isolated -np 2 ./ring {STEPS} 400\n"
     );
-    let job = submit(&c, &dir, &["-t", "10"], &script);
-    wait_step(&c, &job, 4);
-    // Its node goes out of service: the job must come back elsewhere.
-    let (first, second, drained) = move_by_warning(&c, &dir, &job, 1);
-    let end = final_state(&c, &job);
-    drop(drained);
+    let job = moved_to_another_node(&c, &dir, &script, STEPS, &want);
     let run = job.run();
-    c.check(end == "COMPLETED", &format!("final state {end}"), &run);
-    c.check(
-        !second.is_empty() && !second.contains(&first[0]),
-        &format!(
-            "resumed on {second:?}, which includes {}, taken out of service",
-            first[0]
-        ),
-        &run,
-    );
-    check_continuous(&c, &job, STEPS, &want);
     c.check(
         run.stdout.lines().any(|l| l == "PASS"),
         "the ranks did not pass their own checks (no PASS line)",

@@ -72,21 +72,6 @@ fn a_batch_job_whose_processes_talk_over_loopback_tcp_resumes_on_another_node() 
          #SBATCH -p multi -N1 --checkpoint-dir=ck --signal=B:USR1@10\n\
          python3 tcp_pi.py {STEPS} 0.4\n"
     );
-    let job = submit(&c, &dir, &["-t", "10"], &script);
-    wait_step(&c, &job, 4);
     // Its node goes out of service: the job must come back elsewhere.
-    let (first, second, drained) = move_by_warning(&c, &dir, &job, 1);
-    let end = final_state(&c, &job);
-    drop(drained);
-    let run = job.run();
-    c.check(end == "COMPLETED", &format!("final state {end}"), &run);
-    c.check(
-        !second.is_empty() && !second.contains(&first[0]),
-        &format!(
-            "resumed on {second:?}, which includes {}, taken out of service",
-            first[0]
-        ),
-        &run,
-    );
-    check_continuous(&c, &job, STEPS, &want);
+    moved_to_another_node(&c, &dir, &script, STEPS, &want);
 }
