@@ -4,7 +4,8 @@
  * - 3 workers block every signal with pthread_sigmask(SIG_BLOCK, full), then compute
  *   hash chains, phase after phase; a 4th worker does the same after blocking with
  *   sigprocmask; worker 0 also starts a helper thread, which inherits the full mask
- *   without setting one itself;
+ *   without setting one itself and then waits in sem_wait until the phases are over
+ *   (so it is stopped at every checkpoint, and the threads are the same at each);
  * - two waiters block every signal and take SIGUSR2 with sigwaitinfo / sigtimedwait
  *   on a full set; main sends each of them SIGUSR2 20 times per phase and waits for
  *   their acknowledgement; EINTR from either is a failure (no handler of ours can
@@ -84,6 +85,8 @@ static uint64_t chain(uint64_t x)
 	return x;
 }
 
+static sem_t helper_done;
+
 static void *helper(void *arg)
 {
 	(void)arg;
@@ -99,6 +102,11 @@ static void *helper(void *arg)
 	if (!sigismember(&cur, 62) || sigismember(&cur, SIGUSR1))
 		cr_fail("helper: after unblocking SIGUSR1 the mask reads %s", "wrong");
 	helper_result = chain(99);
+	/* Alive, with the mask it inherited, through every checkpoint: it
+	 * waits here until the phases are over (the visible mode compares the
+	 * threads before and after, so it must not end in between). */
+	while (sem_wait(&helper_done) != 0 && errno == EINTR)
+		;
 	return NULL;
 }
 
@@ -138,8 +146,10 @@ static void *worker(void *arg)
 		check_view(who);
 		pthread_barrier_wait(&end_b);
 	}
-	if (id == 0)
+	if (id == 0) {
+		sem_post(&helper_done);
 		pthread_join(h, NULL);
+	}
 	return NULL;
 }
 
@@ -187,6 +197,8 @@ static void send_all(void)
 
 int main(void)
 {
+	if (sem_init(&helper_done, 0, 0) != 0)
+		cr_fail("sem_init");
 	struct sigaction sa, back;
 	memset(&sa, 0, sizeof sa);
 	sa.sa_handler = on_usr1;
