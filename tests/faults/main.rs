@@ -569,7 +569,7 @@ fn hostile_cases() -> Vec<Hostile> {
         Hostile {
             name: "image header from a newer format",
             says: &["proc-2.img"],
-            damage: |g| patch_header(&g.join("proc-2.img"), 10, &7u16.to_le_bytes()),
+            damage: |g| patch_header(&g.join("proc-2.img"), 10, &99u16.to_le_bytes()),
         },
         Hostile {
             name: "image from another architecture (aarch64)",
