@@ -1235,12 +1235,12 @@ fn check_ptys(manifests: &[ProcessManifest]) -> Result<(), (String, bool)> {
         ));
     }
     for m in manifests.iter().filter(|m| m.ctty != 0) {
+        // tty_nr: major in bits 8-19, minor in bits 0-7 and 20-31.
         let major = ((m.ctty >> 8) & 0xfff) as u32;
         let minor = ((m.ctty & 0xff) | ((m.ctty >> 12) & 0xfff00)) as u32;
-        if !(136..=143).contains(&major) {
+        let Some(index) = ckpt::objects::pty::slave_index(major, minor) else {
             continue;
-        }
-        let index = (major - 136) * 256 + minor;
+        };
         if made.iter().any(|&(_, i)| i == index) {
             return Err((
                 format!(

@@ -501,6 +501,80 @@ fn udp_datagram_from_outside_refused() {
     });
 }
 
+/// Bytes a pseudo-terminal of the job holds, not read yet (issue 16): no
+/// call reads them without taking them, so the checkpoint is tried again
+/// for a while (the reader may take them), then refused, naming the master
+/// and the pair; once read, it succeeds with the pair held.
+#[test]
+fn bytes_waiting_in_a_pseudo_terminal_of_the_job_refused() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let j = sock_job("pty-unread", &ckpt, "ptyq", &[]);
+    with_job(&j, |l| {
+        line_of(&j, l, "pty")?;
+        refused(
+            &j,
+            l,
+            "pty-unread",
+            &[
+                "(/dev/ptmx, the master of /dev/pts/",
+                "a pseudo-terminal of the job) has 6 byte(s) not read yet",
+                "still so after",
+                "keeps running",
+            ],
+        )?;
+        close_checkpoint_finish(&j, l, "READY\npty\nclosed\nPASS\n")
+    });
+}
+
+/// A pseudo-terminal of the job that is a process's controlling terminal:
+/// not made so again by a restart yet, so refused at once, naming the
+/// process and the terminal; once that process ended, the checkpoint
+/// succeeds.
+#[test]
+fn a_pseudo_terminal_of_the_job_as_controlling_terminal_refused() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let j = sock_job("pty-ctty", &ckpt, "ptyctty", &[]);
+    with_job(&j, |l| {
+        line_of(&j, l, "ctty")?;
+        let msg = refused(
+            &j,
+            l,
+            "pty-ctty",
+            &[
+                "a pseudo-terminal the job made, as its controlling terminal",
+                "keeps running",
+            ],
+        )?;
+        if msg.contains("still so after") {
+            return Err(format!("refused as passing (retried): {msg}"));
+        }
+        close_checkpoint_finish(&j, l, "READY\nctty\nclosed\nPASS\n")
+    });
+}
+
+/// A device whose state lives in its driver (an InfiniBand verbs context
+/// would be one; /dev/fuse, a FUSE connection waiting to be mounted, is
+/// one a Debian machine has) is refused at checkpoint time, naming it.
+#[test]
+fn a_device_with_state_in_its_driver_refused() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let j = sock_job("device", &ckpt, "device", &[]);
+    with_job(&j, |l| {
+        line_of(&j, l, "device")?;
+        refused(
+            &j,
+            l,
+            "device",
+            &[
+                "is the device /dev/fuse, whose state lives in its driver",
+                "TCP or shared-memory transports",
+                "keeps running",
+            ],
+        )?;
+        close_checkpoint_finish(&j, l, "READY\ndevice\nclosed\nPASS\n")
+    });
+}
+
 /// With `CKPT_EXTERNAL_SOCKETS=closed`, connections to servers outside the
 /// job (TCP and unix) do not stop the checkpoint (a note names them) and
 /// come back after a restart as closed by their peer: the bytes the server

@@ -64,6 +64,14 @@ pub struct Pty {
     pub winsize: [u16; 4],
 }
 
+/// The index of the pseudo-terminal slave with device number
+/// `major:minor` (`/dev/pts/<index>`), or `None` for another device.
+pub fn slave_index(major: u32, minor: u32) -> Option<u32> {
+    SLAVE_MAJORS
+        .contains(&major)
+        .then(|| (major - 136) * 256 + minor)
+}
+
 impl Pty {
     /// The pair this end belongs to.
     pub fn pair(&self) -> (u64, u32) {
@@ -75,9 +83,8 @@ impl Pty {
     /// pseudo-terminal (a console, a serial line, `/dev/tty`).
     /// **Async-signal-safe.**
     pub fn capture(fd: i32, st: &libc::stat, path: &[u8]) -> Option<Pty> {
-        let major = libc::major(st.st_rdev);
-        let (devpts, index, master) = if SLAVE_MAJORS.contains(&major) {
-            let index = (major - 136) * 256 + libc::minor(st.st_rdev);
+        let slave = slave_index(libc::major(st.st_rdev), libc::minor(st.st_rdev));
+        let (devpts, index, master) = if let Some(index) = slave {
             (st.st_dev, index, false)
         } else if path.ends_with(PTMX) {
             let mut n: u32 = 0;

@@ -42,11 +42,23 @@
  *             When WORKDIR/close exists it reads each until end of file and prints
  *             "tcp: <what it read>, then end of file" and the same for "unix", then
  *             "closed".
+ *   ptyq      not a socket: a pseudo-terminal pair of its own (issue 16) whose
+ *             slave wrote "unread" that the master has not read; prints READY and
+ *             "pty". When WORKDIR/close exists it reads the bytes at the master,
+ *             keeps both ends open and prints "closed".
+ *   ptyctty   not a socket: a pseudo-terminal pair of its own whose slave is the
+ *             controlling terminal of a child (setsid, then opened without
+ *             O_NOCTTY); prints READY and "ctty". When WORKDIR/close exists the child
+ *             ends, and it prints "closed".
+ *   device    not a socket: holds /dev/fuse open (a device whose state lives in
+ *             its driver); prints READY and "device". When WORKDIR/close exists
+ *             it closes it and prints "closed".
  * Then it waits for WORKDIR/go and prints PASS (or FAIL: why).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,6 +68,7 @@
 #include <sys/syscall.h>
 #include <signal.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -375,6 +388,74 @@ int main(int argc, char **argv)
 		wait_for("close");
 		recv_exact(u, "from outside");
 		close(u);
+	} else if (strcmp(mode, "ptyq") == 0) {
+		int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+		if (m < 0 || grantpt(m) != 0 || unlockpt(m) != 0)
+			fail("posix_openpt");
+		int sl = open(ptsname(m), O_RDWR | O_NOCTTY | O_CLOEXEC);
+		if (sl < 0 || write(sl, "unread", 6) != 6)
+			fail("pty slave");
+		say("READY\npty\n");
+		wait_for("close");
+		char b[16];
+		size_t got = 0;
+		while (got < 6) {
+			ssize_t r = read(m, b + got, sizeof b - got);
+			if (r < 0 && errno == EINTR)
+				continue;
+			if (r <= 0)
+				fail("pty master read");
+			got += (size_t)r;
+		}
+		if (got != 6 || memcmp(b, "unread", 6) != 0)
+			fail("pty master: unexpected bytes");
+	} else if (strcmp(mode, "ptyctty") == 0) {
+		int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+		if (m < 0 || grantpt(m) != 0 || unlockpt(m) != 0)
+			fail("posix_openpt");
+		const char *name = ptsname(m);
+		if (name == NULL)
+			fail("ptsname");
+		pid_t c = fork();
+		if (c < 0)
+			fail("fork");
+		if (c == 0) {
+			if (setsid() < 0 || open(name, O_RDWR | O_CLOEXEC) < 0)
+				_exit(2);
+			wait_for("close");
+			_exit(0);
+		}
+		/* The child's terminal is in place once its stat says so. */
+		char st[64];
+		snprintf(st, sizeof st, "/proc/%d/stat", (int)c);
+		for (int tries = 0;; tries++) {
+			FILE *f = fopen(st, "r");
+			int tty = 0;
+			if (f != NULL) {
+				if (fscanf(f, "%*d (%*[^)]) %*c %*d %*d %*d %d", &tty) != 1)
+					tty = 0;
+				fclose(f);
+			}
+			if (tty != 0)
+				break;
+			if (tries > 500)
+				fail("the child has no controlling terminal");
+			struct timespec ts = {0, 10 * 1000 * 1000};
+			nanosleep(&ts, NULL);
+		}
+		say("READY\nctty\n");
+		wait_for("close");
+		int status;
+		if (waitpid(c, &status, 0) != c || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+			fail("the child did not end well");
+		close(m);
+	} else if (strcmp(mode, "device") == 0) {
+		int d = open("/dev/fuse", O_RDONLY | O_CLOEXEC);
+		if (d < 0)
+			fail("open /dev/fuse");
+		say("READY\ndevice\n");
+		wait_for("close");
+		close(d);
 	} else {
 		fail("unknown mode");
 	}
