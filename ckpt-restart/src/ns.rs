@@ -342,6 +342,13 @@ pub fn supervise(
     target: i32,
     mut on_signal: impl FnMut(i32) -> bool,
 ) -> i32 {
+    // In an srun step's task: the step's checkpoint signal, which Slurm
+    // sends to every process of the step, this init included. Slurm's
+    // (from outside the namespace: pid 0) is a request to ckpt, never
+    // passed on to the program (ckpt-core/src/preload/ask.rs).
+    let ask: Option<i32> = std::env::var(ckpt::preload::ask::ENV_ASK_SIGNAL)
+        .ok()
+        .and_then(|v| v.parse().ok());
     loop {
         // Reap first: the child may have exited before we started waiting.
         loop {
@@ -377,6 +384,9 @@ pub fn supervise(
         // A signal the job sent to its own process group (`kill 0`) reached
         // us too: the job already has it, forwarding would deliver it twice.
         if from_process && sent_by_job(sender, target) {
+            continue;
+        }
+        if from_process && sender == 0 && ask == Some(sig) {
             continue;
         }
         if from_process || sig == libc::SIGCONT {

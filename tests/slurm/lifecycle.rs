@@ -619,6 +619,98 @@ fn a_step_signal_checkpoints_the_step_and_the_program_survives() {
     );
 }
 
+/// Slurm sends a step's signals to every process of the step. A program
+/// that handles the checkpoint signal itself and starts others (Open MPI's
+/// orted forwards SIGUSR1 to its ranks, whose action is the default) must
+/// see none of ckpt's requests: its handler is not called, its child does
+/// not die; a signal it sends itself still reaches its handler.
+#[test]
+fn a_program_that_handles_the_step_signal_and_starts_others_never_sees_it() {
+    let Some(c) = slurm::cluster() else { return };
+    let dir = setup(&c, "step-signal-handled");
+    let want = reference(&c, &dir, &["python3", "pi.py", "20", "0"], 0);
+    c.write_script(
+        &dir.join("guard.py"),
+        "import os, signal, subprocess, sys, time\n\
+         calls = []\n\
+         signal.signal(signal.SIGUSR1, lambda s, f: calls.append(s))\n\
+         os.kill(os.getpid(), signal.SIGUSR1)\n\
+         time.sleep(0.2)\n\
+         print(f\"own signal handled {len(calls)}\", flush=True)\n\
+         rc = subprocess.call([sys.executable, \"pi.py\"] + sys.argv[1:])\n\
+         print(f\"handler calls {len(calls)}\", flush=True)\n\
+         sys.exit(rc)\n",
+    );
+    let out_path = dir.join("srun.out");
+    let out = fs::File::create(&out_path).unwrap_or_else(|e| panic!("srun.out: {e}"));
+    c.give_to_user(&out_path);
+    let err_path = dir.join("srun.err");
+    let err = fs::File::create(&err_path).unwrap_or_else(|e| panic!("srun.err: {e}"));
+    let srun = [
+        "srun",
+        "-Q",
+        "-J",
+        "ckpt-stepsig-handled",
+        "--checkpoint-dir=ck",
+        "python3",
+        "guard.py",
+        "20",
+        "0.5",
+    ];
+    let mut child = c
+        .user_command(&dir, &c.conf, &srun)
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start srun: {e}"));
+    let written = |n: u32| {
+        fs::read_to_string(&err_path)
+            .unwrap_or_default()
+            .contains(&format!("/ck/step0/task0/gen-00000{n} written"))
+    };
+    for (n, at) in [(1, 3), (2, 8)] {
+        wait_until(&c, None, &format!("step {at} of the srun step"), || {
+            last_step(&fs::read_to_string(&out_path).unwrap_or_default()) >= at
+        });
+        user_ok(
+            &c,
+            &dir,
+            &["scancel", "--signal=USR1", "--name=ckpt-stepsig-handled"],
+        );
+        wait_until(&c, None, &format!("checkpoint {n} of the step"), || {
+            written(n)
+        });
+    }
+    let status = child.wait().unwrap_or_else(|e| panic!("srun: {e}"));
+    let run = JobRun {
+        command: srun.join(" "),
+        id: None,
+        success: status.success(),
+        code: status.code(),
+        submit_stdout: fs::read_to_string(&out_path).unwrap_or_default(),
+        submit_stderr: fs::read_to_string(&err_path).unwrap_or_default(),
+        stdout: String::new(),
+        stderr: String::new(),
+    };
+    c.check(
+        run.success,
+        "the step did not survive its checkpoint signals (the program's child died?)",
+        &run,
+    );
+    for line in ["own signal handled 1", "handler calls 1"] {
+        c.check(
+            run.submit_stdout.lines().any(|l| l == line),
+            &format!("no line {line:?}: the program's handler saw Slurm's signals, or not its own"),
+            &run,
+        );
+    }
+    c.check(
+        result_line(&run.submit_stdout).as_deref() == Some(want.as_str()),
+        &format!("result differs from the uninterrupted run's {want:?}"),
+        &run,
+    );
+}
+
 /// A job checkpointed and requeued on its warning signal, damaged by
 /// `damage(workdir, generation dir)` while it is held in the queue, must fail
 /// with `why` in its stderr and the slurmd log, and never start over.

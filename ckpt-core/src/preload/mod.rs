@@ -15,6 +15,8 @@
 //!   signal stays deliverable in threads that block every signal).
 //! - [`inotify`]: wrappers of the inotify functions (the path of each
 //!   watch, which the kernel does not tell).
+//! - [`ask`]: the step's checkpoint signal, which Slurm sends to every
+//!   process of a step, kept aside from the program's own use of it.
 //! - [`sigev_thread`]: `timer_create` with `SIGEV_THREAD`, whose helper
 //!   thread must be stoppable too.
 //!
@@ -22,6 +24,7 @@
 //! system calls anyway, and each wrapper adds a copy of a signal set (or,
 //! for `timer_create`, a small allocation).
 
+pub mod ask;
 pub mod capture;
 pub mod exec;
 pub mod finish;
@@ -100,6 +103,9 @@ fn init() {
     if std::env::var_os("CKPT_SNAPSHOT").is_some_and(|v| v == "0") {
         leader::SNAPSHOT.store(0, core::sync::atomic::Ordering::Release);
     }
+    if is_libckpt() {
+        ask::init(sigmask::real_sigaction());
+    }
     if stop::install().is_ok() {
         sigmask::activate();
         sigev_thread::activate();
@@ -107,4 +113,19 @@ fn init() {
         // `exec::block_stop`); the handler is in place now.
         let _ = crate::signal_safe::raw::sigprocmask(libc::SIG_UNBLOCK, exec::STOP_BIT);
     }
+}
+
+/// Whether this code runs as the preloaded `libckpt.so` (the `ckpt` binary
+/// links it too, and keeps its own signal actions).
+fn is_libckpt() -> bool {
+    // SAFETY: a zeroed Dl_info is valid; dladdr fills it for an address of ours.
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    // SAFETY: dladdr reads the address only.
+    let found = unsafe { libc::dladdr(ctor as *const libc::c_void, &mut info) } != 0;
+    if !found || info.dli_fname.is_null() {
+        return false;
+    }
+    // SAFETY: dladdr's file name is a NUL-terminated string of the loader's.
+    let name = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) };
+    name.to_bytes().ends_with(b"libckpt.so")
 }

@@ -251,6 +251,7 @@ static PSELECT: Next = Next::new(b"pselect\0");
 static EPOLL_PWAIT: Next = Next::new(b"epoll_pwait\0");
 static EPOLL_PWAIT2: Next = Next::new(b"epoll_pwait2\0");
 static SIGACTION: Next = Next::new(b"sigaction\0");
+static SIGNAL: Next = Next::new(b"signal\0");
 static ATTR_SETSIGMASK: Next = Next::new(b"pthread_attr_setsigmask_np\0");
 static ATTR_GETSIGMASK: Next = Next::new(b"pthread_attr_getsigmask_np\0");
 static SPAWN_SETSIGMASK: Next = Next::new(b"posix_spawnattr_setsigmask\0");
@@ -272,6 +273,7 @@ pub fn resolve_all() {
         &EPOLL_PWAIT,
         &EPOLL_PWAIT2,
         &SIGACTION,
+        &SIGNAL,
         &ATTR_SETSIGMASK,
         &ATTR_GETSIGMASK,
         &SPAWN_SETSIGMASK,
@@ -775,6 +777,11 @@ pub unsafe extern "C" fn sigaction(
         set_errno(libc::ENOSYS);
         return -1;
     };
+    if super::ask::signal() == Some(sig) {
+        // The step's checkpoint signal, kept aside (`preload/ask.rs`).
+        // SAFETY: the caller's pointers, as sigaction's contract.
+        return unsafe { super::ask::program_action(sig, act, oact) };
+    }
     // Only where libckpt runs (the wrappers are active): the ckpt binary
     // links this code too and must set its own actions.
     if sig == STOP_SIGNAL
@@ -818,6 +825,31 @@ pub unsafe extern "C" fn sigaction(
         }
     }
     r
+}
+
+/// glibc's `sigaction`, for `preload/ask.rs` (0 when not found).
+pub(crate) fn real_sigaction() -> usize {
+    SIGACTION.get::<usize>().unwrap_or(0)
+}
+
+/// `signal(3)` wrapper: glibc's `signal` sets the action without going
+/// through `sigaction`'s symbol, so the step's checkpoint signal is caught
+/// here too (`preload/ask.rs`).
+///
+/// # Safety
+/// Same contract as glibc's `signal`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    if super::ask::signal() == Some(sig) {
+        return super::ask::program_signal(sig, handler);
+    }
+    type F = unsafe extern "C" fn(c_int, libc::sighandler_t) -> libc::sighandler_t;
+    let Some(real) = SIGNAL.get::<F>() else {
+        set_errno(libc::ENOSYS);
+        return libc::SIG_ERR;
+    };
+    // SAFETY: forwarding the caller's arguments.
+    unsafe { real(sig, handler) }
 }
 
 /// `pthread_attr_setsigmask_np(3)` wrapper: a thread started with this

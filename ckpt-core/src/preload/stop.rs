@@ -175,7 +175,7 @@ pub fn pending_mask(path: &[u8], key: &[u8]) -> u64 {
         };
         mask = (mask << 4) | u64::from(d);
     }
-    mask & !(1u64 << (STOP_SIGNAL - 1))
+    mask & !(1u64 << (STOP_SIGNAL - 1)) & !super::ask::pending_bit()
 }
 
 /// The stop signal handler. **Async-signal-safe.**

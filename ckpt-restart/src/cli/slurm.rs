@@ -341,6 +341,13 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
         // launch/restart), so nothing reads the environment concurrently.
         unsafe { std::env::set_var("CKPT_LIB", lib) };
     }
+    if !o.batch {
+        // The step's checkpoint signal reaches every process of the step:
+        // the job's init and libckpt leave Slurm's to ckpt (ns::supervise,
+        // ckpt-core/src/preload/ask.rs).
+        // SAFETY: single-threaded (no thread started yet).
+        unsafe { std::env::set_var(ckpt::preload::ask::ENV_ASK_SIGNAL, o.signal.to_string()) };
+    }
     let dir = CheckpointDir::create(&o.dir)?;
     let restart_count: u32 = std::env::var("SLURM_RESTART_COUNT")
         .ok()
@@ -601,8 +608,10 @@ fn record_completion(dir: &CheckpointDir, outputs: &[outputs::Output], job: &str
 /// In an srun step it also ignores the checkpoint signal: Slurm delivers a
 /// step's signals (`srun --signal=USR1@N`, `scancel --signal=USR1 JOBID`) to
 /// every process of the step, so the program would die of the signal that
-/// ckpt consumes. An ignored signal stays ignored across exec; a program may
-/// still install its own handler. The batch step gets `--signal=B:...` alone.
+/// ckpt consumes. An ignored signal stays ignored across exec; a program that
+/// installs its own handler or resets it never sees Slurm's signal either:
+/// libckpt keeps the signal aside (`ckpt-core/src/preload/ask.rs`). The
+/// batch step gets `--signal=B:...` alone.
 fn program_command(o: &TaskOpts) -> Vec<OsString> {
     let Ok(me) = std::env::current_exe() else {
         return o.command.clone();
@@ -648,10 +657,17 @@ pub fn exec_ignoring(args: &[OsString]) -> Result<i32, Failure> {
         unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigIgn) }
             .map_err(|e| format!("cannot ignore signal {sig}: {e}"))?;
     }
+    let mut cmd = std::process::Command::new(prog);
+    cmd.args(argv.get(1..).unwrap_or_default());
+    if let Some(sig) = ignore {
+        // libckpt keeps the signal aside in every process of the program,
+        // so that one installing a handler (Open MPI's orted forwards
+        // SIGUSR1 to its ranks) never sees Slurm's requests to the step
+        // (ckpt-core/src/preload/ask.rs).
+        cmd.env(ckpt::preload::ask::ENV_ASK_SIGNAL, (sig as i32).to_string());
+    }
     // std's exec resets SIGPIPE to its default and clears the signal mask.
-    let err = std::os::unix::process::CommandExt::exec(
-        std::process::Command::new(prog).args(argv.get(1..).unwrap_or_default()),
-    );
+    let err = std::os::unix::process::CommandExt::exec(&mut cmd);
     Err(Failure {
         msg: format!("cannot run {}: {err}", prog.to_string_lossy()),
         code: if err.kind() == std::io::ErrorKind::NotFound {

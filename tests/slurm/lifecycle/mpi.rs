@@ -13,29 +13,39 @@ use super::*;
 const RING_C: &str = include_str!("../../programs/mpi/ring.c");
 const CRTEST_H: &str = include_str!("../../programs/lib/crtest.h");
 
-#[test]
-fn an_mpi_job_run_by_mpirun_on_one_node_resumes_on_another_node() {
-    let Some(c) = slurm::cluster() else { return };
+/// A directory named `name` with the ring program compiled in it, and what
+/// an uninterrupted run of `steps` steps prints as its result; `None`
+/// when Open MPI is missing (outside CI).
+fn ring_program(c: &Cluster, name: &str, steps: u32) -> Option<(PathBuf, String)> {
     if !ckpt_tests::cr::prerequisite(
         Path::new("/usr/bin/mpicc").exists(),
         "/usr/bin/mpicc (openmpi-bin, libopenmpi-dev: scripts/install-deps.sh)",
     ) {
-        return;
+        return None;
     }
-    let dir = setup(&c, "mpi-mpirun");
+    let dir = setup(c, name);
     fs::create_dir(dir.join("lib")).expect("mkdir lib");
     c.give_to_user(&dir.join("lib"));
     c.write_script(&dir.join("lib/crtest.h"), CRTEST_H);
     c.write_script(&dir.join("ring.c"), RING_C);
     user_ok(
-        &c,
+        c,
         &dir,
         &["mpicc", "-O2", "-I", ".", "-o", "ring", "ring.c"],
     );
-    const STEPS: u32 = 40;
-    let steps = STEPS.to_string();
-    let want = user_ok(&c, &dir, &["mpirun", "-np", "2", "./ring", &steps, "0"]);
+    let steps = steps.to_string();
+    let want = user_ok(c, &dir, &["mpirun", "-np", "2", "./ring", &steps, "0"]);
     let want = result_line(&want).unwrap_or_else(|| panic!("no RESULT: {want}"));
+    Some((dir, want))
+}
+
+#[test]
+fn an_mpi_job_run_by_mpirun_on_one_node_resumes_on_another_node() {
+    let Some(c) = slurm::cluster() else { return };
+    const STEPS: u32 = 40;
+    let Some((dir, want)) = ring_program(&c, "mpi-mpirun", STEPS) else {
+        return;
+    };
     // `--mca ras ^slurm --mca plm isolated`: start the ranks here. The
     // virtual nodes' names (n1...) are not this machine's host name, so
     // mpirun would take its node for another host and start a daemon there
@@ -51,6 +61,58 @@ fn an_mpi_job_run_by_mpirun_on_one_node_resumes_on_another_node() {
     c.check(
         run.stdout.lines().any(|l| l == "PASS"),
         "the ranks did not pass their own checks (no PASS line)",
+        &run,
+    );
+}
+
+/// mpirun starting its daemon (`orted`) through `srun`, as it does under
+/// Slurm on several nodes or when node names are not host names (the
+/// virtual nodes here): such a job is not checkpointed yet (docs/mpi.md).
+/// The checkpoint on the warning signal is refused with a message, the
+/// job is not requeued, and it runs to its end with the uninterrupted
+/// run's result: the step's checkpoint signal, which Slurm also delivers
+/// to orted and which orted forwards to its ranks, kills nobody.
+#[test]
+fn an_mpi_job_whose_daemon_srun_starts_is_refused_and_runs_to_its_end() {
+    let Some(c) = slurm::cluster() else { return };
+    const STEPS: u32 = 30;
+    let Some((dir, want)) = ring_program(&c, "mpi-orted", STEPS) else {
+        return;
+    };
+    let script = format!(
+        "#!/bin/bash\n\
+         #SBATCH -p multi -N1 -n2 --checkpoint-dir=ck --signal=B:USR1@10\n\
+         mpirun -np 2 ./ring {STEPS} 400\n\
+         echo \"post done\"\n"
+    );
+    let job = submit(&c, &dir, &["-t", "10"], &script);
+    wait_step(&c, &job, 3);
+    user_ok(
+        &c,
+        &dir,
+        &["scancel", "--signal=USR1", "--batch", &job.id.to_string()],
+    );
+    let end = final_state(&c, &job);
+    let run = job.run();
+    c.check(end == "COMPLETED", &format!("final state {end}"), &run);
+    c.check(
+        run.stderr.contains("the job is NOT requeued"),
+        "no message that the checkpoint was refused and the job not requeued",
+        &run,
+    );
+    c.check(
+        !run.stderr.contains("SLURM_RESTART_COUNT=1"),
+        "the job was requeued",
+        &run,
+    );
+    c.check(
+        result_line(&run.stdout).as_deref() == Some(want.as_str()),
+        &format!("result differs from the uninterrupted run's {want:?}"),
+        &run,
+    );
+    c.check(
+        run.stdout.lines().any(|l| l == "PASS") && run.stdout.lines().any(|l| l == "post done"),
+        "the ranks did not pass their own checks, or the script did not reach its end",
         &run,
     );
 }
