@@ -19,6 +19,9 @@ PACKAGES+=(dpkg-dev groff-base rpm)
 PACKAGES+=(nodejs)
 # The MPI program of the C/R suite and the MPI Slurm tests (Open MPI 4.1, with PMIx).
 PACKAGES+=(openmpi-bin libopenmpi-dev)
+# MPICH 4.0 (ch4 over UCX) as the second MPI of the C/R suite; Open MPI stays the
+# default `mpicc`/`mpirun` (alternatives priority 50 against 40).
+PACKAGES+=(mpich libmpich-dev)
 # The Java program of the C/R suite (a java.nio Selector; OpenJDK uses signal 62 itself).
 PACKAGES+=(default-jdk-headless)
 # Building Slurm 25.11 from vendor/ (below).

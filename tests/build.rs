@@ -8,8 +8,9 @@
 //!   gfortran, `-O1`), when the compiler is there; otherwise a warning, and the tests of
 //!   that program skip (they require `{bin}`).
 //! - Every `programs/mpi/<name>.c` becomes `$OUT_DIR/programs/mpi_<name>` (`$MPICC`,
-//!   default Open MPI's `mpicc`, `-O2`), when the compiler is there; otherwise a warning,
-//!   and the tests of that program skip (they require `{bin}`).
+//!   default Open MPI's `mpicc`, `-O2`) and `$OUT_DIR/programs/mpich_<name>`
+//!   (`$MPICC_MPICH`, default `mpicc.mpich`), each when its compiler is there; otherwise a
+//!   warning, and the tests of that program skip (they require `{bin}`).
 //! - Every `programs/<name>.desc` (JSON: `modes` and `variants`, see `harness/cr.rs`)
 //!   yields `mod <name> { #[test] fn <mode>() ... }` in `$OUT_DIR/cr_cases.rs`, which
 //!   `cr/main.rs` includes. Only the test names are read here; the runner reads the rest.
@@ -44,11 +45,13 @@ fn main() {
     }
 
     println!("cargo:rerun-if-env-changed=MPICC");
+    println!("cargo:rerun-if-env-changed=MPICC_MPICH");
     if let Ok(rd) = fs::read_dir(src.join("mpi")) {
         let mut mpi: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
         mpi.sort();
         for path in mpi.iter().filter(|p| has_ext(p, "c")) {
-            build_mpi(path, &src, &bin);
+            build_mpi(path, &src, &bin, Mpi::Open);
+            build_mpi(path, &src, &bin, Mpi::Mpich);
         }
     }
 
@@ -146,11 +149,29 @@ fn build_c(path: &Path, include: &Path, bin: &Path) {
 /// Builds an MPI program (`$MPICC`, default `mpicc`, `-O2`) as `mpi_<name>`. Without
 /// the compiler the program is not built (a cargo warning says so): its tests list
 /// `{bin}` in `requires`, so they skip, or fail under `CI=true`.
-fn build_mpi(path: &Path, include: &Path, bin: &Path) {
-    let mpicc = env::var_os("MPICC")
+/// The MPI implementations a program of `programs/mpi` is built with.
+#[derive(Clone, Copy)]
+enum Mpi {
+    /// Open MPI: `$MPICC`, default `mpicc` (Debian's default MPI).
+    Open,
+    /// MPICH: `$MPICC_MPICH`, default `mpicc.mpich`.
+    Mpich,
+}
+
+fn build_mpi(path: &Path, include: &Path, bin: &Path, which: Mpi) {
+    let (var, default, prefix, packages) = match which {
+        Mpi::Open => ("MPICC", "mpicc", "mpi", "openmpi-bin and libopenmpi-dev"),
+        Mpi::Mpich => (
+            "MPICC_MPICH",
+            "mpicc.mpich",
+            "mpich",
+            "mpich and libmpich-dev",
+        ),
+    };
+    let mpicc = env::var_os(var)
         .filter(|f| !f.is_empty())
-        .unwrap_or_else(|| "mpicc".into());
-    let target = bin.join(format!("mpi_{}", stem(path)));
+        .unwrap_or_else(|| default.into());
+    let target = bin.join(format!("{prefix}_{}", stem(path)));
     let _ = fs::remove_file(&target);
     let mut cmd = std::process::Command::new(&mpicc);
     cmd.arg("-O2")
@@ -161,7 +182,7 @@ fn build_mpi(path: &Path, include: &Path, bin: &Path) {
         .arg(path)
         .arg("-o")
         .arg(&target);
-    compile_optional(cmd, path, "openmpi-bin and libopenmpi-dev");
+    compile_optional(cmd, path, packages);
 }
 
 /// Builds a Fortran program like the C ones (`$FC`, default `gfortran`, `-O1`). Without

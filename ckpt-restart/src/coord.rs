@@ -987,6 +987,7 @@ fn check_written(
             _ => (e, f.object.as_ref().is_some_and(|o| o.passes())),
         })?;
     }
+    check_regions(&m).map_err(|e| (e, false))?;
     let threads: Vec<(i32, u64)> = m.threads.iter().map(|t| (t.tid, t.pending)).collect();
     if let Some(why) =
         ckpt::objects::posix_timer::pending_conflict(&m.posix_timers, m.shared_pending, &threads)
@@ -1281,6 +1282,32 @@ fn refusal(
     }
 }
 
+/// Refuse memory a restart could not map again as it was: an attached
+/// System V shared memory segment (`shmat`) would come back with its
+/// contents as plain shared memory, its segment gone (a later `shmdt`
+/// fails with EINVAL: UCX, MPICH's default transport, then warns at
+/// `MPI_Finalize`).
+fn check_regions(m: &ProcessManifest) -> Result<(), String> {
+    match m.regions.iter().find(|r| r.name.starts_with("/SYSV")) {
+        Some(r) => {
+            let key = r
+                .name
+                .strip_prefix("/SYSV")
+                .and_then(|k| k.split_whitespace().next())
+                .unwrap_or("?");
+            Err(format!(
+                "{} has System V shared memory attached at {:#x}-{:#x} (key 0x{key}, shmid {}), which ckpt \
+                 cannot checkpoint: a restart would give back its contents but not the segment \
+                 (shmdt, shmctl and shmat by id would fail); use POSIX shared memory (shm_open) or a \
+                 shared mapping of a file; for MPICH and other UCX programs set UCX_TLS=^sysv \
+                 (docs/mpi.md)",
+                m.exe, r.start, r.end, r.inode
+            ))
+        }
+        None => Ok(()),
+    }
+}
+
 /// Refuse a descriptor that a restart could not recreate: sockets and
 /// kernel objects ckpt does not save (except at 0..2, which a restart
 /// takes from its own stdio), and saved objects whose state is missing or
@@ -1409,6 +1436,46 @@ mod tests {
 
     fn check(m: &ProcessManifest) -> Result<(), String> {
         m.fds.iter().try_for_each(|f| check_fd(m, f))
+    }
+
+    #[test]
+    fn system_v_shared_memory_is_refused_naming_the_segment() {
+        let mut m = manifest("");
+        assert_eq!(check_regions(&m), Ok(()));
+        let region = |name: &str, inode: u64| ckpt::image::manifest::Region {
+            start: 0x7f00_0000_0000,
+            end: 0x7f00_0001_0000,
+            prot: 3,
+            kind: ckpt::image::manifest::RegionKind::SharedAnon,
+            name: name.into(),
+            offset: 0,
+            dev: 1,
+            inode,
+            file_size: 0,
+            file_mtime_ns: 0,
+            data_offset: 4096,
+            runs: vec![[0, 16]],
+            inherited: Vec::new(),
+            crc: 0,
+            growsdown: false,
+            hugepage: false,
+        };
+        // POSIX shared memory (what UCX_TLS=^sysv leaves) is fine.
+        m.regions
+            .push(region("/dev/shm/ucx_shm_posix_2417e8a9 (deleted)", 2767));
+        assert_eq!(check_regions(&m), Ok(()));
+        m.regions.push(region("/SYSV00000000 (deleted)", 32789));
+        let why = check_regions(&m).unwrap_err();
+        for part in [
+            "/bin/x",
+            "System V shared memory",
+            "0x7f0000000000",
+            "key 0x00000000",
+            "shmid 32789",
+            "UCX_TLS=^sysv",
+        ] {
+            assert!(why.contains(part), "{part:?} missing: {why}");
+        }
     }
 
     #[test]

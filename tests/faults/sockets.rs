@@ -575,6 +575,31 @@ fn a_device_with_state_in_its_driver_refused() {
     });
 }
 
+/// An attached System V shared memory segment (UCX's default transport
+/// for MPICH) is refused at checkpoint time, naming the segment and the way
+/// out: a restart could give back its contents, not the segment (shmdt
+/// would fail).
+#[test]
+fn system_v_shared_memory_refused() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let j = sock_job("sysvshm", &ckpt, "sysvshm", &[]);
+    with_job(&j, |l| {
+        line_of(&j, l, "sysv")?;
+        refused(
+            &j,
+            l,
+            "sysv",
+            &[
+                "has System V shared memory attached at",
+                "shmid",
+                "UCX_TLS=^sysv",
+                "keeps running",
+            ],
+        )?;
+        close_checkpoint_finish(&j, l, "READY\nsysv\nclosed\nPASS\n")
+    });
+}
+
 /// With `CKPT_EXTERNAL_SOCKETS=closed`, connections to servers outside the
 /// job (TCP and unix) do not stop the checkpoint (a note names them) and
 /// come back after a restart as closed by their peer: the bytes the server

@@ -776,14 +776,6 @@ impl UnixSocket {
                 self.pending_bytes
             ));
         }
-        if self.state != State::Connected
-            && let Some(m) = self.queue.iter().find(|m| !m.from.is_empty())
-        {
-            return Err(format!(
-                "a datagram from {} is queued in it; ckpt can send it again only from an unnamed socket",
-                show_name(&m.from)
-            ));
-        }
         if self.state == State::Unconnected && self.name.is_empty() && !self.queue.is_empty() {
             return Err("data is queued in an unnamed, unconnected socket".into());
         }

@@ -53,6 +53,10 @@
  *   device    not a socket: holds /dev/fuse open (a device whose state lives in
  *             its driver); prints READY and "device". When WORKDIR/close exists
  *             it closes it and prints "closed".
+ *   sysvshm   not a socket: a System V shared memory segment attached (as UCX,
+ *             MPICH's transport, does by default), with a value written in it;
+ *             prints READY and "sysv". When WORKDIR/close exists it checks the
+ *             value, detaches and removes the segment, and prints "closed".
  * Then it waits for WORKDIR/go and prints PASS (or FAIL: why).
  */
 #define _GNU_SOURCE
@@ -64,6 +68,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
+#include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <signal.h>
@@ -456,6 +461,22 @@ int main(int argc, char **argv)
 		say("READY\ndevice\n");
 		wait_for("close");
 		close(d);
+	} else if (strcmp(mode, "sysvshm") == 0) {
+		int id = shmget(IPC_PRIVATE, 1 << 16, IPC_CREAT | 0600);
+		if (id < 0)
+			fail("shmget");
+		unsigned *p = shmat(id, NULL, 0);
+		if (p == (void *)-1)
+			fail("shmat");
+		*p = 0x5ca1ab1e;
+		say("READY\nsysv\n");
+		wait_for("close");
+		if (*p != 0x5ca1ab1e)
+			fail("the segment lost its value");
+		if (shmdt(p) != 0)
+			fail("shmdt");
+		if (shmctl(id, IPC_RMID, NULL) != 0)
+			fail("shmctl IPC_RMID");
 	} else {
 		fail("unknown mode");
 	}

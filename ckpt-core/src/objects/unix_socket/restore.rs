@@ -144,6 +144,32 @@ pub fn plan(ends: &[SavedEnd<'_>]) -> Result<Vec<Step>, Refusal> {
             ),
         })?;
     }
+    // A datagram queued from a named socket goes again from that socket,
+    // which must be one of the job's (its name is what the reader sees).
+    for e in by.values() {
+        if e.sock.state == State::Connected {
+            continue;
+        }
+        if let Some(m) = e
+            .sock
+            .queue
+            .iter()
+            .find(|m| !m.from.is_empty() && sender(&by, &m.from).is_none())
+        {
+            return Err(Refusal {
+                inode: e.inode,
+                outside: false,
+                passing: true,
+                message: format!(
+                    "{} is a unix socket that ckpt cannot checkpoint: a datagram from {} is queued in it, \
+                     and no process of the job holds a datagram socket of that name: ckpt can send it \
+                     again only from a socket of the job, or an unnamed one",
+                    e.who,
+                    show_name(&m.from)
+                ),
+            });
+        }
+    }
     // Connecting socket -> the listening socket that has not accepted it.
     let mut embryo: HashMap<u64, u64> = HashMap::new();
     for e in by.values().filter(|e| e.sock.state == State::Listening) {
@@ -234,6 +260,13 @@ pub fn plan(ends: &[SavedEnd<'_>]) -> Result<Vec<Step>, Refusal> {
     first.extend(listeners);
     first.extend(last);
     Ok(first)
+}
+
+/// The job's datagram socket bound to `name`, if any.
+fn sender(by: &BTreeMap<u64, &SavedEnd<'_>>, name: &[u8]) -> Option<u64> {
+    by.values()
+        .find(|e| e.sock.ty == libc::SOCK_DGRAM && e.sock.name == name)
+        .map(|e| e.inode)
 }
 
 fn err(what: &str) -> String {
@@ -727,6 +760,13 @@ fn carry_out(
         }
         lend(e.pid, f).map_err(|m| format!("{}: a descriptor in flight in it: {m}", e.who))
     };
+    // The job's named datagram sockets, made above: a datagram queued from
+    // one of them is sent again from it.
+    let named: HashMap<&[u8], i32> = by
+        .values()
+        .filter(|e| e.sock.ty == libc::SOCK_DGRAM && !e.sock.name.is_empty())
+        .filter_map(|e| Some((e.sock.name.as_slice(), fd_of(e.inode)?)))
+        .collect();
     for step in steps {
         match *step {
             Step::Pair(a, b) => {
@@ -736,8 +776,8 @@ fn carry_out(
             Step::Lonely(a) | Step::Reset(a) => {
                 refill(get(a)?, phantoms.get(&a).copied(), &rights)?
             }
-            Step::Plain(a) => refill_to(get(a)?, None, &rights)?,
-            Step::ConnectTo { a, target } => refill_to(get(a)?, fd_of(target), &rights)?,
+            Step::Plain(a) => refill_to(get(a)?, None, &named, &rights)?,
+            Step::ConnectTo { a, target } => refill_to(get(a)?, fd_of(target), &named, &rights)?,
             _ => {}
         }
     }
@@ -837,9 +877,15 @@ fn refill(e: &SavedEnd<'_>, writer: Option<i32>, rights: &Rights<'_>) -> Result<
     Ok(())
 }
 
-/// Send `e`'s queued datagrams to its name, from `writer` or from a
+/// Send `e`'s queued datagrams to its name, each from the socket of the
+/// job named as its sender (`named`), else from `writer` or from a
 /// temporary unnamed socket.
-fn refill_to(e: &SavedEnd<'_>, writer: Option<i32>, rights: &Rights<'_>) -> Result<(), String> {
+fn refill_to(
+    e: &SavedEnd<'_>,
+    writer: Option<i32>,
+    named: &HashMap<&[u8], i32>,
+    rights: &Rights<'_>,
+) -> Result<(), String> {
     if e.data.is_empty() {
         return Ok(());
     }
@@ -847,9 +893,9 @@ fn refill_to(e: &SavedEnd<'_>, writer: Option<i32>, rights: &Rights<'_>) -> Resu
         Some(w) => (w, false),
         None => (new_socket(e.sock.ty)?, true),
     };
-    // A writer of the job gets its send buffer size back after (a refill
-    // may raise it).
-    let saved = get_int(w, libc::SO_SNDBUF);
+    // Writers of the job get their send buffer sizes back after (a refill
+    // may raise them).
+    let mut saved: Vec<(i32, i32)> = Vec::new();
     let r = in_dir(&e.cwd, &e.sock.name, || {
         let mut at = 0usize;
         for m in &e.sock.queue {
@@ -858,15 +904,32 @@ fn refill_to(e: &SavedEnd<'_>, writer: Option<i32>, rights: &Rights<'_>) -> Resu
                 .data
                 .get(at..at + len)
                 .ok_or_else(|| format!("{}: corrupt image: queued data is short", e.who))?;
-            send_message(e, w, Some(&e.sock.name), b, m, rights)?;
+            let from = if m.from.is_empty() {
+                w
+            } else {
+                *named.get(m.from.as_slice()).ok_or_else(|| {
+                    format!(
+                        "{}: the sender of a datagram queued in it ({}) was not made",
+                        e.who,
+                        show_name(&m.from)
+                    )
+                })?
+            };
+            if (from != w || !temp) && !saved.iter().any(|&(fd, _)| fd == from) {
+                saved.push((from, get_int(from, libc::SO_SNDBUF)));
+            }
+            send_message(e, from, Some(&e.sock.name), b, m, rights)?;
             at += len;
         }
         Ok(())
     });
     if temp {
         close(w);
-    } else if get_int(w, libc::SO_SNDBUF) != saved {
-        set_int(w, libc::SO_SNDBUF, saved / 2)?;
+    }
+    for (fd, size) in saved {
+        if get_int(fd, libc::SO_SNDBUF) != size {
+            set_int(fd, libc::SO_SNDBUF, size / 2)?;
+        }
     }
     r
 }

@@ -725,3 +725,99 @@ fn descriptors_sent_after_other_bytes_of_a_stream_wait() {
         close(fd);
     }
 }
+
+/// A datagram socket bound to `name` (abstract when it starts with NUL).
+fn bound_dgram(name: &[u8]) -> i32 {
+    // SAFETY: no pointers.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    let (sa, len) = sockaddr_of(name);
+    // SAFETY: valid address.
+    let r = unsafe { libc::bind(fd, (&sa as *const libc::sockaddr_un).cast(), len) };
+    assert_eq!(r, 0);
+    fd
+}
+
+fn send_to(fd: i32, to: &[u8], b: &[u8]) {
+    let (sa, len) = sockaddr_of(to);
+    // SAFETY: sending a local buffer to a valid address.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            b.as_ptr().cast(),
+            b.len(),
+            0,
+            (&sa as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    };
+    assert_eq!(n, b.len() as isize);
+}
+
+/// A datagram and the name of its sender.
+fn recv_from(fd: i32) -> (Vec<u8>, Vec<u8>) {
+    let mut b = vec![0u8; 4096];
+    // SAFETY: sockaddr_un is plain old data.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as u32;
+    // SAFETY: receiving into local buffers.
+    let n = unsafe {
+        libc::recvfrom(
+            fd,
+            b.as_mut_ptr().cast(),
+            b.len(),
+            libc::MSG_DONTWAIT,
+            (&mut sa as *mut libc::sockaddr_un).cast(),
+            &mut len,
+        )
+    };
+    assert!(n >= 0, "recvfrom: {}", std::io::Error::last_os_error());
+    b.truncate(n as usize);
+    let from: Vec<u8> = sa.sun_path[..(len as usize).saturating_sub(2)]
+        .iter()
+        .map(|&c| c as u8)
+        .collect();
+    (b, from)
+}
+
+#[test]
+fn datagrams_from_named_sockets_of_the_job_come_from_them_again() {
+    // UCX (MPICH's ch4:ucx) keeps such a datagram queued between two
+    // abstract-named sockets of its ranks.
+    let tag = format!("{}-{}", std::process::id(), rand_u64());
+    let rx_name = format!("\0ckpt-test-rx-{tag}").into_bytes();
+    let tx_name = format!("\0ckpt-test-tx-{tag}").into_bytes();
+    let rx = bound_dgram(&rx_name);
+    let tx = bound_dgram(&tx_name);
+    // SAFETY: no pointers.
+    let anon = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    send_to(tx, &rx_name, b"from the named one");
+    send_to(anon, &rx_name, b"from nobody");
+    send_to(tx, &rx_name, b"named again");
+    let (irx, itx) = (inode(rx), inode(tx));
+    let (srx, drx) = take(rx);
+    let (stx, dtx) = take(tx);
+    assert_eq!(srx.queue.len(), 3);
+    assert_eq!(srx.queue[0].from, tx_name);
+    assert!(srx.queue[1].from.is_empty());
+    // Without the sender in the job: refused, naming it, retried.
+    let e = plan(&[end(irx, &srx, drx.clone())]).unwrap_err();
+    assert!(e.passing && e.inode == irx, "{e}");
+    assert!(e.message.contains("ckpt-test-tx-"), "{e}");
+    close(rx);
+    close(tx);
+    close(anon);
+    // With it: each datagram comes from the socket that sent it, in order.
+    let ends = [end(irx, &srx, drx), end(itx, &stx, dtx)];
+    let r = restore_all(&ends, &no_lend).unwrap();
+    let (nrx, ntx) = (r.fds[&irx], r.fds[&itx]);
+    assert_eq!(
+        recv_from(nrx),
+        (b"from the named one".to_vec(), tx_name.clone())
+    );
+    assert_eq!(recv_from(nrx), (b"from nobody".to_vec(), Vec::new()));
+    assert_eq!(recv_from(nrx), (b"named again".to_vec(), tx_name.clone()));
+    assert_eq!(recv(nrx), None, "nothing more");
+    assert_eq!(names(ntx).0, tx_name);
+    close(nrx);
+    close(ntx);
+}
