@@ -37,9 +37,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -601,8 +601,13 @@ pub fn restore(g: &LoadedGeneration) -> Result<(LoadedGeneration, Restored), Str
             out.temp.push(temp);
             continue;
         }
-        out.made_dirs.extend(make_parents(&path)?);
-        let changed = put_back(&path, f, &mut copy)?;
+        let (dir, made) = make_parents(&path)?;
+        out.made_dirs.extend(made);
+        let name = path
+            .file_name()
+            .map(Path::new)
+            .ok_or_else(|| format!("cannot put back {}: no file name", path.display()))?;
+        let changed = put_back(dir.as_fd(), name, &path, f, &mut copy)?;
         if changed {
             out.changed.push(path.display().to_string());
         }
@@ -653,90 +658,214 @@ fn temp_for(path: &Path, g: &LoadedGeneration) -> Result<PathBuf, String> {
     ))
 }
 
-/// Makes the directories above `path` that do not exist (mode 0700, the
-/// restart's own), returning them. A restart on another node does not find
-/// the node-local directories a job's files were in (`/tmp/ompi.*` of an
-/// MPI launcher, a program's scratch directory in `/tmp`): they existed at
-/// the checkpoint, so they are made again (docs/files.md). One made by
-/// someone else meanwhile is used only when it is a directory the restart's
-/// user owns.
-fn make_parents(path: &Path) -> Result<Vec<String>, String> {
-    let mut missing = Vec::new();
-    let mut at = path.parent();
-    while let Some(d) = at {
-        if d.as_os_str().is_empty() || fs::symlink_metadata(d).is_ok() {
-            break;
-        }
-        missing.push(d.to_path_buf());
-        at = d.parent();
-    }
-    let mut made = Vec::new();
+/// The directory holding `path`, opened by a walk from `/` one component
+/// at a time (never by its path name, which could be changed between a
+/// check and its use), making the directories that do not exist (mode 0700,
+/// the restart's own) and returning them too. A restart on another node
+/// does not find the node-local directories a job's files were in
+/// (`/tmp/ompi.*` of an MPI launcher, a program's scratch directory in
+/// `/tmp`): they existed at the checkpoint, so they are made again
+/// (docs/files.md).
+///
+/// In a directory everyone can write to (`/tmp`), an entry that belongs to
+/// neither root nor the restart's user is refused, directory or symbolic
+/// link: another user made it and could read, swap or redirect what the
+/// restart writes there. Elsewhere (a group's project directory, a home
+/// directory reached through a link) entries and links are followed.
+fn make_parents(path: &Path) -> Result<(OwnedFd, Vec<String>), String> {
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
-    for d in missing.iter().rev() {
-        match fs::DirBuilder::new().mode(0o700).create(d) {
-            Ok(()) => made.push(d.display().to_string()),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let md = fs::symlink_metadata(d).map_err(|e| format!("{}: {e}", d.display()))?;
-                if !md.is_dir() || md.uid() != me {
-                    return Err(format!(
-                        "cannot recreate {}: its directory {} was made meanwhile by another user                          (or is not a directory)",
-                        path.display(),
-                        d.display()
-                    ));
-                }
-            }
-            Err(e) => {
+    let shown = path.display();
+    let parent = path
+        .parent()
+        .filter(|p| p.is_absolute())
+        .ok_or_else(|| format!("cannot put back {shown}: not an absolute path"))?;
+    let mut cur = open_at(None, Path::new("/"), libc::O_PATH | libc::O_DIRECTORY)
+        .map_err(|e| format!("cannot open /: {e}"))?;
+    let mut here = PathBuf::from("/");
+    let mut made = Vec::new();
+    for c in parent.components() {
+        let name = match c {
+            std::path::Component::RootDir => continue,
+            std::path::Component::Normal(n) => Path::new(n),
+            _ => {
                 return Err(format!(
-                    "cannot recreate {} (its directory {} is gone): {e}",
-                    path.display(),
-                    d.display()
+                    "cannot put back {shown}: its path is not canonical"
                 ));
             }
+        };
+        here.push(name);
+        let dir_mode = stat_fd(cur.as_fd()).map(|st| st.st_mode).unwrap_or(0);
+        let entry = match stat_at(cur.as_fd(), name) {
+            Ok(st) => st,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                match mkdir_at(cur.as_fd(), name, 0o700) {
+                    Ok(()) => made.push(here.display().to_string()),
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                    Err(e) => {
+                        return Err(format!(
+                            "cannot recreate {shown} (its directory {} is gone): {e}",
+                            here.display()
+                        ));
+                    }
+                }
+                let st =
+                    stat_at(cur.as_fd(), name).map_err(|e| format!("{}: {e}", here.display()))?;
+                if st.st_mode & libc::S_IFMT != libc::S_IFDIR || st.st_uid != me {
+                    return Err(format!(
+                        "cannot recreate {shown}: its directory {} was made meanwhile by another user \
+                         (or is not a directory)",
+                        here.display()
+                    ));
+                }
+                st
+            }
+            Err(e) => return Err(format!("{}: {e}", here.display())),
+        };
+        if dir_mode & 0o002 != 0 && entry.st_uid != 0 && entry.st_uid != me {
+            return Err(format!(
+                "cannot put back {shown}: {} belongs to {}, in a directory everyone can write to: \
+                 another user made it; remove it or restart where it does not exist",
+                here.display(),
+                safe_dir::user_name(entry.st_uid)
+            ));
         }
+        cur = open_at(Some(cur.as_fd()), name, libc::O_PATH | libc::O_DIRECTORY)
+            .map_err(|e| format!("cannot put back {shown}: {}: {e}", here.display()))?;
     }
-    Ok(made)
+    Ok((cur, made))
 }
 
-/// Writes the copy back at `path`: the same inode when the file is still
-/// there (truncated to its size), a new file with its mode when it was
-/// removed. True when the file differed from the checkpoint.
-fn put_back(path: &Path, f: &SavedFile, copy: &mut fs::File) -> Result<bool, String> {
-    let shown = path.display();
-    let now = fs::symlink_metadata(path);
-    let (mut dst, changed) = match now {
-        Ok(md) if md.file_type().is_symlink() || !md.is_file() => {
+fn c_name(name: &Path) -> std::io::Result<std::ffi::CString> {
+    std::ffi::CString::new(name.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// `openat(dir, name, flags | O_CLOEXEC, mode)` (`dir` None: the cwd).
+fn open_at_mode(
+    dir: Option<BorrowedFd<'_>>,
+    name: &Path,
+    flags: i32,
+    mode: u32,
+) -> std::io::Result<OwnedFd> {
+    let c = c_name(name)?;
+    let d = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: c is a valid C string; d is an open directory or AT_FDCWD.
+    let fd = unsafe { libc::openat(d, c.as_ptr(), flags | libc::O_CLOEXEC, mode) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: openat just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn open_at(dir: Option<BorrowedFd<'_>>, name: &Path, flags: i32) -> std::io::Result<OwnedFd> {
+    open_at_mode(dir, name, flags, 0)
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
+fn stat_at(dir: BorrowedFd<'_>, name: &Path) -> std::io::Result<libc::stat> {
+    let c = c_name(name)?;
+    // SAFETY: stat is plain data; all-zero is valid.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid C string, dir an open directory, st writable.
+    let r = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+fn stat_fd(fd: BorrowedFd<'_>) -> std::io::Result<libc::stat> {
+    // SAFETY: stat is plain data; all-zero is valid.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is open (O_PATH is enough for fstat); st writable.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+fn mkdir_at(dir: BorrowedFd<'_>, name: &Path, mode: u32) -> std::io::Result<()> {
+    let c = c_name(name)?;
+    // SAFETY: c is a valid C string, dir an open directory.
+    if unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Writes the copy back as `name` in `dir` (`shown`: its path, for
+/// messages): the same inode when the file is still there (truncated to its
+/// size), a new file with its mode when it was removed. True when the file
+/// differed from the checkpoint. A file that is no longer a regular file,
+/// or that belongs to another user now, is refused, never written.
+fn put_back(
+    dir: BorrowedFd<'_>,
+    name: &Path,
+    shown: &Path,
+    f: &SavedFile,
+    copy: &mut fs::File,
+) -> Result<bool, String> {
+    let shown = shown.display();
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let (dst, changed, created) = match stat_at(dir, name) {
+        Ok(st) if st.st_mode & libc::S_IFMT != libc::S_IFREG => {
             return Err(format!(
                 "{shown} (which the job was writing) is no longer a regular file; move it away \
                  to let the restart put back its content at the checkpoint"
             ));
         }
-        Ok(md) => {
-            let changed = (md.ino(), md.len(), ns(md.mtime(), md.mtime_nsec()))
-                != (f.inode, f.size, f.mtime_ns);
-            let d = fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(path)
+        Ok(st) if st.st_uid != me => {
+            return Err(format!(
+                "{shown} (which the job was writing) belongs to {} now; move it away to let the \
+                 restart put back its content at the checkpoint",
+                safe_dir::user_name(st.st_uid)
+            ));
+        }
+        Ok(st) => {
+            let changed = (
+                st.st_ino,
+                st.st_size as u64,
+                ns(st.st_mtime, st.st_mtime_nsec),
+            ) != (f.inode, f.size, f.mtime_ns);
+            let d = open_at(Some(dir), name, libc::O_WRONLY | libc::O_NOFOLLOW)
                 .map_err(|e| format!("cannot put back {shown}: {e}"))?;
-            (d, changed)
+            // The file opened is the one looked at (not one put in its place).
+            let now = stat_fd(d.as_fd()).map_err(|e| format!("cannot put back {shown}: {e}"))?;
+            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
+                return Err(format!(
+                    "cannot put back {shown}: it was replaced meanwhile"
+                ));
+            }
+            (d, changed, false)
         }
-        Err(_) => {
-            let d = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(f.mode & 0o7777)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(path)
-                .map_err(|e| {
-                    format!("cannot recreate {shown} (removed since the checkpoint): {e}")
-                })?;
-            // Its mode, not the one the restart's umask leaves.
-            d.set_permissions(fs::Permissions::from_mode(f.mode & 0o7777))
-                .map_err(|e| format!("cannot set the mode of {shown}: {e}"))?;
-            (d, true)
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            let d = open_at_mode(
+                Some(dir),
+                name,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                f.mode & 0o7777,
+            )
+            .map_err(|e| format!("cannot recreate {shown} (removed since the checkpoint): {e}"))?;
+            (d, true, true)
         }
+        Err(e) => return Err(format!("cannot put back {shown}: {e}")),
     };
+    let mut dst = fs::File::from(dst);
+    if created {
+        // Its mode, not the one the restart's umask leaves.
+        dst.set_permissions(fs::Permissions::from_mode(f.mode & 0o7777))
+            .map_err(|e| format!("cannot set the mode of {shown}: {e}"))?;
+    }
     // Written back even when size and time look unchanged: writes through a
     // shared mapping need not change the modification time.
     dst.set_len(0)
@@ -759,7 +888,12 @@ mod tests {
         let _ = fs::remove_dir_all(&base);
         fs::create_dir(&base).expect("mkdir");
         let file = base.join("ompi.n1.1000/pid.2/dstore/seg");
-        let made = make_parents(&file).expect("made");
+        let (dir, made) = make_parents(&file).expect("made");
+        assert_eq!(
+            safe_dir::fd_path(dir.as_fd()),
+            base.join("ompi.n1.1000/pid.2/dstore"),
+            "the descriptor is the file's directory"
+        );
         let want: Vec<String> = [
             "ompi.n1.1000",
             "ompi.n1.1000/pid.2",
@@ -775,9 +909,81 @@ mod tests {
             assert_eq!(md.mode() & 0o777, 0o700, "{d}");
         }
         assert!(
-            make_parents(&file).expect("again").is_empty(),
+            make_parents(&file).expect("again").1.is_empty(),
             "nothing left to make"
         );
+        let _ = fs::remove_dir_all(&base);
+    }
+
+    /// In a directory others can write to, an entry another user made
+    /// (a directory or a symbolic link planted where the job's directory
+    /// was) is refused: the restart would write the job's file where that
+    /// user can read it or chose. Run as root (CI), the test plays the
+    /// other user with chown.
+    #[test]
+    fn entries_another_user_planted_in_a_shared_directory_are_refused() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return; // cannot make a file of another user
+        }
+        let base = std::env::temp_dir().join(format!("ckpt-planted-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir(&base).expect("mkdir");
+        // A /tmp of its own: world-writable and sticky.
+        fs::set_permissions(&base, fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let other = 65534; // nobody
+        let chown = |p: &Path| {
+            let c = std::ffi::CString::new(p.as_os_str().as_bytes()).expect("c path");
+            // SAFETY: valid C string.
+            assert_eq!(unsafe { libc::lchown(c.as_ptr(), other, other) }, 0);
+        };
+        // A directory of another user.
+        fs::create_dir(base.join("ompi.n1.1000")).expect("mkdir");
+        chown(&base.join("ompi.n1.1000"));
+        let e = make_parents(&base.join("ompi.n1.1000/seg")).expect_err("refused");
+        assert!(
+            e.contains("belongs to") && e.contains("everyone can write"),
+            "{e}"
+        );
+        // A symbolic link of another user to a directory of ours.
+        fs::create_dir(base.join("mine")).expect("mkdir");
+        std::os::unix::fs::symlink(base.join("mine"), base.join("scratch")).expect("symlink");
+        chown(&base.join("scratch"));
+        let e = make_parents(&base.join("scratch/out.dat")).expect_err("refused");
+        assert!(e.contains("belongs to"), "{e}");
+        // Ours (root's here) is followed.
+        std::os::unix::fs::symlink(base.join("mine"), base.join("link")).expect("symlink");
+        let (dir, made) = make_parents(&base.join("link/out.dat")).expect("followed");
+        assert!(made.is_empty());
+        assert_eq!(safe_dir::fd_path(dir.as_fd()), base.join("mine"));
+        // A file another user put in the job's file's place is not written.
+        let f = SavedFile {
+            path: encode(b"x"),
+            deleted: false,
+            dev: 0,
+            inode: 0,
+            size: 0,
+            mode: 0o600,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            data: "copy".into(),
+            crc: 0,
+        };
+        fs::write(base.join("mine/theirs"), b"theirs").expect("write");
+        chown(&base.join("mine/theirs"));
+        let copy_p = base.join("mine/copy");
+        fs::write(&copy_p, b"").expect("write");
+        let mut c = fs::File::open(&copy_p).expect("open");
+        let e = put_back(
+            dir.as_fd(),
+            Path::new("theirs"),
+            &base.join("mine/theirs"),
+            &f,
+            &mut c,
+        )
+        .expect_err("refused");
+        assert!(e.contains("belongs to"), "{e}");
+        assert_eq!(fs::read(base.join("mine/theirs")).expect("read"), b"theirs");
         let _ = fs::remove_dir_all(&base);
     }
 
@@ -830,18 +1036,20 @@ mod tests {
             crc: 0,
         };
         let mut c = fs::File::open(&copy_p).unwrap();
-        assert!(put_back(&target, &f, &mut c).unwrap());
+        let dir = open_at(None, &d, libc::O_PATH | libc::O_DIRECTORY).unwrap();
+        let back = |c: &mut fs::File| put_back(dir.as_fd(), Path::new("db"), &target, &f, c);
+        assert!(back(&mut c).unwrap());
         assert_eq!(fs::read(&target).unwrap(), b"checkpoint content");
         assert_eq!(fs::metadata(&target).unwrap().ino(), ino, "same inode");
         // Removed: created again, with its mode.
         fs::remove_file(&target).unwrap();
-        assert!(put_back(&target, &f, &mut c).unwrap());
+        assert!(back(&mut c).unwrap());
         assert_eq!(fs::read(&target).unwrap(), b"checkpoint content");
         assert_eq!(fs::metadata(&target).unwrap().mode() & 0o777, 0o640);
         // A symlink in its place is refused, not followed.
         fs::remove_file(&target).unwrap();
         std::os::unix::fs::symlink(&copy_p, &target).unwrap();
-        let e = put_back(&target, &f, &mut c).unwrap_err();
+        let e = back(&mut c).unwrap_err();
         assert!(e.contains("no longer a regular file"), "{e}");
         fs::remove_dir_all(&d).unwrap();
     }
