@@ -555,16 +555,63 @@ fn a_step_inside_a_requeued_batch_job_resumes_from_its_periodic_image() {
     );
 }
 
+/// An `srun` step started in the background by the test user, its output
+/// and errors in `srun.out` and `srun.err` of `dir`.
+struct SrunStep {
+    child: std::process::Child,
+    command: String,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl SrunStep {
+    fn start(c: &Cluster, dir: &Path, srun: &[&str]) -> SrunStep {
+        let out = dir.join("srun.out");
+        let o = fs::File::create(&out).unwrap_or_else(|e| panic!("srun.out: {e}"));
+        c.give_to_user(&out);
+        let err = dir.join("srun.err");
+        let e = fs::File::create(&err).unwrap_or_else(|e| panic!("srun.err: {e}"));
+        let child = c
+            .user_command(dir, &c.conf, srun)
+            .stdout(o)
+            .stderr(e)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start srun: {e}"));
+        SrunStep {
+            child,
+            command: srun.join(" "),
+            out,
+            err,
+        }
+    }
+
+    /// The last step the program printed so far.
+    fn step(&self) -> u32 {
+        last_step(&fs::read_to_string(&self.out).unwrap_or_default())
+    }
+
+    /// Waits for srun to end; its run as a `JobRun` (its output as the
+    /// submit command's).
+    fn wait(mut self) -> JobRun {
+        let status = self.child.wait().unwrap_or_else(|e| panic!("srun: {e}"));
+        JobRun {
+            command: self.command,
+            id: None,
+            success: status.success(),
+            code: status.code(),
+            submit_stdout: fs::read_to_string(&self.out).unwrap_or_default(),
+            submit_stderr: fs::read_to_string(&self.err).unwrap_or_default(),
+            stdout: String::new(),
+            stderr: String::new(),
+        }
+    }
+}
+
 #[test]
 fn a_step_signal_checkpoints_the_step_and_the_program_survives() {
     let Some(c) = slurm::cluster() else { return };
     let dir = setup(&c, "step-signal");
     let want = reference(&c, &dir, &["python3", "pi.py", "16", "0"], 0);
-    let out_path = dir.join("srun.out");
-    let out = fs::File::create(&out_path).unwrap_or_else(|e| panic!("srun.out: {e}"));
-    c.give_to_user(&out_path);
-    let err_path = dir.join("srun.err");
-    let err = fs::File::create(&err_path).unwrap_or_else(|e| panic!("srun.err: {e}"));
     let srun = [
         "srun",
         "-Q",
@@ -576,32 +623,15 @@ fn a_step_signal_checkpoints_the_step_and_the_program_survives() {
         "16",
         "0.5",
     ];
-    let mut child = c
-        .user_command(&dir, &c.conf, &srun)
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start srun: {e}"));
-    wait_until(&c, None, "step 3 of the srun step", || {
-        last_step(&fs::read_to_string(&out_path).unwrap_or_default()) >= 3
-    });
+    let step = SrunStep::start(&c, &dir, &srun);
+    wait_until(&c, None, "step 3 of the srun step", || step.step() >= 3);
     // Slurm delivers this to every process of the step, the program included.
     user_ok(
         &c,
         &dir,
         &["scancel", "--signal=USR1", "--name=ckpt-stepsig"],
     );
-    let status = child.wait().unwrap_or_else(|e| panic!("srun: {e}"));
-    let run = JobRun {
-        command: srun.join(" "),
-        id: None,
-        success: status.success(),
-        code: status.code(),
-        submit_stdout: fs::read_to_string(&out_path).unwrap_or_default(),
-        submit_stderr: fs::read_to_string(&err_path).unwrap_or_default(),
-        stdout: String::new(),
-        stderr: String::new(),
-    };
+    let run = step.wait();
     c.check(run.success, "the step did not survive its signal", &run);
     c.check(
         run.submit_stderr
@@ -641,11 +671,6 @@ fn a_program_that_handles_the_step_signal_and_starts_others_never_sees_it() {
          print(f\"handler calls {len(calls)}\", flush=True)\n\
          sys.exit(rc)\n",
     );
-    let out_path = dir.join("srun.out");
-    let out = fs::File::create(&out_path).unwrap_or_else(|e| panic!("srun.out: {e}"));
-    c.give_to_user(&out_path);
-    let err_path = dir.join("srun.err");
-    let err = fs::File::create(&err_path).unwrap_or_else(|e| panic!("srun.err: {e}"));
     let srun = [
         "srun",
         "-Q",
@@ -657,20 +682,10 @@ fn a_program_that_handles_the_step_signal_and_starts_others_never_sees_it() {
         "20",
         "0.5",
     ];
-    let mut child = c
-        .user_command(&dir, &c.conf, &srun)
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start srun: {e}"));
-    let written = |n: u32| {
-        fs::read_to_string(&err_path)
-            .unwrap_or_default()
-            .contains(&format!("/ck/step0/task0/gen-00000{n} written"))
-    };
+    let step = SrunStep::start(&c, &dir, &srun);
     for (n, at) in [(1, 3), (2, 8)] {
         wait_until(&c, None, &format!("step {at} of the srun step"), || {
-            last_step(&fs::read_to_string(&out_path).unwrap_or_default()) >= at
+            step.step() >= at
         });
         user_ok(
             &c,
@@ -678,20 +693,12 @@ fn a_program_that_handles_the_step_signal_and_starts_others_never_sees_it() {
             &["scancel", "--signal=USR1", "--name=ckpt-stepsig-handled"],
         );
         wait_until(&c, None, &format!("checkpoint {n} of the step"), || {
-            written(n)
+            fs::read_to_string(&step.err)
+                .unwrap_or_default()
+                .contains(&format!("/ck/step0/task0/gen-00000{n} written"))
         });
     }
-    let status = child.wait().unwrap_or_else(|e| panic!("srun: {e}"));
-    let run = JobRun {
-        command: srun.join(" "),
-        id: None,
-        success: status.success(),
-        code: status.code(),
-        submit_stdout: fs::read_to_string(&out_path).unwrap_or_default(),
-        submit_stderr: fs::read_to_string(&err_path).unwrap_or_default(),
-        stdout: String::new(),
-        stderr: String::new(),
-    };
+    let run = step.wait();
     c.check(
         run.success,
         "the step did not survive its checkpoint signals (the program's child died?)",

@@ -237,16 +237,8 @@ extern "C" fn filter(sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_void
         HANDLER.store(libc::SIG_DFL as u64, Ordering::Release);
         FLAGS.store(0, Ordering::Release);
     }
-    if flags & libc::SA_SIGINFO != 0 {
-        // SAFETY: the program installed this address as an SA_SIGINFO handler.
-        let f: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) =
-            unsafe { core::mem::transmute(h) };
-        f(sig, info, uc);
-    } else {
-        // SAFETY: the program installed this address as a plain handler.
-        let f: extern "C" fn(i32) = unsafe { core::mem::transmute(h) };
-        f(sig);
-    }
+    // SAFETY: h is the program's handler for this signal, with its flags.
+    unsafe { super::stop::invoke(h, flags, sig, info, uc) };
 }
 
 #[cfg(test)]

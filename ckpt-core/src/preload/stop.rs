@@ -284,6 +284,24 @@ unsafe fn call_program(sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_vo
     if flags & libc::SA_RESETHAND != 0 {
         PROGRAM_HANDLER.store(0, Ordering::Release);
     }
+    // SAFETY: h is the program's handler for this signal, with its flags.
+    unsafe { invoke(h, flags, sig, info, uc) };
+}
+
+/// Call a program's handler `h` as its action's `flags` say (`SA_SIGINFO`
+/// or not), from one of libckpt's handlers that keeps it aside.
+/// **Async-signal-safe.**
+///
+/// # Safety
+/// `h` is a handler the program installed with `flags`; the other
+/// arguments are the kernel's handler arguments.
+pub(crate) unsafe fn invoke(
+    h: usize,
+    flags: i32,
+    sig: i32,
+    info: *mut libc::siginfo_t,
+    uc: *mut libc::c_void,
+) {
     if flags & libc::SA_SIGINFO != 0 {
         // SAFETY: the program installed this address as an SA_SIGINFO handler.
         let f: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) =

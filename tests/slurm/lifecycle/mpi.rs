@@ -82,12 +82,25 @@ fn an_mpi_job_run_by_mpirun_on_one_node_resumes_on_another_node() {
     // mpirun would take its node for another host and start a daemon there
     // through srun; on a cluster whose node names are host names it starts
     // the ranks of its own node itself anyway (docs/mpi.md).
+    ring_moved_and_passed(
+        &c,
+        &dir,
+        &want,
+        STEPS,
+        &format!("mpirun --mca ras ^slurm --mca plm isolated -np 2 ./ring {STEPS} 400"),
+    );
+}
+
+/// A batch job running the ring program with `launch` (one node, two
+/// ranks) is checkpointed on its warning signal and resumes on another
+/// node with the uninterrupted run's output; the ranks passed their checks.
+fn ring_moved_and_passed(c: &Cluster, dir: &Path, want: &str, steps: u32, launch: &str) {
     let script = format!(
         "#!/bin/bash\n\
          #SBATCH -p multi -N1 -n2 --checkpoint-dir=ck --signal=B:USR1@10\n\
-         mpirun --mca ras ^slurm --mca plm isolated -np 2 ./ring {STEPS} 400\n"
+         {launch}\n"
     );
-    let job = moved_to_another_node(&c, &dir, &script, STEPS, &want);
+    let job = moved_to_another_node(c, dir, &script, steps, want);
     let run = job.run();
     c.check(
         run.stdout.lines().any(|l| l == "PASS"),
@@ -109,18 +122,12 @@ fn an_mpich_job_run_by_mpiexec_on_one_node_resumes_on_another_node() {
     };
     // `-launcher fork`: start the ranks here (under Slurm Hydra would start
     // its proxy through srun, a step of its own; docs/mpi.md).
-    let script = format!(
-        "#!/bin/bash\n\
-         #SBATCH -p multi -N1 -n2 --checkpoint-dir=ck --signal=B:USR1@10\n\
-         export UCX_TLS=^sysv\n\
-         mpiexec.mpich -launcher fork -n 2 ./ring {STEPS} 400\n"
-    );
-    let job = moved_to_another_node(&c, &dir, &script, STEPS, &want);
-    let run = job.run();
-    c.check(
-        run.stdout.lines().any(|l| l == "PASS"),
-        "the ranks did not pass their own checks (no PASS line)",
-        &run,
+    ring_moved_and_passed(
+        &c,
+        &dir,
+        &want,
+        STEPS,
+        &format!("export UCX_TLS=^sysv\nmpiexec.mpich -launcher fork -n 2 ./ring {STEPS} 400"),
     );
 }
 
