@@ -109,7 +109,13 @@ fn apply(sig: i32) -> Result<(), raw::Errno> {
     if h == libc::SIG_IGN as u64 {
         sa.sa_sigaction = libc::SIG_IGN;
     } else {
-        let flags = FLAGS.load(Ordering::Acquire) as i32;
+        // The program's flags for its handler; for the default action,
+        // SA_RESTART: a request from Slurm interrupts what it can least.
+        let flags = if h == libc::SIG_DFL as u64 {
+            libc::SA_RESTART
+        } else {
+            FLAGS.load(Ordering::Acquire) as i32
+        };
         sa.sa_sigaction = filter as *const () as usize;
         sa.sa_flags =
             libc::SA_SIGINFO | (flags & (libc::SA_RESTART | libc::SA_ONSTACK | libc::SA_NODEFER));
