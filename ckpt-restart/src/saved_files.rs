@@ -667,11 +667,11 @@ fn temp_for(path: &Path, g: &LoadedGeneration) -> Result<PathBuf, String> {
 /// `/tmp`): they existed at the checkpoint, so they are made again
 /// (docs/files.md).
 ///
-/// In a directory everyone can write to (`/tmp`), an entry that belongs to
-/// neither root nor the restart's user is refused, directory or symbolic
-/// link: another user made it and could read, swap or redirect what the
-/// restart writes there. Elsewhere (a group's project directory, a home
-/// directory reached through a link) entries and links are followed.
+/// Directories and links that exist are followed as the job followed
+/// them: the restart runs in the job's user namespace, where every other
+/// user, root included, shows as the overflow uid, so their owners cannot
+/// be told apart there (the kernel's `protected_symlinks` keeps a link
+/// another user planted in `/tmp` from being followed).
 fn make_parents(path: &Path) -> Result<(OwnedFd, Vec<String>), String> {
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
@@ -695,9 +695,8 @@ fn make_parents(path: &Path) -> Result<(OwnedFd, Vec<String>), String> {
             }
         };
         here.push(name);
-        let dir_mode = stat_fd(cur.as_fd()).map(|st| st.st_mode).unwrap_or(0);
-        let entry = match stat_at(cur.as_fd(), name) {
-            Ok(st) => st,
+        match stat_at(cur.as_fd(), name) {
+            Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 match mkdir_at(cur.as_fd(), name, 0o700) {
                     Ok(()) => made.push(here.display().to_string()),
@@ -718,17 +717,8 @@ fn make_parents(path: &Path) -> Result<(OwnedFd, Vec<String>), String> {
                         here.display()
                     ));
                 }
-                st
             }
             Err(e) => return Err(format!("{}: {e}", here.display())),
-        };
-        if dir_mode & 0o002 != 0 && entry.st_uid != 0 && entry.st_uid != me {
-            return Err(format!(
-                "cannot put back {shown}: {} belongs to {}, in a directory everyone can write to: \
-                 another user made it; remove it or restart where it does not exist",
-                here.display(),
-                safe_dir::user_name(entry.st_uid)
-            ));
         }
         cur = open_at(Some(cur.as_fd()), name, libc::O_PATH | libc::O_DIRECTORY)
             .map_err(|e| format!("cannot put back {shown}: {}: {e}", here.display()))?;
@@ -806,7 +796,7 @@ fn mkdir_at(dir: BorrowedFd<'_>, name: &Path, mode: u32) -> std::io::Result<()> 
 /// messages): the same inode when the file is still there (truncated to its
 /// size), a new file with its mode when it was removed. True when the file
 /// differed from the checkpoint. A file that is no longer a regular file,
-/// or that belongs to another user now, is refused, never written.
+/// or another user's file in its place, is refused, never written.
 fn put_back(
     dir: BorrowedFd<'_>,
     name: &Path,
@@ -824,10 +814,12 @@ fn put_back(
                  to let the restart put back its content at the checkpoint"
             ));
         }
-        Ok(st) if st.st_uid != me => {
+        Ok(st) if st.st_ino != f.inode && st.st_uid != me => {
+            // Not the file the job was writing, and not the restart's user's:
+            // someone else put it there.
             return Err(format!(
-                "{shown} (which the job was writing) belongs to {} now; move it away to let the \
-                 restart put back its content at the checkpoint",
+                "{shown} (which the job was writing) was replaced by a file of {}; move it away \
+                 to let the restart put back its content at the checkpoint",
                 safe_dir::user_name(st.st_uid)
             ));
         }
@@ -915,13 +907,11 @@ mod tests {
         let _ = fs::remove_dir_all(&base);
     }
 
-    /// In a directory others can write to, an entry another user made
-    /// (a directory or a symbolic link planted where the job's directory
-    /// was) is refused: the restart would write the job's file where that
-    /// user can read it or chose. Run as root (CI), the test plays the
-    /// other user with chown.
+    /// A file another user put in the place of the job's file is not
+    /// written (the job's own file is, whoever owns it). Run as root (CI),
+    /// the test plays the other user with chown.
     #[test]
-    fn entries_another_user_planted_in_a_shared_directory_are_refused() {
+    fn another_users_file_in_the_place_of_the_jobs_is_refused() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return; // cannot make a file of another user
@@ -929,61 +919,40 @@ mod tests {
         let base = std::env::temp_dir().join(format!("ckpt-planted-{}", std::process::id()));
         let _ = fs::remove_dir_all(&base);
         fs::create_dir(&base).expect("mkdir");
-        // A /tmp of its own: world-writable and sticky.
-        fs::set_permissions(&base, fs::Permissions::from_mode(0o1777)).expect("chmod");
-        let other = 65534; // nobody
         let chown = |p: &Path| {
             let c = std::ffi::CString::new(p.as_os_str().as_bytes()).expect("c path");
             // SAFETY: valid C string.
-            assert_eq!(unsafe { libc::lchown(c.as_ptr(), other, other) }, 0);
+            assert_eq!(unsafe { libc::lchown(c.as_ptr(), 65534, 65534) }, 0);
         };
-        // A directory of another user.
-        fs::create_dir(base.join("ompi.n1.1000")).expect("mkdir");
-        chown(&base.join("ompi.n1.1000"));
-        let e = make_parents(&base.join("ompi.n1.1000/seg")).expect_err("refused");
-        assert!(
-            e.contains("belongs to") && e.contains("everyone can write"),
-            "{e}"
-        );
-        // A symbolic link of another user to a directory of ours.
-        fs::create_dir(base.join("mine")).expect("mkdir");
-        std::os::unix::fs::symlink(base.join("mine"), base.join("scratch")).expect("symlink");
-        chown(&base.join("scratch"));
-        let e = make_parents(&base.join("scratch/out.dat")).expect_err("refused");
-        assert!(e.contains("belongs to"), "{e}");
-        // Ours (root's here) is followed.
-        std::os::unix::fs::symlink(base.join("mine"), base.join("link")).expect("symlink");
-        let (dir, made) = make_parents(&base.join("link/out.dat")).expect("followed");
+        let (dir, made) = make_parents(&base.join("theirs")).expect("walk");
         assert!(made.is_empty());
-        assert_eq!(safe_dir::fd_path(dir.as_fd()), base.join("mine"));
-        // A file another user put in the job's file's place is not written.
-        let f = SavedFile {
-            path: encode(b"x"),
+        let target = base.join("theirs");
+        fs::write(&target, b"theirs").expect("write");
+        chown(&target);
+        let ino = fs::metadata(&target).expect("stat").ino();
+        let copy_p = base.join("copy");
+        fs::write(&copy_p, b"ours").expect("write");
+        let mut c = fs::File::open(&copy_p).expect("open");
+        let mut f = SavedFile {
+            path: encode(target.as_os_str().as_bytes()),
             deleted: false,
             dev: 0,
-            inode: 0,
-            size: 0,
+            inode: ino + 1,
+            size: 4,
             mode: 0o600,
             mtime_ns: 0,
             ctime_ns: 0,
             data: "copy".into(),
             crc: 0,
         };
-        fs::write(base.join("mine/theirs"), b"theirs").expect("write");
-        chown(&base.join("mine/theirs"));
-        let copy_p = base.join("mine/copy");
-        fs::write(&copy_p, b"").expect("write");
-        let mut c = fs::File::open(&copy_p).expect("open");
-        let e = put_back(
-            dir.as_fd(),
-            Path::new("theirs"),
-            &base.join("mine/theirs"),
-            &f,
-            &mut c,
-        )
-        .expect_err("refused");
-        assert!(e.contains("belongs to"), "{e}");
-        assert_eq!(fs::read(base.join("mine/theirs")).expect("read"), b"theirs");
+        let e =
+            put_back(dir.as_fd(), Path::new("theirs"), &target, &f, &mut c).expect_err("refused");
+        assert!(e.contains("was replaced by a file of"), "{e}");
+        assert_eq!(fs::read(&target).expect("read"), b"theirs");
+        // The job's own file (same inode), whoever owns it, is put back.
+        f.inode = ino;
+        put_back(dir.as_fd(), Path::new("theirs"), &target, &f, &mut c).expect("put back");
+        assert_eq!(fs::read(&target).expect("read"), b"ours");
         let _ = fs::remove_dir_all(&base);
     }
 
