@@ -103,7 +103,9 @@ fn init() {
     if std::env::var_os("CKPT_SNAPSHOT").is_some_and(|v| v == "0") {
         leader::SNAPSHOT.store(0, core::sync::atomic::Ordering::Release);
     }
-    if is_libckpt() {
+    // dladdr only where there is a step's signal to keep aside: nothing
+    // added to the start-up of other programs.
+    if std::env::var_os(ask::ENV_ASK_SIGNAL).is_some() && is_libckpt() {
         ask::init(sigmask::real_sigaction());
     }
     if stop::install().is_ok() {
