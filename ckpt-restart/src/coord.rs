@@ -405,6 +405,7 @@ impl Coordinator {
             failure: None,
             hosts: BTreeMap::new(),
             relaunch: BTreeMap::new(),
+            first_stop: None,
         };
         let result = self.stop_all(init, &rx, &mut run);
         if let Ok(mut g) = self.incoming.lock() {
@@ -510,7 +511,8 @@ impl Coordinator {
             self.hold(true);
         }
         // Release the job, then wait for the images to be on disk.
-        let t_release = t0.elapsed();
+        // The pause: from the first stop signal to the release.
+        let t_release = run.first_stop.map_or_else(|| t0.elapsed(), |s| s.elapsed());
         for conn in run.leaders.values() {
             let _ = sock::send(conn, b"RELEASE");
         }
@@ -683,11 +685,15 @@ impl Coordinator {
             )?);
             with_relaunched.insert(pid, *host);
         }
-        let shared_fds = shared_descriptions(&with_relaunched);
+        let fds: BTreeMap<i32, crate::proc_fds::ProcFds> = with_relaunched
+            .values()
+            .filter_map(|&h| crate::proc_fds::ProcFds::read(h).ok().map(|f| (h, f)))
+            .collect();
+        let shared_fds = shared_descriptions(&with_relaunched, &fds);
         check_posix_timers(&run.hosts)?;
         let policy = self.files.lock().map(|p| p.clone()).unwrap_or_default();
         let prev = self.previous_files();
-        let files = saved_files::capture(&with_relaunched, pending, prev.as_ref(), &policy)?;
+        let files = saved_files::capture(&with_relaunched, &fds, pending, prev.as_ref(), &policy)?;
         Ok((relaunched, shared_fds, files))
     }
 
@@ -720,7 +726,9 @@ impl Coordinator {
                     // SAFETY: kill has no memory-safety contract.
                     && unsafe { libc::kill(m.host_pid, STOP_SIGNAL) } == 0
                 {
-                    signaled.insert(m.pid, (m.host_pid, Instant::now(), m.exe.clone()));
+                    let now = Instant::now();
+                    run.first_stop.get_or_insert(now);
+                    signaled.insert(m.pid, (m.host_pid, now, m.exe.clone()));
                     run.hosts.insert(m.pid, m.host_pid);
                 }
             }
@@ -783,7 +791,9 @@ impl Coordinator {
                 }
                 // SAFETY: kill has no memory-safety contract.
                 if unsafe { libc::kill(m.host_pid, STOP_SIGNAL) } == 0 {
-                    signaled.insert(m.pid, (m.host_pid, Instant::now(), m.exe.clone()));
+                    let now = Instant::now();
+                    run.first_stop.get_or_insert(now);
+                    signaled.insert(m.pid, (m.host_pid, now, m.exe.clone()));
                     run.hosts.insert(m.pid, m.host_pid);
                 }
             }
@@ -866,6 +876,9 @@ struct Run {
     hosts: BTreeMap<i32, i32>,
     /// Processes started again at restart: ns pid -> (host pid, parent, exe).
     relaunch: BTreeMap<i32, (i32, i32, String)>,
+    /// When the first process was told to stop: the job's pause starts
+    /// there, not with what the coordinator prepares while it runs.
+    first_stop: Option<Instant>,
 }
 
 /// Refuses a job with a POSIX timer a restart could not create again (see
@@ -891,32 +904,31 @@ fn check_posix_timers(hosts: &BTreeMap<i32, i32>) -> Result<(), String> {
 
 /// Group file descriptors (across and within processes) that refer to one
 /// open file description, using kcmp(KCMP_FILE). Only groups of two or more.
-fn shared_descriptions(hosts: &BTreeMap<i32, i32>) -> Vec<Vec<[i32; 2]>> {
-    use std::os::unix::fs::MetadataExt;
+fn shared_descriptions(
+    hosts: &BTreeMap<i32, i32>,
+    fds: &BTreeMap<i32, crate::proc_fds::ProcFds>,
+) -> Vec<Vec<[i32; 2]>> {
     // (dev, inode) -> [(pid, fd, host pid)], read from /proc while the job is
     // stopped (a snapshot child may still be writing the manifests).
     type Holders = Vec<(i32, i32, i32)>;
     let mut cands: BTreeMap<(u64, u64), Holders> = BTreeMap::new();
     for (&pid, &host) in hosts {
-        let Ok(rd) = std::fs::read_dir(format!("/proc/{host}/fd")) else {
+        let Some(list) = fds.get(&host) else {
             continue;
         };
-        for e in rd.flatten() {
-            let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+        // Sockets are matched by their own kind (docs/sockets.md): no
+        // second look at them.
+        for l in list.links.iter().filter(|l| !l.is_socket()) {
+            let Ok(st) = list.stat(l.fd) else {
                 continue;
             };
-            let Ok(md) = std::fs::metadata(e.path()) else {
-                continue;
-            };
-            let ft = md.file_type();
-            use std::os::unix::fs::FileTypeExt;
-            if ft.is_socket() {
+            if st.st_mode & libc::S_IFMT == libc::S_IFSOCK {
                 continue;
             }
             cands
-                .entry((md.dev(), md.ino()))
+                .entry((st.st_dev, st.st_ino))
                 .or_default()
-                .push((pid, fd, host));
+                .push((pid, l.fd, host));
         }
     }
     let mut groups = Vec::new();

@@ -18,6 +18,7 @@ mod cli;
 mod coord;
 mod cpu;
 mod ns;
+mod proc_fds;
 mod relaunch;
 mod restore;
 mod saved_files;

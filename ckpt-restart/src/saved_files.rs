@@ -47,6 +47,7 @@ use ckpt::image::checksum::Crc32c;
 use ckpt::image::generation::{LoadedGeneration, PendingGeneration};
 use ckpt::image::manifest::{FdKind, SavedFile};
 
+use crate::proc_fds::ProcFds;
 use crate::restore::names::name_bytes;
 
 /// Default largest file kept this way (`--max-file-copy`).
@@ -123,7 +124,7 @@ fn strip_deleted(p: &[u8]) -> (&[u8], bool) {
 }
 
 /// The flags field of `/proc/<pid>/fdinfo/<fd>` (octal).
-fn fd_flags(host: i32, fd: &str) -> Option<u32> {
+fn fd_flags(host: i32, fd: i32) -> Option<u32> {
     let text = fs::read_to_string(format!("/proc/{host}/fdinfo/{fd}")).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("flags:"))
@@ -131,7 +132,11 @@ fn fd_flags(host: i32, fd: &str) -> Option<u32> {
 }
 
 /// Files of the job that must be kept: `(device, inode)` → how to read it.
-fn find(hosts: &BTreeMap<i32, i32>, p: &Policy) -> Result<BTreeMap<(u64, u64), Found>, String> {
+fn find(
+    hosts: &BTreeMap<i32, i32>,
+    fds: &BTreeMap<i32, ProcFds>,
+    p: &Policy,
+) -> Result<BTreeMap<(u64, u64), Found>, String> {
     let ckpt_dir = p.ckpt_dir.as_os_str().as_bytes();
     let inside = |path: &[u8]| {
         path.starts_with(ckpt_dir) && path.get(ckpt_dir.len()).is_none_or(|&c| c == b'/')
@@ -147,42 +152,35 @@ fn find(hosts: &BTreeMap<i32, i32>, p: &Policy) -> Result<BTreeMap<(u64, u64), F
     // one process and open in another must be known as mapped.
     for (&pid, &host) in hosts {
         let holder = holder_of(pid, host);
-        if let Ok(rd) = fs::read_dir(format!("/proc/{host}/fd")) {
-            for e in rd.flatten() {
-                let name = e.file_name();
-                let Some(fd) = name.to_str() else { continue };
-                let Ok(target) = fs::read_link(e.path()) else {
-                    continue;
-                };
-                // Sockets, pipes and anonymous inodes are no files, and a
-                // job may hold hundreds: no second lookup for them.
-                if !target.as_os_str().as_bytes().starts_with(b"/") {
-                    continue;
-                }
-                let Ok(md) = fs::metadata(e.path()) else {
-                    continue;
-                };
-                if !md.is_file() {
-                    continue;
-                }
-                let (path, deleted) = strip_deleted(target.as_os_str().as_bytes());
-                let writable = fd_flags(host, fd).is_some_and(|f| f & libc::O_ACCMODE as u32 != 0);
-                if !(writable || deleted) || inside(path) {
-                    continue;
-                }
-                let key = (md.dev(), md.ino());
-                if p.exclude.contains(&key) {
-                    continue;
-                }
-                let f = out.entry(key).or_insert_with(|| Found {
-                    path: path.to_vec(),
-                    deleted,
-                    via_fd: None,
-                    holder: format!("{holder}, fd {fd}"),
-                    mapped: false,
-                });
-                f.via_fd.get_or_insert(e.path());
+        let Some(list) = fds.get(&host) else {
+            continue;
+        };
+        // Sockets, pipes and anonymous inodes are no files, and a job may
+        // hold hundreds: no second look at them.
+        for l in list.links.iter().filter(|l| l.is_path()) {
+            let Ok(st) = list.stat(l.fd) else {
+                continue;
+            };
+            if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                continue;
             }
+            let (path, deleted) = strip_deleted(&l.target);
+            let writable = fd_flags(host, l.fd).is_some_and(|f| f & libc::O_ACCMODE as u32 != 0);
+            if !(writable || deleted) || inside(path) {
+                continue;
+            }
+            let key = (st.st_dev, st.st_ino);
+            if p.exclude.contains(&key) {
+                continue;
+            }
+            let f = out.entry(key).or_insert_with(|| Found {
+                path: path.to_vec(),
+                deleted,
+                via_fd: None,
+                holder: format!("{holder}, fd {}", l.fd),
+                mapped: false,
+            });
+            f.via_fd.get_or_insert(list.path(l.fd));
         }
     }
     for (&pid, &host) in hosts {
@@ -268,7 +266,11 @@ fn find(hosts: &BTreeMap<i32, i32>, p: &Policy) -> Result<BTreeMap<(u64, u64), F
 /// capture.
 pub fn preflush(hosts: &[i32], p: &Policy) {
     let map: BTreeMap<i32, i32> = hosts.iter().map(|&h| (h, h)).collect();
-    let Ok(found) = find(&map, p) else {
+    let fds: BTreeMap<i32, ProcFds> = hosts
+        .iter()
+        .filter_map(|&h| ProcFds::read(h).ok().map(|f| (h, f)))
+        .collect();
+    let Ok(found) = find(&map, &fds, p) else {
         return;
     };
     for f in found.values().filter(|f| !f.deleted) {
@@ -303,11 +305,12 @@ fn human(n: u64) -> String {
 /// the previous complete generation, whose unchanged copies are reused.
 pub fn capture(
     hosts: &BTreeMap<i32, i32>,
+    fds: &BTreeMap<i32, ProcFds>,
     pending: &PendingGeneration,
     prev: Option<&Previous>,
     p: &Policy,
 ) -> Result<Vec<SavedFile>, String> {
-    let found = find(hosts, p)?;
+    let found = find(hosts, fds, p)?;
     let mut saved = Vec::new();
     for ((dev, ino), f) in found {
         let shown = String::from_utf8_lossy(&f.path).into_owned();

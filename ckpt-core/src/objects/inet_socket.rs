@@ -418,6 +418,117 @@ pub fn query(nl: i32, family: i32, src: &AddrBuf, dst: &AddrBuf) -> Result<Diag,
     Ok(d)
 }
 
+/// Two lookups through `nl` at once, as [`query`] does each: one `sendto`
+/// carrying both requests and one `recvmmsg` for both replies (a job may
+/// hold hundreds of connections, each end asked about itself and its peer
+/// while the job stands still). **Async-signal-safe.**
+pub fn query_pair(
+    nl: i32,
+    family: i32,
+    a: (&AddrBuf, &AddrBuf),
+    b: (&AddrBuf, &AddrBuf),
+) -> (Result<Diag, Errno>, Result<Diag, Errno>) {
+    let mut reqs = [0u8; 144];
+    let (ra, rb) = reqs.split_at_mut(72);
+    let (mut qa, mut qb) = ([0u8; 72], [0u8; 72]);
+    request(family, a.0, a.1, &mut qa);
+    request(family, b.0, b.1, &mut qb);
+    // Sequence numbers 1 and 2 tell the replies apart.
+    qa[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    qb[8..12].copy_from_slice(&2u32.to_ne_bytes());
+    ra.copy_from_slice(&qa);
+    rb.copy_from_slice(&qb);
+    let mut replies = [[0u8; 512]; 2];
+    let got = match exchange_many(nl, &reqs, &mut replies) {
+        Ok(n) => n,
+        Err(e) => return (Err(e), Err(e)),
+    };
+    let mut out = [Err(Errno(libc::EIO)), Err(Errno(libc::EIO))];
+    for (r, len) in replies.iter().zip(got) {
+        let r = r.get(..len).unwrap_or(&[]);
+        let slot = match u32_at(r, 8) {
+            Some(1) => 0,
+            Some(2) => 1,
+            _ => continue,
+        };
+        let (src, dst) = if slot == 0 { a } else { b };
+        out[slot] = parse_diag(r).and_then(|d| {
+            if d.sport != src.port || d.dport != dst.port {
+                Err(Errno(libc::ENOENT))
+            } else {
+                Ok(d)
+            }
+        });
+    }
+    let [x, y] = out;
+    (x, y)
+}
+
+/// Send `reqs` (netlink messages back to back) through `nl` and receive
+/// one reply datagram into each of `replies` with one `recvmmsg`; the
+/// lengths received (0 for a reply that did not come).
+/// **Async-signal-safe.**
+fn exchange_many(nl: i32, reqs: &[u8], replies: &mut [[u8; 512]; 2]) -> Result<[usize; 2], Errno> {
+    // SAFETY: sendto on our netlink socket from the caller's buffer, no
+    // address (the socket's default destination is the kernel).
+    unsafe {
+        raw::syscall6(
+            raw::nr::SENDTO,
+            nl as usize,
+            reqs.as_ptr() as usize,
+            reqs.len(),
+            0,
+            0,
+            0,
+        )
+    }?;
+    // The kernel answers while handling the send: both replies are queued.
+    let (first, second) = replies.split_at_mut(1);
+    let (r0, r1) = (&mut first[0], &mut second[0]);
+    let mut iov = [
+        libc::iovec {
+            iov_base: r0.as_mut_ptr().cast(),
+            iov_len: r0.len(),
+        },
+        libc::iovec {
+            iov_base: r1.as_mut_ptr().cast(),
+            iov_len: r1.len(),
+        },
+    ];
+    // SAFETY: mmsghdr is plain old data; all-zero is valid.
+    let mut msgs: [libc::mmsghdr; 2] = unsafe { core::mem::zeroed() };
+    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
+        m.msg_hdr.msg_iov = v;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    let n = loop {
+        // SAFETY: recvmmsg (299) into two msghdrs, each pointing to one
+        // writable reply buffer of the length its iovec gives; no timeout.
+        match unsafe {
+            raw::syscall6(
+                299,
+                nl as usize,
+                msgs.as_mut_ptr() as usize,
+                2,
+                libc::MSG_WAITFORONE as usize,
+                0,
+                0,
+            )
+        } {
+            Err(Errno(libc::EINTR)) => continue,
+            r => break r?,
+        }
+    };
+    let mut got = [0usize; 2];
+    for (g, m) in got.iter_mut().zip(msgs.iter()).take(n) {
+        *g = m.msg_len as usize;
+    }
+    if n == 1 {
+        got[1] = raw::recv(nl, r1, 0)?;
+    }
+    Ok(got)
+}
+
 impl AddrBuf {
     /// The address of a saved socket, for a [`query`].
     pub fn of(a: &Addr) -> AddrBuf {
@@ -473,7 +584,18 @@ fn opt(fd: i32, level: i32, o: i32) -> i32 {
 /// the checkpoint with it).
 const MAX_QUEUE: usize = 64 << 20;
 
-/// Capture the TCP or UDP socket `fd` (inode `ino`, family `family`):
+/// The socket a [`capture`] looks at.
+#[derive(Clone, Copy, Debug)]
+pub struct Held {
+    /// Its descriptor in this process.
+    pub fd: i32,
+    /// Its inode.
+    pub ino: u64,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: i32,
+}
+
+/// Capture the TCP or UDP socket `h`:
 /// write its state as a JSON object into `j`, the bytes it has received and
 /// not read into `out`, bound for the image at `*data_off` (advanced past them,
 /// to a page boundary). `nl` is a `sock_diag` socket
@@ -481,14 +603,13 @@ const MAX_QUEUE: usize = 64 << 20;
 /// every process of the job is stopped, so both ends of a connection are
 /// seen at the same moment. Fails for other protocols.
 pub fn capture(
-    fd: i32,
-    ino: u64,
-    family: i32,
+    h: Held,
     nl: i32,
     out: &mut DeferredWrites,
     data_off: &mut u64,
     j: &mut MmapBuf,
 ) -> Result<(), Errno> {
+    let Held { fd, ino, family } = h;
     let ty = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?;
     let proto = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL)?;
     let tcp = match (ty, proto) {
@@ -506,7 +627,8 @@ pub fn capture(
         reuseaddr: opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR) != 0,
         reuseport: opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT) != 0,
         keepalive: opt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE) != 0,
-        broadcast: opt(fd, libc::SOL_SOCKET, libc::SO_BROADCAST) != 0,
+        // Meaningful for UDP only (one call less per TCP socket).
+        broadcast: !tcp && opt(fd, libc::SOL_SOCKET, libc::SO_BROADCAST) != 0,
         sndbuf: opt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF),
         rcvbuf: opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF),
         v6only: family == libc::AF_INET6 && opt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) != 0,
@@ -570,14 +692,16 @@ pub fn capture(
             s.accept_queue = d.rqueue;
             s.backlog = d.wqueue;
         } else if let Some(p) = &peer {
-            let me = query(nl, family, &local, p)?;
+            // This end and its peer, asked at once.
+            let (me, other) = query_pair(nl, family, (&local, p), (p, &local));
+            let me = me?;
             if me.inode != ino {
                 return Err(Errno(libc::ENOENT));
             }
             s.shutdown = me.shutdown;
             s.unsent = ioctl_int(fd, SIOCOUTQ).unwrap_or(0).max(0) as u32;
             queued = ioctl_int(fd, SIOCINQ)?.max(0) as usize;
-            match query(nl, family, p, &local) {
+            match other {
                 Ok(d) if d.inode != 0 => {
                     s.peer_is = "socket";
                     s.peer_inode = d.inode;

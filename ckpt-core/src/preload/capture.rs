@@ -1142,7 +1142,13 @@ fn write_fds(
         {
             let _ = write!(j, ",\"pipe_data\":[{off},{len}],\"pipe_crc\":{crc}");
         }
-        if kind == "socket" && crate::objects::unix_socket::family(fd) == Ok(libc::AF_UNIX) {
+        // The socket's family, asked once.
+        let family = if kind == "socket" {
+            crate::objects::unix_socket::family(fd).ok()
+        } else {
+            None
+        };
+        if family == Some(libc::AF_UNIX) {
             // A unix socket's state and queued data. When it cannot be read,
             // the field is left out and the coordinator refuses the checkpoint.
             if diag.0 < 0 {
@@ -1162,10 +1168,7 @@ fn write_fds(
                 queued.rollback(held);
             }
         }
-        if kind == "socket"
-            && let Ok(family @ (libc::AF_INET | libc::AF_INET6)) =
-                crate::objects::unix_socket::family(fd)
-        {
+        if let Some(family @ (libc::AF_INET | libc::AF_INET6)) = family {
             // A TCP or UDP socket's state and the bytes it has received;
             // left out when it cannot be read (the coordinator then refuses
             // the checkpoint saying what the socket is).
@@ -1176,7 +1179,15 @@ fn write_fds(
             let _ = write!(j, ",\"inet\":");
             if diag.0 < 0
                 || crate::objects::inet_socket::capture(
-                    fd, st.st_ino, family, diag.0, queued, data_off, j,
+                    crate::objects::inet_socket::Held {
+                        fd,
+                        ino: st.st_ino,
+                        family,
+                    },
+                    diag.0,
+                    queued,
+                    data_off,
+                    j,
                 )
                 .is_err()
             {

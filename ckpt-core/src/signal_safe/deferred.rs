@@ -19,6 +19,9 @@ use super::raw::{self, Errno};
 const HOLD_LIMIT: usize = 64 << 20;
 const MADV_POPULATE_WRITE: usize = 23;
 const MADV_HUGEPAGE: usize = 14;
+const PAGE: usize = 4096;
+/// The first mapping's size (address space only until used).
+const FIRST_ROOM: usize = 4 << 20;
 
 /// Bytes bound for known offsets of one file, written now or later.
 pub struct DeferredWrites {
@@ -46,25 +49,27 @@ impl DeferredWrites {
     /// hand over with [`DeferredWrites::commit`].
     pub fn spare(&mut self, n: usize) -> Result<&mut [u8], Errno> {
         let before = self.data.mapping();
-        self.data.reserve(n)?;
+        // Room for a few MiB at once: growing moves the mapping (mremap
+        // keeps its pages, but each move is a call while the job is stopped).
+        self.data.reserve(n.max(FIRST_ROOM))?;
         let (ptr, cap) = self.data.mapping();
-        if (ptr, cap) != before {
-            // Grown: fault the new memory in with one call rather than a
-            // page fault per page while the job is stopped
-            // (MADV_POPULATE_WRITE, Linux 5.14; harmless where unknown),
-            // in huge pages where the system gives them on request.
+        if ptr != before.0 {
+            // A new mapping: in huge pages where the system gives them on
+            // request.
             // SAFETY: madvise on our own mapping [ptr, ptr+cap).
             let _ = unsafe { raw::syscall3(raw::nr::MADVISE, ptr, cap, MADV_HUGEPAGE) };
-            let from = if ptr == before.0 { before.1 } else { 0 };
-            // SAFETY: madvise on our own mapping [ptr, ptr+cap).
-            let _ = unsafe {
-                raw::syscall3(
-                    raw::nr::MADVISE,
-                    ptr + from,
-                    cap - from,
-                    MADV_POPULATE_WRITE,
-                )
-            };
+        }
+        // Fault in the pages about to be filled with one call rather than a
+        // page fault per page while the job is stopped (MADV_POPULATE_WRITE,
+        // Linux 5.14; harmless where unknown): only those, not the whole
+        // mapping (pages already there cost a walk, pages never used cost
+        // their zeroing).
+        let from = (ptr + self.data.len()) & !(PAGE - 1);
+        let to = (ptr + self.data.len() + n).div_ceil(PAGE) * PAGE;
+        if to > from {
+            // SAFETY: madvise on a page-aligned part of our own mapping.
+            let _ =
+                unsafe { raw::syscall3(raw::nr::MADVISE, from, to - from, MADV_POPULATE_WRITE) };
         }
         self.data.spare(n)
     }

@@ -97,7 +97,12 @@ fn take(fd: i32, family: i32) -> (InetSocket, Vec<u8>) {
     let mut off = 4096u64;
     // Held back and written after, as in a snapshot child.
     let mut out = crate::signal_safe::deferred::DeferredWrites::new(img.as_raw_fd(), true);
-    capture(fd, inode(fd), family, nl, &mut out, &mut off, &mut j).unwrap();
+    let h = Held {
+        fd,
+        ino: inode(fd),
+        family,
+    };
+    capture(h, nl, &mut out, &mut off, &mut j).unwrap();
     out.flush().unwrap();
     let text = String::from_utf8(j.as_slice().to_vec()).unwrap();
     j.free();
