@@ -586,14 +586,9 @@ pub fn restore(g: &LoadedGeneration) -> Result<(LoadedGeneration, Restored), Str
     for (f, mut copy) in files.iter().zip(copies) {
         let path = PathBuf::from(std::ffi::OsStr::from_bytes(&name_bytes(&f.path)));
         if f.deleted {
-            let temp = temp_for(&path, g)?;
-            let mut dst = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&temp)
+            let (mut dst, temp, made) = create_temp_for(&path, g)
                 .map_err(|e| format!("cannot recreate deleted file {}: {e}", f.path))?;
+            out.made_dirs.extend(made);
             copy.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
             copy_whole(&copy, &mut dst, f.size)
                 .map_err(|e| format!("cannot recreate deleted file {}: {e}", f.path))?;
@@ -630,9 +625,16 @@ pub fn restore(g: &LoadedGeneration) -> Result<(LoadedGeneration, Restored), Str
     Ok((g2, out))
 }
 
-/// A new name for a deleted file, next to where it was (or in the
-/// checkpoint directory when that directory is gone or not writable).
-fn temp_for(path: &Path, g: &LoadedGeneration) -> Result<PathBuf, String> {
+/// Recreate the deleted file `path` under a new name next to where it was
+/// (or in the checkpoint directory when that directory cannot be made or
+/// written there): created with `O_EXCL | O_NOFOLLOW` relative to its
+/// directory, which is opened by the walk of [`make_parents`] (never by a
+/// path checked earlier). Returns the file, its name and the directories
+/// made for it.
+fn create_temp_for(
+    path: &Path,
+    g: &LoadedGeneration,
+) -> Result<(fs::File, PathBuf, Vec<String>), String> {
     // Random: restarts of one image may run at once (in namespaces where
     // they all have the same pid), and the name is created with O_EXCL.
     let mut r = [0u8; 8];
@@ -641,22 +643,30 @@ fn temp_for(path: &Path, g: &LoadedGeneration) -> Result<PathBuf, String> {
         return Err("getrandom failed".into());
     }
     let name = format!(".ckpt-restore-{:016x}", u64::from_ne_bytes(r));
-    let dirs = [
-        path.parent().map(Path::to_path_buf),
-        g.path.parent().map(Path::to_path_buf),
-    ];
-    for d in dirs.into_iter().flatten() {
-        let md = fs::metadata(&d);
-        if md.is_ok_and(|m| m.is_dir()) {
-            let c = std::ffi::CString::new(d.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-            // SAFETY: c is a valid C string.
-            if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
-                return Ok(d.join(&name));
+    let mut why = String::new();
+    // The file's own place, then the checkpoint directory (the parent of
+    // the generation's directory).
+    for near in [path, g.path.as_path()] {
+        let Some(dir) = near.parent() else { continue };
+        let (fd, made) = match make_parents(near) {
+            Ok(x) => x,
+            Err(e) => {
+                why = e;
+                continue;
             }
+        };
+        match open_at_mode(
+            Some(fd.as_fd()),
+            Path::new(&name),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+            0o600,
+        ) {
+            Ok(f) => return Ok((fs::File::from(f), dir.join(&name), made)),
+            Err(e) => why = format!("{}: {e}", dir.display()),
         }
     }
     Err(format!(
-        "no writable directory to recreate the deleted file {}",
+        "no writable directory to recreate the deleted file {} ({why})",
         path.display()
     ))
 }
