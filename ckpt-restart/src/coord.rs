@@ -837,7 +837,17 @@ impl Coordinator {
                     STOP_DEADLINE.as_secs()
                 ));
             }
-            if let Ok((conn, msg)) = rx.recv_timeout(Duration::from_millis(20)) {
+            // Take the reports of the processes signalled so far as they
+            // come, without walking the process tree again for each (a
+            // walk reads several /proc files per process, on CPUs the
+            // stopping processes need): the tree is walked again once they
+            // have all reported (for processes started meanwhile), or after
+            // 20 ms without a report (for processes that exited, or that
+            // could not be signalled yet).
+            let walk_at = Instant::now() + Duration::from_millis(20);
+            while let Ok((conn, msg)) =
+                rx.recv_timeout(walk_at.saturating_duration_since(Instant::now()))
+            {
                 let mut f = msg.splitn(3, ' ');
                 let kind = f.next().unwrap_or("");
                 let pid: i32 = f.next().and_then(|p| p.parse().ok()).unwrap_or(0);
@@ -848,6 +858,9 @@ impl Coordinator {
                     drop(conn);
                     run.failure = Some(why.clone());
                     return Err(format!("process {pid}: {why}"));
+                }
+                if !waiting_for_new && signaled.keys().all(|p| run.leaders.contains_key(p)) {
+                    break;
                 }
             }
         }
