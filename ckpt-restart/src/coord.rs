@@ -66,6 +66,8 @@ pub struct Coordinator {
     snapshots: Mutex<BTreeSet<i32>>,
     /// Track written pages between checkpoints (incremental checkpoints).
     tracking: std::sync::atomic::AtomicBool,
+    /// Snapshot children compress private memory (`--compress`).
+    compress: std::sync::atomic::AtomicBool,
     /// Which files the job writes are kept, and up to what size.
     files: Mutex<saved_files::Policy>,
     /// `srun` processes are started again at restart rather than restored
@@ -132,6 +134,7 @@ impl Coordinator {
             init_pid: AtomicI32::new(0),
             snapshots: Mutex::new(BTreeSet::new()),
             tracking: std::sync::atomic::AtomicBool::new(false),
+            compress: std::sync::atomic::AtomicBool::new(false),
             files: Mutex::new(saved_files::Policy {
                 max_copy: saved_files::DEFAULT_MAX_COPY,
                 exclude: Vec::new(),
@@ -234,6 +237,12 @@ impl Coordinator {
         self.tracking.store(on, Ordering::Release);
     }
 
+    /// Compress what snapshot children write after the release
+    /// (`docs/image-format.md`, "Compressed images").
+    pub fn set_compress(&self, on: bool) {
+        self.compress.store(on, Ordering::Release);
+    }
+
     /// The generation the next checkpoint may refer to, with its chain
     /// length: the newest complete one, unless its chain is at the limit.
     fn base_for_next(&self) -> (u64, u32) {
@@ -254,15 +263,16 @@ impl Coordinator {
     }
 
     /// The job's processes, without the snapshot children of earlier
-    /// checkpoints (which are not part of the program).
+    /// checkpoints and their compression workers (not part of the program).
     fn job_members(&self, init: i32) -> Vec<tree::Member> {
         let all = tree::members(init);
         let Ok(mut snaps) = self.snapshots.lock() else {
             return all;
         };
         snaps.retain(|p| all.iter().any(|m| m.pid == *p));
+        // A snapshot child's own children compress for it (`--compress`).
         all.into_iter()
-            .filter(|m| !snaps.contains(&m.pid))
+            .filter(|m| !snaps.contains(&m.pid) && !snaps.contains(&m.ppid))
             .collect()
     }
 
@@ -436,7 +446,12 @@ impl Coordinator {
             ckpt::coord::WRITE_TRACK
         } else {
             0
-        } | if hold { 0 } else { ckpt::coord::WRITE_DEFER };
+        } | if hold { 0 } else { ckpt::coord::WRITE_DEFER }
+            | if self.compress.load(Ordering::Acquire) {
+                ckpt::coord::WRITE_COMPRESS
+            } else {
+                0
+            };
         for (pid, conn) in &run.leaders {
             // The directory goes along as a descriptor: the process writes
             // relative to it, whatever happens to its name meanwhile.

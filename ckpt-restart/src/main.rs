@@ -27,11 +27,11 @@ mod sockets;
 mod tree;
 
 const USAGE: &str = "usage:
-  ckpt launch     --dir DIR [--interval T] [--keep N] [--incremental M] -- COMMAND [ARGS...]
+  ckpt launch     --dir DIR [--interval T] [--keep N] [--incremental M] [--compress] -- COMMAND [ARGS...]
                   run COMMAND under checkpoint control (foreground; exits with its status)
   ckpt checkpoint --dir DIR
                   checkpoint the program running under DIR; returns when the image is durable
-  ckpt restart    --dir DIR [--interval T] [--keep N] [--incremental M] [--no-verify]
+  ckpt restart    --dir DIR [--interval T] [--keep N] [--incremental M] [--compress] [--no-verify]
                   resume the newest complete checkpoint in DIR (foreground)
   ckpt status     --dir DIR
                   list the checkpoints in DIR and the files each keeps
@@ -45,6 +45,8 @@ const USAGE: &str = "usage:
   ones an incremental checkpoint refers to.
   --incremental auto|on|off: track written pages so that a checkpoint writes only
   the memory changed since the previous one (auto: when --interval is set).
+  --compress: write memory as zstd frames, compressed once the job runs again
+  (not in its pause); --compress=off is the default.
   DIR defaults to $CKPT_DIR.";
 
 fn main() {

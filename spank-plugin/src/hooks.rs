@@ -347,6 +347,7 @@ pub fn task_init(spank: &Spank, args: &[OsString]) -> Result<(), PluginError> {
         batch: step == task_env::BATCH_STEP,
         keep_images: task.config.keep_images,
         incremental: task.config.incremental,
+        compress: task.config.compress,
         max_file_copy: task.config.max_file_copy.as_deref(),
         libckpt: &task.config.libckpt,
     };

@@ -112,7 +112,7 @@ pub enum OptionError {
     },
 }
 
-const ARG_KEYS: &str = "default_dir=PATTERN, default_interval=SECONDS, min_interval=SECONDS, signal=NAME, libckpt=PATH, ckpt=PATH, keep_images=yes|no, incremental=yes|no, max_file_copy=SIZE";
+const ARG_KEYS: &str = "default_dir=PATTERN, default_interval=SECONDS, min_interval=SECONDS, signal=NAME, libckpt=PATH, ckpt=PATH, keep_images=yes|no, incremental=yes|no, compress=zstd|no, max_file_copy=SIZE";
 
 impl fmt::Display for OptionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -425,6 +425,9 @@ pub struct PluginConfig {
     /// `incremental=no`: every checkpoint is full (default: periodic
     /// checkpoints track written pages and write only what changed).
     pub incremental: bool,
+    /// `compress=zstd`: snapshot children compress the memory they write
+    /// after the release (default `no`; `ckpt slurm-task --compress`).
+    pub compress: bool,
     /// `max_file_copy=SIZE`: the largest file a job writes that a
     /// checkpoint keeps (passed to `ckpt slurm-task --max-file-copy`).
     pub max_file_copy: Option<String>,
@@ -441,6 +444,7 @@ impl Default for PluginConfig {
             ckpt_bin: DEFAULT_CKPT_BIN.to_owned(),
             keep_images: false,
             incremental: true,
+            compress: false,
             max_file_copy: None,
         }
     }
@@ -470,6 +474,18 @@ fn parse_size(key: &'static str, value: &str) -> Result<String, OptionError> {
 }
 
 /// `yes`/`no` (also `true`/`false`, `1`/`0`) of a plugin argument.
+fn parse_compress(value: &str) -> Result<bool, OptionError> {
+    match value {
+        "zstd" | "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => Err(OptionError::BadPath {
+            key: "compress",
+            value: value.to_owned(),
+            why: "must be zstd or no",
+        }),
+    }
+}
+
 fn parse_yes_no(key: &'static str, value: &str) -> Result<bool, OptionError> {
     match value {
         "yes" | "true" | "1" => Ok(true),
@@ -525,6 +541,7 @@ impl PluginConfig {
                 "ckpt",
                 "keep_images",
                 "incremental",
+                "compress",
                 "max_file_copy",
             ];
             if !known.contains(&key) {
@@ -542,6 +559,7 @@ impl PluginConfig {
                 "ckpt" => config.ckpt_bin = parse_path("ckpt", value, false)?,
                 "keep_images" => config.keep_images = parse_yes_no("keep_images", value)?,
                 "incremental" => config.incremental = parse_yes_no("incremental", value)?,
+                "compress" => config.compress = parse_compress(value)?,
                 "max_file_copy" => config.max_file_copy = Some(parse_size("max_file_copy", value)?),
                 _ => return Err(OptionError::UnknownArg(arg.to_string_lossy().into_owned())),
             }
@@ -883,6 +901,9 @@ mod tests {
         assert!(c.keep_images);
         assert!(!c.incremental);
         assert!(PluginConfig::default().incremental);
+        assert!(!c.compress);
+        assert!(PluginConfig::parse(["compress=zstd"]).unwrap().compress);
+        assert!(!PluginConfig::parse(["compress=no"]).unwrap().compress);
         let m = PluginConfig::parse(["max_file_copy=8G"]).unwrap();
         assert_eq!(m.max_file_copy.as_deref(), Some("8G"));
         let m = PluginConfig::parse(["max_file_copy=unlimited"]).unwrap();
@@ -921,6 +942,7 @@ mod tests {
                 "keep_images=maybe: must be yes or no",
             ),
             (&["incremental=2"], "incremental=2: must be yes or no"),
+            (&["compress=gzip"], "compress=gzip: must be zstd or no"),
             (&["max_file_copy=4X"], "max_file_copy=4X: must be a size"),
             (&["max_file_copy=G"], "max_file_copy=G: must be a size"),
             (

@@ -137,6 +137,8 @@ pub struct TaskExec<'a> {
     pub keep_images: bool,
     /// Periodic checkpoints may be incremental (the site's `incremental=`).
     pub incremental: bool,
+    /// Compress images (the site's `compress=zstd`).
+    pub compress: bool,
     /// The site's `max_file_copy=`.
     pub max_file_copy: Option<&'a str>,
     /// The preload library.
@@ -176,6 +178,9 @@ pub fn exec_argv(e: &TaskExec<'_>, argv: &[CString]) -> Vec<CString> {
     if !e.incremental {
         out.push(c("--incremental"));
         out.push(c("off"));
+    }
+    if e.compress {
+        out.push(c("--compress"));
     }
     if let Some(max) = e.max_file_copy {
         out.push(c("--max-file-copy"));
@@ -313,6 +318,7 @@ mod tests {
             batch: true,
             keep_images: false,
             incremental: true,
+            compress: false,
             max_file_copy: None,
             libckpt: LIB,
         };
@@ -339,6 +345,7 @@ mod tests {
         );
         let full = TaskExec {
             incremental: false,
+            compress: true,
             max_file_copy: None,
             ..e
         };
@@ -348,6 +355,7 @@ mod tests {
             text.windows(2).any(|w| w == ["--incremental", "off"]),
             "{text:?}"
         );
+        assert!(text.contains(&"--compress"), "{text:?}");
         let env = exec_env(&[c("A=1"), c("LD_PRELOAD=x"), c("B=2")], os("/x/a.so"));
         assert_eq!(env, vec![c("A=1"), c("B=2"), c("LD_PRELOAD=/x/a.so")]);
         assert_eq!(exec_env(&[c("LD_PRELOAD=x")], None), Vec::<CString>::new());
@@ -395,6 +403,7 @@ mod tests {
             batch: false,
             keep_images: false,
             incremental: true,
+            compress: false,
             max_file_copy: None,
             libckpt: LIB,
         };

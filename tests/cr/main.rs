@@ -38,6 +38,10 @@
 //!   without written-page tracking (`ckpt check`: `incremental` not ok; before 6.7, or
 //!   `CKPT_SIMULATE_MISSING=incremental`): identical output, `ckpt launch` and both
 //!   restarts say checkpoints are full, and every generation is full.
+//! - `compressed`: `incremental` with `--compress` on the launch and both restarts
+//!   (the restart from generation 2 reads pages through the compressed frames of
+//!   generation 1); identical output, and every image a snapshot child wrote is
+//!   compressed (header), the images of processes written in place are not.
 //! - `pipe`: stdout is a pipe for launch and for restart; what the launch printed before
 //!   the kill, cut where the restarted copy begins, plus what the restarted copy printed,
 //!   is the reference.
@@ -173,7 +177,10 @@ fn run_case(name: &str, case: &str) {
         "second" => c.second(),
         "interval" => c.interval(),
         "busy_interval" => c.busy_interval(),
-        "incremental" => c.incremental(),
+        "incremental" => {
+            c.incremental_with(&[], true);
+        }
+        "compressed" => c.compressed(),
         "pipe" => c.pipe(),
         "visible" => c.visible(),
         "signals" => c.signals(false),
@@ -873,22 +880,25 @@ impl Case {
     /// (`--incremental on`) from the incremental generation 2, a checkpoint at gate 3
     /// (incremental too: the restore armed the tracking), kill -9 and restart from the
     /// end of the chain.
-    fn incremental(&mut self) {
+    /// `extra` options go to the launch and both restarts; returns what each
+    /// `ckpt checkpoint` printed. Without `must_refer`, a program whose later
+    /// checkpoints are full (every page written again) passes too.
+    fn incremental_with(&mut self, extra: &[&str], must_refer: bool) -> Vec<String> {
         let tracking = self.page_tracking();
         let reference = self.reference();
         self.close_gates();
-        let mut p = self.launch_with(
-            out_file(&self.stdout_path()).into(),
-            &["--incremental", "on"],
-        );
+        let mut opts = vec!["--incremental", "on"];
+        opts.extend_from_slice(extra);
+        let mut p = self.launch_with(out_file(&self.stdout_path()).into(), &opts);
+        let mut said = Vec::new();
         for k in 1..=GATES {
             self.wait_checkpoint_point(&mut p, k);
-            self.checkpoint();
+            said.push(self.checkpoint());
             if k == 1 {
                 self.open_gate(&self.gates(), k);
             } else {
                 self.kill(&mut p);
-                p = self.restart_with(&k.to_string(), None, None, &["--incremental", "on"]);
+                p = self.restart_with(&k.to_string(), None, None, &opts);
                 self.open_gate(&self.gates(), k);
             }
         }
@@ -907,7 +917,10 @@ impl Case {
             .collect();
         if !tracking {
             self.incremental_degraded(&records);
-            return;
+            return said;
+        }
+        if !must_refer {
+            return said;
         }
         let numbers: Vec<u64> = records
             .iter()
@@ -954,6 +967,66 @@ impl Case {
             self.fail(format!(
                 "the first checkpoint after a restart with --incremental on was not incremental (the restore arms page tracking): {records:?}"
             ));
+        }
+        said
+    }
+
+    /// `incremental` with `--compress` on the launch and both restarts (the
+    /// restarts read pages through compressed frames of the whole chain):
+    /// identical output, and in every generation each image is compressed
+    /// except those of processes written in place (`ckpt checkpoint` counts
+    /// them: they are written in the pause, where nothing is compressed).
+    fn compressed(&mut self) {
+        // A program whose `incremental` mode shows later checkpoints refer
+        // to earlier ones must do so here too (pages read through the
+        // compressed frames of an older generation).
+        let chained = self.desc.modes.iter().any(|m| m == "incremental");
+        let said = self.incremental_with(&["--compress"], chained);
+        let mut checked = 0;
+        for out in &said {
+            let Some(gdir) = out
+                .split("checkpoint written: ")
+                .nth(1)
+                .and_then(|r| r.split(" (").next())
+                .map(PathBuf::from)
+            else {
+                self.fail(format!(
+                    "ckpt checkpoint did not say where it wrote: {out:?}"
+                ));
+            };
+            let in_place: usize = out
+                .split("note: ")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let Ok(entries) = fs::read_dir(&gdir) else {
+                continue; // pruned
+            };
+            let (mut images, mut compressed) = (0, 0);
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !(name.starts_with("proc-") && name.ends_with(".img")) {
+                    continue;
+                }
+                images += 1;
+                let mut head = [0u8; 40];
+                let read = fs::File::open(e.path()).and_then(|mut f| f.read_exact(&mut head));
+                if read.is_ok() && head[36..40] == 1u32.to_le_bytes() {
+                    compressed += 1;
+                }
+            }
+            if images == 0 || compressed + in_place != images {
+                self.fail(format!(
+                    "{}: {compressed} of {images} images compressed, {in_place} written in place \
+                     (every image written by a snapshot child must be compressed with --compress)",
+                    gdir.display()
+                ));
+            }
+            checked += 1;
+        }
+        if checked == 0 {
+            self.fail(format!("no generation left to look at: {said:?}"));
         }
     }
 
@@ -1598,9 +1671,14 @@ mod errors {
     /// Launches the small program, checkpoints it at gate 1 (and at gate 2 when `two`),
     /// kills it; returns the case and the data files of the newest generation.
     fn image(tag: &str, two: bool) -> Option<(Case, Vec<PathBuf>)> {
+        image_with(tag, two, &[])
+    }
+
+    /// [`image`] with options for `ckpt launch`.
+    fn image_with(tag: &str, two: bool, opts: &[&str]) -> Option<(Case, Vec<PathBuf>)> {
         let mut c = small_case(tag)?;
         c.close_gates();
-        let mut l = c.launch_to_file();
+        let mut l = c.launch_with(out_file(&c.stdout_path()).into(), opts);
         c.wait_checkpoint_point(&mut l, 1);
         c.checkpoint();
         if two {
@@ -1641,6 +1719,44 @@ mod errors {
         };
         c.check(corrupt_middle(&files[0], 64));
         restart_must_fail_naming(&c, &files[0], "corrupted");
+    }
+
+    /// A compressed image (`--compress`) damaged inside its frames: the
+    /// restart fails naming the file and the frame; with an older
+    /// generation to fall back to, it says so and the program still ends
+    /// with the uninterrupted output.
+    #[test]
+    fn restart_damaged_compressed_frame() {
+        let Some((c, files)) = image_with("err_zframe", true, &["--compress"]) else {
+            return;
+        };
+        let reference = c.reference();
+        let mut head = [0u8; 40];
+        let read = fs::File::open(&files[0]).and_then(|mut f| f.read_exact(&mut head));
+        if read.is_err() || head[36..40] != 1u32.to_le_bytes() {
+            c.fail(format!("{} is not compressed", files[0].display()));
+        }
+        // The middle of the file: inside the frames (the part stored as it
+        // is, descriptor data, is small in this program).
+        c.check(corrupt_middle(&files[0], 64));
+        let mut r = c.restart("zframe", None, None);
+        c.open_all_gates(&c.gates());
+        c.wait_success(&mut r);
+        let err = tail(&c.s.join("restart-zframe.err"), 1 << 16);
+        let name = files[0]
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !err.contains(&name) || !err.contains("compressed frame") {
+            c.fail(format!(
+                "restart from a damaged compressed frame: its stderr does not name {name} and the frame:\n{err}"
+            ));
+        }
+        c.compare_run(
+            "restart from the generation before the damaged one",
+            &reference,
+            &c.work,
+        );
     }
 
     #[test]

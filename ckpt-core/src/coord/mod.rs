@@ -23,6 +23,9 @@ pub const WRITE_TRACK: u64 = 1;
 /// process is released (not when the job is held after the checkpoint: a
 /// held process could never tell its child).
 pub const WRITE_DEFER: u64 = 2;
+/// `WRITE` flag: a snapshot child compresses the private memory it writes
+/// after the release (`image::compress`).
+pub const WRITE_COMPRESS: u64 = 4;
 
 /// Largest message.
 pub const MAX_MSG: usize = 4096;

@@ -10,16 +10,21 @@
 //! | 24 | 4 | ELF machine (62 = x86_64) |
 //! | 28 | 4 | page size |
 //! | 32 | 4 | CRC-32C of bytes 0..32 |
-//! | 36 | 4060 | zero |
+//! | 36 | 4 | compression: 0 none, 1 zstd blocks (1.8) |
+//! | 40 | 28 | with compression, its layout ([`super::compress::Layout`]) |
+//! | 68 | 4028 | zero |
 //!
 //! Page data starts at offset 4096 and every run of pages is page-aligned in
 //! the file, so restore can read straight into place. The manifest
-//! (`proc-<pid>.json`) says which pages are where.
+//! (`proc-<pid>.json`) says which pages are where. In a compressed image
+//! the offsets the manifest gives are those of the data before compression
+//! (`docs/image-format.md`, "Compressed images").
 //!
 //! Versioning: the major changes on any incompatible change; a reader refuses
 //! another major, and a newer minor than it knows.
 
 use super::checksum::crc32c;
+use super::compress::Layout;
 use crate::error::ImageError;
 
 /// Magic bytes at offset 0.
@@ -31,8 +36,9 @@ pub const FORMAT_MAJOR: u16 = 1;
 /// (`files` in `generation.json`); 1.3 unix sockets (`socket` of an fd);
 /// 1.4 the vDSO's functions (`vdso.symbols`) and each thread's `rip`, for
 /// restarts on another kernel build; 1.5 POSIX timers (`posix_timers`);
-/// 1.6 UDP datagrams queued in a socket (`messages` of an `inet` state).
-pub const FORMAT_MINOR: u16 = 7;
+/// 1.6 UDP datagrams queued in a socket (`messages` of an `inet` state);
+/// 1.7 pseudo-terminals (`pty`, `ctty`); 1.8 compressed images.
+pub const FORMAT_MINOR: u16 = 8;
 /// Header length; data starts here.
 pub const HEADER_LEN: u64 = 4096;
 /// ELF machine number of x86_64.
@@ -51,11 +57,25 @@ pub struct Header {
     pub data_len: u64,
     /// ELF machine.
     pub machine: u32,
+    /// How the data is compressed; `None`: stored as it is.
+    pub compressed: Option<Layout>,
 }
 
-/// Encode a header for `data_len` bytes of data. **Async-signal-safe.**
-pub fn encode(data_len: u64) -> [u8; 64] {
-    let mut h = [0u8; 64];
+impl Header {
+    /// Bytes of data after the header once decompressed: what the
+    /// manifest's offsets refer to.
+    pub fn logical_len(&self) -> u64 {
+        self.compressed.map_or(self.data_len, |z| z.logical_len)
+    }
+}
+
+/// Bytes of the header a reader needs (the rest is zero).
+pub const HEADER_USED: usize = 68;
+
+/// Encode a header for `data_len` bytes of data stored as they are.
+/// **Async-signal-safe.**
+pub fn encode(data_len: u64) -> [u8; HEADER_USED] {
+    let mut h = [0u8; HEADER_USED];
     h[0..8].copy_from_slice(MAGIC);
     h[8..10].copy_from_slice(&FORMAT_MAJOR.to_le_bytes());
     h[10..12].copy_from_slice(&FORMAT_MINOR.to_le_bytes());
@@ -65,6 +85,14 @@ pub fn encode(data_len: u64) -> [u8; 64] {
     h[28..32].copy_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
     let c = crc32c(&h[0..32]);
     h[32..36].copy_from_slice(&c.to_le_bytes());
+    h
+}
+
+/// Encode a header for a compressed image whose file holds `data_len`
+/// bytes after the header. **Async-signal-safe.**
+pub fn encode_compressed(data_len: u64, z: &Layout) -> [u8; HEADER_USED] {
+    let mut h = encode(data_len);
+    z.encode(&mut h);
     h
 }
 
@@ -118,6 +146,7 @@ pub fn decode(file: &str, bytes: &[u8], file_len: u64) -> Result<Header, ImageEr
         minor: le_u16(bytes, 10),
         data_len: le_u64(bytes, 16),
         machine: le_u32(bytes, 24),
+        compressed: None,
     };
     check_version(file, h.major, h.minor)?;
     if h.machine != EM_X86_64 {
@@ -137,7 +166,8 @@ pub fn decode(file: &str, bytes: &[u8], file_len: u64) -> Result<Header, ImageEr
             "file is {file_len} bytes but its header says {want} (truncated or appended to)"
         )));
     }
-    Ok(h)
+    let compressed = Layout::decode(bytes, file_len).map_err(bad)?;
+    Ok(Header { compressed, ..h })
 }
 
 /// Refuse a format this build cannot read.
@@ -156,7 +186,7 @@ pub fn check_version(file: &str, major: u16, minor: u16) -> Result<(), ImageErro
 mod tests {
     use super::*;
 
-    fn full(h: &[u8; 64]) -> Vec<u8> {
+    fn full(h: &[u8; HEADER_USED]) -> Vec<u8> {
         let mut v = h.to_vec();
         v.resize(4096, 0);
         v
@@ -172,7 +202,8 @@ mod tests {
                 major: FORMAT_MAJOR,
                 minor: FORMAT_MINOR,
                 data_len: 8192,
-                machine: EM_X86_64
+                machine: EM_X86_64,
+                compressed: None,
             }
         );
     }

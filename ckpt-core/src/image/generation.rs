@@ -875,7 +875,7 @@ fn load_one(gdir: &Path) -> Result<LoadedGeneration, ImageError> {
                 ),
             });
         }
-        let mut hdr = vec![0u8; 64];
+        let mut hdr = vec![0u8; format::HEADER_USED];
         {
             use std::io::Read;
             let n = f
@@ -884,7 +884,7 @@ fn load_one(gdir: &Path) -> Result<LoadedGeneration, ImageError> {
             hdr.truncate(n);
         }
         let h = format::decode(&ifile, &hdr, imd.len())?;
-        validate_manifest(&mfile, &m, h.data_len)?;
+        validate_manifest(&mfile, &m, h.logical_len())?;
         processes.push(m);
     }
     Ok(LoadedGeneration {

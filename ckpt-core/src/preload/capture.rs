@@ -19,6 +19,7 @@
 use core::fmt::Write as _;
 
 use crate::image::checksum::Crc32c;
+use crate::image::compress::FrameWriter;
 use crate::image::format;
 use crate::objects::posix_timer;
 use crate::preload::stop::{self, NSLOTS, SLOTS};
@@ -107,6 +108,10 @@ pub struct Pre {
     pub shared_pending: u64,
     /// (interval µs, value µs) of ITIMER_REAL, VIRTUAL, PROF.
     pub itimers: [(u64, u64); 3],
+    /// Compress the private memory a snapshot child writes once the job
+    /// runs again ([`crate::coord::WRITE_COMPRESS`]; ignored when the
+    /// process writes in place, in the pause).
+    pub compress: bool,
 }
 
 impl Pre {
@@ -128,6 +133,7 @@ impl Pre {
             sid,
             shared_pending: 0,
             itimers: [raw::getitimer(0), raw::getitimer(1), raw::getitimer(2)],
+            compress: false,
         }
         .with_pending()
     }
@@ -329,6 +335,7 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
     // Bytes queued in sockets are peeked now and, in a snapshot child, written
     // once the job runs again.
     let mut queued = DeferredWrites::new(img, fds.phase >= 0);
+    let mut frames: Option<(FrameWriter, u64)> = None;
     write_fds(j, &mut s.tmp, fds, &mut queued, &mut data_off)?;
     // Pipe data went in with explicit offsets: continue after it.
     raw::lseek(img, data_off as i64, libc::SEEK_SET).map_err(at(3))?;
@@ -350,6 +357,12 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
                 raw::close(go);
             }
             queued.flush().map_err(at(3))?;
+            if pre.compress {
+                // From here on the data goes out as zstd frames; what is
+                // before (descriptor data, shared memory) stays as it is.
+                // Without the writer's memory the image is stored plain.
+                frames = FrameWriter::new(img).ok().map(|w| (w, data_off));
+            }
         }
         if !shared_pass && huge.is_none() {
             huge = Some(HugeSet::read(&mut s.tmp));
@@ -459,7 +472,12 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
                             inherited_total += len;
                             continue;
                         }
-                        write_mem(img, addr, len).map_err(at(3))?;
+                        match frames.as_mut() {
+                            // SAFETY: as for the checksum above.
+                            Some((w, _)) => unsafe { w.push(addr as usize, len as usize) },
+                            None => write_mem(img, addr, len),
+                        }
+                        .map_err(at(3))?;
                         runs.push(first_page, count);
                         data_off += len;
                     }
@@ -648,7 +666,20 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
         let _ = t.write_json(j);
     }
     queued.flush().map_err(at(3))?;
-    let size = data_off;
+    // The header, and the file's size: the data as it is, or the part
+    // before the frames, the frames and their table.
+    let (size, h) = match frames.as_mut() {
+        None => (data_off, format::encode(data_off - format::HEADER_LEN)),
+        Some((w, from)) => {
+            let z = w.finish(*from).map_err(at(3))?;
+            let size = *from + w.written;
+            (
+                size,
+                format::encode_compressed(size - format::HEADER_LEN, &z),
+            )
+        }
+    };
+    drop(frames);
     let _ = writeln!(
         j,
         "],\"image\":{{\"file\":\"proc-{pid}.img\",\"size\":{size}}}}}"
@@ -658,7 +689,6 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
     }
 
     // header, then durability
-    let h = format::encode(size - format::HEADER_LEN);
     raw::pwrite(img, &h, 0).map_err(at(3))?;
     // Pipe data is padded to whole pages: make the file as long as the header says.
     // SAFETY: ftruncate (77) of our own image file.

@@ -549,10 +549,20 @@ fn memory_allows_snapshot() -> bool {
     }
 }
 
+/// What a `WRITE` asks for besides the page tracking.
+#[derive(Clone, Copy)]
+struct WriteFlags {
+    /// [`crate::coord::WRITE_DEFER`].
+    defer: bool,
+    /// [`crate::coord::WRITE_COMPRESS`].
+    compress: bool,
+}
+
 /// Parse `WRITE <generation> <base> <flags> <dir>`: flags bit 0 = track
 /// written pages, bit 1 = a snapshot child writes private memory only once
-/// the job is released ([`crate::coord::WRITE_DEFER`]).
-fn parse_write(msg: &[u8]) -> Option<(super::track::Request, bool, &[u8])> {
+/// the job is released ([`crate::coord::WRITE_DEFER`]), bit 2 = it
+/// compresses it ([`crate::coord::WRITE_COMPRESS`]).
+fn parse_write(msg: &[u8]) -> Option<(super::track::Request, WriteFlags, &[u8])> {
     let rest = msg.strip_prefix(b"WRITE ")?;
     let mut parts = rest.splitn(4, |&c| c == b' ');
     let generation = procfs::dec(parts.next()?)?;
@@ -568,7 +578,10 @@ fn parse_write(msg: &[u8]) -> Option<(super::track::Request, bool, &[u8])> {
             base,
             track: flags & crate::coord::WRITE_TRACK == crate::coord::WRITE_TRACK,
         },
-        flags & crate::coord::WRITE_DEFER == crate::coord::WRITE_DEFER,
+        WriteFlags {
+            defer: flags & crate::coord::WRITE_DEFER == crate::coord::WRITE_DEFER,
+            compress: flags & crate::coord::WRITE_COMPRESS == crate::coord::WRITE_COMPRESS,
+        },
         dir,
     ))
 }
@@ -603,7 +616,7 @@ pub fn lead(uc: u64) {
     let passed = received.map_or(-1, |(_, d)| d);
     GEN_DIR_FD.store(passed, Ordering::Release);
     if let Some((msg, _)) = received
-        && let Some((req, defer, dir)) = parse_write(msg)
+        && let Some((req, wf, dir)) = parse_write(msg)
     {
         // Write through the descriptor the coordinator opened and checked
         // (the name is only a fall-back for a coordinator that sends none).
@@ -620,14 +633,17 @@ pub fn lead(uc: u64) {
             d.copy_from_slice(s);
         }
         let dir = dirbuf.get(..n).unwrap_or(&[]);
-        let pre = capture::Pre::now();
         let snapshot = SNAPSHOT.load(Ordering::Acquire) == 1 && memory_allows_snapshot();
+        let pre = capture::Pre {
+            compress: wf.compress,
+            ..capture::Pre::now()
+        };
         // Last step before the snapshot: nothing of the program may change
         // between the dirty-page scan and the fork.
         let own_uc = capture::own_ucontext(pre.tid);
         let _ = super::track::before_snapshot(&req, own_uc);
         if snapshot {
-            write_forked(dir, fd, &pre, t0, &mut buf, defer);
+            write_forked(dir, fd, &pre, t0, &mut buf, wf.defer);
         } else {
             write_in_place(dir, fd, &pre, t0, &mut buf);
         }

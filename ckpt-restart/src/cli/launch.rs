@@ -249,6 +249,7 @@ pub fn run_outer(o: Outer<'_>, init: i32, on_signal: OnSignal<'_>) -> i32 {
         track = false;
     }
     coord.set_tracking(track);
+    coord.set_compress(o.opts.compress);
     if let Some(max) = o.opts.max_file_copy {
         coord.set_max_file_copy(max);
     }

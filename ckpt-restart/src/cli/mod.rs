@@ -47,6 +47,9 @@ pub struct Opts {
     pub no_verify: bool,
     /// `--incremental`.
     pub incremental: Incremental,
+    /// `--compress`: snapshot children write private memory as zstd
+    /// frames (`docs/image-format.md`, "Compressed images").
+    pub compress: bool,
     /// `--generation N` (restart): start from generation N (or an older
     /// one when N cannot be used), not the newest.
     pub generation: Option<u64>,
@@ -126,6 +129,17 @@ pub fn parse_incremental(s: &str) -> Result<Incremental, String> {
         "off" | "no" | "0" => Ok(Incremental::Off),
         _ => Err(format!(
             "--incremental={s}: expected auto (track written pages when --interval is set), on or off"
+        )),
+    }
+}
+
+/// Parse a `--compress=` value.
+pub fn parse_compress(s: &str) -> Result<bool, String> {
+    match s {
+        "zstd" | "on" | "yes" | "1" => Ok(true),
+        "off" | "no" | "0" => Ok(false),
+        _ => Err(format!(
+            "--compress={s}: expected zstd (or on) to compress images, or off"
         )),
     }
 }
@@ -216,6 +230,12 @@ pub fn parse(args: &[OsString], want_command: bool) -> Result<Opts, String> {
             "--incremental" => {
                 o.incremental =
                     parse_incremental(&text_value("--incremental", value("--incremental")?)?)?
+            }
+            "--compress" => {
+                o.compress = match inline.as_ref().map(|v| v.to_string_lossy().into_owned()) {
+                    None => true,
+                    Some(v) => parse_compress(&v)?,
+                }
             }
             "--" if want_command => {
                 o.command = args[i + 1..].to_vec();

@@ -66,6 +66,8 @@ pub struct TaskOpts {
     /// `--incremental off`: periodic checkpoints are full (the site's
     /// `incremental=no`); otherwise they track written pages.
     pub no_incremental: bool,
+    /// `--compress`: images are compressed (the site's `compress=zstd`).
+    pub compress: bool,
     /// The preload library to use (`CKPT_LIB` for launch).
     pub lib: Option<PathBuf>,
     /// `--check`: only say whether a generation of TASKDIR can be loaded.
@@ -148,6 +150,7 @@ pub fn parse(args: &[OsString]) -> Result<TaskOpts, String> {
                         == super::Incremental::Off
             }
             "--check" => o.check = true,
+            "--compress" => o.compress = true,
             "--" => {
                 o.command = args.get(i + 1..).unwrap_or_default().to_vec();
                 break;
@@ -393,6 +396,7 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
         } else {
             super::Incremental::Off
         },
+        compress: o.compress,
         generation: resume_from,
         exact_generation: resume_from.is_some(),
         batch_script: o
@@ -1154,6 +1158,7 @@ mod tests {
             "--keep-images",
             "--incremental",
             "off",
+            "--compress",
             "--lib",
             "/l/libckpt.so",
             "--",
@@ -1170,6 +1175,7 @@ mod tests {
                 batch: true,
                 keep_images: true,
                 no_incremental: true,
+                compress: true,
                 lib: Some("/l/libckpt.so".into()),
                 check: false,
                 max_file_copy: None,

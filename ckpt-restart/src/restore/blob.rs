@@ -54,6 +54,11 @@ pub struct MmMap {
 
 /// Most image files stage 2 reads (`RST_MAX_IMAGES`).
 pub const MAX_IMAGES: usize = 66;
+/// `img_drop`: drop what was read from the page cache (`RST_IMG_DROP`).
+pub const IMG_DROP: u64 = 1;
+/// `img_drop`: a memory file of a decompressed image: punch out what was
+/// read (`RST_IMG_PUNCH`).
+pub const IMG_PUNCH: u64 = 2;
 
 /// Most helper mappings stage 2 can remove.
 pub const MAX_UNMAP: usize = 256;

@@ -102,6 +102,61 @@ pub fn mostly_cached(fd: i32) -> bool {
     ok && v.iter().filter(|&&b| b & 1 != 0).count() * 2 >= pages
 }
 
+/// The image whose pages stage 2 reads: the file itself, or, for a
+/// compressed image (format 1.8), a memory file holding it decompressed
+/// (true): every frame that holds part of a `wanted` range (file offsets
+/// and lengths, sorted, not overlapping), the others left as holes. Stage 2
+/// frees each part of the memory file once it has read it (`RST_IMG_PUNCH`).
+/// The part of an image stored as it is (descriptor data, shared memory) is
+/// at the same offsets either way: other readers use [`open_image`].
+pub fn open_image_pages(
+    dir: &Path,
+    name: &str,
+    size: u64,
+    wanted: &[(u64, u64)],
+) -> Result<(std::fs::File, bool), String> {
+    let f = open_image(dir, name, size)?;
+    let path = dir.join(name);
+    let mut head = [0u8; ckpt::image::format::HEADER_USED];
+    f.read_exact_at(&mut head, 0)
+        .map_err(|e| format!("{}: reading the header: {e}", path.display()))?;
+    let h = ckpt::image::format::decode(&path.display().to_string(), &head, size)
+        .map_err(|e| e.to_string())?;
+    let Some(z) = h.compressed else {
+        return Ok((f, false));
+    };
+    let cold = !mostly_cached(std::os::fd::AsRawFd::as_raw_fd(&f));
+    // SAFETY: memfd_create with a static name; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"ckpt-image".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!(
+            "{}: cannot make a memory file to decompress it into: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: a fresh descriptor we own.
+    let out = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let needed = |start: u64, len: u64| {
+        let i = wanted.partition_point(|&(o, n)| o.saturating_add(n) <= start);
+        wanted.get(i).is_some_and(|&(o, _)| o < start + len)
+    };
+    let r = ckpt::image::compress::expand(&f, &z, size, &out, needed)
+        .map_err(|e| format!("{}: corrupt image: {e}", path.display()));
+    if cold {
+        // SAFETY: advice on our own descriptor.
+        unsafe {
+            libc::posix_fadvise(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+                0,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
+    }
+    r.map(|()| (out, true))
+}
+
 pub fn open_image(dir: &Path, name: &str, size: u64) -> Result<std::fs::File, String> {
     let path = dir.join(name);
     if name.is_empty() || name.contains('/') || name.starts_with('.') {

@@ -636,6 +636,7 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
         ));
     }
     let mut img_fds = Vec::with_capacity(levels + 1);
+    let mut expanded = Vec::with_capacity(levels + 1);
     for level in 0..=levels {
         // The names and sizes were checked at load (manifest and record
         // agree); stage 2 reads from exactly these descriptors.
@@ -657,10 +658,23 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
                 })?;
             (g.path.as_path(), f, size)
         };
-        let img = super::shared::open_image(dir, file, size)?;
+        // What stage 2 reads of this image (a compressed one is
+        // decompressed only there).
+        let mut wanted: Vec<(u64, u64)> = m
+            .regions
+            .iter()
+            .zip(&pieces)
+            .filter(|(r, _)| r.kind != RegionKind::SharedAnon)
+            .flat_map(|(_, p)| p.iter())
+            .filter(|p| p.file == level)
+            .map(|p| (p.offset, p.count * 4096))
+            .collect();
+        wanted.sort_unstable();
+        let (img, memory) = super::shared::open_image_pages(dir, file, size, &wanted)?;
         let d = dup_above(img.as_raw_fd(), hi, true).map_err(|e| e.to_string())?;
         drop(img);
         img_fds.push(d);
+        expanded.push(memory);
     }
     let exe_fd = match open_at(&name_bytes(&m.exe), libc::O_RDONLY | libc::O_CLOEXEC) {
         Ok(fd) => {
@@ -914,7 +928,11 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
     a.n_img = img_fds.len() as u64;
     for (i, fd) in img_fds.iter().enumerate().take(a.img_fds.len()) {
         a.img_fds[i] = i64::from(*fd);
-        a.img_drop[i] = u64::from(!super::shared::mostly_cached(*fd));
+        a.img_drop[i] = if expanded.get(i) == Some(&true) {
+            blob::IMG_PUNCH
+        } else {
+            u64::from(!super::shared::mostly_cached(*fd)) * blob::IMG_DROP
+        };
     }
     a.exe_fd = exe_fd as i64;
     a.err_fd = err_fd as i64;

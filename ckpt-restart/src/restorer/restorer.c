@@ -50,6 +50,7 @@ SECI long sys6(long n, long a, long b, long c, long d, long e, long f) {
 #define NR_arch_prctl 158
 #define NR_fadvise64 221
 #define NR_exit_group 231
+#define NR_fallocate 285
 #define NR_rseq 334
 
 /* Report the failing step to the init through the status pipe (a record
@@ -221,9 +222,13 @@ SEC void ckpt_rst_main(struct rst_args *a) {
 				read_full(a, a->img_fds[run[2]], addr + done, n, run[3] + done);
 				if (a->verify)
 					crc = crc32c_update(crc, (const uint8_t *)(addr + done), n, shifts);
-				if (a->img_drop[run[2]])
+				if (a->img_drop[run[2]] == RST_IMG_DROP)
 					sys6(NR_fadvise64, a->img_fds[run[2]], (long)(run[3] + done), (long)n,
 					     4 /* POSIX_FADV_DONTNEED */, 0, 0);
+				else if (a->img_drop[run[2]] == RST_IMG_PUNCH)
+					sys6(NR_fallocate, a->img_fds[run[2]],
+					     0x01 | 0x02 /* FALLOC_FL_KEEP_SIZE|PUNCH_HOLE */,
+					     (long)(run[3] + done), (long)n, 0, 0);
 			}
 		}
 		if (a->verify && g->nruns && (~crc) != g->crc)
@@ -252,7 +257,7 @@ SEC void ckpt_rst_main(struct rst_args *a) {
 	for (uint64_t i = 0; i < a->n_img && i < RST_MAX_IMAGES; i++) {
 		/* Again for the whole file: pages still being read ahead while
 		 * their chunk was dropped stayed. */
-		if (a->img_drop[i])
+		if (a->img_drop[i] == RST_IMG_DROP)
 			sys6(NR_fadvise64, a->img_fds[i], 0, 0, 4 /* POSIX_FADV_DONTNEED */, 0, 0);
 		sys3(NR_close, a->img_fds[i], 0, 0);
 	}

@@ -12,6 +12,8 @@
 #define RST_EXIT_FAILED 86
 /* The restored generation's image and those of its bases. */
 #define RST_MAX_IMAGES 66
+#define RST_IMG_DROP 1
+#define RST_IMG_PUNCH 2
 
 struct rst_range { uint64_t start, end; };
 
@@ -74,8 +76,10 @@ struct rst_args {
 	uint64_t stub_addr;
 	uint64_t stub_len;
 	uint64_t stub_src;
-	/* Per image: 1 = drop what was read from the page cache (the image was
-	 * not cached when the restart began: it leaves the cache as it found it). */
+	/* Per image: RST_IMG_DROP = drop what was read from the page cache (the
+	 * image was not cached when the restart began: it leaves the cache as it
+	 * found it); RST_IMG_PUNCH = the descriptor is a memory file holding a
+	 * compressed image decompressed: free what was read (punch a hole). */
 	uint64_t img_drop[RST_MAX_IMAGES];
 };
 #endif
