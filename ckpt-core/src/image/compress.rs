@@ -16,7 +16,7 @@
 //! ([`expand`]) runs in the restart.
 
 use super::checksum::crc32c;
-use super::format::{HEADER_LEN, HEADER_USED};
+use super::format::{HEADER_LEN, HEADER_USED, le_u32, le_u64};
 use crate::signal_safe::buf::MmapBuf;
 use crate::signal_safe::raw::{self, Errno};
 
@@ -43,22 +43,6 @@ pub struct Layout {
     pub block: u32,
     /// Number of frames.
     pub frames: u32,
-}
-
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    if let Some(s) = b.get(at..at + 4) {
-        a.copy_from_slice(s);
-    }
-    u32::from_le_bytes(a)
-}
-
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    if let Some(s) = b.get(at..at + 8) {
-        a.copy_from_slice(s);
-    }
-    u64::from_le_bytes(a)
 }
 
 impl Layout {

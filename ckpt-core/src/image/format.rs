@@ -103,14 +103,16 @@ fn le_u16(b: &[u8], at: usize) -> u16 {
     }
     u16::from_le_bytes(a)
 }
-fn le_u32(b: &[u8], at: usize) -> u32 {
+/// A little-endian `u32` at `at` (0 past the end).
+pub(crate) fn le_u32(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
     if let Some(s) = b.get(at..at + 4) {
         a.copy_from_slice(s);
     }
     u32::from_le_bytes(a)
 }
-fn le_u64(b: &[u8], at: usize) -> u64 {
+/// A little-endian `u64` at `at` (0 past the end).
+pub(crate) fn le_u64(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     if let Some(s) = b.get(at..at + 8) {
         a.copy_from_slice(s);
