@@ -18,7 +18,7 @@
 
 use core::fmt::Write as _;
 
-use crate::image::checksum::Crc32c;
+use crate::image::checksum::{self, Crc32c};
 use crate::image::compress::FrameWriter;
 use crate::image::format;
 use crate::objects::posix_timer;
@@ -261,6 +261,7 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
     raw::lseek(img, data_off as i64, libc::SEEK_SET).map_err(at(3))?;
 
     let t = super::track::scratch_starts();
+    let c = super::page_crcs::scratch_starts();
     let scratch = [
         s.maps.mapping().0 as u64,
         s.json.mapping().0 as u64,
@@ -269,7 +270,12 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
         t[1],
         t[2],
         t[3],
+        c[0],
+        c[1],
     ];
+    // Page checksums of the base generation (for the pages this image
+    // inherits) and the table to record this image's in.
+    let (mut crcs_in, mut crcs_out) = super::page_crcs::current();
     // Incremental image: unchanged pages of private anonymous memory are
     // referred to in the base generation instead of written again.
     let inc = super::track::incremental();
@@ -396,7 +402,11 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
             let reg_off = data_off;
             let mut runs = StackRuns::new();
             let mut inherited = StackRuns::new();
-            let region_inc = inc.filter(|_| kind == "anon" && save == Save::Resident);
+            let tracked_kind = kind == "anon" && save == Save::Resident;
+            let region_inc = inc.filter(|_| tracked_kind);
+            // Page by page (registers recorded or taken from the base's
+            // table) where a table is in use, else in one stream.
+            let by_page = tracked_kind && (crcs_in.is_some() || crcs_out.is_some());
             let mut cursors = super::track::Cursors::default();
             if save != Save::Nothing {
                 let need_read = m.prot & libc::PROT_READ as u32 == 0;
@@ -465,8 +475,30 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
                         }
                         let addr = m.start + first_page * PAGE;
                         let len = count * PAGE;
-                        // SAFETY: the range is mapped and readable; nothing writes it while threads are parked.
-                        unsafe { crc.update_raw(addr as usize, len as usize) };
+                        if by_page {
+                            for p in 0..count {
+                                let at = addr + p * PAGE;
+                                let known = match (c, crcs_in.as_mut()) {
+                                    (PageClass::Inherit, Some(t)) => t.lookup(at / PAGE),
+                                    _ => None,
+                                };
+                                let reg = known.unwrap_or_else(|| {
+                                    // SAFETY: the page is mapped and readable; nothing writes
+                                    // it while threads are parked.
+                                    checksum::page_register(unsafe {
+                                        &*(at as *const [u8; checksum::PAGE_BYTES])
+                                    })
+                                });
+                                crc.append_page(reg);
+                                if let Some(w) = crcs_out.as_mut() {
+                                    w.push(at / PAGE, reg);
+                                }
+                            }
+                        } else {
+                            // SAFETY: the range is mapped and readable; nothing writes it while
+                            // threads are parked.
+                            unsafe { crc.update_raw(addr as usize, len as usize) };
+                        }
                         if c == PageClass::Inherit {
                             inherited.push(first_page, count);
                             inherited_total += len;
@@ -513,6 +545,9 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
         }
     }
     let _ = write!(j, "],");
+    if let Some(w) = crcs_out {
+        w.finish();
+    }
     if let Some(ic) = inc.filter(|_| inherited_total > 0) {
         let _ = write!(j, "\"base\":{},", ic.base);
     }

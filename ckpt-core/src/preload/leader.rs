@@ -641,6 +641,9 @@ pub fn lead(uc: u64) {
         // Last step before the snapshot: nothing of the program may change
         // between the dirty-page scan and the fork.
         let own_uc = capture::own_ucontext(pre.tid);
+        // The previous snapshot child may still hold the page-checksum table
+        // this checkpoint is about to reuse (`page_crcs`): it is gone first.
+        reap_previous_snapshot();
         let _ = super::track::before_snapshot(&req, own_uc);
         if snapshot {
             write_forked(dir, fd, &pre, t0, &mut buf, wf.defer);

@@ -31,6 +31,7 @@ pub mod finish;
 pub mod inotify;
 pub mod leader;
 pub mod memlimit;
+pub mod page_crcs;
 pub mod sigev_thread;
 pub mod sigmask;
 pub mod stop;

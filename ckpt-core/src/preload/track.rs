@@ -393,6 +393,7 @@ pub fn own_fd() -> i32 {
 /// After a restore: the descriptor number is stale (it may name one of the
 /// program's files now) and nothing is tracked. **Async-signal-safe.**
 pub fn reset_after_restore() {
+    super::page_crcs::reset_after_restore();
     UFFD.store(-1, Ordering::Release);
     OWNER.store(0, Ordering::Release);
     ARMED_GEN.store(0, Ordering::Release);
@@ -420,6 +421,7 @@ fn is_uffd(fd: i32) -> bool {
 /// Forget the descriptor (closing it when it is still ours): the kernel
 /// unregisters every range and drops the write protection.
 fn disarm() {
+    super::page_crcs::free();
     let fd = UFFD.swap(-1, Ordering::AcqRel);
     if fd >= 0 && is_uffd(fd) {
         raw::close(fd);
@@ -601,6 +603,7 @@ fn resident_pages() -> u64 {
 /// whether this checkpoint's image is incremental. **Async-signal-safe.**
 pub fn before_snapshot(req: &Request, own_uc: u64) -> bool {
     ACTIVE.store(0, Ordering::Release);
+    super::page_crcs::clear();
     DISARM.store(0, Ordering::Release);
     let pid = raw::getpid();
     let fd = UFFD.load(Ordering::Acquire);
@@ -640,6 +643,7 @@ pub fn before_snapshot(req: &Request, own_uc: u64) -> bool {
         Err(_) => {
             // Tracking is an optimisation: on any trouble the image is full
             // and tracking starts over at the next checkpoint.
+            super::page_crcs::clear();
             DISARM.store(1, Ordering::Release);
             ARMED_GEN.store(0, Ordering::Release);
             false
@@ -711,16 +715,21 @@ fn prepare(req: &Request, want: bool, usable: bool, own_uc: u64) -> Result<bool,
         } else {
             DISARM.store(1, Ordering::Release);
         }
+        let resident = resident_pages();
+        let mut record = want;
         if usable {
             // Adaptive switch-off: rewriting most of memory every interval
             // makes tracking cost more than it saves.
             let written = s.written.pages();
-            let resident = resident_pages();
             if want && resident > 0 && written * 2 > resident {
                 BACKOFF.store(BACKOFF_CHECKPOINTS, Ordering::Release);
                 DISARM.store(1, Ordering::Release);
+                record = false;
             }
         }
+        // Page checksums: this image takes those of its inherited pages
+        // from the base's table and records its own for the next one.
+        super::page_crcs::prepare(req.generation, usable.then_some(req.base), record, resident);
         Ok(usable)
     })
 }

@@ -322,6 +322,24 @@ pub fn mmap_anon(len: usize) -> Result<*mut u8, Errno> {
     .map(|a| a as *mut u8)
 }
 
+/// Anonymous **shared** read/write mapping of `len` bytes: a `fork` child
+/// writes into the same memory as its parent.
+pub fn mmap_shared_anon(len: usize) -> Result<*mut u8, Errno> {
+    // SAFETY: as for `mmap_anon`.
+    unsafe {
+        syscall6(
+            nr::MMAP,
+            0,
+            len,
+            (libc::PROT_READ | libc::PROT_WRITE) as usize,
+            (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as usize,
+            usize::MAX,
+            0,
+        )
+    }
+    .map(|a| a as *mut u8)
+}
+
 /// `munmap(2)`.
 ///
 /// # Safety
