@@ -236,6 +236,18 @@ fn update_sw(mut crc: u32, data: &[u8]) -> u32 {
 mod tests {
     use super::*;
 
+    /// `n` pseudo-random bytes (xorshift64 from `seed`).
+    fn noise(n: usize, mut x: u64) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
     #[test]
     fn known_vector() {
         // The standard check value of CRC-32C.
@@ -245,15 +257,7 @@ mod tests {
 
     #[test]
     fn three_streams_equal_the_bitwise_crc() {
-        let mut x = 0x1234_5678_9abc_def0u64;
-        let data: Vec<u8> = (0..5 * STREAM + 333)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let data = noise(5 * STREAM + 333, 0x1234_5678_9abc_def0);
         for len in [
             0,
             1,
@@ -275,15 +279,7 @@ mod tests {
 
     #[test]
     fn pages_appended_by_register_equal_the_crc_of_their_bytes() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let data: Vec<u8> = (0..3 * PAGE_BYTES + 100)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let data = noise(3 * PAGE_BYTES + 100, 0x9e37_79b9_7f4a_7c15);
         let page = |i: usize| -> &[u8; PAGE_BYTES] {
             data[i * PAGE_BYTES..(i + 1) * PAGE_BYTES]
                 .try_into()

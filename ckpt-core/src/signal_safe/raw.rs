@@ -306,6 +306,16 @@ pub fn tgkill(tgid: i32, tid: i32, sig: i32) -> Result<(), Errno> {
 
 /// Anonymous private read/write mapping of `len` bytes.
 pub fn mmap_anon(len: usize) -> Result<*mut u8, Errno> {
+    mmap_anon_flags(len, libc::MAP_PRIVATE)
+}
+
+/// Anonymous **shared** read/write mapping of `len` bytes: a `fork` child
+/// writes into the same memory as its parent.
+pub fn mmap_shared_anon(len: usize) -> Result<*mut u8, Errno> {
+    mmap_anon_flags(len, libc::MAP_SHARED)
+}
+
+fn mmap_anon_flags(len: usize, kind: i32) -> Result<*mut u8, Errno> {
     // SAFETY: a fresh anonymous mapping at a kernel-chosen address cannot
     // alias anything.
     unsafe {
@@ -314,25 +324,7 @@ pub fn mmap_anon(len: usize) -> Result<*mut u8, Errno> {
             0,
             len,
             (libc::PROT_READ | libc::PROT_WRITE) as usize,
-            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as usize,
-            usize::MAX,
-            0,
-        )
-    }
-    .map(|a| a as *mut u8)
-}
-
-/// Anonymous **shared** read/write mapping of `len` bytes: a `fork` child
-/// writes into the same memory as its parent.
-pub fn mmap_shared_anon(len: usize) -> Result<*mut u8, Errno> {
-    // SAFETY: as for `mmap_anon`.
-    unsafe {
-        syscall6(
-            nr::MMAP,
-            0,
-            len,
-            (libc::PROT_READ | libc::PROT_WRITE) as usize,
-            (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as usize,
+            (kind | libc::MAP_ANONYMOUS) as usize,
             usize::MAX,
             0,
         )
