@@ -642,8 +642,8 @@ pub fn before_snapshot(req: &Request, own_uc: u64) -> bool {
         }
         Err(_) => {
             // Tracking is an optimisation: on any trouble the image is full
-            // and tracking starts over at the next checkpoint.
-            super::page_crcs::clear();
+            // and tracking starts over at the next checkpoint (the page
+            // checksum tables were cleared on entry).
             DISARM.store(1, Ordering::Release);
             ARMED_GEN.store(0, Ordering::Release);
             false
