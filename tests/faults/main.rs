@@ -30,8 +30,8 @@ use ckpt_tests::cr::{
     required, send_signal, tail, wait_until,
 };
 use ckpt_tests::faults::{
-    Job, durable_ms, gen_numbers, patch_header, pause, read_json, rewrite_manifest, wait_exit,
-    write_json,
+    Job, count_compressed, durable_ms, gen_numbers, patch_header, pause, read_json,
+    rewrite_manifest, wait_exit, write_json,
 };
 
 /// Files a job rewrites: refusals and reports (`files.rs`).
@@ -112,14 +112,25 @@ fn check_after_fault(job: &Job, case: &str, allowed: &[u64]) -> Result<(), Strin
     if !st.success() || out.contains("corrupt") {
         return Err(format!("{case}: ckpt status: {}\n{out}{err}", describe(st)));
     }
+    if job.compress {
+        let (images, compressed) = count_compressed(&job.dir);
+        if images == 0 || compressed != images {
+            return Err(format!(
+                "{case}: {compressed} of the {images} images of complete generations are compressed \
+                 (with --compress every image a snapshot child writes is)"
+            ));
+        }
+    }
     job.restart_and_verify(case)
         .map_err(|e| format!("{case}: {e}"))
 }
 
-fn named_case(ckpt: &Path, point_idx: usize, action: &str) -> Result<(), String> {
+fn named_case(ckpt: &Path, point_idx: usize, action: &str, compress: bool) -> Result<(), String> {
     let point = POINTS[point_idx];
-    let case = format!("{point}:{action}");
-    let job = Job::new(&format!("{point}-{action}"), ckpt, 8);
+    let z = if compress { "-z" } else { "" };
+    let case = format!("{point}:{action}{z}");
+    let mut job = Job::new(&format!("{point}-{action}{z}"), ckpt, 8);
+    job.compress = compress;
     // Two clean checkpoints, then the fault in the third (the first that
     // prunes a generation, so `pruned-one` is passed once, there).
     let nth = if point == "pruned-one" { 1 } else { 3 };
@@ -174,15 +185,28 @@ fn named_case(ckpt: &Path, point_idx: usize, action: &str) -> Result<(), String>
 /// restores into a correct run, and a `.tmp` one is never used.
 #[test]
 fn kill_at_named_points() {
+    named_points(false);
+}
+
+/// The same 30 cases with `--compress` (the suite's compression mode): the
+/// images go out as zstd frames while the job runs on, and a kill at any
+/// point still leaves the newest complete generation restorable.
+#[test]
+fn kill_at_named_points_compressed() {
+    named_points(true);
+}
+
+fn named_points(compress: bool) {
     let Some(ckpt) = ckpt_bin() else { return };
     let mut cases = Vec::new();
     for i in 0..POINTS.len() {
         cases.push((i, "kill-self"));
         cases.push((i, "kill-job"));
     }
-    let failures = run_parallel(&cases, |(i, a)| named_case(&ckpt, *i, a));
+    let failures = run_parallel(&cases, |(i, a)| named_case(&ckpt, *i, a, compress));
     eprintln!(
-        "named kill points: {} cases, {} failed",
+        "named kill points{}: {} cases, {} failed",
+        if compress { " (--compress)" } else { "" },
         cases.len(),
         failures.len()
     );
@@ -196,9 +220,10 @@ enum Victim {
 }
 
 /// One timed kill: returns whether the faulted checkpoint still completed.
-fn timed_case(ckpt: &Path, victim: Victim, k: u32, of: u32) -> Result<(), String> {
-    let case = format!("{victim:?}-{k}");
-    let job = Job::new(&format!("timed-{case}"), ckpt, 48);
+fn timed_case(ckpt: &Path, victim: Victim, k: u32, of: u32, compress: bool) -> Result<(), String> {
+    let case = format!("{victim:?}-{k}{}", if compress { "-z" } else { "" });
+    let mut job = Job::new(&format!("timed-{case}"), ckpt, 48);
+    job.compress = compress;
     let mut l = job.launch("run", &[], &[]);
     job.wait_ready(&mut l)?;
     let first = job.checkpoint_ok("first")?;
@@ -240,7 +265,9 @@ fn timed_case(ckpt: &Path, victim: Victim, k: u32, of: u32) -> Result<(), String
 fn kill_coordinator_timed() {
     let Some(ckpt) = ckpt_bin() else { return };
     let cases: Vec<u32> = (0..12).collect();
-    let failures = run_parallel(&cases, |k| timed_case(&ckpt, Victim::Coordinator, *k, 12));
+    let failures = run_parallel(&cases, |k| {
+        timed_case(&ckpt, Victim::Coordinator, *k, 12, false)
+    });
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
@@ -250,13 +277,31 @@ fn kill_coordinator_timed() {
 fn kill_program_timed() {
     let Some(ckpt) = ckpt_bin() else { return };
     let cases: Vec<u32> = (0..12).collect();
-    let failures = run_parallel(&cases, |k| timed_case(&ckpt, Victim::Program, *k, 12));
+    let failures = run_parallel(&cases, |k| {
+        timed_case(&ckpt, Victim::Program, *k, 12, false)
+    });
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-fn node_failure_case(ckpt: &Path, k: u32, of: u32) -> Result<(), String> {
-    let case = format!("node-{k}");
-    let job = Job::new(&case, ckpt, 16);
+/// Both timed sweeps with `--compress`: kill -9 of the coordinator, then of
+/// the program, at 12 moments each over a compressed checkpoint of the same
+/// 48 MiB program (its compression runs in the snapshot child while the job
+/// runs on, so the kills land in it too).
+#[test]
+fn kill_timed_compressed() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let cases: Vec<(Victim, u32)> = [Victim::Coordinator, Victim::Program]
+        .into_iter()
+        .flat_map(|v| (0..12).map(move |k| (v, k)))
+        .collect();
+    let failures = run_parallel(&cases, |(v, k)| timed_case(&ckpt, *v, *k, 12, true));
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+fn node_failure_case(ckpt: &Path, k: u32, of: u32, compress: bool) -> Result<(), String> {
+    let case = format!("node-{k}{}", if compress { "-z" } else { "" });
+    let mut job = Job::new(&case, ckpt, 16);
+    job.compress = compress;
     let mut l = job.launch("run", &["--interval", "1"], &[]);
     job.wait_ready(&mut l)?;
     wait_until("the first periodic checkpoint", deadline(), || {
@@ -277,7 +322,16 @@ fn node_failure_case(ckpt: &Path, k: u32, of: u32) -> Result<(), String> {
 fn node_failure_during_periodic_checkpoints() {
     let Some(ckpt) = ckpt_bin() else { return };
     let cases: Vec<u32> = (0..8).collect();
-    let failures = run_parallel(&cases, |k| node_failure_case(&ckpt, *k, 8));
+    let failures = run_parallel(&cases, |k| node_failure_case(&ckpt, *k, 8, false));
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// The node failure sweep with `--compress`.
+#[test]
+fn node_failure_during_periodic_checkpoints_compressed() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    let cases: Vec<u32> = (0..8).collect();
+    let failures = run_parallel(&cases, |k| node_failure_case(&ckpt, *k, 8, true));
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
@@ -340,11 +394,41 @@ fn job_keeps_running(job: &Job, l: &mut Running) -> Result<(), String> {
 /// behind; once space is back the next checkpoint succeeds and restores.
 #[test]
 fn disk_full() {
+    disk_full_case(false);
+}
+
+/// Disk full with `--compress`: the frames of private memory are written
+/// after the job runs on again, and an ENOSPC there fails the checkpoint just
+/// as cleanly. The filler leaves 256 KiB, less than any compressed image of
+/// the program.
+#[test]
+fn disk_full_compressed() {
+    disk_full_case(true);
+}
+
+/// Free bytes of the filesystem holding `p`.
+fn free_bytes(p: &Path) -> Result<u64, String> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: statvfs is plain old data, zeroed is valid; c is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c and st are valid for the call.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(format!(
+            "statvfs {}: {}",
+            p.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(st.f_bavail * st.f_frsize)
+}
+
+fn disk_full_case(compress: bool) {
     let Some(ckpt) = ckpt_bin() else { return };
     if !needs_root("disk_full") {
         return;
     }
-    let job = Job::new("diskfull", &ckpt, 8);
+    let mut job = Job::new(if compress { "diskfull-z" } else { "diskfull" }, &ckpt, 8);
+    job.compress = compress;
     let _m = Mounted::run(
         &["-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs"],
         &job.dir,
@@ -355,7 +439,12 @@ fn disk_full() {
         job.wait_ready(&mut l)?;
         job.checkpoint_ok("first")?;
         let filler = job.dir.join("filler");
-        fs::write(&filler, vec![7u8; 12 << 20]).map_err(|e| format!("filler: {e}"))?;
+        let fill = if compress {
+            free_bytes(&job.dir)?.saturating_sub(256 << 10)
+        } else {
+            12 << 20
+        };
+        fs::write(&filler, vec![7u8; fill as usize]).map_err(|e| format!("filler: {e}"))?;
         let err = must_fail_clearly(&job, "full", &["No space left", "space"])?;
         eprintln!("disk full message: {}", err.trim());
         job_keeps_running(&job, &mut l)?;
@@ -369,7 +458,7 @@ fn disk_full() {
         fs::remove_file(&filler).map_err(|e| e.to_string())?;
         job.checkpoint_ok("space-back")?;
         l.kill_tree()?;
-        check_after_fault(&job, "diskfull", &[2])
+        check_after_fault(&job, if compress { "diskfull-z" } else { "diskfull" }, &[2])
     })();
     if let Err(e) = r {
         panic!("{e}\nlaunch: {}", job.stderr_of("launch"));
@@ -970,8 +1059,21 @@ fn manifest_redirects_image_file() {
 /// intact chain restores into a correct run.
 #[test]
 fn incremental_chain_damage() {
+    chain_damage(false);
+}
+
+/// The same chain written with `--compress`: damage inside the base's
+/// compressed frames is refused like damaged pages, and the intact chain
+/// restores through the frames of every generation.
+#[test]
+fn incremental_chain_damage_compressed() {
+    chain_damage(true);
+}
+
+fn chain_damage(compress: bool) {
     let Some(ckpt) = ckpt_bin() else { return };
-    let job = Job::new("chain", &ckpt, 32);
+    let mut job = Job::new(if compress { "chain-z" } else { "chain" }, &ckpt, 32);
+    job.compress = compress;
     let mut l = job.launch("run", &["--incremental", "on"], &[]);
     let mut made = || -> Result<(), String> {
         job.wait_ready(&mut l)?;
@@ -986,6 +1088,13 @@ fn incremental_chain_damage() {
     }
     l.kill_tree().unwrap_or_else(|e| panic!("{e}"));
     let _ = fs::remove_file(job.dir.join("ckpt.sock"));
+    if compress {
+        let (images, compressed) = count_compressed(&job.dir);
+        assert!(
+            images == 3 && compressed == 3,
+            "{compressed} of {images} images in the chain are compressed (want 3 of 3)"
+        );
+    }
     let base_of = |n: u64| -> Option<u64> {
         read_json(&job.dir.join(format!("gen-{n:06}/generation.json")))
             .ok()
@@ -1007,21 +1116,45 @@ fn incremental_chain_damage() {
     if let Err(e) = r {
         failures.push(format!("base removed: {e}"));
     }
-    // Every data page of the base is damaged: whatever the newest image
-    // inherits from it fails its checksum.
+    // Every data page of the base is damaged (with --compress: its frames):
+    // whatever the newest image inherits from it fails its checksum or its
+    // frame.
     let d = job.s.join("bad-base");
     let r = copy_tree(&job.dir, &d)
         .and_then(|()| {
             let img = d.join("gen-000001/proc-2.img");
             let mut data = fs::read(&img).map_err(|e| e.to_string())?;
-            for page in data.chunks_mut(4096).skip(1) {
-                page[100] ^= 0x5a;
+            // (A compressed file need not end on a whole page.)
+            for b in data.chunks_mut(4096).skip(1).filter_map(|p| p.get_mut(100)) {
+                *b ^= 0x5a;
             }
             fs::write(&img, data).map_err(|e| e.to_string())
         })
-        .and_then(|()| restart_refused(&job, &d, "bad-base", &["checksum"]));
+        .and_then(|()| {
+            restart_refused(
+                &job,
+                &d,
+                "bad-base",
+                &["checksum", "compressed frame", "frame table"],
+            )
+        });
     match r {
-        Ok(msg) if !msg.contains("older generations") => failures.push(format!(
+        // A damaged frame (or the table of frames) is found where it is
+        // read, in the base's own file: the message names that file and what
+        // is damaged.
+        Ok(msg)
+            if compress
+                && !(msg.contains("gen-000001/proc-2.img")
+                    && (msg.contains("compressed frame") || msg.contains("frame table"))) =>
+        {
+            failures.push(format!(
+                "damaged base: the message does not name the base's image and its damaged frame \
+                 (or frame table): {msg}"
+            ))
+        }
+        // A failed checksum is found in the assembled region of the newest
+        // image: the message says where else its pages came from.
+        Ok(msg) if !compress && !msg.contains("older generations") => failures.push(format!(
             "damaged base: the message does not say that the image refers to older generations: {msg}"
         )),
         Ok(_) => {}

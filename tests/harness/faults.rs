@@ -8,6 +8,7 @@
 
 use std::ffi::OsString;
 use std::fs;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -109,6 +110,9 @@ pub struct Job {
     pub args: Vec<OsString>,
     /// Its output when all went well.
     pub expected: String,
+    /// `--compress` on every launch and restart (the compression mode of
+    /// the suite): memory goes out as zstd frames.
+    pub compress: bool,
 }
 
 impl Job {
@@ -126,6 +130,7 @@ impl Job {
             work,
             args,
             expected: expected_output(),
+            compress: false,
         }
     }
 
@@ -171,6 +176,7 @@ impl Job {
         .arg("launch")
         .arg("--dir")
         .arg(&self.dir)
+        .args(self.compress.then_some("--compress"))
         .args(extra)
         .arg("--")
         .arg(&self.program)
@@ -281,7 +287,8 @@ impl Job {
         let mut sp = Spawn::new(&self.ckpt, &self.s.path)
             .arg("restart")
             .arg("--dir")
-            .arg(&self.dir);
+            .arg(&self.dir)
+            .args(self.compress.then_some("--compress"));
         let err_path = self.s.join(format!("restart-{tag}.err"));
         sp.stdout = out_file(&self.s.join(format!("restart-{tag}.out"))).into();
         sp.stderr = out_file(&err_path).into();
@@ -311,6 +318,29 @@ impl Job {
         }
         Ok(())
     }
+}
+
+/// `(images, compressed)` of the complete generations: how many
+/// `proc-*.img` files they hold and how many of those are compressed (the
+/// header's compression field, bytes 36..40, is 1).
+pub fn count_compressed(dir: &Path) -> (usize, usize) {
+    let (mut images, mut compressed) = (0, 0);
+    for n in gen_numbers(dir, false) {
+        let g = dir.join(format!("gen-{n:06}"));
+        for e in fs::read_dir(&g).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with("proc-") && name.ends_with(".img")) {
+                continue;
+            }
+            images += 1;
+            let mut head = [0u8; 40];
+            let read = fs::File::open(e.path()).and_then(|mut f| f.read_exact(&mut head));
+            if read.is_ok() && head[36..40] == 1u32.to_le_bytes() {
+                compressed += 1;
+            }
+        }
+    }
+    (images, compressed)
 }
 
 /// Generation numbers in a checkpoint dir, complete ones or `.tmp` ones.
