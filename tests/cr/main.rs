@@ -1000,22 +1000,10 @@ impl Case {
                 .and_then(|r| r.split(' ').next())
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0);
-            let Ok(entries) = fs::read_dir(&gdir) else {
+            if !gdir.is_dir() {
                 continue; // pruned
-            };
-            let (mut images, mut compressed) = (0, 0);
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if !(name.starts_with("proc-") && name.ends_with(".img")) {
-                    continue;
-                }
-                images += 1;
-                let mut head = [0u8; 40];
-                let read = fs::File::open(e.path()).and_then(|mut f| f.read_exact(&mut head));
-                if read.is_ok() && head[36..40] == 1u32.to_le_bytes() {
-                    compressed += 1;
-                }
             }
+            let (images, compressed) = ckpt_tests::cr::count_compressed_in(&gdir);
             if images == 0 || compressed + in_place != images {
                 self.fail(format!(
                     "{}: {compressed} of {images} images compressed, {in_place} written in place \

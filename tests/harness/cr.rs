@@ -1019,6 +1019,26 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// `(images, compressed)` of one generation directory: how many
+/// `proc-*.img` files it holds and how many of them are compressed (the
+/// header's compression field, bytes 36..40, is 1; docs/image-format.md).
+pub fn count_compressed_in(gen_dir: &Path) -> (usize, usize) {
+    let (mut images, mut compressed) = (0, 0);
+    for e in fs::read_dir(gen_dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("proc-") && name.ends_with(".img")) {
+            continue;
+        }
+        images += 1;
+        let mut head = [0u8; 40];
+        let read = File::open(e.path()).and_then(|mut f| f.read_exact(&mut head));
+        if read.is_ok() && head[36..40] == 1u32.to_le_bytes() {
+            compressed += 1;
+        }
+    }
+    (images, compressed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,6 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -320,27 +319,13 @@ impl Job {
     }
 }
 
-/// `(images, compressed)` of the complete generations: how many
-/// `proc-*.img` files they hold and how many of those are compressed (the
-/// header's compression field, bytes 36..40, is 1).
+/// `(images, compressed)` over the complete generations of `dir` (see
+/// [`crate::cr::count_compressed_in`]).
 pub fn count_compressed(dir: &Path) -> (usize, usize) {
-    let (mut images, mut compressed) = (0, 0);
-    for n in gen_numbers(dir, false) {
-        let g = dir.join(format!("gen-{n:06}"));
-        for e in fs::read_dir(&g).into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !(name.starts_with("proc-") && name.ends_with(".img")) {
-                continue;
-            }
-            images += 1;
-            let mut head = [0u8; 40];
-            let read = fs::File::open(e.path()).and_then(|mut f| f.read_exact(&mut head));
-            if read.is_ok() && head[36..40] == 1u32.to_le_bytes() {
-                compressed += 1;
-            }
-        }
-    }
-    (images, compressed)
+    gen_numbers(dir, false)
+        .into_iter()
+        .map(|n| crate::cr::count_compressed_in(&dir.join(format!("gen-{n:06}"))))
+        .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
 }
 
 /// Generation numbers in a checkpoint dir, complete ones or `.tmp` ones.
