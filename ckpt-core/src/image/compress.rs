@@ -644,13 +644,20 @@ pub fn frame_table(
 /// (sized here to the uncompressed length): the bytes before the frames as
 /// they are, then each frame decompressed into place. Frames for which
 /// `wanted(start, len)` is false are left as holes (zeros). An error names
-/// the damaged frame.
+/// the damaged frame (the lowest-numbered one, whichever thread met it).
+///
+/// Frames are independent and land in disjoint parts of `out`: up to
+/// `threads` threads (scoped: all have ended when this returns) take them
+/// in turn. A caller inside a pid namespace whose ids it still has to hand
+/// out must wait until those threads' ids are free again
+/// (docs/image-format.md, "Compressed images").
 pub fn expand(
     file: &std::fs::File,
     z: &Layout,
     file_len: u64,
     out: &std::fs::File,
-    wanted: impl Fn(u64, u64) -> bool,
+    wanted: impl Fn(u64, u64) -> bool + Sync,
+    threads: usize,
 ) -> Result<(), String> {
     use std::os::unix::fs::FileExt;
     let table = frame_table(file, z, file_len)?;
@@ -670,11 +677,6 @@ pub fn expand(
     }
     if z.frames == 0 {
         return Ok(());
-    }
-    // SAFETY: ZSTD_createDCtx has no preconditions; null is checked.
-    let d = DCtx(unsafe { zstd_sys::ZSTD_createDCtx() });
-    if d.0.is_null() {
-        return Err("cannot allocate a zstd context".into());
     }
     let map_from = z.frames_from & !4095;
     let map_len = usize::try_from(z.logical_end() - map_from).map_err(|_| "image too large")?;
@@ -696,55 +698,110 @@ pub fn expand(
             std::io::Error::last_os_error()
         ));
     }
-    let mut src = Vec::new();
-    let mut r = Ok(());
-    for (i, &(off, clen)) in table.iter().enumerate() {
-        let (start, len) = z.frame_range(i as u32);
-        if !wanted(start, len) {
-            continue;
+    // The frames wanted, in turn, by up to `threads` threads.
+    let todo: Vec<usize> = (0..table.len())
+        .filter(|&i| {
+            let (start, len) = z.frame_range(i as u32);
+            wanted(start, len)
+        })
+        .collect();
+    let threads = threads.min(todo.len()).max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    // The damaged frame with the lowest number, so that the message does
+    // not depend on which thread got there first.
+    let first_bad: std::sync::Mutex<Option<(usize, String)>> = std::sync::Mutex::new(None);
+    let at = base as usize;
+    let work = || {
+        // SAFETY: ZSTD_createDCtx has no preconditions; null is checked.
+        let d = DCtx(unsafe { zstd_sys::ZSTD_createDCtx() });
+        let mut src = Vec::new();
+        loop {
+            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(&i) = todo.get(k) else { return };
+            let Some(&(off, clen)) = table.get(i) else {
+                return;
+            };
+            let (start, len) = z.frame_range(i as u32);
+            let r = decompress_frame(
+                &d,
+                file,
+                (off, clen),
+                &mut src,
+                at + (start - map_from) as usize,
+                len,
+            );
+            if let Err(why) = r {
+                let msg = format!(
+                    "compressed frame {i} (file offset {off}, data {start}..{}) is damaged: {why}",
+                    start + len
+                );
+                if let Ok(mut b) = first_bad.lock()
+                    && b.as_ref().is_none_or(|(j, _)| i < *j)
+                {
+                    *b = Some((i, msg));
+                }
+                // No frame after this one is needed any more.
+                next.fetch_max(todo.len(), std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
         }
-        let damaged = |why: String| {
-            format!(
-                "compressed frame {i} (file offset {off}, data {start}..{}) is damaged: {why}",
-                start + len
-            )
-        };
-        if clen > u64::from(BLOCK) * 2 {
-            r = Err(damaged(format!("absurd length {clen}")));
-            break;
+    };
+    std::thread::scope(|sc| {
+        for _ in 1..threads {
+            sc.spawn(work);
         }
-        src.resize(clen as usize, 0);
-        if let Err(e) = file.read_exact_at(&mut src, off) {
-            r = Err(damaged(e.to_string()));
-            break;
-        }
-        let dst = (start - map_from) as usize;
-        // SAFETY: dst..dst+len lies inside the mapping (start + len <=
-        // logical_end); src holds clen bytes; d is a live context.
-        let got = unsafe {
-            zstd_sys::ZSTD_decompressDCtx(
-                d.0,
-                base.cast::<u8>().add(dst).cast(),
-                len as usize,
-                src.as_ptr().cast(),
-                src.len(),
-            )
-        };
-        // SAFETY: ZSTD_isError only inspects the value.
-        if unsafe { zstd_sys::ZSTD_isError(got) } != 0 {
-            // SAFETY: zstd returns a static NUL-terminated string.
-            let name = unsafe { std::ffi::CStr::from_ptr(zstd_sys::ZSTD_getErrorName(got)) };
-            r = Err(damaged(name.to_string_lossy().into_owned()));
-            break;
-        }
-        if got as u64 != len {
-            r = Err(damaged(format!("{got} bytes where {len} were expected")));
-            break;
-        }
-    }
-    // SAFETY: unmapping what we mapped.
+        work();
+    });
+    // SAFETY: unmapping what we mapped (every thread has ended).
     unsafe { libc::munmap(base, map_len) };
-    r
+    match first_bad.into_inner() {
+        Ok(None) => Ok(()),
+        Ok(Some((_, msg))) => Err(msg),
+        Err(_) => Err("a decompression thread failed".into()),
+    }
+}
+
+/// Read one frame of `file` (`off`, compressed length `clen`) into `src`
+/// and decompress it to `dst`, which must take exactly `len` bytes.
+fn decompress_frame(
+    d: &DCtx,
+    file: &std::fs::File,
+    (off, clen): (u64, u64),
+    src: &mut Vec<u8>,
+    dst: usize,
+    len: u64,
+) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    if d.0.is_null() {
+        return Err("cannot allocate a zstd context".into());
+    }
+    if clen > u64::from(BLOCK) * 2 {
+        return Err(format!("absurd length {clen}"));
+    }
+    src.resize(clen as usize, 0);
+    file.read_exact_at(src, off).map_err(|e| e.to_string())?;
+    // SAFETY: the caller's dst..dst+len lies inside its writable mapping and
+    // no other thread writes there; src holds clen bytes; d is a live
+    // context used by this thread only.
+    let got = unsafe {
+        zstd_sys::ZSTD_decompressDCtx(
+            d.0,
+            dst as *mut core::ffi::c_void,
+            len as usize,
+            src.as_ptr().cast(),
+            src.len(),
+        )
+    };
+    // SAFETY: ZSTD_isError only inspects the value.
+    if unsafe { zstd_sys::ZSTD_isError(got) } != 0 {
+        // SAFETY: zstd returns a static NUL-terminated string.
+        let name = unsafe { std::ffi::CStr::from_ptr(zstd_sys::ZSTD_getErrorName(got)) };
+        return Err(name.to_string_lossy().into_owned());
+    }
+    if got as u64 != len {
+        return Err(format!("{got} bytes where {len} were expected"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -826,13 +883,17 @@ mod tests {
     }
 
     fn expanded(f: &std::fs::File, z: &Layout) -> Result<Vec<u8>, String> {
+        expanded_by(f, z, 1)
+    }
+
+    fn expanded_by(f: &std::fs::File, z: &Layout, threads: usize) -> Result<Vec<u8>, String> {
         let len = f.metadata().unwrap().len();
         let mut head = vec![0u8; HEADER_USED];
         f.read_exact_at(&mut head, 0).unwrap();
         let h = format::decode("x", &head, len).map_err(|e| e.to_string())?;
         assert_eq!(h.compressed.as_ref(), Some(z));
         let out = tempfile_memfd();
-        expand(f, z, len, &out, |_, _| true)?;
+        expand(f, z, len, &out, |_, _| true, threads)?;
         let mut v = vec![0u8; z.logical_end() as usize];
         out.read_exact_at(&mut v, 0).unwrap();
         Ok(v)
@@ -857,9 +918,11 @@ mod tests {
         ] {
             let (f, want, z) = round_trip(raw_len, mem_len);
             assert_eq!(z.frames as usize, mem_len.div_ceil(BLOCK as usize));
-            let got = expanded(&f, &z).unwrap();
-            // The header of the expanded copy is the compressed file's.
-            assert_eq!(got[HEADER_LEN as usize..], want[HEADER_LEN as usize..]);
+            for threads in [1, 3] {
+                let got = expanded_by(&f, &z, threads).unwrap();
+                // The header of the expanded copy is the compressed file's.
+                assert_eq!(got[HEADER_LEN as usize..], want[HEADER_LEN as usize..]);
+            }
             if mem_len > BLOCK as usize {
                 assert!(
                     f.metadata().unwrap().len() < want.len() as u64 * 3 / 4,
@@ -881,6 +944,22 @@ mod tests {
         f.write_all_at(&b, off + clen / 2).unwrap();
         let e = expanded(&f, &z).unwrap_err();
         assert!(e.contains("compressed frame 1"), "{e}");
+        // With several threads and several damaged frames, the message
+        // names the first, whichever thread met which.
+        let (f, _, z) = round_trip(4096, 8 * BLOCK as usize);
+        let t = frame_table(&f, &z, f.metadata().unwrap().len()).unwrap();
+        for &i in &[2usize, 5, 6] {
+            let (off, clen) = t[i];
+            f.read_exact_at(&mut b, off + clen / 2).unwrap();
+            b[0] ^= 0x10;
+            f.write_all_at(&b, off + clen / 2).unwrap();
+        }
+        for _ in 0..5 {
+            let e = expanded_by(&f, &z, 4).unwrap_err();
+            assert!(e.contains("compressed frame 2 "), "{e}");
+        }
+        let (f, _, z) = round_trip(4096, 2 * BLOCK as usize);
+        let len = f.metadata().unwrap().len();
         // A damaged table is refused too.
         f.read_exact_at(&mut b, len - 6).unwrap();
         b[0] ^= 1;
@@ -922,7 +1001,7 @@ mod tests {
         let len = f.metadata().unwrap().len();
         let out = tempfile_memfd();
         let second = z.frame_range(1);
-        expand(&f, &z, len, &out, |s, _| s == second.0).unwrap();
+        expand(&f, &z, len, &out, |s, _| s == second.0, 3).unwrap();
         let mut v = vec![0u8; z.logical_end() as usize];
         out.read_exact_at(&mut v, 0).unwrap();
         let (s, l) = (second.0 as usize, second.1 as usize);

@@ -9,7 +9,7 @@
 //! the region checksum).
 
 use ckpt::image::format::PAGE_SIZE;
-use ckpt::image::manifest::ProcessManifest;
+use ckpt::image::manifest::{ProcessManifest, RegionKind};
 
 /// A run of pages to read into place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +85,24 @@ fn resolve(
         i += 1;
     }
     Ok(())
+}
+
+/// What stage 2 reads of image `level` (0 = the process's own, n = the
+/// n-th base) as file offsets and lengths, sorted: the pieces of every
+/// region that lives in private memory (shared memory is read by the init,
+/// from the part of an image stored as it is).
+pub fn wanted(m: &ProcessManifest, pieces: &[Vec<Piece>], level: usize) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = m
+        .regions
+        .iter()
+        .zip(pieces)
+        .filter(|(r, _)| r.kind != RegionKind::SharedAnon)
+        .flat_map(|(_, p)| p.iter())
+        .filter(|p| p.file == level)
+        .map(|p| (p.offset, p.count * PAGE_SIZE))
+        .collect();
+    v.sort_unstable();
+    v
 }
 
 /// For every region of `m` (in its order), the pieces to read, sorted by

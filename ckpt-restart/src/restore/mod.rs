@@ -4,6 +4,7 @@
 pub mod aliases;
 pub mod blob;
 pub mod chain;
+pub mod expand;
 pub mod names;
 pub mod pids;
 pub mod shared;

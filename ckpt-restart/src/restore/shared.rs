@@ -39,6 +39,9 @@ pub struct Shared {
     pub sockets: HashMap<u64, i32>,
     /// shared memory (device, inode) -> memfd.
     pub memfds: HashMap<(u64, u64), i32>,
+    /// (pid, level of its chain) -> memory file holding that compressed
+    /// image decompressed (`super::expand`).
+    pub images: HashMap<(i32, usize), i32>,
     /// Far ends of pipes whose other end is outside the job, kept open by
     /// the init for the job's lifetime so the program's end behaves as before.
     pub keep: Vec<i32>,
@@ -48,7 +51,8 @@ pub struct Shared {
     pub hi: i32,
 }
 
-fn dup_at_least(fd: i32, min: i32) -> Result<i32, String> {
+/// Move `fd` to the lowest free number at or above `min` (closing `fd`).
+pub fn dup_at_least(fd: i32, min: i32) -> Result<i32, String> {
     // SAFETY: duplicating a descriptor we own.
     let r = unsafe { libc::fcntl(fd, libc::F_DUPFD, min) };
     // SAFETY: the original is ours.
@@ -114,6 +118,7 @@ pub fn open_image_pages(
     name: &str,
     size: u64,
     wanted: &[(u64, u64)],
+    threads: usize,
 ) -> Result<(std::fs::File, bool), String> {
     let f = open_image(dir, name, size)?;
     let path = dir.join(name);
@@ -126,6 +131,20 @@ pub fn open_image_pages(
         return Ok((f, false));
     };
     let cold = !mostly_cached(std::os::fd::AsRawFd::as_raw_fd(&f));
+    if cold {
+        // Start reading the whole file now: the decompressing threads then
+        // find their frames in the page cache instead of each waiting for
+        // its own reads in turn.
+        // SAFETY: advice on our own descriptor.
+        unsafe {
+            libc::posix_fadvise(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+                0,
+                libc::POSIX_FADV_WILLNEED,
+            )
+        };
+    }
     // SAFETY: memfd_create with a static name; the result is checked.
     let fd = unsafe { libc::memfd_create(c"ckpt-image".as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
@@ -141,7 +160,7 @@ pub fn open_image_pages(
         let i = wanted.partition_point(|&(o, n)| o.saturating_add(n) <= start);
         wanted.get(i).is_some_and(|&(o, _)| o < start + len)
     };
-    let r = ckpt::image::compress::expand(&f, &z, size, &out, needed)
+    let r = ckpt::image::compress::expand(&f, &z, size, &out, needed, threads)
         .map_err(|e| format!("{}: corrupt image: {e}", path.display()));
     if cold {
         // SAFETY: advice on our own descriptor.

@@ -606,6 +606,13 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
             memfds.insert(key, dup_above(fd, hi, true).map_err(|e| e.to_string())?);
         }
     }
+    // Our images the init decompressed (super::expand).
+    let mut images: HashMap<usize, i32> = HashMap::new();
+    for (&(pid, level), &fd) in &s.shared.images {
+        if pid == m.pid {
+            images.insert(level, dup_above(fd, hi, true).map_err(|e| e.to_string())?);
+        }
+    }
     restore_fds(&s, hi)?;
     // Drop the init's shared objects: we hold what we need.
     for fd in open_fds() {
@@ -616,16 +623,13 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
     let keep: Vec<i32> = [err_fd, status_fd]
         .into_iter()
         .chain(memfds.values().copied())
+        .chain(images.values().copied())
         .collect();
     close_strays(hi, &keep);
     restore_misc(m)?;
     let mut files = open_region_files(m, hi)?;
     // Where every saved page is: this image, or (incremental) an older one.
-    let base_manifests: Vec<&ProcessManifest> = s
-        .bases
-        .iter()
-        .filter_map(|g| g.processes.iter().find(|p| p.pid == m.pid))
-        .collect();
+    let base_manifests = super::expand::base_manifests(m, s.bases);
     let pieces = super::chain::pieces(m, &base_manifests)?;
     let levels = pieces.iter().flatten().map(|p| p.file).max().unwrap_or(0);
     if levels >= blob::MAX_IMAGES {
@@ -638,39 +642,17 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
     let mut img_fds = Vec::with_capacity(levels + 1);
     let mut expanded = Vec::with_capacity(levels + 1);
     for level in 0..=levels {
+        if let Some(&fd) = images.get(&level) {
+            img_fds.push(fd);
+            expanded.push(true);
+            continue;
+        }
         // The names and sizes were checked at load (manifest and record
         // agree); stage 2 reads from exactly these descriptors.
-        let (dir, file, size) = if level == 0 {
-            (s.gen_dir, m.image.file.as_str(), m.image.size)
-        } else {
-            let g = s
-                .bases
-                .get(level - 1)
-                .ok_or_else(|| format!("base generation {level} is missing"))?;
-            let (f, size) = g
-                .record
-                .processes
-                .iter()
-                .find(|p| p.pid == m.pid)
-                .map(|p| (p.image.as_str(), p.image_size))
-                .ok_or_else(|| {
-                    format!("{} holds no image of process {}", g.path.display(), m.pid)
-                })?;
-            (g.path.as_path(), f, size)
-        };
-        // What stage 2 reads of this image (a compressed one is
-        // decompressed only there).
-        let mut wanted: Vec<(u64, u64)> = m
-            .regions
-            .iter()
-            .zip(&pieces)
-            .filter(|(r, _)| r.kind != RegionKind::SharedAnon)
-            .flat_map(|(_, p)| p.iter())
-            .filter(|p| p.file == level)
-            .map(|p| (p.offset, p.count * 4096))
-            .collect();
-        wanted.sort_unstable();
-        let (img, memory) = super::shared::open_image_pages(dir, file, size, &wanted)?;
+        let (dir, file, size) = super::expand::image_of(s.gen_dir, m, s.bases, level)?;
+        // An image the init did not decompress (not compressed, as a rule).
+        let wanted = super::chain::wanted(m, &pieces, level);
+        let (img, memory) = super::shared::open_image_pages(dir, file, size, &wanted, 1)?;
         let d = dup_above(img.as_raw_fd(), hi, true).map_err(|e| e.to_string())?;
         drop(img);
         img_fds.push(d);

@@ -355,6 +355,16 @@ pub fn restore(g: &LoadedGeneration, socket: &Path, verify: bool, track: bool) -
             return Attempt::Failed;
         }
     };
+    // Compressed images, decompressed on every CPU while the init is still
+    // the namespace's only task.
+    if let Err(e) = super::expand::images(g, &mut sh) {
+        eprintln!("ckpt: restore failed: {e}");
+        for fd in (sh.lo..sh.hi).filter(|fd| !sh.keep.contains(fd)) {
+            // SAFETY: descriptors in this range are the init's shared objects.
+            unsafe { libc::close(fd) };
+        }
+        return Attempt::Failed;
+    }
     let pipes = (|| -> Result<_, String> {
         Ok((pipe_pair(sh.hi)?, pipe_pair(sh.hi)?, pipe_pair(sh.hi)?))
     })();
