@@ -1238,6 +1238,72 @@ fn images_are_private() {
     assert!(bad.is_empty(), "not private: {bad:?}");
 }
 
+/// The bytes an image holds at `addr` of process `pid` in generation `g`
+/// (a plain image: each region's saved runs one after another from its
+/// `data_offset`).
+fn image_bytes_at(g: &Path, pid: u32, addr: u64, n: usize) -> Result<Vec<u8>, String> {
+    let m = read_json(&g.join(format!("proc-{pid}.json")))?;
+    let regions = m["regions"].as_array().ok_or("no regions")?;
+    let r = regions
+        .iter()
+        .find(|r| r["start"].as_u64() <= Some(addr) && Some(addr) < r["end"].as_u64())
+        .ok_or(format!("no region holds {addr:#x}"))?;
+    let start = r["start"].as_u64().unwrap_or(0);
+    let page = (addr - start) / 4096;
+    let mut off = r["data_offset"].as_u64().ok_or("no data_offset")?;
+    for run in r["runs"].as_array().ok_or("no runs")? {
+        let (first, count) = (run[0].as_u64().unwrap_or(0), run[1].as_u64().unwrap_or(0));
+        if (first..first + count).contains(&page) {
+            let at = off + (page - first) * 4096 + addr % 4096;
+            let img = fs::read(g.join(format!("proc-{pid}.img"))).map_err(|e| e.to_string())?;
+            return img
+                .get(at as usize..at as usize + n)
+                .map(<[u8]>::to_vec)
+                .ok_or(format!("offset {at} is past the image"));
+        }
+        off += count * 4096;
+    }
+    Err(format!("the page of {addr:#x} is not saved"))
+}
+
+/// The kernel writes a thread's rseq area (its CPU number) whenever the
+/// thread is preempted or moves to another CPU. The checkpointing thread,
+/// or the snapshot child copying it, unregisters its area while memory is
+/// written (docs/kernel.md, "rseq while memory is written"): otherwise a
+/// page could be checksummed before such a write and copied after it, and
+/// the restore would refuse a checkpoint reported good. The image then
+/// holds `cpu_id` -1 (unregistered), both written from a snapshot and
+/// while stopped, and still restores.
+#[test]
+fn rseq_area_is_quiet_while_memory_is_written() {
+    let Some(ckpt) = ckpt_bin() else { return };
+    for snapshot in ["1", "0"] {
+        let job = Job::new(&format!("rseq-{snapshot}"), &ckpt, 8);
+        let mut l = job.launch("run", &[], &[("CKPT_SNAPSHOT", snapshot)]);
+        job.wait_ready(&mut l).unwrap_or_else(|e| panic!("{e}"));
+        job.checkpoint_ok("image").unwrap_or_else(|e| panic!("{e}"));
+        l.kill_tree().unwrap_or_else(|e| panic!("{e}"));
+        let _ = fs::remove_file(job.dir.join("ckpt.sock"));
+        let g = job.dir.join("gen-000001");
+        let m = read_json(&g.join("proc-2.json")).unwrap_or_else(|e| panic!("{e}"));
+        let rseq = m["threads"][0]["rseq"].as_u64().unwrap_or(0);
+        assert_ne!(
+            rseq, 0,
+            "CKPT_SNAPSHOT={snapshot}: glibc registered no rseq area"
+        );
+        let b = image_bytes_at(&g, 2, rseq, 8).unwrap_or_else(|e| panic!("{e}"));
+        let cpu_id = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        assert_eq!(
+            cpu_id,
+            u32::MAX,
+            "CKPT_SNAPSHOT={snapshot}: the saved rseq area holds cpu_id {cpu_id}: it was \
+             registered while memory was written"
+        );
+        job.restart_and_verify("after")
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
 /// An unprivileged user cannot restart root's image, even with read access
 /// to a copy: the refusal names the owner.
 #[test]

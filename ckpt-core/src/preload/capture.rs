@@ -191,7 +191,10 @@ pub fn write_image(dir: &[u8], conn_fd: i32, pre: &Pre, phase_fd: i32) -> Result
         json: MmapBuf::new(),
         tmp: MmapBuf::new(),
     };
+    // No kernel writes into the memory being saved meanwhile.
+    let rseq = super::stop::RseqPause::begin();
     let r = write_image_inner(dir, conn_fd, pre, phase_fd, &mut s);
+    drop(rseq);
     s.free();
     r
 }

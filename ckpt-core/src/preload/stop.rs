@@ -91,6 +91,84 @@ pub fn rseq_area(fs_base: u64) -> u64 {
     (fs_base as i64).wrapping_add(off as i64) as u64
 }
 
+/// The calling thread's rseq registration, suspended while a checkpoint
+/// writes memory from this thread (docs/kernel.md, "rseq while memory is
+/// written"). The kernel writes the registered area's `cpu_id_start` and
+/// `cpu_id` each time the thread returns to user space after being
+/// preempted or moved to another CPU; the area lives in the thread's TLS,
+/// inside a region the checkpoint saves. Left registered, a page could be
+/// checksummed before such a write and copied to the image after it: a
+/// checkpoint that reports success and fails its checksum at restore. A
+/// snapshot child inherits the registration from the thread it copies.
+///
+/// Unregistering leaves `cpu_id` at -1 ("not initialized"), which is what
+/// the image then holds; a restore registers the area again and the kernel
+/// fills it in. Dropping this registers it again (with the same area,
+/// length and signature). **Async-signal-safe.**
+pub struct RseqPause {
+    area: u64,
+    len: u32,
+}
+
+impl RseqPause {
+    /// Unregister the calling thread's glibc rseq area, if it has one.
+    pub fn begin() -> RseqPause {
+        let area = rseq_area(raw::get_fs_base());
+        // SAFETY: glibc 2.35+ exports this read-only variable.
+        let size = unsafe { __rseq_size };
+        if area != 0 {
+            // glibc registers 32 bytes (the original struct rseq); a later
+            // glibc may register its __rseq_size.
+            for len in [32u32, size] {
+                // SAFETY: rseq (334) with RSEQ_FLAG_UNREGISTER: the kernel
+                // checks area, length and signature against the
+                // registration and refuses anything else.
+                let r = unsafe {
+                    raw::syscall6(
+                        raw::nr::RSEQ,
+                        area as usize,
+                        len as usize,
+                        1, /* RSEQ_FLAG_UNREGISTER */
+                        RSEQ_SIG as usize,
+                        0,
+                        0,
+                    )
+                };
+                if r.is_ok() {
+                    return RseqPause { area, len };
+                }
+            }
+        }
+        RseqPause { area: 0, len: 0 }
+    }
+
+    /// Whether a registration was suspended.
+    pub fn suspended(&self) -> bool {
+        self.area != 0
+    }
+}
+
+impl Drop for RseqPause {
+    fn drop(&mut self) {
+        if self.area == 0 {
+            return;
+        }
+        // SAFETY: registering the area this thread had registered, with
+        // its length and signature; the area is in this thread's TLS.
+        let _ = unsafe {
+            raw::syscall6(
+                raw::nr::RSEQ,
+                self.area as usize,
+                self.len as usize,
+                0,
+                RSEQ_SIG as usize,
+                0,
+                0,
+            )
+        };
+    }
+}
+
 /// Record the calling thread into a slot. Returns the slot index.
 pub fn record_self(uc: u64) -> Option<usize> {
     let i = NSLOTS.fetch_add(1, Ordering::AcqRel) as usize;
