@@ -167,15 +167,26 @@ pub fn sync_image(dir: &[u8], pid: i32) -> Result<(), Fail> {
         let mut p = path_in(dir, name);
         let fd = raw::open(p.as_cstr(), libc::O_RDONLY | libc::O_CLOEXEC, 0).map_err(at(5))?;
         let r = raw::fsync(fd).map_err(at(5));
-        if r.is_ok() {
-            // Durable, so clean: the image leaves the page cache instead of
-            // pushing out the job's own cached files.
-            raw::drop_cached(fd);
-        }
         raw::close(fd);
         r?;
     }
     Ok(())
+}
+
+/// Once the image is durable (after [`sync_image`], and after saying so: it
+/// is not on the way to durability), drop it from the page cache: it is clean
+/// now, and leaves instead of pushing out the job's own cached files.
+pub fn drop_image_cache(dir: &[u8], pid: i32) {
+    for name in [
+        format_args!("proc-{pid}.img"),
+        format_args!("proc-{pid}.json"),
+    ] {
+        let mut p = path_in(dir, name);
+        if let Ok(fd) = raw::open(p.as_cstr(), libc::O_RDONLY | libc::O_CLOEXEC, 0) {
+            raw::drop_cached(fd);
+            raw::close(fd);
+        }
+    }
 }
 
 /// Write the image of this process into `dir` (not yet fsynced: see
@@ -336,9 +347,12 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
     let own_floor = own_uc.saturating_sub(8) & !(PAGE - 1);
 
     // Regions with transparent huge pages advised (VmFlags "hg" in smaps),
-    // so that the restore advises them again. Read after the job is released
-    // (smaps walks every page table): private regions only.
-    let mut huge: Option<HugeSet> = None;
+    // so that the restore advises them again: private regions only. Each is
+    // emitted as `"hugepage":false` and its offset kept here; smaps is read
+    // once the memory is written and its writeback started (it walks every
+    // page table: that time overlaps the disk's), and `true ` written over
+    // the regions it names.
+    let mut huge_at = MmapBuf::new();
 
     // Descriptors first: pipe contents can change as soon as the job runs again.
     // Bytes queued in sockets are peeked now and, in a snapshot child, written
@@ -350,6 +364,9 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
     raw::lseek(img, data_off as i64, libc::SEEK_SET).map_err(at(3))?;
 
     let _ = write!(j, "\"regions\":[");
+    // Runs of a region go out together (an incremental image is mostly
+    // runs of one page: one writev per 64 of them, not one write each).
+    let mut gather = Gather::new(img);
     let mut first = true;
     let mut total: u64 = 0;
     let maps = s.maps.as_slice();
@@ -372,9 +389,6 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
                 // Without the writer's memory the image is stored plain.
                 frames = FrameWriter::new(img).ok().map(|w| (w, data_off));
             }
-        }
-        if !shared_pass && huge.is_none() {
-            huge = Some(HugeSet::read(&mut s.tmp));
         }
         for line in procfs::lines(maps) {
             let Some(m) = procfs::parse_maps_line(line) else {
@@ -510,7 +524,9 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
                         match frames.as_mut() {
                             // SAFETY: as for the checksum above.
                             Some((w, _)) => unsafe { w.push(addr as usize, len as usize) },
-                            None => write_mem(img, addr, len),
+                            // SAFETY: as for the checksum above, until the
+                            // flush at the end of the region.
+                            None => unsafe { gather.push(addr, len) },
                         }
                         .map_err(at(3))?;
                         runs.push(first_page, count);
@@ -518,6 +534,8 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
                     }
                     page += chunk;
                 }
+                // Before the region's protection is put back.
+                gather.flush().map_err(at(3))?;
                 if made_readable {
                     // SAFETY: restores the original protection of our own region.
                     unsafe {
@@ -531,18 +549,19 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
                 j.push(b",").map_err(at(8))?;
             }
             first = false;
-            emit_region(
+            let flag_at = emit_region(
                 j,
                 &m,
                 kind,
                 reg_off,
                 (&runs, &inherited),
                 crc.finish(),
-                (
-                    start_stack,
-                    huge.as_ref().is_some_and(|h| h.contains(m.start)),
-                ),
+                start_stack,
             )?;
+            if !shared_pass {
+                let _ = huge_at.push(&m.start.to_ne_bytes());
+                let _ = huge_at.push(&(flag_at as u64).to_ne_bytes());
+            }
             runs.free();
             inherited.free();
         }
@@ -551,6 +570,24 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
     if let Some(w) = crcs_out {
         w.finish();
     }
+    // The memory is written: let the disk start on it while smaps is read.
+    // SAFETY: sync_file_range (277) on our own image file, no pointers;
+    // SYNC_FILE_RANGE_WRITE (2) only starts writeback.
+    let _ = unsafe { raw::syscall6(277, img as usize, 0, 0, 2, 0, 0) };
+    {
+        let huge = HugeSet::read(&mut s.tmp);
+        for c in huge_at.as_slice().chunks_exact(16) {
+            let mut a = [0u8; 8];
+            let mut b = [0u8; 8];
+            a.copy_from_slice(c.get(..8).unwrap_or(&[0; 8]));
+            b.copy_from_slice(c.get(8..).unwrap_or(&[0; 8]));
+            if huge.contains(u64::from_ne_bytes(a)) {
+                // Same length as `false`: JSON allows the space.
+                j.overwrite(u64::from_ne_bytes(b) as usize, b"true ");
+            }
+        }
+    }
+    huge_at.free();
     if let Some(ic) = inc.filter(|_| inherited_total > 0) {
         let _ = write!(j, "\"base\":{},", ic.base);
     }
@@ -755,21 +792,89 @@ pub fn own_ucontext(me: i32) -> u64 {
         .map_or(0, |s| s.uc.load(Ordering::Acquire))
 }
 
-fn write_mem(fd: i32, mut addr: u64, mut len: u64) -> Result<(), Errno> {
-    while len > 0 {
-        let chunk = core::cmp::min(len, 1 << 30);
-        // SAFETY: the caller guarantees the range is mapped readable.
-        match unsafe { raw::write_raw(fd, addr as usize, chunk as usize) } {
-            Ok(0) => return Err(Errno(libc::EIO)),
-            Ok(n) => {
-                addr += n as u64;
-                len -= n as u64;
-            }
-            Err(Errno(libc::EINTR)) => {}
-            Err(e) => return Err(e),
+/// Memory runs gathered for one `writev(2)` to the image, in file order.
+struct Gather {
+    fd: i32,
+    iov: [libc::iovec; Gather::MAX],
+    n: usize,
+}
+
+impl Gather {
+    const MAX: usize = 64;
+
+    fn new(fd: i32) -> Gather {
+        Gather {
+            fd,
+            iov: [libc::iovec {
+                iov_base: core::ptr::null_mut(),
+                iov_len: 0,
+            }; Gather::MAX],
+            n: 0,
         }
     }
-    Ok(())
+
+    /// Append `len` bytes at `addr`, written by the next flush (at the
+    /// latest when the list is full).
+    ///
+    /// # Safety
+    /// The range must stay mapped, readable and unchanged until [`Gather::flush`].
+    unsafe fn push(&mut self, addr: u64, len: u64) -> Result<(), Errno> {
+        if self.n == Gather::MAX {
+            self.flush()?;
+        }
+        if let Some(v) = self.iov.get_mut(self.n) {
+            *v = libc::iovec {
+                iov_base: addr as *mut core::ffi::c_void,
+                iov_len: len as usize,
+            };
+            self.n += 1;
+        }
+        Ok(())
+    }
+
+    /// Write everything gathered, retrying short writes and EINTR.
+    fn flush(&mut self) -> Result<(), Errno> {
+        let mut i = 0usize;
+        while i < self.n {
+            let rest = self.iov.get(i..self.n).unwrap_or(&[]);
+            // SAFETY: writev (20) reads `rest.len()` iovecs, each naming a
+            // mapped readable range (the contract of `push`).
+            let r = unsafe {
+                raw::syscall3(
+                    raw::nr::WRITEV,
+                    self.fd as usize,
+                    rest.as_ptr() as usize,
+                    rest.len(),
+                )
+            };
+            let mut done = match r {
+                Ok(0) => {
+                    self.n = 0;
+                    return Err(Errno(libc::EIO));
+                }
+                Ok(d) => d,
+                Err(Errno(libc::EINTR)) => continue,
+                Err(e) => {
+                    self.n = 0;
+                    return Err(e);
+                }
+            };
+            // Skip what was written; a partly written iovec keeps its rest.
+            while done > 0 {
+                let Some(v) = self.iov.get_mut(i) else { break };
+                if done >= v.iov_len {
+                    done -= v.iov_len;
+                    i += 1;
+                } else {
+                    v.iov_base = (v.iov_base as usize + done) as *mut core::ffi::c_void;
+                    v.iov_len -= done;
+                    done = 0;
+                }
+            }
+        }
+        self.n = 0;
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -867,8 +972,8 @@ fn emit_region(
     data_offset: u64,
     (runs, inherited): (&StackRuns, &StackRuns),
     crc: u32,
-    (start_stack, hugepage): (u64, bool),
-) -> Result<(), Fail> {
+    start_stack: u64,
+) -> Result<usize, Fail> {
     let (mut fsize, mut mtime) = (0u64, 0u64);
     // The same encoding as `st_dev`, so a region and a file compare.
     let (mut dev, mut ino) = (libc::makedev(m.dev_major, m.dev_minor), m.inode);
@@ -917,11 +1022,11 @@ fn emit_region(
         }
         let _ = write!(j, "]");
     }
-    let _ = write!(
-        j,
-        ",\"crc\":{crc},\"growsdown\":{growsdown},\"hugepage\":{hugepage}}}"
-    );
-    Ok(())
+    let _ = write!(j, ",\"crc\":{crc},\"growsdown\":{growsdown},\"hugepage\":");
+    // Where `false` goes: the caller may write `true ` over it.
+    let at = j.len();
+    let _ = write!(j, "false}}");
+    Ok(at)
 }
 
 fn write_cpu(j: &mut MmapBuf) {
@@ -1322,5 +1427,53 @@ impl HugeSet {
 impl Drop for HugeSet {
     fn drop(&mut self) {
         self.starts.free();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Gather;
+
+    /// Runs gathered into one writev arrive whole and in order, also when
+    /// the writes come back short (a pipe drained slowly by a reader).
+    #[test]
+    fn gathered_runs_survive_short_writes() {
+        let mut p = [0i32; 2];
+        // SAFETY: pipe into a valid array.
+        assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
+        let runs: Vec<Vec<u8>> = (0..150u32)
+            .map(|i| {
+                (0..(1000 + i * 997) as usize)
+                    .map(|k| (k as u32 * 31 + i) as u8)
+                    .collect()
+            })
+            .collect();
+        let want: Vec<u8> = runs.concat();
+        let total = want.len();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut b = [0u8; 3000];
+            while got.len() < total {
+                std::thread::sleep(std::time::Duration::from_micros(50));
+                // SAFETY: reading into a local buffer.
+                let n = unsafe { libc::read(p[0], b.as_mut_ptr().cast(), b.len()) };
+                assert!(n > 0);
+                got.extend_from_slice(&b[..n as usize]);
+            }
+            got
+        });
+        let mut g = Gather::new(p[1]);
+        for r in &runs {
+            // SAFETY: the runs live until the flush below.
+            unsafe { g.push(r.as_ptr() as u64, r.len() as u64) }.expect("push");
+        }
+        g.flush().expect("flush");
+        let got = reader.join().expect("reader");
+        assert!(got == want, "the bytes read differ from the runs pushed");
+        // SAFETY: closing our pipe.
+        unsafe {
+            libc::close(p[0]);
+            libc::close(p[1]);
+        }
     }
 }

@@ -344,6 +344,7 @@ fn write_in_place(dir: &[u8], fd: i32, pre: &capture::Pre, t0: u64, buf: &mut [u
         }
     }
     send(fd, s.as_bytes());
+    capture::drop_image_cache(dir, pid);
 }
 
 /// Fork a copy-on-write snapshot of the stopped process; the child writes
@@ -407,10 +408,12 @@ fn write_forked(
             }
             let r = capture::write_image(dir, fd, pre, p[1]);
             let mut m = StackBuf::<1024>::new();
+            let mut synced = false;
             match r {
                 Ok(bytes) => match capture::sync_image(dir, pid) {
                     Ok(()) => {
                         let _ = write!(m, "SYNCED {pid} {bytes}");
+                        synced = true;
                     }
                     Err((step, e)) => {
                         let _ = write!(
@@ -438,6 +441,9 @@ fn write_forked(
                 }
             }
             send(fd, m.as_bytes());
+            if synced {
+                capture::drop_image_cache(dir, pid);
+            }
             raw::exit_group(0);
         }
         Ok(c) => {

@@ -86,6 +86,7 @@ pub mod nr {
         IOCTL = 16,
         PREAD64 = 17,
         PWRITE64 = 18,
+        WRITEV = 20,
         MREMAP = 25,
         MADVISE = 28,
         GETPID = 39,
