@@ -581,14 +581,10 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
     }
     {
         let huge = HugeSet::read(&mut s.tmp);
-        for c in huge_at.as_slice().chunks_exact(16) {
-            let mut a = [0u8; 8];
-            let mut b = [0u8; 8];
-            a.copy_from_slice(c.get(..8).unwrap_or(&[0; 8]));
-            b.copy_from_slice(c.get(8..).unwrap_or(&[0; 8]));
-            if huge.contains(u64::from_ne_bytes(a)) {
+        for (start, flag_at) in u64_pairs(huge_at.as_slice()) {
+            if huge.contains(start) {
                 // Same length as `false`: JSON allows the space.
-                j.overwrite(u64::from_ne_bytes(b) as usize, b"true ");
+                j.overwrite(flag_at as usize, b"true ");
             }
         }
     }
@@ -848,9 +844,12 @@ impl Gather {
 
     /// Write everything gathered, retrying short writes and EINTR.
     fn flush(&mut self) -> Result<(), Errno> {
+        // The list is empty afterwards, whatever happens.
+        let n = core::mem::take(&mut self.n);
+        self.bytes = 0;
         let mut i = 0usize;
-        while i < self.n {
-            let rest = self.iov.get(i..self.n).unwrap_or(&[]);
+        while i < n {
+            let rest = self.iov.get(i..n).unwrap_or(&[]);
             // SAFETY: writev (20) reads `rest.len()` iovecs, each naming a
             // mapped readable range (the contract of `push`).
             let r = unsafe {
@@ -862,18 +861,10 @@ impl Gather {
                 )
             };
             let mut done = match r {
-                Ok(0) => {
-                    self.n = 0;
-                    self.bytes = 0;
-                    return Err(Errno(libc::EIO));
-                }
+                Ok(0) => return Err(Errno(libc::EIO)),
                 Ok(d) => d,
                 Err(Errno(libc::EINTR)) => continue,
-                Err(e) => {
-                    self.n = 0;
-                    self.bytes = 0;
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             };
             // Skip what was written; a partly written iovec keeps its rest.
             while done > 0 {
@@ -888,8 +879,6 @@ impl Gather {
                 }
             }
         }
-        self.n = 0;
-        self.bytes = 0;
         Ok(())
     }
 }
@@ -945,6 +934,17 @@ fn classify(m: &MapsLine<'_>) -> (&'static str, Save) {
     }
 }
 
+/// Pairs of native-endian u64 pushed one after the other into scratch memory.
+fn u64_pairs(b: &[u8]) -> impl Iterator<Item = (u64, u64)> + '_ {
+    b.chunks_exact(16).map(|c| {
+        let mut a = [0u8; 8];
+        let mut b = [0u8; 8];
+        a.copy_from_slice(c.get(..8).unwrap_or(&[0; 8]));
+        b.copy_from_slice(c.get(8..).unwrap_or(&[0; 8]));
+        (u64::from_ne_bytes(a), u64::from_ne_bytes(b))
+    })
+}
+
 /// Page runs of one region, kept in scratch memory.
 struct StackRuns {
     buf: MmapBuf,
@@ -969,13 +969,7 @@ impl StackRuns {
         let _ = self.buf.push(&count.to_ne_bytes());
     }
     fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.buf.as_slice().chunks_exact(16).map(|c| {
-            let mut a = [0u8; 8];
-            let mut b = [0u8; 8];
-            a.copy_from_slice(c.get(..8).unwrap_or(&[0; 8]));
-            b.copy_from_slice(c.get(8..).unwrap_or(&[0; 8]));
-            (u64::from_ne_bytes(a), u64::from_ne_bytes(b))
-        })
+        u64_pairs(self.buf.as_slice())
     }
     fn free(&mut self) {
         self.buf.free();

@@ -141,11 +141,6 @@ impl RseqPause {
         }
         RseqPause { area: 0, len: 0 }
     }
-
-    /// Whether a registration was suspended.
-    pub fn suspended(&self) -> bool {
-        self.area != 0
-    }
 }
 
 impl Drop for RseqPause {
