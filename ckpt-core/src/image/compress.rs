@@ -369,6 +369,8 @@ pub struct FrameWriter {
     lens: MmapBuf,
     /// Bytes written to the file (frames and, after `finish`, the table).
     pub written: u64,
+    /// `written` when writeback was last started.
+    kicked_at: u64,
     /// Uncompressed bytes taken.
     pub taken: u64,
 }
@@ -394,6 +396,7 @@ impl FrameWriter {
             staged: 0,
             lens: MmapBuf::new(),
             written: 0,
+            kicked_at: 0,
             taken: 0,
         };
         for _ in 0..want {
@@ -527,6 +530,11 @@ impl FrameWriter {
         raw::write_all(self.fd, frame)?;
         self.lens.push(&(r as u32).to_le_bytes())?;
         self.written += r;
+        // A snapshot child's writer: let the disk start on the frames.
+        if self.written - self.kicked_at >= raw::WRITEBACK_EVERY {
+            self.kicked_at = self.written;
+            raw::start_writeback(self.fd);
+        }
         self.taken += taken;
         self.retired += 1;
         Ok(())

@@ -366,7 +366,7 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
     let _ = write!(j, "\"regions\":[");
     // Runs of a region go out together (an incremental image is mostly
     // runs of one page: one writev per 64 of them, not one write each).
-    let mut gather = Gather::new(img);
+    let mut gather = Gather::new(img, fds.phase >= 0);
     let mut first = true;
     let mut total: u64 = 0;
     let maps = s.maps.as_slice();
@@ -575,9 +575,7 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
     // writeback can wait for the device's queue, and the fsync comes after
     // the job runs again anyway.
     if fds.phase >= 0 {
-        // SAFETY: sync_file_range (277) on our own image file, no pointers;
-        // SYNC_FILE_RANGE_WRITE (2) only starts writeback.
-        let _ = unsafe { raw::syscall6(277, img as usize, 0, 0, 2, 0, 0) };
+        raw::start_writeback(img);
     }
     {
         let huge = HugeSet::read(&mut s.tmp);
@@ -799,6 +797,10 @@ struct Gather {
     iov: [libc::iovec; Gather::MAX],
     n: usize,
     bytes: u64,
+    /// Start writeback every [`raw::WRITEBACK_EVERY`] bytes written (a
+    /// snapshot child only), and bytes written since the last start.
+    kick: bool,
+    since_kick: u64,
 }
 
 impl Gather {
@@ -810,7 +812,11 @@ impl Gather {
     /// private memory").
     const MAX_BYTES: u64 = 2 << 20;
 
-    fn new(fd: i32) -> Gather {
+    /// `kick`: start writeback as the image grows, so that the disk works
+    /// while the writer goes on reading page maps, checksumming and
+    /// copying; only where the job runs meanwhile (a snapshot child), since
+    /// starting writeback can wait for the device's queue.
+    fn new(fd: i32, kick: bool) -> Gather {
         Gather {
             fd,
             iov: [libc::iovec {
@@ -819,6 +825,8 @@ impl Gather {
             }; Gather::MAX],
             n: 0,
             bytes: 0,
+            kick,
+            since_kick: 0,
         }
     }
 
@@ -846,7 +854,7 @@ impl Gather {
     fn flush(&mut self) -> Result<(), Errno> {
         // The list is empty afterwards, whatever happens.
         let n = core::mem::take(&mut self.n);
-        self.bytes = 0;
+        self.since_kick += core::mem::take(&mut self.bytes);
         let mut i = 0usize;
         while i < n {
             let rest = self.iov.get(i..n).unwrap_or(&[]);
@@ -878,6 +886,10 @@ impl Gather {
                     done = 0;
                 }
             }
+        }
+        if self.kick && self.since_kick >= raw::WRITEBACK_EVERY {
+            self.since_kick = 0;
+            raw::start_writeback(self.fd);
         }
         Ok(())
     }
@@ -1473,7 +1485,7 @@ mod tests {
             }
             got
         });
-        let mut g = Gather::new(p[1]);
+        let mut g = Gather::new(p[1], false);
         for r in &runs {
             // SAFETY: the runs live until the flush below.
             unsafe { g.push(r.as_ptr() as u64, r.len() as u64) }.expect("push");
