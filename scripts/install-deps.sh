@@ -26,6 +26,8 @@ PACKAGES+=(mpich libmpich-dev)
 PACKAGES+=(default-jdk-headless)
 # Building Slurm 25.11 from vendor/ (below).
 PACKAGES+=(libmunge-dev make)
+# ... with its PMIx plugin (srun --mpi=pmix), against Debian's PMIx 4.2, as Debian's 22.05 has.
+PACKAGES+=(libpmix-dev)
 # The C/R tests on Debian 12's own kernel, Linux 6.1, booted under QEMU by virtme-ng
 # (tests/kernel-6-1): QEMU, the kernel (the generic flavour: -cloud-amd64 has no 9p),
 # busybox for virtme-ng's initramfs, and venv for virtme-ng itself (below).
@@ -74,7 +76,7 @@ SLURM_25_11_SHA256=fde046ae991d17cd27f53732b6f3544a2980ff6faadd2fde540c87783ad03
 # machine (virtual nodes n1-n3); without it, the second node refuses a job
 # credential the first one already decoded (munge replay protection) and a
 # multi-node step fails to launch. Debian's 22.05 packages have it.
-SLURM_25_11_CONFIGURE="--prefix=$SLURM_25_11_HOME --sysconfdir=$SLURM_25_11_HOME/etc --disable-debug --enable-multiple-slurmd"
+SLURM_25_11_CONFIGURE="--prefix=$SLURM_25_11_HOME --sysconfdir=$SLURM_25_11_HOME/etc --disable-debug --enable-multiple-slurmd --with-pmix=/usr/lib/x86_64-linux-gnu/pmix2"
 SLURM_25_11_STAMP=$SLURM_25_11_HOME/.ckpt-configure
 if [ ! -x "$SLURM_25_11_HOME/sbin/slurmctld" ] || [ ! -f "$SLURM_25_11_HOME/include/slurm/spank.h" ] ||
    [ "$(cat "$SLURM_25_11_STAMP" 2>/dev/null)" != "$SLURM_25_11_CONFIGURE" ]; then

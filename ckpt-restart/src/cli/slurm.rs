@@ -717,6 +717,29 @@ fn remove_step_dirs(job_dir: &Path) {
     }
 }
 
+/// A refused checkpoint of a rank of an `srun --mpi=pmix` step says why
+/// ranks started that way cannot be checkpointed, and what works instead
+/// (docs/mpi.md): its connections to its PMIx server (its node's
+/// slurmstepd) and to ranks in other tasks leave the task.
+/// The advice for other programs (close the socket, or have it given
+/// back closed) does not apply to a rank and is left out: a rank given
+/// back without its PMIx server fails at its next collective call.
+fn with_mpi_hint(e: String, mpi_type: Option<&str>) -> String {
+    match mpi_type {
+        Some(t) if t.starts_with("pmix") && e.contains("outside the job") => {
+            const CANNOT: &str = ", which ckpt cannot checkpoint yet";
+            let what = e.split(CANNOT).next().unwrap_or(&e);
+            format!(
+                "{what}{CANNOT}: this task is an MPI rank started by `srun --mpi=pmix`, whose PMIx \
+                 server is its node's slurmstepd (outside the job) and whose connections to the other \
+                 ranks leave the task; ckpt cannot checkpoint such ranks (docs/mpi.md): start them with \
+                 `mpirun` inside the batch script, on one node"
+            )
+        }
+        _ => e,
+    }
+}
+
 /// What the signal hook needs.
 struct HookState<'a> {
     opts: &'a TaskOpts,
@@ -858,7 +881,9 @@ impl HookState<'_> {
             } else {
                 None
             };
-            let r = coord.checkpoint_with(request.is_some());
+            let r = coord
+                .checkpoint_with(request.is_some())
+                .map_err(|e| with_mpi_hint(e, std::env::var("SLURM_MPI_TYPE").ok().as_deref()));
             if let Some(token) = &request
                 && let Some(n) = job::answer(coord, &self.opts.dir, token, &r)
             {
@@ -1067,6 +1092,33 @@ fn newest_loadable(dir: &CheckpointDir) -> Option<LoadedGeneration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pmix_ranks_refused_for_an_outside_connection_are_told_why() {
+        let outside = "process 2: fd 12 of /x/ring (process 2) is a TCP connection 127.0.0.1:1 -> \
+                       127.0.0.1:2 (ESTABLISHED) to a process outside the job"
+            .to_string();
+        let told = with_mpi_hint(outside.clone(), Some("pmix_v4"));
+        assert!(told.starts_with(&outside), "{told}");
+        assert!(
+            told.contains("srun --mpi=pmix") && told.contains("mpirun"),
+            "{told}"
+        );
+        // The advice for other programs goes.
+        let advised = format!(
+            "{outside} (socket:[7]), which ckpt cannot checkpoint yet: close it before the \
+             checkpoint and open it again after, or ... set CKPT_EXTERNAL_SOCKETS=closed"
+        );
+        let told = with_mpi_hint(advised, Some("pmix"));
+        assert!(told.starts_with(&outside), "{told}");
+        assert!(!told.contains("CKPT_EXTERNAL_SOCKETS"), "{told}");
+        assert!(told.contains("srun --mpi=pmix"), "{told}");
+        // Other steps, and other refusals, are left as they are.
+        assert_eq!(with_mpi_hint(outside.clone(), None), outside);
+        assert_eq!(with_mpi_hint(outside.clone(), Some("none")), outside);
+        let other = "fd 3 is an io_uring instance".to_string();
+        assert_eq!(with_mpi_hint(other.clone(), Some("pmix")), other);
+    }
 
     #[test]
     fn array_tasks_are_named_by_array_and_task() {
