@@ -6,7 +6,10 @@
 # Nodes: this machine ($(uname -n), partitions `debug` and `high`), and three
 # virtual nodes n1, n2, n3 in partition `multi`: three more slurmd on this
 # machine, each started with `-N nK` on a port of its own (17001-17003), for
-# multi-node jobs and restarts on other nodes (docs/batch-jobs.md).
+# multi-node jobs and restarts on other nodes (docs/batch-jobs.md). Each
+# virtual slurmd runs in a mount namespace of its own with a private
+# PMIxCliTmpDirBase (mpi.conf), so `srun --mpi=pmix` steps span them
+# (docs/mpi.md).
 #
 #   slurm-cluster.sh start   (re)start the daemons with a fresh, empty state
 #   slurm-cluster.sh stop    cancel jobs, stop slurmd, slurmctld, munged
