@@ -145,20 +145,67 @@ fn an_mpi_job_whose_daemon_srun_starts_is_refused_and_runs_to_its_end() {
     let Some((dir, want)) = ring_program(&c, "mpi-orted", STEPS) else {
         return;
     };
-    let script = format!(
-        "#!/bin/bash\n\
-         #SBATCH -p multi -N1 -n2 --checkpoint-dir=ck --signal=B:USR1@10\n\
-         mpirun -np 2 ./ring {STEPS} 400\n\
-         echo \"post done\"\n"
-    );
-    let job = submit(&c, &dir, &["-t", "10"], &script);
-    wait_step(&c, &job, 3);
-    user_ok(
+    refused_and_run_to_its_end(
         &c,
         &dir,
+        &want,
+        &format!("-N1 -n2 --checkpoint-dir=ck --signal=B:USR1@10\nmpirun -np 2 ./ring {STEPS} 400"),
+    );
+}
+
+/// Ranks started by `srun --mpi=pmix` on two nodes: each rank's PMIx server
+/// is its node's slurmstepd, outside the job, so such a job is not
+/// checkpointed yet (docs/mpi.md). The checkpoint on the warning signal is
+/// refused with a message that says so and names `srun --mpi=pmix`, without
+/// the advice meant for other programs; the job is not requeued and runs to
+/// its end with the uninterrupted run's result. (The virtual nodes share
+/// this machine's `/tmp`: each slurmd has its own PMIx directory,
+/// `scripts/slurm-cluster.sh`.)
+#[test]
+fn an_mpi_job_whose_ranks_srun_starts_with_pmix_is_refused_and_runs_to_its_end() {
+    let Some(c) = slurm::cluster() else { return };
+    const STEPS: u32 = 30;
+    let Some((dir, want)) = ring_program(&c, "mpi-pmix", STEPS) else {
+        return;
+    };
+    let run = refused_and_run_to_its_end(
+        &c,
+        &dir,
+        &want,
+        &format!(
+            "-N2 -n2 --checkpoint-dir=ck --signal=B:USR1@10\nsrun --mpi=pmix ./ring {STEPS} 400"
+        ),
+    );
+    c.check(
+        run.stderr.contains("an MPI rank started by `srun --mpi=pmix`")
+            && !run.stderr.contains("CKPT_EXTERNAL_SOCKETS"),
+        "no message that the ranks of srun --mpi=pmix cannot be checkpointed (without the advice for \
+         other programs)",
+        &run,
+    );
+}
+
+/// A batch job in partition `multi` (`#SBATCH` options, then the MPI
+/// launch line, from `job`) whose checkpoint on the warning signal is
+/// refused: it is not requeued and runs to its end with the uninterrupted
+/// run's result, the ranks' own checks passed and the script's last line
+/// printed. Returns the run for the caller's checks of the message.
+fn refused_and_run_to_its_end(c: &Cluster, dir: &Path, want: &str, job: &str) -> JobRun {
+    let (options, launch) = job.split_once('\n').unwrap_or((job, ""));
+    let script = format!(
+        "#!/bin/bash\n\
+         #SBATCH -p multi {options}\n\
+         {launch}\n\
+         echo \"post done\"\n"
+    );
+    let job = submit(c, dir, &["-t", "10"], &script);
+    wait_step(c, &job, 3);
+    user_ok(
+        c,
+        dir,
         &["scancel", "--signal=USR1", "--batch", &job.id.to_string()],
     );
-    let end = final_state(&c, &job);
+    let end = final_state(c, &job);
     let run = job.run();
     c.check(end == "COMPLETED", &format!("final state {end}"), &run);
     c.check(
@@ -172,7 +219,7 @@ fn an_mpi_job_whose_daemon_srun_starts_is_refused_and_runs_to_its_end() {
         &run,
     );
     c.check(
-        result_line(&run.stdout).as_deref() == Some(want.as_str()),
+        result_line(&run.stdout).as_deref() == Some(want),
         &format!("result differs from the uninterrupted run's {want:?}"),
         &run,
     );
@@ -181,59 +228,5 @@ fn an_mpi_job_whose_daemon_srun_starts_is_refused_and_runs_to_its_end() {
         "the ranks did not pass their own checks, or the script did not reach its end",
         &run,
     );
-}
-
-/// Ranks started by `srun --mpi=pmix` on two nodes: each rank's PMIx server
-/// is its node's slurmstepd, outside the job, so such a job is not
-/// checkpointed yet (docs/mpi.md). The checkpoint on the warning signal is
-/// refused with a message that says so and names `srun --mpi=pmix`; the
-/// job is not requeued and runs to its end with the uninterrupted run's
-/// result. (The virtual nodes share this machine's `/tmp`: each slurmd has
-/// its own PMIx directory, `scripts/slurm-cluster.sh`.)
-#[test]
-fn an_mpi_job_whose_ranks_srun_starts_with_pmix_is_refused_and_runs_to_its_end() {
-    let Some(c) = slurm::cluster() else { return };
-    const STEPS: u32 = 30;
-    let Some((dir, want)) = ring_program(&c, "mpi-pmix", STEPS) else {
-        return;
-    };
-    let script = format!(
-        "#!/bin/bash\n\
-         #SBATCH -p multi -N2 -n2 --checkpoint-dir=ck --signal=B:USR1@10\n\
-         srun --mpi=pmix ./ring {STEPS} 400\n\
-         echo \"post done\"\n"
-    );
-    let job = submit(&c, &dir, &["-t", "10"], &script);
-    wait_step(&c, &job, 3);
-    user_ok(
-        &c,
-        &dir,
-        &["scancel", "--signal=USR1", "--batch", &job.id.to_string()],
-    );
-    let end = final_state(&c, &job);
-    let run = job.run();
-    c.check(end == "COMPLETED", &format!("final state {end}"), &run);
-    c.check(
-        run.stderr.contains("an MPI rank started by `srun --mpi=pmix`")
-            && !run.stderr.contains("CKPT_EXTERNAL_SOCKETS")
-            && run.stderr.contains("the job is NOT requeued"),
-        "no message that the ranks of srun --mpi=pmix cannot be checkpointed (without the advice for \
-         other programs) and that the job is not requeued",
-        &run,
-    );
-    c.check(
-        !run.stderr.contains("SLURM_RESTART_COUNT=1"),
-        "the job was requeued",
-        &run,
-    );
-    c.check(
-        result_line(&run.stdout).as_deref() == Some(want.as_str()),
-        &format!("result differs from the uninterrupted run's {want:?}"),
-        &run,
-    );
-    c.check(
-        run.stdout.lines().any(|l| l == "PASS") && run.stdout.lines().any(|l| l == "post done"),
-        "the ranks did not pass their own checks, or the script did not reach its end",
-        &run,
-    );
+    run
 }
