@@ -717,25 +717,23 @@ fn remove_step_dirs(job_dir: &Path) {
     }
 }
 
-/// A refused checkpoint of a rank of an `srun --mpi=pmix` step says why
-/// ranks started that way cannot be checkpointed, and what works instead
-/// (docs/mpi.md): its connections to its PMIx server (its node's
-/// slurmstepd) and to ranks in other tasks leave the task.
-/// The advice for other programs (close the socket, or have it given
-/// back closed) does not apply to a rank and is left out: a rank given
-/// back without its PMIx server fails at its next collective call.
+/// A checkpoint of a task of an `srun --mpi=pmix` step refused for a
+/// connection outside the job says why, if the task is an MPI rank, it
+/// cannot be checkpointed and what works instead (docs/mpi.md): a rank's
+/// connections to its PMIx server (its node's slurmstepd) and to ranks in
+/// other tasks leave the task, and the advice for other programs (close
+/// the socket, or have it given back closed) would leave it without its
+/// PMIx server. The step's MPI type alone does not tell a rank from another
+/// program (clusters with `MpiDefault=pmix` give it to every step), so both
+/// are said.
 fn with_mpi_hint(e: String, mpi_type: Option<&str>) -> String {
     match mpi_type {
-        Some(t) if t.starts_with("pmix") && e.contains("outside the job") => {
-            const CANNOT: &str = ", which ckpt cannot checkpoint yet";
-            let what = e.split(CANNOT).next().unwrap_or(&e);
-            format!(
-                "{what}{CANNOT}: this task is an MPI rank started by `srun --mpi=pmix`, whose PMIx \
-                 server is its node's slurmstepd (outside the job) and whose connections to the other \
-                 ranks leave the task; ckpt cannot checkpoint such ranks (docs/mpi.md): start them with \
-                 `mpirun` inside the batch script, on one node"
-            )
-        }
+        Some(t) if t.starts_with("pmix") && e.contains("outside the job") => format!(
+            "{e}. If this task is an MPI rank (its step was started with `srun --mpi=pmix`), that \
+             advice does not apply: a rank's PMIx server is its node's slurmstepd, outside the job, \
+             and its connections to the other ranks leave the task, so ckpt cannot checkpoint it \
+             (docs/mpi.md); start the ranks with `mpirun` inside the batch script, on one node"
+        ),
         _ => e,
     }
 }
@@ -1096,23 +1094,21 @@ mod tests {
     #[test]
     fn pmix_ranks_refused_for_an_outside_connection_are_told_why() {
         let outside = "process 2: fd 12 of /x/ring (process 2) is a TCP connection 127.0.0.1:1 -> \
-                       127.0.0.1:2 (ESTABLISHED) to a process outside the job"
+                       127.0.0.1:2 (ESTABLISHED) to a process outside the job (socket:[7]), which \
+                       ckpt cannot checkpoint yet: close it before the checkpoint and open it again \
+                       after, or ... set CKPT_EXTERNAL_SOCKETS=closed"
             .to_string();
         let told = with_mpi_hint(outside.clone(), Some("pmix_v4"));
+        // What the refusal said stays (the task may be another program),
+        // followed by what applies to a rank.
         assert!(told.starts_with(&outside), "{told}");
+        let rest = &told[outside.len()..];
         assert!(
-            told.contains("srun --mpi=pmix") && told.contains("mpirun"),
+            rest.contains("If this task is an MPI rank")
+                && rest.contains("srun --mpi=pmix")
+                && rest.contains("mpirun"),
             "{told}"
         );
-        // The advice for other programs goes.
-        let advised = format!(
-            "{outside} (socket:[7]), which ckpt cannot checkpoint yet: close it before the \
-             checkpoint and open it again after, or ... set CKPT_EXTERNAL_SOCKETS=closed"
-        );
-        let told = with_mpi_hint(advised, Some("pmix"));
-        assert!(told.starts_with(&outside), "{told}");
-        assert!(!told.contains("CKPT_EXTERNAL_SOCKETS"), "{told}");
-        assert!(told.contains("srun --mpi=pmix"), "{told}");
         // Other steps, and other refusals, are left as they are.
         assert_eq!(with_mpi_hint(outside.clone(), None), outside);
         assert_eq!(with_mpi_hint(outside.clone(), Some("none")), outside);
