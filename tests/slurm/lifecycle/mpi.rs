@@ -149,7 +149,8 @@ fn an_mpi_job_whose_daemon_srun_starts_is_refused_and_runs_to_its_end() {
         &c,
         &dir,
         &want,
-        &format!("-N1 -n2 --checkpoint-dir=ck --signal=B:USR1@10\nmpirun -np 2 ./ring {STEPS} 400"),
+        "-N1 -n2 --checkpoint-dir=ck --signal=B:USR1@10",
+        &format!("mpirun -np 2 ./ring {STEPS} 400"),
     );
 }
 
@@ -158,9 +159,8 @@ fn an_mpi_job_whose_daemon_srun_starts_is_refused_and_runs_to_its_end() {
 /// checkpointed yet (docs/mpi.md). The checkpoint on the warning signal is
 /// refused with a message that says why a rank of `srun --mpi=pmix` cannot
 /// be checkpointed; the job is not requeued and runs to its end with the
-/// uninterrupted run's result. (The virtual nodes share
-/// this machine's `/tmp`: each slurmd has its own PMIx directory,
-/// `scripts/slurm-cluster.sh`.)
+/// uninterrupted run's result. (The virtual nodes share this machine's
+/// `/tmp`: each slurmd has its own PMIx directory, `scripts/slurm-cluster.sh`.)
 #[test]
 fn an_mpi_job_whose_ranks_srun_starts_with_pmix_is_refused_and_runs_to_its_end() {
     let Some(c) = slurm::cluster() else { return };
@@ -172,9 +172,8 @@ fn an_mpi_job_whose_ranks_srun_starts_with_pmix_is_refused_and_runs_to_its_end()
         &c,
         &dir,
         &want,
-        &format!(
-            "-N2 -n2 --checkpoint-dir=ck --signal=B:USR1@10\nsrun --mpi=pmix ./ring {STEPS} 400"
-        ),
+        "-N2 -n2 --checkpoint-dir=ck --signal=B:USR1@10",
+        &format!("srun --mpi=pmix ./ring {STEPS} 400"),
     );
     c.check(
         run.stderr
@@ -184,13 +183,18 @@ fn an_mpi_job_whose_ranks_srun_starts_with_pmix_is_refused_and_runs_to_its_end()
     );
 }
 
-/// A batch job in partition `multi` (`#SBATCH` options, then the MPI
-/// launch line, from `job`) whose checkpoint on the warning signal is
+/// A batch job in partition `multi` (`#SBATCH` `options`, then the MPI
+/// `launch` line) whose checkpoint on the warning signal is
 /// refused: it is not requeued and runs to its end with the uninterrupted
 /// run's result, the ranks' own checks passed and the script's last line
 /// printed. Returns the run for the caller's checks of the message.
-fn refused_and_run_to_its_end(c: &Cluster, dir: &Path, want: &str, job: &str) -> JobRun {
-    let (options, launch) = job.split_once('\n').unwrap_or((job, ""));
+fn refused_and_run_to_its_end(
+    c: &Cluster,
+    dir: &Path,
+    want: &str,
+    options: &str,
+    launch: &str,
+) -> JobRun {
     let script = format!(
         "#!/bin/bash\n\
          #SBATCH -p multi {options}\n\
