@@ -50,6 +50,9 @@ pub struct Done {
     pub processes: usize,
     /// Processes written while stopped (no copy-on-write snapshot).
     pub in_place: usize,
+    /// Of those, the processes whose snapshot lacked memory they advised
+    /// `MADV_DONTFORK` or `MADV_WIPEONFORK`.
+    pub in_place_advice: usize,
     /// The generation an incremental checkpoint refers to (0: full).
     pub base: u64,
 }
@@ -307,14 +310,15 @@ impl Coordinator {
         if first == "CHECKPOINT" {
             let reply = match self.checkpoint() {
                 Ok(d) => format!(
-                    "OK {} {} {} {} {} {} {}",
+                    "OK {} {} {} {} {} {} {} {}",
                     d.path.display(),
                     d.bytes,
                     d.pause_us,
                     d.total_us,
                     d.processes,
                     d.in_place,
-                    d.base
+                    d.base,
+                    d.in_place_advice
                 ),
                 Err(e) => format!("ERR {e}"),
             };
@@ -439,6 +443,7 @@ impl Coordinator {
         let mut pause = 0u64;
         let mut failure = None;
         let mut in_place = 0usize;
+        let mut in_place_advice = 0usize;
         let mut in_place_pids = BTreeSet::new();
         // Snapshot children write private memory once released, except when
         // the job is to be held (its processes could not tell them).
@@ -491,9 +496,12 @@ impl Coordinator {
                             {
                                 set.insert(snap);
                             }
-                            if *tok == "inplace" {
+                            if *tok == "inplace" || *tok == "inplace=advice" {
                                 in_place += 1;
                                 in_place_pids.insert(*pid);
+                            }
+                            if *tok == "inplace=advice" {
+                                in_place_advice += 1;
                             }
                         }
                     }
@@ -664,6 +672,7 @@ impl Coordinator {
             total_us: t0.elapsed().as_micros() as u64,
             processes: n,
             in_place,
+            in_place_advice,
             base: if incremental { base } else { 0 },
         })
     }
@@ -1499,6 +1508,7 @@ mod tests {
             crc: 0,
             growsdown: false,
             hugepage: false,
+            fork: Default::default(),
         };
         // POSIX shared memory (what UCX_TLS=^sysv leaves) is fine.
         m.regions

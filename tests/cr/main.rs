@@ -1584,6 +1584,98 @@ mod errors {
         c.check(run_logged(&c.ckpt, &args, &c.s.path, &c.s.join(tag)))
     }
 
+    /// A process with memory advised `MADV_WIPEONFORK` is written while the
+    /// job stands still (its snapshot child would find that memory zeroed),
+    /// and `ckpt checkpoint` says why; one without is written by a snapshot.
+    #[test]
+    fn wipe_on_fork_memory_is_written_in_place_and_the_note_says_why() {
+        let desc = load_desc("fork_advice");
+        let run = desc.run.clone();
+        let Some(mut c) = Case::new("fork_advice", "note_advice", "cli", desc, run) else {
+            return;
+        };
+        c.close_gates();
+        let mut l = c.launch_to_file();
+        c.wait_checkpoint_point(&mut l, 1);
+        let out = c.checkpoint();
+        c.kill(&mut l);
+        let want = "note: 1 process was written while the job stood still: a copy-on-write \
+                    snapshot lacks memory the program advised MADV_DONTFORK or MADV_WIPEONFORK";
+        if !out.contains(want) {
+            c.fail(format!(
+                "ckpt checkpoint said {out:?}, want it to contain {want:?}"
+            ));
+        }
+        let Some(mut p) = small_case("note_plain") else {
+            return;
+        };
+        p.close_gates();
+        let mut l = p.launch_to_file();
+        p.wait_checkpoint_point(&mut l, 1);
+        let out = p.checkpoint();
+        p.kill(&mut l);
+        if out.contains("note:") {
+            p.fail(format!(
+                "ckpt checkpoint of a program without fork advice said {out:?}: want no note"
+            ));
+        }
+    }
+
+    /// An image written while the program stands still (`CKPT_SNAPSHOT=0`) leaves out
+    /// the 256 MiB the program only read (the shared zero page) and restarts with the
+    /// same output.
+    #[test]
+    fn an_image_written_in_place_leaves_out_memory_only_read() {
+        let desc = load_desc("zero_read");
+        let run: Vec<String> = ["/usr/bin/env", "CKPT_SNAPSHOT=0", "{bin}", "256"]
+            .map(String::from)
+            .to_vec();
+        let Some(mut c) = Case::new("zero_read", "in_place_size", "cli", desc, run) else {
+            return;
+        };
+        let reference = c.reference();
+        c.close_gates();
+        let mut l = c.launch_to_file();
+        c.wait_checkpoint_point(&mut l, 1);
+        let out = c.checkpoint();
+        c.kill(&mut l);
+        if !out.contains("written while the job stood still") {
+            c.fail(format!(
+                "ckpt checkpoint said {out:?}: want the image written in place"
+            ));
+        }
+        let Some(gdir) = out
+            .split("checkpoint written: ")
+            .nth(1)
+            .and_then(|r| r.split(" (").next())
+            .map(PathBuf::from)
+        else {
+            c.fail(format!(
+                "ckpt checkpoint did not say where it wrote: {out:?}"
+            ));
+        };
+        let bytes: u64 = fs::read_dir(&gdir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".img"))
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        if bytes == 0 || bytes > 64 << 20 {
+            c.fail(format!(
+                "the images in {} hold {bytes} bytes: want some, and far less than the 256 MiB \
+                 the program only read",
+                gdir.display()
+            ));
+        }
+        let mut r = c.restart("1", None, None);
+        c.open_all_gates(&c.gates());
+        c.wait_success(&mut r);
+        c.compare_run("checkpoint in place, kill -9, restart", &reference, &c.work);
+    }
+
     #[test]
     fn checkpoint_nothing_running() {
         let Some(c) = small_case("err_ckpt_empty") else {

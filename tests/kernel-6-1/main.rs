@@ -68,6 +68,9 @@ const SUBSET: &[&str] = &[
     // POSIX timers without PR_TIMER_CREATE_RESTORE_IDS (6.17): ids got back by walking
     // the per-process counter; SIGEV_THREAD, pending expirations.
     "posix_timers::cli",
+    // Memory advised MADV_WIPEONFORK: without PAGEMAP_SCAN (6.7) the snapshot child
+    // reads both page maps to find it zeroed in its copy.
+    "fork_advice::cli",
 ];
 
 /// How long the whole guest run may take before it is killed as hung (it takes about

@@ -11,11 +11,11 @@
 //! | leader | `FAIL <pid> <why>` | it could not stop; the checkpoint is abandoned |
 //! | coordinator | `WRITE <generation> <base> <flags> <dir>` + the generation directory's descriptor (`SCM_RIGHTS`) | the whole job is stopped: write `proc-<pid>.{img,json}` there ([`WRITE_TRACK`], [`WRITE_DEFER`]) |
 //! | coordinator | `ABORT` | resume without writing |
-//! | leader | `DONE <pid> <bytes> <pause_us> [snap=<pid>] [inplace]` / `FAIL <pid> <why>` | the image is written (not yet synced) |
+//! | leader | `DONE <pid> <bytes> <pause_us> [snap=<pid>] [inplace \| inplace=advice]` / `FAIL <pid> <why>` | the image is written (not yet synced) |
 //! | coordinator | `RELEASE` | the job may run again |
 //! | leader or its snapshot child | `SYNCED <pid> <bytes> <pause_us>` / `FAIL <pid> <why>` | the image is fsynced |
 //! | client | `CHECKPOINT` | `ckpt checkpoint` asks for a blocking checkpoint |
-//! | coordinator | `OK <dir> <bytes> <pause_us> <total_us> <processes> <in_place> <base>` / `ERR <message>` | its answer |
+//! | coordinator | `OK <dir> <bytes> <pause_us> <total_us> <processes> <in_place> <base> <in_place_advice>` / `ERR <message>` | its answer |
 
 /// `WRITE` flag: track written pages from now on (incremental checkpoints).
 pub const WRITE_TRACK: u64 = 1;

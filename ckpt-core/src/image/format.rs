@@ -37,8 +37,9 @@ pub const FORMAT_MAJOR: u16 = 1;
 /// 1.4 the vDSO's functions (`vdso.symbols`) and each thread's `rip`, for
 /// restarts on another kernel build; 1.5 POSIX timers (`posix_timers`);
 /// 1.6 UDP datagrams queued in a socket (`messages` of an `inet` state);
-/// 1.7 pseudo-terminals (`pty`, `ctty`); 1.8 compressed images.
-pub const FORMAT_MINOR: u16 = 8;
+/// 1.7 pseudo-terminals (`pty`, `ctty`); 1.8 compressed images; 1.9 the
+/// fork advice of a region (`fork`: `MADV_DONTFORK`, `MADV_WIPEONFORK`).
+pub const FORMAT_MINOR: u16 = 9;
 /// Header length; data starts here.
 pub const HEADER_LEN: u64 = 4096;
 /// ELF machine number of x86_64.

@@ -1188,6 +1188,7 @@ mod tests {
             crc: 0,
             growsdown: false,
             hugepage: false,
+            fork: Default::default(),
         };
         let m = ProcessManifest {
             pgid: 2,

@@ -293,6 +293,41 @@ pub struct Region {
     pub growsdown: bool,
     /// Transparent huge pages were advised.
     pub hugepage: bool,
+    /// What the program advised for its forks (1.9; absent in older images:
+    /// none).
+    #[serde(default, skip_serializing_if = "ForkAdvice::is_none")]
+    pub fork: ForkAdvice,
+}
+
+/// The fork advice of a region, as `madvise(2)` set it: bit 0
+/// `MADV_DONTFORK` (a child of `fork` does not have the region), bit 1
+/// `MADV_WIPEONFORK` (a child has it zeroed). Both are kept by a restore,
+/// since a program relies on them in its children (a TLS library's
+/// fork-detection page is `MADV_WIPEONFORK`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct ForkAdvice(pub u8);
+
+impl ForkAdvice {
+    /// `MADV_DONTFORK`.
+    pub const DONTFORK: u8 = 1;
+    /// `MADV_WIPEONFORK`.
+    pub const WIPEONFORK: u8 = 2;
+
+    /// Neither advice.
+    pub fn is_none(&self) -> bool {
+        self.0 == 0
+    }
+
+    /// Whether `MADV_DONTFORK` was advised.
+    pub fn dontfork(self) -> bool {
+        self.0 & Self::DONTFORK != 0
+    }
+
+    /// Whether `MADV_WIPEONFORK` was advised.
+    pub fn wipeonfork(self) -> bool {
+        self.0 & Self::WIPEONFORK != 0
+    }
 }
 
 impl Region {

@@ -22,6 +22,7 @@ use crate::image::checksum::{self, Crc32c};
 use crate::image::compress::FrameWriter;
 use crate::image::format;
 use crate::objects::posix_timer;
+use crate::preload::fork_advice::{self, AdviceSet};
 use crate::preload::stop::{self, NSLOTS, SLOTS};
 use crate::preload::track::PageClass;
 use crate::signal_safe::buf::{MmapBuf, StackBuf};
@@ -352,7 +353,7 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
     // once the memory is written and its writeback started (it walks every
     // page table: that time overlaps the disk's), and `true ` written over
     // the regions it names.
-    let mut huge_at = MmapBuf::new();
+    let mut advice_at = AdviceAt::new();
 
     // Descriptors first: pipe contents can change as soon as the job runs again.
     // Bytes queued in sockets are peeked now and, in a snapshot child, written
@@ -367,6 +368,13 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
     // Runs of a region go out together (an incremental image is mostly
     // runs of one page: one writev per 64 of them, not one write each).
     let mut gather = Gather::new(img, fds.phase >= 0);
+    // Written while the job stands still: a private region that was only
+    // read maps the shared zero page, which a snapshot's `fork` does not
+    // copy for a region never written either (a JVM has gigabytes of it).
+    // Left out here too (restored as zero, which it is); an incremental
+    // image leaves it out through `track` already.
+    let mut zero = super::track::RangeSet::new();
+    let mut zero_vec = MmapBuf::new();
     let mut first = true;
     let mut total: u64 = 0;
     let maps = s.maps.as_slice();
@@ -425,6 +433,13 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
             // table) where a table is in use, else in one stream.
             let by_page = tracked_kind && (crcs_in.is_some() || crcs_out.is_some());
             let mut cursors = super::track::Cursors::default();
+            let zero_here = fds.phase < 0
+                && tracked_kind
+                && region_inc.is_none()
+                && save != Save::Nothing
+                && super::track::zero_pages(pagemap, (m.start, m.end), &mut zero_vec, &mut zero)
+                    .is_ok();
+            let mut zero_cursor = 0usize;
             if save != Save::Nothing {
                 let need_read = m.prot & libc::PROT_READ as u32 == 0;
                 let mut made_readable = false;
@@ -455,7 +470,10 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
                         let e = pm.get(i as usize).copied().unwrap_or(0);
                         let addr = m.start + (page + i) * PAGE;
                         let below_own = m.start <= own_uc && own_uc < m.end && addr < own_floor;
-                        if below_own || !wanted(save, e) {
+                        if below_own
+                            || !wanted(save, e)
+                            || (zero_here && zero.contains(addr, &mut zero_cursor))
+                        {
                             PageClass::Skip
                         } else if let Some(ic) = region_inc {
                             ic.classify(addr, &mut cursors)
@@ -558,14 +576,16 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
                 crc.finish(),
                 start_stack,
             )?;
-            if !shared_pass {
-                let _ = huge_at.push(&m.start.to_ne_bytes());
-                let _ = huge_at.push(&(flag_at as u64).to_ne_bytes());
-            }
+            // Where the advice goes: huge pages for private regions only.
+            let (huge, fork) = flag_at;
+            let huge = if shared_pass { None } else { Some(huge) };
+            advice_at.push(m.start, huge, fork);
             runs.free();
             inherited.free();
         }
     }
+    zero.free();
+    zero_vec.free();
     let _ = write!(j, "],");
     if let Some(w) = crcs_out {
         w.finish();
@@ -578,15 +598,20 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
         raw::start_writeback(img);
     }
     {
-        let huge = HugeSet::read(&mut s.tmp);
-        for (start, flag_at) in u64_pairs(huge_at.as_slice()) {
-            if huge.contains(start) {
+        let advice = AdviceSet::read(&mut s.tmp);
+        for (start, huge_at, fork_at) in advice_at.iter() {
+            let bits = advice.get(start);
+            if let (true, Some(at)) = (bits & fork_advice::HUGEPAGE != 0, huge_at) {
                 // Same length as `false`: JSON allows the space.
-                j.overwrite(flag_at as usize, b"true ");
+                j.overwrite(at, b"true ");
+            }
+            let fork = bits & fork_advice::FORK_BITS;
+            if fork != 0 {
+                j.overwrite(fork_at, &[b'0' + fork]);
             }
         }
     }
-    huge_at.free();
+    advice_at.free();
     if let Some(ic) = inc.filter(|_| inherited_total > 0) {
         let _ = write!(j, "\"base\":{},", ic.base);
     }
@@ -957,6 +982,51 @@ fn u64_pairs(b: &[u8]) -> impl Iterator<Item = (u64, u64)> + '_ {
     })
 }
 
+/// Where the flags of each region emitted so far are in the JSON: its
+/// start, the offset of its `hugepage` value (private regions) and of its
+/// `fork` digit. Scratch memory.
+struct AdviceAt {
+    buf: MmapBuf,
+}
+
+impl AdviceAt {
+    /// `hugepage` offset of a region that has none.
+    const NONE: u64 = u64::MAX;
+
+    fn new() -> Self {
+        AdviceAt {
+            buf: MmapBuf::new(),
+        }
+    }
+
+    fn push(&mut self, start: u64, huge_at: Option<usize>, fork_at: usize) {
+        let huge = huge_at.map_or(Self::NONE, |a| a as u64);
+        let _ = self.buf.push(&start.to_ne_bytes());
+        let _ = self.buf.push(&huge.to_ne_bytes());
+        let _ = self.buf.push(&(fork_at as u64).to_ne_bytes());
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u64, Option<usize>, usize)> + '_ {
+        self.buf.as_slice().chunks_exact(24).map(|c| {
+            let word = |i: usize| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(c.get(i * 8..i * 8 + 8).unwrap_or(&[0; 8]));
+                u64::from_ne_bytes(b)
+            };
+            let huge = word(1);
+            (
+                word(0),
+                (huge != Self::NONE).then_some(huge as usize),
+                word(2) as usize,
+            )
+        })
+    }
+
+    fn free(&mut self) {
+        self.buf.free();
+    }
+}
+
 /// Page runs of one region, kept in scratch memory.
 struct StackRuns {
     buf: MmapBuf,
@@ -996,7 +1066,7 @@ fn emit_region(
     (runs, inherited): (&StackRuns, &StackRuns),
     crc: u32,
     start_stack: u64,
-) -> Result<usize, Fail> {
+) -> Result<(usize, usize), Fail> {
     let (mut fsize, mut mtime) = (0u64, 0u64);
     // The same encoding as `st_dev`, so a region and a file compare.
     let (mut dev, mut ino) = (libc::makedev(m.dev_major, m.dev_minor), m.inode);
@@ -1045,11 +1115,14 @@ fn emit_region(
         }
         let _ = write!(j, "]");
     }
-    let _ = write!(j, ",\"crc\":{crc},\"growsdown\":{growsdown},\"hugepage\":");
-    // Where `false` goes: the caller may write `true ` over it.
-    let at = j.len();
+    let _ = write!(j, ",\"crc\":{crc},\"growsdown\":{growsdown},\"fork\":");
+    // Where the fork advice and `false` go: the caller may write another
+    // digit and `true ` over them.
+    let fork_at = j.len();
+    let _ = write!(j, "0,\"hugepage\":");
+    let huge_at = j.len();
     let _ = write!(j, "false}}");
-    Ok(at)
+    Ok((huge_at, fork_at))
 }
 
 fn write_cpu(j: &mut MmapBuf) {
@@ -1412,45 +1485,6 @@ fn write_fds(
     drop(diag);
     let _ = write!(j, "],");
     Ok(())
-}
-
-/// Start addresses of the regions whose VmFlags include `hg`
-/// (`MADV_HUGEPAGE`). **Async-signal-safe** (its own mmap buffer).
-struct HugeSet {
-    starts: MmapBuf,
-}
-
-impl HugeSet {
-    fn read(tmp: &mut MmapBuf) -> HugeSet {
-        let mut starts = MmapBuf::new();
-        if tmp.read_file(b"/proc/self/smaps\0").is_ok() {
-            let mut current = 0u64;
-            for line in procfs::lines(tmp.as_slice()) {
-                if let Some(flags) = line.strip_prefix(b"VmFlags:") {
-                    if flags.split(|&c| c == b' ').any(|f| f == b"hg") {
-                        let _ = starts.push(&current.to_ne_bytes());
-                    }
-                } else if let Some(m) = procfs::parse_maps_line(line) {
-                    current = m.start;
-                }
-            }
-        }
-        HugeSet { starts }
-    }
-
-    fn contains(&self, start: u64) -> bool {
-        self.starts.as_slice().chunks_exact(8).any(|c| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(c);
-            u64::from_ne_bytes(b) == start
-        })
-    }
-}
-
-impl Drop for HugeSet {
-    fn drop(&mut self) {
-        self.starts.free();
-    }
 }
 
 #[cfg(test)]

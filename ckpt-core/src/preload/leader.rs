@@ -297,8 +297,26 @@ fn reap_previous_snapshot() {
     }
 }
 
+/// Why a process is written while the job stands still.
+#[derive(Clone, Copy)]
+enum InPlace {
+    /// No snapshot was asked for or could be made (memory limit,
+    /// `CKPT_SNAPSHOT=0`, no process to fork).
+    NoSnapshot,
+    /// The snapshot lacks memory the program advised `MADV_DONTFORK` or
+    /// `MADV_WIPEONFORK` (`fork_advice`).
+    Advice,
+}
+
 /// Write while every thread stands still, then release and fsync.
-fn write_in_place(dir: &[u8], fd: i32, pre: &capture::Pre, t0: u64, buf: &mut [u8; MAX_MSG]) {
+fn write_in_place(
+    dir: &[u8],
+    fd: i32,
+    pre: &capture::Pre,
+    t0: u64,
+    buf: &mut [u8; MAX_MSG],
+    why: InPlace,
+) {
     let pid = pre.pid;
     let mut r = StackBuf::<1024>::new();
     let mut ok = false;
@@ -307,8 +325,12 @@ fn write_in_place(dir: &[u8], fd: i32, pre: &capture::Pre, t0: u64, buf: &mut [u
             let t1 = raw::clock_ns(libc::CLOCK_MONOTONIC);
             let _ = write!(
                 r,
-                "DONE {pid} {bytes} {} inplace",
-                t1.saturating_sub(t0) / 1000
+                "DONE {pid} {bytes} {} {}",
+                t1.saturating_sub(t0) / 1000,
+                match why {
+                    InPlace::NoSnapshot => "inplace",
+                    InPlace::Advice => "inplace=advice",
+                }
             );
             ok = true;
         }
@@ -371,7 +393,7 @@ fn write_forked(
     // SAFETY: pipe2 (293) into a valid array.
     if unsafe { raw::syscall3(293, p.as_mut_ptr() as usize, libc::O_CLOEXEC as usize, 0) }.is_err()
     {
-        write_in_place(dir, fd, pre, t0, buf);
+        write_in_place(dir, fd, pre, t0, buf, InPlace::NoSnapshot);
         return;
     }
     let mut go = [-1i32; 2];
@@ -399,10 +421,15 @@ fn write_forked(
             raw::close(p[0]);
             close_go(go[1]);
             capture::GO_FD.store(go[0], Ordering::Release);
-            if mappings.is_none() || count_mappings() != mappings {
+            if mappings.is_none()
+                || count_mappings() != mappings
+                || super::fork_advice::wiped_in_snapshot(pid)
+            {
                 // Regions marked MADV_DONTFORK (V8's heap in Node.js, RDMA
-                // buffers) are missing from this copy: the parent writes
-                // while the job stands still instead.
+                // buffers) are missing from this copy, and those marked
+                // MADV_WIPEONFORK (TLS libraries' fork-detection pages) are
+                // zeroed in it: the parent writes while the job stands
+                // still instead.
                 let _ = raw::write(p[1], b"D");
                 raw::exit_group(0);
             }
@@ -461,7 +488,7 @@ fn write_forked(
                 close_go(go[1]);
                 SNAP_CHILD.store(c as i32, Ordering::Release);
                 reap_previous_snapshot();
-                write_in_place(dir, fd, pre, t0, buf);
+                write_in_place(dir, fd, pre, t0, buf, InPlace::Advice);
                 return;
             }
             let mut r = StackBuf::<1024>::new();
@@ -501,7 +528,7 @@ fn write_forked(
             raw::close(p[1]);
             close_go(go[0]);
             close_go(go[1]);
-            write_in_place(dir, fd, pre, t0, buf);
+            write_in_place(dir, fd, pre, t0, buf, InPlace::NoSnapshot);
         }
     }
 }
@@ -654,7 +681,7 @@ pub fn lead(uc: u64) {
         if snapshot {
             write_forked(dir, fd, &pre, t0, &mut buf, wf.defer);
         } else {
-            write_in_place(dir, fd, &pre, t0, &mut buf);
+            write_in_place(dir, fd, &pre, t0, &mut buf, InPlace::NoSnapshot);
         }
         super::track::after_snapshot();
     }

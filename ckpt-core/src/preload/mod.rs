@@ -9,6 +9,8 @@
 //! - [`capture`]: the image writer.
 //! - [`finish`]: the last stage of restore.
 //! - [`track`]: dirty-page tracking for incremental checkpoints.
+//! - [`fork_advice`]: the `madvise` flags only `smaps` reports, and the
+//!   `MADV_WIPEONFORK` regions a snapshot child has zeroed.
 //! - [`exec`]: wrappers of the exec and spawn functions (the job's programs
 //!   stay under checkpoint control).
 //! - [`sigmask`]: wrappers of the functions that set signal masks (the stop
@@ -28,6 +30,7 @@ pub mod ask;
 pub mod capture;
 pub mod exec;
 pub mod finish;
+pub mod fork_advice;
 pub mod inotify;
 pub mod leader;
 pub mod memlimit;

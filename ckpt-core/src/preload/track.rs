@@ -45,13 +45,15 @@ use crate::signal_safe::raw::{self, Errno};
 const PAGE: u64 = crate::image::format::PAGE_SIZE;
 
 // <linux/fs.h> (6.7+; the 6.1 headers of this system lack them).
-const PAGE_IS_WPALLOWED: u64 = 1 << 0;
+pub(super) const PAGE_IS_WPALLOWED: u64 = 1 << 0;
 const PAGE_IS_WRITTEN: u64 = 1 << 1;
-const PAGE_IS_PFNZERO: u64 = 1 << 5;
+pub(super) const PAGE_IS_PRESENT: u64 = 1 << 3;
+pub(super) const PAGE_IS_SWAPPED: u64 = 1 << 4;
+pub(super) const PAGE_IS_PFNZERO: u64 = 1 << 5;
 const PAGE_IS_HUGE: u64 = 1 << 6;
 const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
 /// `_IOWR('f', 16, struct pm_scan_arg)`.
-const PAGEMAP_SCAN: u64 = 0xC060_6610;
+pub(super) const PAGEMAP_SCAN: u64 = 0xC060_6610;
 
 // <linux/userfaultfd.h>.
 const UFFD_USER_MODE_ONLY: usize = 1;
@@ -72,28 +74,28 @@ const SCAN_VEC: usize = 4096;
 
 /// `struct pm_scan_arg`.
 #[repr(C)]
-struct PmScanArg {
-    size: u64,
-    flags: u64,
-    start: u64,
-    end: u64,
-    walk_end: u64,
-    vec: u64,
-    vec_len: u64,
-    max_pages: u64,
-    category_inverted: u64,
-    category_mask: u64,
-    category_anyof_mask: u64,
-    return_mask: u64,
+pub(super) struct PmScanArg {
+    pub(super) size: u64,
+    pub(super) flags: u64,
+    pub(super) start: u64,
+    pub(super) end: u64,
+    pub(super) walk_end: u64,
+    pub(super) vec: u64,
+    pub(super) vec_len: u64,
+    pub(super) max_pages: u64,
+    pub(super) category_inverted: u64,
+    pub(super) category_mask: u64,
+    pub(super) category_anyof_mask: u64,
+    pub(super) return_mask: u64,
 }
 
 /// `struct page_region`.
 #[repr(C)]
-#[derive(Clone, Copy)]
-struct PageRegion {
-    start: u64,
-    end: u64,
-    categories: u64,
+#[derive(Clone, Copy, Default)]
+pub(super) struct PageRegion {
+    pub(super) start: u64,
+    pub(super) end: u64,
+    pub(super) categories: u64,
 }
 
 /// `struct uffdio_api`.
@@ -149,8 +151,15 @@ pub struct RangeSet {
     buf: MmapBuf,
 }
 
+impl Default for RangeSet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl RangeSet {
-    const fn new() -> Self {
+    /// An empty set (its buffer is made on the first range).
+    pub const fn new() -> Self {
         RangeSet {
             buf: MmapBuf::new_inherited(),
         }
@@ -289,7 +298,8 @@ impl RangeSet {
         self.buf.clear();
     }
 
-    fn free(&mut self) {
+    /// Give the buffer back.
+    pub fn free(&mut self) {
         self.buf.free();
     }
 
@@ -494,6 +504,54 @@ fn scan(
     pagemap: i32,
     vec: &MmapBuf,
     flags: u64,
+    masks: (u64, u64, u64),
+    each: impl FnMut(&PageRegion) -> Result<(), Errno>,
+) -> Result<(), Errno> {
+    scan_range(pagemap, vec, (0, USER_TOP), flags, masks, each)
+}
+
+/// The pages of [start, end) that map the shared zero page (read, never
+/// written since they were mapped), into `out` (emptied first), through
+/// `vec`: a full image leaves them out (they are restored as zero, which
+/// they are). Nothing where the kernel lacks `PAGEMAP_SCAN` (6.7).
+/// **Async-signal-safe.**
+pub fn zero_pages(
+    pagemap: i32,
+    (start, end): (u64, u64),
+    vec: &mut MmapBuf,
+    out: &mut RangeSet,
+) -> Result<(), Errno> {
+    out.clear();
+    if vec.mapping().1 == 0 {
+        vec.reserve(SCAN_VEC * core::mem::size_of::<PageRegion>())?;
+    }
+    let r = scan_range(
+        pagemap,
+        vec,
+        (start, end),
+        0,
+        (PAGE_IS_PFNZERO, 0, PAGE_IS_PFNZERO),
+        |r| out.push(r.start, r.end),
+    );
+    match r {
+        Err(Errno(libc::ENOTTY | libc::EINVAL)) => {
+            out.clear();
+            Ok(())
+        }
+        r => {
+            out.normalize();
+            r
+        }
+    }
+}
+
+/// One `PAGEMAP_SCAN` over [start, end), calling `each` for every reported
+/// range.
+fn scan_range(
+    pagemap: i32,
+    vec: &MmapBuf,
+    (start, end): (u64, u64),
+    flags: u64,
     (mask, anyof, ret): (u64, u64, u64),
     mut each: impl FnMut(&PageRegion) -> Result<(), Errno>,
 ) -> Result<(), Errno> {
@@ -502,8 +560,8 @@ fn scan(
     let mut arg = PmScanArg {
         size: core::mem::size_of::<PmScanArg>() as u64,
         flags,
-        start: 0,
-        end: USER_TOP,
+        start,
+        end,
         walk_end: 0,
         vec: vptr as u64,
         vec_len: vlen as u64,
@@ -573,7 +631,7 @@ fn own_data() -> [u64; 8] {
 
 /// Whether a maps line is memory the tracking covers: private anonymous
 /// memory (heap, stacks, anonymous mmaps).
-fn trackable(m: &procfs::MapsLine<'_>) -> bool {
+pub(super) fn trackable(m: &procfs::MapsLine<'_>) -> bool {
     !m.shared
         && (m.path.is_empty()
             || m.path == b"[heap]"

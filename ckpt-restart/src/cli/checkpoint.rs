@@ -47,11 +47,7 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
             num(3) as f64 / 1000.0
         );
         if num(5) > 0 {
-            println!(
-                "note: {} process{} written while the job stood still: the job's memory limit leaves no room for a copy-on-write snapshot (or CKPT_SNAPSHOT=0)",
-                num(5),
-                if num(5) == 1 { " was" } else { "es were" }
-            );
+            println!("{}", in_place_note(num(5), num(7)));
         }
         return Ok(0);
     }
@@ -59,6 +55,31 @@ pub fn run(o: &Opts) -> Result<i32, Failure> {
         msg: reply.strip_prefix("ERR ").unwrap_or(&reply).to_string(),
         code: 1,
     })
+}
+
+/// Why `total` processes were written while the job stood still, `advice`
+/// of them because a copy-on-write snapshot lacks memory they advised for
+/// forks (the count comes first: tests and scripts read it).
+fn in_place_note(total: u64, advice: u64) -> String {
+    const LIMIT: &str = "the job's memory limit leaves no room for a copy-on-write snapshot \
+                         (or CKPT_SNAPSHOT=0)";
+    const ADVICE: &str = "a copy-on-write snapshot lacks memory the program advised \
+                          MADV_DONTFORK or MADV_WIPEONFORK (docs/signals.md)";
+    let advice = advice.min(total);
+    let why = if advice == 0 {
+        LIMIT.to_string()
+    } else if advice == total {
+        ADVICE.to_string()
+    } else {
+        format!(
+            "{advice} because {ADVICE}; {} because {LIMIT}",
+            total - advice
+        )
+    };
+    format!(
+        "note: {total} process{} written while the job stood still: {why}",
+        if total == 1 { " was" } else { "es were" }
+    )
 }
 
 /// Bytes in a human unit.
@@ -74,5 +95,23 @@ pub fn human_bytes(b: u64) -> String {
         format!("{b} B")
     } else {
         format!("{v:.1} {}", U[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_place_note;
+
+    #[test]
+    fn the_in_place_note_gives_the_count_first_and_each_reason() {
+        let limit = in_place_note(2, 0);
+        assert!(limit.starts_with("note: 2 processes were written while the job stood still: "));
+        assert!(limit.contains("memory limit") && !limit.contains("MADV_"));
+        let advice = in_place_note(1, 1);
+        assert!(advice.starts_with("note: 1 process was written"));
+        assert!(advice.contains("MADV_WIPEONFORK") && !advice.contains("memory limit"));
+        let both = in_place_note(3, 1);
+        assert!(both.contains("1 because a copy-on-write snapshot lacks"));
+        assert!(both.contains("2 because the job's memory limit"));
     }
 }

@@ -593,6 +593,7 @@ mod tests {
             total_us: 0,
             processes: 1,
             in_place: 0,
+            in_place_advice: 0,
             base: 0,
         };
         // No request: nothing.

@@ -120,6 +120,7 @@ mod tests {
             crc: 99,
             growsdown: false,
             hugepage: false,
+            fork: Default::default(),
         }
     }
 

@@ -29,7 +29,9 @@ pub struct RstRegion {
     pub growsdown: u8,
     pub hugepage: u8,
     pub close_fd: u8,
-    pub pad: [u8; 5],
+    /// Bit 0 `MADV_DONTFORK`, bit 1 `MADV_WIPEONFORK` (`ForkAdvice`).
+    pub fork_advice: u8,
+    pub pad: [u8; 4],
 }
 
 /// `struct prctl_mm_map_k`.

@@ -177,6 +177,7 @@ pub(crate) mod tests {
             crc: 0,
             growsdown: false,
             hugepage: false,
+            fork: Default::default(),
         }
     }
 

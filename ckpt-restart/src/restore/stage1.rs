@@ -767,7 +767,8 @@ fn prepare(s: &Stage1<'_>, report_to: &mut (i32, i32)) -> Result<(), String> {
             growsdown: u8::from(r.growsdown),
             hugepage: u8::from(r.hugepage),
             close_fd: 1,
-            pad: [0; 5],
+            fork_advice: r.fork.0,
+            pad: [0; 4],
         };
         // SAFETY: regs_at..+regs_sz is inside our mapping; i < regions.len().
         unsafe { std::ptr::write((regs_at as *mut RstRegion).add(i), g) };

@@ -266,6 +266,11 @@ fn describe_failure(g: &LoadedGeneration, f: &super::blob::RstFailure) -> Option
             "process {}: cannot restore the memory layout (brk, arguments, auxv): {err}",
             f.pid
         ),
+        9 => format!(
+            "process {}: cannot advise {:#x} ({rname}) for forks again as the program had \
+             (MADV_DONTFORK or MADV_WIPEONFORK): {err}",
+            f.pid, f.addr
+        ),
         ckpt::preload::finish::FAIL_POSIX_TIMER => format!(
             "process {}: cannot create its POSIX timers again with their ids: {err}",
             f.pid

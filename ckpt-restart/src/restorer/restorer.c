@@ -209,6 +209,18 @@ SEC void ckpt_rst_main(struct rst_args *a) {
 			die(a, 4, g->start, r);
 		if (g->hugepage)
 			sys3(NR_madvise, g->start, len, 14 /* MADV_HUGEPAGE */);
+		/* The program's children rely on these (docs/signals.md). Nothing
+		 * forks between here and the program's own code. */
+		if (g->fork_advice & 1) {
+			r = sys3(NR_madvise, g->start, len, 10 /* MADV_DONTFORK */);
+			if (r < 0)
+				die(a, 9, g->start, r);
+		}
+		if (g->fork_advice & 2) {
+			r = sys3(NR_madvise, g->start, len, 18 /* MADV_WIPEONFORK */);
+			if (r < 0)
+				die(a, 9, g->start, r);
+		}
 		uint32_t crc = 0xffffffffu;
 		for (uint64_t k = 0; k < g->nruns; k++) {
 			const uint64_t *run = &runs[g->runs_index + 4 * k];

@@ -35,7 +35,9 @@ struct rst_region {
 	uint32_t kind;
 	int32_t fd;
 	uint32_t crc;
-	uint8_t growsdown, hugepage, close_fd, pad[5];
+	uint8_t growsdown, hugepage, close_fd;
+	uint8_t fork_advice; /* bit 0 MADV_DONTFORK, bit 1 MADV_WIPEONFORK */
+	uint8_t pad[4];
 };
 
 struct prctl_mm_map_k {
