@@ -598,7 +598,11 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
         raw::start_writeback(img);
     }
     {
-        let advice = AdviceSet::read(&mut s.tmp);
+        // Without it the restart would lose the advice: fail instead.
+        if advice_at.overflow() {
+            return Err((8, Errno(libc::ENOMEM)));
+        }
+        let advice = AdviceSet::read(&mut s.tmp).map_err(at(2))?;
         for (start, huge_at, fork_at) in advice_at.iter() {
             let bits = advice.get(start);
             if let (true, Some(at)) = (bits & fork_advice::HUGEPAGE != 0, huge_at) {
@@ -1001,9 +1005,16 @@ impl AdviceAt {
 
     fn push(&mut self, start: u64, huge_at: Option<usize>, fork_at: usize) {
         let huge = huge_at.map_or(Self::NONE, |a| a as u64);
-        let _ = self.buf.push(&start.to_ne_bytes());
-        let _ = self.buf.push(&huge.to_ne_bytes());
-        let _ = self.buf.push(&(fork_at as u64).to_ne_bytes());
+        for w in [start, huge, fork_at as u64] {
+            if self.buf.push(&w.to_ne_bytes()).is_err() {
+                self.buf.overflow = true;
+            }
+        }
+    }
+
+    /// Whether a region was left out for want of memory.
+    fn overflow(&self) -> bool {
+        self.buf.overflow
     }
 
     fn iter(&self) -> impl Iterator<Item = (u64, Option<usize>, usize)> + '_ {

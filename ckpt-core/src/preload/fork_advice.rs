@@ -22,7 +22,7 @@
 //! Everything here is **async-signal-safe** (raw system calls, mmap-backed
 //! buffers).
 
-use crate::signal_safe::buf::{MmapBuf, StackBuf};
+use crate::signal_safe::buf::MmapBuf;
 use crate::signal_safe::procfs;
 use crate::signal_safe::raw::{self, Errno};
 
@@ -37,6 +37,8 @@ pub const DONTFORK: u8 = crate::image::manifest::ForkAdvice::DONTFORK;
 pub const WIPEONFORK: u8 = crate::image::manifest::ForkAdvice::WIPEONFORK;
 /// `MADV_HUGEPAGE`.
 pub const HUGEPAGE: u8 = 4;
+/// `MAP_DROPPABLE` (`dp`, Linux 6.11): the kernel may drop the contents.
+pub const DROPPABLE: u8 = 8;
 /// The fork advice bits of an [`AdviceSet`] entry.
 pub const FORK_BITS: u8 = DONTFORK | WIPEONFORK;
 
@@ -56,20 +58,21 @@ pub struct AdviceSet {
 }
 
 impl AdviceSet {
-    /// Read `/proc/self/smaps` through `tmp`. An unreadable file gives an
-    /// empty set (no advice is recorded; nothing is read wrongly).
-    pub fn read(tmp: &mut MmapBuf) -> AdviceSet {
-        if tmp.read_file(b"/proc/self/smaps\0").is_ok() {
-            Self::parse(tmp.as_slice())
-        } else {
-            AdviceSet {
-                entries: MmapBuf::new(),
-                all: false,
-            }
+    /// Read `/proc/self/smaps` through `tmp`.
+    /// `ENOMEM` when the set cannot be kept: the advice would be lost, so
+    /// the image writer fails instead.
+    pub fn read(tmp: &mut MmapBuf) -> Result<AdviceSet, Errno> {
+        tmp.read_file(b"/proc/self/smaps\0")?;
+        let set = Self::parse(tmp.as_slice());
+        if set.all {
+            return Err(Errno(libc::ENOMEM));
         }
+        Ok(set)
     }
 
-    /// The set that `smaps` text `text` describes.
+    /// The set that `smaps` text `text` describes; where it cannot be
+    /// kept (no memory), the set in which every region has every advice
+    /// (callers take that as "cannot tell").
     pub fn parse(text: &[u8]) -> AdviceSet {
         let mut entries = MmapBuf::new();
         let mut current = 0u64;
@@ -81,12 +84,16 @@ impl AdviceSet {
                         b"hg" => HUGEPAGE,
                         b"dc" => DONTFORK,
                         b"wf" => WIPEONFORK,
+                        b"dp" => DROPPABLE,
                         _ => 0,
                     };
                 }
-                if bits != 0 {
-                    let _ = entries.push(&current.to_ne_bytes());
-                    let _ = entries.push(&u64::from(bits).to_ne_bytes());
+                if bits != 0
+                    && (entries.push(&current.to_ne_bytes()).is_err()
+                        || entries.push(&u64::from(bits).to_ne_bytes()).is_err())
+                {
+                    entries.free();
+                    return AdviceSet::everything();
                 }
             } else if let Some(m) = procfs::parse_maps_line(line) {
                 current = m.start;
@@ -109,7 +116,7 @@ impl AdviceSet {
     /// The advice bits of the region starting at `start` (0: none).
     pub fn get(&self, start: u64) -> u8 {
         if self.all {
-            return HUGEPAGE | FORK_BITS;
+            return HUGEPAGE | FORK_BITS | DROPPABLE;
         }
         self.entries
             .as_slice()
@@ -277,92 +284,138 @@ fn read_has_pages(
 fn swap_configured() -> bool {
     // SAFETY: sysinfo is plain old data; zeroed is valid.
     let mut si: libc::sysinfo = unsafe { core::mem::zeroed() };
-    // SAFETY: sysinfo (99) fills the struct we own.
-    match unsafe { raw::syscall3(99, &mut si as *mut libc::sysinfo as usize, 0, 0) } {
+    // SAFETY: sysinfo fills the struct we own.
+    match unsafe {
+        raw::syscall3(
+            libc::SYS_sysinfo as usize,
+            &mut si as *mut libc::sysinfo as usize,
+            0,
+            0,
+        )
+    } {
         Ok(_) => si.totalswap != 0,
         Err(_) => true,
     }
 }
 
-/// Run in a copy-on-write snapshot child of `parent`, which stands still:
-/// whether one of the parent's private anonymous mappings has pages of its
-/// own where this copy has none, as a region advised `MADV_WIPEONFORK`
-/// does. A present page ([`Pages::Present`]) or a swapped one outside the
-/// tracked ranges answers it; a swap entry inside them may be the
-/// tracking's marker only, so there the parent's `smaps` is read (once,
-/// and only on a machine with swap) and answers by the region's flags. Any
-/// trouble reading answers yes: the caller then has the parent write its
-/// own image, which is always right.
-pub fn wiped_in_snapshot(parent: i32) -> bool {
-    let mut path = StackBuf::<64>::new();
-    let _ = core::fmt::Write::write_fmt(&mut path, format_args!("/proc/{parent}/pagemap"));
-    let Ok(own) = raw::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0) else {
-        return true;
-    };
-    let Ok(theirs) = raw::open(path.as_cstr(), libc::O_RDONLY | libc::O_CLOEXEC, 0) else {
-        raw::close(own);
-        return true;
-    };
-    let mut maps = MmapBuf::new();
-    let mut buf = MmapBuf::new();
-    let mut smaps = MmapBuf::new();
-    let mut advice: Option<AdviceSet> = None;
-    let mut swap: Option<bool> = None;
-    let mut wiped = maps.read_file(b"/proc/self/maps\0").is_err();
-    for line in procfs::lines(maps.as_slice()) {
-        if wiped {
-            break;
+/// The page map and `smaps` of the process about to be copied, opened by
+/// that process itself before the `fork`: the snapshot child reads them
+/// through the descriptors it inherits, bound to the parent's memory (no
+/// pid to look up, which a `/proc` of another pid namespace would get
+/// wrong, and no permission check against a parent that made itself
+/// undumpable).
+pub struct ParentView {
+    pagemap: i32,
+    smaps: i32,
+}
+
+impl ParentView {
+    /// Open both; a descriptor that cannot be opened is -1 (the child then
+    /// answers "wiped", and the process is written in place).
+    pub fn open() -> ParentView {
+        let o = |p: &[u8]| raw::open(p, libc::O_RDONLY | libc::O_CLOEXEC, 0).unwrap_or(-1);
+        ParentView {
+            pagemap: o(b"/proc/self/pagemap\0"),
+            smaps: o(b"/proc/self/smaps\0"),
         }
-        let Some(m) = procfs::parse_maps_line(line) else {
-            continue;
+    }
+
+    /// Close both (in each process once the check is done: the image
+    /// writer must not find them among the program's descriptors).
+    pub fn close(&mut self) {
+        for fd in [&mut self.pagemap, &mut self.smaps] {
+            if *fd >= 0 {
+                raw::close(*fd);
+            }
+            *fd = -1;
+        }
+    }
+
+    /// Run in the copy-on-write snapshot child, while the parent stands
+    /// still: whether one of the parent's private anonymous mappings has
+    /// pages of its own where this copy has none, as a region advised
+    /// `MADV_WIPEONFORK` does.
+    /// - A present page ([`Pages::Present`]) or a swapped one outside the
+    ///   tracked ranges makes the region a candidate; the parent's `smaps`
+    ///   (read once, inside the pause, only when there is a candidate) lets
+    ///   one off only when it is droppable (`dp`, `MAP_DROPPABLE`, Linux
+    ///   6.11: the kernel may zero it at any time, so a zeroed copy is what
+    ///   it may hold; glibc 2.41 keeps its `getrandom` state there, in every
+    ///   process that asked for random bytes).
+    /// - A swap entry inside the tracked ranges may be the tracking's marker
+    ///   only: ignored on a machine without swap, else `smaps` decides
+    ///   (`wf` and not `dp`).
+    ///
+    /// Any trouble reading answers yes: the caller then has the parent write
+    /// its own image, which is always right.
+    pub fn wiped_in_snapshot(&self) -> bool {
+        let (theirs, smaps_fd) = (self.pagemap, self.smaps);
+        if theirs < 0 || smaps_fd < 0 {
+            return true;
+        }
+        let Ok(own) = raw::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
+        else {
+            return true;
         };
-        if !super::track::trackable(&m) {
-            continue;
-        }
-        let range = (m.start, m.end);
-        let mut has = |fd, which| has_pages(fd, range, which, &mut buf);
-        wiped = match has(own, Pages::Any) {
-            Ok(true) => false,
-            Ok(false) => match (
-                has(theirs, Pages::Present),
-                has(theirs, Pages::SwappedUntracked),
-            ) {
-                (Ok(false), Ok(false)) => {
-                    let with_swap = *swap.get_or_insert_with(swap_configured);
-                    match has(theirs, Pages::SwappedTracked) {
-                        Ok(false) => false,
-                        Ok(true) if !with_swap => false,
-                        Ok(true) => {
-                            let set = advice.get_or_insert_with(|| {
-                                let mut p = StackBuf::<64>::new();
-                                let _ = core::fmt::Write::write_fmt(
-                                    &mut p,
-                                    format_args!("/proc/{parent}/smaps"),
-                                );
-                                match smaps.read_file(p.as_cstr()) {
-                                    Ok(()) => AdviceSet::parse(smaps.as_slice()),
-                                    // Unknown: every region counts as advised.
-                                    Err(_) => AdviceSet::everything(),
-                                }
-                            });
-                            set.get(m.start) & WIPEONFORK != 0
-                        }
+        let mut maps = MmapBuf::new();
+        let mut buf = MmapBuf::new();
+        let mut smaps = MmapBuf::new();
+        let mut advice: Option<AdviceSet> = None;
+        let mut swap: Option<bool> = None;
+        let mut parent_advice = |start: u64| -> u8 {
+            let set = advice.get_or_insert_with(|| match smaps.read_fd(smaps_fd) {
+                Ok(()) => AdviceSet::parse(smaps.as_slice()),
+                Err(_) => AdviceSet::everything(),
+            });
+            set.get(start)
+        };
+        let mut wiped = maps.read_file(b"/proc/self/maps\0").is_err();
+        for line in procfs::lines(maps.as_slice()) {
+            if wiped {
+                break;
+            }
+            let Some(m) = procfs::parse_maps_line(line) else {
+                continue;
+            };
+            if !super::track::trackable(&m) {
+                continue;
+            }
+            let range = (m.start, m.end);
+            let mut has = |fd, which| has_pages(fd, range, which, &mut buf);
+            wiped = match has(own, Pages::Any) {
+                Err(_) => true,
+                Ok(true) => false,
+                Ok(false) => {
+                    let real = match has(theirs, Pages::Present) {
+                        Ok(false) => has(theirs, Pages::SwappedUntracked),
+                        r => r,
+                    };
+                    match real {
                         Err(_) => true,
+                        // Only a droppable region may be saved zeroed.
+                        Ok(true) => {
+                            parent_advice(m.start) & (WIPEONFORK | DROPPABLE)
+                                != WIPEONFORK | DROPPABLE
+                        }
+                        Ok(false) => match has(theirs, Pages::SwappedTracked) {
+                            Ok(false) => false,
+                            Ok(true) if !*swap.get_or_insert_with(swap_configured) => false,
+                            Ok(true) => {
+                                parent_advice(m.start) & (WIPEONFORK | DROPPABLE) == WIPEONFORK
+                            }
+                            Err(_) => true,
+                        },
                     }
                 }
-                (Ok(_), Ok(_)) => true,
-                _ => true,
-            },
-            Err(_) => true,
-        };
+            };
+        }
+        drop(advice);
+        smaps.free();
+        maps.free();
+        buf.free();
+        raw::close(own);
+        wiped
     }
-    drop(advice);
-    smaps.free();
-    maps.free();
-    buf.free();
-    raw::close(own);
-    raw::close(theirs);
-    wiped
 }
 
 #[cfg(test)]
@@ -444,19 +497,24 @@ VmFlags: rd wr mr mw me ac \n";
     #[test]
     fn a_fork_child_finds_the_wiped_region() {
         let len = 3 * PAGE as usize;
-        let child_says = |advice: Option<i32>, write: bool| -> i32 {
-            // SAFETY: a fresh private anonymous mapping of our own.
+        // `map` is MAP_PRIVATE, or MAP_DROPPABLE (0x08, Linux 6.11); `None`
+        // when the kernel has no such mapping.
+        let child_says = |map: i32, advice: Option<i32>, write: bool| -> Option<i32> {
+            // SAFETY: a fresh anonymous mapping of our own.
             let p = unsafe {
                 libc::mmap(
                     core::ptr::null_mut(),
                     len,
                     libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    map | libc::MAP_ANONYMOUS,
                     -1,
                     0,
                 )
             };
-            assert_ne!(p, libc::MAP_FAILED);
+            if p == libc::MAP_FAILED {
+                assert_ne!(map, libc::MAP_PRIVATE, "mmap of private memory failed");
+                return None;
+            }
             if let Some(a) = advice {
                 // SAFETY: advice on our own mapping.
                 assert_eq!(unsafe { libc::madvise(p, len, a) }, 0);
@@ -471,27 +529,42 @@ VmFlags: rd wr mr mw me ac \n";
                         unsafe { core::ptr::read_volatile(p.cast::<u8>().add(i * PAGE as usize)) };
                 }
             }
-            let parent = raw::getpid();
+            let mut view = ParentView::open();
             // SAFETY: the child runs only async-signal-safe code, then _exit.
             let pid = unsafe { libc::fork() };
             assert!(pid >= 0);
             if pid == 0 {
-                let code = i32::from(wiped_in_snapshot(parent));
+                let code = i32::from(view.wiped_in_snapshot());
                 // SAFETY: leaves the child at once.
                 unsafe { libc::_exit(code) };
             }
+            view.close();
             let mut st = 0;
             // SAFETY: waits for our own child.
             assert_eq!(unsafe { libc::waitpid(pid, &mut st, 0) }, pid);
             // SAFETY: unmaps the mapping made above.
             unsafe { libc::munmap(p, len) };
             assert!(libc::WIFEXITED(st));
-            libc::WEXITSTATUS(st)
+            Some(libc::WEXITSTATUS(st))
         };
-        assert_eq!(child_says(Some(libc::MADV_WIPEONFORK), true), 1);
-        assert_eq!(child_says(None, true), 0);
+        let private = libc::MAP_PRIVATE;
+        assert_eq!(
+            child_says(private, Some(libc::MADV_WIPEONFORK), true),
+            Some(1)
+        );
+        assert_eq!(child_says(private, None, true), Some(0));
         // Only read: the zero page, which the child lacks too but never needs.
-        assert_eq!(child_says(None, false), 0);
-        assert_eq!(child_says(Some(libc::MADV_WIPEONFORK), false), 0);
+        assert_eq!(child_says(private, None, false), Some(0));
+        assert_eq!(
+            child_says(private, Some(libc::MADV_WIPEONFORK), false),
+            Some(0)
+        );
+        // Droppable memory (glibc 2.41's getrandom state) is wiped in a child
+        // too, but the kernel may drop it at any time: a zeroed copy is fine.
+        let droppable = child_says(0x08, None, true);
+        assert!(
+            matches!(droppable, None | Some(0)),
+            "droppable: {droppable:?}"
+        );
     }
 }

@@ -412,25 +412,34 @@ fn write_forked(
         }
     };
     let mappings = count_mappings();
+    let mut parent = super::fork_advice::ParentView::open();
     // SAFETY: clone (56) with no flags and no stack is fork() whose child
     // signals nobody on exit (so the program's wait() never sees it). The
     // child only runs fence code on its private copy of this stack.
     let child = unsafe { raw::syscall6(56, 0, 0, 0, 0, 0, 0) };
+    if !matches!(child, Ok(0)) {
+        parent.close();
+    }
     match child {
         Ok(0) => {
             raw::close(p[0]);
             close_go(go[1]);
             capture::GO_FD.store(go[0], Ordering::Release);
-            if mappings.is_none()
-                || count_mappings() != mappings
-                || super::fork_advice::wiped_in_snapshot(pid)
-            {
-                // Regions marked MADV_DONTFORK (V8's heap in Node.js, RDMA
-                // buffers) are missing from this copy, and those marked
-                // MADV_WIPEONFORK (TLS libraries' fork-detection pages) are
-                // zeroed in it: the parent writes while the job stands
-                // still instead.
-                let _ = raw::write(p[1], b"D");
+            // Regions marked MADV_DONTFORK (V8's heap in Node.js, RDMA
+            // buffers) are missing from this copy, and those marked
+            // MADV_WIPEONFORK (TLS libraries' fork-detection pages) are
+            // zeroed in it: the parent writes while the job stands still
+            // instead ('D'; 'N': the mappings could not be counted).
+            let lacking = if mappings.is_none() {
+                Some(b"N")
+            } else if count_mappings() != mappings || parent.wiped_in_snapshot() {
+                Some(b"D")
+            } else {
+                None
+            };
+            parent.close();
+            if let Some(why) = lacking {
+                let _ = raw::write(p[1], why);
                 raw::exit_group(0);
             }
             let r = capture::write_image(dir, fd, pre, p[1]);
@@ -484,11 +493,16 @@ fn write_forked(
                 }
             };
             raw::close(p[0]);
-            if n >= 1 && b[0] == b'D' {
+            if n >= 1 && (b[0] == b'D' || b[0] == b'N') {
                 close_go(go[1]);
                 SNAP_CHILD.store(c as i32, Ordering::Release);
                 reap_previous_snapshot();
-                write_in_place(dir, fd, pre, t0, buf, InPlace::Advice);
+                let why = if b[0] == b'D' {
+                    InPlace::Advice
+                } else {
+                    InPlace::NoSnapshot
+                };
+                write_in_place(dir, fd, pre, t0, buf, why);
                 return;
             }
             let mut r = StackBuf::<1024>::new();

@@ -185,6 +185,23 @@ impl MmapBuf {
         r
     }
 
+    /// Read what is left of an open file into the buffer, replacing its
+    /// content (the descriptor stays open).
+    pub fn read_fd(&mut self, fd: i32) -> Result<(), Errno> {
+        self.clear();
+        loop {
+            self.reserve(64 * 1024)?;
+            // SAFETY: reserve guarantees cap - len writable bytes at ptr+len.
+            let n = unsafe { raw::read(fd, self.ptr.add(self.len), self.cap - self.len) };
+            match n {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.len += n,
+                Err(Errno(libc::EINTR)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Release the mapping.
     pub fn free(&mut self) {
         if !self.ptr.is_null() {
