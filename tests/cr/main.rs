@@ -477,6 +477,20 @@ impl Case {
         sp.spawn(&format!("ckpt restart ({tag})"))
     }
 
+    /// The generation directory `ckpt checkpoint` said it wrote (`out`: what it printed).
+    fn generation_written(&self, out: &str) -> PathBuf {
+        match out
+            .split("checkpoint written: ")
+            .nth(1)
+            .and_then(|r| r.split(" (").next())
+        {
+            Some(d) => PathBuf::from(d),
+            None => self.fail(format!(
+                "ckpt checkpoint did not say where it wrote: {out:?}"
+            )),
+        }
+    }
+
     /// `ckpt checkpoint --dir D`: must succeed and say something.
     fn checkpoint(&mut self) -> String {
         self.checkpoints += 1;
@@ -984,16 +998,7 @@ impl Case {
         let said = self.incremental_with(&["--compress"], chained);
         let mut checked = 0;
         for out in &said {
-            let Some(gdir) = out
-                .split("checkpoint written: ")
-                .nth(1)
-                .and_then(|r| r.split(" (").next())
-                .map(PathBuf::from)
-            else {
-                self.fail(format!(
-                    "ckpt checkpoint did not say where it wrote: {out:?}"
-                ));
-            };
+            let gdir = self.generation_written(out);
             let in_place: usize = out
                 .split("note: ")
                 .nth(1)
@@ -1647,16 +1652,7 @@ mod errors {
                 "ckpt checkpoint said {out:?}: want the image written in place"
             ));
         }
-        let Some(gdir) = out
-            .split("checkpoint written: ")
-            .nth(1)
-            .and_then(|r| r.split(" (").next())
-            .map(PathBuf::from)
-        else {
-            c.fail(format!(
-                "ckpt checkpoint did not say where it wrote: {out:?}"
-            ));
-        };
+        let gdir = c.generation_written(&out);
         let bytes: u64 = fs::read_dir(&gdir)
             .map(|d| {
                 d.flatten()

@@ -170,17 +170,7 @@ impl MmapBuf {
     pub fn read_file(&mut self, path: &[u8]) -> Result<(), Errno> {
         self.clear();
         let fd = raw::open(path, libc::O_RDONLY | libc::O_CLOEXEC, 0)?;
-        let r = (|| loop {
-            self.reserve(64 * 1024)?;
-            // SAFETY: reserve guarantees cap - len writable bytes at ptr+len.
-            let n = unsafe { raw::read(fd, self.ptr.add(self.len), self.cap - self.len) };
-            match n {
-                Ok(0) => return Ok(()),
-                Ok(n) => self.len += n,
-                Err(Errno(libc::EINTR)) => {}
-                Err(e) => return Err(e),
-            }
-        })();
+        let r = self.read_fd(fd);
         raw::close(fd);
         r
     }
