@@ -5,8 +5,12 @@
  * absent. A copy-on-write snapshot of the process sees the first as zero and lacks the
  * second, so neither may be taken from such a snapshot.
  *
- * usage: fork_advice [STEPS] [dontfork]   (default 32; with "dontfork" the second region
- * is made too) */
+ * With "below", the dont-fork region is made last, above a hole of 4 MiB: the next
+ * anonymous mapping (the checkpoint's own scratch memory) lands right below it, where the
+ * kernel merges two mappings with the same flags into one.
+ *
+ * usage: fork_advice [STEPS] [dontfork|below]   (default 32; with "dontfork" or "below"
+ * the second region is made too) */
 #include "lib/crtest.h"
 
 #include <sys/mman.h>
@@ -76,11 +80,19 @@ static int child_view(int step)
 	return WEXITSTATUS(st);
 }
 
-static void *region(int advice, const char *name)
+#define HOLE (4 << 20)
+
+static void *region(int advice, const char *name, int hole)
 {
-	void *p = mmap(NULL, LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	size_t len = LEN + (hole ? HOLE : 0);
+	unsigned char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (p == MAP_FAILED)
 		cr_fail("mmap: %s", strerror(errno));
+	if (hole) {
+		if (munmap(p, HOLE) != 0)
+			cr_fail("munmap: %s", strerror(errno));
+		p += HOLE;
+	}
 	if (advice >= 0 && madvise(p, LEN, advice) != 0)
 		cr_fail("madvise(%s): %s", name, strerror(errno));
 	return p;
@@ -89,14 +101,15 @@ static void *region(int advice, const char *name)
 int main(int argc, char **argv)
 {
 	int steps = argc > 1 ? atoi(argv[1]) : 32;
-	int with_dont = argc > 2 && strcmp(argv[2], "dontfork") == 0;
+	int below = argc > 2 && strcmp(argv[2], "below") == 0;
+	int with_dont = below || (argc > 2 && strcmp(argv[2], "dontfork") == 0);
 
 	if (steps < 8)
 		cr_fail("bad arguments");
-	wipe = region(MADV_WIPEONFORK, "MADV_WIPEONFORK");
-	plain = region(-1, "");
+	wipe = region(MADV_WIPEONFORK, "MADV_WIPEONFORK", 0);
+	plain = region(-1, "", 0);
 	if (with_dont)
-		dont = region(MADV_DONTFORK, "MADV_DONTFORK");
+		dont = region(MADV_DONTFORK, "MADV_DONTFORK", below);
 	cr_line("steps %d dontfork %d", steps, with_dont);
 	fill(0);
 	cr_ready();

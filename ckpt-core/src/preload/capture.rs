@@ -275,18 +275,22 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
     let mut data_off: u64 = format::HEADER_LEN;
     raw::lseek(img, data_off as i64, libc::SEEK_SET).map_err(at(3))?;
 
-    let t = super::track::scratch_starts();
-    let c = super::page_crcs::scratch_starts();
-    let scratch = [
-        s.maps.mapping().0 as u64,
-        s.json.mapping().0 as u64,
-        s.tmp.mapping().0 as u64,
-        t[0],
-        t[1],
-        t[2],
-        t[3],
-        c[0],
-        c[1],
+    // libckpt's own buffers, which no image saves. Not told apart by the
+    // mappings they start: the kernel may have merged one with a mapping of
+    // the program next to it, and that line of maps holds both.
+    let [t0, t1, t2, t3] = super::track::scratch_ranges();
+    let [c0, c1] = super::page_crcs::scratch_ranges();
+    let range = |(p, len): (usize, usize)| (p as u64, (p + len) as u64);
+    let own = [
+        range(s.maps.mapping()),
+        range(s.json.mapping()),
+        range(s.tmp.mapping()),
+        t0,
+        t1,
+        t2,
+        t3,
+        c0,
+        c1,
     ];
     // Page checksums of the base generation (for the pages this image
     // inherits) and the table to record this image's in.
@@ -398,10 +402,10 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
                 frames = FrameWriter::new(img).ok().map(|w| (w, data_off));
             }
         }
-        for line in procfs::lines(maps) {
-            let Some(m) = procfs::parse_maps_line(line) else {
-                continue;
-            };
+        let parts = procfs::lines(maps)
+            .filter_map(procfs::parse_maps_line)
+            .flat_map(|m| m.outside(&own));
+        for m in parts {
             match m.path {
                 b"[vvar]" => {
                     vvar = m.start;
@@ -414,9 +418,6 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
                     continue;
                 }
                 _ => {}
-            }
-            if scratch.contains(&m.start) {
-                continue;
             }
             let region = classify(&m);
             let (kind, save) = region;

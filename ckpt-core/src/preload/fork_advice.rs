@@ -48,10 +48,10 @@ const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAP: u64 = 1 << 62;
 const PM_MMAP_EXCLUSIVE: u64 = 1 << 56;
 
-/// The regions with any of the advice above, by start address, as
-/// `/proc/self/smaps` reports them.
+/// The regions with any of the advice above, as `/proc/self/smaps`
+/// reports them.
 pub struct AdviceSet {
-    /// (start, bits) pairs, 16 bytes each, in the order of `smaps`.
+    /// (start, end, bits) triples, 24 bytes each, in the order of `smaps`.
     entries: MmapBuf,
     /// Every region has every advice (what could not be read).
     all: bool,
@@ -75,7 +75,7 @@ impl AdviceSet {
     /// (callers take that as "cannot tell").
     pub fn parse(text: &[u8]) -> AdviceSet {
         let mut entries = MmapBuf::new();
-        let mut current = 0u64;
+        let mut current = (0u64, 0u64);
         for line in procfs::lines(text) {
             if let Some(flags) = line.strip_prefix(b"VmFlags:") {
                 let mut bits = 0u8;
@@ -89,14 +89,15 @@ impl AdviceSet {
                     };
                 }
                 if bits != 0
-                    && (entries.push(&current.to_ne_bytes()).is_err()
-                        || entries.push(&u64::from(bits).to_ne_bytes()).is_err())
+                    && [current.0, current.1, u64::from(bits)]
+                        .iter()
+                        .any(|v| entries.push(&v.to_ne_bytes()).is_err())
                 {
                     entries.free();
                     return AdviceSet::everything();
                 }
             } else if let Some(m) = procfs::parse_maps_line(line) {
-                current = m.start;
+                current = (m.start, m.end);
             }
         }
         AdviceSet {
@@ -113,21 +114,23 @@ impl AdviceSet {
         }
     }
 
-    /// The advice bits of the region starting at `start` (0: none).
-    pub fn get(&self, start: u64) -> u8 {
+    /// The advice bits of the mapping that holds address `at` (0: none).
+    /// A region of an image need not start where its mapping does: the
+    /// part of a mapping that one of libckpt's buffers was merged into is
+    /// left out ([`procfs::MapsLine::outside`]).
+    pub fn get(&self, at: u64) -> u8 {
         if self.all {
             return HUGEPAGE | FORK_BITS | DROPPABLE;
         }
+        let word = |c: &[u8], i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c.get(i * 8..i * 8 + 8).unwrap_or(&[0; 8]));
+            u64::from_ne_bytes(w)
+        };
         self.entries
             .as_slice()
-            .chunks_exact(16)
-            .find_map(|c| {
-                let mut a = [0u8; 8];
-                let mut b = [0u8; 8];
-                a.copy_from_slice(c.get(..8).unwrap_or(&[0; 8]));
-                b.copy_from_slice(c.get(8..).unwrap_or(&[0; 8]));
-                (u64::from_ne_bytes(a) == start).then_some(u64::from_ne_bytes(b) as u8)
-            })
+            .chunks_exact(24)
+            .find_map(|c| (word(c, 0) <= at && at < word(c, 1)).then_some(word(c, 2) as u8))
             .unwrap_or(0)
     }
 }
@@ -439,6 +442,10 @@ VmFlags: rd wr mr mw me ac \n";
         assert_eq!(set.get(0x7f00_0002_0000), HUGEPAGE | DONTFORK);
         assert_eq!(set.get(0x7f00_0003_0000), 0);
         assert_eq!(set.get(0x1000), 0);
+        // Inside a mapping, and just past its end.
+        assert_eq!(set.get(0x7f00_0001_2000), DONTFORK);
+        assert_eq!(set.get(0x7f00_0001_3000), 0);
+        assert_eq!(set.get(0x7f00_0000_2fff), WIPEONFORK);
     }
 
     /// Both ways of asking a page map agree, on a mapping with one written

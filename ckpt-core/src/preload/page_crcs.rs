@@ -254,12 +254,13 @@ pub fn reset_after_restore() {
     PID.store(0, Ordering::Release);
 }
 
-/// Start addresses of the tables (never saved in images).
-pub fn scratch_starts() -> [u64; 2] {
-    [
-        ADDR[0].load(Ordering::Acquire) as u64,
-        ADDR[1].load(Ordering::Acquire) as u64,
-    ]
+/// The tables as (start, end) (never saved in images).
+pub fn scratch_ranges() -> [(u64, u64); 2] {
+    let range = |i: usize| {
+        let a = ADDR[i].load(Ordering::Acquire) as u64;
+        (a, a + LEN[i].load(Ordering::Acquire) as u64)
+    };
+    [range(0), range(1)]
 }
 
 #[cfg(test)]
@@ -315,7 +316,7 @@ mod tests {
         assert!(current().0.is_none(), "an overflowed table is not read");
 
         free();
-        assert_eq!(scratch_starts(), [0, 0]);
+        assert_eq!(scratch_ranges(), [(0, 0), (0, 0)]);
         assert!(current().0.is_none() && current().1.is_none());
     }
 }

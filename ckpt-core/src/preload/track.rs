@@ -303,8 +303,10 @@ impl RangeSet {
         self.buf.free();
     }
 
-    fn mapping_start(&self) -> u64 {
-        self.buf.mapping().0 as u64
+    /// The buffer's mapping as (start, end); (0, 0) when there is none.
+    fn mapping_range(&self) -> (u64, u64) {
+        let (p, len) = self.buf.mapping();
+        (p as u64, (p + len) as u64)
     }
 }
 
@@ -336,12 +338,12 @@ pub struct Cursors([usize; 3]);
 
 impl Incremental {
     /// Start addresses of this state's buffers.
-    fn buffer_starts(&self) -> [u64; 4] {
+    fn buffer_ranges(&self) -> [(u64, u64); 4] {
         [
-            self.written.mapping_start(),
-            self.zero.mapping_start(),
-            self.registered.mapping_start(),
-            self.huge.mapping_start(),
+            self.written.mapping_range(),
+            self.zero.mapping_range(),
+            self.registered.mapping_range(),
+            self.huge.mapping_range(),
         ]
     }
 
@@ -391,9 +393,9 @@ pub fn incremental() -> Option<&'static Incremental> {
     }
 }
 
-/// Start addresses of the buffers of this module (never saved in images).
-pub fn scratch_starts() -> [u64; 4] {
-    state().buffer_starts()
+/// The buffers of this module as (start, end) (never saved in images).
+pub fn scratch_ranges() -> [(u64, u64); 4] {
+    state().buffer_ranges()
 }
 
 /// The tracking descriptor, which is never saved as one of the program's.
@@ -804,19 +806,20 @@ fn register_all(
     own_uc: u64,
 ) -> Result<(u64, u64), Errno> {
     let own = own_data();
-    let mine = s.buffer_starts();
+    let mine = s.buffer_ranges();
     let mut unsaved = (0u64, 0u64);
     let own_floor = own_uc.saturating_sub(8) & !(PAGE - 1);
     maps.read_file(b"/proc/self/maps\0")?;
-    for line in procfs::lines(maps.as_slice()) {
-        let Some(m) = procfs::parse_maps_line(line) else {
-            continue;
-        };
+    // Our buffers are left out by range: one may share a line of maps with
+    // a mapping of the program that the kernel merged it with.
+    let parts = procfs::lines(maps.as_slice())
+        .filter_map(procfs::parse_maps_line)
+        .flat_map(|m| m.outside(&mine));
+    for m in parts {
         if m.start <= own_uc && own_uc < m.end {
             unsaved = (m.start, own_floor);
         }
         if !trackable(&m)
-            || mine.contains(&m.start)
             || own.iter().any(|&a| m.start <= a && a < m.end)
             || s.huge.intersects(m.start, m.end)
         {

@@ -83,10 +83,13 @@ impl MmapBuf {
         }
         if self.ptr.is_null() {
             self.ptr = raw::mmap_anon(cap)?;
-            // A distinct VMA flag (VM_DONTCOPY, or VM_DONTDUMP for buffers a
-            // fork child must see) keeps the kernel from merging this mapping
-            // with an adjacent anonymous mapping of the program, so that the
-            // image writer can tell its scratch memory apart.
+            // VM_DONTCOPY keeps the buffer out of fork children (a snapshot
+            // child makes its own); VM_DONTDUMP marks buffers a fork child
+            // must see. Either flag keeps the kernel from merging the buffer
+            // with most of the program's anonymous mappings, but not with
+            // one the program advised the same way: the image writer leaves
+            // its buffers out by address range, never by maps line
+            // (`procfs::MapsLine::outside`).
             let advice = if self.inherit {
                 libc::MADV_DONTDUMP
             } else {

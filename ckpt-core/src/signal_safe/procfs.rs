@@ -115,6 +115,39 @@ pub fn parse_maps_line(line: &[u8]) -> Option<MapsLine<'_>> {
     })
 }
 
+impl<'a> MapsLine<'a> {
+    /// The parts of this mapping outside every `(start, end)` range of
+    /// `own`, in address order. `own` holds libckpt's own buffers: the
+    /// kernel merges an anonymous buffer with an adjacent mapping of the
+    /// program that has the same flags (`MADV_DONTFORK`, say), and maps then
+    /// shows one line for both. **Async-signal-safe.**
+    pub fn outside(self, own: &'a [(u64, u64)]) -> impl Iterator<Item = MapsLine<'a>> + 'a {
+        let mut at = self.start;
+        core::iter::from_fn(move || {
+            // Step over the ranges that cover `at` (they may touch).
+            while let Some(&(_, e)) = own.iter().find(|&&(s, e)| s < e && s <= at && at < e) {
+                at = e;
+            }
+            if at >= self.end {
+                return None;
+            }
+            let end = own
+                .iter()
+                .filter(|&&(s, e)| s < e && s > at)
+                .map(|&(s, _)| s)
+                .fold(self.end, u64::min);
+            let piece = MapsLine {
+                start: at,
+                end,
+                offset: self.offset + (at - self.start),
+                ..self
+            };
+            at = end;
+            Some(piece)
+        })
+    }
+}
+
 /// Iterate over the lines of a text buffer.
 pub fn lines(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
     buf.split(|&c| c == b'\n').filter(|l| !l.is_empty())
@@ -191,6 +224,37 @@ mod tests {
         assert!(s.shared);
         assert_eq!(s.path, b"/dev/zero (deleted)");
         assert!(parse_maps_line(b"garbage").is_none());
+    }
+
+    #[test]
+    fn parts_outside_own_buffers() {
+        let m = parse_maps_line(b"10000-20000 rw-p 00001000 00:00 0 ").unwrap();
+        let parts = |own: &[(u64, u64)]| -> Vec<(u64, u64, u64)> {
+            m.outside(own).map(|p| (p.start, p.end, p.offset)).collect()
+        };
+        // Nothing of ours inside: the whole line.
+        assert_eq!(parts(&[]), [(0x10000, 0x20000, 0x1000)]);
+        assert_eq!(
+            parts(&[(0x20000, 0x30000), (0, 0)]),
+            [(0x10000, 0x20000, 0x1000)]
+        );
+        // A buffer merged below the program's mapping, one above, both.
+        assert_eq!(parts(&[(0x10000, 0x14000)]), [(0x14000, 0x20000, 0x5000)]);
+        assert_eq!(parts(&[(0x1c000, 0x20000)]), [(0x10000, 0x1c000, 0x1000)]);
+        assert_eq!(
+            parts(&[(0x1c000, 0x20000), (0x10000, 0x14000)]),
+            [(0x14000, 0x1c000, 0x5000)]
+        );
+        // One in the middle; two that touch; one that covers the line.
+        assert_eq!(
+            parts(&[(0x14000, 0x18000)]),
+            [(0x10000, 0x14000, 0x1000), (0x18000, 0x20000, 0x9000)]
+        );
+        assert_eq!(
+            parts(&[(0x16000, 0x18000), (0x14000, 0x16000)]),
+            [(0x10000, 0x14000, 0x1000), (0x18000, 0x20000, 0x9000)]
+        );
+        assert_eq!(parts(&[(0x8000, 0x28000)]), []);
     }
 
     #[test]
