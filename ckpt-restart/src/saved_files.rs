@@ -165,8 +165,16 @@ fn find(
                 continue;
             }
             let (path, deleted) = strip_deleted(&l.target);
-            let writable = fd_flags(host, l.fd).is_some_and(|f| f & libc::O_ACCMODE as u32 != 0);
-            if !(writable || deleted) || inside(path) {
+            // The descriptors of a stopped program stay as they are, but
+            // an image writer (a process written in place) opens and closes
+            // its own while this runs: /proc files and O_PATH descriptors
+            // of mapped files, whose numbers a later descriptor may take
+            // between the link and the flags read here. Neither is a file a
+            // job writes.
+            let flags = fd_flags(host, l.fd);
+            let writable = flags
+                .is_some_and(|f| f & libc::O_ACCMODE as u32 != 0 && f & libc::O_PATH as u32 == 0);
+            if !(writable || deleted) || inside(path) || path.starts_with(b"/proc/") {
                 continue;
             }
             let key = (st.st_dev, st.st_ino);
@@ -325,6 +333,12 @@ pub fn capture(
             )
         })?;
         let md = src.metadata().map_err(|e| format!("{shown}: {e}"))?;
+        if (md.dev(), md.ino()) != (dev, ino) && f.via_fd.is_some() && !f.mapped {
+            // Only held by a descriptor, which a stopped program cannot
+            // have changed: it was one of an image writer's own (above),
+            // closed since and its number taken again.
+            continue;
+        }
         if (md.dev(), md.ino()) != (dev, ino) {
             return Err(format!(
                 "{shown} (mapped by {}) was replaced while the job was stopped",

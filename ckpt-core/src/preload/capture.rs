@@ -113,6 +113,9 @@ pub struct Pre {
     /// runs again ([`crate::coord::WRITE_COMPRESS`]; ignored when the
     /// process writes in place, in the pause).
     pub compress: bool,
+    /// In a snapshot child forked with the program's fork advice lifted:
+    /// the regions and their advice.
+    pub lifted: fork_advice::Lifted,
 }
 
 impl Pre {
@@ -135,6 +138,7 @@ impl Pre {
             shared_pending: 0,
             itimers: [raw::getitimer(0), raw::getitimer(1), raw::getitimer(2)],
             compress: false,
+            lifted: fork_advice::Lifted::default(),
         }
         .with_pending()
     }
@@ -291,6 +295,7 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
         t3,
         c0,
         c1,
+        pre.lifted.mapping(),
     ];
     // Page checksums of the base generation (for the pages this image
     // inherits) and the table to record this image's in.
@@ -402,9 +407,11 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
                 frames = FrameWriter::new(img).ok().map(|w| (w, data_off));
             }
         }
+        let lifted = pre.lifted;
         let parts = procfs::lines(maps)
             .filter_map(procfs::parse_maps_line)
-            .flat_map(|m| m.outside(&own));
+            .flat_map(|m| m.outside(&own))
+            .flat_map(move |m| lifted.cut(m));
         for m in parts {
             match m.path {
                 b"[vvar]" => {
@@ -605,7 +612,9 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
         }
         let advice = AdviceSet::read(&mut s.tmp).map_err(at(2))?;
         for (start, huge_at, fork_at) in advice_at.iter() {
-            let bits = advice.get(start);
+            // A region whose advice was lifted for this snapshot's fork
+            // has it back in the process: its own smaps lacks it.
+            let bits = advice.get(start) | pre.lifted.get(start);
             if let (true, Some(at)) = (bits & fork_advice::HUGEPAGE != 0, huge_at) {
                 // Same length as `false`: JSON allows the space.
                 j.overwrite(at, b"true ");

@@ -13,11 +13,16 @@
 //! The copy-on-write snapshot child that writes an image is such a child
 //! itself: it lacks the `MADV_DONTFORK` regions (the leader counts mappings
 //! for that) and has the `MADV_WIPEONFORK` ones zeroed, which it would save
-//! as they are. [`wiped_in_snapshot`] finds the latter while the job still
-//! stands still, without reading `smaps` (which walks every page table of
-//! the process: 15 ms per GiB here): a private anonymous mapping without a
-//! page in the snapshot and with pages in the process it copies. Such a
-//! process is written by itself while the job stands still instead.
+//! as they are. [`ParentView::verdict`] finds both while the job still
+//! stands still, without reading `smaps` unless it must (it walks every
+//! page table of the process: 15 ms per GiB here): the parent's mappings
+//! the snapshot lacks, and private anonymous mappings without a page in the
+//! snapshot and with pages in the process it copies. The stopped process
+//! then lifts that advice from those regions ([`lift`]), forks a second
+//! snapshot, which is whole, and gives the advice back ([`give_back`]);
+//! the second snapshot records it from the list ([`Lifted`]). Where that
+//! cannot be done, the process is written by itself while the job stands
+//! still instead.
 //!
 //! Everything here is **async-signal-safe** (raw system calls, mmap-backed
 //! buffers).
@@ -301,8 +306,8 @@ fn swap_configured() -> bool {
     }
 }
 
-/// The page map and `smaps` of the process about to be copied, opened by
-/// that process itself before the `fork`: the snapshot child reads them
+/// The page map, `smaps` and maps of the process about to be copied, opened
+/// by that process itself before the `fork`: the snapshot child reads them
 /// through the descriptors it inherits, bound to the parent's memory (no
 /// pid to look up, which a `/proc` of another pid namespace would get
 /// wrong, and no permission check against a parent that made itself
@@ -310,23 +315,26 @@ fn swap_configured() -> bool {
 pub struct ParentView {
     pagemap: i32,
     smaps: i32,
+    maps: i32,
 }
 
 impl ParentView {
-    /// Open both; a descriptor that cannot be opened is -1 (the child then
-    /// answers "wiped", and the process is written in place).
+    /// Open the three; a descriptor that cannot be opened is -1 (the child
+    /// then answers [`Verdict::Cannot`], and the process is written in
+    /// place).
     pub fn open() -> ParentView {
         let o = |p: &[u8]| raw::open(p, libc::O_RDONLY | libc::O_CLOEXEC, 0).unwrap_or(-1);
         ParentView {
             pagemap: o(b"/proc/self/pagemap\0"),
             smaps: o(b"/proc/self/smaps\0"),
+            maps: o(b"/proc/self/maps\0"),
         }
     }
 
-    /// Close both (in each process once the check is done: the image
+    /// Close them (in each process once the check is done: the image
     /// writer must not find them among the program's descriptors).
     pub fn close(&mut self) {
-        for fd in [&mut self.pagemap, &mut self.smaps] {
+        for fd in [&mut self.pagemap, &mut self.smaps, &mut self.maps] {
             if *fd >= 0 {
                 raw::close(*fd);
             }
@@ -335,90 +343,317 @@ impl ParentView {
     }
 
     /// Run in the copy-on-write snapshot child, while the parent stands
-    /// still: whether one of the parent's private anonymous mappings has
-    /// pages of its own where this copy has none, as a region advised
-    /// `MADV_WIPEONFORK` does.
+    /// still: can this copy be written as it is, and if not, which regions
+    /// would the parent have to lift its fork advice from for a copy that
+    /// can ([`Verdict`]; the regions go into `lift` as [`Lifted`] entries).
+    ///
+    /// `missing`: this copy has fewer mappings than the parent. The parent's
+    /// mappings that no mapping of this copy overlaps are the ones `fork`
+    /// left out: `MADV_DONTFORK`.
+    ///
+    /// Then, as a region advised `MADV_WIPEONFORK` shows: one of the
+    /// parent's private anonymous mappings with pages of its own where this
+    /// copy has none.
     /// - A present page ([`Pages::Present`]) or a swapped one outside the
     ///   tracked ranges makes the region a candidate; the parent's `smaps`
-    ///   (read once, inside the pause, only when there is a candidate) lets
-    ///   one off only when it is droppable (`dp`, `MAP_DROPPABLE`, Linux
-    ///   6.11: the kernel may zero it at any time, so a zeroed copy is what
-    ///   it may hold; glibc 2.41 keeps its `getrandom` state there, in every
-    ///   process that asked for random bytes).
+    ///   (read once, inside the pause, only when there is a candidate)
+    ///   decides: droppable (`dp`, `MAP_DROPPABLE`, Linux 6.11: the kernel
+    ///   may zero it at any time, so a zeroed copy is what it may hold; glibc
+    ///   2.41 keeps its `getrandom` state there, in every process that asked
+    ///   for random bytes) is let off, `wf` is lifted, anything else cannot
+    ///   be explained and the copy is not used.
     /// - A swap entry inside the tracked ranges may be the tracking's marker
     ///   only: ignored on a machine without swap, else `smaps` decides
-    ///   (`wf` and not `dp`).
+    ///   (`wf` and not `dp`: lifted).
     ///
-    /// Any trouble reading answers yes: the caller then has the parent write
-    /// its own image, which is always right.
-    pub fn wiped_in_snapshot(&self) -> bool {
-        let (theirs, smaps_fd) = (self.pagemap, self.smaps);
-        if theirs < 0 || smaps_fd < 0 {
-            return true;
+    /// Any trouble reading answers [`Verdict::Cannot`]: the caller then has
+    /// the parent write its own image, which is always right.
+    pub fn verdict(&self, missing: bool, lift: &mut MmapBuf) -> Verdict {
+        if self.pagemap < 0 || self.smaps < 0 || self.maps < 0 {
+            return Verdict::Cannot;
         }
         let Ok(own) = raw::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
         else {
-            return true;
+            return Verdict::Cannot;
         };
-        let mut maps = MmapBuf::new();
-        let mut buf = MmapBuf::new();
-        let mut smaps = MmapBuf::new();
-        let mut advice: Option<AdviceSet> = None;
-        let mut swap: Option<bool> = None;
-        let mut parent_advice = |start: u64| -> u8 {
-            let set = advice.get_or_insert_with(|| match smaps.read_fd(smaps_fd) {
-                Ok(()) => AdviceSet::parse(smaps.as_slice()),
-                Err(_) => AdviceSet::everything(),
-            });
-            set.get(start)
+        let mut bufs = [
+            MmapBuf::new(),
+            MmapBuf::new(),
+            MmapBuf::new(),
+            MmapBuf::new(),
+        ];
+        let r = self.find(missing, own, &mut bufs, lift);
+        for b in &mut bufs {
+            b.free();
+        }
+        raw::close(own);
+        match r {
+            Ok(()) if lift.is_empty() => Verdict::Whole,
+            Ok(()) => Verdict::Lift,
+            Err(_) => {
+                lift.clear();
+                Verdict::Cannot
+            }
+        }
+    }
+
+    /// The work of [`ParentView::verdict`]: `Err` for [`Verdict::Cannot`].
+    fn find(
+        &self,
+        missing: bool,
+        own: i32,
+        [maps, parent, buf, smaps]: &mut [MmapBuf; 4],
+        lift: &mut MmapBuf,
+    ) -> Result<(), Errno> {
+        let theirs = self.pagemap;
+        let push = |lift: &mut MmapBuf, (start, end): (u64, u64), bit: u8| -> Result<(), Errno> {
+            for v in [start, end, u64::from(bit)] {
+                lift.push(&v.to_ne_bytes())?;
+            }
+            Ok(())
         };
-        let mut wiped = maps.read_file(b"/proc/self/maps\0").is_err();
-        for line in procfs::lines(maps.as_slice()) {
-            if wiped {
+        // The parent's mappings (read through its descriptor: it stands
+        // still), then this copy's, read again until the buffer they are
+        // read into no longer moves.
+        if missing {
+            parent.read_fd(self.maps)?;
+        }
+        loop {
+            let before = maps.mapping();
+            maps.read_file(b"/proc/self/maps\0")?;
+            if maps.mapping() == before {
                 break;
             }
-            let Some(m) = procfs::parse_maps_line(line) else {
-                continue;
-            };
+        }
+        // This copy's mappings without the two buffers: made after the
+        // fork, they may sit where a region `fork` left out is in the
+        // parent. (The others are made after the text was read.)
+        let range = |b: &MmapBuf| {
+            let (p, cap) = b.mapping();
+            (p as u64, (p + cap) as u64)
+        };
+        let ours = [range(maps), range(parent)];
+        let mine = || {
+            procfs::lines(maps.as_slice())
+                .filter_map(procfs::parse_maps_line)
+                .flat_map(|m| m.outside(&ours))
+        };
+        if missing {
+            // The parent's mappings that no mapping here overlaps; both
+            // lists are sorted.
+            let mut here = mine().peekable();
+            let before = lift.len();
+            for p in procfs::lines(parent.as_slice()).filter_map(procfs::parse_maps_line) {
+                while here.next_if(|m| m.end <= p.start).is_some() {}
+                if here.peek().is_none_or(|m| m.start >= p.end) {
+                    push(lift, (p.start, p.end), DONTFORK)?;
+                }
+            }
+            // Fewer mappings, none of them missing: unexplained.
+            if lift.len() == before {
+                return Err(Errno(libc::ESRCH));
+            }
+        }
+        let mut advice: Option<Result<AdviceSet, Errno>> = None;
+        let mut swap: Option<bool> = None;
+        let mut parent_advice = |start: u64| -> Result<u8, Errno> {
+            let set = advice.get_or_insert_with(|| {
+                smaps.read_fd(self.smaps)?;
+                Ok(AdviceSet::parse(smaps.as_slice()))
+            });
+            match set {
+                // A set that could not be kept says "every advice": not
+                // an answer here.
+                Ok(set) if !set.all => Ok(set.get(start)),
+                Ok(_) => Err(Errno(libc::ENOMEM)),
+                Err(e) => Err(*e),
+            }
+        };
+        for m in mine() {
             if !super::track::trackable(&m) {
                 continue;
             }
             let range = (m.start, m.end);
-            let mut has = |fd, which| has_pages(fd, range, which, &mut buf);
-            wiped = match has(own, Pages::Any) {
-                Err(_) => true,
-                Ok(true) => false,
-                Ok(false) => {
-                    let real = match has(theirs, Pages::Present) {
-                        Ok(false) => has(theirs, Pages::SwappedUntracked),
-                        r => r,
-                    };
-                    match real {
-                        Err(_) => true,
-                        // Only a droppable region may be saved zeroed.
-                        Ok(true) => {
-                            parent_advice(m.start) & (WIPEONFORK | DROPPABLE)
-                                != WIPEONFORK | DROPPABLE
-                        }
-                        Ok(false) => match has(theirs, Pages::SwappedTracked) {
-                            Ok(false) => false,
-                            Ok(true) if !*swap.get_or_insert_with(swap_configured) => false,
-                            Ok(true) => {
-                                parent_advice(m.start) & (WIPEONFORK | DROPPABLE) == WIPEONFORK
-                            }
-                            Err(_) => true,
-                        },
-                    }
+            let mut has = |fd, which| has_pages(fd, range, which, buf);
+            if has(own, Pages::Any)? {
+                continue;
+            }
+            let real = has(theirs, Pages::Present)? || has(theirs, Pages::SwappedUntracked)?;
+            if real {
+                let bits = parent_advice(m.start)?;
+                if bits & (WIPEONFORK | DROPPABLE) == WIPEONFORK | DROPPABLE {
+                    // Only a droppable region may be saved zeroed.
+                    continue;
                 }
-            };
+                if bits & WIPEONFORK == 0 {
+                    return Err(Errno(libc::ESRCH));
+                }
+                push(lift, range, WIPEONFORK)?;
+            } else if has(theirs, Pages::SwappedTracked)?
+                && *swap.get_or_insert_with(swap_configured)
+                && parent_advice(m.start)? & (WIPEONFORK | DROPPABLE) == WIPEONFORK
+            {
+                push(lift, range, WIPEONFORK)?;
+            }
         }
-        drop(advice);
-        smaps.free();
-        maps.free();
-        buf.free();
-        raw::close(own);
-        wiped
+        Ok(())
     }
+}
+
+/// What a snapshot child found about its copy ([`ParentView::verdict`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The copy holds the whole process: write it.
+    Whole,
+    /// The copy lacks regions the program advised `MADV_DONTFORK` or has
+    /// its `MADV_WIPEONFORK` regions zeroed, all of them known: a copy made
+    /// with their advice lifted ([`lift`]) would be whole.
+    Lift,
+    /// The copy cannot be used, and no lifting would help: the process
+    /// writes its own image while the job stands still.
+    Cannot,
+}
+
+/// `madvise` advice numbers (uapi `asm-generic/mman-common.h`).
+const MADV_DONTFORK: usize = 10;
+const MADV_DOFORK: usize = 11;
+const MADV_WIPEONFORK: usize = 18;
+const MADV_KEEPONFORK: usize = 19;
+
+/// The regions whose fork advice the stopped process lifts for the `fork`
+/// of its snapshot and gives back right after it (docs/signals.md,
+/// "Copy-on-write snapshots and `MADV_DONTFORK`"): `(start, end, advice
+/// bit)` triples of native-endian u64, 24 bytes each, in memory the
+/// snapshot child inherits. The child records the advice of a region in
+/// one of them, which its own `smaps` no longer shows.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Lifted {
+    /// The triples.
+    at: usize,
+    len: usize,
+    /// The buffer's mapping, which no image saves: (start, end).
+    mapping: (u64, u64),
+}
+
+impl Lifted {
+    /// The triples in `buf`, which must stay mapped and unchanged while the
+    /// result is used: in the snapshot child, a copy nobody frees.
+    pub fn of(buf: &MmapBuf) -> Lifted {
+        let (p, cap) = buf.mapping();
+        Lifted {
+            at: buf.as_slice().as_ptr() as usize,
+            len: buf.len(),
+            mapping: (p as u64, (p + cap) as u64),
+        }
+    }
+
+    fn entries(&self) -> &[u8] {
+        if self.at == 0 || self.len == 0 {
+            return &[];
+        }
+        // SAFETY: `of` took these from a live buffer that the caller keeps
+        // mapped and unchanged while `self` is used.
+        unsafe { core::slice::from_raw_parts(self.at as *const u8, self.len) }
+    }
+
+    /// The buffer's mapping as (start, end); (0, 0) without one.
+    pub fn mapping(&self) -> (u64, u64) {
+        self.mapping
+    }
+
+    /// `m` in pieces, cut where a lifted region starts or ends. With its
+    /// advice lifted, a region may have merged with a neighbour that has
+    /// the same flags otherwise; each piece has one advice.
+    pub fn cut<'a>(self, m: procfs::MapsLine<'a>) -> impl Iterator<Item = procfs::MapsLine<'a>> {
+        let mut at = m.start;
+        core::iter::from_fn(move || {
+            if at >= m.end {
+                return None;
+            }
+            let end = triples(self.entries())
+                .flat_map(|(s, e, _)| [s, e])
+                .filter(|&b| b > at && b < m.end)
+                .fold(m.end, u64::min);
+            let piece = procfs::MapsLine {
+                start: at,
+                end,
+                offset: m.offset + (at - m.start),
+                ..m
+            };
+            at = end;
+            Some(piece)
+        })
+    }
+
+    /// The advice lifted from the region holding `at` (0: none).
+    pub fn get(&self, at: u64) -> u8 {
+        triples(self.entries())
+            .find(|&(s, e, _)| s <= at && at < e)
+            .map_or(0, |(_, _, bits)| bits)
+    }
+}
+
+fn triples(b: &[u8]) -> impl Iterator<Item = (u64, u64, u8)> + '_ {
+    b.chunks_exact(24).map(|c| {
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c.get(i * 8..i * 8 + 8).unwrap_or(&[0; 8]));
+            u64::from_ne_bytes(w)
+        };
+        (word(0), word(1), word(2) as u8)
+    })
+}
+
+fn advise(start: u64, end: u64, advice: usize) -> Result<(), Errno> {
+    // SAFETY: madvise dereferences no pointer of ours; these advices only
+    // change which fork children get the range and how.
+    unsafe {
+        raw::syscall3(
+            raw::nr::MADVISE,
+            start as usize,
+            end.saturating_sub(start) as usize,
+            advice,
+        )
+    }
+    .map(|_| ())
+}
+
+/// Lift the advice of every region of `entries` (`MADV_DOFORK`,
+/// `MADV_KEEPONFORK`), in the stopped process. On a failure the regions
+/// lifted so far get theirs back and the error is returned.
+pub fn lift(entries: &[u8]) -> Result<(), Errno> {
+    for (i, (s, e, bit)) in triples(entries).enumerate() {
+        let off = if bit == DONTFORK {
+            MADV_DOFORK
+        } else {
+            MADV_KEEPONFORK
+        };
+        if let Err(err) = advise(s, e, off) {
+            let _ = give_back(entries.get(..i * 24).unwrap_or(&[]));
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// Give every region of `entries` its advice back (`MADV_DONTFORK`,
+/// `MADV_WIPEONFORK`), in the stopped process, right after the `fork`.
+/// Every region is tried; the first error is returned.
+pub fn give_back(entries: &[u8]) -> Result<(), Errno> {
+    let mut r = Ok(());
+    for (s, e, bit) in triples(entries) {
+        let on = if bit == DONTFORK {
+            MADV_DONTFORK
+        } else {
+            MADV_WIPEONFORK
+        };
+        if let Err(err) = advise(s, e, on)
+            && r.is_ok()
+        {
+            r = Err(err);
+        }
+    }
+    r
 }
 
 #[cfg(test)]
@@ -537,11 +772,26 @@ VmFlags: rd wr mr mw me ac \n";
                 }
             }
             let mut view = ParentView::open();
+            let missing = advice == Some(libc::MADV_DONTFORK);
             // SAFETY: the child runs only async-signal-safe code, then _exit.
             let pid = unsafe { libc::fork() };
             assert!(pid >= 0);
             if pid == 0 {
-                let code = i32::from(view.wiped_in_snapshot());
+                // 0: whole; 10 + the advice bit lifted from exactly this
+                // mapping; 20: another list; 30: cannot.
+                let mut lift = MmapBuf::new();
+                let code = match view.verdict(missing, &mut lift) {
+                    Verdict::Whole => 0,
+                    Verdict::Cannot => 30,
+                    Verdict::Lift => {
+                        let mine = (p as u64, p as u64 + len as u64);
+                        let mut all = triples(lift.as_slice());
+                        match (all.next(), all.next()) {
+                            (Some((s, e, bit)), None) if (s, e) == mine => 10 + i32::from(bit),
+                            _ => 20,
+                        }
+                    }
+                };
                 // SAFETY: leaves the child at once.
                 unsafe { libc::_exit(code) };
             }
@@ -557,7 +807,16 @@ VmFlags: rd wr mr mw me ac \n";
         let private = libc::MAP_PRIVATE;
         assert_eq!(
             child_says(private, Some(libc::MADV_WIPEONFORK), true),
-            Some(1)
+            Some(10 + i32::from(WIPEONFORK))
+        );
+        // Missing from the child: lifted whether written or not.
+        assert_eq!(
+            child_says(private, Some(libc::MADV_DONTFORK), true),
+            Some(10 + i32::from(DONTFORK))
+        );
+        assert_eq!(
+            child_says(private, Some(libc::MADV_DONTFORK), false),
+            Some(10 + i32::from(DONTFORK))
         );
         assert_eq!(child_says(private, None, true), Some(0));
         // Only read: the zero page, which the child lacks too but never needs.

@@ -22,9 +22,10 @@ use core::fmt::Write as _;
 use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 use super::capture;
+use super::fork_advice;
 use super::stop::{self, NSLOTS, PARKED, RELEASE, STOPPING};
 use crate::coord::{MAX_MSG, STOP_SIGNAL};
-use crate::signal_safe::buf::StackBuf;
+use crate::signal_safe::buf::{MmapBuf, StackBuf};
 use crate::signal_safe::procfs;
 use crate::signal_safe::raw::{self, Errno};
 
@@ -50,6 +51,9 @@ pub static mut SOCKET_PATH: [u8; 256] = [0; 256];
 
 /// 1 while a leader runs in this process.
 static LEADING: AtomicU32 = AtomicU32::new(0);
+/// 1 when the coordinator's signal came while a leader ran: the request is
+/// led again as soon as that leader is done.
+static AGAIN: AtomicU32 = AtomicU32::new(0);
 
 const STOP_TIMEOUT_NS: u64 = 10_000_000_000;
 /// How long a stopped process waits for the coordinator's next word.
@@ -274,6 +278,7 @@ pub static GEN_DIR_FD: AtomicI32 = AtomicI32::new(-1);
 /// a leader was active, so its flags must be cleared. **Async-signal-safe.**
 pub fn reset_after_restore() {
     LEADING.store(0, Ordering::Release);
+    AGAIN.store(0, Ordering::Release);
     // The snapshot child of the image's checkpoint does not exist here (and
     // its pid may belong to one of the program's children now).
     SNAP_CHILD.store(0, Ordering::Release);
@@ -387,7 +392,29 @@ fn write_forked(
     buf: &mut [u8; MAX_MSG],
     defer: bool,
 ) {
+    let mut lifted = MmapBuf::new_inherited();
+    write_forked_lifting(dir, fd, pre, t0, buf, defer, &mut lifted);
+    lifted.free();
+}
+
+/// [`write_forked`]; `lifted` empty at first. A snapshot child that lacks
+/// regions the program advised `MADV_DONTFORK`, or finds its
+/// `MADV_WIPEONFORK` regions zeroed, lists them ('L'); they go into
+/// `lifted`, the advice is lifted from them, and a second snapshot is
+/// forked, after which the advice is given back at once
+/// (`fork_advice`). A second child that still lacks something ('D'),
+/// like one that cannot tell ('N'), has the process write its own image.
+fn write_forked_lifting(
+    dir: &[u8],
+    fd: i32,
+    pre: &capture::Pre,
+    t0: u64,
+    buf: &mut [u8; MAX_MSG],
+    defer: bool,
+    lifted: &mut MmapBuf,
+) {
     let pid = pre.pid;
+    let second = !lifted.is_empty();
     reap_previous_snapshot();
     let mut p = [0i32; 2];
     // SAFETY: pipe2 (293) into a valid array.
@@ -412,14 +439,18 @@ fn write_forked(
         }
     };
     let mappings = count_mappings();
-    let mut parent = super::fork_advice::ParentView::open();
+    let mut parent = fork_advice::ParentView::open();
     // SAFETY: clone (56) with no flags and no stack is fork() whose child
     // signals nobody on exit (so the program's wait() never sees it). The
     // child only runs fence code on its private copy of this stack.
     let child = unsafe { raw::syscall6(56, 0, 0, 0, 0, 0, 0) };
-    if !matches!(child, Ok(0)) {
+    // The parent gives the lifted advice back before anything else.
+    let gave_back = if !matches!(child, Ok(0)) {
         parent.close();
-    }
+        fork_advice::give_back(lifted.as_slice())
+    } else {
+        Ok(())
+    };
     match child {
         Ok(0) => {
             raw::close(p[0]);
@@ -428,21 +459,32 @@ fn write_forked(
             // Regions marked MADV_DONTFORK (V8's heap in Node.js, RDMA
             // buffers) are missing from this copy, and those marked
             // MADV_WIPEONFORK (TLS libraries' fork-detection pages) are
-            // zeroed in it: the parent writes while the job stands still
-            // instead ('D'; 'N': the mappings could not be counted).
-            let lacking = if mappings.is_none() {
-                Some(b"N")
-            } else if count_mappings() != mappings || parent.wiped_in_snapshot() {
-                Some(b"D")
-            } else {
-                None
+            // zeroed in it: the child lists them for the parent to lift
+            // their advice ('L' and the list), unless it already did
+            // ('D'); 'N': the mappings could not be counted.
+            let mut lift = MmapBuf::new();
+            let verdict = match mappings {
+                None => Err(b'N'),
+                Some(n) => match parent.verdict(count_mappings() != Some(n), &mut lift) {
+                    fork_advice::Verdict::Whole => Ok(()),
+                    fork_advice::Verdict::Lift if !second && lift.len() <= MAX_LIFTED => Err(b'L'),
+                    _ => Err(b'D'),
+                },
             };
             parent.close();
-            if let Some(why) = lacking {
-                let _ = raw::write(p[1], why);
+            if let Err(why) = verdict {
+                let _ = raw::write_all(p[1], &[why]);
+                if why == b'L' {
+                    let _ = raw::write_all(p[1], lift.as_slice());
+                }
                 raw::exit_group(0);
             }
-            let r = capture::write_image(dir, fd, pre, p[1]);
+            lift.free();
+            let pre = capture::Pre {
+                lifted: fork_advice::Lifted::of(lifted),
+                ..*pre
+            };
+            let r = capture::write_image(dir, fd, &pre, p[1]);
             let mut m = StackBuf::<1024>::new();
             let mut synced = false;
             match r {
@@ -492,8 +534,34 @@ fn write_forked(
                     r => break r.unwrap_or(0),
                 }
             };
+            if n >= 1 && b[0] == b'L' && !second {
+                // The list: what came with the 'L', then up to the end.
+                let listed = lifted
+                    .push(b.get(1..n).unwrap_or(&[]))
+                    .and_then(|()| read_to_end(p[0], lifted));
+                raw::close(p[0]);
+                close_go(go[1]);
+                SNAP_CHILD.store(c as i32, Ordering::Release);
+                reap_previous_snapshot();
+                // Each region lifted may be split from its neighbours when
+                // given back: room for that under vm.max_map_count.
+                let count = lifted.len() / 24;
+                let room = count_mappings()
+                    .zip(max_map_count())
+                    .is_some_and(|(now, most)| now + 2 * count + 64 <= most);
+                if listed.is_ok()
+                    && lifted.len().is_multiple_of(24)
+                    && room
+                    && fork_advice::lift(lifted.as_slice()).is_ok()
+                {
+                    write_forked_lifting(dir, fd, pre, t0, buf, defer, lifted);
+                } else {
+                    write_in_place(dir, fd, pre, t0, buf, InPlace::Advice);
+                }
+                return;
+            }
             raw::close(p[0]);
-            if n >= 1 && (b[0] == b'D' || b[0] == b'N') {
+            if n >= 1 && (b[0] == b'D' || b[0] == b'N' || b[0] == b'L') {
                 close_go(go[1]);
                 SNAP_CHILD.store(c as i32, Ordering::Release);
                 reap_previous_snapshot();
@@ -506,10 +574,18 @@ fn write_forked(
                 return;
             }
             let mut r = StackBuf::<1024>::new();
-            let ok = n >= 1 && b[0] == b'S';
+            let ok = n >= 1 && b[0] == b'S' && gave_back.is_ok();
             if ok {
                 let t1 = raw::clock_ns(libc::CLOCK_MONOTONIC);
                 let _ = write!(r, "DONE {pid} 0 {} snap={c}", t1.saturating_sub(t0) / 1000);
+            } else if let Err(e) = gave_back {
+                // The program runs on without advice it gave: say so rather
+                // than count on a checkpoint of a process that changed.
+                let _ = write!(
+                    r,
+                    "FAIL {pid} giving the program's MADV_DONTFORK/MADV_WIPEONFORK advice back after the snapshot failed (the process now runs without it): {}",
+                    ErrnoText(e.raw())
+                );
             } else {
                 let errno = i32::from_le_bytes([b[4], b[5], b[6], b[7]]);
                 let _ = write!(
@@ -545,6 +621,42 @@ fn write_forked(
             write_in_place(dir, fd, pre, t0, buf, InPlace::NoSnapshot);
         }
     }
+}
+
+/// The most regions a snapshot child lists for lifting their advice
+/// (24 bytes each): beyond, the process is written in place.
+const MAX_LIFTED: usize = 65_536 * 24;
+
+/// Append everything `fd` gives until its end to `into` (at most
+/// [`MAX_LIFTED`] bytes). **Async-signal-safe.**
+fn read_to_end(fd: i32, into: &mut MmapBuf) -> Result<(), Errno> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        match raw::read_into(fd, &mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => into.push(chunk.get(..n).unwrap_or(&[]))?,
+            Err(Errno(libc::EINTR)) => continue,
+            Err(e) => return Err(e),
+        }
+        if into.len() > MAX_LIFTED {
+            return Err(Errno(libc::E2BIG));
+        }
+    }
+}
+
+/// `vm.max_map_count`. **Async-signal-safe.**
+fn max_map_count() -> Option<usize> {
+    let fd = raw::open(
+        b"/proc/sys/vm/max_map_count\0",
+        libc::O_RDONLY | libc::O_CLOEXEC,
+        0,
+    )
+    .ok()?;
+    let mut b = [0u8; 32];
+    let n = raw::read_into(fd, &mut b).unwrap_or(0);
+    raw::close(fd);
+    let text = b.get(..n)?;
+    procfs::dec(text.strip_suffix(b"\n").unwrap_or(text)).map(|v| v as usize)
 }
 
 /// Number of mappings of this process (lines of `/proc/self/maps`), to
@@ -635,10 +747,37 @@ fn parse_write(msg: &[u8]) -> Option<(super::track::Request, WriteFlags, &[u8])>
 
 /// Entry from the stop handler when the signal came from outside the
 /// process (the coordinator): this thread leads the checkpoint.
+///
+/// A leader runs on after the coordinator has its last word (it drops the
+/// image from the page cache, ends the tracking round, closes its
+/// descriptors), and the coordinator may ask for the next checkpoint in
+/// that time: a periodic checkpoint followed at once by the warning
+/// signal's, or two `ckpt checkpoint` in a row. Such a request is not
+/// dropped (the coordinator would wait for the process to stop until its
+/// timeout, and the checkpoint would fail): the thread it reaches marks it,
+/// and the leader leads it once done, still in its own handler, where its
+/// thread's state (`uc`) is what it was.
 pub fn lead(uc: u64) {
     if LEADING.swap(1, Ordering::AcqRel) == 1 {
-        return; // a checkpoint is already running in this process
+        // A checkpoint is already running in this process.
+        AGAIN.store(1, Ordering::Release);
+        return;
     }
+    loop {
+        AGAIN.store(0, Ordering::Release);
+        lead_once(uc);
+        LEADING.store(0, Ordering::Release);
+        // A request marked before the store above is ours to lead; one
+        // that comes after it finds no leader and leads itself (then the
+        // swap below fails and this thread is done).
+        if AGAIN.load(Ordering::Acquire) == 0 || LEADING.swap(1, Ordering::AcqRel) == 1 {
+            return;
+        }
+    }
+}
+
+/// One checkpoint led by this thread ([`lead`]), `LEADING` held.
+fn lead_once(uc: u64) {
     let t0 = raw::clock_ns(libc::CLOCK_MONOTONIC);
     let mut why = Why::new();
     let stopped = stop_others(&mut why);
@@ -646,7 +785,6 @@ pub fn lead(uc: u64) {
     let path = socket_path();
     let Ok(fd) = connect(&path) else {
         release_all();
-        LEADING.store(0, Ordering::Release);
         return;
     };
     let pid = raw::getpid();
@@ -705,7 +843,6 @@ pub fn lead(uc: u64) {
     if passed >= 0 {
         raw::close(passed);
     }
-    LEADING.store(0, Ordering::Release);
 }
 
 fn list_tasks(out: &mut [i32; stop::MAX_THREADS], n: &mut usize) -> Result<(), Errno> {
