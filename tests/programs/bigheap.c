@@ -3,8 +3,13 @@
  * reallocates a share of the small blocks (so the brk heap moves), then verifies all data
  * and prints checksums.
  *
- * usage: bigheap [MIB [SMALL [ROUNDS]]]   (defaults 1024, 50000, 8) */
+ * With IDLE > 0, that many more threads sleep in a loop until the end (targets for a
+ * signal sent to the process while its main thread is busy).
+ *
+ * usage: bigheap [MIB [SMALL [ROUNDS [IDLE]]]]   (defaults 1024, 50000, 8, 0) */
 #include "lib/crtest.h"
+
+#include <pthread.h>
 
 #define BLOCK_WORDS 8192 /* 64 KiB blocks */
 
@@ -86,15 +91,31 @@ static void verify(unsigned done_rounds, uint64_t *big_sum, uint64_t *small_sum)
 	*small_sum = ss;
 }
 
+static volatile int done;
+
+static void *idle(void *arg)
+{
+	(void)arg;
+	while (!done)
+		cr_sleep_us(1000);
+	return NULL;
+}
+
 int main(int argc, char **argv)
 {
+	pthread_t idlers[16];
+	int nidle = argc > 4 ? atoi(argv[4]) : 0;
+
 	size_t mib = argc > 1 ? strtoull(argv[1], NULL, 0) : 1024;
 	uint64_t bsum, ssum;
 
 	nsmall = argc > 2 ? strtoull(argv[2], NULL, 0) : 50000;
 	rounds = argc > 3 ? (unsigned)strtoul(argv[3], NULL, 0) : 8;
-	if (mib < 1 || nsmall < 1 || rounds < 4)
+	if (mib < 1 || nsmall < 1 || rounds < 4 || nidle < 0 || nidle > 16)
 		cr_fail("bad arguments");
+	for (int i = 0; i < nidle; i++)
+		if (pthread_create(&idlers[i], NULL, idle, NULL) != 0)
+			cr_fail("pthread_create failed");
 	nwords = mib * 1024 * 1024 / 8;
 	nblocks = (nwords + BLOCK_WORDS - 1) / BLOCK_WORDS;
 	big = malloc(nwords * 8);
@@ -132,6 +153,9 @@ int main(int argc, char **argv)
 			cr_gate((int)(r / (rounds / 4)));
 		cr_sleep_us(50000);
 	}
+	done = 1;
+	for (int i = 0; i < nidle; i++)
+		pthread_join(idlers[i], NULL);
 	cr_pass();
 	return 0;
 }

@@ -683,6 +683,46 @@ VmFlags: rd wr mr mw me ac \n";
         assert_eq!(set.get(0x7f00_0000_2fff), WIPEONFORK);
     }
 
+    /// The list a parent lifts advice from: looked up by address, and
+    /// regions cut where a lifted one starts or ends.
+    #[test]
+    fn lifted_regions_are_looked_up_and_cut_out() {
+        let mut buf = MmapBuf::new();
+        for v in [
+            0x2000u64,
+            0x4000,
+            u64::from(DONTFORK),
+            0x6000,
+            0x7000,
+            u64::from(WIPEONFORK),
+        ] {
+            buf.push(&v.to_ne_bytes()).unwrap();
+        }
+        let lifted = Lifted::of(&buf);
+        assert_eq!(lifted.get(0x1fff), 0);
+        assert_eq!(lifted.get(0x2000), DONTFORK);
+        assert_eq!(lifted.get(0x3fff), DONTFORK);
+        assert_eq!(lifted.get(0x4000), 0);
+        assert_eq!(lifted.get(0x6800), WIPEONFORK);
+        let m = procfs::parse_maps_line(b"1000-8000 rw-p 00000000 00:00 0 ").unwrap();
+        let parts: Vec<(u64, u64)> = lifted.cut(m).map(|p| (p.start, p.end)).collect();
+        assert_eq!(
+            parts,
+            [
+                (0x1000, 0x2000),
+                (0x2000, 0x4000),
+                (0x4000, 0x6000),
+                (0x6000, 0x7000),
+                (0x7000, 0x8000)
+            ]
+        );
+        // Nothing lifted: the mapping whole.
+        let none = Lifted::default();
+        assert_eq!(none.get(0x2000), 0);
+        assert_eq!(none.cut(m).count(), 1);
+        buf.free();
+    }
+
     /// Both ways of asking a page map agree, on a mapping with one written
     /// page in its middle and on an untouched one.
     #[test]
