@@ -88,6 +88,12 @@ impl ProcFds {
         Ok(st)
     }
 
+    /// What descriptor `fd`'s link reads now (to tell whether it still
+    /// is what [`ProcFds::read`] saw).
+    pub fn target_now(&self, fd: i32) -> io::Result<Vec<u8>> {
+        readlinkat(&self.dir, fd)
+    }
+
     /// The `/proc` path of descriptor `fd` (to open what it refers to).
     pub fn path(&self, fd: i32) -> PathBuf {
         PathBuf::from(format!("/proc/{}/fd/{fd}", self.host))

@@ -165,16 +165,17 @@ fn find(
                 continue;
             }
             let (path, deleted) = strip_deleted(&l.target);
-            // The descriptors of a stopped program stay as they are, but
-            // an image writer (a process written in place) opens and closes
-            // its own while this runs: /proc files and O_PATH descriptors
-            // of mapped files, whose numbers a later descriptor may take
-            // between the link and the flags read here. Neither is a file a
-            // job writes.
-            let flags = fd_flags(host, l.fd);
-            let writable = flags
-                .is_some_and(|f| f & libc::O_ACCMODE as u32 != 0 && f & libc::O_PATH as u32 == 0);
+            let writable = fd_flags(host, l.fd).is_some_and(|f| f & libc::O_ACCMODE as u32 != 0);
             if !(writable || deleted) || inside(path) || path.starts_with(b"/proc/") {
+                continue;
+            }
+            // The descriptors of a stopped program stay as they are, but an
+            // image writer (a process written in place) opens and closes its
+            // own while this runs (/proc files, O_PATH descriptors of mapped
+            // files), and a later one may take a number between the link,
+            // the stat and the flags read here: the link must still read the
+            // same after them, or the descriptor was the writer's.
+            if list.target_now(l.fd).ok().as_deref() != Some(&l.target[..]) {
                 continue;
             }
             let key = (st.st_dev, st.st_ino);
@@ -325,8 +326,18 @@ pub fn capture(
         let src = match &f.via_fd {
             Some(p) => fs::File::open(p),
             None => fs::File::open(Path::new(std::ffi::OsStr::from_bytes(&f.path))),
+        };
+        if src
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+            && f.via_fd.is_some()
+            && !f.mapped
+        {
+            // Only held by a descriptor, which a stopped program cannot have
+            // closed: it was an image writer's own (above), closed since.
+            continue;
         }
-        .map_err(|e| {
+        let src = src.map_err(|e| {
             format!(
                 "{shown} (written by {}) cannot be read to keep it: {e}",
                 f.holder

@@ -46,6 +46,10 @@ pub const HUGEPAGE: u8 = 4;
 pub const DROPPABLE: u8 = 8;
 /// The fork advice bits of an [`AdviceSet`] entry.
 pub const FORK_BITS: u8 = DONTFORK | WIPEONFORK;
+/// A mapping a driver made or special memory (`io`, `pf`, `mm`, `de`,
+/// `ht`: I/O or PFN maps, mixed maps, no expansion, hugetlb): its fork
+/// advice is never lifted ([`ParentView::verdict`]).
+pub const UNLIFTABLE: u8 = 16;
 
 const PAGE: u64 = crate::image::format::PAGE_SIZE;
 // /proc/PID/pagemap entries.
@@ -90,6 +94,7 @@ impl AdviceSet {
                         b"dc" => DONTFORK,
                         b"wf" => WIPEONFORK,
                         b"dp" => DROPPABLE,
+                        b"io" | b"pf" | b"mm" | b"de" | b"ht" => UNLIFTABLE,
                         _ => 0,
                     };
                 }
@@ -438,22 +443,6 @@ impl ParentView {
                 .filter_map(procfs::parse_maps_line)
                 .flat_map(|m| m.outside(&ours))
         };
-        if missing {
-            // The parent's mappings that no mapping here overlaps; both
-            // lists are sorted.
-            let mut here = mine().peekable();
-            let before = lift.len();
-            for p in procfs::lines(parent.as_slice()).filter_map(procfs::parse_maps_line) {
-                while here.next_if(|m| m.end <= p.start).is_some() {}
-                if here.peek().is_none_or(|m| m.start >= p.end) {
-                    push(lift, (p.start, p.end), DONTFORK)?;
-                }
-            }
-            // Fewer mappings, none of them missing: unexplained.
-            if lift.len() == before {
-                return Err(Errno(libc::ESRCH));
-            }
-        }
         let mut advice: Option<Result<AdviceSet, Errno>> = None;
         let mut swap: Option<bool> = None;
         let mut parent_advice = |start: u64| -> Result<u8, Errno> {
@@ -469,6 +458,32 @@ impl ParentView {
                 Err(e) => Err(*e),
             }
         };
+        // Only the program's own advice on memory of its own is lifted,
+        // as the parent's smaps shows it: never a driver's mapping, whose
+        // pages a device may use (a fork would share them copy-on-write).
+        let liftable = |bits: u8, bit: u8| -> Result<u8, Errno> {
+            if bits & bit == 0 || bits & UNLIFTABLE != 0 {
+                return Err(Errno(libc::ESRCH));
+            }
+            Ok(bits & FORK_BITS)
+        };
+        if missing {
+            // The parent's mappings that no mapping here overlaps; both
+            // lists are sorted.
+            let mut here = mine().peekable();
+            let before = lift.len();
+            for p in procfs::lines(parent.as_slice()).filter_map(procfs::parse_maps_line) {
+                while here.next_if(|m| m.end <= p.start).is_some() {}
+                if here.peek().is_none_or(|m| m.start >= p.end) {
+                    let bits = liftable(parent_advice(p.start)?, DONTFORK)?;
+                    push(lift, (p.start, p.end), bits)?;
+                }
+            }
+            // Fewer mappings, none of them missing: unexplained.
+            if lift.len() == before {
+                return Err(Errno(libc::ESRCH));
+            }
+        }
         for m in mine() {
             if !super::track::trackable(&m) {
                 continue;
@@ -485,15 +500,14 @@ impl ParentView {
                     // Only a droppable region may be saved zeroed.
                     continue;
                 }
-                if bits & WIPEONFORK == 0 {
-                    return Err(Errno(libc::ESRCH));
-                }
-                push(lift, range, WIPEONFORK)?;
+                push(lift, range, liftable(bits, WIPEONFORK)?)?;
             } else if has(theirs, Pages::SwappedTracked)?
                 && *swap.get_or_insert_with(swap_configured)
-                && parent_advice(m.start)? & (WIPEONFORK | DROPPABLE) == WIPEONFORK
             {
-                push(lift, range, WIPEONFORK)?;
+                let bits = parent_advice(m.start)?;
+                if bits & (WIPEONFORK | DROPPABLE) == WIPEONFORK {
+                    push(lift, range, liftable(bits, WIPEONFORK)?)?;
+                }
             }
         }
         Ok(())
@@ -536,9 +550,12 @@ pub struct Lifted {
 }
 
 impl Lifted {
-    /// The triples in `buf`, which must stay mapped and unchanged while the
-    /// result is used: in the snapshot child, a copy nobody frees.
-    pub fn of(buf: &MmapBuf) -> Lifted {
+    /// The triples in `buf`.
+    ///
+    /// # Safety
+    /// `buf` must stay mapped and unchanged while the result is used: in
+    /// the snapshot child, a copy nobody frees.
+    pub unsafe fn of(buf: &MmapBuf) -> Lifted {
         let (p, cap) = buf.mapping();
         Lifted {
             at: buf.as_slice().as_ptr() as usize,
@@ -551,8 +568,8 @@ impl Lifted {
         if self.at == 0 || self.len == 0 {
             return &[];
         }
-        // SAFETY: `of` took these from a live buffer that the caller keeps
-        // mapped and unchanged while `self` is used.
+        // SAFETY: `of` took these from a live buffer that its caller keeps
+        // mapped and unchanged while `self` is used (its contract).
         unsafe { core::slice::from_raw_parts(self.at as *const u8, self.len) }
     }
 
@@ -622,15 +639,16 @@ fn advise(start: u64, end: u64, advice: usize) -> Result<(), Errno> {
 /// `MADV_KEEPONFORK`), in the stopped process. On a failure the regions
 /// lifted so far get theirs back and the error is returned.
 pub fn lift(entries: &[u8]) -> Result<(), Errno> {
-    for (i, (s, e, bit)) in triples(entries).enumerate() {
-        let off = if bit == DONTFORK {
-            MADV_DOFORK
-        } else {
-            MADV_KEEPONFORK
-        };
-        if let Err(err) = advise(s, e, off) {
-            let _ = give_back(entries.get(..i * 24).unwrap_or(&[]));
-            return Err(err);
+    for (i, (s, e, bits)) in triples(entries).enumerate() {
+        for (bit, off) in [(DONTFORK, MADV_DOFORK), (WIPEONFORK, MADV_KEEPONFORK)] {
+            if bits & bit == 0 {
+                continue;
+            }
+            if let Err(err) = advise(s, e, off) {
+                // This region's other advice too, if it was lifted.
+                let _ = give_back(entries.get(..(i + 1) * 24).unwrap_or(&[]));
+                return Err(err);
+            }
         }
     }
     Ok(())
@@ -641,16 +659,14 @@ pub fn lift(entries: &[u8]) -> Result<(), Errno> {
 /// Every region is tried; the first error is returned.
 pub fn give_back(entries: &[u8]) -> Result<(), Errno> {
     let mut r = Ok(());
-    for (s, e, bit) in triples(entries) {
-        let on = if bit == DONTFORK {
-            MADV_DONTFORK
-        } else {
-            MADV_WIPEONFORK
-        };
-        if let Err(err) = advise(s, e, on)
-            && r.is_ok()
-        {
-            r = Err(err);
+    for (s, e, bits) in triples(entries) {
+        for (bit, on) in [(DONTFORK, MADV_DONTFORK), (WIPEONFORK, MADV_WIPEONFORK)] {
+            if bits & bit != 0
+                && let Err(err) = advise(s, e, on)
+                && r.is_ok()
+            {
+                r = Err(err);
+            }
         }
     }
     r
@@ -698,7 +714,8 @@ VmFlags: rd wr mr mw me ac \n";
         ] {
             buf.push(&v.to_ne_bytes()).unwrap();
         }
-        let lifted = Lifted::of(&buf);
+        // SAFETY: `buf` is freed only at the end, after the last use.
+        let lifted = unsafe { Lifted::of(&buf) };
         assert_eq!(lifted.get(0x1fff), 0);
         assert_eq!(lifted.get(0x2000), DONTFORK);
         assert_eq!(lifted.get(0x3fff), DONTFORK);

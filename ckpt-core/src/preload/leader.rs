@@ -49,11 +49,11 @@ pub static mut CKPT_RESTORE_INFO: RestoreInfo = RestoreInfo {
 /// Socket path of the coordinator (NUL-terminated), set by the constructor.
 pub static mut SOCKET_PATH: [u8; 256] = [0; 256];
 
-/// 1 while a leader runs in this process.
+/// 0: no leader runs in this process; 1: one runs; 2: one runs, and the
+/// coordinator's signal came meanwhile: that request is led as soon as the
+/// running one is done ([`lead`]). One word, so that no request is lost
+/// between a leader's last look and its exit.
 static LEADING: AtomicU32 = AtomicU32::new(0);
-/// 1 when the coordinator's signal came while a leader ran: the request is
-/// led again as soon as that leader is done.
-static AGAIN: AtomicU32 = AtomicU32::new(0);
 
 const STOP_TIMEOUT_NS: u64 = 10_000_000_000;
 /// How long a stopped process waits for the coordinator's next word.
@@ -278,7 +278,6 @@ pub static GEN_DIR_FD: AtomicI32 = AtomicI32::new(-1);
 /// a leader was active, so its flags must be cleared. **Async-signal-safe.**
 pub fn reset_after_restore() {
     LEADING.store(0, Ordering::Release);
-    AGAIN.store(0, Ordering::Release);
     // The snapshot child of the image's checkpoint does not exist here (and
     // its pid may belong to one of the program's children now).
     SNAP_CHILD.store(0, Ordering::Release);
@@ -393,15 +392,57 @@ fn write_forked(
     defer: bool,
 ) {
     let mut lifted = MmapBuf::new_inherited();
-    write_forked_lifting(dir, fd, pre, t0, buf, defer, &mut lifted);
+    write_forked_lifting(dir, fd, pre, t0, buf, defer, (&mut lifted, false));
     lifted.free();
 }
 
-/// [`write_forked`]; `lifted` empty at first. A snapshot child that lacks
-/// regions the program advised `MADV_DONTFORK`, or finds its
-/// `MADV_WIPEONFORK` regions zeroed, lists them ('L'); they go into
-/// `lifted`, the advice is lifted from them, and a second snapshot is
-/// forked, after which the advice is given back at once
+/// Give the program the advice lifted from the regions of `lifted` back
+/// (nothing when it is empty) and forget the list: the parent's copy of
+/// the buffer must not reach an image it writes itself.
+fn give_back(lifted: &mut MmapBuf) -> Result<(), Errno> {
+    let r = fork_advice::give_back(lifted.as_slice());
+    lifted.free();
+    r
+}
+
+/// The write in place a snapshot falls back to, once the advice lifted for
+/// it was given back (`gave_back`); when that failed, the checkpoint fails
+/// instead and says so: the program runs on without advice it gave, and
+/// an image of it would not have it either.
+fn in_place_after(
+    dir: &[u8],
+    fd: i32,
+    pre: &capture::Pre,
+    (t0, buf): (u64, &mut [u8; MAX_MSG]),
+    why: InPlace,
+    gave_back: Result<(), Errno>,
+) {
+    match gave_back {
+        Ok(()) => write_in_place(dir, fd, pre, t0, buf, why),
+        Err(e) => {
+            let mut r = StackBuf::<1024>::new();
+            let _ = write!(
+                r,
+                "FAIL {} {GAVE_BACK_FAILED}: {}",
+                pre.pid,
+                ErrnoText(e.raw())
+            );
+            send(fd, r.as_bytes());
+            let _ = recv(fd, buf);
+            release_all();
+        }
+    }
+}
+
+/// Why a checkpoint failed after lifting the program's fork advice.
+const GAVE_BACK_FAILED: &str = "giving the program's MADV_DONTFORK/MADV_WIPEONFORK advice back after \
+                                the snapshot's fork failed (the process now runs without it)";
+
+/// [`write_forked`]; `lifted` empty and `second` false at first. A
+/// snapshot child that lacks regions the program advised `MADV_DONTFORK`,
+/// or finds its `MADV_WIPEONFORK` regions zeroed, lists them ('L'); they
+/// go into `lifted`, the advice is lifted from them, and a second snapshot
+/// is forked (`second`), after which the advice is given back at once
 /// (`fork_advice`). A second child that still lacks something ('D'),
 /// like one that cannot tell ('N'), has the process write its own image.
 fn write_forked_lifting(
@@ -411,16 +452,16 @@ fn write_forked_lifting(
     t0: u64,
     buf: &mut [u8; MAX_MSG],
     defer: bool,
-    lifted: &mut MmapBuf,
+    (lifted, second): (&mut MmapBuf, bool),
 ) {
     let pid = pre.pid;
-    let second = !lifted.is_empty();
     reap_previous_snapshot();
     let mut p = [0i32; 2];
     // SAFETY: pipe2 (293) into a valid array.
     if unsafe { raw::syscall3(293, p.as_mut_ptr() as usize, libc::O_CLOEXEC as usize, 0) }.is_err()
     {
-        write_in_place(dir, fd, pre, t0, buf, InPlace::NoSnapshot);
+        let gave_back = give_back(lifted);
+        in_place_after(dir, fd, pre, (t0, buf), InPlace::NoSnapshot, gave_back);
         return;
     }
     let mut go = [-1i32; 2];
@@ -447,7 +488,7 @@ fn write_forked_lifting(
     // The parent gives the lifted advice back before anything else.
     let gave_back = if !matches!(child, Ok(0)) {
         parent.close();
-        fork_advice::give_back(lifted.as_slice())
+        give_back(lifted)
     } else {
         Ok(())
     };
@@ -481,7 +522,10 @@ fn write_forked_lifting(
             }
             lift.free();
             let pre = capture::Pre {
-                lifted: fork_advice::Lifted::of(lifted),
+                // SAFETY: this child never frees or changes its copy of
+                // `lifted` (only the parent gives it back), and exits
+                // before anything else could.
+                lifted: unsafe { fork_advice::Lifted::of(lifted) },
                 ..*pre
             };
             let r = capture::write_image(dir, fd, &pre, p[1]);
@@ -550,12 +594,17 @@ fn write_forked_lifting(
                     .zip(max_map_count())
                     .is_some_and(|(now, most)| now + 2 * count + 64 <= most);
                 if listed.is_ok()
+                    && count > 0
                     && lifted.len().is_multiple_of(24)
                     && room
+                    && !holds_dma_device()
                     && fork_advice::lift(lifted.as_slice()).is_ok()
                 {
-                    write_forked_lifting(dir, fd, pre, t0, buf, defer, lifted);
+                    write_forked_lifting(dir, fd, pre, t0, buf, defer, (lifted, true));
                 } else {
+                    // Nothing lifted (`lift` gives back what it did on a
+                    // failure): only forget the list.
+                    lifted.free();
                     write_in_place(dir, fd, pre, t0, buf, InPlace::Advice);
                 }
                 return;
@@ -565,12 +614,12 @@ fn write_forked_lifting(
                 close_go(go[1]);
                 SNAP_CHILD.store(c as i32, Ordering::Release);
                 reap_previous_snapshot();
-                let why = if b[0] == b'D' {
-                    InPlace::Advice
-                } else {
+                let why = if b[0] == b'N' {
                     InPlace::NoSnapshot
+                } else {
+                    InPlace::Advice
                 };
-                write_in_place(dir, fd, pre, t0, buf, why);
+                in_place_after(dir, fd, pre, (t0, buf), why, gave_back);
                 return;
             }
             let mut r = StackBuf::<1024>::new();
@@ -581,11 +630,7 @@ fn write_forked_lifting(
             } else if let Err(e) = gave_back {
                 // The program runs on without advice it gave: say so rather
                 // than count on a checkpoint of a process that changed.
-                let _ = write!(
-                    r,
-                    "FAIL {pid} giving the program's MADV_DONTFORK/MADV_WIPEONFORK advice back after the snapshot failed (the process now runs without it): {}",
-                    ErrnoText(e.raw())
-                );
+                let _ = write!(r, "FAIL {pid} {GAVE_BACK_FAILED}: {}", ErrnoText(e.raw()));
             } else {
                 let errno = i32::from_le_bytes([b[4], b[5], b[6], b[7]]);
                 let _ = write!(
@@ -606,10 +651,12 @@ fn write_forked_lifting(
                 let _ = raw::write(go[1], b"G");
                 raw::close(go[1]);
             }
-            if ok {
-                SNAP_CHILD.store(c as i32, Ordering::Release);
-            } else {
-                SNAP_CHILD.store(c as i32, Ordering::Release);
+            SNAP_CHILD.store(c as i32, Ordering::Release);
+            if !ok {
+                if gave_back.is_err() {
+                    // Its image is of no use now: do not wait for it.
+                    let _ = raw::tgkill(c as i32, c as i32, libc::SIGKILL);
+                }
                 reap_previous_snapshot();
             }
         }
@@ -618,9 +665,37 @@ fn write_forked_lifting(
             raw::close(p[1]);
             close_go(go[0]);
             close_go(go[1]);
-            write_in_place(dir, fd, pre, t0, buf, InPlace::NoSnapshot);
+            in_place_after(dir, fd, pre, (t0, buf), InPlace::NoSnapshot, gave_back);
         }
     }
+}
+
+/// Whether the process holds an RDMA or GPU device (`/dev/infiniband/*`,
+/// `/dev/nvidia*`), whose drivers keep memory the program advised
+/// `MADV_DONTFORK` pinned for DMA: such advice is never lifted (a `fork`
+/// would share those pages copy-on-write with the snapshot). The process
+/// is then written in place, where the device itself is refused.
+/// **Async-signal-safe.**
+fn holds_dma_device() -> bool {
+    let Ok(dir) = raw::open(
+        b"/proc/self/fd\0",
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
+    ) else {
+        return true;
+    };
+    let mut found = false;
+    let r = raw::for_each_numeric_entry(dir, |fd| {
+        let mut path = StackBuf::<64>::new();
+        let _ = write!(path, "/proc/self/fd/{fd}\0");
+        let mut target = [0u8; 64];
+        if let Ok(n) = raw::readlink(path.as_bytes(), &mut target) {
+            let t = target.get(..n).unwrap_or(&[]);
+            found |= t.starts_with(b"/dev/infiniband/") || t.starts_with(b"/dev/nvidia");
+        }
+    });
+    raw::close(dir);
+    found || r.is_err()
 }
 
 /// The most regions a snapshot child lists for lifting their advice
@@ -758,20 +833,19 @@ fn parse_write(msg: &[u8]) -> Option<(super::track::Request, WriteFlags, &[u8])>
 /// and the leader leads it once done, still in its own handler, where its
 /// thread's state (`uc`) is what it was.
 pub fn lead(uc: u64) {
-    if LEADING.swap(1, Ordering::AcqRel) == 1 {
-        // A checkpoint is already running in this process.
-        AGAIN.store(1, Ordering::Release);
+    let was = LEADING.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+        Some(if s == 0 { 1 } else { 2 })
+    });
+    if was != Ok(0) {
+        // A checkpoint is already running in this process: marked for it.
         return;
     }
     loop {
-        AGAIN.store(0, Ordering::Release);
         lead_once(uc);
-        LEADING.store(0, Ordering::Release);
-        // A request marked before the store above is ours to lead; one
-        // that comes after it finds no leader and leads itself (then the
-        // swap below fails and this thread is done).
-        if AGAIN.load(Ordering::Acquire) == 0 || LEADING.swap(1, Ordering::AcqRel) == 1 {
-            return;
+        // Done unless a request was marked meanwhile (2): then lead it.
+        match LEADING.compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return,
+            Err(_) => LEADING.store(1, Ordering::Release),
         }
     }
 }
