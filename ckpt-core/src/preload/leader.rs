@@ -582,7 +582,7 @@ fn write_forked_lifting(
                 // The list: what came with the 'L', then up to the end.
                 let listed = lifted
                     .push(b.get(1..n).unwrap_or(&[]))
-                    .and_then(|()| read_to_end(p[0], lifted));
+                    .and_then(|()| lifted.append_fd(p[0]));
                 raw::close(p[0]);
                 close_go(go[1]);
                 SNAP_CHILD.store(c as i32, Ordering::Release);
@@ -595,6 +595,7 @@ fn write_forked_lifting(
                     .is_some_and(|(now, most)| now + 2 * count + 64 <= most);
                 if listed.is_ok()
                     && count > 0
+                    && lifted.len() <= MAX_LIFTED
                     && lifted.len().is_multiple_of(24)
                     && room
                     && !holds_dma_device()
@@ -702,36 +703,9 @@ fn holds_dma_device() -> bool {
 /// (24 bytes each): beyond, the process is written in place.
 const MAX_LIFTED: usize = 65_536 * 24;
 
-/// Append everything `fd` gives until its end to `into` (at most
-/// [`MAX_LIFTED`] bytes). **Async-signal-safe.**
-fn read_to_end(fd: i32, into: &mut MmapBuf) -> Result<(), Errno> {
-    let mut chunk = [0u8; 4096];
-    loop {
-        match raw::read_into(fd, &mut chunk) {
-            Ok(0) => return Ok(()),
-            Ok(n) => into.push(chunk.get(..n).unwrap_or(&[]))?,
-            Err(Errno(libc::EINTR)) => continue,
-            Err(e) => return Err(e),
-        }
-        if into.len() > MAX_LIFTED {
-            return Err(Errno(libc::E2BIG));
-        }
-    }
-}
-
 /// `vm.max_map_count`. **Async-signal-safe.**
 fn max_map_count() -> Option<usize> {
-    let fd = raw::open(
-        b"/proc/sys/vm/max_map_count\0",
-        libc::O_RDONLY | libc::O_CLOEXEC,
-        0,
-    )
-    .ok()?;
-    let mut b = [0u8; 32];
-    let n = raw::read_into(fd, &mut b).unwrap_or(0);
-    raw::close(fd);
-    let text = b.get(..n)?;
-    procfs::dec(text.strip_suffix(b"\n").unwrap_or(text)).map(|v| v as usize)
+    super::memlimit::number_at(b"/proc/sys/vm/", b"max_map_count").map(|v| v as usize)
 }
 
 /// Number of mappings of this process (lines of `/proc/self/maps`), to

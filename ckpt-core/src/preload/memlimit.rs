@@ -13,7 +13,9 @@ fn read_small(path: &[u8], out: &mut [u8]) -> Option<usize> {
     n
 }
 
-fn number_at(dir: &[u8], file: &[u8]) -> Option<u64> {
+/// The number file `dir``file` holds (a sysctl, a cgroup limit); `None`
+/// when it cannot be read or is not a number. **Async-signal-safe.**
+pub(super) fn number_at(dir: &[u8], file: &[u8]) -> Option<u64> {
     let mut p = StackBuf::<1024>::new();
     p.push(dir);
     p.push(file);

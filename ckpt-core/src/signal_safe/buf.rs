@@ -182,6 +182,11 @@ impl MmapBuf {
     /// content (the descriptor stays open).
     pub fn read_fd(&mut self, fd: i32) -> Result<(), Errno> {
         self.clear();
+        self.append_fd(fd)
+    }
+
+    /// Append everything `fd` gives until its end (a pipe, a file).
+    pub fn append_fd(&mut self, fd: i32) -> Result<(), Errno> {
         loop {
             self.reserve(64 * 1024)?;
             // SAFETY: reserve guarantees cap - len writable bytes at ptr+len.
