@@ -28,8 +28,8 @@ use ckpt::image::checksum::crc32c;
 use ckpt::image::format;
 use ckpt::image::generation::CheckpointDir;
 use ckpt::image::manifest::{
-    FdKind, GENERATION_FORMAT, GenerationRecord, ProcessManifest, ProcessRef, Relaunch, StepRef,
-    Zombie,
+    AcrossEnd, FdKind, GENERATION_FORMAT, GenerationRecord, ProcessManifest, ProcessRef, Relaunch,
+    StepRef, Zombie,
 };
 use ckpt::objects::inet_socket::InetSocket;
 
@@ -120,6 +120,11 @@ const STOP_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a checkpoint refused for a reason that passes by itself is
 /// tried again (docs/sockets.md).
 const PASSING_RETRY: Duration = Duration::from_secs(5);
+
+/// Ends the message of a task's part of a job checkpoint that failed for a
+/// condition that passes by itself: the batch step then tries the whole
+/// job's checkpoint again (`crate::cli::job`).
+pub const PASSES: &str = " (this passes by itself: the job's checkpoint is tried again)";
 
 /// Connections served at once (a checkpoint holds one per process).
 pub const MAX_CONNECTIONS: usize = 4096;
@@ -335,24 +340,36 @@ impl Coordinator {
 
     /// Take a checkpoint of the whole job. Blocks until the generation is durable.
     pub fn checkpoint(&self) -> Result<Done, String> {
-        self.checkpoint_with(false)
+        self.checkpoint_with(None)
     }
 
-    /// A checkpoint after which, with `hold`, the job stays stopped
-    /// (`SIGSTOP`, applied while it is still stopped for the checkpoint, so
-    /// that it does not run an instruction after its image) until
-    /// [`Self::hold`]`(false)`: a step's task in a job checkpoint
-    /// (docs/batch-jobs.md). A failed checkpoint never leaves it held.
-    pub fn checkpoint_with(&self, hold: bool) -> Result<Done, String> {
+    /// A checkpoint that is this task's part of a job checkpoint
+    /// (docs/batch-jobs.md), with `cut`: once every process is stopped,
+    /// `cut` is called (it says so to the batch step and waits until every
+    /// task of the job is stopped too) before anything is captured; then a
+    /// connection whose peer is not in the task is kept for the batch step
+    /// to match with another task's ([`GenerationRecord::across`]), and the
+    /// job stays stopped after its image (`SIGSTOP`, applied while it is
+    /// still stopped for the checkpoint, so that it does not run an
+    /// instruction after its image) until [`Self::hold`]`(false)`. A failed
+    /// checkpoint never leaves it held; one that a moment would mend is not
+    /// tried again here (the whole job's is, by the batch step).
+    pub fn checkpoint_with(
+        &self,
+        cut: Option<&dyn Fn() -> Result<(), String>>,
+    ) -> Result<Done, String> {
+        let hold = cut.is_some();
         // A refusal that passes by itself (bytes a TCP sender has not sent
         // yet, a connection not accepted yet: docs/sockets.md) is retried
         // after letting the job run a moment.
         let t0 = Instant::now();
         let mut tries = 1u32;
+        let mut last_passing;
         let r = loop {
             let mut passing = false;
-            let r = self.checkpoint_inner(hold, &mut passing);
-            if r.is_ok() || !passing || t0.elapsed() >= PASSING_RETRY {
+            let r = self.checkpoint_inner(cut, &mut passing);
+            last_passing = passing;
+            if r.is_ok() || !passing || hold || t0.elapsed() >= PASSING_RETRY {
                 break match r {
                     Err(e) if passing => Err(format!(
                         "{e} (still so after {tries} tries over {} ms)",
@@ -380,10 +397,22 @@ impl Coordinator {
         if hold && r.is_err() {
             self.hold(false);
         }
+        if hold && let Err(e) = r {
+            return Err(if last_passing {
+                format!("{e}{PASSES}")
+            } else {
+                e
+            });
+        }
         r
     }
 
-    fn checkpoint_inner(&self, hold: bool, passing: &mut bool) -> Result<Done, String> {
+    fn checkpoint_inner(
+        &self,
+        cut: Option<&dyn Fn() -> Result<(), String>>,
+        passing: &mut bool,
+    ) -> Result<Done, String> {
+        let hold = cut.is_some();
         let _g = self
             .ckpt_lock
             .lock()
@@ -425,6 +454,13 @@ impl Coordinator {
         if let Ok(mut g) = self.incoming.lock() {
             *g = None;
         }
+        // A task's part of a job checkpoint: nothing is captured until every
+        // task of the job is stopped (no message between tasks is then in
+        // neither image, or in both).
+        let result = result.and_then(|z| match cut {
+            Some(cut) => cut().map(|()| z),
+            None => Ok(z),
+        });
         let zombies = match result {
             Ok(z) => z,
             Err(e) => {
@@ -613,15 +649,19 @@ impl Coordinator {
                 }
             }
         }
-        if failure.is_none()
-            && let Err((e, p)) = check_sockets(&manifests, &run.hosts, self.reset_outside)
-        {
-            *passing = p;
-            failure = Some(e);
-            if p && let Ok(mut d) = self.drain.lock() {
-                let limit = d.limit;
-                *d = unsent_senders(&manifests, &run.hosts);
-                d.limit = limit;
+        let mut across = Vec::new();
+        if failure.is_none() {
+            match check_sockets(&manifests, &run.hosts, self.reset_outside, hold) {
+                Ok(a) => across = a,
+                Err((e, p)) => {
+                    *passing = p;
+                    failure = Some(e);
+                    if p && let Ok(mut d) = self.drain.lock() {
+                        let limit = d.limit;
+                        *d = unsent_senders(&manifests, &run.hosts);
+                        d.limit = limit;
+                    }
+                }
             }
         }
         if failure.is_none()
@@ -659,6 +699,7 @@ impl Coordinator {
             files,
             relaunch: relaunched,
             reset_outside: self.reset_outside,
+            across,
         };
         let n = record.processes.len();
         let path = pending
@@ -1068,7 +1109,8 @@ fn check_sockets(
     manifests: &[ProcessManifest],
     hosts: &BTreeMap<i32, i32>,
     reset_outside: bool,
-) -> Result<(), (String, bool)> {
+    across: bool,
+) -> Result<Vec<AcrossEnd>, (String, bool)> {
     use ckpt::objects::unix_socket::{SavedEnd, plan};
     let mut low: BTreeMap<u64, bool> = BTreeMap::new();
     for m in manifests {
@@ -1080,7 +1122,7 @@ fn check_sockets(
             *low.entry(f.inode).or_insert(true) &= f.fd <= 2;
         }
     }
-    check_inet(manifests, hosts, &low, reset_outside)?;
+    let across = check_inet(manifests, hosts, &low, reset_outside, across)?;
     let mut ends = Vec::new();
     for m in manifests {
         for f in &m.fds {
@@ -1133,7 +1175,7 @@ fn check_sockets(
             _ => None,
         }),
     );
-    Ok(())
+    Ok(across)
 }
 
 /// Says which connections to processes outside the job a restart will give
@@ -1163,7 +1205,8 @@ fn check_inet(
     hosts: &BTreeMap<i32, i32>,
     low: &BTreeMap<u64, bool>,
     reset_outside: bool,
-) -> Result<(), (String, bool)> {
+    across: bool,
+) -> Result<Vec<AcrossEnd>, (String, bool)> {
     use ckpt::objects::inet_socket::{SavedEnd, Step, plan};
     let mut ends = Vec::new();
     for m in manifests {
@@ -1175,6 +1218,7 @@ fn check_inet(
                     data: Vec::new(),
                     stdio_only: low.get(&f.inode).copied().unwrap_or(false),
                     reset_outside,
+                    across,
                     who: format!("fd {} of {} (process {})", f.fd, m.exe, m.pid),
                 });
             }
@@ -1194,7 +1238,20 @@ fn check_inet(
             _ => None,
         }),
     );
-    Ok(())
+    // Connections to other tasks of the job: what the batch step matches.
+    Ok(steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Across(i) => ends.iter().find(|e| e.inode == *i),
+            _ => None,
+        })
+        .map(|e| AcrossEnd {
+            inode: e.inode,
+            local: e.sock.local.clone(),
+            peer: e.sock.peer.clone().unwrap_or_default(),
+            who: format!("{} is {} (socket:[{}])", e.who, e.sock.describe(), e.inode),
+        })
+        .collect())
 }
 
 /// The processes (host pids) sending on a TCP connection of the job ahead

@@ -1056,6 +1056,7 @@ mod tests {
             files: vec![],
             relaunch: vec![],
             reset_outside: false,
+            across: vec![],
         }
     }
 

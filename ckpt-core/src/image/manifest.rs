@@ -522,6 +522,26 @@ pub struct GenerationRecord {
     /// docs/sockets.md) rather than be refused.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reset_outside: bool,
+    /// TCP connections whose other end is in another task of the same job
+    /// (a task's part of a job checkpoint): the batch step checks that some
+    /// task holds each other end, and a restart makes them again together
+    /// (docs/batch-jobs.md, "Connections between tasks").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub across: Vec<AcrossEnd>,
+}
+
+/// This task's end of a TCP connection to another task of the same job.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AcrossEnd {
+    /// The socket's inode at checkpoint time.
+    pub inode: u64,
+    /// Its address.
+    pub local: crate::objects::inet_socket::Addr,
+    /// Its peer's address.
+    pub peer: crate::objects::inet_socket::Addr,
+    /// Who holds it, for messages ("fd 5 of /usr/bin/ring (process 3)"),
+    /// with what it is.
+    pub who: String,
 }
 
 /// A process started again at restart with the command, environment,

@@ -4,16 +4,23 @@
 //! The batch step's `ckpt slurm-task` drives it:
 //! 1. finds the steps the script's `srun` processes run (`scontrol -o show
 //!    step JOB`: `SrunHost:Pid` is the srun's pid in the job's namespace);
-//! 2. writes `job-request` (`TOKEN hold`) in the job's checkpoint directory
+//! 2. writes `job-request` (`TOKEN stop`) in the job's checkpoint directory
 //!    and sends each step the checkpoint signal (`scancel --signal`);
-//! 3. each task checkpoints, answers in its `job-ack` (`TOKEN GENERATION`
-//!    or `TOKEN ERR why`) and holds its program stopped, so that no output
-//!    and no progress happens after its image;
-//! 4. once every task answered and the output files stopped growing, the
-//!    batch tree is checkpointed, with each `srun` recorded to be started
-//!    again (`crate::relaunch`) together with its step's directory and the
+//! 3. each task stops its processes and says so in its `job-ack` (`TOKEN
+//!    stopped`); once every task has, `job-request` becomes `TOKEN
+//!    capture`: no task captures anything while another still runs, so a
+//!    message between two tasks is in exactly one image (in its sender's
+//!    memory, or queued at its receiver);
+//! 4. each task checkpoints, answers (`TOKEN GENERATION NODE` or `TOKEN ERR
+//!    why`) and holds its program stopped, so that no output and no
+//!    progress happens after its image;
+//! 5. every TCP connection a task keeps to a process outside it must have
+//!    its other end in another task ([`match_across`]);
+//! 6. once the output files stopped growing, the batch tree is
+//!    checkpointed, with each `srun` recorded to be started again
+//!    (`crate::relaunch`) together with its step's directory and the
 //!    generation of each task;
-//! 5. `job-request` becomes `TOKEN release` (the tasks continue) unless the
+//! 7. `job-request` becomes `TOKEN release` (the tasks continue) unless the
 //!    job is being requeued (then Slurm ends them).
 //!
 //! A job generation is complete when the batch generation is: it names the
@@ -40,6 +47,9 @@ pub const ACK: &str = "job-ack";
 /// that take directories of their own (`r<N>.step<ID>`), never one of the
 /// run before.
 pub const EPOCH: &str = "epoch";
+/// The directories where the ends of connections between tasks meet at a
+/// restart (`meet.<SLURM_RESTART_COUNT>`, in the job's directory).
+pub const MEETING_PREFIX: &str = "meet.";
 /// Set in the batch script's environment: its steps' tasks are part of job
 /// checkpoints (they keep their images when they end; the batch step
 /// removes them with its own).
@@ -50,6 +60,9 @@ pub const ENV_JOB_DIR: &str = "CKPT_JOB_DIR";
 /// no timer of their own.
 pub const ENV_JOB_PERIODIC: &str = "CKPT_JOB_PERIODIC";
 
+/// How long the job's checkpoint is tried again for a task's condition that
+/// passes by itself.
+const PASSING_RETRY: Duration = Duration::from_secs(5);
 /// How long the tasks have to checkpoint.
 const TASK_DEADLINE: Duration = Duration::from_secs(180);
 /// How long the tasks have when `scancel` reported an error.
@@ -202,11 +215,20 @@ pub fn checkpoint(
 ) -> Result<(Done, Option<Held>), String> {
     // A step that ends while it is being checkpointed (its srun exits, the
     // script goes on) makes the attempt fail: the job is looked at again.
+    // So does a task that failed for a condition that passes by itself (a
+    // TCP sender with bytes on their way: docs/sockets.md), after letting
+    // the job run a moment, for up to 5 s as a lone task would.
     let mut attempt = 1;
+    let t0 = Instant::now();
+    let mut passing_tries = 0u32;
     loop {
         let before = coord.relaunched();
         match checkpoint_once(coord, j) {
             Ok(r) => return Ok(r),
+            Err(e) if e.ends_with(crate::coord::PASSES) && t0.elapsed() < PASSING_RETRY => {
+                passing_tries += 1;
+                std::thread::sleep(Duration::from_millis(25 << passing_tries.min(4)));
+            }
             Err(e) => {
                 // (An srun exits shortly after its step's tasks.)
                 std::thread::sleep(Duration::from_millis(500));
@@ -278,7 +300,7 @@ fn checkpoint_once(
         request: j.job_dir.join(REQUEST),
         token: token.clone(),
     };
-    write_atomic(&held.request, &format!("{token} hold\n"))
+    write_atomic(&held.request, &format!("{token} stop\n"))
         .map_err(|e| format!("cannot write {}: {e}", held.request.display()))?;
     let result = (|| {
         let mut refs: BTreeMap<i32, StepRef> = BTreeMap::new();
@@ -318,31 +340,41 @@ fn checkpoint_once(
                 },
             );
         }
-        for (s, pid, host) in &ours {
-            let Some(r) = refs.get_mut(pid) else { continue };
-            // (A task that has no answer while its step's srun is gone
-            // will never answer.)
-            let alive = || {
-                std::fs::read_to_string(format!("/proc/{host}/stat")).is_ok_and(|st| {
-                    st.rsplit(')')
-                        .next()
-                        .is_some_and(|r| !r.trim_start().starts_with('Z'))
-                })
-            };
-            let said = scancel_said.get(pid);
-            let limit = if said.is_some() {
-                SCANCEL_FAILED_DEADLINE
-            } else {
-                TASK_DEADLINE
-            };
-            (r.tasks, r.nodes) = wait_acks(&j.job_dir.join(&r.dir), &token, s, limit, alive)
-                .map_err(|e| match said {
-                    Some(m) => format!("{e} ({m})"),
-                    None => e,
-                })?
-                .into_iter()
-                .unzip();
+        // Every task stops, then all capture.
+        let deadline = Instant::now() + TASK_DEADLINE;
+        for phase in [Phase::Stopped, Phase::Answered] {
+            for (s, pid, host) in &ours {
+                let Some(r) = refs.get_mut(pid) else { continue };
+                // (A task that has no answer while its step's srun is gone
+                // will never answer.)
+                let alive = || {
+                    std::fs::read_to_string(format!("/proc/{host}/stat")).is_ok_and(|st| {
+                        st.rsplit(')')
+                            .next()
+                            .is_some_and(|r| !r.trim_start().starts_with('Z'))
+                    })
+                };
+                let said = scancel_said.get(pid);
+                let limit = if said.is_some() {
+                    SCANCEL_FAILED_DEADLINE
+                } else {
+                    deadline.saturating_duration_since(Instant::now())
+                };
+                (r.tasks, r.nodes) =
+                    wait_acks(&j.job_dir.join(&r.dir), &token, s, limit, alive, phase)
+                        .map_err(|e| match said {
+                            Some(m) => format!("{e} ({m})"),
+                            None => e,
+                        })?
+                        .into_iter()
+                        .unzip();
+            }
+            if phase == Phase::Stopped {
+                write_atomic(&held.request, &format!("{token} capture\n"))
+                    .map_err(|e| format!("cannot write {}: {e}", held.request.display()))?;
+            }
         }
+        match_across(j.job_dir, &refs, &ours)?;
         wait_quiet(j.outputs);
         coord.set_relaunch(Some(refs));
         coord.checkpoint()
@@ -364,14 +396,25 @@ pub fn valid_step_dir(d: &str) -> bool {
         && d.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.')
 }
 
-/// Waits for every task of step `s` to answer `token`; their generations
-/// and nodes.
+/// What the batch step waits for from every task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Its processes are stopped (`TOKEN stopped`).
+    Stopped,
+    /// Its checkpoint is written (`TOKEN GENERATION NODE`).
+    Answered,
+}
+
+/// Waits for every task of step `s` to answer `token` (its processes
+/// stopped, or its checkpoint written: `phase`); their generations and
+/// nodes (after [`Phase::Answered`]).
 fn wait_acks(
     step_dir: &Path,
     token: &str,
     s: &RunningStep,
     limit: Duration,
     alive: impl Fn() -> bool,
+    phase: Phase,
 ) -> Result<Vec<(u64, String)>, String> {
     let deadline = Instant::now() + limit;
     let mut gens = vec![(0u64, String::new()); s.tasks as usize];
@@ -387,13 +430,19 @@ fn wait_acks(
                 if let Some(why) = rest.strip_prefix("ERR ") {
                     return Err(format!("task {rank} of step {}: {why}", s.id));
                 }
-                let mut w = rest.split_whitespace();
-                g.0 = w
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .ok_or_else(|| format!("{}: unreadable answer {text:?}", ack.display()))?;
-                g.1 = w.next().unwrap_or("").to_string();
-                break;
+                if rest == "stopped" {
+                    if phase == Phase::Stopped {
+                        break;
+                    }
+                } else {
+                    let mut w = rest.split_whitespace();
+                    g.0 = w
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                        .ok_or_else(|| format!("{}: unreadable answer {text:?}", ack.display()))?;
+                    g.1 = w.next().unwrap_or("").to_string();
+                    break;
+                }
             }
             if !alive() {
                 return Err(format!("step {} ended during the checkpoint", s.id));
@@ -473,12 +522,118 @@ pub fn repin(job_dir: &Path, batch: &CheckpointDir) {
 pub fn pending_request(task_dir: &Path) -> Option<String> {
     let job_dir = task_dir.parent().and_then(Path::parent)?;
     let text = std::fs::read_to_string(job_dir.join(REQUEST)).ok()?;
-    let token = text.trim().strip_suffix(" hold").map(str::to_string)?;
+    let token = text.trim().strip_suffix(" stop").map(str::to_string)?;
     let ack = task_dir.join(ACK);
     if std::fs::read_to_string(&ack).is_ok_and(|a| a.starts_with(&format!("{token} "))) {
         return None;
     }
     Some(token)
+}
+
+/// In a step's task, the cut of a job checkpoint ([`Coordinator::checkpoint_with`]):
+/// once the task's processes are stopped, says so (`TOKEN stopped`) and
+/// waits until the batch step says every task is (`TOKEN capture`). Any
+/// other word, or none within the tasks' deadline, calls the checkpoint off.
+pub fn cut(task_dir: &Path, token: &str) -> impl Fn() -> Result<(), String> + use<> {
+    let ack = task_dir.join(ACK);
+    let request = task_dir
+        .parent()
+        .and_then(Path::parent)
+        .map(|j| j.join(REQUEST))
+        .unwrap_or_default();
+    let token = token.to_string();
+    move || {
+        write_atomic(&ack, &format!("{token} stopped\n"))
+            .map_err(|e| format!("cannot write {}: {e}", ack.display()))?;
+        let start = Instant::now();
+        let (stop, capture) = (format!("{token} stop"), format!("{token} capture"));
+        loop {
+            let now = std::fs::read_to_string(&request).unwrap_or_default();
+            let now = now.trim();
+            if now == capture {
+                return Ok(());
+            }
+            if now != stop {
+                return Err(
+                    "the job's checkpoint was called off while this task was stopped for it".into(),
+                );
+            }
+            if start.elapsed() > TASK_DEADLINE {
+                return Err(format!(
+                    "the other tasks of the job did not stop within {} s",
+                    TASK_DEADLINE.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Every connection a task kept to a process outside it (its generation's
+/// `across`) must have its other end in another task of the job: the
+/// same two addresses the other way round. Fails naming the first that
+/// has none, with what the task's own check would have said.
+fn match_across(
+    job_dir: &Path,
+    refs: &BTreeMap<i32, StepRef>,
+    ours: &[(&RunningStep, i32, i32)],
+) -> Result<(), String> {
+    let mut ends = Vec::new();
+    for (pid, r) in refs {
+        for (rank, n) in r.tasks.iter().enumerate() {
+            let dir = job_dir.join(&r.dir).join(format!("task{rank}"));
+            let d = CheckpointDir::open(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let g = d
+                .list()
+                .map_err(|e| format!("{}: {e}", dir.display()))?
+                .into_iter()
+                .find(|g| g.number == *n)
+                .and_then(|g| g.record)
+                .ok_or_else(|| format!("{}: generation {n} is not there", dir.display()))?;
+            for a in g.across {
+                ends.push((*pid, r.id.clone(), rank, a));
+            }
+        }
+    }
+    for (pid, id, rank, a) in &ends {
+        let met = ends.iter().any(|(_, i2, r2, b)| {
+            (i2 != id || r2 != rank) && b.local.same(&a.peer) && b.peer.same(&a.local)
+        });
+        if !met {
+            let host = ours.iter().find(|(_, p, _)| p == pid).map(|x| x.2);
+            let e = format!(
+                "task {rank} of step {id}: {}, to a process outside the job (no task of the job holds its \
+                 other end): ckpt cannot checkpoint a connection that leaves the job; close it before the \
+                 checkpoint",
+                a.who
+            );
+            return Err(super::slurm::with_mpi_hint(
+                e,
+                host.and_then(srun_mpi_type).as_deref(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The MPI type an `srun` (host pid) gives its step: `--mpi=TYPE` or
+/// `--mpi TYPE` on its command line, else `SLURM_MPI_TYPE` of its
+/// environment.
+fn srun_mpi_type(host: i32) -> Option<String> {
+    let cmd = std::fs::read(format!("/proc/{host}/cmdline")).ok()?;
+    let args: Vec<String> = cmd
+        .split(|&c| c == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    for (i, a) in args.iter().enumerate() {
+        if let Some(t) = a.strip_prefix("--mpi=") {
+            return Some(t.to_string());
+        }
+        if a == "--mpi" {
+            return args.get(i + 1).cloned();
+        }
+    }
+    environ_value(host, "SLURM_MPI_TYPE")
 }
 
 /// Answers request `token` with the checkpoint's result; on success the
@@ -524,7 +679,7 @@ pub fn answer(
     let coord = coord.clone();
     std::thread::spawn(move || {
         let start = Instant::now();
-        let hold_line = format!("{token} hold");
+        let hold_line = format!("{token} capture");
         while start.elapsed() < HOLD_LIMIT {
             let now = std::fs::read_to_string(&request).unwrap_or_default();
             if now.trim() != hold_line {
@@ -598,7 +753,7 @@ mod tests {
         };
         // No request: nothing.
         assert_eq!(pending_request(&task), None);
-        std::fs::write(dir.join(REQUEST), "tok hold\n").unwrap();
+        std::fs::write(dir.join(REQUEST), "tok stop\n").unwrap();
         assert_eq!(pending_request(&task).as_deref(), Some("tok"));
         assert_eq!(answer(&coord, &task, "tok", &Ok(done.clone())), Some(7));
         let node = std::env::var("SLURMD_NODENAME").unwrap_or_default();
@@ -612,7 +767,7 @@ mod tests {
             std::fs::read_to_string(task.join(ACK)).unwrap(),
             format!("tok 7 {node}\n")
         );
-        std::fs::write(dir.join(REQUEST), "tok2 hold\n").unwrap();
+        std::fs::write(dir.join(REQUEST), "tok2 stop\n").unwrap();
         assert_eq!(answer(&coord, &task, "tok2", &Err("no\nway".into())), None);
         assert_eq!(
             std::fs::read_to_string(task.join(ACK)).unwrap(),
@@ -625,11 +780,27 @@ mod tests {
             srun_host: "vm".into(),
             srun_pid: 4,
         };
-        let e = wait_acks(&dir.join("step1"), "tok2", &s, TASK_DEADLINE, || true).unwrap_err();
+        let e = wait_acks(
+            &dir.join("step1"),
+            "tok2",
+            &s,
+            TASK_DEADLINE,
+            || true,
+            Phase::Answered,
+        )
+        .unwrap_err();
         assert!(e.contains("task 0 of step 9.1: no way"), "{e}");
         std::fs::write(task.join(ACK), "tok3 12 n2\n").unwrap();
         assert_eq!(
-            wait_acks(&dir.join("step1"), "tok3", &s, TASK_DEADLINE, || true).unwrap(),
+            wait_acks(
+                &dir.join("step1"),
+                "tok3",
+                &s,
+                TASK_DEADLINE,
+                || true,
+                Phase::Answered
+            )
+            .unwrap(),
             [(12, "n2".to_string())]
         );
         let _ = std::fs::remove_dir_all(&dir);

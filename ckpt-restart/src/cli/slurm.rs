@@ -376,6 +376,19 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
             }
         }
     }
+    if !o.batch
+        && let Some(j) = &job_dir
+    {
+        // Where the ends of the job's connections between tasks meet when
+        // this restart of the job resumes them (docs/batch-jobs.md).
+        // SAFETY: single-threaded (no thread started yet).
+        unsafe {
+            std::env::set_var(
+                ckpt::objects::inet_socket::across::ENV_MEETING,
+                j.join(format!("{}{restart_count}", job::MEETING_PREFIX)),
+            );
+        }
+    }
     // A task of a step the batch step started again after a requeue
     // resumes from exactly the generation the job's checkpoint names
     // (checked below, once the directory is listed).
@@ -711,6 +724,15 @@ fn remove_step_dirs(job_dir: &Path) {
             }
             let _ = fs::remove_dir(e.path());
         }
+        // Where connections between tasks met at a restart (emptied by
+        // the tasks, but for a restart that failed half-way).
+        if name
+            .strip_prefix(job::MEETING_PREFIX)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
+        {
+            // (remove_dir_all does not follow symbolic links.)
+            let _ = fs::remove_dir_all(e.path());
+        }
     }
     for f in [job::REQUEST, job::EPOCH] {
         let _ = fs::remove_file(job_dir.join(f));
@@ -726,13 +748,14 @@ fn remove_step_dirs(job_dir: &Path) {
 /// PMIx server. The step's MPI type alone does not tell a rank from another
 /// program (clusters with `MpiDefault=pmix` give it to every step), so both
 /// are said.
-fn with_mpi_hint(e: String, mpi_type: Option<&str>) -> String {
+pub(super) fn with_mpi_hint(e: String, mpi_type: Option<&str>) -> String {
     match mpi_type {
         Some(t) if t.starts_with("pmix") && e.contains("outside the job") => format!(
             "{e}. If this task is an MPI rank (its step was started with `srun --mpi=pmix`), that \
              advice does not apply: a rank's PMIx server is its node's slurmstepd, outside the job, \
-             and its connections to the other ranks leave the task, so ckpt cannot checkpoint it \
-             (docs/mpi.md); start the ranks with `mpirun` inside the batch script, on one node"
+             and ckpt cannot yet give a restored rank a PMIx server (its connections to the other \
+             ranks are checkpointed with the job; docs/mpi.md); start the ranks with `mpirun` inside \
+             the batch script, on one node"
         ),
         _ => e,
     }
@@ -879,8 +902,9 @@ impl HookState<'_> {
             } else {
                 None
             };
+            let cut = request.as_deref().map(|t| job::cut(&self.opts.dir, t));
             let r = coord
-                .checkpoint_with(request.is_some())
+                .checkpoint_with(cut.as_ref().map(|c| c as &dyn Fn() -> Result<(), String>))
                 .map_err(|e| with_mpi_hint(e, std::env::var("SLURM_MPI_TYPE").ok().as_deref()));
             if let Some(token) = &request
                 && let Some(n) = job::answer(coord, &self.opts.dir, token, &r)

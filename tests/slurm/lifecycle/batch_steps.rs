@@ -190,40 +190,6 @@ fn a_step_that_cannot_be_checkpointed_leaves_the_batch_job_running_to_its_end() 
     );
 }
 
-/// The job came back on nodes without the first one it ran on (`first[0]`,
-/// taken out of service), and each rank's output (`srun -l`) is steps
-/// 1..=steps once each, then the uninterrupted run's result.
-fn check_moved_and_continuous(
-    c: &Cluster,
-    run: &JobRun,
-    first: &[String],
-    second: &[String],
-    wants: &[String],
-    steps: u32,
-) {
-    c.check(
-        !second.is_empty() && !second.contains(&first[0]),
-        &format!(
-            "resumed on {second:?}, which includes {}, taken out of service",
-            first[0]
-        ),
-        run,
-    );
-    for (rank, want) in (0u32..).zip(wants) {
-        let (got, result) = rank_progress(&run.stdout, rank);
-        c.check(
-            got == (1..=steps).collect::<Vec<_>>(),
-            &format!("rank {rank}: the output is not steps 1..={steps} once each: {got:?}"),
-            run,
-        );
-        c.check(
-            result.as_deref() == Some(want.as_str()),
-            &format!("rank {rank}: result {result:?}, uninterrupted run gives {want:?}"),
-            run,
-        );
-    }
-}
-
 #[test]
 fn a_two_node_batch_job_running_srun_resumes_on_another_pair_of_nodes() {
     let Some(c) = slurm::cluster() else { return };
@@ -288,17 +254,6 @@ fn a_two_node_batch_job_running_srun_resumes_on_another_pair_of_nodes() {
     }
     once_each(&c, &job, &["prepared", "post done"]);
     no_images_left(&c, &job);
-}
-
-/// The steps of one rank in srun `-l` output, and its result line.
-fn rank_progress(text: &str, rank: u32) -> (Vec<u32>, Option<String>) {
-    let lines = rank_lines(text, rank);
-    let steps = lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("step "))
-        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
-        .collect();
-    (steps, lines.into_iter().find(|l| l.starts_with("RESULT")))
 }
 
 #[test]

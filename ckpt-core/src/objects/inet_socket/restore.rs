@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 
 use super::{Addr, InetSocket, Peer, tcp_state};
 
+pub mod across;
+
 /// One socket as the images describe it, with the bytes queued in it.
 #[derive(Clone, Debug)]
 pub struct SavedEnd<'a> {
@@ -49,6 +51,11 @@ pub struct SavedEnd<'a> {
     /// closed by its peer (`CKPT_EXTERNAL_SOCKETS=closed`); what it had in
     /// flight is not checked (a real close loses it too).
     pub reset_outside: bool,
+    /// The job is a task of a job checkpoint (docs/batch-jobs.md): a
+    /// connection whose peer is not in it may be one to another task of the
+    /// same job, which the batch step matches across the tasks' records and
+    /// a restart makes again through the job's directory ([`across`]).
+    pub across: bool,
     /// Who holds it, for messages ("fd 5 of process 12 (python3)").
     pub who: String,
 }
@@ -78,6 +85,9 @@ pub enum Step {
     /// to come back closed by their peer: a new loopback connection whose
     /// other end writes back what was queued, then closes.
     Reset(u64),
+    /// Its peer is not in this task but may be in another task of the same
+    /// job: made again with it through a meeting place ([`across::join`]).
+    Across(u64),
 }
 
 /// Why a socket cannot be restored: the socket (its inode at checkpoint
@@ -171,6 +181,7 @@ pub fn plan(ends: &[SavedEnd<'_>]) -> Result<Vec<Step>, Refusal> {
                     });
                 }
                 None if e.stdio_only => first.push(Step::Stdio(ino)),
+                None if e.across => first.push(Step::Across(ino)),
                 None if e.reset_outside => first.push(Step::Reset(ino)),
                 None => return Err(outside(away())),
             },
@@ -180,6 +191,18 @@ pub fn plan(ends: &[SavedEnd<'_>]) -> Result<Vec<Step>, Refusal> {
                     .filter(|l| listens_for(&l.sock.local, &peer))
                     .min_by_key(|l| !l.sock.local.same(&peer))
                 else {
+                    if e.across {
+                        return Err(Refusal {
+                            inode: ino,
+                            outside: false,
+                            passing: true,
+                            message: format!(
+                                "{} is {}, not accepted yet by a listening socket outside this task: ckpt cannot checkpoint a connection that is still being set up",
+                                e.who,
+                                s.describe()
+                            ),
+                        });
+                    }
                     if e.reset_outside {
                         first.push(Step::Reset(ino));
                         continue;
@@ -201,6 +224,7 @@ pub fn plan(ends: &[SavedEnd<'_>]) -> Result<Vec<Step>, Refusal> {
             // finished closing) or on another host.
             Peer::Unknown if peer.is_loopback() => first.push(Step::Lonely(ino)),
             Peer::Unknown | Peer::None if e.stdio_only => first.push(Step::Stdio(ino)),
+            Peer::Unknown | Peer::None if e.across => first.push(Step::Across(ino)),
             Peer::Unknown | Peer::None if e.reset_outside => first.push(Step::Reset(ino)),
             Peer::Unknown | Peer::None => return Err(outside(away())),
         }
@@ -1088,9 +1112,11 @@ pub fn restore_all(ends: &[SavedEnd<'_>]) -> Result<HashMap<u64, i32>, String> {
             (false, true) => false,
             _ => !ephemeral(a.sock.local.port) && ephemeral(b.sock.local.port),
         };
+    let mut across_ends: Vec<&SavedEnd<'_>> = Vec::new();
     let r = (|| {
         for step in steps {
             match step {
+                Step::Across(a) => across_ends.push(by[&a]),
                 Step::Pair(a, b) => {
                     let (x, y) = (by[&a], by[&b]);
                     // The end whose port a listening socket of the job has
@@ -1126,6 +1152,7 @@ pub fn restore_all(ends: &[SavedEnd<'_>]) -> Result<HashMap<u64, i32>, String> {
                         data: Vec::new(),
                         stdio_only: false,
                         reset_outside: false,
+                        across: false,
                         who: format!("the closed peer of {}", x.who),
                     };
                     // An end accepted from a listening socket keeps the
@@ -1195,6 +1222,26 @@ pub fn restore_all(ends: &[SavedEnd<'_>]) -> Result<HashMap<u64, i32>, String> {
                     let fd = closed_by_peer(x)?;
                     fds.insert(a, fd);
                     set_options(fd, x)?;
+                }
+            }
+        }
+        // Last, once every other socket holds its port: the connections to
+        // other tasks of the job, made again with their tasks' inits.
+        if !across_ends.is_empty() {
+            let m = across::Meeting::from_env().ok_or_else(|| {
+                format!(
+                    "cannot restore {}: its other end was in another task of the job, and it comes back only \
+                     when the job resumes as a whole (`ckpt slurm-task`, docs/batch-jobs.md)",
+                    across_ends[0].who
+                )
+            })?;
+            for (ino, fd) in across::join(&across_ends, &m)? {
+                fds.insert(ino, fd);
+                let x = by[&ino];
+                set_options(fd, x)?;
+                shut(fd, x, true);
+                if x.sock.opts.cork {
+                    set(fd, libc::IPPROTO_TCP, libc::TCP_CORK, 1)?;
                 }
             }
         }

@@ -205,6 +205,7 @@ fn end(ino: u64, s: &InetSocket, data: Vec<u8>) -> SavedEnd<'_> {
         data,
         stdio_only: false,
         reset_outside: false,
+        across: false,
         who: format!("socket {ino}"),
     }
 }
@@ -470,6 +471,22 @@ fn plan_refuses_what_leaves_the_job_and_waits_for_what_passes() {
     let mut e = end(1, &a, Vec::new());
     e.reset_outside = true;
     assert_eq!(plan(&[e]).unwrap(), vec![Step::Reset(1)]);
+    // ... or the task is part of a job checkpoint: kept for the batch step
+    // to match with another task's end, made again with it at restart;
+    // a connection still being set up passes.
+    let mut e = end(1, &a, Vec::new());
+    e.across = true;
+    assert_eq!(plan(&[e]).unwrap(), vec![Step::Across(1)]);
+    let pending = sample(tcp_state::ESTABLISHED, Peer::Pending, 0);
+    let mut e = end(1, &pending, Vec::new());
+    e.across = true;
+    let r = plan(&[e]).unwrap_err();
+    assert!(r.passing && !r.outside, "{r}");
+    let mut busy = sample(tcp_state::ESTABLISHED, Peer::Socket, 99);
+    busy.unsent = 10;
+    let mut e = end(1, &busy, Vec::new());
+    e.across = true;
+    assert!(plan(&[e]).unwrap_err().passing);
     // A remote peer not found on this host.
     let mut r = sample(tcp_state::ESTABLISHED, Peer::Unknown, 0);
     r.peer = Some(Addr {
@@ -477,6 +494,9 @@ fn plan_refuses_what_leaves_the_job_and_waits_for_what_passes() {
         port: 5432,
     });
     assert!(plan(&[end(1, &r, Vec::new())]).unwrap_err().outside);
+    let mut e = end(1, &r, Vec::new());
+    e.across = true;
+    assert_eq!(plan(&[e]).unwrap(), vec![Step::Across(1)]);
     let mut e = end(1, &r, Vec::new());
     e.reset_outside = true;
     assert_eq!(plan(&[e]).unwrap(), vec![Step::Reset(1)]);
