@@ -1219,6 +1219,7 @@ fn check_inet(
                     stdio_only: low.get(&f.inode).copied().unwrap_or(false),
                     reset_outside,
                     across,
+                    stand_in: false,
                     who: format!("fd {} of {} (process {})", f.fd, m.exe, m.pid),
                 });
             }
@@ -1238,20 +1239,70 @@ fn check_inet(
             _ => None,
         }),
     );
-    // Connections to other tasks of the job: what the batch step matches.
-    Ok(steps
-        .iter()
-        .filter_map(|s| match s {
-            Step::Across(i) => ends.iter().find(|e| e.inode == *i),
-            _ => None,
-        })
-        .map(|e| AcrossEnd {
+    // Connections to other tasks of the job: what the batch step matches,
+    // but a rank's connection to its PMIx server (docs/mpi.md).
+    let mut out = Vec::new();
+    for e in steps.iter().filter_map(|s| match s {
+        Step::Across(i) => ends.iter().find(|e| e.inode == *i),
+        _ => None,
+    }) {
+        let peer = e.sock.peer.clone().unwrap_or_default();
+        let holder = manifests
+            .iter()
+            .find(|m| m.fds.iter().any(|f| f.inode == e.inode))
+            .and_then(|m| hosts.get(&m.pid));
+        let pmix = holder.is_some_and(|&h| pmix_server_of(h, &peer));
+        if pmix && e.sock.data.is_some_and(|[_, len]| len > 0) {
+            return Err((
+                format!(
+                    "{} is {}, the connection to its PMIx server, with bytes the server sent not read yet \
+                     (it tries again: the PMIx library reads them at once)",
+                    e.who,
+                    e.sock.describe()
+                ),
+                true,
+            ));
+        }
+        out.push(AcrossEnd {
             inode: e.inode,
             local: e.sock.local.clone(),
-            peer: e.sock.peer.clone().unwrap_or_default(),
+            peer,
             who: format!("{} is {} (socket:[{}])", e.who, e.sock.describe(), e.inode),
+            pmix,
+        });
+    }
+    Ok(out)
+}
+
+/// Is `peer` the PMIx server of the process `host`: the address of its
+/// environment's `PMIX_SERVER_URI*` (`...;tcp4://127.0.0.1:PORT`, what
+/// Slurm's PMIx plugin gives a rank), or, after a restart, ckpt's stand-in
+/// for that server (docs/mpi.md)?
+fn pmix_server_of(host: i32, peer: &ckpt::objects::inet_socket::Addr) -> bool {
+    let same = |a: std::net::SocketAddr| {
+        let ip = match a.ip() {
+            std::net::IpAddr::V4(v) => v.octets().to_vec(),
+            std::net::IpAddr::V6(v) => v.octets().to_vec(),
+        };
+        peer.same(&ckpt::objects::inet_socket::Addr { ip, port: a.port() })
+    };
+    if ckpt::objects::inet_socket::across::stand_in_from_env().is_some_and(|(a, _)| same(a)) {
+        return true;
+    }
+    let Ok(env) = std::fs::read(format!("/proc/{host}/environ")) else {
+        return false;
+    };
+    env.split(|&c| c == 0)
+        .filter(|v| v.starts_with(b"PMIX_SERVER_URI"))
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .filter_map(|v| v.split_once(';').map(|(_, uri)| uri))
+        .filter_map(|uri| {
+            uri.strip_prefix("tcp4://")
+                .or_else(|| uri.strip_prefix("tcp6://"))
+                .or_else(|| uri.strip_prefix("tcp://"))
         })
-        .collect())
+        .filter_map(|a| a.parse::<std::net::SocketAddr>().ok())
+        .any(same)
 }
 
 /// The processes (host pids) sending on a TCP connection of the job ahead

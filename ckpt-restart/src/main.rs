@@ -18,6 +18,7 @@ mod cli;
 mod coord;
 mod cpu;
 mod ns;
+mod pmix_stand_in;
 mod proc_fds;
 mod relaunch;
 mod restore;

@@ -155,6 +155,7 @@ fn find(
         let Some(list) = fds.get(&host) else {
             continue;
         };
+        let server = pmix_server_dirs(host);
         // Sockets, pipes and anonymous inodes are no files, and a job may
         // hold hundreds: no second look at them.
         for l in list.links.iter().filter(|l| l.is_path()) {
@@ -165,6 +166,10 @@ fn find(
                 continue;
             }
             let (path, deleted) = strip_deleted(&l.target);
+            // A file of the process's PMIx server (its data store's lock):
+            // gone after a restart with the server; kept like a deleted
+            // file, given back unnamed (docs/mpi.md).
+            let deleted = deleted || server.iter().any(|d| path.starts_with(d));
             let writable = fd_flags(host, l.fd).is_some_and(|f| f & libc::O_ACCMODE as u32 != 0);
             if !(writable || deleted) || inside(path) || path.starts_with(b"/proc/") {
                 continue;
@@ -196,6 +201,7 @@ fn find(
         let Ok(maps) = fs::read(format!("/proc/{host}/maps")) else {
             continue;
         };
+        let server = pmix_server_dirs(host);
         for line in maps.split(|&c| c == b'\n') {
             // start-end perms offset dev inode path
             let mut f = line.splitn(6, |&c| c == b' ');
@@ -211,6 +217,11 @@ fn find(
             }
             let (path, deleted) = strip_deleted(path);
             if inside(path) || path.starts_with(b"/dev/") && !path.starts_with(b"/dev/shm/") {
+                continue;
+            }
+            // Mapped from the process's PMIx server's data store: its pages
+            // are in the image as shared memory (libckpt's capture).
+            if server.iter().any(|d| path.starts_with(d)) {
                 continue;
             }
             let Ok(ino) = std::str::from_utf8(inode)
@@ -268,6 +279,35 @@ fn find(
         }
     }
     Ok(out)
+}
+
+/// The directories of the PMIx server of process `host` (a rank of `srun
+/// --mpi=pmix`): `PMIX_SERVER_TMPDIR` and the data store's base paths of
+/// its environment, each ending in `/`. libckpt's capture saves what the
+/// process maps from them as memory (`ckpt-core/src/preload/capture.rs`).
+fn pmix_server_dirs(host: i32) -> Vec<Vec<u8>> {
+    let Ok(env) = fs::read(format!("/proc/{host}/environ")) else {
+        return Vec::new();
+    };
+    env.split(|&c| c == 0)
+        .filter_map(|v| {
+            [
+                &b"PMIX_SERVER_TMPDIR="[..],
+                b"PMIX_DSTORE_21_BASE_PATH=",
+                b"PMIX_DSTORE_ESH_BASE_PATH=",
+            ]
+            .iter()
+            .find_map(|k| v.strip_prefix(*k))
+        })
+        .filter(|d| d.len() > 1 && d.starts_with(b"/"))
+        .map(|d| {
+            let mut d = d.to_vec();
+            if !d.ends_with(b"/") {
+                d.push(b'/');
+            }
+            d
+        })
+        .collect()
 }
 
 /// Writes back (`fdatasync`) the files [`capture`] would keep, while the

@@ -542,6 +542,11 @@ pub struct AcrossEnd {
     /// Who holds it, for messages ("fd 5 of /usr/bin/ring (process 3)"),
     /// with what it is.
     pub who: String,
+    /// Its peer is the task's PMIx server (the node's slurmstepd, or after
+    /// a restart ckpt's stand-in for it): not matched with another task's
+    /// end; a restart connects it to the stand-in (docs/mpi.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pmix: bool,
 }
 
 /// A process started again at restart with the command, environment,

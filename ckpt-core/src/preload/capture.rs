@@ -958,6 +958,57 @@ fn is_deleted(path: &[u8]) -> bool {
     path.ends_with(b" (deleted)")
 }
 
+/// Directories of the process's PMIx server (`PMIX_SERVER_TMPDIR`,
+/// `PMIX_DSTORE_*_BASE_PATH` of its environment, each ending in `/`),
+/// NUL-separated: written once by the constructor ([`note_server_dirs`]),
+/// read by the capture.
+static mut SERVER_DIRS: [u8; 2048] = [0; 2048];
+
+/// Constructor (normal context): remembers where the process's PMIx server
+/// keeps the files its clients map (its data store). Such a mapping is
+/// saved as memory, every page, like a deleted file's: after a restart the
+/// server, and its files, are not there any more (a rank of `srun
+/// --mpi=pmix` resumed on other nodes talks to ckpt's stand-in, docs/mpi.md).
+pub fn note_server_dirs() {
+    let mut at = 0usize;
+    // SAFETY: the constructor runs before any other thread of ours exists
+    // and before any stop signal can be handled; nothing writes it after.
+    let buf = unsafe { &mut *core::ptr::addr_of_mut!(SERVER_DIRS) };
+    for key in [
+        "PMIX_SERVER_TMPDIR",
+        "PMIX_DSTORE_21_BASE_PATH",
+        "PMIX_DSTORE_ESH_BASE_PATH",
+    ] {
+        let Some(v) = std::env::var_os(key) else {
+            continue;
+        };
+        let v = v.as_encoded_bytes();
+        if v.first() != Some(&b'/') || v.len() < 2 {
+            continue;
+        }
+        let slash = usize::from(!v.ends_with(b"/"));
+        let end = at + v.len() + slash + 1;
+        if end > buf.len() {
+            break;
+        }
+        buf[at..at + v.len()].copy_from_slice(v);
+        if slash == 1 {
+            buf[at + v.len()] = b'/';
+        }
+        buf[end - 1] = 0;
+        at = end;
+    }
+}
+
+/// Is `path` inside a directory of the process's PMIx server?
+fn in_server_dir(path: &[u8]) -> bool {
+    // SAFETY: written once by the constructor, before any capture.
+    let buf = unsafe { &*core::ptr::addr_of!(SERVER_DIRS) };
+    buf.split(|&c| c == 0)
+        .take_while(|d| !d.is_empty())
+        .any(|d| path.starts_with(d))
+}
+
 fn classify(m: &MapsLine<'_>) -> (&'static str, Save) {
     let file = m.path.first() == Some(&b'/') && m.inode != 0;
     if !file {
@@ -968,6 +1019,7 @@ fn classify(m: &MapsLine<'_>) -> (&'static str, Save) {
         };
     }
     if is_deleted(m.path)
+        || in_server_dir(m.path)
         || m.path.starts_with(b"/dev/zero")
         || m.path.starts_with(b"/memfd:")
         || m.path.starts_with(b"/SYSV")

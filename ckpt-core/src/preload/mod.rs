@@ -104,6 +104,7 @@ fn init() {
             }
         }
     }
+    capture::note_server_dirs();
     if std::env::var_os("CKPT_SNAPSHOT").is_some_and(|v| v == "0") {
         leader::SNAPSHOT.store(0, core::sync::atomic::Ordering::Release);
     }

@@ -590,7 +590,9 @@ fn match_across(
                 .find(|g| g.number == *n)
                 .and_then(|g| g.record)
                 .ok_or_else(|| format!("{}: generation {n} is not there", dir.display()))?;
-            for a in g.across {
+            // (A rank's connection to its PMIx server has no other end in
+            // the job: a restart gives it ckpt's stand-in, docs/mpi.md.)
+            for a in g.across.into_iter().filter(|a| !a.pmix) {
                 ends.push((*pid, r.id.clone(), rank, a));
             }
         }

@@ -381,12 +381,26 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
     {
         // Where the ends of the job's connections between tasks meet when
         // this restart of the job resumes them (docs/batch-jobs.md).
+        let meet = j.join(format!("{}{restart_count}", job::MEETING_PREFIX));
         // SAFETY: single-threaded (no thread started yet).
-        unsafe {
-            std::env::set_var(
-                ckpt::objects::inet_socket::across::ENV_MEETING,
-                j.join(format!("{}{restart_count}", job::MEETING_PREFIX)),
-            );
+        unsafe { std::env::set_var(ckpt::objects::inet_socket::across::ENV_MEETING, &meet) };
+        // A rank of `srun --mpi=pmix` that resumes gets a stand-in for its
+        // PMIx server (docs/mpi.md, "The PMIx stand-in"); also checked at
+        // its next checkpoint.
+        if restart_count > 0
+            && std::env::var("SLURM_MPI_TYPE").is_ok_and(|t| t.starts_with("pmix"))
+            && let Some(b) = crate::pmix_stand_in::barrier_from_env(&meet)
+        {
+            match crate::pmix_stand_in::listen(b) {
+                Ok((env, serve)) => {
+                    // SAFETY: single-threaded (the serving thread starts next).
+                    unsafe {
+                        std::env::set_var(ckpt::objects::inet_socket::across::ENV_STAND_IN, env)
+                    };
+                    std::thread::spawn(serve);
+                }
+                Err(e) => say_problem(&format!("cannot serve a stand-in PMIx server: {e}")),
+            }
         }
     }
     // A task of a step the batch step started again after a requeue

@@ -628,6 +628,7 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
                 stdio_only: low.get(&f.inode).copied().unwrap_or(false),
                 reset_outside: g.record.reset_outside,
                 across: g.record.across.iter().any(|a| a.inode == f.inode),
+                stand_in: g.record.across.iter().any(|a| a.inode == f.inode && a.pmix),
                 who: format!("fd {} of process {} ({})", f.fd, m.pid, m.exe),
             });
         }

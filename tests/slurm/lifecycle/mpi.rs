@@ -154,33 +154,66 @@ fn an_mpi_job_whose_daemon_srun_starts_is_refused_and_runs_to_its_end() {
     );
 }
 
-/// Ranks started by `srun --mpi=pmix` on two nodes: each rank's PMIx server
-/// is its node's slurmstepd, outside the job, so such a job is not
-/// checkpointed yet (docs/mpi.md). The checkpoint on the warning signal is
-/// refused with a message that says why a rank of `srun --mpi=pmix` cannot
-/// be checkpointed; the job is not requeued and runs to its end with the
-/// uninterrupted run's result. (The virtual nodes share this machine's
-/// `/tmp`: each slurmd has its own PMIx directory, `scripts/slurm-cluster.sh`.)
+/// Ranks started by `srun --mpi=pmix` on two nodes, one per node, over
+/// Open MPI's TCP transport between the nodes (docs/mpi.md): the warning
+/// signal checkpoints the job as one cut (both ranks stopped before either
+/// is captured, their connection to each other kept with its bytes), the
+/// job is requeued and resumes on another pair of nodes, where the ranks'
+/// connection is made again between the new nodes and each rank's PMIx
+/// connection goes to ckpt's stand-in for its server, which answers the
+/// fence and finalize of `MPI_Finalize`. The output is the uninterrupted
+/// run's, each step once, and the ranks passed their own checks. (The
+/// virtual nodes share this machine's `/tmp`: each slurmd has its own PMIx
+/// directory, `scripts/slurm-cluster.sh`.)
 #[test]
-fn an_mpi_job_whose_ranks_srun_starts_with_pmix_is_refused_and_runs_to_its_end() {
+fn an_mpi_job_whose_ranks_srun_starts_with_pmix_resumes_on_another_pair_of_nodes() {
     let Some(c) = slurm::cluster() else { return };
-    const STEPS: u32 = 30;
+    const STEPS: u32 = 40;
     let Some((dir, want)) = ring_program(&c, "mpi-pmix", STEPS) else {
         return;
     };
-    let run = refused_and_run_to_its_end(
-        &c,
-        &dir,
-        &want,
-        "-N2 -n2 --checkpoint-dir=ck --signal=B:USR1@10",
-        &format!("srun --mpi=pmix ./ring {STEPS} 400"),
+    let script = format!(
+        "#!/bin/bash\n\
+         #SBATCH -p multi -N2 --ntasks-per-node=1 --checkpoint-dir=ck --signal=B:USR1@10\n\
+         export OMPI_MCA_btl=self,tcp\n\
+         srun --mpi=pmix ./ring {STEPS} 400\n\
+         echo \"post done\"\n"
     );
-    c.check(
-        run.stderr
-            .contains("If this task is an MPI rank (its step was started with `srun --mpi=pmix`)"),
-        "no message that ranks of srun --mpi=pmix cannot be checkpointed, and why",
-        &run,
-    );
+    let job = submit(&c, &dir, &["-t", "10"], &script);
+    wait_step(&c, &job, 4);
+    let (first, second, drained) = move_by_warning(&c, &dir, &job, 2);
+    let end = final_state(&c, &job);
+    drop(drained);
+    check_completed_elsewhere(&c, &job, &end, &first, &second);
+    check_continuous(&c, &job, STEPS, &want);
+    let run = job.run();
+    for (ok, what) in [
+        (
+            run.stdout.lines().any(|l| l == "PASS"),
+            "the ranks did not pass their own checks (no PASS line)",
+        ),
+        (
+            run.stdout.lines().filter(|l| *l == "post done").count() == 1,
+            "the script's last line is not there once",
+        ),
+        (
+            !run.stderr.contains("checkpoint failed"),
+            "a checkpoint failed",
+        ),
+    ] {
+        c.check(ok, what, &run);
+    }
+    for rank in 0..2 {
+        let resumed = format!(
+            "resuming from {}/gen-",
+            dir.join(format!("ck/step0/task{rank}")).display()
+        );
+        c.check(
+            run.stderr.contains(&resumed),
+            &format!("rank {rank} did not resume from its image ({resumed:?})"),
+            &run,
+        );
+    }
 }
 
 /// A batch job in partition `multi` (`#SBATCH` `options`, then the MPI

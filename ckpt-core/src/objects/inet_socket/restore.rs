@@ -56,6 +56,9 @@ pub struct SavedEnd<'a> {
     /// same job, which the batch step matches across the tasks' records and
     /// a restart makes again through the job's directory ([`across`]).
     pub across: bool,
+    /// Its peer was the task's PMIx server: a restart connects it to ckpt's
+    /// stand-in for that server ([`across::to_stand_in`]).
+    pub stand_in: bool,
     /// Who holds it, for messages ("fd 5 of process 12 (python3)").
     pub who: String,
 }
@@ -1153,6 +1156,7 @@ pub fn restore_all(ends: &[SavedEnd<'_>]) -> Result<HashMap<u64, i32>, String> {
                         stdio_only: false,
                         reset_outside: false,
                         across: false,
+                        stand_in: false,
                         who: format!("the closed peer of {}", x.who),
                     };
                     // An end accepted from a listening socket keeps the
@@ -1235,7 +1239,13 @@ pub fn restore_all(ends: &[SavedEnd<'_>]) -> Result<HashMap<u64, i32>, String> {
                     across_ends[0].who
                 )
             })?;
-            for (ino, fd) in across::join(&across_ends, &m)? {
+            let (served, paired): (Vec<&SavedEnd<'_>>, Vec<&SavedEnd<'_>>) =
+                across_ends.iter().partition(|e| e.stand_in);
+            let mut made = across::join(&paired, &m)?;
+            for e in served {
+                made.insert(e.inode, across::to_stand_in(e)?);
+            }
+            for (ino, fd) in made {
                 fds.insert(ino, fd);
                 let x = by[&ino];
                 set_options(fd, x)?;

@@ -206,6 +206,7 @@ fn end(ino: u64, s: &InetSocket, data: Vec<u8>) -> SavedEnd<'_> {
         stdio_only: false,
         reset_outside: false,
         across: false,
+        stand_in: false,
         who: format!("socket {ino}"),
     }
 }

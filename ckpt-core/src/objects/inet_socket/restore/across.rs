@@ -36,6 +36,82 @@ use super::{SavedEnd, close, err, set, size_buffers, sockaddr};
 /// slurm-task` for the init of a task that resumes as part of its job.
 pub const ENV_MEETING: &str = "CKPT_RENDEZVOUS";
 
+/// The environment variable naming the stand-in for a rank's PMIx server
+/// that `ckpt slurm-task` serves after a restart: `IP:PORT TOKEN` (the
+/// token in hex, sent first by the init on each connection it makes there).
+pub const ENV_STAND_IN: &str = "CKPT_PMIX_STANDIN";
+
+/// The stand-in's address and token, from [`ENV_STAND_IN`].
+pub fn stand_in_from_env() -> Option<(std::net::SocketAddr, [u8; 16])> {
+    let v = std::env::var(ENV_STAND_IN).ok()?;
+    let (addr, tok) = v.split_once(' ')?;
+    let addr: std::net::SocketAddr = addr.parse().ok()?;
+    let mut token = [0u8; 16];
+    if tok.len() != 32 {
+        return None;
+    }
+    for (i, t) in token.iter_mut().enumerate() {
+        *t = u8::from_str_radix(tok.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some((addr, token))
+}
+
+/// This task's end of its connection to its PMIx server, made again as a
+/// connection to the stand-in `ckpt slurm-task` serves ([`ENV_STAND_IN`]):
+/// the init connects, sends the token (which the stand-in reads, so the
+/// rank never sees it) and gives the socket to the rank. Nothing was queued
+/// in it (checked at checkpoint time).
+pub fn to_stand_in(e: &SavedEnd<'_>) -> Result<i32, String> {
+    let (at, token) = stand_in_from_env().ok_or_else(|| {
+        format!(
+            "cannot restore {}: it was the connection to the task's PMIx server, and no stand-in for \
+             that server runs (it does when the task resumes with its job under `ckpt slurm-task`)",
+            e.who
+        )
+    })?;
+    let to = match at.ip() {
+        std::net::IpAddr::V4(v) if e.sock.family == libc::AF_INET6 => {
+            let mut m = vec![0u8; 10];
+            m.extend_from_slice(&[0xff, 0xff]);
+            m.extend_from_slice(&v.octets());
+            m
+        }
+        std::net::IpAddr::V4(v) => v.octets().to_vec(),
+        std::net::IpAddr::V6(v) => v.octets().to_vec(),
+    };
+    let to = Addr {
+        ip: to,
+        port: at.port(),
+    };
+    // SAFETY: no pointers.
+    let fd = unsafe { libc::socket(e.sock.family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(err("socket"));
+    }
+    let r = (|| {
+        size_buffers(fd, e, 0, 0)?;
+        let (ss, len) = sockaddr(e.sock.family, &to)?;
+        // SAFETY: connect with a valid address of `len` bytes.
+        if unsafe { libc::connect(fd, (&ss as *const libc::sockaddr_storage).cast(), len) } != 0 {
+            return Err(format!(
+                "cannot restore {}: connecting to the PMIx stand-in at {to}: {}",
+                e.who,
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: send from our buffer of that length.
+        let n = unsafe { libc::send(fd, token.as_ptr().cast(), token.len(), libc::MSG_NOSIGNAL) };
+        if n != token.len() as isize {
+            return Err(format!("cannot restore {}: {}", e.who, err("send")));
+        }
+        Ok(fd)
+    })();
+    if r.is_err() {
+        close(fd);
+    }
+    r
+}
+
 /// Where and how long the ends of the job's connections between tasks meet.
 #[derive(Clone, Debug)]
 pub struct Meeting {
@@ -817,6 +893,7 @@ mod tests {
             stdio_only: false,
             reset_outside: false,
             across: true,
+            stand_in: false,
             who: format!("socket {inode}"),
         }
     }

@@ -1,0 +1,232 @@
+//! A stand-in for the PMIx server of a rank of `srun --mpi=pmix` that
+//! resumed from a job checkpoint (docs/mpi.md, "The PMIx stand-in").
+//!
+//! A rank's PMIx client is connected to its node's slurmstepd, which
+//! served the step the rank was started in. After a restart the step is a
+//! new one, whose slurmstepd knows nothing of the old rank; so the
+//! restart connects the rank's PMIx socket to this stand-in, served by the
+//! task's `ckpt slurm-task`, which answers what a rank asks of its server
+//! once it is running: the fence of `MPI_Finalize` (a barrier across the
+//! step's ranks, kept in the job's directory) and `PMIx_Finalize`.
+//!
+//! The wire format (PMIx 4, non-described buffers, measured on the
+//! connection between a rank and slurmstepd here): each message is a
+//! 16-byte header, `pindex` (i32), `tag` (u32) and the payload's length
+//! (u32), big-endian, then 4 bytes of padding, and the payload. A request's
+//! payload is packed values, each preceded by its count (a varint): the
+//! command first (`02 03` a fence, `02 05` finalize, `02 0e` an event
+//! handler's deregistration). A fence and finalize are answered with the
+//! request's tag and a status (`02 00`: success); a deregistration is not
+//! answered. Anything else gets "not supported".
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The commands answered.
+const FENCE: u8 = 3;
+const FINALIZE: u8 = 5;
+const DEREGISTER_EVENTS: u8 = 14;
+/// Packed replies: one status, success or `PMIX_ERR_NOT_SUPPORTED` (-47,
+/// zigzag varint).
+const OK: [u8; 2] = [0x02, 0x00];
+const NOT_SUPPORTED: [u8; 2] = [0x02, 0x5d];
+
+/// The barrier of the step's ranks: rank `rank` of `ranks` enters fence
+/// `n` by making `pmix-fence.<n>.<rank>` in `dir` and leaves once every
+/// rank's is there.
+#[derive(Clone, Debug)]
+pub struct Barrier {
+    /// The job's meeting directory of this restart.
+    pub dir: PathBuf,
+    /// This task's rank.
+    pub rank: u32,
+    /// The step's ranks.
+    pub ranks: u32,
+}
+
+impl Barrier {
+    fn name(n: u64, rank: u32) -> String {
+        format!("pmix-fence.{n}.{rank}")
+    }
+
+    fn wait(&self, n: u64) -> std::io::Result<()> {
+        match std::fs::create_dir(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        std::fs::write(self.dir.join(Self::name(n, self.rank)), b"")?;
+        loop {
+            if (0..self.ranks).all(|r| self.dir.join(Self::name(n, r)).exists()) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Listens on loopback and serves every connection the restart makes
+/// there (each must first send `token`). Returns what the restart is told
+/// (`IP:PORT TOKEN`, [`ckpt::objects::inet_socket::across::ENV_STAND_IN`]);
+/// the caller sets it in the environment before it starts the thread with
+/// the returned closure.
+pub fn listen(barrier: Barrier) -> std::io::Result<(String, impl FnOnce() + Send + 'static)> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let at = l.local_addr()?;
+    let mut token = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut token)?;
+    let hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
+    let serve = move || {
+        for conn in l.incoming().flatten() {
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                let _ = serve_one(conn, &token, &b);
+            });
+        }
+    };
+    Ok((format!("{at} {hex}"), serve))
+}
+
+/// One rank's connection: the token, then requests until it closes.
+fn serve_one(mut s: TcpStream, token: &[u8; 16], b: &Barrier) -> std::io::Result<()> {
+    let mut got = [0u8; 16];
+    s.read_exact(&mut got)?;
+    if &got != token {
+        return Ok(());
+    }
+    let mut fences = 0u64;
+    loop {
+        let mut hdr = [0u8; 16];
+        if s.read_exact(&mut hdr).is_err() {
+            return Ok(());
+        }
+        let tag = [hdr[4], hdr[5], hdr[6], hdr[7]];
+        let len = u32::from_be_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]) as usize;
+        if len > 64 << 20 {
+            return Ok(());
+        }
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload)?;
+        let cmd = (payload.first() == Some(&0x02))
+            .then(|| payload.get(1).copied())
+            .flatten();
+        let reply: Option<&[u8]> = match cmd {
+            Some(FENCE) => {
+                fences += 1;
+                b.wait(fences)?;
+                Some(&OK)
+            }
+            Some(FINALIZE) => Some(&OK),
+            Some(DEREGISTER_EVENTS) => None,
+            _ => Some(&NOT_SUPPORTED),
+        };
+        if let Some(r) = reply {
+            s.write_all(&message(tag, r))?;
+        }
+    }
+}
+
+/// A message: the header (pindex 0, `tag`, the length) and `payload`.
+fn message(tag: [u8; 4], payload: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(16 + payload.len());
+    m.extend_from_slice(&0i32.to_be_bytes());
+    m.extend_from_slice(&tag);
+    m.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    m.extend_from_slice(&[0; 4]);
+    m.extend_from_slice(payload);
+    m
+}
+
+/// The barrier of this task's rank in the job's meeting directory `meet`,
+/// from the step's environment (`SLURM_PROCID`, `SLURM_STEP_NUM_TASKS`).
+pub fn barrier_from_env(meet: &Path) -> Option<Barrier> {
+    let num = |k: &str| std::env::var(k).ok()?.trim().parse::<u32>().ok();
+    Some(Barrier {
+        dir: meet.to_path_buf(),
+        rank: num("SLURM_PROCID")?,
+        ranks: num("SLURM_STEP_NUM_TASKS").or_else(|| num("SLURM_NTASKS"))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(s: &mut TcpStream, tag: u32, payload: &[u8]) {
+        s.write_all(&message(tag.to_be_bytes(), payload)).unwrap();
+    }
+
+    fn reply(s: &mut TcpStream) -> (u32, Vec<u8>) {
+        let mut hdr = [0u8; 16];
+        s.read_exact(&mut hdr).unwrap();
+        let len = u32::from_be_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]) as usize;
+        let mut p = vec![0u8; len];
+        s.read_exact(&mut p).unwrap();
+        (u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]), p)
+    }
+
+    /// Two ranks' connections, as Open MPI's `MPI_Finalize` uses them: a
+    /// fence (answered only once both ranks are in it), deregistrations (not
+    /// answered), finalize; a connection without the token is dropped.
+    #[test]
+    fn ranks_are_answered_as_their_pmix_server_would() {
+        let dir = std::env::temp_dir().join(format!("ckpt-pmix-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut served = Vec::new();
+        for rank in 0..2 {
+            let (env, serve) = listen(Barrier {
+                dir: dir.clone(),
+                rank,
+                ranks: 2,
+            })
+            .unwrap();
+            std::thread::spawn(serve);
+            let (at, tok) = env.split_once(' ').unwrap();
+            let token: Vec<u8> = (0..16)
+                .map(|i| u8::from_str_radix(&tok[2 * i..2 * i + 2], 16).unwrap())
+                .collect();
+            served.push((at.to_string(), token));
+        }
+        // A stranger without the token gets nothing and is dropped.
+        let mut stranger = TcpStream::connect(&served[0].0).unwrap();
+        stranger.write_all(&[0u8; 16]).unwrap();
+        request(&mut stranger, 7, &[0x02, FINALIZE]);
+        let mut buf = [0u8; 1];
+        assert_eq!(stranger.read(&mut buf).unwrap_or(0), 0);
+        let mut conns: Vec<TcpStream> = served
+            .iter()
+            .map(|(at, tok)| {
+                let mut c = TcpStream::connect(at).unwrap();
+                c.write_all(tok).unwrap();
+                c
+            })
+            .collect();
+        let fence = [
+            0x02, FENCE, 0x02, 0x01, 0x02, 0x1e, b's', b'l', b'u', b'r', b'm', b'.', b'p', b'm',
+            b'i', b'x', b'.', b'3', b'.', b'0', 0, 0xfe, 0xff, 0xff, 0xff, 0x0f, 0x02, 0x00,
+        ];
+        request(&mut conns[0], 109, &fence);
+        // Rank 0 waits in the fence until rank 1 is in it too.
+        conns[0]
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut hdr = [0u8; 16];
+        assert!(conns[0].read_exact(&mut hdr).is_err());
+        conns[0].set_read_timeout(None).unwrap();
+        request(&mut conns[1], 109, &fence);
+        assert_eq!(reply(&mut conns[1]), (109, OK.to_vec()));
+        // (The part of the header rank 0 had not read yet timed out empty.)
+        assert_eq!(reply(&mut conns[0]), (109, OK.to_vec()));
+        for c in conns.iter_mut() {
+            request(c, 110, &[0x02, DEREGISTER_EVENTS]);
+            request(c, 111, &[0x02, DEREGISTER_EVENTS, 0x02, 0xa5, 0x02]);
+            request(c, 112, &[0x02, FINALIZE]);
+            assert_eq!(reply(c), (112, OK.to_vec()));
+            request(c, 113, &[0x02, 0x40]);
+            assert_eq!(reply(c), (113, NOT_SUPPORTED.to_vec()));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
