@@ -700,6 +700,11 @@ impl Coordinator {
             relaunch: relaunched,
             reset_outside: self.reset_outside,
             across,
+            inherited: if hold {
+                stepd_listeners(&manifests, &run.hosts)
+            } else {
+                Vec::new()
+            },
         };
         let n = record.processes.len();
         let path = pending
@@ -1220,6 +1225,7 @@ fn check_inet(
                     reset_outside,
                     across,
                     stand_in: false,
+                    inherited: false,
                     who: format!("fd {} of {} (process {})", f.fd, m.exe, m.pid),
                 });
             }
@@ -1272,6 +1278,36 @@ fn check_inet(
         });
     }
     Ok(out)
+}
+
+/// The listening sockets of the job that it inherited from slurmstepd:
+/// sockets root made (their inode's owner; a job cannot make one), left
+/// open across the exec of the task (Slurm 22.05 with `--mpi=pmix` leaves
+/// one in every task). Every task of the node holds it and no program
+/// uses it; a restart makes it listen on another port (docs/mpi.md).
+fn stepd_listeners(manifests: &[ProcessManifest], hosts: &BTreeMap<i32, i32>) -> Vec<u64> {
+    use ckpt::objects::inet_socket::tcp_state;
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: getuid has no preconditions.
+    let me = unsafe { libc::getuid() };
+    let mut out = Vec::new();
+    for m in manifests {
+        let Some(host) = hosts.get(&m.pid) else {
+            continue;
+        };
+        for f in &m.fds {
+            if let Some(s) = &f.inet
+                && s.is_tcp()
+                && s.tcp_state == tcp_state::LISTEN
+                && !out.contains(&f.inode)
+                && std::fs::metadata(format!("/proc/{host}/fd/{}", f.fd))
+                    .is_ok_and(|md| md.uid() == 0 && me != 0 && md.ino() == f.inode)
+            {
+                out.push(f.inode);
+            }
+        }
+    }
+    out
 }
 
 /// Is `peer` the PMIx server of the process `host`: the address of its

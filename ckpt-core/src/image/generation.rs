@@ -1057,6 +1057,7 @@ mod tests {
             relaunch: vec![],
             reset_outside: false,
             across: vec![],
+            inherited: vec![],
         }
     }
 

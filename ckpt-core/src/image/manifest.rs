@@ -528,6 +528,12 @@ pub struct GenerationRecord {
     /// (docs/batch-jobs.md, "Connections between tasks").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub across: Vec<AcrossEnd>,
+    /// Listening sockets the task inherited from slurmstepd (the abort
+    /// agent of Slurm's PMIx plugin, `SLURM_PMIXP_ABORT_AGENT_PORT`), which
+    /// every task of a node holds and no program uses: a restart makes them
+    /// listen on a port the kernel picks (docs/mpi.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inherited: Vec<u64>,
 }
 
 /// This task's end of a TCP connection to another task of the same job.

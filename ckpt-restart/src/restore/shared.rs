@@ -629,6 +629,7 @@ pub fn build(g: &LoadedGeneration, lo: i32) -> Result<Shared, String> {
                 reset_outside: g.record.reset_outside,
                 across: g.record.across.iter().any(|a| a.inode == f.inode),
                 stand_in: g.record.across.iter().any(|a| a.inode == f.inode && a.pmix),
+                inherited: g.record.inherited.contains(&f.inode),
                 who: format!("fd {} of process {} ({})", f.fd, m.pid, m.exe),
             });
         }

@@ -17,7 +17,7 @@ const CRTEST_H: &str = include_str!("../../programs/lib/crtest.h");
 /// an uninterrupted run of `steps` steps prints as its result; `None`
 /// when Open MPI is missing (outside CI).
 fn ring_program(c: &Cluster, name: &str, steps: u32) -> Option<(PathBuf, String)> {
-    ring_program_with(c, name, steps, Mpi::Open)
+    ring_program_with(c, name, steps, Mpi::Open, 2)
 }
 
 /// The MPI a ring program is built and run with.
@@ -29,7 +29,14 @@ enum Mpi {
     Mpich,
 }
 
-fn ring_program_with(c: &Cluster, name: &str, steps: u32, mpi: Mpi) -> Option<(PathBuf, String)> {
+/// ... with `ranks` ranks in the uninterrupted run.
+fn ring_program_with(
+    c: &Cluster,
+    name: &str,
+    steps: u32,
+    mpi: Mpi,
+    ranks: u32,
+) -> Option<(PathBuf, String)> {
     let (cc, packages) = match mpi {
         Mpi::Open => ("mpicc", "openmpi-bin, libopenmpi-dev"),
         Mpi::Mpich => ("mpicc.mpich", "mpich, libmpich-dev"),
@@ -47,8 +54,21 @@ fn ring_program_with(c: &Cluster, name: &str, steps: u32, mpi: Mpi) -> Option<(P
     c.write_script(&dir.join("ring.c"), RING_C);
     user_ok(c, &dir, &[cc, "-O2", "-I", ".", "-o", "ring", "ring.c"]);
     let steps = steps.to_string();
+    let np = ranks.to_string();
     let want = match mpi {
-        Mpi::Open => user_ok(c, &dir, &["mpirun", "-np", "2", "./ring", &steps, "0"]),
+        Mpi::Open => user_ok(
+            c,
+            &dir,
+            &[
+                "mpirun",
+                "--oversubscribe",
+                "-np",
+                &np,
+                "./ring",
+                &steps,
+                "0",
+            ],
+        ),
         Mpi::Mpich => user_ok(
             c,
             &dir,
@@ -59,7 +79,7 @@ fn ring_program_with(c: &Cluster, name: &str, steps: u32, mpi: Mpi) -> Option<(P
                 "-launcher",
                 "fork",
                 "-n",
-                "2",
+                &np,
                 "./ring",
                 &steps,
                 "0",
@@ -117,7 +137,7 @@ fn ring_moved_and_passed(c: &Cluster, dir: &Path, want: &str, steps: u32, launch
 fn an_mpich_job_run_by_mpiexec_on_one_node_resumes_on_another_node() {
     let Some(c) = slurm::cluster() else { return };
     const STEPS: u32 = 40;
-    let Some((dir, want)) = ring_program_with(&c, "mpich-mpiexec", STEPS, Mpi::Mpich) else {
+    let Some((dir, want)) = ring_program_with(&c, "mpich-mpiexec", STEPS, Mpi::Mpich, 2) else {
         return;
     };
     // `-launcher fork`: start the ranks here (under Slurm Hydra would start
@@ -169,12 +189,12 @@ fn an_mpi_job_whose_daemon_srun_starts_is_refused_and_runs_to_its_end() {
 fn an_mpi_job_whose_ranks_srun_starts_with_pmix_resumes_on_another_pair_of_nodes() {
     let Some(c) = slurm::cluster() else { return };
     const STEPS: u32 = 40;
-    let Some((dir, want)) = ring_program(&c, "mpi-pmix", STEPS) else {
+    let Some((dir, want)) = ring_program_with(&c, "mpi-pmix", STEPS, Mpi::Open, 4) else {
         return;
     };
     let script = format!(
         "#!/bin/bash\n\
-         #SBATCH -p multi -N2 --ntasks-per-node=1 --checkpoint-dir=ck --signal=B:USR1@10\n\
+         #SBATCH -p multi -N2 --ntasks-per-node=2 --checkpoint-dir=ck --signal=B:USR1@10\n\
          export OMPI_MCA_btl=self,tcp\n\
          srun --mpi=pmix ./ring {STEPS} 400\n\
          echo \"post done\"\n"
@@ -203,7 +223,7 @@ fn an_mpi_job_whose_ranks_srun_starts_with_pmix_resumes_on_another_pair_of_nodes
     ] {
         c.check(ok, what, &run);
     }
-    for rank in 0..2 {
+    for rank in 0..4 {
         let resumed = format!(
             "resuming from {}/gen-",
             dir.join(format!("ck/step0/task{rank}")).display()

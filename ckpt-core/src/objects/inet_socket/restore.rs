@@ -59,6 +59,10 @@ pub struct SavedEnd<'a> {
     /// Its peer was the task's PMIx server: a restart connects it to ckpt's
     /// stand-in for that server ([`across::to_stand_in`]).
     pub stand_in: bool,
+    /// A listening socket the task inherited from slurmstepd and never
+    /// uses: made again on a port the kernel picks, not its own (which
+    /// slurmstepd, or the task's neighbour on the node, holds).
+    pub inherited: bool,
     /// Who holds it, for messages ("fd 5 of process 12 (python3)").
     pub who: String,
 }
@@ -1157,6 +1161,7 @@ pub fn restore_all(ends: &[SavedEnd<'_>]) -> Result<HashMap<u64, i32>, String> {
                         reset_outside: false,
                         across: false,
                         stand_in: false,
+                        inherited: false,
                         who: format!("the closed peer of {}", x.who),
                     };
                     // An end accepted from a listening socket keeps the
@@ -1189,7 +1194,15 @@ pub fn restore_all(ends: &[SavedEnd<'_>]) -> Result<HashMap<u64, i32>, String> {
                     let fd = new_socket(x.sock)?;
                     fds.insert(a, fd);
                     size_buffers(fd, x, 0, 0)?;
-                    bind(fd, x.sock.family, &x.sock.local, &x.who)?;
+                    let at = if x.inherited {
+                        Addr {
+                            port: 0,
+                            ..x.sock.local.clone()
+                        }
+                    } else {
+                        x.sock.local.clone()
+                    };
+                    bind(fd, x.sock.family, &at, &x.who)?;
                     let backlog = i32::try_from(x.sock.backlog).unwrap_or(i32::MAX).max(1);
                     // SAFETY: no pointers.
                     if unsafe { libc::listen(fd, backlog) } != 0 {

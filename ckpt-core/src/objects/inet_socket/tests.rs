@@ -207,6 +207,7 @@ fn end(ino: u64, s: &InetSocket, data: Vec<u8>) -> SavedEnd<'_> {
         reset_outside: false,
         across: false,
         stand_in: false,
+        inherited: false,
         who: format!("socket {ino}"),
     }
 }

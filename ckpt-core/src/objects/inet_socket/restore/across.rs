@@ -894,6 +894,7 @@ mod tests {
             reset_outside: false,
             across: true,
             stand_in: false,
+            inherited: false,
             who: format!("socket {inode}"),
         }
     }
