@@ -344,6 +344,25 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
         // launch/restart), so nothing reads the environment concurrently.
         unsafe { std::env::set_var("CKPT_LIB", lib) };
     }
+    if !o.batch
+        && std::env::var("SLURM_MPI_TYPE").is_ok_and(|t| t.starts_with("pmix"))
+        && std::env::var_os("OMPI_MCA_btl").is_none()
+    {
+        // Each task runs in pid and user namespaces of its own, so the ranks
+        // of one node all have pid 2: Open MPI's shared-memory transport
+        // takes a neighbour's segment for its own and crashes at the first
+        // message (docs/mpi.md). Without it the ranks of a node talk over
+        // TCP, which a job checkpoint keeps.
+        // SAFETY: single-threaded (no thread started yet).
+        unsafe { std::env::set_var("OMPI_MCA_btl", "^vader") };
+        if std::env::var("SLURM_PROCID").is_ok_and(|r| r == "0") {
+            say(
+                "note: OMPI_MCA_btl=^vader is set for this step: Open MPI's shared-memory transport \
+                 cannot work between ranks in ckpt's per-task namespaces (set OMPI_MCA_btl to choose \
+                 the transports yourself)",
+            );
+        }
+    }
     if !o.batch {
         // The step's checkpoint signal reaches every process of the step:
         // the job's init and libckpt leave Slurm's to ckpt (ns::supervise,

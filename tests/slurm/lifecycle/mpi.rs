@@ -195,7 +195,6 @@ fn an_mpi_job_whose_ranks_srun_starts_with_pmix_resumes_on_another_pair_of_nodes
     let script = format!(
         "#!/bin/bash\n\
          #SBATCH -p multi -N2 --ntasks-per-node=2 --checkpoint-dir=ck --signal=B:USR1@10\n\
-         export OMPI_MCA_btl=self,tcp\n\
          srun --mpi=pmix ./ring {STEPS} 400\n\
          echo \"post done\"\n"
     );
@@ -219,6 +218,11 @@ fn an_mpi_job_whose_ranks_srun_starts_with_pmix_resumes_on_another_pair_of_nodes
         (
             !run.stderr.contains("checkpoint failed"),
             "a checkpoint failed",
+        ),
+        (
+            run.stderr
+                .contains("note: OMPI_MCA_btl=^vader is set for this step"),
+            "no note that Open MPI's shared-memory transport is left out",
         ),
     ] {
         c.check(ok, what, &run);
