@@ -1101,3 +1101,42 @@ fn rank_progress(text: &str, rank: u32) -> (Vec<u32>, Option<String>) {
         .collect();
     (steps, lines.into_iter().find(|l| l.starts_with("RESULT")))
 }
+
+/// The node the job's batch step runs on fails: drained first, so that it
+/// stays out of service when its slurmd registers again (ReturnToService=2
+/// would bring a node that is only down back at once), then set down, which
+/// makes Slurm kill the job there and requeue it (when requeueable).
+fn fail_first_node<'a>(c: &'a Cluster, job: &Job) -> (Vec<String>, Drained<'a>) {
+    let first = job_nodes(c, job.id);
+    let down = Drained {
+        c,
+        node: first.first().cloned().unwrap_or_default(),
+    };
+    for state in ["drain", "down"] {
+        root_cmd(c, "scontrol")
+            .args([
+                "update",
+                &format!("nodename={}", down.node),
+                &format!("state={state}"),
+                "reason=ckpt-test-node-failure",
+            ])
+            .output()
+            .unwrap_or_else(|e| panic!("scontrol update: {e}"));
+    }
+    (first, down)
+}
+
+/// Every rank of step 0 of the job resumed from its own image.
+fn check_ranks_resumed(c: &Cluster, run: &JobRun, dir: &Path, ranks: u32) {
+    for rank in 0..ranks {
+        let resumed = format!(
+            "resuming from {}/gen-",
+            dir.join(format!("ck/step0/task{rank}")).display()
+        );
+        c.check(
+            run.stderr.contains(&resumed),
+            &format!("rank {rank} did not resume from its image ({resumed:?})"),
+            run,
+        );
+    }
+}

@@ -773,22 +773,19 @@ fn remove_step_dirs(job_dir: &Path) {
 }
 
 /// A checkpoint of a task of an `srun --mpi=pmix` step refused for a
-/// connection outside the job says why, if the task is an MPI rank, it
-/// cannot be checkpointed and what works instead (docs/mpi.md): a rank's
-/// connections to its PMIx server (its node's slurmstepd) and to ranks in
-/// other tasks leave the task, and the advice for other programs (close
-/// the socket, or have it given back closed) would leave it without its
-/// PMIx server. The step's MPI type alone does not tell a rank from another
-/// program (clusters with `MpiDefault=pmix` give it to every step), so both
-/// are said.
+/// connection outside the job says, in case the task is an MPI rank, which
+/// of a rank's connections ckpt keeps (to the other ranks, to its PMIx
+/// server: docs/mpi.md) and what works for ranks `mpirun` started. The
+/// step's MPI type alone does not tell a rank from another program
+/// (clusters with `MpiDefault=pmix` give it to every step), so both are
+/// said.
 pub(super) fn with_mpi_hint(e: String, mpi_type: Option<&str>) -> String {
     match mpi_type {
         Some(t) if t.starts_with("pmix") && e.contains("outside the job") => format!(
-            "{e}. If this task is an MPI rank (its step was started with `srun --mpi=pmix`), that \
-             advice does not apply: a rank's PMIx server is its node's slurmstepd, outside the job, \
-             and ckpt cannot yet give a restored rank a PMIx server (its connections to the other \
-             ranks are checkpointed with the job; docs/mpi.md); start the ranks with `mpirun` inside \
-             the batch script, on one node"
+            "{e}. If this task is an MPI rank (its step was started with `srun --mpi=pmix`): ckpt \
+             keeps a rank's TCP connections to the other ranks of the job and to its PMIx server \
+             (docs/mpi.md), and this connection is neither; ranks that `mpirun` starts across \
+             nodes are not checkpointed yet: start them with `srun --mpi=pmix`"
         ),
         _ => e,
     }

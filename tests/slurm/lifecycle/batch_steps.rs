@@ -487,27 +487,9 @@ fn a_node_failure_requeues_a_periodically_checkpointed_two_node_job_which_resume
     wait_until(&c, Some(&job), "progress after the checkpoint", || {
         (0..RANKS).all(|r| rank_step(r) >= at + 2)
     });
-    let first = job_nodes(&c, job.id);
     // The batch node fails: Slurm kills what ran there and, the job being
     // requeueable, requeues it; it cannot come back to that node.
-    let down = Drained {
-        c: &c,
-        node: first.first().cloned().unwrap_or_default(),
-    };
-    // Drained first, so that it stays out of service when its slurmd
-    // registers again (ReturnToService=2 would bring a node that is only
-    // down back at once); then down, which kills the job there.
-    for state in ["drain", "down"] {
-        root_cmd(&c, "scontrol")
-            .args([
-                "update",
-                &format!("nodename={}", down.node),
-                &format!("state={state}"),
-                "reason=ckpt-test-node-failure",
-            ])
-            .output()
-            .unwrap_or_else(|e| panic!("scontrol update: {e}"));
-    }
+    let (first, down) = fail_first_node(&c, &job);
     wait_resumed(&c, &job, 1);
     let second = job_nodes(&c, job.id);
     let end = final_state(&c, &job);

@@ -227,17 +227,56 @@ fn an_mpi_job_whose_ranks_srun_starts_with_pmix_resumes_on_another_pair_of_nodes
     ] {
         c.check(ok, what, &run);
     }
-    for rank in 0..4 {
-        let resumed = format!(
-            "resuming from {}/gen-",
-            dir.join(format!("ck/step0/task{rank}")).display()
-        );
-        c.check(
-            run.stderr.contains(&resumed),
-            &format!("rank {rank} did not resume from its image ({resumed:?})"),
-            &run,
-        );
-    }
+    check_ranks_resumed(&c, &run, &dir, 4);
+}
+
+/// The same ranks (2 nodes x 2) checkpointed every 10 s, then the batch
+/// node fails (drained and set down: Slurm kills the job there and
+/// requeues it): the job resumes from its newest periodic checkpoint on the
+/// other nodes, the ranks' connections and PMIx stand-in as above, and the
+/// output is the uninterrupted run's, each step once (what was printed
+/// after the checkpoint is cut off and printed again by the resumed run).
+#[test]
+fn an_mpi_job_of_srun_pmix_checkpointed_periodically_resumes_after_a_node_failure() {
+    let Some(c) = slurm::cluster() else { return };
+    const STEPS: u32 = 60;
+    let Some((dir, want)) = ring_program_with(&c, "mpi-pmix-periodic", STEPS, Mpi::Open, 4) else {
+        return;
+    };
+    let script = format!(
+        "#!/bin/bash\n\
+         #SBATCH -p multi -N2 --ntasks-per-node=2 --requeue\n\
+         #SBATCH --checkpoint-dir=ck --checkpoint-interval=10 --signal=B:USR1@10\n\
+         srun --mpi=pmix ./ring {STEPS} 400\n\
+         echo \"post done\"\n"
+    );
+    let job = submit(&c, &dir, &["-t", "10"], &script);
+    let batch_latest = dir.join("ck/batch/latest/generation.json");
+    wait_until(
+        &c,
+        Some(&job),
+        "a periodic checkpoint of the whole job",
+        || fs::read_to_string(&batch_latest).is_ok_and(|g| g.contains("\"relaunch\"")),
+    );
+    let step = || last_step(&fs::read_to_string(&job.out).unwrap_or_default());
+    let at = step();
+    wait_until(&c, Some(&job), "progress after the checkpoint", || {
+        step() >= at + 2
+    });
+    let (first, down) = fail_first_node(&c, &job);
+    wait_resumed(&c, &job, 1);
+    let second = job_nodes(&c, job.id);
+    let end = final_state(&c, &job);
+    drop(down);
+    check_completed_elsewhere(&c, &job, &end, &first, &second);
+    check_continuous(&c, &job, STEPS, &want);
+    let run = job.run();
+    c.check(
+        run.stdout.lines().any(|l| l == "PASS")
+            && run.stdout.lines().filter(|l| *l == "post done").count() == 1,
+        "the ranks did not pass their own checks, or the script's last line is not there once",
+        &run,
+    );
 }
 
 /// A batch job in partition `multi` (`#SBATCH` `options`, then the MPI

@@ -199,17 +199,7 @@ fn two_ranks_joined_by_tcp_across_nodes_resume_on_another_pair_of_nodes() {
         &run,
     );
     check_moved_and_continuous(&c, &run, &first, &second, &wants, STEPS);
-    for rank in 0..2 {
-        let resumed = format!(
-            "resuming from {}/gen-",
-            dir.join(format!("ck/step0/task{rank}")).display()
-        );
-        c.check(
-            run.stderr.contains(&resumed),
-            &format!("rank {rank} did not resume from its image ({resumed:?})"),
-            &run,
-        );
-    }
+    check_ranks_resumed(&c, &run, &dir, 2);
     // Where the two ends met is gone with the job's images.
     let meet = dir.join("ck/meet.1");
     c.check(

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::super::Addr;
-use super::{SavedEnd, close, err, set, size_buffers, sockaddr};
+use super::{SavedEnd, close, err, get, port_of, set, size_buffers, sockaddr};
 
 /// The environment variable naming the meeting directory: set by `ckpt
 /// slurm-task` for the init of a task that resumes as part of its job.
@@ -473,28 +473,6 @@ fn random_token() -> [u8; 16] {
     t
 }
 
-fn port_of(fd: i32) -> u16 {
-    // SAFETY: sockaddr_storage is plain old data.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as u32;
-    // SAFETY: getsockname writing into a local of `len` bytes.
-    if unsafe {
-        libc::getsockname(
-            fd,
-            (&mut ss as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    } != 0
-    {
-        return 0;
-    }
-    // Both sockaddr_in and sockaddr_in6 keep the port right after the family.
-    // SAFETY: the storage holds one of them.
-    let port =
-        unsafe { (*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()).sin_port };
-    u16::from_be(port)
-}
-
 /// Starts a non-blocking `connect` of `x` to `to`: `Ok(true)` when done.
 fn start_connect(x: &End<'_, '_>, to: &Addr) -> Result<bool, std::io::Error> {
     let (ss, len) = sockaddr(x.e.sock.family, to).map_err(std::io::Error::other)?;
@@ -509,22 +487,6 @@ fn start_connect(x: &End<'_, '_>, to: &Addr) -> Result<bool, std::io::Error> {
     } else {
         Err(e)
     }
-}
-
-fn so_error(fd: i32) -> i32 {
-    let mut v: i32 = 0;
-    let mut len = std::mem::size_of::<i32>() as u32;
-    // SAFETY: getsockopt writing an int into a local.
-    unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut v as *mut i32).cast(),
-            &mut len,
-        )
-    };
-    v
 }
 
 /// Makes every connection of `ends` (this task's ends of connections to
@@ -760,7 +722,9 @@ fn step(x: &mut End<'_, '_>, revents: i16, dir: &Dir) -> Result<(), String> {
             Ok(())
         }
         Stage::Connecting(n) => {
-            if so_error(x.fd) == 0 && revents & (libc::POLLERR | libc::POLLHUP) == 0 {
+            if get(x.fd, libc::SOL_SOCKET, libc::SO_ERROR) == 0
+                && revents & (libc::POLLERR | libc::POLLHUP) == 0
+            {
                 hello(x);
                 Ok(())
             } else {
