@@ -83,6 +83,8 @@ pub struct Coordinator {
     /// After a refusal for bytes TCP senders of the job have not delivered
     /// yet: the senders stopped first at the next try.
     drain: Mutex<Drain>,
+    /// Which job checkpoint's hold is the current one ([`Self::release_held`]).
+    hold_epoch: std::sync::atomic::AtomicU64,
 }
 
 /// TCP senders of the job ahead of their receivers (docs/sockets.md):
@@ -150,6 +152,7 @@ impl Coordinator {
             }),
             relaunch: Mutex::new(None),
             drain: Mutex::new(Drain::default()),
+            hold_epoch: std::sync::atomic::AtomicU64::new(0),
             reset_outside: match external_sockets_policy(
                 std::env::var(ENV_EXTERNAL_SOCKETS).ok().as_deref(),
             ) {
@@ -191,6 +194,19 @@ impl Coordinator {
             .filter(|m| srun.contains(&m.pid) && !srun.contains(&m.ppid))
             .map(|m| (m.pid, m.host_pid, m.ppid, m.exe))
             .collect()
+    }
+
+    /// The current hold's number: a thread that waits to end a hold ends it
+    /// only if no later job checkpoint began meanwhile.
+    pub fn hold_epoch(&self) -> u64 {
+        self.hold_epoch.load(Ordering::Acquire)
+    }
+
+    /// Ends the hold numbered `epoch`, unless a later one began.
+    pub fn release_held(&self, epoch: u64) {
+        if self.hold_epoch.load(Ordering::Acquire) == epoch {
+            self.hold(false);
+        }
     }
 
     /// Stop (`SIGSTOP`) or continue (`SIGCONT`) every process of the job:
@@ -359,6 +375,12 @@ impl Coordinator {
         cut: Option<&dyn Fn() -> Result<(), String>>,
     ) -> Result<Done, String> {
         let hold = cut.is_some();
+        if hold {
+            // A new job checkpoint: what an earlier one held goes on first,
+            // and the thread waiting to release it no longer will.
+            self.hold_epoch.fetch_add(1, Ordering::AcqRel);
+            self.hold(false);
+        }
         // A refusal that passes by itself (bytes a TCP sender has not sent
         // yet, a connection not accepted yet: docs/sockets.md) is retried
         // after letting the job run a moment.
@@ -1275,6 +1297,8 @@ fn check_inet(
             peer,
             who: format!("{} is {} (socket:[{}])", e.who, e.sock.describe(), e.inode),
             pmix,
+            acked: e.sock.acked,
+            received: e.sock.received,
         });
     }
     Ok(out)

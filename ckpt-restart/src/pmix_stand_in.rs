@@ -40,6 +40,8 @@ const NOT_SUPPORTED: [u8; 2] = [0x02, 0x5d];
 pub struct Barrier {
     /// The job's meeting directory of this restart.
     pub dir: PathBuf,
+    /// The step's directory name (`step0`): the job's steps fence apart.
+    pub step: String,
     /// This task's rank.
     pub rank: u32,
     /// The step's ranks.
@@ -47,19 +49,20 @@ pub struct Barrier {
 }
 
 impl Barrier {
-    fn name(n: u64, rank: u32) -> String {
-        format!("pmix-fence.{n}.{rank}")
+    fn name(&self, n: u64, rank: u32) -> String {
+        format!("pmix-fence.{}.{n}.{rank}", self.step)
     }
 
     fn wait(&self, n: u64) -> std::io::Result<()> {
-        match std::fs::create_dir(&self.dir) {
+        use std::os::unix::fs::DirBuilderExt;
+        match std::fs::DirBuilder::new().mode(0o700).create(&self.dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
-        std::fs::write(self.dir.join(Self::name(n, self.rank)), b"")?;
+        std::fs::write(self.dir.join(self.name(n, self.rank)), b"")?;
         loop {
-            if (0..self.ranks).all(|r| self.dir.join(Self::name(n, r)).exists()) {
+            if (0..self.ranks).all(|r| self.dir.join(self.name(n, r)).exists()) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -92,10 +95,12 @@ pub fn listen(barrier: Barrier) -> std::io::Result<(String, impl FnOnce() + Send
 /// One rank's connection: the token, then requests until it closes.
 fn serve_one(mut s: TcpStream, token: &[u8; 16], b: &Barrier) -> std::io::Result<()> {
     let mut got = [0u8; 16];
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.read_exact(&mut got)?;
     if &got != token {
         return Ok(());
     }
+    s.set_read_timeout(None)?;
     let mut fences = 0u64;
     loop {
         let mut hdr = [0u8; 16];
@@ -145,6 +150,10 @@ pub fn barrier_from_env(meet: &Path) -> Option<Barrier> {
     let num = |k: &str| std::env::var(k).ok()?.trim().parse::<u32>().ok();
     Some(Barrier {
         dir: meet.to_path_buf(),
+        step: std::env::var(crate::relaunch::ENV_STEP_DIR)
+            .ok()
+            .filter(|d| crate::cli::job::valid_step_dir(d))
+            .unwrap_or_else(|| "step".into()),
         rank: num("SLURM_PROCID")?,
         ranks: num("SLURM_STEP_NUM_TASKS").or_else(|| num("SLURM_NTASKS"))?,
     })
@@ -178,6 +187,7 @@ mod tests {
         for rank in 0..2 {
             let (env, serve) = listen(Barrier {
                 dir: dir.clone(),
+                step: "step0".into(),
                 rank,
                 ranks: 2,
             })

@@ -281,14 +281,23 @@ fn find(
     Ok(out)
 }
 
-/// The directories of the PMIx server of process `host` (a rank of `srun
-/// --mpi=pmix`): `PMIX_SERVER_TMPDIR` and the data store's base paths of
-/// its environment, each ending in `/`. libckpt's capture saves what the
+/// The directories of the PMIx server of process `host` when that server is
+/// Slurm's (a rank of `srun --mpi=pmix`, namespace `slurm.pmix.*`):
+/// `PMIX_SERVER_TMPDIR` and the data store's base paths of its environment,
+/// each ending in `/`. libckpt's capture saves what the
 /// process maps from them as memory (`ckpt-core/src/preload/capture.rs`).
 fn pmix_server_dirs(host: i32) -> Vec<Vec<u8>> {
     let Ok(env) = fs::read(format!("/proc/{host}/environ")) else {
         return Vec::new();
     };
+    // Only Slurm's server: an `mpirun` of the job is a PMIx server too, and
+    // its files are the job's own.
+    if !env
+        .split(|&c| c == 0)
+        .any(|v| v.starts_with(b"PMIX_NAMESPACE=slurm.pmix."))
+    {
+        return Vec::new();
+    }
     env.split(|&c| c == 0)
         .filter_map(|v| {
             [

@@ -553,6 +553,14 @@ pub struct AcrossEnd {
     /// end; a restart connects it to the stand-in (docs/mpi.md).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pmix: bool,
+    /// Bytes it sent that its peer acknowledged, and bytes it received, at
+    /// its capture (`InetSocket::acked`): the batch step checks them
+    /// against the other end's.
+    #[serde(default)]
+    pub acked: u64,
+    /// See [`Self::acked`].
+    #[serde(default)]
+    pub received: u64,
 }
 
 /// A process started again at restart with the command, environment,

@@ -245,6 +245,15 @@ pub struct InetSocket {
     /// was reset): refused.
     #[serde(default)]
     pub ended: bool,
+    /// TCP: bytes it sent that its peer acknowledged, and bytes it received,
+    /// since the connection began (`tcpi_bytes_acked`, `tcpi_bytes_received`):
+    /// two ends captured apart (two tasks of a job) saw every byte between
+    /// them delivered exactly when each one's count is the other's.
+    #[serde(default)]
+    pub acked: u64,
+    /// See [`Self::acked`].
+    #[serde(default)]
+    pub received: u64,
     /// Options.
     #[serde(default)]
     pub opts: Options,
@@ -663,6 +672,8 @@ pub fn capture(
         unsent: 0,
         datagrams: false,
         ended: false,
+        acked: 0,
+        received: 0,
     };
     let mut queued = 0usize;
     // UDP: (bytes, their CRC, the JSON of each datagram).
@@ -675,8 +686,9 @@ pub fn capture(
             opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
             opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
         ];
-        let (state, traffic) = tcp_info_state(fd)?;
+        let (state, traffic, acked, received) = tcp_info_state(fd)?;
         s.tcp_state = state;
+        (s.acked, s.received) = (acked, received);
         // Closed, but it carried a connection: ended (both ends closed it,
         // or it was reset), unlike a socket never connected.
         s.ended = state == tcp_state::CLOSE && traffic;
@@ -756,7 +768,7 @@ pub fn capture(
     }
     let _ = write!(
         j,
-        ",\"peer_is\":\"{}\",\"peer_inode\":{},\"peer_queued\":{},\"shutdown\":{},\"backlog\":{},\"accept_queue\":{},\"unsent\":{},\"datagrams\":{},\"ended\":{}",
+        ",\"peer_is\":\"{}\",\"peer_inode\":{},\"peer_queued\":{},\"shutdown\":{},\"backlog\":{},\"accept_queue\":{},\"unsent\":{},\"datagrams\":{},\"ended\":{},\"acked\":{},\"received\":{}",
         s.peer_is,
         s.peer_inode,
         s.peer_queued,
@@ -765,7 +777,9 @@ pub fn capture(
         s.accept_queue,
         s.unsent,
         s.datagrams,
-        s.ended
+        s.ended,
+        s.acked,
+        s.received
     );
     let _ = write!(
         j,
@@ -817,12 +831,16 @@ struct Fields {
     unsent: u32,
     datagrams: bool,
     ended: bool,
+    acked: u64,
+    received: u64,
 }
 
-/// The TCP state of `fd` (first byte of `struct tcp_info`).
-fn tcp_info_state(fd: i32) -> Result<(u8, bool), Errno> {
-    // struct tcp_info: the state is its first byte, tcpi_segs_out and
-    // tcpi_segs_in are the u32s at 136 and 140 (uapi linux/tcp.h).
+/// The TCP state of `fd` (first byte of `struct tcp_info`), whether it
+/// carried traffic, and its bytes acknowledged and received.
+fn tcp_info_state(fd: i32) -> Result<(u8, bool, u64, u64), Errno> {
+    // struct tcp_info: the state is its first byte, tcpi_bytes_acked and
+    // tcpi_bytes_received are the u64s at 120 and 128, tcpi_segs_out and
+    // tcpi_segs_in the u32s at 136 and 140 (uapi linux/tcp.h).
     let mut info = [0u8; 144];
     let mut len: u32 = 144;
     // SAFETY: getsockopt (55) of TCP_INFO writes at most `len` bytes into info.
@@ -839,7 +857,16 @@ fn tcp_info_state(fd: i32) -> Result<(u8, bool), Errno> {
     }?;
     let segs = |at: usize| u32_at(&info, at).filter(|_| len as usize >= at + 4);
     let traffic = segs(136).unwrap_or(0) > 0 || segs(140).unwrap_or(0) > 0;
-    Ok((info[0], traffic))
+    let bytes = |at: usize| {
+        let lo = u64::from(u32_at(&info, at).unwrap_or(0));
+        let hi = u64::from(u32_at(&info, at + 4).unwrap_or(0));
+        if len as usize >= at + 8 {
+            lo | hi << 32
+        } else {
+            0
+        }
+    };
+    Ok((info[0], traffic, bytes(120), bytes(128)))
 }
 
 /// The largest UDP datagram (IPv6 without jumbograms: 65535 - 8).

@@ -970,6 +970,11 @@ static mut SERVER_DIRS: [u8; 2048] = [0; 2048];
 /// server, and its files, are not there any more (a rank of `srun
 /// --mpi=pmix` resumed on other nodes talks to ckpt's stand-in, docs/mpi.md).
 pub fn note_server_dirs() {
+    // Only Slurm's server (a rank of `srun --mpi=pmix`): an `mpirun` of the
+    // job is a PMIx server too, and its files are the job's own.
+    if !std::env::var("PMIX_NAMESPACE").is_ok_and(|n| n.starts_with("slurm.pmix.")) {
+        return;
+    }
     let mut at = 0usize;
     // SAFETY: the constructor runs before any other thread of ours exists
     // and before any stop signal can be handled; nothing writes it after.

@@ -676,6 +676,28 @@ pub fn give_back(entries: &[u8]) -> Result<(), Errno> {
 mod tests {
     use super::*;
 
+    /// Runs `f` in a child process of its own, alone: the test harness runs
+    /// tests on several threads, and another test's `fork` or mappings
+    /// change this process's page map and maps under `f` (a page shared
+    /// with a fork child is no longer the process's own).
+    fn isolated(f: fn()) {
+        // SAFETY: the child runs `f` on its only thread and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            let ok = std::panic::catch_unwind(f).is_ok();
+            // SAFETY: leaves the child at once.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut st = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut st, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+            "the test failed in its own process (its message is above)"
+        );
+    }
+
     #[test]
     fn advice_is_read_per_region_from_smaps_text() {
         let text = b"7f0000000000-7f0000003000 rw-p 00000000 00:00 0 \n\
@@ -744,6 +766,10 @@ VmFlags: rd wr mr mw me ac \n";
     /// page in its middle and on an untouched one.
     #[test]
     fn scanning_and_reading_the_page_map_agree() {
+        isolated(scanning_and_reading_the_page_map_agree_alone);
+    }
+
+    fn scanning_and_reading_the_page_map_agree_alone() {
         let len = 64 * PAGE as usize;
         // SAFETY: a fresh private anonymous mapping of our own.
         let p = unsafe {
@@ -795,6 +821,10 @@ VmFlags: rd wr mr mw me ac \n";
     /// it finds nothing.
     #[test]
     fn a_fork_child_finds_the_wiped_region() {
+        isolated(a_fork_child_finds_the_wiped_region_alone);
+    }
+
+    fn a_fork_child_finds_the_wiped_region_alone() {
         let len = 3 * PAGE as usize;
         // `map` is MAP_PRIVATE, or MAP_DROPPABLE (0x08, Linux 6.11); `None`
         // when the kernel has no such mapping.

@@ -188,8 +188,8 @@ pub fn plan(ends: &[SavedEnd<'_>]) -> Result<Vec<Step>, Refusal> {
                     });
                 }
                 None if e.stdio_only => first.push(Step::Stdio(ino)),
-                None if e.across => first.push(Step::Across(ino)),
                 None if e.reset_outside => first.push(Step::Reset(ino)),
+                None if e.across => first.push(Step::Across(ino)),
                 None => return Err(outside(away())),
             },
             Peer::Pending => {
@@ -198,7 +198,7 @@ pub fn plan(ends: &[SavedEnd<'_>]) -> Result<Vec<Step>, Refusal> {
                     .filter(|l| listens_for(&l.sock.local, &peer))
                     .min_by_key(|l| !l.sock.local.same(&peer))
                 else {
-                    if e.across {
+                    if e.across && !e.reset_outside {
                         return Err(Refusal {
                             inode: ino,
                             outside: false,
@@ -231,8 +231,8 @@ pub fn plan(ends: &[SavedEnd<'_>]) -> Result<Vec<Step>, Refusal> {
             // finished closing) or on another host.
             Peer::Unknown if peer.is_loopback() => first.push(Step::Lonely(ino)),
             Peer::Unknown | Peer::None if e.stdio_only => first.push(Step::Stdio(ino)),
-            Peer::Unknown | Peer::None if e.across => first.push(Step::Across(ino)),
             Peer::Unknown | Peer::None if e.reset_outside => first.push(Step::Reset(ino)),
+            Peer::Unknown | Peer::None if e.across => first.push(Step::Across(ino)),
             Peer::Unknown | Peer::None => return Err(outside(away())),
         }
     }
@@ -295,6 +295,29 @@ pub fn plan(ends: &[SavedEnd<'_>]) -> Result<Vec<Step>, Refusal> {
                     e.who,
                     e.sock.describe(),
                     d.from
+                ),
+            });
+        }
+    }
+    // A connection to another task comes back across a network whose
+    // per-packet overhead is larger than loopback's: less fits into it
+    // before the program reads (across::MAX_QUEUE).
+    for s in &first {
+        if let Step::Across(ino) = s
+            && let Some(e) = by.get(ino)
+            && let Some([_, len]) = e.sock.data
+            && len > across::MAX_QUEUE
+        {
+            return Err(Refusal {
+                inode: *ino,
+                outside: false,
+                passing: true,
+                message: format!(
+                    "{} is {} with {len} bytes queued in it, not yet read; a restart can put back at most {} \
+                     on a connection to another task",
+                    e.who,
+                    e.sock.describe(),
+                    across::MAX_QUEUE
                 ),
             });
         }

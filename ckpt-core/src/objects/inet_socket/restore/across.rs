@@ -32,6 +32,12 @@ use std::time::{Duration, Instant};
 use super::super::Addr;
 use super::{SavedEnd, close, err, get, port_of, set, size_buffers, sockaddr};
 
+/// The most bytes queued at one end of a connection between tasks that a
+/// restart puts back: it writes them into the new connection before the
+/// program reads, and across a network each packet costs the buffers more
+/// than on loopback (where 512 KiB fit, docs/sockets.md).
+pub const MAX_QUEUE: u64 = 256 << 10;
+
 /// The environment variable naming the meeting directory: set by `ckpt
 /// slurm-task` for the init of a task that resumes as part of its job.
 pub const ENV_MEETING: &str = "CKPT_RENDEZVOUS";
@@ -329,7 +335,26 @@ pub fn node_addresses(family: i32) -> Vec<Addr> {
 }
 
 /// What a published file says: the port, the token, the addresses.
-fn parse_published(text: &str) -> Option<(u16, [u8; 16], Vec<Addr>)> {
+/// This machine's host name.
+fn host_name() -> String {
+    let mut b = [0u8; 256];
+    // SAFETY: gethostname writes at most that many bytes into our buffer.
+    if unsafe { libc::gethostname(b.as_mut_ptr().cast(), b.len()) } != 0 {
+        return String::new();
+    }
+    let n = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..n]).into_owned()
+}
+
+/// What a published file says: the port, the token, the addresses and the
+/// listener's host name.
+struct Published {
+    token: [u8; 16],
+    addrs: Vec<Addr>,
+    host: String,
+}
+
+fn parse_published(text: &str) -> Option<Published> {
     let mut lines = text.lines();
     if lines.next()? != "ckpt-rendezvous 1" {
         return None;
@@ -343,7 +368,15 @@ fn parse_published(text: &str) -> Option<(u16, [u8; 16], Vec<Addr>)> {
     for (i, t) in token.iter_mut().enumerate() {
         *t = u8::from_str_radix(tok.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
+    let mut host = String::new();
     let addrs = lines
+        .filter(|l| match l.strip_prefix("host ") {
+            Some(h) => {
+                host = h.trim().to_string();
+                false
+            }
+            None => true,
+        })
         .filter_map(|l| l.trim().parse::<std::net::IpAddr>().ok())
         .map(|ip| Addr {
             ip: match ip {
@@ -353,7 +386,7 @@ fn parse_published(text: &str) -> Option<(u16, [u8; 16], Vec<Addr>)> {
             port,
         })
         .collect();
-    Some((port, token, addrs))
+    Some(Published { token, addrs, host })
 }
 
 fn published(port: u16, token: &[u8; 16], addrs: &[Addr]) -> String {
@@ -362,6 +395,7 @@ fn published(port: u16, token: &[u8; 16], addrs: &[Addr]) -> String {
         s.push_str(&format!("{b:02x}"));
     }
     s.push('\n');
+    s.push_str(&format!("host {}\n", host_name()));
     for a in addrs {
         let ip = match a.ip.len() {
             4 => std::net::IpAddr::from([a.ip[0], a.ip[1], a.ip[2], a.ip[3]]),
@@ -448,8 +482,9 @@ fn new_socket(e: &SavedEnd<'_>) -> Result<i32, String> {
         // Reachable by IPv4 too (the published addresses may be mapped ones).
         let _ = set(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0);
     }
-    // Room for the bytes going each way, before the window is set.
-    let room = e.data.len().max(64 << 10) * 2;
+    // Room for the bytes going each way, before the window is set; left to
+    // the kernel's automatic sizing when there are few.
+    let room = e.data.len();
     if let Err(x) = size_buffers(fd, e, room, room) {
         close(fd);
         return Err(x);
@@ -573,9 +608,13 @@ fn drive<'a, 'e>(
             }
             x.token = random_token();
             let text = published(port_of(x.lfd), &x.token, &node_addresses(e.sock.family));
-            dir.publish(&x.key, &text).map_err(|why| {
-                format!("cannot restore {}: publishing its address: {why}", e.who)
-            })?;
+            if let Err(why) = dir.publish(&x.key, &text) {
+                close(x.lfd);
+                return Err(format!(
+                    "cannot restore {}: publishing its address: {why}",
+                    e.who
+                ));
+            }
         }
         all.push(x);
     }
@@ -645,19 +684,39 @@ fn drive<'a, 'e>(
                 // No answer from that address: the next one.
                 retry(x, n + 1)?;
             }
+            if x.listens
+                && x.stage == Stage::Talking
+                && !x.heard
+                && x.since.elapsed() > Duration::from_secs(10)
+            {
+                // A connection that does not say who it is: not ours.
+                lost(x)?;
+            }
         }
     }
 }
 
 /// A connecting end reads the listener's file and starts connecting.
 fn look(x: &mut End<'_, '_>, dir: &Dir) -> Result<(), String> {
-    let Some((_, token, addrs)) = dir.read(&x.key).and_then(|t| parse_published(&t)) else {
+    let Some(p) = dir.read(&x.key).and_then(|t| parse_published(&t)) else {
         return Ok(());
+    };
+    // On another machine, an address this machine has too (loopback, a
+    // container bridge such as docker0) reaches this machine, not the
+    // listener's: the token and the bytes must not go there.
+    let addrs: Vec<Addr> = if p.host != host_name() {
+        let own = node_addresses(x.e.sock.family);
+        p.addrs
+            .into_iter()
+            .filter(|a| !a.is_loopback() && !own.iter().any(|o| o.canonical() == a.canonical()))
+            .collect()
+    } else {
+        p.addrs
     };
     if addrs.is_empty() {
         return Ok(());
     }
-    x.token = token;
+    x.token = p.token;
     x.addrs = addrs;
     retry(x, 0)
 }
@@ -717,6 +776,7 @@ fn step(x: &mut End<'_, '_>, revents: i16, dir: &Dir) -> Result<(), String> {
             if fd >= 0 {
                 x.fd = fd;
                 x.got.clear();
+                x.since = Instant::now();
                 x.stage = Stage::Talking;
             }
             Ok(())
@@ -890,11 +950,11 @@ mod tests {
         assert_eq!(k1, k2);
         assert_ne!(l1, l2);
         let text = published(1234, &[7; 16], &[a.clone(), b.clone()]);
-        let (port, tok, addrs) = parse_published(&text).unwrap();
-        assert_eq!((port, tok), (1234, [7; 16]));
-        assert_eq!(addrs.len(), 2);
-        assert_eq!(addrs[1].ip, b.ip);
-        assert_eq!(addrs[1].port, 1234);
+        let p = parse_published(&text).unwrap();
+        assert_eq!((p.token, p.host), ([7; 16], host_name()));
+        assert_eq!(p.addrs.len(), 2);
+        assert_eq!(p.addrs[1].ip, b.ip);
+        assert_eq!(p.addrs[1].port, 1234);
         assert!(parse_published("something else\n").is_none());
     }
 
