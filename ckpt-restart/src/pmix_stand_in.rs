@@ -24,6 +24,8 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ckpt::objects::inet_socket::meeting::MeetingDir;
+
 /// The commands answered.
 const FENCE: u8 = 3;
 const FINALIZE: u8 = 5;
@@ -34,8 +36,8 @@ const OK: [u8; 2] = [0x02, 0x00];
 const NOT_SUPPORTED: [u8; 2] = [0x02, 0x5d];
 
 /// The barrier of the step's ranks: rank `rank` of `ranks` enters fence
-/// `n` by making `pmix-fence.<n>.<rank>` in `dir` and leaves once every
-/// rank's is there.
+/// `n` by publishing `pmix-fence.<step>.<n>.<rank>` in the meeting
+/// directory `dir` and leaves once every rank's is there.
 #[derive(Clone, Debug)]
 pub struct Barrier {
     /// The job's meeting directory of this restart.
@@ -53,16 +55,14 @@ impl Barrier {
         format!("pmix-fence.{}.{n}.{rank}", self.step)
     }
 
+    /// Waits until every rank of the step has entered fence `n`: each
+    /// publishes its name in the meeting directory.
     fn wait(&self, n: u64) -> std::io::Result<()> {
-        use std::os::unix::fs::DirBuilderExt;
-        match std::fs::DirBuilder::new().mode(0o700).create(&self.dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
-        std::fs::write(self.dir.join(self.name(n, self.rank)), b"")?;
+        let dir = MeetingDir::open(&self.dir).map_err(std::io::Error::other)?;
+        dir.publish(&self.name(n, self.rank), "")
+            .map_err(std::io::Error::other)?;
         loop {
-            if (0..self.ranks).all(|r| self.dir.join(self.name(n, r)).exists()) {
+            if (0..self.ranks).all(|r| dir.has(&self.name(n, r))) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(10));

@@ -1126,12 +1126,13 @@ fn fail_first_node<'a>(c: &'a Cluster, job: &Job) -> (Vec<String>, Drained<'a>) 
     (first, down)
 }
 
-/// Every rank of step 0 of the job resumed from its own image.
-fn check_ranks_resumed(c: &Cluster, run: &JobRun, dir: &Path, ranks: u32) {
+/// Every rank of step `step` (`step0`) of the job resumed from its own
+/// image.
+fn check_ranks_resumed(c: &Cluster, run: &JobRun, dir: &Path, step: &str, ranks: u32) {
     for rank in 0..ranks {
         let resumed = format!(
             "resuming from {}/gen-",
-            dir.join(format!("ck/step0/task{rank}")).display()
+            dir.join(format!("ck/{step}/task{rank}")).display()
         );
         c.check(
             run.stderr.contains(&resumed),

@@ -1090,7 +1090,7 @@ pub fn same_addr(a: &Addr, b: &Addr) -> bool {
 pub const MAX_RESTORE_QUEUE: u64 = 512 << 10;
 
 mod restore;
-pub use restore::{Refusal, SavedEnd, Step, across, plan, restore_all};
+pub use restore::{Refusal, SavedEnd, Step, across, meeting, plan, restore_all};
 
 #[cfg(test)]
 mod tests;

@@ -61,8 +61,11 @@ pub const ENV_JOB_DIR: &str = "CKPT_JOB_DIR";
 pub const ENV_JOB_PERIODIC: &str = "CKPT_JOB_PERIODIC";
 
 /// How long the job's checkpoint is tried again for a task's condition that
-/// passes by itself.
-const PASSING_RETRY: Duration = Duration::from_secs(5);
+/// passes by itself. Longer than a lone task's 5 s: ranks that exchange
+/// messages of tens of MiB back to back keep megabytes queued between nodes
+/// most of the time, and each attempt needs a moment when every connection
+/// of the job has nothing on its way (docs/mpi.md).
+const PASSING_RETRY: Duration = Duration::from_secs(20);
 /// How long the tasks have to checkpoint.
 const TASK_DEADLINE: Duration = Duration::from_secs(180);
 /// How long the tasks have when `scancel` reported an error.
@@ -217,14 +220,23 @@ pub fn checkpoint(
     // script goes on) makes the attempt fail: the job is looked at again.
     // So does a task that failed for a condition that passes by itself (a
     // TCP sender with bytes on their way: docs/sockets.md), after letting
-    // the job run a moment, for up to 5 s as a lone task would.
+    // the job run a moment, for up to PASSING_RETRY.
     let mut attempt = 1;
     let t0 = Instant::now();
     let mut passing_tries = 0u32;
     loop {
         let before = coord.relaunched();
         match checkpoint_once(coord, j) {
-            Ok(r) => return Ok(r),
+            Ok(r) => {
+                if passing_tries > 0 {
+                    eprintln!(
+                        "ckpt: the job's checkpoint took {} attempts: bytes were on their way between tasks \
+                         at the first {passing_tries}",
+                        passing_tries + 1
+                    );
+                }
+                return Ok(r);
+            }
             Err(e) if e.ends_with(crate::coord::PASSES) && t0.elapsed() < PASSING_RETRY => {
                 passing_tries += 1;
                 std::thread::sleep(Duration::from_millis(25 << passing_tries.min(4)));

@@ -241,17 +241,7 @@ fn a_two_node_batch_job_running_srun_resumes_on_another_pair_of_nodes() {
     let run = job.run();
     c.check(end == "COMPLETED", &format!("final state {end}"), &run);
     check_moved_and_continuous(&c, &run, &first, &second, &wants, STEPS);
-    for rank in 0..RANKS {
-        let resumed = format!(
-            "resuming from {}/gen-",
-            dir.join(format!("ck/step1/task{rank}")).display()
-        );
-        c.check(
-            run.stderr.contains(&resumed),
-            &format!("rank {rank} did not resume from its image ({resumed:?})"),
-            &run,
-        );
-    }
+    check_ranks_resumed(&c, &run, &dir, "step1", RANKS);
     once_each(&c, &job, &["prepared", "post done"]);
     no_images_left(&c, &job);
 }

@@ -11,6 +11,7 @@ use super::*;
 
 /// The C/R suite's MPI program and the header it includes.
 const RING_C: &str = include_str!("../../programs/mpi/ring.c");
+const BIGRING_C: &str = include_str!("../../programs/mpi/bigring.c");
 const CRTEST_H: &str = include_str!("../../programs/lib/crtest.h");
 
 /// A directory named `name` with the ring program compiled in it, and what
@@ -37,6 +38,27 @@ fn ring_program_with(
     mpi: Mpi,
     ranks: u32,
 ) -> Option<(PathBuf, String)> {
+    mpi_program(
+        c,
+        name,
+        ("ring", RING_C),
+        &[&steps.to_string(), "0"],
+        mpi,
+        ranks,
+    )
+}
+
+/// A directory named `name` with the MPI program `(binary, source)`
+/// compiled in it, and the RESULT line of an uninterrupted run of `ranks`
+/// ranks with `args`; `None` when the MPI is missing (outside CI).
+fn mpi_program(
+    c: &Cluster,
+    name: &str,
+    (binary, source): (&str, &str),
+    args: &[&str],
+    mpi: Mpi,
+    ranks: u32,
+) -> Option<(PathBuf, String)> {
     let (cc, packages) = match mpi {
         Mpi::Open => ("mpicc", "openmpi-bin, libopenmpi-dev"),
         Mpi::Mpich => ("mpicc.mpich", "mpich, libmpich-dev"),
@@ -51,41 +73,26 @@ fn ring_program_with(
     fs::create_dir(dir.join("lib")).expect("mkdir lib");
     c.give_to_user(&dir.join("lib"));
     c.write_script(&dir.join("lib/crtest.h"), CRTEST_H);
-    c.write_script(&dir.join("ring.c"), RING_C);
-    user_ok(c, &dir, &[cc, "-O2", "-I", ".", "-o", "ring", "ring.c"]);
-    let steps = steps.to_string();
+    let src = format!("{binary}.c");
+    c.write_script(&dir.join(&src), source);
+    user_ok(c, &dir, &[cc, "-O2", "-I", ".", "-o", binary, &src]);
     let np = ranks.to_string();
-    let want = match mpi {
-        Mpi::Open => user_ok(
-            c,
-            &dir,
-            &[
-                "mpirun",
-                "--oversubscribe",
-                "-np",
-                &np,
-                "./ring",
-                &steps,
-                "0",
-            ],
-        ),
-        Mpi::Mpich => user_ok(
-            c,
-            &dir,
-            &[
-                "env",
-                "UCX_TLS=^sysv",
-                "mpiexec.mpich",
-                "-launcher",
-                "fork",
-                "-n",
-                &np,
-                "./ring",
-                &steps,
-                "0",
-            ],
-        ),
+    let exe = format!("./{binary}");
+    let mut run: Vec<&str> = match mpi {
+        Mpi::Open => vec!["mpirun", "--oversubscribe", "-np", &np],
+        Mpi::Mpich => vec![
+            "env",
+            "UCX_TLS=^sysv",
+            "mpiexec.mpich",
+            "-launcher",
+            "fork",
+            "-n",
+            &np,
+        ],
     };
+    run.push(&exe);
+    run.extend_from_slice(args);
+    let want = user_ok(c, &dir, &run);
     let want = result_line(&want).unwrap_or_else(|| panic!("no RESULT: {want}"));
     Some((dir, want))
 }
@@ -227,7 +234,75 @@ fn an_mpi_job_whose_ranks_srun_starts_with_pmix_resumes_on_another_pair_of_nodes
     ] {
         c.check(ok, what, &run);
     }
-    check_ranks_resumed(&c, &run, &dir, 4);
+    check_ranks_resumed(&c, &run, &dir, "step0", 4);
+}
+
+/// Ranks that exchange 24 MiB messages (2 nodes x 2, `bigring`), the job
+/// checkpointed while one of those messages is in flight between nodes:
+/// at step 6 rank 2 waits (the `held` file) before it joins the exchange,
+/// so rank 1, on the other node, stands inside `MPI_Sendrecv` with the
+/// message's first fragment queued on the connection and the rest in its
+/// memory. The warning signal comes then; the job resumes on another pair
+/// of nodes, rank 2 is let go, the message arrives whole (every word is
+/// checked), and the output is the uninterrupted run's.
+#[test]
+fn an_mpi_job_checkpointed_with_a_message_of_24_mib_in_flight_resumes_on_another_pair_of_nodes() {
+    let Some(c) = slurm::cluster() else { return };
+    const STEPS: u32 = 12;
+    let Some((dir, want)) = mpi_program(
+        &c,
+        "mpi-pmix-large",
+        ("bigring", BIGRING_C),
+        &[&STEPS.to_string(), "24"],
+        Mpi::Open,
+        4,
+    ) else {
+        return;
+    };
+    let script = format!(
+        "#!/bin/bash\n\
+         #SBATCH -p multi -N2 --ntasks-per-node=2 --checkpoint-dir=ck --signal=B:USR1@10\n\
+         srun --mpi=pmix ./bigring {STEPS} 24 6 held\n\
+         echo \"post done\"\n"
+    );
+    let held = dir.join("held");
+    let job = submit(&c, &dir, &["-t", "10"], &script);
+    wait_until(
+        &c,
+        Some(&job),
+        "rank 2 waiting before the exchange of step 6",
+        || held.exists(),
+    );
+    // Rank 1 has sent the first fragment and waits for rank 2's answer.
+    std::thread::sleep(Duration::from_millis(500));
+    let at = last_step(&fs::read_to_string(&job.out).unwrap_or_default());
+    let (first, second, drained) = move_by_warning(&c, &dir, &job, 2);
+    c.check(
+        at == 5 && held.exists(),
+        &format!(
+            "the checkpoint was not taken inside the exchange of step 6 (last step printed: {at})"
+        ),
+        &job.run(),
+    );
+    fs::remove_file(&held).expect("let rank 2 go");
+    let end = final_state(&c, &job);
+    drop(drained);
+    check_completed_elsewhere(&c, &job, &end, &first, &second);
+    check_continuous(&c, &job, STEPS, &want);
+    let run = job.run();
+    for (ok, what) in [
+        (
+            run.stdout.lines().any(|l| l == "PASS"),
+            "the ranks did not pass their own checks (no PASS line)",
+        ),
+        (
+            !run.stderr.contains("checkpoint failed"),
+            "a checkpoint failed",
+        ),
+    ] {
+        c.check(ok, what, &run);
+    }
+    check_ranks_resumed(&c, &run, &dir, "step0", 4);
 }
 
 /// The same ranks (2 nodes x 2) checkpointed every 10 s, then the batch

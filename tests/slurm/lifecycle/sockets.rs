@@ -199,7 +199,7 @@ fn two_ranks_joined_by_tcp_across_nodes_resume_on_another_pair_of_nodes() {
         &run,
     );
     check_moved_and_continuous(&c, &run, &first, &second, &wants, STEPS);
-    check_ranks_resumed(&c, &run, &dir, 2);
+    check_ranks_resumed(&c, &run, &dir, "step0", 2);
     // Where the two ends met is gone with the job's images.
     let meet = dir.join("ck/meet.1");
     c.check(

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use super::{Addr, InetSocket, Peer, tcp_state};
 
 pub mod across;
+pub mod meeting;
 
 /// One socket as the images describe it, with the bytes queued in it.
 #[derive(Clone, Debug)]

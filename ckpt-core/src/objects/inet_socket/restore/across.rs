@@ -24,12 +24,11 @@
 //! tell the node the end is on now (the job may have moved).
 
 use std::collections::HashMap;
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::super::Addr;
+use super::meeting::MeetingDir;
 use super::{SavedEnd, close, err, get, port_of, set, size_buffers, sockaddr};
 
 /// The most bytes queued at one end of a connection between tasks that a
@@ -152,131 +151,6 @@ pub fn key(local: &Addr, peer: &Addr) -> (String, bool) {
         (format!("{l}_{p}"), true)
     } else {
         (format!("{p}_{l}"), false)
-    }
-}
-
-/// The meeting directory, opened without following a link and checked to
-/// be the user's own; made (0700) by whichever task gets there first.
-struct Dir {
-    fd: i32,
-}
-
-impl Dir {
-    fn open(path: &Path) -> Result<Dir, String> {
-        let c = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| format!("{}: a NUL in the name", path.display()))?;
-        // SAFETY: a valid C string; EEXIST is expected from all but one task.
-        unsafe { libc::mkdir(c.as_ptr(), 0o700) };
-        // SAFETY: a valid C string.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(format!(
-                "{}: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            ));
-        }
-        let d = Dir { fd };
-        let st = d.stat(None)?;
-        // SAFETY: getuid has no preconditions.
-        let uid = unsafe { libc::getuid() };
-        if st.st_uid != uid || st.st_mode & 0o022 != 0 {
-            return Err(format!(
-                "{} is not a directory of the user's own that only the user can write",
-                path.display()
-            ));
-        }
-        Ok(d)
-    }
-
-    fn stat(&self, fd: Option<i32>) -> Result<libc::stat, String> {
-        // SAFETY: stat is plain old data.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: fstat writing into a local.
-        if unsafe { libc::fstat(fd.unwrap_or(self.fd), &mut st) } != 0 {
-            return Err(err("fstat"));
-        }
-        Ok(st)
-    }
-
-    /// Publishes `text` as `name`, through a temporary name and a rename.
-    fn publish(&self, name: &str, text: &str) -> Result<(), String> {
-        let tmp = CString::new(format!(".{name}.{}", std::process::id())).unwrap_or_default();
-        let dst = CString::new(name).unwrap_or_default();
-        // SAFETY: valid C strings, relative to our directory descriptor.
-        let fd = unsafe {
-            libc::openat(
-                self.fd,
-                tmp.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o600,
-            )
-        };
-        if fd < 0 {
-            return Err(err("openat"));
-        }
-        // SAFETY: write from a live buffer to our descriptor.
-        let n = unsafe { libc::write(fd, text.as_ptr().cast(), text.len()) };
-        close(fd);
-        if n != text.len() as isize {
-            return Err(err("write"));
-        }
-        // SAFETY: valid C strings, both relative to our directory.
-        if unsafe { libc::renameat(self.fd, tmp.as_ptr(), self.fd, dst.as_ptr()) } != 0 {
-            return Err(err("renameat"));
-        }
-        Ok(())
-    }
-
-    /// What `name` holds, if it exists and is the user's own.
-    fn read(&self, name: &str) -> Option<String> {
-        let c = CString::new(name).ok()?;
-        // SAFETY: a valid C string, relative to our directory descriptor.
-        let fd = unsafe {
-            libc::openat(
-                self.fd,
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: getuid has no preconditions.
-        let ok = self
-            .stat(Some(fd))
-            .is_ok_and(|st| st.st_uid == unsafe { libc::getuid() } && st.st_size < 65536);
-        let mut buf = vec![0u8; 65536];
-        let n = if ok {
-            // SAFETY: read into our buffer of that size.
-            unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) }
-        } else {
-            -1
-        };
-        close(fd);
-        if n <= 0 {
-            return None;
-        }
-        buf.truncate(n as usize);
-        String::from_utf8(buf).ok()
-    }
-
-    fn remove(&self, name: &str) {
-        if let Ok(c) = CString::new(name) {
-            // SAFETY: a valid C string, relative to our directory.
-            unsafe { libc::unlinkat(self.fd, c.as_ptr(), 0) };
-        }
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        close(self.fd);
     }
 }
 
@@ -530,7 +404,7 @@ fn start_connect(x: &End<'_, '_>, to: &Addr) -> Result<bool, std::io::Error> {
 /// (blocking, close-on-exec), each holding exactly the bytes it had
 /// received and not read, nothing else read from it.
 pub fn join(ends: &[&SavedEnd<'_>], m: &Meeting) -> Result<HashMap<u64, i32>, String> {
-    let dir = Dir::open(&m.dir).map_err(|e| {
+    let dir = MeetingDir::open(&m.dir).map_err(|e| {
         format!("cannot restore the job's connections between tasks: the meeting directory {e}")
     })?;
     let mut all: Vec<End<'_, '_>> = Vec::new();
@@ -555,7 +429,7 @@ pub fn join(ends: &[&SavedEnd<'_>], m: &Meeting) -> Result<HashMap<u64, i32>, St
 fn drive<'a, 'e>(
     ends: &[&'a SavedEnd<'e>],
     m: &Meeting,
-    dir: &Dir,
+    dir: &MeetingDir,
     all: &mut Vec<End<'a, 'e>>,
 ) -> Result<(), String> {
     for e in ends {
@@ -697,7 +571,7 @@ fn drive<'a, 'e>(
 }
 
 /// A connecting end reads the listener's file and starts connecting.
-fn look(x: &mut End<'_, '_>, dir: &Dir) -> Result<(), String> {
+fn look(x: &mut End<'_, '_>, dir: &MeetingDir) -> Result<(), String> {
     let Some(p) = dir.read(&x.key).and_then(|t| parse_published(&t)) else {
         return Ok(());
     };
@@ -761,7 +635,7 @@ fn hello(x: &mut End<'_, '_>) {
     x.stage = Stage::Talking;
 }
 
-fn step(x: &mut End<'_, '_>, revents: i16, dir: &Dir) -> Result<(), String> {
+fn step(x: &mut End<'_, '_>, revents: i16, dir: &MeetingDir) -> Result<(), String> {
     match x.stage {
         Stage::Accepting => {
             // SAFETY: accept without the peer's address.
@@ -796,7 +670,7 @@ fn step(x: &mut End<'_, '_>, revents: i16, dir: &Dir) -> Result<(), String> {
     }
 }
 
-fn talk(x: &mut End<'_, '_>, revents: i16, dir: &Dir) -> Result<(), String> {
+fn talk(x: &mut End<'_, '_>, revents: i16, dir: &MeetingDir) -> Result<(), String> {
     if revents & libc::POLLIN != 0 && !x.heard {
         let need = x.need();
         let mut buf = vec![0u8; need.min(1 << 20)];
