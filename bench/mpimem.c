@@ -8,7 +8,8 @@
  * ranks (MPI_Sendrecv) and joins an allreduce of the values, so the ranks
  * hold live TCP connections and a PMIx connection when they are
  * checkpointed, and use them again after the restart. The allreduce's
- * result is checked against the one every rank can compute. */
+ * result is checked against the one every rank can compute; the ranks stop
+ * together at the first exchange after one of them has run SECONDS. */
 #define _GNU_SOURCE
 #include <mpi.h>
 #include <stdio.h>
@@ -63,7 +64,7 @@ int main(int argc, char **argv)
 	fflush(stdout);
 	long long ran = 0, last = now_ns();
 	long round = 0, exchanged = 0;
-	while (ran < run_ns) {
+	for (;;) {
 		struct timespec d = {0, 2000000};
 		nanosleep(&d, NULL);
 		long long t = now_ns();
@@ -76,16 +77,21 @@ int main(int argc, char **argv)
 		}
 		ran += dt;
 		if (++round % 50 == 0) {
-			long mine = rank + round, got = -1, sum = 0;
-			MPI_Sendrecv(&mine, 1, MPI_LONG, (rank + 1) % size, 0, &got, 1, MPI_LONG,
+			/* The ranks stop together, at the first exchange after one of
+			 * them has run its time. */
+			long mine[2] = {rank + round, ran >= run_ns}, got = -1, sum[2] = {0, 0};
+			MPI_Sendrecv(&mine[0], 1, MPI_LONG, (rank + 1) % size, 0, &got, 1, MPI_LONG,
 				     (rank + size - 1) % size, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-			MPI_Allreduce(&got, &sum, 1, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
+			mine[0] = got;
+			MPI_Allreduce(mine, sum, 2, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
 			if (got != (rank + size - 1) % size + round ||
-			    sum != (long)size * (size - 1) / 2 + (long)size * round) {
+			    sum[0] != (long)size * (size - 1) / 2 + (long)size * round) {
 				printf("bye WRONG at round %ld\n", round);
 				return 1;
 			}
 			exchanged++;
+			if (sum[1] > 0)
+				break;
 		}
 	}
 	for (size_t i = 0; i < len; i += 4096)

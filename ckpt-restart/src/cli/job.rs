@@ -576,7 +576,15 @@ pub fn cut(task_dir: &Path, token: &str) -> impl Fn() -> Result<(), String> + us
                     TASK_DEADLINE.as_secs()
                 ));
             }
-            std::thread::sleep(Duration::from_millis(5));
+            // The programs stand still meanwhile: reread often while the
+            // other tasks usually stop (a fraction of a second), less often
+            // after, so that many tasks do not keep a shared filesystem busy.
+            let ms = match start.elapsed().as_millis() {
+                0..250 => 5,
+                250..2000 => 20,
+                _ => 100,
+            };
+            std::thread::sleep(Duration::from_millis(ms));
         }
     }
 }
