@@ -787,6 +787,13 @@ pub(super) fn with_mpi_hint(e: String, mpi_type: Option<&str>) -> String {
              (docs/mpi.md), and this connection is neither; ranks that `mpirun` starts across \
              nodes are not checkpointed yet: start them with `srun --mpi=pmix`"
         ),
+        Some(t) if t.starts_with("pmi2") && e.contains("outside the job") => format!(
+            "{e}. If this task is an MPI rank (its step was started with `srun --mpi=pmi2`): its \
+             PMI connection to slurmstepd is kept only for `srun --mpi=pmix` (docs/mpi.md); do not \
+             set CKPT_EXTERNAL_SOCKETS=closed for it (the rank would lose its PMI server). Start \
+             Open MPI ranks with `srun --mpi=pmix`; run MPICH's `mpiexec` inside the job on one \
+             node"
+        ),
         _ => e,
     }
 }
@@ -1178,6 +1185,18 @@ mod tests {
         assert_eq!(with_mpi_hint(outside.clone(), Some("none")), outside);
         let other = "fd 3 is an io_uring instance".to_string();
         assert_eq!(with_mpi_hint(other.clone(), Some("pmix")), other);
+        // A rank of `srun --mpi=pmi2` (MPICH): its PMI socket pair to
+        // slurmstepd is not kept, and closing it is no way out.
+        let pmi = with_mpi_hint(outside.clone(), Some("pmi2"));
+        assert!(pmi.starts_with(&outside), "{pmi}");
+        let rest = &pmi[outside.len()..];
+        assert!(
+            rest.contains("srun --mpi=pmi2")
+                && rest.contains("do not set CKPT_EXTERNAL_SOCKETS=closed")
+                && rest.contains("mpiexec"),
+            "{pmi}"
+        );
+        assert_eq!(with_mpi_hint(other.clone(), Some("pmi2")), other);
     }
 
     #[test]
