@@ -210,21 +210,11 @@ fn an_mpi_job_whose_ranks_srun_starts_with_pmix_resumes_on_another_pair_of_nodes
     let (first, second, drained) = move_by_warning(&c, &dir, &job, 2);
     let end = final_state(&c, &job);
     drop(drained);
-    check_completed_elsewhere(&c, &job, &end, &first, &second);
-    check_continuous(&c, &job, STEPS, &want);
-    let run = job.run();
+    let run = check_ranks_moved_and_passed(&c, &job, &dir, (&end, &first, &second), STEPS, &want);
     for (ok, what) in [
-        (
-            run.stdout.lines().any(|l| l == "PASS"),
-            "the ranks did not pass their own checks (no PASS line)",
-        ),
         (
             run.stdout.lines().filter(|l| *l == "post done").count() == 1,
             "the script's last line is not there once",
-        ),
-        (
-            !run.stderr.contains("checkpoint failed"),
-            "a checkpoint failed",
         ),
         (
             run.stderr
@@ -234,7 +224,37 @@ fn an_mpi_job_whose_ranks_srun_starts_with_pmix_resumes_on_another_pair_of_nodes
     ] {
         c.check(ok, what, &run);
     }
-    check_ranks_resumed(&c, &run, &dir, "step0", 4);
+}
+
+/// A job of 4 ranks moved by [`move_by_warning`] completed on the other
+/// nodes (`end`, `first`, `second`) with the uninterrupted run's output,
+/// every rank resumed from its image and passed its own checks, and no
+/// checkpoint failed. Returns the job's output.
+fn check_ranks_moved_and_passed(
+    c: &Cluster,
+    job: &Job,
+    dir: &Path,
+    (end, first, second): (&str, &[String], &[String]),
+    steps: u32,
+    want: &str,
+) -> JobRun {
+    check_completed_elsewhere(c, job, end, first, second);
+    check_continuous(c, job, steps, want);
+    let run = job.run();
+    for (ok, what) in [
+        (
+            run.stdout.lines().any(|l| l == "PASS"),
+            "the ranks did not pass their own checks (no PASS line)",
+        ),
+        (
+            !run.stderr.contains("checkpoint failed"),
+            "a checkpoint failed",
+        ),
+    ] {
+        c.check(ok, what, &run);
+    }
+    check_ranks_resumed(c, &run, dir, "step0", 4);
+    run
 }
 
 /// Ranks that exchange 24 MiB messages (2 nodes x 2, `bigring`), the job
@@ -287,22 +307,7 @@ fn an_mpi_job_checkpointed_with_a_message_of_24_mib_in_flight_resumes_on_another
     fs::remove_file(&held).expect("let rank 2 go");
     let end = final_state(&c, &job);
     drop(drained);
-    check_completed_elsewhere(&c, &job, &end, &first, &second);
-    check_continuous(&c, &job, STEPS, &want);
-    let run = job.run();
-    for (ok, what) in [
-        (
-            run.stdout.lines().any(|l| l == "PASS"),
-            "the ranks did not pass their own checks (no PASS line)",
-        ),
-        (
-            !run.stderr.contains("checkpoint failed"),
-            "a checkpoint failed",
-        ),
-    ] {
-        c.check(ok, what, &run);
-    }
-    check_ranks_resumed(&c, &run, &dir, "step0", 4);
+    check_ranks_moved_and_passed(&c, &job, &dir, (&end, &first, &second), STEPS, &want);
 }
 
 /// The same ranks (2 nodes x 2) checkpointed every 10 s, then the batch
