@@ -228,16 +228,24 @@ pub fn checkpoint(
         let before = coord.relaunched();
         match checkpoint_once(coord, j) {
             Ok(r) => {
-                if passing_tries > 0 {
+                let total = passing_tries + attempt;
+                if total > 1 {
                     eprintln!(
-                        "ckpt: the job's checkpoint took {} attempts: bytes were on their way between tasks \
-                         at the first {passing_tries}",
-                        passing_tries + 1
+                        "ckpt: the job's checkpoint took {total} attempts ({passing_tries} dropped for bytes \
+                         on their way between tasks)"
                     );
                 }
                 return Ok(r);
             }
-            Err(e) if e.ends_with(crate::coord::PASSES) && t0.elapsed() < PASSING_RETRY => {
+            Err(e) if e.ends_with(crate::coord::PASSES) => {
+                if t0.elapsed() >= PASSING_RETRY {
+                    let e = e.strip_suffix(crate::coord::PASSES).unwrap_or(&e);
+                    return Err(format!(
+                        "{e} (the job's checkpoint gave up after {} attempts in {} s)",
+                        passing_tries + attempt,
+                        PASSING_RETRY.as_secs()
+                    ));
+                }
                 passing_tries += 1;
                 std::thread::sleep(Duration::from_millis(25 << passing_tries.min(4)));
             }
@@ -430,6 +438,9 @@ fn wait_acks(
 ) -> Result<Vec<(u64, String)>, String> {
     let deadline = Instant::now() + limit;
     let mut gens = vec![(0u64, String::new()); s.tasks as usize];
+    // A task's failure that passes by itself is reported only once every
+    // task has answered: another's that does not pass must not be retried.
+    let mut passing = None;
     for (rank, g) in gens.iter_mut().enumerate() {
         let ack = step_dir.join(format!("task{rank}")).join(ACK);
         loop {
@@ -440,7 +451,12 @@ fn wait_acks(
                 .and_then(|r| r.strip_prefix(' '))
             {
                 if let Some(why) = rest.strip_prefix("ERR ") {
-                    return Err(format!("task {rank} of step {}: {why}", s.id));
+                    let e = format!("task {rank} of step {}: {why}", s.id);
+                    if !why.ends_with(crate::coord::PASSES) {
+                        return Err(e);
+                    }
+                    passing.get_or_insert(e);
+                    break;
                 }
                 if rest == "stopped" {
                     if phase == Phase::Stopped {
@@ -470,7 +486,10 @@ fn wait_acks(
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    Ok(gens)
+    match passing {
+        Some(e) => Err(e),
+        None => Ok(gens),
+    }
 }
 
 /// Waits until the output files stop growing (what the held tasks wrote
@@ -715,7 +734,13 @@ pub fn answer(
         }
         Err(e) => format!("{token} ERR {}\n", e.replace('\n', " ")),
     };
-    if write_atomic(&ack, &reply).is_err() {
+    if let Err(e) = write_atomic(&ack, &reply) {
+        // The batch step will wait for this answer until its deadline and
+        // say only that none came: the cause is said here.
+        eprintln!(
+            "ckpt: cannot answer the job's checkpoint request in {}: {e}",
+            ack.display()
+        );
         coord.hold(false);
         return None;
     }
@@ -850,6 +875,51 @@ mod tests {
             .unwrap(),
             [(12, "n2".to_string())]
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_failure_that_passes_is_retried_only_when_no_task_failed_for_good() {
+        let dir = std::env::temp_dir().join(format!("ckpt-job-acks-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for t in ["task0", "task1"] {
+            std::fs::create_dir_all(dir.join("step0").join(t)).unwrap();
+        }
+        let s = RunningStep {
+            id: "9.0".into(),
+            step: 0,
+            tasks: 2,
+            srun_host: "vm".into(),
+            srun_pid: 4,
+        };
+        let passes = crate::coord::PASSES;
+        let acks = |a: &str, b: &str| {
+            std::fs::write(dir.join("step0/task0").join(ACK), a).unwrap();
+            std::fs::write(dir.join("step0/task1").join(ACK), b).unwrap();
+            wait_acks(
+                &dir.join("step0"),
+                "t",
+                &s,
+                TASK_DEADLINE,
+                || true,
+                Phase::Answered,
+            )
+        };
+        // Rank 0's failure passes, rank 1's does not: not to be retried.
+        let e = acks(&format!("t ERR on their way{passes}\n"), "t ERR io_uring\n").unwrap_err();
+        assert!(
+            e.contains("task 1 of step 9.0: io_uring") && !e.ends_with(passes),
+            "{e}"
+        );
+        // Only failures that pass: retried, naming the first.
+        let e = acks(&format!("t ERR a{passes}\n"), &format!("t ERR b{passes}\n")).unwrap_err();
+        assert!(
+            e.starts_with("task 0 of step 9.0: a") && e.ends_with(passes),
+            "{e}"
+        );
+        // One that passes and an answer: retried.
+        let e = acks("t 3 n1\n", &format!("t ERR b{passes}\n")).unwrap_err();
+        assert!(e.starts_with("task 1 of step 9.0: b"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -17,6 +17,7 @@
  * and its index, so a byte lost, duplicated, moved or from another step is
  * a FAIL. */
 #include "lib/crtest.h"
+#include <limits.h>
 #include <mpi.h>
 
 static uint64_t base_of(int step, int rank, uint64_t total)
@@ -36,6 +37,8 @@ int main(int argc, char **argv)
 	MPI_Comm_size(MPI_COMM_WORLD, &size);
 	if (size < 2)
 		cr_fail("run with 2 ranks or more, not %d", size);
+	if (words > INT_MAX)
+		cr_fail("at most %d words per message", INT_MAX);
 	uint64_t *out = malloc(words * 8), *in = malloc(words * 8);
 	if (out == NULL || in == NULL)
 		cr_fail("malloc");

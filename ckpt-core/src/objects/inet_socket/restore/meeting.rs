@@ -103,15 +103,20 @@ impl MeetingDir {
     /// Publishes `text` as `name`, through a temporary name and a rename:
     /// a reader sees all of it or nothing.
     pub fn publish(&self, name: &str, text: &str) -> Result<(), String> {
-        let tmp = CString::new(format!(".{name}.{}", std::process::id()))
-            .map_err(|_| format!("{name}: a NUL in the name"))?;
+        // A name of its own for each call (the stand-in's threads publish
+        // at once), made afresh (`O_EXCL`: nothing planted there is used).
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp_name = format!(".{name}.{}.{n}", std::process::id());
+        let tmp =
+            CString::new(tmp_name.as_str()).map_err(|_| format!("{name}: a NUL in the name"))?;
         let dst = CString::new(name).map_err(|_| format!("{name}: a NUL in the name"))?;
         // SAFETY: valid C strings, relative to our directory descriptor.
         let fd = unsafe {
             libc::openat(
                 self.fd.as_raw_fd(),
                 tmp.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
                 0o600,
             )
         };
@@ -124,7 +129,7 @@ impl MeetingDir {
         let n = unsafe { libc::write(fd.as_raw_fd(), text.as_ptr().cast(), text.len()) };
         if n != text.len() as isize {
             let e = last_error("write");
-            self.remove(&format!(".{name}.{}", std::process::id()));
+            self.remove(&tmp_name);
             return Err(e);
         }
         drop(fd);
@@ -138,7 +143,9 @@ impl MeetingDir {
             )
         } != 0
         {
-            return Err(last_error("renameat"));
+            let e = last_error("renameat");
+            self.remove(&tmp_name);
+            return Err(e);
         }
         Ok(())
     }
