@@ -1275,11 +1275,25 @@ fn check_inet(
         _ => None,
     }) {
         let peer = e.sock.peer.clone().unwrap_or_default();
-        let holder = manifests
+        let m = manifests
             .iter()
-            .find(|m| m.fds.iter().any(|f| f.inode == e.inode))
-            .and_then(|m| hosts.get(&m.pid));
+            .find(|m| m.fds.iter().any(|f| f.inode == e.inode));
+        let holder = m.and_then(|m| hosts.get(&m.pid));
         let pmix = holder.is_some_and(|&h| pmix_server_of(h, &peer));
+        // A fence request its server (outside the job) has taken: no
+        // server would answer it after a restart (docs/mpi.md).
+        if pmix && let Some(m) = m.filter(|m| m.pmix_fences > 0) {
+            return Err((
+                format!(
+                    "{} (process {}) is waiting in a PMIx fence (Open MPI's MPI_Init and \
+                     MPI_Finalize wait there until every rank has joined): its PMIx server \
+                     (slurmstepd, or ckpt's stand-in) has the request, and no server would \
+                     answer it after a restart; this passes once every rank has joined the fence",
+                    m.exe, m.pid
+                ),
+                true,
+            ));
+        }
         if pmix && e.sock.data.is_some_and(|[_, len]| len > 0) {
             return Err((
                 format!(

@@ -13,6 +13,10 @@ pub const PROCESS_FORMAT: &str = "ckpt-process";
 /// `format` value of a generation record.
 pub const GENERATION_FORMAT: &str = "ckpt-generation";
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// Everything needed to rebuild one process.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ProcessManifest {
@@ -62,6 +66,10 @@ pub struct ProcessManifest {
     /// Signals pending for the whole process (bit n-1 = signal n).
     #[serde(default)]
     pub shared_pending: u64,
+    /// PMIx fences the process was waiting in (`preload::pmix_fence`): a
+    /// generation with one is refused (passing).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pmix_fences: u32,
     /// Working directory.
     pub cwd: String,
     /// File-creation mask.
@@ -126,6 +134,7 @@ impl ProcessManifest {
             fds: Vec::new(),
             sigactions: Vec::new(),
             shared_pending: 0,
+            pmix_fences: 0,
             cwd: "/".into(),
             umask: 0o022,
             rlimits: Vec::new(),

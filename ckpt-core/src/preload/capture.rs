@@ -743,6 +743,10 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
 
     write_signals(j);
     let _ = write!(j, "\"shared_pending\":{},", pre.shared_pending);
+    let fences = super::pmix_fence::waiting();
+    if fences > 0 {
+        let _ = write!(j, "\"pmix_fences\":{fences},");
+    }
 
     // cwd, umask, rlimits, itimers
     let _ = write!(j, "\"cwd\":");

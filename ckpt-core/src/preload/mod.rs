@@ -35,6 +35,7 @@ pub mod inotify;
 pub mod leader;
 pub mod memlimit;
 pub mod page_crcs;
+pub mod pmix_fence;
 pub mod sigev_thread;
 pub mod sigmask;
 pub mod stop;

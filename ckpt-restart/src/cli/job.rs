@@ -672,7 +672,7 @@ fn match_across(
                  checkpoint",
                 a.who
             );
-            return Err(super::slurm::with_mpi_hint(
+            return Err(super::mpi::with_mpi_hint(
                 e,
                 host.and_then(srun_mpi_type).as_deref(),
             ));

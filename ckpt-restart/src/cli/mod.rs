@@ -4,6 +4,7 @@ pub mod check;
 pub mod checkpoint;
 pub mod job;
 pub mod launch;
+pub mod mpi;
 pub mod multi_prog;
 pub mod outputs;
 pub mod restart;

@@ -344,23 +344,17 @@ pub fn run(args: &[OsString]) -> Result<i32, Failure> {
         // launch/restart), so nothing reads the environment concurrently.
         unsafe { std::env::set_var("CKPT_LIB", lib) };
     }
-    if !o.batch
-        && std::env::var("SLURM_MPI_TYPE").is_ok_and(|t| t.starts_with("pmix"))
-        && std::env::var_os("OMPI_MCA_btl").is_none()
-    {
-        // Each task runs in pid and user namespaces of its own, so the ranks
-        // of one node all have pid 2: Open MPI's shared-memory transport
-        // takes a neighbour's segment for its own and crashes at the first
-        // message (docs/mpi.md). Without it the ranks of a node talk over
-        // TCP, which a job checkpoint keeps.
-        // SAFETY: single-threaded (no thread started yet).
-        unsafe { std::env::set_var("OMPI_MCA_btl", "^vader") };
-        if std::env::var("SLURM_PROCID").is_ok_and(|r| r == "0") {
-            say(
-                "note: OMPI_MCA_btl=^vader is set for this step: Open MPI's shared-memory transport \
-                 cannot work between ranks in ckpt's per-task namespaces (set OMPI_MCA_btl to choose \
-                 the transports yourself)",
-            );
+    if !o.batch && std::env::var("SLURM_MPI_TYPE").is_ok_and(|t| t.starts_with("pmix")) {
+        for (name, value, why) in super::mpi::open_mpi_settings(|k| std::env::var_os(k)) {
+            // SAFETY: single-threaded (no thread started yet), so nothing
+            // reads the environment concurrently.
+            unsafe { std::env::set_var(name, value) };
+            if rank == 0 {
+                say(&format!(
+                    "note: {name}={value} is set for this step: {why} (set {name} yourself to \
+                     choose otherwise; docs/mpi.md)"
+                ));
+            }
         }
     }
     if !o.batch {
@@ -772,32 +766,6 @@ fn remove_step_dirs(job_dir: &Path) {
     }
 }
 
-/// A checkpoint of a task of an `srun --mpi=pmix` step refused for a
-/// connection outside the job says, in case the task is an MPI rank, which
-/// of a rank's connections ckpt keeps (to the other ranks, to its PMIx
-/// server: docs/mpi.md) and what works for ranks `mpirun` started. The
-/// step's MPI type alone does not tell a rank from another program
-/// (clusters with `MpiDefault=pmix` give it to every step), so both are
-/// said.
-pub(super) fn with_mpi_hint(e: String, mpi_type: Option<&str>) -> String {
-    match mpi_type {
-        Some(t) if t.starts_with("pmix") && e.contains("outside the job") => format!(
-            "{e}. If this task is an MPI rank (its step was started with `srun --mpi=pmix`): ckpt \
-             keeps a rank's TCP connections to the other ranks of the job and to its PMIx server \
-             (docs/mpi.md), and this connection is neither; ranks that `mpirun` starts across \
-             nodes are not checkpointed yet: start them with `srun --mpi=pmix`"
-        ),
-        Some(t) if t.starts_with("pmi2") && e.contains("outside the job") => format!(
-            "{e}. If this task is an MPI rank (its step was started with `srun --mpi=pmi2`): its \
-             PMI connection to slurmstepd is kept only for `srun --mpi=pmix` (docs/mpi.md); do not \
-             set CKPT_EXTERNAL_SOCKETS=closed for it (the rank would lose its PMI server). Start \
-             Open MPI ranks with `srun --mpi=pmix`; run MPICH's `mpiexec` inside the job on one \
-             node"
-        ),
-        _ => e,
-    }
-}
-
 /// What the signal hook needs.
 struct HookState<'a> {
     opts: &'a TaskOpts,
@@ -942,7 +910,9 @@ impl HookState<'_> {
             let cut = request.as_deref().map(|t| job::cut(&self.opts.dir, t));
             let r = coord
                 .checkpoint_with(cut.as_ref().map(|c| c as &dyn Fn() -> Result<(), String>))
-                .map_err(|e| with_mpi_hint(e, std::env::var("SLURM_MPI_TYPE").ok().as_deref()));
+                .map_err(|e| {
+                    super::mpi::with_mpi_hint(e, std::env::var("SLURM_MPI_TYPE").ok().as_deref())
+                });
             if let Some(token) = &request
                 && let Some(n) = job::answer(coord, &self.opts.dir, token, &r)
             {
@@ -1161,43 +1131,6 @@ fn newest_loadable(dir: &CheckpointDir) -> Option<LoadedGeneration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pmix_ranks_refused_for_an_outside_connection_are_told_why() {
-        let outside = "process 2: fd 12 of /x/ring (process 2) is a TCP connection 127.0.0.1:1 -> \
-                       127.0.0.1:2 (ESTABLISHED) to a process outside the job (socket:[7]), which \
-                       ckpt cannot checkpoint yet: close it before the checkpoint and open it again \
-                       after, or ... set CKPT_EXTERNAL_SOCKETS=closed"
-            .to_string();
-        let told = with_mpi_hint(outside.clone(), Some("pmix_v4"));
-        // What the refusal said stays (the task may be another program),
-        // followed by what applies to a rank.
-        assert!(told.starts_with(&outside), "{told}");
-        let rest = &told[outside.len()..];
-        assert!(
-            rest.contains("If this task is an MPI rank")
-                && rest.contains("srun --mpi=pmix")
-                && rest.contains("mpirun"),
-            "{told}"
-        );
-        // Other steps, and other refusals, are left as they are.
-        assert_eq!(with_mpi_hint(outside.clone(), None), outside);
-        assert_eq!(with_mpi_hint(outside.clone(), Some("none")), outside);
-        let other = "fd 3 is an io_uring instance".to_string();
-        assert_eq!(with_mpi_hint(other.clone(), Some("pmix")), other);
-        // A rank of `srun --mpi=pmi2` (MPICH): its PMI socket pair to
-        // slurmstepd is not kept, and closing it is no way out.
-        let pmi = with_mpi_hint(outside.clone(), Some("pmi2"));
-        assert!(pmi.starts_with(&outside), "{pmi}");
-        let rest = &pmi[outside.len()..];
-        assert!(
-            rest.contains("srun --mpi=pmi2")
-                && rest.contains("do not set CKPT_EXTERNAL_SOCKETS=closed")
-                && rest.contains("mpiexec"),
-            "{pmi}"
-        );
-        assert_eq!(with_mpi_hint(other.clone(), Some("pmi2")), other);
-    }
 
     #[test]
     fn array_tasks_are_named_by_array_and_task() {

@@ -12,6 +12,8 @@ use super::*;
 /// The C/R suite's MPI program and the header it includes.
 const RING_C: &str = include_str!("../../programs/mpi/ring.c");
 const BIGRING_C: &str = include_str!("../../programs/mpi/bigring.c");
+const FENCE_C: &str = include_str!("../../programs/mpi/fence.c");
+const LATE_C: &str = include_str!("../../programs/mpi/late.c");
 const CRTEST_H: &str = include_str!("../../programs/lib/crtest.h");
 
 /// A directory named `name` with the ring program compiled in it, and what
@@ -308,6 +310,165 @@ fn an_mpi_job_checkpointed_with_a_message_of_24_mib_in_flight_resumes_on_another
     let end = final_state(&c, &job);
     drop(drained);
     check_ranks_moved_and_passed(&c, &job, &dir, (&end, &first, &second), STEPS, &want);
+}
+
+/// Ranks on different nodes that talk for the first time after the job
+/// moved (2 nodes x 2, `late`): the ranks pass values around a ring of
+/// neighbours, and from step 6 on each also swaps one with the rank half
+/// the ring away (0 with 2, 1 with 3: pairs on different nodes). Rank 0
+/// waits before step 6 (the `held` file) while the others wait for it
+/// inside `MPI_Sendrecv`, so ranks 0 and 2 have never exchanged a byte;
+/// the warning signal comes then, and the job resumes on another pair of
+/// nodes. Open MPI
+/// would connect such a pair at its first message, to the address the
+/// peer published at `MPI_Init`, which after a move on a real cluster is
+/// the old node's; ckpt has every pair connect in `MPI_Init` instead
+/// (`OMPI_MCA_mpi_preconnect_mpi=1`), so the pair's connection is in the
+/// images and is restored to the peer's new node. Checked: the output is
+/// the uninterrupted run's, and no rank made a connection after step 1
+/// (its count of sockets at the end is the one after step 1; without the
+/// setting each would have one more, made after the restart).
+#[test]
+fn mpi_ranks_that_first_talk_after_the_job_moved_to_other_nodes_use_a_restored_connection() {
+    let Some(c) = slurm::cluster() else { return };
+    const STEPS: u32 = 12;
+    const LATE: u32 = 6;
+    let Some((dir, want)) = mpi_program(
+        &c,
+        "mpi-pmix-late",
+        ("late", LATE_C),
+        &[&STEPS.to_string(), "100", &LATE.to_string()],
+        Mpi::Open,
+        4,
+    ) else {
+        return;
+    };
+    let script = format!(
+        "#!/bin/bash\n\
+         #SBATCH -p multi -N2 --ntasks-per-node=2 --checkpoint-dir=ck --signal=B:USR1@10\n\
+         srun --mpi=pmix ./late {STEPS} 100 {LATE} held\n\
+         echo \"post done\"\n"
+    );
+    let held = dir.join("held");
+    let job = submit(&c, &dir, &["-t", "10"], &script);
+    wait_until(&c, Some(&job), "rank 0 waiting before step 6", || {
+        held.exists()
+    });
+    let at = last_step(&fs::read_to_string(&job.out).unwrap_or_default());
+    let (first, second, drained) = move_by_warning(&c, &dir, &job, 2);
+    c.check(
+        at == LATE - 1 && held.exists(),
+        &format!("the checkpoint was not taken before step {LATE} (last step printed: {at})"),
+        &job.run(),
+    );
+    fs::remove_file(&held).expect("let rank 0 go");
+    let end = final_state(&c, &job);
+    drop(drained);
+    let run = check_ranks_moved_and_passed(&c, &job, &dir, (&end, &first, &second), STEPS, &want);
+    // "late: rank R sockets: A after step 1, B at the end"
+    let counts: Vec<(u32, u32)> = run
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("late: rank "))
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(" sockets: ")?;
+            let (a, rest) = rest.split_once(" after step 1, ")?;
+            let b = rest.strip_suffix(" at the end")?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect();
+    for (ok, what) in [
+        (
+            counts.len() == 4,
+            format!("not 4 ranks' socket counts: {counts:?}"),
+        ),
+        (
+            counts.iter().all(|(a, b)| a == b),
+            format!(
+                "a rank made a connection after step 1 (sockets after step 1, at the end): {counts:?}"
+            ),
+        ),
+        (
+            run.stderr
+                .contains("note: OMPI_MCA_mpi_preconnect_mpi=1 is set for this step"),
+            "no note that the ranks connect in MPI_Init".to_string(),
+        ),
+    ] {
+        c.check(ok, &what, &run);
+    }
+}
+
+/// A rank waiting in a PMIx fence is not checkpointed (2 nodes x 2,
+/// `fence`): rank 0 has reached `MPI_Finalize`, where Open MPI waits in a
+/// PMIx fence until every rank has joined, while the others wait outside
+/// MPI (the `held` file). Its server, slurmstepd, has the fence request;
+/// no server would answer it after a restart, so a generation taken now
+/// would leave the resumed rank waiting forever. The warning signal comes
+/// then: every attempt of the job's checkpoint is refused as passing,
+/// naming the rank and the fence, for the 20 s the batch step tries; the
+/// job (with no earlier generation) is not requeued. Once the file is
+/// removed the ranks finish and the output is the uninterrupted run's.
+#[test]
+fn an_mpi_rank_waiting_in_a_pmix_fence_is_not_checkpointed_and_the_job_runs_to_its_end() {
+    let Some(c) = slurm::cluster() else { return };
+    const STEPS: u32 = 6;
+    let Some((dir, want)) = mpi_program(
+        &c,
+        "mpi-pmix-fence",
+        ("fence", FENCE_C),
+        &[&STEPS.to_string(), "100"],
+        Mpi::Open,
+        4,
+    ) else {
+        return;
+    };
+    let script = format!(
+        "#!/bin/bash\n\
+         #SBATCH -p multi -N2 --ntasks-per-node=2 --checkpoint-dir=ck --signal=B:USR1@10\n\
+         srun --mpi=pmix ./fence {STEPS} 100 held\n\
+         echo \"post done\"\n"
+    );
+    let held = dir.join("held");
+    let job = submit(&c, &dir, &["-t", "10"], &script);
+    wait_until(&c, Some(&job), "rank 0 reaching MPI_Finalize", || {
+        held.exists()
+    });
+    // Rank 0 passes the barrier and enters MPI_Finalize's fence.
+    std::thread::sleep(Duration::from_secs(1));
+    user_ok(
+        &c,
+        &dir,
+        &["scancel", "--signal=USR1", "--batch", &job.id.to_string()],
+    );
+    wait_until(&c, Some(&job), "the job's checkpoint to give up", || {
+        fs::read_to_string(&job.err)
+            .unwrap_or_default()
+            .contains("the job's checkpoint gave up after")
+    });
+    fs::remove_file(&held).expect("let the ranks finish");
+    let end = final_state(&c, &job);
+    let run = job.run();
+    check_continuous(&c, &job, STEPS, &want);
+    for (ok, what) in [
+        (end == "COMPLETED", format!("final state {end}")),
+        (
+            run.stderr.contains("is waiting in a PMIx fence"),
+            "the refusal does not name the fence".to_string(),
+        ),
+        (
+            run.stderr.contains("the job is NOT requeued")
+                && !run.stderr.contains("SLURM_RESTART_COUNT=1"),
+            "the job was requeued, or did not say it was not".to_string(),
+        ),
+        (
+            run.stdout.lines().any(|l| l == "PASS")
+                && run.stdout.lines().filter(|l| *l == "post done").count() == 1,
+            "the ranks did not pass their checks, or the script did not reach its end once"
+                .to_string(),
+        ),
+    ] {
+        c.check(ok, &what, &run);
+    }
 }
 
 /// The same ranks (2 nodes x 2) checkpointed every 10 s, then the batch

@@ -184,6 +184,7 @@ impl MeetingDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStringExt;
     use std::os::unix::fs::PermissionsExt;
 
     fn scratch(name: &str) -> std::path::PathBuf {
@@ -233,6 +234,12 @@ mod tests {
         std::os::unix::fs::symlink(base.join("secret"), base.join("meet.2/k")).expect("symlink");
         assert!(!d.has("k"));
         assert_eq!(d.read("k"), None);
+        // A FIFO planted under a published name neither blocks nor is read.
+        let fifo = CString::new(base.join("meet.2/f").into_os_string().into_vec()).expect("path");
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert!(!d.has("f"));
+        assert_eq!(d.read("f"), None);
         let _ = std::fs::remove_dir_all(&base);
     }
 }
