@@ -123,10 +123,42 @@ const STOP_DEADLINE: Duration = Duration::from_secs(30);
 /// tried again (docs/sockets.md).
 const PASSING_RETRY: Duration = Duration::from_secs(5);
 
-/// Ends the message of a task's part of a job checkpoint that failed for a
-/// condition that passes by itself: the batch step then tries the whole
-/// job's checkpoint again (`crate::cli::job`).
-pub const PASSES: &str = " (this passes by itself: the job's checkpoint is tried again)";
+/// Why a task's part of a job checkpoint (or a job checkpoint) was not
+/// taken, and whether the cause passes by itself (bytes on their way
+/// between tasks, a rank in a PMIx fence): the batch step then tries the
+/// whole job's checkpoint again (`crate::cli::job`). Its answer to the
+/// batch step says which (`PASS` or `ERR`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// What was refused and why, for the user.
+    pub why: String,
+    /// The cause passes by itself.
+    pub passes: bool,
+}
+
+impl Refused {
+    /// A cause that passes by itself.
+    pub fn passing(why: String) -> Self {
+        Refused { why, passes: true }
+    }
+}
+
+impl From<String> for Refused {
+    /// A cause that does not pass by itself.
+    fn from(why: String) -> Self {
+        Refused { why, passes: false }
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)?;
+        if self.passes {
+            f.write_str(" (this passes by itself: the job's checkpoint is tried again)")?;
+        }
+        Ok(())
+    }
+}
 
 /// Connections served at once (a checkpoint holds one per process).
 pub const MAX_CONNECTIONS: usize = 4096;
@@ -356,7 +388,7 @@ impl Coordinator {
 
     /// Take a checkpoint of the whole job. Blocks until the generation is durable.
     pub fn checkpoint(&self) -> Result<Done, String> {
-        self.checkpoint_with(None)
+        self.checkpoint_with(None).map_err(|r| r.why)
     }
 
     /// A checkpoint that is this task's part of a job checkpoint
@@ -373,7 +405,7 @@ impl Coordinator {
     pub fn checkpoint_with(
         &self,
         cut: Option<&dyn Fn() -> Result<(), String>>,
-    ) -> Result<Done, String> {
+    ) -> Result<Done, Refused> {
         let hold = cut.is_some();
         if hold {
             // A new job checkpoint: what an earlier one held goes on first,
@@ -419,14 +451,10 @@ impl Coordinator {
         if hold && r.is_err() {
             self.hold(false);
         }
-        if hold && let Err(e) = r {
-            return Err(if last_passing {
-                format!("{e}{PASSES}")
-            } else {
-                e
-            });
-        }
-        r
+        r.map_err(|why| Refused {
+            why,
+            passes: hold && last_passing,
+        })
     }
 
     fn checkpoint_inner(
@@ -1275,14 +1303,13 @@ fn check_inet(
         _ => None,
     }) {
         let peer = e.sock.peer.clone().unwrap_or_default();
-        let m = manifests
-            .iter()
-            .find(|m| m.fds.iter().any(|f| f.inode == e.inode));
-        let holder = m.and_then(|m| hosts.get(&m.pid));
+        let holds = |m: &&ProcessManifest| m.fds.iter().any(|f| f.inode == e.inode);
+        let holder = manifests.iter().find(holds).and_then(|m| hosts.get(&m.pid));
         let pmix = holder.is_some_and(|&h| pmix_server_of(h, &peer));
         // A fence request its server (outside the job) has taken: no
-        // server would answer it after a restart (docs/mpi.md).
-        if pmix && let Some(m) = m.filter(|m| m.pmix_fences > 0) {
+        // server would answer it after a restart (docs/mpi.md). Any
+        // process holding the connection may be the one waiting.
+        if pmix && let Some(m) = manifests.iter().filter(holds).find(|m| m.pmix_fences > 0) {
             return Err((
                 format!(
                     "{} (process {}) is waiting in a PMIx fence (Open MPI's MPI_Init and \

@@ -107,6 +107,8 @@ pub struct Pre {
     pub sid: i32,
     /// Process-wide pending signals.
     pub shared_pending: u64,
+    /// PMIx fences the process is waiting in (`preload::pmix_fence`).
+    pub pmix_fences: u32,
     /// (interval µs, value µs) of ITIMER_REAL, VIRTUAL, PROF.
     pub itimers: [(u64, u64); 3],
     /// Compress the private memory a snapshot child writes once the job
@@ -136,6 +138,7 @@ impl Pre {
             pgid,
             sid,
             shared_pending: 0,
+            pmix_fences: super::pmix_fence::waiting(),
             itimers: [raw::getitimer(0), raw::getitimer(1), raw::getitimer(2)],
             compress: false,
             lifted: fork_advice::Lifted::default(),
@@ -743,9 +746,8 @@ fn write_parts(dir: &[u8], fds: &Fds, pre: &Pre, s: &mut Scratch) -> Result<u64,
 
     write_signals(j);
     let _ = write!(j, "\"shared_pending\":{},", pre.shared_pending);
-    let fences = super::pmix_fence::waiting();
-    if fences > 0 {
-        let _ = write!(j, "\"pmix_fences\":{fences},");
+    if pre.pmix_fences > 0 {
+        let _ = write!(j, "\"pmix_fences\":{},", pre.pmix_fences);
     }
 
     // cwd, umask, rlimits, itimers

@@ -16,9 +16,10 @@
 //! the component was loaded into a private namespace.
 
 use core::ffi::{c_int, c_void};
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
 use super::next_fn;
+use crate::signal_safe::raw;
 
 /// `PMIX_SUCCESS`: the request was accepted, the callback will come.
 const PMIX_SUCCESS: c_int = 0;
@@ -36,13 +37,38 @@ type FenceNbFn = unsafe extern "C" fn(
     *mut c_void,
 ) -> c_int;
 
-/// Fences this process has entered and not left.
+/// Fences the process [`OWNER`] has entered and not left.
 static WAITING: AtomicU32 = AtomicU32::new(0);
+/// The process the count is of: a child forked while a fence was open
+/// inherits the count but not the fence (its callback comes to the
+/// parent), so in any other process the count is 0.
+static OWNER: AtomicI32 = AtomicI32::new(0);
 
 /// How many PMIx fences the process is waiting in now. **Async-signal-safe**
-/// (one atomic load); read by the capture while every thread is stopped.
+/// (two atomic loads and `getpid`); read by the capture, in the process
+/// itself, while every thread is stopped.
 pub fn waiting() -> u32 {
+    if OWNER.load(Ordering::SeqCst) != raw::getpid() {
+        return 0;
+    }
     WAITING.load(Ordering::SeqCst)
+}
+
+/// A fence begins in this process.
+fn enter() {
+    let me = raw::getpid();
+    if OWNER.swap(me, Ordering::SeqCst) != me {
+        // The first fence of this process (a fork's child starts afresh).
+        WAITING.store(0, Ordering::SeqCst);
+    }
+    WAITING.fetch_add(1, Ordering::SeqCst);
+}
+
+/// A fence of this process ended.
+fn leave() {
+    if OWNER.load(Ordering::SeqCst) == raw::getpid() {
+        let _ = WAITING.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
 }
 
 /// The real `name`: the next definition after libckpt's, else libpmix's
@@ -88,7 +114,7 @@ unsafe extern "C" fn fence_done(status: c_int, cbdata: *mut c_void) {
     // SAFETY: the caller's callback with its own argument, as PMIx would
     // have called it.
     unsafe { (p.cb)(status, p.data) };
-    WAITING.fetch_sub(1, Ordering::SeqCst);
+    leave();
 }
 
 /// `PMIx_Fence` wrapper: counted while it waits.
@@ -105,10 +131,10 @@ pub unsafe extern "C" fn PMIx_Fence(
     let Some(f) = real::<FenceFn>(b"PMIx_Fence\0") else {
         return PMIX_ERR_NOT_SUPPORTED;
     };
-    WAITING.fetch_add(1, Ordering::SeqCst);
+    enter();
     // SAFETY: forwarding the caller's arguments.
     let r = unsafe { f(procs, nprocs, info, ninfo) };
-    WAITING.fetch_sub(1, Ordering::SeqCst);
+    leave();
     r
 }
 
@@ -133,7 +159,7 @@ pub unsafe extern "C" fn PMIx_Fence_nb(
         // SAFETY: forwarding the caller's arguments.
         return unsafe { f(procs, nprocs, info, ninfo, None, cbdata) };
     };
-    WAITING.fetch_add(1, Ordering::SeqCst);
+    enter();
     let p = Box::into_raw(Box::new(Pending { cb, data: cbdata }));
     // SAFETY: forwarding the caller's arguments, with our callback and
     // the Box it frees.
@@ -142,7 +168,7 @@ pub unsafe extern "C" fn PMIx_Fence_nb(
         // Done at once or refused: the callback will not come.
         // SAFETY: p is the Box leaked above, not handed to anyone.
         drop(unsafe { Box::from_raw(p) });
-        WAITING.fetch_sub(1, Ordering::SeqCst);
+        leave();
     }
     r
 }
@@ -179,7 +205,8 @@ mod tests {
         assert_eq!(r, PMIX_ERR_NOT_SUPPORTED);
         assert_eq!(waiting(), 0);
         // The callback a real library would call once the fence is over.
-        WAITING.fetch_add(1, Ordering::SeqCst);
+        enter();
+        assert_eq!(waiting(), 1);
         let p = Box::into_raw(Box::new(Pending {
             cb: caller_cb,
             data: 42 as *mut c_void,
@@ -187,6 +214,14 @@ mod tests {
         // SAFETY: p is a leaked Pending, as PMIx_Fence_nb passes it.
         unsafe { fence_done(7, p.cast()) };
         assert_eq!(CALLED.load(Ordering::SeqCst), 1);
+        assert_eq!(waiting(), 0);
+        // A count is of its own process: another (a fork's child) sees 0.
+        enter();
+        OWNER.store(raw::getpid() + 1, Ordering::SeqCst);
+        assert_eq!(waiting(), 0);
+        enter();
+        assert_eq!(waiting(), 1);
+        leave();
         assert_eq!(waiting(), 0);
     }
 }

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use ckpt::image::generation::CheckpointDir;
 use ckpt::image::manifest::StepRef;
 
-use crate::coord::{Coordinator, Done};
+use crate::coord::{Coordinator, Done, Refused};
 use crate::relaunch::{ENV_STEP_DIR, ENV_STEP_GENERATIONS};
 
 /// The batch step's request to the tasks (in the job's directory).
@@ -237,11 +237,11 @@ pub fn checkpoint(
                 }
                 return Ok(r);
             }
-            Err(e) if e.ends_with(crate::coord::PASSES) => {
+            Err(e) if e.passes => {
                 if t0.elapsed() >= PASSING_RETRY {
-                    let e = e.strip_suffix(crate::coord::PASSES).unwrap_or(&e);
                     return Err(format!(
-                        "{e} (the job's checkpoint gave up after {} attempts in {} s)",
+                        "{} (the job's checkpoint gave up after {} attempts in {} s)",
+                        e.why,
                         passing_tries + attempt,
                         PASSING_RETRY.as_secs()
                     ));
@@ -255,7 +255,7 @@ pub fn checkpoint(
                 let now = coord.relaunched();
                 let gone = before.iter().any(|b| !now.iter().any(|n| n.1 == b.1));
                 if !gone || attempt == 3 {
-                    return Err(e);
+                    return Err(e.why);
                 }
                 eprintln!("ckpt: a step ended during the job's checkpoint ({e}); trying again");
                 attempt += 1;
@@ -267,10 +267,10 @@ pub fn checkpoint(
 fn checkpoint_once(
     coord: &Arc<Coordinator>,
     j: &JobCheckpoint<'_>,
-) -> Result<(Done, Option<Held>), String> {
+) -> Result<(Done, Option<Held>), Refused> {
     coord.set_relaunch(Some(BTreeMap::new()));
     if coord.relaunched().is_empty() {
-        return coord.checkpoint().map(|d| (d, None));
+        return Ok((coord.checkpoint()?, None));
     }
     let job = super::slurm::job_ref()?;
     let scontrol = tool("scontrol")?;
@@ -305,7 +305,8 @@ fn checkpoint_once(
         return Err(format!(
             "step {} was not started by the batch script (its srun is pid {} on {}): it cannot be part of the job's checkpoint; end it, or start it from the script",
             s.id, s.srun_pid, s.srun_host
-        ));
+        )
+        .into());
     }
     let ep = epoch(j.job_dir);
     let token = format!(
@@ -322,7 +323,7 @@ fn checkpoint_once(
     };
     write_atomic(&held.request, &format!("{token} stop\n"))
         .map_err(|e| format!("cannot write {}: {e}", held.request.display()))?;
-    let result = (|| {
+    let result = (|| -> Result<Done, Refused> {
         let mut refs: BTreeMap<i32, StepRef> = BTreeMap::new();
         // What scancel said when it failed: Slurm 22.05 reports an error
         // for a step that does not span every node of the job (the nodes
@@ -382,9 +383,11 @@ fn checkpoint_once(
                 };
                 (r.tasks, r.nodes) =
                     wait_acks(&j.job_dir.join(&r.dir), &token, s, limit, alive, phase)
-                        .map_err(|e| match said {
-                            Some(m) => format!("{e} ({m})"),
-                            None => e,
+                        .map_err(|mut e| {
+                            if let Some(m) = said {
+                                e.why = format!("{} ({m})", e.why);
+                            }
+                            e
                         })?
                         .into_iter()
                         .unzip();
@@ -397,7 +400,7 @@ fn checkpoint_once(
         match_across(j.job_dir, &refs, &ours)?;
         wait_quiet(j.outputs);
         coord.set_relaunch(Some(refs));
-        coord.checkpoint()
+        Ok(coord.checkpoint()?)
     })();
     match result {
         Ok(d) => Ok((d, Some(held))),
@@ -435,7 +438,7 @@ fn wait_acks(
     limit: Duration,
     alive: impl Fn() -> bool,
     phase: Phase,
-) -> Result<Vec<(u64, String)>, String> {
+) -> Result<Vec<(u64, String)>, Refused> {
     let deadline = Instant::now() + limit;
     let mut gens = vec![(0u64, String::new()); s.tasks as usize];
     // A task's failure that passes by itself is reported only once every
@@ -451,11 +454,13 @@ fn wait_acks(
                 .and_then(|r| r.strip_prefix(' '))
             {
                 if let Some(why) = rest.strip_prefix("ERR ") {
-                    let e = format!("task {rank} of step {}: {why}", s.id);
-                    if !why.ends_with(crate::coord::PASSES) {
-                        return Err(e);
-                    }
-                    passing.get_or_insert(e);
+                    return Err(format!("task {rank} of step {}: {why}", s.id).into());
+                }
+                if let Some(why) = rest.strip_prefix("PASS ") {
+                    passing.get_or_insert(Refused::passing(format!(
+                        "task {rank} of step {}: {why}",
+                        s.id
+                    )));
                     break;
                 }
                 if rest == "stopped" {
@@ -473,7 +478,7 @@ fn wait_acks(
                 }
             }
             if !alive() {
-                return Err(format!("step {} ended during the checkpoint", s.id));
+                return Err(format!("step {} ended during the checkpoint", s.id).into());
             }
             if Instant::now() > deadline {
                 return Err(format!(
@@ -481,7 +486,8 @@ fn wait_acks(
                     s.id,
                     limit.as_secs(),
                     ack.display()
-                ));
+                )
+                .into());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -616,7 +622,7 @@ fn match_across(
     job_dir: &Path,
     refs: &BTreeMap<i32, StepRef>,
     ours: &[(&RunningStep, i32, i32)],
-) -> Result<(), String> {
+) -> Result<(), Refused> {
     let mut ends = Vec::new();
     for (pid, r) in refs {
         for (rank, n) in r.tasks.iter().enumerate() {
@@ -653,16 +659,11 @@ fn match_across(
                 + (i128::from(b.acked) - i128::from(a.received))
                 != 1
         {
-            return Err(format!(
+            return Err(Refused::passing(format!(
                 "task {rank} of step {id}: {}: bytes between it and task {r2} of step {i2} were on their way \
-                 while the tasks were captured (it had {} acknowledged and {} received, its peer {} and {}){}",
-                a.who,
-                a.acked,
-                a.received,
-                b.acked,
-                b.received,
-                crate::coord::PASSES
-            ));
+                 while the tasks were captured (it had {} acknowledged and {} received, its peer {} and {})",
+                a.who, a.acked, a.received, b.acked, b.received,
+            )));
         }
         if met.is_none() {
             let host = ours.iter().find(|(_, p, _)| p == pid).map(|x| x.2);
@@ -672,10 +673,9 @@ fn match_across(
                  checkpoint",
                 a.who
             );
-            return Err(super::mpi::with_mpi_hint(
-                e,
-                host.and_then(srun_mpi_type).as_deref(),
-            ));
+            return Err(
+                super::mpi::with_mpi_hint(e, host.and_then(srun_mpi_type).as_deref()).into(),
+            );
         }
     }
     Ok(())
@@ -710,7 +710,7 @@ pub fn answer(
     coord: &Arc<Coordinator>,
     task_dir: &Path,
     token: &str,
-    result: &Result<Done, String>,
+    result: &Result<Done, Refused>,
 ) -> Option<u64> {
     let job_dir = task_dir.parent().and_then(Path::parent)?;
     let request = job_dir.join(REQUEST);
@@ -732,7 +732,12 @@ pub fn answer(
                 None => format!("{token} ERR unexpected generation {}\n", d.path.display()),
             }
         }
-        Err(e) => format!("{token} ERR {}\n", e.replace('\n', " ")),
+        // (The batch step tries the job's checkpoint again after a PASS.)
+        Err(e) => format!(
+            "{token} {} {}\n",
+            if e.passes { "PASS" } else { "ERR" },
+            e.why.replace('\n', " ")
+        ),
     };
     if let Err(e) = write_atomic(&ack, &reply) {
         // The batch step will wait for this answer until its deadline and
@@ -840,7 +845,10 @@ mod tests {
             format!("tok 7 {node}\n")
         );
         std::fs::write(dir.join(REQUEST), "tok2 stop\n").unwrap();
-        assert_eq!(answer(&coord, &task, "tok2", &Err("no\nway".into())), None);
+        assert_eq!(
+            answer(&coord, &task, "tok2", &Err("no\nway".to_string().into())),
+            None
+        );
         assert_eq!(
             std::fs::read_to_string(task.join(ACK)).unwrap(),
             "tok2 ERR no way\n"
@@ -861,7 +869,28 @@ mod tests {
             Phase::Answered,
         )
         .unwrap_err();
-        assert!(e.contains("task 0 of step 9.1: no way"), "{e}");
+        assert_eq!(e, Refused::from("task 0 of step 9.1: no way".to_string()));
+        // A failure that passes is answered as one, and read back as one.
+        std::fs::write(dir.join(REQUEST), "tok4 stop\n").unwrap();
+        let bytes = Refused::passing("bytes on their way".to_string());
+        assert_eq!(answer(&coord, &task, "tok4", &Err(bytes)), None);
+        assert_eq!(
+            std::fs::read_to_string(task.join(ACK)).unwrap(),
+            "tok4 PASS bytes on their way\n"
+        );
+        let e = wait_acks(
+            &dir.join("step1"),
+            "tok4",
+            &s,
+            TASK_DEADLINE,
+            || true,
+            Phase::Answered,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            Refused::passing("task 0 of step 9.1: bytes on their way".to_string())
+        );
         std::fs::write(task.join(ACK), "tok3 12 n2\n").unwrap();
         assert_eq!(
             wait_acks(
@@ -892,7 +921,6 @@ mod tests {
             srun_host: "vm".into(),
             srun_pid: 4,
         };
-        let passes = crate::coord::PASSES;
         let acks = |a: &str, b: &str| {
             std::fs::write(dir.join("step0/task0").join(ACK), a).unwrap();
             std::fs::write(dir.join("step0/task1").join(ACK), b).unwrap();
@@ -906,20 +934,14 @@ mod tests {
             )
         };
         // Rank 0's failure passes, rank 1's does not: not to be retried.
-        let e = acks(&format!("t ERR on their way{passes}\n"), "t ERR io_uring\n").unwrap_err();
-        assert!(
-            e.contains("task 1 of step 9.0: io_uring") && !e.ends_with(passes),
-            "{e}"
-        );
+        let e = acks("t PASS on their way\n", "t ERR io_uring\n").unwrap_err();
+        assert_eq!(e, Refused::from("task 1 of step 9.0: io_uring".to_string()));
         // Only failures that pass: retried, naming the first.
-        let e = acks(&format!("t ERR a{passes}\n"), &format!("t ERR b{passes}\n")).unwrap_err();
-        assert!(
-            e.starts_with("task 0 of step 9.0: a") && e.ends_with(passes),
-            "{e}"
-        );
+        let e = acks("t PASS a\n", "t PASS b\n").unwrap_err();
+        assert_eq!(e, Refused::passing("task 0 of step 9.0: a".to_string()));
         // One that passes and an answer: retried.
-        let e = acks("t 3 n1\n", &format!("t ERR b{passes}\n")).unwrap_err();
-        assert!(e.starts_with("task 1 of step 9.0: b"), "{e}");
+        let e = acks("t 3 n1\n", "t PASS b\n").unwrap_err();
+        assert_eq!(e, Refused::passing("task 1 of step 9.0: b".to_string()));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

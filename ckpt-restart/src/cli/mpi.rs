@@ -50,20 +50,14 @@ pub fn open_mpi_settings(
 /// (clusters with `MpiDefault=pmix` give it to every step), so both are
 /// said.
 pub fn with_mpi_hint(e: String, mpi_type: Option<&str>) -> String {
-    // A failure that passes keeps its ending last: the batch step reads it
-    // there to try the job's checkpoint again (cli/job.rs).
-    if let Some(cause) = e.strip_suffix(crate::coord::PASSES) {
-        let told = with_mpi_hint(cause.to_string(), mpi_type);
-        return format!("{told}{}", crate::coord::PASSES);
-    }
     match mpi_type {
-        Some(t) if t.starts_with("pmix") && e.contains("outside the job") => format!(
+        Some(t) if t.starts_with("pmix") && e.contains("to a process outside the job") => format!(
             "{e}. If this task is an MPI rank (its step was started with `srun --mpi=pmix`): ckpt \
              keeps a rank's TCP connections to the other ranks of the job and to its PMIx server \
              (docs/mpi.md), and this connection is neither; ranks that `mpirun` starts across \
              nodes are not checkpointed yet: start them with `srun --mpi=pmix`"
         ),
-        Some(t) if t.starts_with("pmi2") && e.contains("outside the job") => format!(
+        Some(t) if t.starts_with("pmi2") && e.contains("to a process outside the job") => format!(
             "{e}. If this task is an MPI rank (its step was started with `srun --mpi=pmi2`): its \
              PMI connection to slurmstepd is kept only for `srun --mpi=pmix` (docs/mpi.md); do not \
              set CKPT_EXTERNAL_SOCKETS=closed for it (the rank would lose its PMI server). Start \
@@ -136,11 +130,5 @@ mod tests {
             "{pmi}"
         );
         assert_eq!(with_mpi_hint(other.clone(), Some("pmi2")), other);
-        // A refusal that passes still ends as one (the batch step tries
-        // the job's checkpoint again), with the hint before that ending.
-        let passing = format!("{outside}{}", crate::coord::PASSES);
-        let told = with_mpi_hint(passing, Some("pmix"));
-        assert!(told.ends_with(crate::coord::PASSES), "{told}");
-        assert!(told.contains("If this task is an MPI rank"), "{told}");
     }
 }

@@ -910,8 +910,12 @@ impl HookState<'_> {
             let cut = request.as_deref().map(|t| job::cut(&self.opts.dir, t));
             let r = coord
                 .checkpoint_with(cut.as_ref().map(|c| c as &dyn Fn() -> Result<(), String>))
-                .map_err(|e| {
-                    super::mpi::with_mpi_hint(e, std::env::var("SLURM_MPI_TYPE").ok().as_deref())
+                .map_err(|mut e| {
+                    e.why = super::mpi::with_mpi_hint(
+                        e.why,
+                        std::env::var("SLURM_MPI_TYPE").ok().as_deref(),
+                    );
+                    e
                 });
             if let Some(token) = &request
                 && let Some(n) = job::answer(coord, &self.opts.dir, token, &r)
@@ -930,11 +934,11 @@ impl HookState<'_> {
             // nothing about it.
             if request.is_some()
                 && let Err(e) = &r
-                && e.ends_with(crate::coord::PASSES)
+                && e.passes
             {
                 return Ok(());
             }
-            r?
+            r.map_err(|e| e.to_string())?
         };
         say(&format!(
             "checkpoint {} written ({} process{}, {}, program paused {:.1} ms, durable after {:.1} ms)",

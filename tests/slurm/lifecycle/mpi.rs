@@ -315,19 +315,19 @@ fn an_mpi_job_checkpointed_with_a_message_of_24_mib_in_flight_resumes_on_another
 /// Ranks on different nodes that talk for the first time after the job
 /// moved (2 nodes x 2, `late`): the ranks pass values around a ring of
 /// neighbours, and from step 6 on each also swaps one with the rank half
-/// the ring away (0 with 2, 1 with 3: pairs on different nodes). Rank 0
-/// waits before step 6 (the `held` file) while the others wait for it
-/// inside `MPI_Sendrecv`, so ranks 0 and 2 have never exchanged a byte;
-/// the warning signal comes then, and the job resumes on another pair of
-/// nodes. Open MPI
-/// would connect such a pair at its first message, to the address the
-/// peer published at `MPI_Init`, which after a move on a real cluster is
-/// the old node's; ckpt has every pair connect in `MPI_Init` instead
-/// (`OMPI_MCA_mpi_preconnect_mpi=1`), so the pair's connection is in the
-/// images and is restored to the peer's new node. Checked: the output is
-/// the uninterrupted run's, and no rank made a connection after step 1
-/// (its count of sockets at the end is the one after step 1; without the
-/// setting each would have one more, made after the restart).
+/// the ring away (0 with 2, 1 with 3: pairs on different nodes). Before
+/// step 6 every rank waits outside MPI while the `held` file exists (made
+/// before the job starts), so neither pair has exchanged a byte; the
+/// warning signal comes then, the job resumes on another pair of nodes,
+/// and the file is removed. Open MPI would connect such a pair at its
+/// first message, to the address the peer published at `MPI_Init`, which
+/// after a move on a real cluster is the old node's; ckpt has every pair
+/// connect in `MPI_Init` instead (`OMPI_MCA_mpi_preconnect_mpi=1`), so the
+/// pair's connection is in the images and is made again between the new
+/// nodes. Checked: the output is the uninterrupted run's, and no rank made
+/// a connection after step 1 (its count of sockets at the end is the one
+/// after step 1; without the setting each would have one more, made after
+/// the restart: the nodes here share one address, so it would succeed).
 #[test]
 fn mpi_ranks_that_first_talk_after_the_job_moved_to_other_nodes_use_a_restored_connection() {
     let Some(c) = slurm::cluster() else { return };
@@ -350,10 +350,13 @@ fn mpi_ranks_that_first_talk_after_the_job_moved_to_other_nodes_use_a_restored_c
          echo \"post done\"\n"
     );
     let held = dir.join("held");
+    fs::write(&held, "").expect("make the hold file");
     let job = submit(&c, &dir, &["-t", "10"], &script);
-    wait_until(&c, Some(&job), "rank 0 waiting before step 6", || {
-        held.exists()
+    wait_until(&c, Some(&job), "the ranks waiting before step 6", || {
+        last_step(&fs::read_to_string(&job.out).unwrap_or_default()) >= LATE - 1
     });
+    // The ranks that lag rank 0 by a step reach the hold too.
+    std::thread::sleep(Duration::from_millis(500));
     let at = last_step(&fs::read_to_string(&job.out).unwrap_or_default());
     let (first, second, drained) = move_by_warning(&c, &dir, &job, 2);
     c.check(
@@ -361,7 +364,7 @@ fn mpi_ranks_that_first_talk_after_the_job_moved_to_other_nodes_use_a_restored_c
         &format!("the checkpoint was not taken before step {LATE} (last step printed: {at})"),
         &job.run(),
     );
-    fs::remove_file(&held).expect("let rank 0 go");
+    fs::remove_file(&held).expect("let the ranks go");
     let end = final_state(&c, &job);
     drop(drained);
     let run = check_ranks_moved_and_passed(&c, &job, &dir, (&end, &first, &second), STEPS, &want);
@@ -430,10 +433,14 @@ fn an_mpi_rank_waiting_in_a_pmix_fence_is_not_checkpointed_and_the_job_runs_to_i
     );
     let held = dir.join("held");
     let job = submit(&c, &dir, &["-t", "10"], &script);
+    // Rank 0 prints PASS after the barrier, just before MPI_Finalize.
     wait_until(&c, Some(&job), "rank 0 reaching MPI_Finalize", || {
         held.exists()
+            && fs::read_to_string(&job.out)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l == "PASS")
     });
-    // Rank 0 passes the barrier and enters MPI_Finalize's fence.
     std::thread::sleep(Duration::from_secs(1));
     user_ok(
         &c,
