@@ -201,12 +201,7 @@ fn an_mpi_job_whose_ranks_srun_starts_with_pmix_resumes_on_another_pair_of_nodes
     let Some((dir, want)) = ring_program_with(&c, "mpi-pmix", STEPS, Mpi::Open, 4) else {
         return;
     };
-    let script = format!(
-        "#!/bin/bash\n\
-         #SBATCH -p multi -N2 --ntasks-per-node=2 --checkpoint-dir=ck --signal=B:USR1@10\n\
-         srun --mpi=pmix ./ring {STEPS} 400\n\
-         echo \"post done\"\n"
-    );
+    let script = pmix_2x2_script(&format!("./ring {STEPS} 400"));
     let job = submit(&c, &dir, &["-t", "10"], &script);
     wait_step(&c, &job, 4);
     let (first, second, drained) = move_by_warning(&c, &dir, &job, 2);
@@ -226,6 +221,17 @@ fn an_mpi_job_whose_ranks_srun_starts_with_pmix_resumes_on_another_pair_of_nodes
     ] {
         c.check(ok, what, &run);
     }
+}
+
+/// A batch script for 2 nodes x 2 ranks with the warning signal that runs
+/// `srun --mpi=pmix` with `command`, then prints `post done`.
+fn pmix_2x2_script(command: &str) -> String {
+    format!(
+        "#!/bin/bash\n\
+         #SBATCH -p multi -N2 --ntasks-per-node=2 --checkpoint-dir=ck --signal=B:USR1@10\n\
+         srun --mpi=pmix {command}\n\
+         echo \"post done\"\n"
+    )
 }
 
 /// A job of 4 ranks moved by [`move_by_warning`] completed on the other
@@ -281,12 +287,7 @@ fn an_mpi_job_checkpointed_with_a_message_of_24_mib_in_flight_resumes_on_another
     ) else {
         return;
     };
-    let script = format!(
-        "#!/bin/bash\n\
-         #SBATCH -p multi -N2 --ntasks-per-node=2 --checkpoint-dir=ck --signal=B:USR1@10\n\
-         srun --mpi=pmix ./bigring {STEPS} 24 6 held\n\
-         echo \"post done\"\n"
-    );
+    let script = pmix_2x2_script(&format!("./bigring {STEPS} 24 6 held"));
     let held = dir.join("held");
     let job = submit(&c, &dir, &["-t", "10"], &script);
     wait_until(
@@ -343,12 +344,7 @@ fn mpi_ranks_that_first_talk_after_the_job_moved_to_other_nodes_use_a_restored_c
     ) else {
         return;
     };
-    let script = format!(
-        "#!/bin/bash\n\
-         #SBATCH -p multi -N2 --ntasks-per-node=2 --checkpoint-dir=ck --signal=B:USR1@10\n\
-         srun --mpi=pmix ./late {STEPS} 100 {LATE} held\n\
-         echo \"post done\"\n"
-    );
+    let script = pmix_2x2_script(&format!("./late {STEPS} 100 {LATE} held"));
     let held = dir.join("held");
     fs::write(&held, "").expect("make the hold file");
     let job = submit(&c, &dir, &["-t", "10"], &script);
@@ -425,12 +421,7 @@ fn an_mpi_rank_waiting_in_a_pmix_fence_is_not_checkpointed_and_the_job_runs_to_i
     ) else {
         return;
     };
-    let script = format!(
-        "#!/bin/bash\n\
-         #SBATCH -p multi -N2 --ntasks-per-node=2 --checkpoint-dir=ck --signal=B:USR1@10\n\
-         srun --mpi=pmix ./fence {STEPS} 100 held\n\
-         echo \"post done\"\n"
-    );
+    let script = pmix_2x2_script(&format!("./fence {STEPS} 100 held"));
     let held = dir.join("held");
     let job = submit(&c, &dir, &["-t", "10"], &script);
     // Rank 0 prints PASS after the barrier, just before MPI_Finalize.
