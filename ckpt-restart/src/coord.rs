@@ -151,12 +151,10 @@ impl From<String> for Refused {
 }
 
 impl std::fmt::Display for Refused {
+    /// The reason only: whether it passes is the caller's to say (a task
+    /// answers `PASS` or `ERR`; the batch step says when it gives up).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.why)?;
-        if self.passes {
-            f.write_str(" (this passes by itself: the job's checkpoint is tried again)")?;
-        }
-        Ok(())
+        f.write_str(&self.why)
     }
 }
 

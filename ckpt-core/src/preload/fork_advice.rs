@@ -71,7 +71,7 @@ impl AdviceSet {
     /// `ENOMEM` when the set cannot be kept: the advice would be lost, so
     /// the image writer fails instead.
     pub fn read(tmp: &mut MmapBuf) -> Result<AdviceSet, Errno> {
-        tmp.read_file(b"/proc/self/smaps\0")?;
+        tmp.read_smaps(b"/proc/self/smaps\0")?;
         let set = Self::parse(tmp.as_slice());
         if set.all {
             return Err(Errno(libc::ENOMEM));
@@ -447,7 +447,7 @@ impl ParentView {
         let mut swap: Option<bool> = None;
         let mut parent_advice = |start: u64| -> Result<u8, Errno> {
             let set = advice.get_or_insert_with(|| {
-                smaps.read_fd(self.smaps)?;
+                smaps.read_smaps_fd(self.smaps)?;
                 Ok(AdviceSet::parse(smaps.as_slice()))
             });
             match set {

@@ -6,6 +6,10 @@
 
 use super::raw::{self, Errno};
 
+/// Bytes per `read` of smaps: below the size of any smaps record
+/// ([`MmapBuf::read_smaps_fd`]).
+pub const SEQ_READ: usize = 512;
+
 /// A growable byte buffer backed by its own anonymous mapping.
 pub struct MmapBuf {
     ptr: *mut u8,
@@ -200,6 +204,41 @@ impl MmapBuf {
         }
     }
 
+    /// Read `/proc/.../smaps` (open as `fd`) into the buffer, replacing
+    /// its content, so that the kernel walks each mapping's pages once.
+    ///
+    /// The kernel makes smaps one mapping (record) at a time, walking the
+    /// mapping's page tables for its counts. A `read` asking for more than
+    /// the record made first makes the next one too, and when that one
+    /// does not fit in the kernel's own buffer it is thrown away and made
+    /// again for the next `read`: a 1 GiB mapping at that place is walked
+    /// twice (about 13 ms each here). A request no larger than the
+    /// smallest record (some 700 bytes) never makes a second record, so
+    /// this reads [`SEQ_READ`] bytes at a time (docs/kernel.md §4).
+    pub fn read_smaps_fd(&mut self, fd: i32) -> Result<(), Errno> {
+        self.clear();
+        loop {
+            self.reserve(64 * 1024)?;
+            let want = SEQ_READ.min(self.cap - self.len);
+            // SAFETY: reserve guarantees cap - len >= want writable bytes at ptr+len.
+            let n = unsafe { raw::read(fd, self.ptr.add(self.len), want) };
+            match n {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.len += n,
+                Err(Errno(libc::EINTR)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// [`MmapBuf::read_smaps_fd`] of the file at `path`.
+    pub fn read_smaps(&mut self, path: &[u8]) -> Result<(), Errno> {
+        let fd = raw::open(path, libc::O_RDONLY | libc::O_CLOEXEC, 0)?;
+        let r = self.read_smaps_fd(fd);
+        raw::close(fd);
+        r
+    }
+
     /// Release the mapping.
     pub fn free(&mut self) {
         if !self.ptr.is_null() {
@@ -281,5 +320,77 @@ impl<const N: usize> core::fmt::Write for StackBuf<N> {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
         self.push(s.as_bytes());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The record headers of smaps text: one line per mapping.
+    fn headers(text: &[u8]) -> Vec<Vec<u8>> {
+        text.split(|&b| b == b'\n')
+            .filter(|l| {
+                l.split(|&b| b == b' ')
+                    .next()
+                    .is_some_and(|a| a.contains(&b'-'))
+            })
+            .map(<[u8]>::to_vec)
+            .collect()
+    }
+
+    #[test]
+    fn smaps_read_in_small_pieces_holds_every_mapping_once() {
+        // Mappings enough for smaps to span many of the kernel's buffers.
+        let maps: Vec<usize> = (0..64)
+            .map(|i| {
+                let prot = if i % 2 == 0 {
+                    libc::PROT_READ
+                } else {
+                    libc::PROT_READ | libc::PROT_WRITE
+                };
+                // SAFETY: fresh anonymous mappings, unmapped below.
+                let p = unsafe {
+                    libc::mmap(
+                        core::ptr::null_mut(),
+                        4096 * 4,
+                        prot,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    )
+                };
+                assert_ne!(p, libc::MAP_FAILED);
+                p as usize
+            })
+            .collect();
+        let mut small = MmapBuf::new();
+        small.read_smaps(b"/proc/self/smaps\0").expect("smaps");
+        let text = small.as_slice();
+        let h = headers(text);
+        for p in &maps {
+            let start = format!("{p:x}-");
+            assert_eq!(
+                h.iter().filter(|l| l.starts_with(start.as_bytes())).count(),
+                1,
+                "mapping at {start} once"
+            );
+        }
+        let mut sorted = h.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), h.len(), "no record twice");
+        assert_eq!(
+            text.split(|&b| b == b'\n')
+                .filter(|l| l.starts_with(b"VmFlags:"))
+                .count(),
+            h.len(),
+            "every record whole"
+        );
+        for p in maps {
+            // SAFETY: unmapping what we mapped.
+            unsafe { libc::munmap(p as *mut libc::c_void, 4096 * 4) };
+        }
+        small.free();
     }
 }
