@@ -18,6 +18,12 @@
 //! handler's deregistration). A fence and finalize are answered with the
 //! request's tag and a status (`02 00`: success); a deregistration is not
 //! answered. Anything else gets "not supported".
+//!
+//! A fence that not every rank enters within the step's PMIx timeout
+//! (`SLURM_PMIX_TIMEOUT`, else Slurm's default of 300 s) is answered
+//! `PMIX_ERR_TIMEOUT`, as Slurm's own server answers it, so that a rank
+//! whose peers died after the restart ends with an error instead of
+//! waiting for ever.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -34,6 +40,11 @@ const DEREGISTER_EVENTS: u8 = 14;
 /// zigzag varint).
 const OK: [u8; 2] = [0x02, 0x00];
 const NOT_SUPPORTED: [u8; 2] = [0x02, 0x5d];
+/// `PMIX_ERR_TIMEOUT` (-24, zigzag varint 47).
+const TIMED_OUT: [u8; 2] = [0x02, 0x2f];
+/// Slurm's PMIx timeout when the step does not set `SLURM_PMIX_TIMEOUT`
+/// (`PMIxTimeout` of mpi.conf, which a task cannot read, defaults to it).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The barrier of the step's ranks: rank `rank` of `ranks` enters fence
 /// `n` by publishing `pmix-fence.<step>.<n>.<rank>` in the meeting
@@ -48,6 +59,8 @@ pub struct Barrier {
     pub rank: u32,
     /// The step's ranks.
     pub ranks: u32,
+    /// How long a fence waits for every rank.
+    pub timeout: Duration,
 }
 
 impl Barrier {
@@ -56,14 +69,20 @@ impl Barrier {
     }
 
     /// Waits until every rank of the step has entered fence `n`: each
-    /// publishes its name in the meeting directory.
-    fn wait(&self, n: u64) -> std::io::Result<()> {
+    /// publishes its name in the meeting directory. `Ok(missing)`: the
+    /// ranks that had not entered it when the timeout passed (none: every
+    /// rank is in).
+    fn wait(&self, n: u64) -> std::io::Result<Vec<u32>> {
         let dir = MeetingDir::open(&self.dir).map_err(std::io::Error::other)?;
         dir.publish(&self.name(n, self.rank), "")
             .map_err(std::io::Error::other)?;
+        let t0 = std::time::Instant::now();
         loop {
-            if (0..self.ranks).all(|r| dir.has(&self.name(n, r))) {
-                return Ok(());
+            let missing: Vec<u32> = (0..self.ranks)
+                .filter(|&r| !dir.has(&self.name(n, r)))
+                .collect();
+            if missing.is_empty() || t0.elapsed() >= self.timeout {
+                return Ok(missing);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -125,8 +144,19 @@ fn serve_one(mut s: TcpStream, token: &[u8; 16], b: &Barrier) -> std::io::Result
         let reply: Option<&[u8]> = match cmd {
             Some(FENCE) => {
                 fences += 1;
-                b.wait(fences)?;
-                Some(&OK)
+                let missing = b.wait(fences)?;
+                if missing.is_empty() {
+                    Some(&OK)
+                } else {
+                    eprintln!(
+                        "ckpt: the PMIx stand-in of rank {}: rank(s) {missing:?} did not enter \
+                         fence {fences} within {} s (SLURM_PMIX_TIMEOUT): answered \
+                         PMIX_ERR_TIMEOUT, as Slurm's server does",
+                        b.rank,
+                        b.timeout.as_secs()
+                    );
+                    Some(&TIMED_OUT)
+                }
             }
             Some(FINALIZE) => Some(&OK),
             Some(DEREGISTER_EVENTS) => None,
@@ -161,7 +191,16 @@ pub fn barrier_from_env(meet: &Path) -> Option<Barrier> {
             .unwrap_or_else(|| "step".into()),
         rank: num("SLURM_PROCID")?,
         ranks: num("SLURM_STEP_NUM_TASKS").or_else(|| num("SLURM_NTASKS"))?,
+        timeout: timeout_from(std::env::var("SLURM_PMIX_TIMEOUT").ok().as_deref()),
     })
+}
+
+/// The fence timeout a step's `SLURM_PMIX_TIMEOUT` gives (seconds; Slurm's
+/// default when absent, empty or not a positive number).
+fn timeout_from(v: Option<&str>) -> Duration {
+    v.and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&s| s > 0)
+        .map_or(DEFAULT_TIMEOUT, Duration::from_secs)
 }
 
 #[cfg(test)]
@@ -195,6 +234,7 @@ mod tests {
                 step: "step0".into(),
                 rank,
                 ranks: 2,
+                timeout: DEFAULT_TIMEOUT,
             })
             .unwrap();
             std::thread::spawn(serve);
@@ -243,5 +283,42 @@ mod tests {
             assert_eq!(reply(c), (113, NOT_SUPPORTED.to_vec()));
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A fence some rank never enters is answered `PMIX_ERR_TIMEOUT` once
+    /// the timeout has passed, not left waiting.
+    #[test]
+    fn a_fence_a_rank_never_enters_times_out_with_an_error() {
+        let dir = std::env::temp_dir().join(format!("ckpt-pmix-t-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (env, serve) = listen(Barrier {
+            dir: dir.clone(),
+            step: "step0".into(),
+            rank: 0,
+            ranks: 2,
+            timeout: Duration::from_millis(300),
+        })
+        .unwrap();
+        std::thread::spawn(serve);
+        let (at, tok) = env.split_once(' ').unwrap();
+        let token: Vec<u8> = (0..16)
+            .map(|i| u8::from_str_radix(&tok[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        let mut c = TcpStream::connect(at).unwrap();
+        c.write_all(&token).unwrap();
+        let t0 = std::time::Instant::now();
+        request(&mut c, 9, &[0x02, FENCE]);
+        assert_eq!(reply(&mut c), (9, TIMED_OUT.to_vec()));
+        assert!(t0.elapsed() >= Duration::from_millis(300));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_timeout_is_the_steps_or_slurms_default() {
+        assert_eq!(timeout_from(Some("20")), Duration::from_secs(20));
+        assert_eq!(timeout_from(Some(" 7\n")), Duration::from_secs(7));
+        for v in [None, Some(""), Some("0"), Some("-3"), Some("soon")] {
+            assert_eq!(timeout_from(v), DEFAULT_TIMEOUT, "{v:?}");
+        }
     }
 }
