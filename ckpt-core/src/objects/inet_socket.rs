@@ -277,7 +277,53 @@ pub struct Datagram {
 /// `sock_diag` constants (uapi `linux/inet_diag.h`, `linux/sock_diag.h`).
 mod diag {
     pub const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    /// `INET_DIAG_INFO`: the socket's `struct tcp_info`.
+    pub const ATTR_INFO: u16 = 2;
+    /// `INET_DIAG_SKMEMINFO`: `u32 [SK_MEMINFO_VARS]`.
+    pub const ATTR_SKMEMINFO: u16 = 7;
     pub const ATTR_SHUTDOWN: u16 = 8;
+    /// Request bits (`idiag_ext`, bit `type - 1`) for the two above.
+    pub const EXT_INFO_AND_MEMORY: u8 = (1 << (ATTR_INFO - 1)) | (1 << (ATTR_SKMEMINFO - 1));
+    /// `SK_MEMINFO_RCVBUF` and `SK_MEMINFO_SNDBUF`: what `SO_RCVBUF` and
+    /// `SO_SNDBUF` return (`sk_rcvbuf`, `sk_sndbuf`).
+    pub const MEM_RCVBUF: usize = 1;
+    pub const MEM_SNDBUF: usize = 3;
+}
+
+/// What `struct tcp_info` tells a capture: the state, whether the socket
+/// carried traffic, its bytes acknowledged and received.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpInfoBits {
+    /// TCP state (its first byte).
+    pub state: u8,
+    /// It sent or received a segment.
+    pub traffic: bool,
+    /// `tcpi_bytes_acked`.
+    pub acked: u64,
+    /// `tcpi_bytes_received`.
+    pub received: u64,
+}
+
+impl TcpInfoBits {
+    /// From the first `info.len()` bytes of a `struct tcp_info` (an older
+    /// kernel's is shorter: the fields it lacks read as 0). The state is
+    /// its first byte, `tcpi_bytes_acked` and `tcpi_bytes_received` the
+    /// u64s at 120 and 128, `tcpi_segs_out` and `tcpi_segs_in` the u32s at
+    /// 136 and 140 (uapi linux/tcp.h). **Async-signal-safe.**
+    pub fn parse(info: &[u8]) -> Option<TcpInfoBits> {
+        let state = *info.first()?;
+        let segs = |at: usize| u32_at(info, at).unwrap_or(0);
+        let bytes = |at: usize| match (u32_at(info, at), u32_at(info, at + 4)) {
+            (Some(lo), Some(hi)) => u64::from(lo) | u64::from(hi) << 32,
+            _ => 0,
+        };
+        Some(TcpInfoBits {
+            state,
+            traffic: segs(136) > 0 || segs(140) > 0,
+            acked: bytes(120),
+            received: bytes(128),
+        })
+    }
 }
 
 /// What `sock_diag` tells about one TCP socket.
@@ -297,6 +343,11 @@ pub struct Diag {
     pub inode: u64,
     /// `sk_shutdown` (absent for time-wait sockets: 0).
     pub shutdown: u8,
+    /// Its `struct tcp_info`, when asked for ([`query_pair`]).
+    pub info: Option<TcpInfoBits>,
+    /// Its send and receive buffer sizes (`SO_SNDBUF`, `SO_RCVBUF`), when
+    /// asked for.
+    pub bufs: Option<(i32, i32)>,
 }
 
 /// Parse a reply to [`query`]: one netlink message with an
@@ -316,6 +367,8 @@ pub fn parse_diag(reply: &[u8]) -> Result<Diag, Errno> {
         wqueue: u32_at(msg, 76).ok_or(Errno(libc::EIO))?,
         inode: u64::from(u32_at(msg, 84).ok_or(Errno(libc::EIO))?),
         shutdown: 0,
+        info: None,
+        bufs: None,
     };
     let mut at = 88usize;
     while at + 4 <= msg.len() {
@@ -324,8 +377,17 @@ pub fn parse_diag(reply: &[u8]) -> Result<Diag, Errno> {
         if alen < 4 {
             break;
         }
-        if aty == diag::ATTR_SHUTDOWN {
-            d.shutdown = msg.get(at + 4).copied().unwrap_or(0);
+        let body = msg.get(at + 4..(at + alen).min(msg.len())).unwrap_or(&[]);
+        match aty {
+            diag::ATTR_SHUTDOWN => d.shutdown = body.first().copied().unwrap_or(0),
+            diag::ATTR_INFO => d.info = TcpInfoBits::parse(body),
+            diag::ATTR_SKMEMINFO => {
+                let mem = |i: usize| u32_at(body, 4 * i).map(|v| v as i32);
+                if let (Some(snd), Some(rcv)) = (mem(diag::MEM_SNDBUF), mem(diag::MEM_RCVBUF)) {
+                    d.bufs = Some((snd, rcv));
+                }
+            }
+            _ => {}
         }
         at += (alen + 3) & !3;
     }
@@ -392,8 +454,9 @@ impl AddrBuf {
 }
 
 /// Build the `sock_diag` request for the TCP socket whose own address is
-/// `src` and whose peer is `dst` (all zero: a listening socket).
-fn request(family: i32, src: &AddrBuf, dst: &AddrBuf, req: &mut [u8; 72]) {
+/// `src` and whose peer is `dst` (all zero: a listening socket), asking
+/// for the attributes `ext` names (`idiag_ext`).
+fn request(family: i32, src: &AddrBuf, dst: &AddrBuf, ext: u8, req: &mut [u8; 72]) {
     req.fill(0);
     req[0..4].copy_from_slice(&72u32.to_ne_bytes());
     req[4..6].copy_from_slice(&diag::SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -403,6 +466,7 @@ fn request(family: i32, src: &AddrBuf, dst: &AddrBuf, req: &mut [u8; 72]) {
     // sport, dport (big-endian), src[16], dst[16], if, cookie[2].
     req[16] = family as u8;
     req[17] = libc::IPPROTO_TCP as u8;
+    req[18] = ext;
     req[20..24].copy_from_slice(&u32::MAX.to_ne_bytes());
     req[24..26].copy_from_slice(&src.port.to_be_bytes());
     req[26..28].copy_from_slice(&dst.port.to_be_bytes());
@@ -417,7 +481,7 @@ fn request(family: i32, src: &AddrBuf, dst: &AddrBuf, req: &mut [u8; 72]) {
 /// is told apart by its destination port).
 pub fn query(nl: i32, family: i32, src: &AddrBuf, dst: &AddrBuf) -> Result<Diag, Errno> {
     let mut req = [0u8; 72];
-    request(family, src, dst, &mut req);
+    request(family, src, dst, 0, &mut req);
     let mut reply = [0u8; 512];
     let got = exchange(nl, &req, &mut reply)?;
     let d = parse_diag(reply.get(..got).unwrap_or(&[]))?;
@@ -430,7 +494,10 @@ pub fn query(nl: i32, family: i32, src: &AddrBuf, dst: &AddrBuf) -> Result<Diag,
 /// Two lookups through `nl` at once, as [`query`] does each: one `sendto`
 /// carrying both requests and one `recvmmsg` for both replies (a job may
 /// hold hundreds of connections, each end asked about itself and its peer
-/// while the job stands still). **Async-signal-safe.**
+/// while the job stands still). The first also brings the socket's
+/// `struct tcp_info` and buffer sizes ([`Diag::info`], [`Diag::bufs`]),
+/// which spares the capture three `getsockopt` calls per connection.
+/// **Async-signal-safe.**
 pub fn query_pair(
     nl: i32,
     family: i32,
@@ -440,14 +507,14 @@ pub fn query_pair(
     let mut reqs = [0u8; 144];
     let (ra, rb) = reqs.split_at_mut(72);
     let (mut qa, mut qb) = ([0u8; 72], [0u8; 72]);
-    request(family, a.0, a.1, &mut qa);
-    request(family, b.0, b.1, &mut qb);
+    request(family, a.0, a.1, diag::EXT_INFO_AND_MEMORY, &mut qa);
+    request(family, b.0, b.1, 0, &mut qb);
     // Sequence numbers 1 and 2 tell the replies apart.
     qa[8..12].copy_from_slice(&1u32.to_ne_bytes());
     qb[8..12].copy_from_slice(&2u32.to_ne_bytes());
     ra.copy_from_slice(&qa);
     rb.copy_from_slice(&qb);
-    let mut replies = [[0u8; 512]; 2];
+    let mut replies = [[0u8; REPLY]; 2];
     let got = match exchange_many(nl, &reqs, &mut replies) {
         Ok(n) => n,
         Err(e) => return (Err(e), Err(e)),
@@ -473,11 +540,20 @@ pub fn query_pair(
     (x, y)
 }
 
+/// Room for one reply of [`query_pair`]: the message (88 bytes), its
+/// attributes (about 40), a `struct tcp_info` (about 280 bytes on 6.18,
+/// more on later kernels) and the memory counters (40).
+const REPLY: usize = 1024;
+
 /// Send `reqs` (netlink messages back to back) through `nl` and receive
 /// one reply datagram into each of `replies` with one `recvmmsg`; the
 /// lengths received (0 for a reply that did not come).
 /// **Async-signal-safe.**
-fn exchange_many(nl: i32, reqs: &[u8], replies: &mut [[u8; 512]; 2]) -> Result<[usize; 2], Errno> {
+fn exchange_many(
+    nl: i32,
+    reqs: &[u8],
+    replies: &mut [[u8; REPLY]; 2],
+) -> Result<[usize; 2], Errno> {
     // SAFETY: sendto on our netlink socket from the caller's buffer, no
     // address (the socket's default destination is the kernel).
     unsafe {
@@ -575,8 +651,6 @@ pub fn settled(nl: i32, sender: &InetSocket, receiver: &InetSocket) -> Result<bo
 
 /// `SIOCINQ`: bytes a TCP socket has received and not read.
 const SIOCINQ: u64 = 0x541B;
-/// `SIOCOUTQ`: bytes written and not acknowledged yet.
-const SIOCOUTQ: u64 = 0x5411;
 
 fn ioctl_int(fd: i32, req: u64) -> Result<i32, Errno> {
     let mut v: i32 = 0;
@@ -638,8 +712,6 @@ pub fn capture(
         keepalive: opt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE) != 0,
         // Meaningful for UDP only (one call less per TCP socket).
         broadcast: !tcp && opt(fd, libc::SOL_SOCKET, libc::SO_BROADCAST) != 0,
-        sndbuf: opt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF),
-        rcvbuf: opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF),
         v6only: family == libc::AF_INET6 && opt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) != 0,
         ..Options::default()
     };
@@ -686,12 +758,30 @@ pub fn capture(
             opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
             opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
         ];
-        let (state, traffic, acked, received) = tcp_info_state(fd)?;
-        s.tcp_state = state;
-        (s.acked, s.received) = (acked, received);
+        // A connected end: this end and its peer, asked at once; the reply
+        // about this end carries its tcp_info and buffer sizes too.
+        let pair = peer
+            .as_ref()
+            .map(|p| query_pair(nl, family, (&local, p), (p, &local)));
+        let me = match &pair {
+            Some((Ok(me), _)) if me.inode != ino => return Err(Errno(libc::ENOENT)),
+            Some((Ok(me), _)) => Some(*me),
+            Some((Err(e), _)) => return Err(*e),
+            None => None,
+        };
+        let info = match me.and_then(|d| d.info) {
+            Some(i) => i,
+            None => tcp_info_state(fd)?,
+        };
+        (o.sndbuf, o.rcvbuf) = match me.and_then(|d| d.bufs) {
+            Some(b) => b,
+            None => buffers(fd),
+        };
+        s.tcp_state = info.state;
+        (s.acked, s.received) = (info.acked, info.received);
         // Closed, but it carried a connection: ended (both ends closed it,
         // or it was reset), unlike a socket never connected.
-        s.ended = state == tcp_state::CLOSE && traffic;
+        s.ended = info.state == tcp_state::CLOSE && info.traffic;
         let none = AddrBuf {
             v6: local.v6,
             ..AddrBuf::default()
@@ -703,15 +793,15 @@ pub fn capture(
             }
             s.accept_queue = d.rqueue;
             s.backlog = d.wqueue;
-        } else if let Some(p) = &peer {
-            // This end and its peer, asked at once.
-            let (me, other) = query_pair(nl, family, (&local, p), (p, &local));
-            let me = me?;
-            if me.inode != ino {
-                return Err(Errno(libc::ENOENT));
-            }
+        } else if let (Some(me), Some((_, other))) = (me, pair) {
             s.shutdown = me.shutdown;
-            s.unsent = ioctl_int(fd, SIOCOUTQ).unwrap_or(0).max(0) as u32;
+            // What SIOCOUTQ returns: the send queue as sock_diag reports it
+            // (`write_seq - snd_una`), 0 before the connection is made.
+            s.unsent = if matches!(me.state, tcp_state::SYN_SENT | tcp_state::SYN_RECV) {
+                0
+            } else {
+                me.wqueue
+            };
             queued = ioctl_int(fd, SIOCINQ)?.max(0) as usize;
             match other {
                 Ok(d) if d.inode != 0 => {
@@ -738,6 +828,7 @@ pub fn capture(
             }
         }
     } else {
+        (o.sndbuf, o.rcvbuf) = buffers(fd);
         // A UDP socket's queued datagrams, each with its sender; when they
         // cannot all be read (an empty one stops the peek), none is kept
         // and the checkpoint is refused (passing).
@@ -835,12 +926,17 @@ struct Fields {
     received: u64,
 }
 
-/// The TCP state of `fd` (first byte of `struct tcp_info`), whether it
-/// carried traffic, and its bytes acknowledged and received.
-fn tcp_info_state(fd: i32) -> Result<(u8, bool, u64, u64), Errno> {
-    // struct tcp_info: the state is its first byte, tcpi_bytes_acked and
-    // tcpi_bytes_received are the u64s at 120 and 128, tcpi_segs_out and
-    // tcpi_segs_in the u32s at 136 and 140 (uapi linux/tcp.h).
+/// `SO_SNDBUF` and `SO_RCVBUF` of `fd`.
+fn buffers(fd: i32) -> (i32, i32) {
+    (
+        opt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF),
+        opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF),
+    )
+}
+
+/// The TCP state of `fd`, whether it carried traffic, and its bytes
+/// acknowledged and received (`TCP_INFO`).
+fn tcp_info_state(fd: i32) -> Result<TcpInfoBits, Errno> {
     let mut info = [0u8; 144];
     let mut len: u32 = 144;
     // SAFETY: getsockopt (55) of TCP_INFO writes at most `len` bytes into info.
@@ -855,18 +951,7 @@ fn tcp_info_state(fd: i32) -> Result<(u8, bool, u64, u64), Errno> {
             0,
         )
     }?;
-    let segs = |at: usize| u32_at(&info, at).filter(|_| len as usize >= at + 4);
-    let traffic = segs(136).unwrap_or(0) > 0 || segs(140).unwrap_or(0) > 0;
-    let bytes = |at: usize| {
-        let lo = u64::from(u32_at(&info, at).unwrap_or(0));
-        let hi = u64::from(u32_at(&info, at + 4).unwrap_or(0));
-        if len as usize >= at + 8 {
-            lo | hi << 32
-        } else {
-            0
-        }
-    };
-    Ok((info[0], traffic, bytes(120), bytes(128)))
+    TcpInfoBits::parse(info.get(..len as usize).unwrap_or(&[])).ok_or(Errno(libc::EIO))
 }
 
 /// The largest UDP datagram (IPv6 without jumbograms: 65535 - 8).

@@ -415,6 +415,11 @@ fn bytes_not_sent_yet_are_seen() {
     }
     let (t, _) = take(c, libc::AF_INET);
     assert!(t.unsent > 0, "{t:?}");
+    // What the capture takes from sock_diag is what SIOCOUTQ says.
+    let mut outq: i32 = 0;
+    // SAFETY: SIOCOUTQ writes one int into the local.
+    assert_eq!(unsafe { libc::ioctl(c, 0x5411, &mut outq) }, 0);
+    assert_eq!(t.unsent, outq as u32);
     let u = t.validate().unwrap_err();
     assert!(
         u.passing && u.why.contains("have not reached the other end"),
@@ -716,4 +721,49 @@ fn udp_datagrams_from_outside_the_job_wait_and_empty_ones_are_not_saved() {
     assert_eq!(recv_from(r).map(|(d, _)| d), Some(b"behind".to_vec()));
     close(r);
     close(a);
+}
+
+/// The tcp_info and buffer sizes a connected end's `sock_diag` lookup
+/// brings are those `TCP_INFO`, `SO_SNDBUF` and `SO_RCVBUF` give.
+#[test]
+fn the_lookup_of_a_connected_end_brings_its_tcp_info_and_buffers() {
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        let l = tcp(family);
+        bind_listen(l, family);
+        let c = tcp(family);
+        set(c, libc::SOL_SOCKET, libc::SO_SNDBUF, 100_000);
+        set(c, libc::SOL_SOCKET, libc::SO_RCVBUF, 70_000);
+        connect_to(c, family, name(l, false).port);
+        let s = accept(l);
+        send(c, &[5u8; 3000]);
+        assert_eq!(recv_n(s, 3000).len(), 3000);
+        send(s, &[6u8; 100]);
+        assert_eq!(recv_n(c, 100).len(), 100);
+        let nl = super::super::unix_socket::open_diag().unwrap();
+        let (me, other) = query_pair(
+            nl,
+            family,
+            (&name(c, false), &name(c, true)),
+            (&name(c, true), &name(c, false)),
+        );
+        let me = me.unwrap();
+        assert_eq!(me.inode, inode(c));
+        assert_eq!(other.unwrap().inode, inode(s));
+        assert_eq!(
+            me.bufs,
+            Some((
+                get(c, libc::SOL_SOCKET, libc::SO_SNDBUF),
+                get(c, libc::SOL_SOCKET, libc::SO_RCVBUF)
+            ))
+        );
+        let info = me.info.unwrap();
+        assert_eq!(info, tcp_info_state(c).unwrap());
+        assert_eq!(info.state, tcp_state::ESTABLISHED);
+        assert!(info.traffic);
+        // (The SYN counts as one byte acknowledged.)
+        assert_eq!((info.acked, info.received), (3000 + 1, 100), "{info:?}");
+        for f in [nl, l, c, s] {
+            close(f);
+        }
+    }
 }
