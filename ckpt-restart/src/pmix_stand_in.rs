@@ -220,6 +220,17 @@ mod tests {
         (u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]), p)
     }
 
+    /// A stand-in serving `b` on its own thread: its address and token.
+    fn serve(b: Barrier) -> (String, Vec<u8>) {
+        let (env, serve) = listen(b).unwrap();
+        std::thread::spawn(serve);
+        let (at, tok) = env.split_once(' ').unwrap();
+        let token = (0..16)
+            .map(|i| u8::from_str_radix(&tok[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        (at.to_string(), token)
+    }
+
     /// Two ranks' connections, as Open MPI's `MPI_Finalize` uses them: a
     /// fence (answered only once both ranks are in it), deregistrations (not
     /// answered), finalize; a connection without the token is dropped.
@@ -229,20 +240,13 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let mut served = Vec::new();
         for rank in 0..2 {
-            let (env, serve) = listen(Barrier {
+            served.push(serve(Barrier {
                 dir: dir.clone(),
                 step: "step0".into(),
                 rank,
                 ranks: 2,
                 timeout: DEFAULT_TIMEOUT,
-            })
-            .unwrap();
-            std::thread::spawn(serve);
-            let (at, tok) = env.split_once(' ').unwrap();
-            let token: Vec<u8> = (0..16)
-                .map(|i| u8::from_str_radix(&tok[2 * i..2 * i + 2], 16).unwrap())
-                .collect();
-            served.push((at.to_string(), token));
+            }));
         }
         // A stranger without the token gets nothing and is dropped.
         let mut stranger = TcpStream::connect(&served[0].0).unwrap();
@@ -291,19 +295,13 @@ mod tests {
     fn a_fence_a_rank_never_enters_times_out_with_an_error() {
         let dir = std::env::temp_dir().join(format!("ckpt-pmix-t-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let (env, serve) = listen(Barrier {
+        let (at, token) = serve(Barrier {
             dir: dir.clone(),
             step: "step0".into(),
             rank: 0,
             ranks: 2,
             timeout: Duration::from_millis(300),
-        })
-        .unwrap();
-        std::thread::spawn(serve);
-        let (at, tok) = env.split_once(' ').unwrap();
-        let token: Vec<u8> = (0..16)
-            .map(|i| u8::from_str_radix(&tok[2 * i..2 * i + 2], 16).unwrap())
-            .collect();
+        });
         let mut c = TcpStream::connect(at).unwrap();
         c.write_all(&token).unwrap();
         let t0 = std::time::Instant::now();
