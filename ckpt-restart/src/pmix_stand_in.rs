@@ -19,11 +19,13 @@
 //! request's tag and a status (`02 00`: success); a deregistration is not
 //! answered. Anything else gets "not supported".
 //!
-//! A fence that not every rank enters within the step's PMIx timeout
-//! (`SLURM_PMIX_TIMEOUT`, else Slurm's default of 300 s) is answered
-//! `PMIX_ERR_TIMEOUT`, as Slurm's own server answers it, so that a rank
-//! whose peers died after the restart ends with an error instead of
-//! waiting for ever.
+//! A fence is timed as Slurm's server times it: once every rank of this
+//! node is in it (libpmix waits for those without a limit), the ranks of
+//! the other nodes must keep coming within the step's PMIx timeout
+//! (`SLURM_PMIX_TIMEOUT`, else Slurm's default of 300 s), counted again
+//! from each rank that enters. Past it the fence is answered
+//! `PMIX_ERR_TIMEOUT`, so that a rank whose peers on other nodes died
+//! after the restart ends with an error instead of waiting for ever.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -59,7 +61,11 @@ pub struct Barrier {
     pub rank: u32,
     /// The step's ranks.
     pub ranks: u32,
-    /// How long a fence waits for every rank.
+    /// The ranks of the step on this node (`SLURM_GTIDS`), this one
+    /// included: a fence waits for them without a limit.
+    pub local: Vec<u32>,
+    /// How long a fence waits, once this node's ranks are all in it, for
+    /// the next rank of another node.
     pub timeout: Duration,
 }
 
@@ -71,17 +77,25 @@ impl Barrier {
     /// Waits until every rank of the step has entered fence `n`: each
     /// publishes its name in the meeting directory. `Ok(missing)`: the
     /// ranks that had not entered it when the timeout passed (none: every
-    /// rank is in).
+    /// rank is in). The clock runs only while every missing rank is on
+    /// another node, and starts again whenever one more rank enters.
     fn wait(&self, n: u64) -> std::io::Result<Vec<u32>> {
         let dir = MeetingDir::open(&self.dir).map_err(std::io::Error::other)?;
         dir.publish(&self.name(n, self.rank), "")
             .map_err(std::io::Error::other)?;
-        let t0 = std::time::Instant::now();
+        let mut since = std::time::Instant::now();
+        let mut seen = usize::MAX;
         loop {
             let missing: Vec<u32> = (0..self.ranks)
                 .filter(|&r| !dir.has(&self.name(n, r)))
                 .collect();
-            if missing.is_empty() || t0.elapsed() >= self.timeout {
+            if missing.is_empty() {
+                return Ok(missing);
+            }
+            if missing.len() != seen || missing.iter().any(|r| self.local.contains(r)) {
+                seen = missing.len();
+                since = std::time::Instant::now();
+            } else if since.elapsed() >= self.timeout {
                 return Ok(missing);
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -149,9 +163,9 @@ fn serve_one(mut s: TcpStream, token: &[u8; 16], b: &Barrier) -> std::io::Result
                     Some(&OK)
                 } else {
                     eprintln!(
-                        "ckpt: the PMIx stand-in of rank {}: rank(s) {missing:?} did not enter \
-                         fence {fences} within {} s (SLURM_PMIX_TIMEOUT): answered \
-                         PMIX_ERR_TIMEOUT, as Slurm's server does",
+                        "ckpt: the PMIx stand-in of rank {}: rank(s) {missing:?} of other nodes \
+                         did not enter fence {fences} within {} s of the last rank that did \
+                         (SLURM_PMIX_TIMEOUT): answered PMIX_ERR_TIMEOUT, as Slurm's server does",
                         b.rank,
                         b.timeout.as_secs()
                     );
@@ -183,16 +197,32 @@ fn message(tag: [u8; 4], payload: &[u8]) -> Vec<u8> {
 /// from the step's environment (`SLURM_PROCID`, `SLURM_STEP_NUM_TASKS`).
 pub fn barrier_from_env(meet: &Path) -> Option<Barrier> {
     let num = |k: &str| std::env::var(k).ok()?.trim().parse::<u32>().ok();
+    let rank = num("SLURM_PROCID")?;
     Some(Barrier {
         dir: meet.to_path_buf(),
         step: std::env::var(crate::relaunch::ENV_STEP_DIR)
             .ok()
             .filter(|d| crate::cli::job::valid_step_dir(d))
             .unwrap_or_else(|| "step".into()),
-        rank: num("SLURM_PROCID")?,
+        rank,
         ranks: num("SLURM_STEP_NUM_TASKS").or_else(|| num("SLURM_NTASKS"))?,
+        local: local_ranks(rank, std::env::var("SLURM_GTIDS").ok().as_deref()),
         timeout: timeout_from(std::env::var("SLURM_PMIX_TIMEOUT").ok().as_deref()),
     })
+}
+
+/// The step's ranks on this node: `SLURM_GTIDS` (comma-separated), and
+/// `rank` in any case.
+fn local_ranks(rank: u32, gtids: Option<&str>) -> Vec<u32> {
+    let mut v: Vec<u32> = gtids
+        .unwrap_or("")
+        .split(',')
+        .filter_map(|t| t.trim().parse().ok())
+        .collect();
+    if !v.contains(&rank) {
+        v.push(rank);
+    }
+    v
 }
 
 /// The fence timeout a step's `SLURM_PMIX_TIMEOUT` gives (seconds; Slurm's
@@ -245,6 +275,7 @@ mod tests {
                 step: "step0".into(),
                 rank,
                 ranks: 2,
+                local: vec![rank],
                 timeout: DEFAULT_TIMEOUT,
             }));
         }
@@ -289,26 +320,47 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// A fence some rank never enters is answered `PMIX_ERR_TIMEOUT` once
-    /// the timeout has passed, not left waiting.
+    /// A fence a rank of another node never enters is answered
+    /// `PMIX_ERR_TIMEOUT` once the timeout has passed, not left waiting;
+    /// one that a rank of this node has not entered waits.
     #[test]
-    fn a_fence_a_rank_never_enters_times_out_with_an_error() {
+    fn a_fence_a_rank_of_another_node_never_enters_times_out_with_an_error() {
         let dir = std::env::temp_dir().join(format!("ckpt-pmix-t-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        // Ranks 0 and 1 on this node, 2 on another: rank 1 comes late.
         let (at, token) = serve(Barrier {
             dir: dir.clone(),
             step: "step0".into(),
             rank: 0,
-            ranks: 2,
+            ranks: 3,
+            local: vec![0, 1],
             timeout: Duration::from_millis(300),
         });
         let mut c = TcpStream::connect(at).unwrap();
         c.write_all(&token).unwrap();
-        let t0 = std::time::Instant::now();
         request(&mut c, 9, &[0x02, FENCE]);
+        c.set_read_timeout(Some(Duration::from_millis(800)))
+            .unwrap();
+        let mut hdr = [0u8; 16];
+        assert!(
+            c.read_exact(&mut hdr).is_err(),
+            "a rank of this node is missing: no timeout"
+        );
+        c.set_read_timeout(None).unwrap();
+        let t0 = std::time::Instant::now();
+        let d = MeetingDir::open(&dir).unwrap();
+        d.publish("pmix-fence.step0.1.1", "").unwrap();
         assert_eq!(reply(&mut c), (9, TIMED_OUT.to_vec()));
         assert!(t0.elapsed() >= Duration::from_millis(300));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn this_nodes_ranks_are_slurm_gtids_and_this_one() {
+        assert_eq!(local_ranks(2, Some("2,3")), vec![2, 3]);
+        assert_eq!(local_ranks(2, Some("0,1")), vec![0, 1, 2]);
+        assert_eq!(local_ranks(5, None), vec![5]);
+        assert_eq!(local_ranks(5, Some("x, 4")), vec![4, 5]);
     }
 
     #[test]

@@ -497,6 +497,8 @@ pub fn query(nl: i32, family: i32, src: &AddrBuf, dst: &AddrBuf) -> Result<Diag,
 /// while the job stands still). The first also brings the socket's
 /// `struct tcp_info` and buffer sizes ([`Diag::info`], [`Diag::bufs`]),
 /// which spares the capture three `getsockopt` calls per connection.
+/// A reply too long for [`REPLY`] (the kernel adds a root socket's MD5
+/// keys after the tcp_info) is asked for again without them.
 /// **Async-signal-safe.**
 pub fn query_pair(
     nl: i32,
@@ -504,10 +506,24 @@ pub fn query_pair(
     a: (&AddrBuf, &AddrBuf),
     b: (&AddrBuf, &AddrBuf),
 ) -> (Result<Diag, Errno>, Result<Diag, Errno>) {
+    match query_pair_ext(nl, family, a, b, diag::EXT_INFO_AND_MEMORY) {
+        (Err(Errno(libc::EIO)), _) => query_pair_ext(nl, family, a, b, 0),
+        r => r,
+    }
+}
+
+/// [`query_pair`], asking for the attributes `ext_a` names about `a`.
+fn query_pair_ext(
+    nl: i32,
+    family: i32,
+    a: (&AddrBuf, &AddrBuf),
+    b: (&AddrBuf, &AddrBuf),
+    ext_a: u8,
+) -> (Result<Diag, Errno>, Result<Diag, Errno>) {
     let mut reqs = [0u8; 144];
     let (ra, rb) = reqs.split_at_mut(72);
     let (mut qa, mut qb) = ([0u8; 72], [0u8; 72]);
-    request(family, a.0, a.1, diag::EXT_INFO_AND_MEMORY, &mut qa);
+    request(family, a.0, a.1, ext_a, &mut qa);
     request(family, b.0, b.1, 0, &mut qb);
     // Sequence numbers 1 and 2 tell the replies apart.
     qa[8..12].copy_from_slice(&1u32.to_ne_bytes());

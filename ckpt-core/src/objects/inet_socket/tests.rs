@@ -767,3 +767,63 @@ fn the_lookup_of_a_connected_end_brings_its_tcp_info_and_buffers() {
         }
     }
 }
+
+/// A lookup whose reply does not fit (a root socket's `sock_diag` lists
+/// the connection's TCP-MD5 keys after its tcp_info) is asked again
+/// without the extra attributes: the end is still found, and captured.
+#[test]
+fn a_lookup_whose_reply_does_not_fit_is_asked_again_without_tcp_info() {
+    let l = tcp(libc::AF_INET);
+    bind_listen(l, libc::AF_INET);
+    let c = tcp(libc::AF_INET);
+    connect_to(c, libc::AF_INET, name(l, false).port);
+    let s = accept(l);
+    // Keys for other peers (10.0.0.N): this connection signs nothing.
+    let mut keys = 0;
+    for n in 1..=16u8 {
+        // struct tcp_md5sig: sockaddr_storage (128), flags, prefixlen,
+        // keylen (u16), ifindex (i32), key[80].
+        let mut m = [0u8; 216];
+        m[0..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        m[4..8].copy_from_slice(&[10, 0, 0, n]);
+        m[130..132].copy_from_slice(&80u16.to_ne_bytes());
+        m[136..216].fill(b'k');
+        // SAFETY: setsockopt reading the local struct.
+        let r = unsafe {
+            libc::setsockopt(
+                c,
+                libc::IPPROTO_TCP,
+                14, /* TCP_MD5SIG */
+                m.as_ptr().cast(),
+                216,
+            )
+        };
+        if r == 0 {
+            keys += 1;
+        }
+    }
+    let nl = super::super::unix_socket::open_diag().unwrap();
+    let (me, other) = query_pair(
+        nl,
+        libc::AF_INET,
+        (&name(c, false), &name(c, true)),
+        (&name(c, true), &name(c, false)),
+    );
+    let me = me.unwrap();
+    assert_eq!(me.inode, inode(c), "{keys} keys");
+    assert_eq!(other.unwrap().inode, inode(s));
+    // SAFETY: geteuid has no preconditions.
+    if keys == 16 && unsafe { libc::geteuid() } == 0 {
+        // The first reply was cut: the second came without tcp_info.
+        assert_eq!(
+            me.info, None,
+            "a reply with 16 keys fits: the test tests nothing"
+        );
+    }
+    let (t, _) = take(c, libc::AF_INET);
+    assert_eq!(t.tcp_state, tcp_state::ESTABLISHED);
+    assert_eq!(t.opts.sndbuf, get(c, libc::SOL_SOCKET, libc::SO_SNDBUF));
+    for f in [nl, l, c, s] {
+        close(f);
+    }
+}
